@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Each sets up what it needs
+# itself on a fresh machine (virtualenv, packages, CPython 3.14, Go's pprof).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint provision clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+provision: $(STAMP)
+	$(PY) tools/provision.py
+
+demo: $(STAMP)
+	$(PY) -m heapspy demo
+
+test: provision
+	$(PY) -m ruff check heapspy agent tests tools benchmarks
+	$(PY) -m mypy
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+test-slow: provision
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check heapspy agent tests tools benchmarks
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

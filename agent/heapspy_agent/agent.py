@@ -1,0 +1,284 @@
+"""The agent's life inside the target: connect back, profile, stream, switch off.
+
+``start`` is called by the bootstrap in whichever thread ran it and returns at once; the
+work happens in one daemon thread. Whatever ends the session (a detach command, heapspy
+vanishing, an error) goes through ``Agent._shutdown``, which stops profiling, closes the
+socket and drops the agent's modules, so the target goes back to what it was.
+"""
+
+import gc
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict
+
+# Every agent module is imported here, at start: the files are deleted right after.
+from heapspy_agent import protocol
+from heapspy_agent.exact import TracemallocCollector
+
+PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is gone
+HEARTBEAT = 0.5
+PAGE = 4096
+
+_active = None  # type: Optional[Agent]
+
+
+def _remove_tree(path: str) -> None:
+    """Delete the files heapspy placed for us; the socket is heapspy's to remove."""
+    for root, dirs, files in os.walk(path, topdown=False):  # noqa: B007
+        for name in files:
+            full = os.path.join(root, name)
+            if full != os.path.join(path, "agent.sock"):
+                try:
+                    os.unlink(full)
+                except OSError:
+                    pass
+        for name in dirs:
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:  # noqa: PERF203 - a rare, tiny loop
+                pass
+
+
+def _unmap_boot_page(marker: str) -> bool:
+    """Unmap the page the ptrace injector wrote our bootstrap into, found by its marker."""
+    import ctypes
+
+    want = marker.encode("ascii")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap.restype = ctypes.c_int
+    with open("/proc/self/maps") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 5 or parts[1] != "r-xp":
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if hi - lo != PAGE:
+            continue
+        if ctypes.string_at(lo, PAGE).find(want) >= 0:
+            return libc.munmap(lo, PAGE) == 0
+    return False
+
+
+class Agent:
+    def __init__(self, directory: str, config: Dict[str, Any]) -> None:
+        self.directory = directory
+        self.config = config
+        self.sock = None  # type: Optional[socket.socket]
+        self.collector = None  # type: Any
+        self.reason = "detached"
+        self.notes = []  # type: List[str]
+        self.stopping = threading.Event()
+        self.thread = None  # type: Optional[threading.Thread]
+        self.seq = 0
+        self._gc_base = [s.get("collections", 0) for s in gc.get_stats()]
+
+    # --- life cycle -------------------------------------------------------------
+    def run(self) -> None:
+        global _active
+        try:
+            self._connect()
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape into the target
+            self.reason = "agent error: %s: %s" % (type(exc).__name__, exc)
+            self._send_quietly(protocol.ERROR, {"code": "agent", "message": self.reason})
+        finally:
+            self._shutdown()
+            if _active is self:
+                _active = None
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = sock
+        sock.settimeout(5.0)
+        sock.connect(self.config["socket"])
+        expected = int(self.config.get("heapspy_pid", 0))
+        peer = protocol.peer_pid(sock)
+        # pid 0: heapspy is outside our pid namespace, where its pid cannot be named
+        if expected and peer and peer != expected:
+            raise RuntimeError("socket is held by pid %d, not heapspy (%d)" % (peer, expected))
+        self._send(
+            protocol.HELLO,
+            {
+                "version": protocol.VERSION,
+                "token": self.config["token"],
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "hexversion": sys.hexversion,
+                "argv": list(getattr(sys, "argv", [])),
+                "executable": sys.executable,
+                "threads": threading.active_count(),
+            },
+        )
+        reader = protocol.FrameReader()
+        pending = []  # type: List[protocol.Message]
+        msg = protocol.recv_one(sock, reader, pending)
+        if msg is None or msg[0] != protocol.WELCOME:
+            raise RuntimeError("heapspy did not welcome the agent")
+        self.config.update(msg[1].get("config", {}))
+        self._reader = reader
+        self._pending = pending
+        self.collector = self._make_collector()
+        self._send(
+            protocol.READY,
+            {
+                "mode": self.collector.mode,
+                "frames": self.collector.frames,
+                "notes": self.notes,
+                "tracemalloc_owned": getattr(self.collector, "owned", None),
+            },
+        )
+
+    def _make_collector(self) -> Any:
+        rate = int(self.config.get("rate", 1))
+        frames = int(self.config.get("frames", 64))
+        if rate != 1:
+            self.notes.append("sampling shim not available yet: using tracemalloc (exact)")
+        return TracemallocCollector(frames, self.directory)
+
+    def _serve(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        interval = float(self.config.get("interval", 1.0))
+        now = time.monotonic()
+        last_rx = now
+        next_beat = now + HEARTBEAT
+        next_sample = now + interval
+        for kind, body in self._pending:
+            self._handle(kind, body)
+        self._pending = []
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            wait = max(0.0, min(next_beat, next_sample) - now)
+            ready, _, _ = select.select([sock], [], [], wait)
+            now = time.monotonic()
+            if ready:
+                data = sock.recv(65536)
+                if not data:
+                    self.reason = "heapspy went away"
+                    return
+                last_rx = now
+                for kind, body in self._reader.feed(data):
+                    self._handle(kind, body)
+            elif now - last_rx > PEER_TIMEOUT:
+                self.reason = "heapspy stopped answering"
+                return
+            if now >= next_sample:
+                self._send_samples()
+                next_sample = now + interval
+            if now >= next_beat:
+                self._send(protocol.HEARTBEAT, {})
+                next_beat = now + HEARTBEAT
+
+    def _handle(self, kind: int, body: Dict[str, Any]) -> None:
+        if kind != protocol.COMMAND:
+            return
+        cmd = body.get("cmd")
+        reply = {"id": body.get("id"), "ok": True}  # type: Dict[str, Any]
+        if cmd == "detach":
+            self.reason = "detached"
+            self.stopping.set()
+            self._send_samples()
+        elif cmd == "sample":
+            self._send_samples()
+        else:
+            reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
+        self._send(protocol.REPLY, reply)
+
+    def _send_samples(self) -> None:
+        self.seq += 1
+        body = self.collector.collect()
+        body["seq"] = self.seq
+        body["facts"] = {
+            "gc_counts": list(gc.get_count()),
+            "gc_collections": [
+                s.get("collections", 0) - base for s, base in zip(gc.get_stats(), self._gc_base)
+            ],
+            "threads": threading.active_count(),
+        }
+        self._send(protocol.SAMPLES, body)
+
+    def _send(self, kind: int, body: Dict[str, Any]) -> None:
+        assert self.sock is not None
+        self.sock.sendall(protocol.encode(kind, body))
+
+    def _send_quietly(self, kind: int, body: Dict[str, Any]) -> None:
+        try:
+            if self.sock is not None:
+                self.sock.settimeout(0.5)
+                self._send(kind, body)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _shutdown(self) -> None:
+        if self.collector is not None:
+            try:
+                self.collector.stop()
+            except Exception:  # noqa: BLE001
+                pass
+            self.collector = None
+        self._send_quietly(protocol.BYE, {"reason": self.reason})
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        for name in [
+            n for n in sys.modules if n == "heapspy_agent" or n.startswith("heapspy_agent.")
+        ]:
+            sys.modules.pop(name, None)
+
+
+def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: Any) -> None:
+    """Tell a second heapspy why this agent will not start, then go away."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(2.0)
+        sock.connect(config["socket"])
+        hello = {"version": protocol.VERSION, "token": config["token"], "pid": os.getpid()}
+        sock.sendall(protocol.encode(protocol.HELLO, hello))
+        body = {"code": code, "message": message}
+        body.update(extra)
+        sock.sendall(protocol.encode(protocol.ERROR, body))
+        sock.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def start(directory: str, token: str) -> None:
+    """Entry point called by the bootstrap; must return quickly and never raise."""
+    global _active
+    config_path = os.path.join(directory, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("token") != token:
+        return
+    _remove_tree(directory)
+    marker = config.get("page_marker")
+    if marker:
+        try:
+            _unmap_boot_page(marker)
+        except Exception:  # noqa: BLE001
+            pass
+    if time.time() > float(config.get("deadline", 0)):
+        return  # heapspy gave up waiting for us; nothing is listening
+    if _active is not None and _active.thread is not None and _active.thread.is_alive():
+        holder = int(_active.config.get("heapspy_pid", 0))
+        threading.Thread(
+            target=_report_refusal,
+            args=(config, "already_attached", "a heapspy session already holds this process"),
+            kwargs={"holder_pid": holder},
+            daemon=True,
+        ).start()
+        return
+    agent = Agent(directory, config)
+    thread = threading.Thread(target=agent.run, name="heapspy-agent", daemon=True)
+    agent.thread = thread
+    _active = agent
+    thread.start()

@@ -1,0 +1,61 @@
+"""Exact mode: every allocation recorded by tracemalloc (``--rate 1``, and the fallback).
+
+tracemalloc only keeps live blocks and knows frames by file and line, so this collector
+reports live bytes per stack with empty function names; heapspy names the frames from
+the source on its own side, never in the target.
+"""
+
+import tracemalloc
+from typing import Any, Dict, Tuple
+
+FrameKey = Tuple[str, int]
+
+
+class TracemallocCollector:
+    mode = "exact"
+
+    def __init__(self, frames: int, exclude_dir: str) -> None:
+        # A target that already traces keeps its own tracemalloc: we read it and, at
+        # detach, leave it running exactly as we found it.
+        self.owned = not tracemalloc.is_tracing()
+        if self.owned:
+            tracemalloc.start(max(1, frames))
+        self.frames = tracemalloc.get_traceback_limit()
+        self._filters = [
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, exclude_dir.rstrip("/") + "/*", all_frames=True),
+        ]
+        self._stack_ids = {}  # type: Dict[Tuple[FrameKey, ...], int]
+        self._last = {}  # type: Dict[int, Tuple[int, int]]
+
+    def collect(self) -> Dict[str, Any]:
+        snapshot = tracemalloc.take_snapshot().filter_traces(self._filters)
+        new_stacks = []  # type: List[Dict[str, Any]]
+        current = {}  # type: Dict[int, Tuple[int, int]]
+        for stat in snapshot.statistics("traceback"):
+            key = tuple((f.filename, f.lineno) for f in stat.traceback)  # oldest first
+            sid = self._stack_ids.get(key)
+            if sid is None:
+                sid = len(self._stack_ids) + 1
+                self._stack_ids[key] = sid
+                new_stacks.append({"id": sid, "frames": [["", fn, ln] for fn, ln in key]})
+            count, size = current.get(sid, (0, 0))
+            current[sid] = (count + stat.count, size + stat.size)
+        changed = {}  # type: Dict[str, List[int]]
+        for sid, value in current.items():
+            if self._last.get(sid) != value:
+                changed[str(sid)] = [value[0], value[1]]
+        for sid in self._last:
+            if sid not in current:
+                changed[str(sid)] = [0, 0]
+        self._last = current
+        traced, peak = tracemalloc.get_traced_memory()
+        return {
+            "stacks": new_stacks,
+            "inuse": changed,
+            "totals": {"traced_bytes": traced, "peak_traced_bytes": peak},
+        }
+
+    def stop(self) -> None:
+        if self.owned and tracemalloc.is_tracing():
+            tracemalloc.stop()

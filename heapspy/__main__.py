@@ -1,0 +1,3 @@
+from heapspy.cli.main import run
+
+run()

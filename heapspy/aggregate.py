@@ -1,0 +1,152 @@
+"""Fold the agent's per-interval deltas into the current heap picture.
+
+The agent sends each stack once (interned by id) and afterwards only the sites whose
+numbers changed; this class keeps the running state, names frames that arrive without a
+function name, and produces the ``HeapProfile`` that the dump writer serialises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack
+from heapspy.symbolize import Symbolizer
+
+
+@dataclass
+class _Site:
+    stack: Stack
+    exact: bool
+    inuse_objects: int = 0
+    inuse_bytes: int = 0
+    alloc_objects: int = 0
+    alloc_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One entry of the bounded time series."""
+
+    time: float
+    rss: int | None
+    heap: int
+
+
+@dataclass
+class Aggregator:
+    rate: int
+    mode: str = "exact"
+    symbolizer: Symbolizer = field(default_factory=Symbolizer)
+    started: float = field(default_factory=time.time)
+    history: int = 3600
+    sites: dict[int, _Site] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    series: deque[Point] = field(default_factory=deque)
+    intervals: int = 0
+
+    def apply(self, body: dict[str, Any]) -> None:
+        exact = self.mode == "exact"
+        for stack in body.get("stacks", ()):
+            frames = tuple(
+                Frame(func or self.symbolizer.function(fn, int(ln)), fn, int(ln))
+                for func, fn, ln in stack["frames"]
+            )
+            self.sites[int(stack["id"])] = _Site(frames, exact)
+        for sid, (count, size) in body.get("inuse", {}).items():
+            site = self.sites.get(int(sid))
+            if site is None:
+                continue
+            if exact:
+                # tracemalloc keeps only live blocks: growth seen between intervals is the
+                # best lower bound of what was allocated (documented in the dump).
+                site.alloc_objects += max(0, count - site.inuse_objects)
+                site.alloc_bytes += max(0, size - site.inuse_bytes)
+            site.inuse_objects, site.inuse_bytes = int(count), int(size)
+        for sid, (count, size) in body.get("alloc", {}).items():
+            site = self.sites.get(int(sid))
+            if site is not None:
+                site.alloc_objects, site.alloc_bytes = int(count), int(size)
+        self.totals.update(body.get("totals", {}))
+        self.facts.update(body.get("facts", {}))
+        self.intervals += 1
+
+    def record(self, rss: int | None) -> Point:
+        point = Point(time.time(), rss, self.heap_estimate())
+        self.series.append(point)
+        while len(self.series) > self.history:
+            self.series.popleft()
+        return point
+
+    def heap_estimate(self) -> int:
+        """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
+        from heapspy.scaling import scale
+
+        total = 0.0
+        for site in self.sites.values():
+            if site.exact:
+                total += site.inuse_bytes
+            else:
+                total += scale(site.inuse_objects, site.inuse_bytes, self.rate)[1]
+        return int(total)
+
+    def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
+        sampled: list[tuple[Stack, SiteCounts]] = []
+        exact: list[tuple[Stack, SiteCounts]] = []
+        for site in self.sites.values():
+            if not (site.inuse_objects or site.alloc_objects):
+                continue
+            counts = SiteCounts(
+                site.alloc_objects, site.alloc_bytes, site.inuse_objects, site.inuse_bytes
+            )
+            (exact if site.exact else sampled).append((site.stack, counts))
+        notes = list(comments)
+        if self.mode == "exact":
+            notes.append(
+                "exact mode (tracemalloc): alloc_* counts only growth seen live at "
+                "each interval, not every allocation"
+            )
+        now = time.time()
+        return HeapProfile(
+            rate=self.rate if self.mode != "exact" else 1,
+            time_ns=int(now * 1e9),
+            duration_ns=int((now - self.started) * 1e9),
+            sampled=tuple(sampled),
+            exact=tuple(exact),
+            comments=tuple(notes),
+        )
+
+    def alloc_totals(self) -> AllocTotals | None:
+        t = self.totals
+        if "allocated_bytes" not in t:
+            return None
+        return AllocTotals(
+            int(t["allocated_bytes"]),
+            int(t.get("allocations", 0)),
+            int(t.get("freed_bytes", 0)),
+            int(t.get("frees", 0)),
+            tuple((int(k), int(v)) for k, v in t.get("size_classes", [])),
+        )
+
+    def top(self, n: int = 10) -> list[tuple[str, int, int]]:
+        """(function, live bytes, live objects) by function at the leaf, largest first."""
+        from heapspy.scaling import scale
+
+        by_func: dict[str, list[float]] = {}
+        for site in self.sites.values():
+            if not site.stack:
+                continue
+            leaf = site.stack[-1]
+            name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
+            if site.exact:
+                objs, size = float(site.inuse_objects), float(site.inuse_bytes)
+            else:
+                objs, size = scale(site.inuse_objects, site.inuse_bytes, self.rate)
+            acc = by_func.setdefault(name, [0.0, 0.0])
+            acc[0] += size
+            acc[1] += objs
+        rows = sorted(by_func.items(), key=lambda kv: -kv[1][0])[:n]
+        return [(name, int(v[0]), int(v[1])) for name, v in rows]

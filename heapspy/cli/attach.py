@@ -1,0 +1,130 @@
+"""`heapspy attach`: profile a running process until told to stop."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+import typer
+
+from heapspy.cli import options
+from heapspy.cli.render import Spinner, top_table
+from heapspy.config import AttachConfig
+from heapspy.session import Session
+from heapspy.units import format_bytes
+
+
+def attach(
+    pid: int = typer.Argument(..., help="Process id of the running CPython (3.8-3.14)."),
+    duration: Optional[str] = typer.Option(
+        None,
+        "--duration",
+        "-d",
+        help="Detach after this long (e.g. 30s, 5m). Default: until Ctrl-C.",
+    ),
+    rate: str = typer.Option(
+        "512KiB",
+        "--rate",
+        "-r",
+        help="Mean bytes allocated between samples (like Go's MemProfileRate); 1 = every "
+        "allocation (tracemalloc, exact); 0 = exact totals only.",
+    ),
+    frames: int = typer.Option(64, "--frames", help="Stack depth recorded per sample."),
+    interval: str = typer.Option(
+        "1s", "--interval", help="How often the agent sends what changed."
+    ),
+    attach_timeout: str = typer.Option(
+        "10s", "--attach-timeout", help="Give up if the agent has not started after this long."
+    ),
+    thread: Optional[int] = typer.Option(
+        None,
+        "--thread",
+        help="Python 3.14+: start the agent from this native thread id instead of the main "
+        "thread (useful when the main thread is blocked in sleep/accept).",
+    ),
+    nudge: bool = typer.Option(
+        True,
+        "--nudge/--no-nudge",
+        help="Python < 3.14: wake a main thread that waits on a lock so the agent starts now.",
+    ),
+    method: str = typer.Option("auto", "--method", help="auto, pep768 (3.14+) or ptrace."),
+    dump_dir: Path = typer.Option(
+        Path("heapspy-dumps"), "--dump-dir", help="Where heap dumps are written."
+    ),
+    final_dump: bool = typer.Option(
+        True, "--final-dump/--no-final-dump", help="Write a dump when the session ends."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
+) -> None:
+    """Attach to a running Python process and profile its heap.
+
+    Nothing needs to be installed in the target: heapspy injects a small agent (PEP 768
+    on 3.14+, ptrace before), streams samples back and detaches cleanly on --duration,
+    Ctrl-C or SIGTERM, leaving the process as it was. `kill -USR1 <heapspy pid>` (or
+    `heapspy dump PID`) writes a dump while attached.
+
+    Example: heapspy attach 4242 --duration 30s --rate 64KiB
+    """
+    config = AttachConfig(
+        rate=options.rate(rate),
+        frames=options.frames(frames),
+        interval=options.duration(interval, "interval") or 1.0,
+        duration=options.duration(duration),
+        attach_timeout=options.duration(attach_timeout, "attach timeout") or 10.0,
+        thread=thread,
+        nudge=nudge,
+        method=method,
+        dump_dir=dump_dir,
+        final_dump=final_dump,
+    )
+    run_attach(pid, config, quiet=quiet)
+
+
+def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
+    spinner = Spinner(quiet)
+    try:
+        session = Session.attach(pid, config, progress=spinner)
+    finally:
+        spinner.clear()
+    info = session.info
+    assert info is not None
+    if not quiet:
+        print(
+            f"heapspy: attached to {pid} (Python {info.python}) via {info.method} in "
+            f"{info.latency_ms:.0f} ms; {info.mode} mode",
+            file=sys.stderr,
+        )
+        for note in info.notes:
+            print(f"heapspy: note: {note}", file=sys.stderr)
+
+    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+        if signum == signal.SIGUSR1:
+            session.request_dump("signal")
+        else:
+            session.request_stop("interrupted" if signum == signal.SIGINT else "terminated")
+
+    previous = {
+        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    }
+    try:
+        reason = session.run(config.duration)
+    finally:
+        session.detach()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not quiet:
+        agg = session.aggregator
+        print(
+            f"heapspy: detached from {pid} ({reason or session.end_reason}); live heap "
+            f"{format_bytes(agg.heap_estimate())} over {agg.intervals} intervals",
+            file=sys.stderr,
+        )
+        print(top_table(agg.top(10)))
+    return session
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attach")(attach)

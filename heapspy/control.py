@@ -1,0 +1,54 @@
+"""The control socket of a live session: how other heapspy commands reach its owner."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from heapspy_agent import protocol
+
+from heapspy.errors import NoSession
+from heapspy.registry import control_path, read_holder
+
+
+def listen(pid: int) -> socket.socket:
+    path = control_path(pid)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+    """Send one command to the session holding ``pid`` and return its reply."""
+    path = control_path(pid)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise NoSession(f"No heapspy session holds process {pid}.") from None
+    with sock:
+        holder = read_holder(pid)
+        peer = protocol.peer_pid(sock)
+        if holder is not None and peer != holder.holder_pid:
+            raise NoSession(f"The control socket for {pid} is not held by its session.")
+        body = {"cmd": cmd}
+        body.update(args)
+        sock.sendall(protocol.encode(protocol.COMMAND, body))
+        reader = protocol.FrameReader()
+        msg = protocol.recv_one(sock, reader, [])
+    if msg is None:
+        raise NoSession(f"The heapspy session for process {pid} closed without answering.")
+    return msg[1]

@@ -1,0 +1,197 @@
+"""Place the agent inside the target's filesystem and write the bootstrap that loads it.
+
+Everything goes in one fresh directory under the target's ``/tmp`` as the target sees it
+(reached through ``/proc/PID/root``, so containers work too), created with ``mkdir``
+(fails if it exists), owned by the target's uid, mode 0700, files 0600. The bootstrap is
+inert on its own: it only imports the agent from that directory and hands it the
+one-time token; the agent deletes the files, and heapspy removes the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import heapspy_agent
+
+from heapspy.errors import InjectionFailed, PermissionDenied
+from heapspy.target.process import PythonTarget
+
+AGENT_FILES = ("__init__.py", "protocol.py", "agent.py", "exact.py", "shim.py")
+SHIM_GLOB = "_heapspy_shim*.so"
+
+_BOOT = """\
+# heapspy bootstrap: imports the agent heapspy placed beside this file; the agent then
+# deletes these files. Nothing may escape into the target, so every error is caught.
+def _heapspy_boot():
+    import sys
+    d = {dir!r}
+    saved = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, d)
+    try:
+        import heapspy_agent.agent
+    finally:
+        sys.dont_write_bytecode = saved
+        if d in sys.path:
+            sys.path.remove(d)
+    heapspy_agent.agent.start(d, {token!r})
+
+
+def _heapspy_report(exc):
+    import json, socket, struct, traceback
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    s.connect({sock!r})
+    for kind, body in ((1, {{"version": 1, "token": {token!r}, "pid": __import__("os").getpid()}}),
+                       (5, {{"code": "boot", "message": "%s: %s" % (type(exc).__name__, exc),
+                            "traceback": traceback.format_exc()}})):
+        data = json.dumps(body).encode()
+        s.sendall(struct.pack(">IB", len(data), kind) + data)
+    s.close()
+
+
+try:
+    _heapspy_boot()
+except BaseException as _e:
+    try:
+        _heapspy_report(_e)
+    except BaseException:
+        pass
+"""
+
+
+@dataclass
+class Placement:
+    """One session's files in the target, with paths both as heapspy and target see them."""
+
+    pid: int
+    token: str
+    host_dir: Path
+    target_dir: str
+    listener: socket.socket
+    owner: tuple[int, int]
+
+    @property
+    def boot_path(self) -> str:
+        return f"{self.target_dir}/boot.py"
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.target_dir}/agent.sock"
+
+    @property
+    def page_marker(self) -> str:
+        return f"#heapspy-boot {self.token}"
+
+    def pending_call_source(self) -> bytes:
+        """What the ptrace injector hands to PyRun_SimpleString: tiny, never raises."""
+        return (
+            f"{self.page_marker}\n"
+            f"try:exec(open({self.boot_path!r}).read(),"
+            "{'__builtins__':__builtins__,'__name__':'heapspy_boot'})\n"
+            "except BaseException:pass\n"
+        ).encode()
+
+    def set_deadline(self, deadline: float, **extra: Any) -> None:
+        """Rewrite the config; the agent reads it when it starts."""
+        cfg_path = self.host_dir / "config.json"
+        data = json.loads(cfg_path.read_text())
+        data["deadline"] = deadline
+        data.update(extra)
+        tmp = self.host_dir / "config.json.tmp"
+        _write_private(tmp, json.dumps(data).encode(), self.owner)
+        os.replace(tmp, cfg_path)
+
+    def cleanup(self) -> None:
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        shutil.rmtree(self.host_dir, ignore_errors=True)
+
+
+def _write_private(path: Path, data: bytes, owner: tuple[int, int]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        if os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+
+
+def agent_source_dir() -> Path:
+    return Path(heapspy_agent.__file__).resolve().parent
+
+
+def _target_ids(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    return int(fields["Uid"].split()[1]), int(fields["Gid"].split()[1])
+
+
+def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float) -> Placement:
+    """Create the session directory in the target's namespace and start listening."""
+    token = secrets.token_hex(16)
+    owner = _target_ids(target.pid)
+    root = Path(f"/proc/{target.pid}/root")
+    base = None
+    for candidate in ("/tmp", "/var/tmp", "/dev/shm"):
+        if (root / candidate.lstrip("/")).is_dir():
+            base = candidate
+            break
+    if base is None:
+        raise InjectionFailed(f"Process {target.pid} has no /tmp, /var/tmp or /dev/shm to use.")
+    name = f"heapspy-{target.pid}-{secrets.token_hex(4)}"
+    target_dir = f"{base}/{name}"
+    host_dir = root / base.lstrip("/") / name
+    try:
+        os.mkdir(host_dir, 0o700)
+    except PermissionError:
+        raise PermissionDenied(
+            f"Cannot create {target_dir} inside process {target.pid}'s filesystem.",
+            hint="Run heapspy as the target's user or as root.",
+        ) from None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    placement = Placement(target.pid, token, host_dir, target_dir, listener, owner)
+    try:
+        if os.geteuid() == 0:
+            os.chown(host_dir, *owner)
+        src = agent_source_dir()
+        pkg = host_dir / "heapspy_agent"
+        os.mkdir(pkg, 0o700)
+        if os.geteuid() == 0:
+            os.chown(pkg, *owner)
+        for name_ in AGENT_FILES:
+            if (src / name_).exists():
+                _write_private(pkg / name_, (src / name_).read_bytes(), owner)
+        for shim in sorted(src.glob(SHIM_GLOB))[:1]:
+            _write_private(pkg / shim.name, shim.read_bytes(), owner)
+        config = dict(settings)
+        config.update(
+            token=token,
+            socket=placement.socket_path,
+            heapspy_pid=os.getpid(),
+            deadline=deadline,
+        )
+        _write_private(host_dir / "config.json", json.dumps(config).encode(), owner)
+        boot = _BOOT.format(dir=target_dir, token=token, sock=placement.socket_path)
+        _write_private(host_dir / "boot.py", boot.encode(), owner)
+        sock_host = str(host_dir / "agent.sock")
+        listener.bind(sock_host)
+        os.chmod(sock_host, 0o600)
+        if os.geteuid() == 0:
+            os.chown(sock_host, *owner)
+        listener.listen(4)
+        listener.setblocking(False)
+    except BaseException:
+        placement.cleanup()
+        raise
+    return placement

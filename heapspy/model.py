@@ -1,0 +1,65 @@
+"""The frozen data model shared by the aggregator, the dump writer and the reports.
+
+Stacks are tuples ordered root → leaf (outermost call first). Only the pprof writer,
+whose format wants leaf first, reverses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Bytes = int
+
+
+@dataclass(frozen=True)
+class Frame:
+    function: str
+    filename: str
+    line: int
+
+
+Stack = tuple[Frame, ...]
+
+
+@dataclass(frozen=True)
+class SiteCounts:
+    """Counts for one stack, as observed: sampled counts are *not* upscaled here.
+
+    ``alloc_*`` are cumulative since attach (including blocks already freed);
+    ``inuse_*`` are what is live now.
+    """
+
+    alloc_objects: int = 0
+    alloc_bytes: Bytes = 0
+    inuse_objects: int = 0
+    inuse_bytes: Bytes = 0
+
+
+@dataclass(frozen=True)
+class AllocTotals:
+    """Exact totals counted for every allocation since attach, sampled or not."""
+
+    allocated_bytes: Bytes = 0
+    allocations: int = 0
+    freed_bytes: Bytes = 0
+    frees: int = 0
+    # power-of-two size classes: key k counts allocations with 2**(k-1) < size <= 2**k
+    size_classes: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class HeapProfile:
+    """One heap snapshot, ready to be written as a pprof file.
+
+    ``sampled`` sites were recorded with probability depending on ``rate`` and are
+    upscaled by the writer with Go's formula; ``exact`` sites (tracemalloc mode, or
+    blocks that extensions report with ``PyTraceMalloc_Track``) are never upscaled.
+    ``rate`` is the mean number of bytes between samples; ``rate <= 1`` means exact.
+    """
+
+    rate: int
+    time_ns: int
+    duration_ns: int
+    sampled: tuple[tuple[Stack, SiteCounts], ...] = ()
+    exact: tuple[tuple[Stack, SiteCounts], ...] = ()
+    comments: tuple[str, ...] = ()

@@ -1,0 +1,408 @@
+"""One attached target: inject, handshake, stream, detach.
+
+``Session.open`` returns only once the agent has acknowledged ("attached" means the
+agent said so, not that memory was written). ``run`` then multiplexes the agent socket
+and the session's control socket in one thread; signal handlers only set flags.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+from heapspy_agent import protocol
+
+from heapspy.aggregate import Aggregator
+from heapspy.config import AttachConfig
+from heapspy.control import listen as control_listen
+from heapspy.errors import (
+    AgentFailed,
+    AgentTimeout,
+    AlreadyAttached,
+    HeapspyError,
+    TargetExited,
+)
+from heapspy.inject.bootstrap import Placement, place_agent
+from heapspy.inject.dispatch import Injection, start_injection
+from heapspy.registry import SessionLock
+from heapspy.symbolize import Symbolizer
+from heapspy.target.process import PythonTarget, inspect_target
+
+HEARTBEAT = 0.5
+AGENT_TIMEOUT = 5.0  # no frame from the agent for this long: it is gone
+HANDSHAKE_TIMEOUT = 5.0
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class AttachInfo:
+    pid: int
+    python: str
+    method: str
+    mode: str
+    latency_ms: float
+    notes: list[str] = field(default_factory=list)
+
+
+class _Conn:
+    """A framed socket with a reader and a send helper."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = protocol.FrameReader()
+        self.pending: list[protocol.Message] = []
+
+    def send(self, kind: int, body: dict[str, Any]) -> None:
+        self.sock.sendall(protocol.encode(kind, body))
+
+    def recv(self, timeout: float) -> protocol.Message | None:
+        self.sock.settimeout(timeout)
+        return protocol.recv_one(self.sock, self.reader, self.pending)
+
+
+def _agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
+    if body.get("code") == "already_attached":
+        holder = body.get("holder_pid")
+        return AlreadyAttached(
+            f"Process {pid} already has a heapspy agent, held by heapspy pid {holder}.",
+            hint=f"End that session first (`heapspy detach {pid}`).",
+        )
+    detail = body.get("message", "unknown error")
+    tb = body.get("traceback")
+    return AgentFailed(
+        f"The agent failed to start in process {pid}: {detail}",
+        hint=tb.rstrip() if isinstance(tb, str) else None,
+    )
+
+
+class Session:
+    def __init__(self, target: PythonTarget, config: AttachConfig) -> None:
+        self.target = target
+        self.config = config
+        self.lock = SessionLock(target.pid)
+        self.placement: Placement | None = None
+        self.injection: Injection | None = None
+        self.conn: _Conn | None = None
+        self.control: socket.socket | None = None
+        self.clients: dict[socket.socket, _Conn] = {}
+        self.info: AttachInfo | None = None
+        self.aggregator = Aggregator(
+            rate=config.rate, symbolizer=Symbolizer(f"/proc/{target.pid}/root")
+        )
+        self.end_reason = ""
+        self._stop = False
+        self._dump_requests: list[str] = []
+        self._last_rx = 0.0
+        self._proc: psutil.Process | None = None
+        self.on_samples: Callable[[Session], None] | None = None
+        self.on_dump: Callable[[Session, str], str | None] | None = None
+        self._cmd_id = 0
+
+    # --- opening ---------------------------------------------------------------
+    @classmethod
+    def attach(cls, pid: int, config: AttachConfig, progress: Progress | None = None) -> Session:
+        t0 = time.monotonic()
+        target = inspect_target(pid)
+        session = cls(target, config)
+        session.lock.acquire()
+        try:
+            session._open(t0, progress)
+        except BaseException:
+            session._abandon()
+            raise
+        return session
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "rate": self.config.rate,
+            "frames": self.config.frames,
+            "interval": self.config.interval,
+        }
+
+    def _open(self, t0: float, progress: Progress | None) -> None:
+        cfg = self.config
+        deadline = time.time() + cfg.attach_timeout
+        placement = place_agent(self.target, self._settings(), deadline)
+        self.placement = placement
+        self.injection = start_injection(self.target, placement, cfg)
+        sock = self._wait_for_agent(t0, progress)
+        conn = _Conn(sock)
+        msg = conn.recv(HANDSHAKE_TIMEOUT)
+        if msg is None or msg[0] != protocol.HELLO:
+            raise AgentFailed(
+                f"The agent in process {self.target.pid} hung up during the handshake."
+            )
+        hello = msg[1]
+        if not hmac.compare_digest(str(hello.get("token", "")), placement.token):
+            raise AgentFailed("A process connected to heapspy's socket without the session token.")
+        if hello.get("version") != protocol.VERSION:
+            raise AgentFailed(
+                f"Agent protocol version {hello.get('version')} is not {protocol.VERSION}."
+            )
+        # A refusal (already attached, boot failure) follows the hello at once.
+        conn.send(protocol.WELCOME, {"config": self._settings()})
+        msg = conn.recv(HANDSHAKE_TIMEOUT)
+        if msg is None:
+            raise AgentFailed(f"The agent in process {self.target.pid} closed before it was ready.")
+        if msg[0] == protocol.ERROR:
+            raise _agent_error(self.target.pid, msg[1])
+        if msg[0] != protocol.READY:
+            raise AgentFailed(f"Unexpected frame {msg[0]} from the agent during the handshake.")
+        ready = msg[1]
+        self.conn = conn
+        self.aggregator.mode = str(ready.get("mode", "exact"))
+        self.info = AttachInfo(
+            pid=self.target.pid,
+            python=str(hello.get("python", self.target.version_text)),
+            method=self.injection.method,
+            mode=self.aggregator.mode,
+            latency_ms=(time.monotonic() - t0) * 1000,
+            notes=list(ready.get("notes", [])),
+        )
+        placement.cleanup()  # the socket path and directory are no longer needed
+        self.control = control_listen(self.target.pid)
+        self._last_rx = time.monotonic()
+        try:
+            self._proc = psutil.Process(self.target.pid)
+        except psutil.Error:
+            self._proc = None
+
+    def _wait_for_agent(self, t0: float, progress: Progress | None) -> socket.socket:
+        assert self.placement is not None and self.injection is not None
+        listener = self.placement.listener
+        limit = t0 + self.config.attach_timeout
+        while True:
+            now = time.monotonic()
+            if now >= limit:
+                raise self._timeout_error()
+            ready, _, _ = select.select([listener], [], [], min(0.05, limit - now))
+            if ready:
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                sock.setblocking(True)
+                if protocol.peer_pid(sock) != self.target.pid:
+                    sock.close()  # someone else: keep waiting for the real agent
+                    continue
+                return sock
+            if not psutil.pid_exists(self.target.pid):
+                raise TargetExited(f"Process {self.target.pid} exited before the agent started.")
+            if progress is not None:
+                progress(self.injection.waiting_for(), time.monotonic() - t0)
+
+    def _timeout_error(self) -> HeapspyError:
+        assert self.injection is not None
+        what = self.injection.waiting_for()
+        return AgentTimeout(
+            f"The agent did not start in process {self.target.pid} within "
+            f"{self.config.attach_timeout:g} s: its main thread is {what}.",
+            hint=self.injection.advice(),
+        )
+
+    def _abandon(self) -> None:
+        """Undo a failed open, leaving the target as it was."""
+        if self.injection is not None:
+            try:
+                self.injection.cancel()
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                pass
+        if self.placement is not None:
+            if self.injection is not None and self.injection.still_pending():
+                # The bootstrap may still run later: leave its files so that it can find
+                # them, clean up after itself and unmap its page; the deadline in the
+                # config (already passed) tells it not to start.
+                try:
+                    self.placement.listener.close()
+                    os.unlink(self.placement.host_dir / "agent.sock")
+                except OSError:
+                    pass
+            else:
+                self.placement.cleanup()
+        if self.conn is not None:
+            self.conn.sock.close()
+        self.lock.release()
+
+    # --- running ---------------------------------------------------------------
+    def request_stop(self, reason: str = "detached") -> None:
+        if not self._stop:
+            self.end_reason = reason
+        self._stop = True
+
+    def request_dump(self, reason: str = "on-demand") -> None:
+        self._dump_requests.append(reason)
+
+    def run(self, duration: float | None = None) -> str:
+        """Stream until detached, the duration passes, or the agent goes away."""
+        assert self.conn is not None and self.control is not None
+        start = time.monotonic()
+        next_beat = start + HEARTBEAT
+        agent = self.conn.sock
+        agent.setblocking(False)
+        while not self._stop:
+            now = time.monotonic()
+            if duration is not None and now - start >= duration:
+                self.request_stop("duration elapsed")
+                break
+            waits = [agent, self.control, *self.clients]
+            ready, _, _ = select.select(waits, [], [], 0.1)
+            for sock in ready:
+                if sock is agent:
+                    if not self._read_agent():
+                        return self.end_reason
+                elif sock is self.control:
+                    self._accept_control()
+                else:
+                    self._serve_control(sock)
+            now = time.monotonic()
+            if now - self._last_rx > AGENT_TIMEOUT:
+                self.end_reason = "agent stopped answering"
+                return self.end_reason
+            if now >= next_beat:
+                self._send_agent(protocol.HEARTBEAT, {})
+                next_beat = now + HEARTBEAT
+            while self._dump_requests:
+                self._dump(self._dump_requests.pop(0))
+        return self.end_reason
+
+    def _send_agent(self, kind: int, body: dict[str, Any]) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.sock.setblocking(True)
+            self.conn.sock.settimeout(2.0)
+            self.conn.send(kind, body)
+        except OSError:
+            pass
+        finally:
+            self.conn.sock.setblocking(False)
+
+    def _read_agent(self) -> bool:
+        assert self.conn is not None
+        try:
+            data = self.conn.sock.recv(1 << 20)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self.end_reason = self.end_reason or self._why_gone()
+            return False
+        self._last_rx = time.monotonic()
+        for kind, body in self.conn.reader.feed(data):
+            self._on_agent_frame(kind, body)
+        return True
+
+    def _why_gone(self) -> str:
+        if not psutil.pid_exists(self.target.pid):
+            return "target exited"
+        return "agent closed the connection"
+
+    def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:
+        if kind == protocol.SAMPLES:
+            self.aggregator.apply(body)
+            self.aggregator.record(self._rss())
+            if self.on_samples is not None:
+                self.on_samples(self)
+        elif kind == protocol.BYE:
+            self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
+        elif kind == protocol.ERROR:
+            self.end_reason = f"agent error: {body.get('message')}"
+
+    def _rss(self) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            return int(self._proc.memory_info().rss)
+        except psutil.Error:
+            return None
+
+    def _accept_control(self) -> None:
+        assert self.control is not None
+        try:
+            sock, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        peer = socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        uid = int.from_bytes(peer[4:8], "little")
+        if uid not in (0, os.geteuid()):
+            sock.close()
+            return
+        sock.setblocking(False)
+        self.clients[sock] = _Conn(sock)
+
+    def _serve_control(self, sock: socket.socket) -> None:
+        conn = self.clients[sock]
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            del self.clients[sock]
+            sock.close()
+            return
+        for _kind, body in conn.reader.feed(data):
+            reply = self._control_command(body)
+            sock.setblocking(True)
+            try:
+                conn.send(protocol.REPLY, reply)
+            except OSError:
+                pass
+            sock.setblocking(False)
+
+    def _control_command(self, body: dict[str, Any]) -> dict[str, Any]:
+        cmd = body.get("cmd")
+        if cmd == "detach":
+            self.request_stop("detached by `heapspy detach`")
+            return {"ok": True}
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "dump":
+            path = self._dump(str(body.get("rule", "on-demand")))
+            return {"ok": path is not None, "path": path}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _dump(self, reason: str) -> str | None:
+        if self.on_dump is None:
+            return None
+        return self.on_dump(self, reason)
+
+    def status(self) -> dict[str, Any]:
+        info = asdict(self.info) if self.info else {}
+        info["heap_estimate"] = self.aggregator.heap_estimate()
+        info["intervals"] = self.aggregator.intervals
+        info["holder_pid"] = os.getpid()
+        return info
+
+    # --- closing ---------------------------------------------------------------
+    def detach(self) -> None:
+        """Ask the agent to switch off, collect its last samples, release everything."""
+        try:
+            if self.conn is not None:
+                self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "detach"})
+                deadline = time.monotonic() + 3.0
+                sock = self.conn.sock
+                while time.monotonic() < deadline:
+                    ready, _, _ = select.select([sock], [], [], 0.1)
+                    if ready and not self._read_agent():
+                        break
+                sock.close()
+                self.conn = None
+        finally:
+            for client in list(self.clients):
+                client.close()
+            self.clients.clear()
+            if self.control is not None:
+                self.control.close()
+                self.control = None
+            if self.placement is not None:
+                self.placement.cleanup()
+            self.lock.release()

@@ -1,0 +1,207 @@
+"""Symbols and sections of an ELF image mapped in a target, with an on-disk cache.
+
+pyelftools takes 50-150 ms to parse libpython's symbol tables, more than the whole
+attach budget, so what we resolve is cached under ``~/.cache/heapspy/elf`` keyed by the
+image's GNU build-id (or by inode, size and mtime when it has none). The file is opened
+through ``/proc/PID/map_files`` (the very file mapped, even if deleted or replaced on
+disk since) and falls back to ``/proc/PID/root/<path>`` (the target's mount namespace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from heapspy.errors import UnrecognisedPython
+from heapspy.target.maps import Mapping
+
+ET_EXEC = "ET_EXEC"
+ET_DYN = "ET_DYN"
+PAGE = 4096
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "heapspy" / "elf"
+
+
+@dataclass
+class ElfFacts:
+    """What heapspy needs from one ELF file; serialisable to the cache."""
+
+    elf_type: str
+    first_load_vaddr: int
+    build_id: str | None
+    build_id_vaddr: int | None
+    symbols: dict[str, int | None] = field(default_factory=dict)
+    sections: dict[str, list[int] | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "elf_type": self.elf_type,
+            "first_load_vaddr": self.first_load_vaddr,
+            "build_id": self.build_id,
+            "build_id_vaddr": self.build_id_vaddr,
+            "symbols": self.symbols,
+            "sections": self.sections,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ElfFacts:
+        return cls(
+            elf_type=str(data["elf_type"]),
+            first_load_vaddr=int(data["first_load_vaddr"]),
+            build_id=data.get("build_id"),
+            build_id_vaddr=data.get("build_id_vaddr"),
+            symbols=dict(data.get("symbols", {})),
+            sections=dict(data.get("sections", {})),
+        )
+
+
+def open_mapped_file(pid: int, maps: list[Mapping], path: str) -> IO[bytes]:
+    """Open the file behind ``path``'s mapping as the target sees it."""
+    for m in maps:
+        if m.path == path and m.offset == 0:
+            try:
+                return open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", "rb")
+            except OSError:
+                break
+    clean = path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
+    return open(f"/proc/{pid}/root{clean}", "rb")
+
+
+def _cache_key(f: IO[bytes]) -> str:
+    st = os.fstat(f.fileno())
+    return hashlib.sha1(
+        f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
+    ).hexdigest()
+
+
+def _parse(f: IO[bytes], symbols: Iterable[str], sections: Iterable[str]) -> ElfFacts:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(f)  # type: ignore[no-untyped-call]
+        etype = str(elf.header["e_type"])
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]  # type: ignore[no-untyped-call]
+        first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
+        build_id = None
+        build_id_vaddr = None
+        for seg in elf.iter_segments():  # type: ignore[no-untyped-call]
+            if seg["p_type"] != "PT_NOTE":
+                continue
+            for note in seg.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    build_id = str(note["n_desc"])
+                    # the descriptor follows a 12-byte header and the 4-byte "GNU\0" name
+                    build_id_vaddr = (
+                        int(seg["p_vaddr"]) + (int(note["n_offset"]) - int(seg["p_offset"])) + 16
+                    )
+        facts = ElfFacts(etype, first, build_id, build_id_vaddr)
+        _fill(elf, facts, symbols, sections)
+        return facts
+    except ELFError as exc:
+        raise UnrecognisedPython(f"Cannot parse the ELF image: {exc}.") from None
+
+
+def _fill(elf: Any, facts: ElfFacts, symbols: Iterable[str], sections: Iterable[str]) -> None:
+    tables = [
+        t for t in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")) if t
+    ]
+    for name in symbols:
+        if name in facts.symbols:
+            continue
+        addr = None
+        for table in tables:
+            found = table.get_symbol_by_name(name)
+            if found:
+                for sym in found:
+                    if int(sym["st_value"]) != 0 and sym["st_shndx"] != "SHN_UNDEF":
+                        addr = int(sym["st_value"])
+                        break
+            if addr is not None:
+                break
+        facts.symbols[name] = addr
+    for name in sections:
+        if name in facts.sections:
+            continue
+        sec = elf.get_section_by_name(name)
+        facts.sections[name] = [int(sec["sh_addr"]), int(sec["sh_size"])] if sec else None
+
+
+class ElfImage:
+    """One ELF file mapped in a target, with the load bias applied to its addresses."""
+
+    def __init__(self, pid: int, maps: list[Mapping], path: str) -> None:
+        self.pid = pid
+        self.path = path
+        self.base = next(m.start for m in maps if m.path == path and m.offset == 0)
+        self._maps = maps
+        self._facts: ElfFacts | None = None
+        self._key: str | None = None
+
+    def _cache_file(self) -> Path:
+        assert self._key is not None
+        return cache_dir() / f"{self._key}.json"
+
+    def resolve(self, symbols: Iterable[str] = (), sections: Iterable[str] = ()) -> ElfFacts:
+        symbols = list(symbols)
+        sections = list(sections)
+        with open_mapped_file(self.pid, self._maps, self.path) as f:
+            if self._key is None:
+                self._key = _cache_key(f)
+            if self._facts is None:
+                try:
+                    self._facts = ElfFacts.from_json(json.loads(self._cache_file().read_text()))
+                except (OSError, ValueError, KeyError):
+                    self._facts = None
+            facts = self._facts
+            missing = (
+                facts is None
+                or any(s not in facts.symbols for s in symbols)
+                or any(s not in facts.sections for s in sections)
+            )
+            if missing:
+                if facts is None:
+                    facts = _parse(f, symbols, sections)
+                else:
+                    from elftools.elf.elffile import ELFFile
+
+                    _fill(ELFFile(f), facts, symbols, sections)  # type: ignore[no-untyped-call]
+                self._facts = facts
+                self._store(facts)
+        assert self._facts is not None
+        return self._facts
+
+    def _store(self, facts: ElfFacts) -> None:
+        try:
+            d = cache_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".elf-")
+            with os.fdopen(fd, "w") as out:
+                json.dump(facts.to_json(), out)
+            os.replace(tmp, self._cache_file())
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+    @property
+    def bias(self) -> int:
+        facts = self.resolve()
+        if facts.elf_type == ET_EXEC:
+            return 0
+        return self.base - (facts.first_load_vaddr & ~(PAGE - 1))
+
+    def symbol(self, name: str) -> int | None:
+        addr = self.resolve(symbols=[name]).symbols.get(name)
+        return None if addr is None else addr + self.bias
+
+    def section(self, name: str) -> tuple[int, int] | None:
+        sec = self.resolve(sections=[name]).sections.get(name)
+        return None if sec is None else (sec[0] + self.bias, sec[1])

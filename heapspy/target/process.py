@@ -1,0 +1,139 @@
+"""Decide whether a pid is a CPython heapspy can attach to, before touching it.
+
+Everything here only reads ``/proc``; a refusal leaves the target untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+
+from heapspy.errors import (
+    NoSuchProcess,
+    NotPython,
+    TargetExited,
+    TracerAttached,
+    UnrecognisedPython,
+    UnsupportedPython,
+)
+from heapspy.target.elf import ElfImage
+from heapspy.target.maps import Mapping, read_maps
+from heapspy.target.memory import RemoteMemory
+
+SUPPORTED = ((3, 8), (3, 14))
+_LIB = re.compile(r"libpython(\d+)\.(\d+)(t?)[^/]*\.so")
+_EXE = re.compile(r"python(\d+)\.(\d+)(t?)$")
+
+
+@dataclass(frozen=True)
+class PythonTarget:
+    pid: int
+    version: tuple[int, int]
+    micro: int | None
+    free_threaded: bool
+    image_path: str  # the mapped file that holds the interpreter's symbols
+    exe: str
+    uid: int
+    comm: str
+
+    @property
+    def version_text(self) -> str:
+        major, minor = self.version
+        tail = f".{self.micro}" if self.micro is not None else ""
+        return f"{major}.{minor}{tail}{'t' if self.free_threaded else ''}"
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise NoSuchProcess(f"No process with pid {pid}.") from None
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def tracer_of(pid: int) -> int:
+    return int(_status(pid).get("TracerPid", "0"))
+
+
+def check_no_tracer(pid: int) -> None:
+    tracer = tracer_of(pid)
+    if tracer:
+        try:
+            with open(f"/proc/{tracer}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            name = "?"
+        raise TracerAttached(
+            f"Process {pid} is already being traced by pid {tracer} ({name}).",
+            hint="Detach that debugger or tracer (gdb, strace, py-spy) and try again.",
+        )
+
+
+def _find_image(maps: list[Mapping]) -> tuple[str, int, int, bool] | None:
+    lib = None
+    exe = None
+    for m in maps:
+        base = os.path.basename(m.path.replace(" (deleted)", ""))
+        match = _LIB.search(base)
+        if match and lib is None:
+            lib = (m.path, int(match[1]), int(match[2]), bool(match[3]))
+        match = _EXE.search(base)
+        if match and exe is None and m.executable:
+            exe = (m.path, int(match[1]), int(match[2]), bool(match[3]))
+    return lib or exe
+
+
+def inspect_target(pid: int) -> PythonTarget:
+    """Identify the interpreter in ``pid`` or raise the error that explains why not."""
+    if pid <= 0:
+        raise NoSuchProcess(f"{pid} is not a valid pid.")
+    status = _status(pid)
+    if status.get("State", "").startswith(("Z", "X")):
+        raise TargetExited(f"Process {pid} has exited (it is a zombie).")
+    comm = status.get("Name", "?")
+    uid = int(status.get("Uid", "0").split()[1])
+    maps = read_maps(pid)
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = "?"
+    found = _find_image(maps)
+    if found is None:
+        raise NotPython(
+            f"Process {pid} ({comm}) is not a CPython process: no libpython or python "
+            "executable is mapped in it."
+        )
+    path, major, minor, free_threaded = found
+    if (major, minor) < SUPPORTED[0]:
+        raise UnsupportedPython(
+            f"Process {pid} runs Python {major}.{minor}; heapspy supports CPython 3.8 to 3.14."
+        )
+    if (major, minor) > SUPPORTED[1]:
+        raise UnrecognisedPython(
+            f"Process {pid} runs Python {major}.{minor}, newer than this heapspy knows "
+            "(3.8 to 3.14).",
+            hint="Upgrade heapspy.",
+        )
+    micro = None
+    if (major, minor) >= (3, 11):
+        try:
+            image = ElfImage(pid, maps, path)
+            addr = image.symbol("Py_Version")
+            if addr is not None:
+                hexversion = struct.unpack("<I", RemoteMemory(pid).read(addr, 4))[0]
+                if hexversion >> 24 != major or (hexversion >> 16) & 0xFF != minor:
+                    raise UnrecognisedPython(
+                        f"Process {pid}: {path} says it is Python {hexversion >> 24}."
+                        f"{(hexversion >> 16) & 0xFF}, its name says {major}.{minor}."
+                    )
+                micro = (hexversion >> 8) & 0xFF
+        except OSError:
+            micro = None
+    return PythonTarget(pid, (major, minor), micro, free_threaded, path, exe, uid, comm)

@@ -1,0 +1,45 @@
+"""Parsing and printing byte sizes and durations the way users type them."""
+
+from __future__ import annotations
+
+import re
+
+from heapspy.errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """``512KiB``, ``1.5GiB``, ``64k``, ``100`` → bytes (binary multiples throughout)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise UsageError(
+            f"Invalid {what} {text!r}: expected a number of bytes with an optional "
+            "KiB, MiB, GiB or TiB suffix, e.g. 512KiB."
+        )
+    unit = (match[2] or "").lower()[:1]
+    return int(float(match[1]) * _UNITS[unit])
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``10s``, ``15m``, ``250ms``, ``2h``, ``30`` (seconds) → seconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise UsageError(
+            f"Invalid {what} {text!r}: expected a number with an optional unit "
+            "ms, s, m, h or d, e.g. 10s or 15m."
+        )
+    return float(match[1]) * _SECONDS[match[2] or ""]
+
+
+def format_bytes(n: float) -> str:
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} TiB"  # pragma: no cover
