@@ -8,6 +8,7 @@ and the session's control socket in one thread; signal handlers only set flags.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import select
 import socket
@@ -22,10 +23,12 @@ from heapspy_agent import protocol
 from heapspy.aggregate import Aggregator
 from heapspy.config import AttachConfig
 from heapspy.control import listen as control_listen
+from heapspy.dumps import DumpWriter
 from heapspy.errors import (
     AgentFailed,
     AgentTimeout,
     AlreadyAttached,
+    DumpError,
     HeapspyError,
     TargetExited,
 )
@@ -34,6 +37,8 @@ from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.registry import SessionLock
 from heapspy.symbolize import Symbolizer
 from heapspy.target.process import PythonTarget, inspect_target
+
+log = logging.getLogger("heapspy")
 
 HEARTBEAT = 0.5
 AGENT_TIMEOUT = 5.0  # no frame from the agent for this long: it is gone
@@ -102,8 +107,9 @@ class Session:
         self._last_rx = 0.0
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
-        self.on_dump: Callable[[Session, str], str | None] | None = None
-        self._cmd_id = 0
+        self.writer = DumpWriter(config.dump_dir)
+        self.dumps: list[str] = []
+        self.hello: dict[str, Any] = {}
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -156,6 +162,7 @@ class Session:
         if msg[0] != protocol.READY:
             raise AgentFailed(f"Unexpected frame {msg[0]} from the agent during the handshake.")
         ready = msg[1]
+        self.hello = hello
         self.conn = conn
         self.aggregator.mode = str(ready.get("mode", "exact"))
         self.info = AttachInfo(
@@ -371,9 +378,43 @@ class Session:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _dump(self, reason: str) -> str | None:
-        if self.on_dump is None:
+        try:
+            path = self.write_dump(reason)
+        except DumpError as exc:
+            log.error("%s", exc)
             return None
-        return self.on_dump(self, reason)
+        log.info("wrote %s", path)
+        self.dumps.append(path)
+        return path
+
+    def sidecar(self, rule: str) -> dict[str, Any]:
+        agg = self.aggregator
+        totals = agg.alloc_totals()
+        return {
+            "pid": self.target.pid,
+            "command_line": self.hello.get("argv") or [],
+            "executable": self.hello.get("executable"),
+            "python": self.info.python if self.info else self.target.version_text,
+            "mode": agg.mode,
+            "rate": self.config.rate if agg.mode != "exact" else 1,
+            "frames": self.config.frames,
+            "rule": rule,
+            "heap_estimate": agg.heap_estimate(),
+            "rss_series": [[p.time, p.rss, p.heap] for p in list(agg.series)[-120:]],
+            "totals": None if totals is None else {
+                "allocated_bytes": totals.allocated_bytes,
+                "allocations": totals.allocations,
+                "freed_bytes": totals.freed_bytes,
+                "frees": totals.frees,
+                "size_classes": [list(c) for c in totals.size_classes],
+            },
+            "agent_totals": agg.totals,
+            "facts": agg.facts,
+        }
+
+    def write_dump(self, rule: str) -> str:
+        profile = self.aggregator.profile()
+        return str(self.writer.write(profile, self.target.pid, rule, self.sidecar(rule)))
 
     def status(self) -> dict[str, Any]:
         info = asdict(self.info) if self.info else {}
@@ -396,6 +437,8 @@ class Session:
                         break
                 sock.close()
                 self.conn = None
+            if self.config.final_dump and self.info is not None:
+                self._dump("final")
         finally:
             for client in list(self.clients):
                 client.close()

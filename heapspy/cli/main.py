@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
@@ -42,6 +43,7 @@ def _register_commands() -> None:
 
 def run() -> None:
     _register_commands()
+    logging.basicConfig(format="heapspy: %(message)s", level=logging.INFO, stream=sys.stderr)
     try:
         app()
     except HeapspyError as exc:

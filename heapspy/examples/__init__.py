@@ -1,0 +1,1 @@
+"""Example programs bundled with heapspy, used by `heapspy demo` and the tests."""

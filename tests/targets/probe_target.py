@@ -1,0 +1,91 @@
+"""An attach target with a probe: SIGUSR2 makes it write its own state as JSON.
+
+Usage: probe_target.py MODE, MODE one of busy, sleep, accept, lock, threads, asyncio,
+exit-soon, alloc. Prints "READY <pid>" once set up. The probe file is named by
+$HEAPSPY_PROBE. Written for Python 3.8+.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else "busy"
+kept = []
+
+
+def probe(_sig, _frame):
+    import tracemalloc
+
+    state = {
+        "modules": sorted(m for m in sys.modules if "heapspy" in m),
+        "tracing": tracemalloc.is_tracing(),
+        "threads": [t.name for t in threading.enumerate()],
+        "fds": sorted(os.listdir("/proc/self/fd")),
+        "path": [p for p in sys.path if "heapspy" in p],
+        "main_globals": sorted(k for k in globals() if k.startswith("_heapspy")),
+        "kept": len(kept),
+    }
+    path = os.environ["HEAPSPY_PROBE"]
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def retain_blocks():
+    kept.append(bytearray(4096))
+
+
+def churn():
+    return [str(i) for i in range(50)]
+
+
+def spin():
+    x = 0.5
+    while True:
+        x = (x * 1.0000001) % 7.0
+        retain_blocks() if len(kept) < 2000 else None
+        churn()
+
+
+signal.signal(signal.SIGUSR2, probe)
+
+if MODE == "threads":
+    for _ in range(8):
+        threading.Thread(target=spin, daemon=True).start()
+
+print("READY %d" % os.getpid(), flush=True)
+
+if MODE in ("busy", "threads", "alloc"):
+    while True:
+        retain_blocks() if len(kept) < 2000 else None
+        churn()
+        time.sleep(0.0005 if MODE == "busy" else 0.0001)
+elif MODE == "sleep":
+    while True:
+        time.sleep(3)
+elif MODE == "accept":
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    while True:
+        srv.accept()
+elif MODE == "lock":
+    lock = threading.Lock()
+    lock.acquire()
+    while True:
+        lock.acquire(timeout=60)
+elif MODE == "asyncio":
+    import asyncio
+
+    async def idle():
+        while True:
+            await asyncio.sleep(0.5)
+
+    asyncio.run(idle())
+elif MODE == "exit-soon":
+    time.sleep(float(os.environ.get("EXIT_AFTER", "0.2")))
+    sys.exit(0)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+
+from heapspy.errors import UsageError
+from heapspy.units import format_bytes, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512KiB", 524288), ("64k", 65536), ("1", 1), ("0", 0), ("1.5GiB", 1610612736), ("2MB", 2097152)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-1", "5 parsecs", ""])
+def test_parse_size_rejects_with_example(text: str) -> None:
+    with pytest.raises(UsageError, match="e.g. 512KiB"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("10s", 10), ("15m", 900), ("250ms", 0.25), ("2", 2)])
+def test_parse_duration(text: str, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(100) == "100 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(-3 * 1024**3) == "-3.0 GiB"
