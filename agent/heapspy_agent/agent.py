@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 # Every agent module is imported here, at start: the files are deleted right after.
 from heapspy_agent import protocol
@@ -24,7 +24,7 @@ PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is g
 HEARTBEAT = 0.5
 PAGE = 4096
 
-_active = None  # type: Optional[Agent]
+_active: "Optional[Agent]" = None
 
 
 def _remove_tree(path: str) -> None:
@@ -62,7 +62,7 @@ def _unmap_boot_page(marker: str) -> bool:
         if hi - lo != PAGE:
             continue
         if ctypes.string_at(lo, PAGE).find(want) >= 0:
-            return libc.munmap(lo, PAGE) == 0
+            return bool(libc.munmap(lo, PAGE) == 0)
     return False
 
 
@@ -70,12 +70,12 @@ class Agent:
     def __init__(self, directory: str, config: Dict[str, Any]) -> None:
         self.directory = directory
         self.config = config
-        self.sock = None  # type: Optional[socket.socket]
-        self.collector = None  # type: Any
+        self.sock: Optional[socket.socket] = None
+        self.collector: Any = None
         self.reason = "detached"
-        self.notes = []  # type: List[str]
+        self.notes: List[str] = []
         self.stopping = threading.Event()
-        self.thread = None  # type: Optional[threading.Thread]
+        self.thread: Optional[threading.Thread] = None
         self.seq = 0
         self._gc_base = [s.get("collections", 0) for s in gc.get_stats()]
 
@@ -117,7 +117,7 @@ class Agent:
             },
         )
         reader = protocol.FrameReader()
-        pending = []  # type: List[protocol.Message]
+        pending: List[protocol.Message] = []
         msg = protocol.recv_one(sock, reader, pending)
         if msg is None or msg[0] != protocol.WELCOME:
             raise RuntimeError("heapspy did not welcome the agent")
@@ -180,7 +180,7 @@ class Agent:
         if kind != protocol.COMMAND:
             return
         cmd = body.get("cmd")
-        reply = {"id": body.get("id"), "ok": True}  # type: Dict[str, Any]
+        reply: Dict[str, Any] = {"id": body.get("id"), "ok": True}
         if cmd == "detach":
             self.reason = "detached"
             self.stopping.set()
@@ -251,6 +251,25 @@ def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: An
         pass
 
 
+def _after_fork_in_child() -> None:
+    """A forked child inherits the hooks but not the thread: switch them off there."""
+    global _active
+    agent = _active
+    if agent is None:
+        return
+    _active = None
+    try:
+        if agent.collector is not None:
+            agent.collector.stop()
+            agent.collector = None
+        if agent.sock is not None:
+            agent.sock.close()
+    except Exception:  # noqa: BLE001
+        pass
+    for name in [n for n in sys.modules if n.startswith("heapspy_agent")]:
+        sys.modules.pop(name, None)
+
+
 def start(directory: str, token: str) -> None:
     """Entry point called by the bootstrap; must return quickly and never raise."""
     global _active
@@ -278,6 +297,8 @@ def start(directory: str, token: str) -> None:
         ).start()
         return
     agent = Agent(directory, config)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
     thread = threading.Thread(target=agent.run, name="heapspy-agent", daemon=True)
     agent.thread = thread
     _active = agent

@@ -6,7 +6,7 @@ the source on its own side, never in the target.
 """
 
 import tracemalloc
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 FrameKey = Tuple[str, int]
 
@@ -25,13 +25,13 @@ class TracemallocCollector:
             tracemalloc.Filter(False, tracemalloc.__file__),
             tracemalloc.Filter(False, exclude_dir.rstrip("/") + "/*", all_frames=True),
         ]
-        self._stack_ids = {}  # type: Dict[Tuple[FrameKey, ...], int]
-        self._last = {}  # type: Dict[int, Tuple[int, int]]
+        self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
+        self._last: Dict[int, Tuple[int, int]] = {}
 
     def collect(self) -> Dict[str, Any]:
         snapshot = tracemalloc.take_snapshot().filter_traces(self._filters)
-        new_stacks = []  # type: List[Dict[str, Any]]
-        current = {}  # type: Dict[int, Tuple[int, int]]
+        new_stacks: List[Dict[str, Any]] = []
+        current: Dict[int, Tuple[int, int]] = {}
         for stat in snapshot.statistics("traceback"):
             key = tuple((f.filename, f.lineno) for f in stat.traceback)  # oldest first
             sid = self._stack_ids.get(key)
@@ -41,7 +41,7 @@ class TracemallocCollector:
                 new_stacks.append({"id": sid, "frames": [["", fn, ln] for fn, ln in key]})
             count, size = current.get(sid, (0, 0))
             current[sid] = (count + stat.count, size + stat.size)
-        changed = {}  # type: Dict[str, List[int]]
+        changed: Dict[str, List[int]] = {}
         for sid, value in current.items():
             if self._last.get(sid) != value:
                 changed[str(sid)] = [value[0], value[1]]

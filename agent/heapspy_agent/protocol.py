@@ -49,7 +49,7 @@ class FrameReader:
 
     def feed(self, data: bytes) -> List[Message]:
         self._buf += data
-        out = []  # type: List[Message]
+        out: List[Message] = []
         while len(self._buf) >= HEADER.size:
             length, kind = HEADER.unpack_from(self._buf)
             if length > MAX_FRAME:

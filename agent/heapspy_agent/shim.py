@@ -1,0 +1,424 @@
+"""ctypes binding of the native sampling shim (``Cargo-free/heapspy_shim.c``).
+
+The shim hooks CPython's MEM and OBJ allocator domains, counts every allocation exactly
+and samples about one per ``rate`` allocated bytes the way Go does, recording the Python
+stack of each sampled block and accounting its free. This module is copied into target
+processes: standard library only, Python 3.8 syntax, no other heapspy imports. Every
+ctypes signature of the shim is declared here and nowhere else.
+
+Usage::
+
+    shim = Shim.load()                  # or Shim.load(path)
+    shim.start(rate=512 * 1024, max_frames=64)
+    ...
+    d = shim.drain()                    # new stacks, changed stacks, totals
+    shim.stop()                         # False: hooks replaced by someone else, pinned
+    shim.unload()                       # dlclose: nothing of the shim stays mapped
+
+Stacks are returned root -> leaf. Per-stack values are raw sampled values; upscale them
+with :func:`scale_heap_sample` (Go's estimator). Exact totals are never upscaled.
+"""
+
+import ctypes
+import glob
+import math
+import os
+import sys
+import threading
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+ABI = 1
+"""Must match HS_ABI in heapspy_shim.h."""
+
+LIBRARY_GLOB = "_heapspy_shim*.so"
+NCLASSES = 65
+
+# Return codes (heapspy_shim.h).
+OK = 0
+ERR_RUNNING = 1
+ERR_NOT_RUNNING = 2
+ERR_FREE_THREADED = 3
+ERR_SYMBOLS = 4
+ERR_VERSION = 5
+ERR_SUBINTERP = 6
+ERR_NOMEM = 7
+ERR_HOOKS_LEFT = 8
+ERR_ARG = 9
+LEFT_INSTALLED = 10
+ERR_LOAD = 100  # binding-side: the library could not be found, loaded or unloaded
+
+_FLAG_FREE_THREADED = 1
+
+STACK_TRUNCATED = 1
+STACK_OVERFLOW = 2
+STACK_FOREIGN = 4
+
+STATE_IDLE = 0
+STATE_RUNNING = 1
+STATE_LEFT = 2
+
+DEFAULT_MAX_STACKS = 1 << 16
+
+
+class ShimError(Exception):
+    """The shim refused or failed; ``code`` is one of the ``ERR_*`` constants."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Frame(NamedTuple):
+    function: str  # co_qualname on 3.11+, else co_name
+    filename: str
+    line: int  # -1 when CPython does not know
+
+
+class Stack(NamedTuple):
+    stack_id: int
+    frames: Tuple[Frame, ...]  # root -> leaf; empty: no Python frame (or overflow)
+    flags: int  # STACK_* bits
+
+    @property
+    def truncated(self) -> bool:
+        """Deeper than max_frames: the root-most frames are missing."""
+        return bool(self.flags & STACK_TRUNCATED)
+
+    @property
+    def overflow(self) -> bool:
+        """Stack 0: samples whose stack did not fit in the shim's tables."""
+        return bool(self.flags & STACK_OVERFLOW)
+
+
+class StackCounts(NamedTuple):
+    """Current values of one stack (absolute, not deltas).
+
+    The first four are raw sampled values; the ``est_`` ones are those upscaled by the
+    shim, each sample weighing ``1 / (1 - exp(-size / rate))`` with the rate in force when
+    it was taken: Go's estimator per allocation, unbiased even when one stack mixes sizes
+    (Go keys its buckets on the size for that reason) or the rate changed.
+    """
+
+    stack_id: int
+    alloc_count: int
+    alloc_bytes: int
+    live_count: int
+    live_bytes: int
+    est_alloc_count: float
+    est_alloc_bytes: float
+    est_live_count: float
+    est_live_bytes: float
+
+
+class DomainTotals(NamedTuple):
+    """Exact counts for one allocator domain since start. A realloc counts as one free
+    (of a non-NULL block) and one allocation of the new size."""
+
+    alloc_count: int
+    alloc_bytes: int
+    free_count: int
+    realloc_count: int
+    size_classes: Tuple[int, ...]  # [k]: allocations with 2**(k-1) < size <= 2**k
+
+
+class Totals(NamedTuple):
+    state: int
+    rate: int
+    mem: DomainTotals
+    obj: DomainTotals
+    sampled_count: int
+    sampled_bytes: int
+    live_samples: int
+    live_sampled_bytes: int
+    dropped_samples: int  # pointer map full: counted as allocated, never as live
+    overflow_samples: int  # attributed to stack 0
+    stacks: int
+    frames: int
+    shim_memory: int  # bytes of libc memory the shim holds
+
+
+class Drain(NamedTuple):
+    new_stacks: List[Stack]  # stacks interned since the previous drain
+    changed: List[StackCounts]  # stacks whose counters changed since the previous drain
+    totals: Totals
+
+
+class _Report(ctypes.Structure):
+    """hs_report in heapspy_shim.h."""
+
+    _fields_ = [
+        ("abi", ctypes.c_uint64),
+        ("state", ctypes.c_uint64),
+        ("rate", ctypes.c_uint64),
+        ("max_frames", ctypes.c_uint64),
+        ("alloc_count", ctypes.c_uint64 * 2),
+        ("alloc_bytes", ctypes.c_uint64 * 2),
+        ("free_count", ctypes.c_uint64 * 2),
+        ("realloc_count", ctypes.c_uint64 * 2),
+        ("size_classes", (ctypes.c_uint64 * NCLASSES) * 2),
+        ("sampled_count", ctypes.c_uint64),
+        ("sampled_bytes", ctypes.c_uint64),
+        ("live_samples", ctypes.c_uint64),
+        ("live_sampled_bytes", ctypes.c_uint64),
+        ("dropped_samples", ctypes.c_uint64),
+        ("overflow_samples", ctypes.c_uint64),
+        ("stacks", ctypes.c_uint64),
+        ("frames", ctypes.c_uint64),
+        ("map_entries", ctypes.c_uint64),
+        ("shim_memory", ctypes.c_uint64),
+        ("n_new", ctypes.c_uint64),
+        ("new_stacks", ctypes.c_uint64),
+        ("n_new_frames", ctypes.c_uint64),
+        ("new_codes", ctypes.c_uint64),
+        ("new_lines", ctypes.c_uint64),
+        ("n_changed", ctypes.c_uint64),
+        ("changed", ctypes.c_uint64),
+        ("changed_est", ctypes.c_uint64),
+    ]
+
+
+def scale_heap_sample(count: int, size: int, rate: int) -> Tuple[int, int]:
+    """Go's pprof estimator: upscale sampled (count, bytes) of one stack to the truth.
+
+    An allocation of ``avg = size / count`` bytes is sampled with probability
+    ``1 - exp(-avg / rate)``; divide by it. ``rate <= 1`` means everything was recorded.
+    """
+    if count == 0 or size == 0:
+        return 0, 0
+    if rate <= 1:
+        return count, size
+    avg = size / count
+    scale = 1.0 / (1.0 - math.exp(-avg / rate))
+    return int(count * scale), int(size * scale)
+
+
+def shim_path() -> Optional[str]:
+    """The built shim library, or None when it was not built.
+
+    Looks next to this module first (installed package, in-place or editable build, a
+    copy of the agent folder), then in setuptools' build output of a source checkout.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    patterns = [
+        os.path.join(here, LIBRARY_GLOB),
+        # source checkout: agent/heapspy_agent/ -> build/lib.*/heapspy_agent/
+        os.path.join(
+            os.path.dirname(os.path.dirname(here)), "build", "lib*", "heapspy_agent", LIBRARY_GLOB
+        ),
+    ]
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _is_free_threaded() -> bool:
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+class Shim:
+    """One loaded copy of the shim library in this process.
+
+    All calls hold the GIL (ctypes.PyDLL), so installing hooks cannot race other
+    threads; a lock additionally serialises callers of this object.
+    """
+
+    def __init__(self, lib: "ctypes.PyDLL", path: str) -> None:
+        self.path = path
+        self._lib: Optional[ctypes.PyDLL] = lib
+        self._lock = threading.Lock()
+        self._names: Dict[int, Tuple[str, str]] = {}
+        self._qualname = sys.version_info >= (3, 11)
+        lib.hs_abi.restype = ctypes.c_int
+        lib.hs_abi.argtypes = []
+        lib.hs_start.restype = ctypes.c_int
+        lib.hs_start.argtypes = [
+            ctypes.c_uint64,  # rate
+            ctypes.c_int,  # max_frames
+            ctypes.c_uint64,  # max_stacks
+            ctypes.c_uint64,  # seed
+            ctypes.c_uint,  # flags
+        ]
+        lib.hs_set_rate.restype = ctypes.c_int
+        lib.hs_set_rate.argtypes = [ctypes.c_uint64]
+        lib.hs_stop.restype = ctypes.c_int
+        lib.hs_stop.argtypes = []
+        lib.hs_state.restype = ctypes.c_int
+        lib.hs_state.argtypes = []
+        lib.hs_read.restype = ctypes.c_int
+        lib.hs_read.argtypes = [ctypes.POINTER(_Report), ctypes.c_int]
+        lib.hs_strerror.restype = ctypes.c_char_p
+        lib.hs_strerror.argtypes = [ctypes.c_int]
+
+    @classmethod
+    def load(cls, path: Optional[str] = None) -> "Shim":
+        """Load the library (default: :func:`shim_path`); ShimError(ERR_LOAD) if absent."""
+        if path is None:
+            path = shim_path()
+            if path is None:
+                raise ShimError("the sampling shim was not built", ERR_LOAD)
+        try:
+            lib = ctypes.PyDLL(path)
+        except OSError as exc:
+            raise ShimError(f"cannot load the sampling shim {path}: {exc}", ERR_LOAD) from exc
+        try:
+            abi = lib.hs_abi()
+        except AttributeError:
+            raise ShimError(f"{path} is not a heapspy shim", ERR_LOAD) from None
+        if abi != ABI:
+            raise ShimError(f"shim {path} has ABI {abi}, this agent needs {ABI}", ERR_LOAD)
+        return cls(lib, path)
+
+    def _c(self) -> "ctypes.PyDLL":
+        if self._lib is None:
+            raise ShimError("the sampling shim was unloaded", ERR_LOAD)
+        return self._lib
+
+    def _check(self, rc: int) -> None:
+        if rc != OK:
+            msg = self._c().hs_strerror(rc)
+            raise ShimError(msg.decode() if msg else f"error {rc}", rc)
+
+    @property
+    def state(self) -> int:
+        """STATE_IDLE, STATE_RUNNING, or STATE_LEFT (stopped but pinned)."""
+        return int(self._c().hs_state())
+
+    def start(
+        self,
+        rate: int,
+        max_frames: int = 64,
+        max_stacks: int = DEFAULT_MAX_STACKS,
+        seed: int = 0,
+        free_threaded: Optional[bool] = None,
+    ) -> None:
+        """Install the hooks on MEM and OBJ in one C call and start counting.
+
+        ``rate``: mean bytes between samples (0: exact totals only, 1: every allocation).
+        ``seed``: 0 picks one. ``free_threaded``: None detects it.
+        """
+        if rate < 0 or max_frames < 1 or max_stacks < 2 or seed < 0:
+            raise ShimError("invalid argument", ERR_ARG)
+        if free_threaded is None:
+            free_threaded = _is_free_threaded()
+        flags = _FLAG_FREE_THREADED if free_threaded else 0
+        with self._lock:
+            self._names.clear()
+            self._check(self._c().hs_start(rate, max_frames, max_stacks, seed, flags))
+
+    def set_rate(self, rate: int) -> None:
+        """Change the mean sampling distance of the running session."""
+        if rate < 0:
+            raise ShimError("invalid argument", ERR_ARG)
+        with self._lock:
+            self._check(self._c().hs_set_rate(rate))
+
+    def stop(self) -> bool:
+        """Remove the hooks and release every table and code-object reference.
+
+        Returns False when another allocator had replaced our hooks: they stay installed
+        as pass-throughs (restoring could point at freed state), the library stays pinned,
+        and a later ``stop()`` retries. Drain first: per-stack data is gone afterwards;
+        totals stay readable until the next start.
+        """
+        with self._lock:
+            rc = self._c().hs_stop()
+            self._names.clear()
+            if rc == LEFT_INSTALLED:
+                return False
+            self._check(rc)
+            return True
+
+    def unload(self) -> None:
+        """dlclose the library. Only after a clean stop: nothing of it stays mapped."""
+        with self._lock:
+            lib = self._c()
+            state = lib.hs_state()
+            if state != STATE_IDLE:
+                raise ShimError("cannot unload the shim while its hooks are installed", ERR_LOAD)
+            handle = lib._handle
+            self._lib = None
+            del lib
+            import _ctypes
+
+            _ctypes.dlclose(handle)
+
+    def totals(self) -> Totals:
+        """Exact totals and table sizes, without consuming the drain state."""
+        with self._lock:
+            rep = _Report()
+            self._check(self._c().hs_read(ctypes.byref(rep), 0))
+            return _totals(rep)
+
+    def drain(self) -> Drain:
+        """Everything that changed since the previous drain (or start)."""
+        with self._lock:
+            rep = _Report()
+            self._check(self._c().hs_read(ctypes.byref(rep), 1))
+            # Copy out of the shim's buffers now: they live until the next drain/stop.
+            n, nf, nc = rep.n_new, rep.n_new_frames, rep.n_changed
+            hdr = _array(ctypes.c_uint64, 3 * n, rep.new_stacks)
+            codes = _array(ctypes.py_object, nf, rep.new_codes)
+            lines = _array(ctypes.c_int64, nf, rep.new_lines)
+            flat = _array(ctypes.c_uint64, 5 * nc, rep.changed)
+            est = _array(ctypes.c_double, 4 * nc, rep.changed_est)
+            stacks = []
+            pos = 0
+            for i in range(0, 3 * n, 3):
+                depth = hdr[i + 1]
+                frames = tuple(
+                    self._frame(codes[j], lines[j]) for j in range(pos + depth - 1, pos - 1, -1)
+                )
+                stacks.append(Stack(hdr[i], frames, hdr[i + 2]))
+                pos += depth
+            changed = [
+                StackCounts(*flat[5 * i : 5 * i + 5], *est[4 * i : 4 * i + 4]) for i in range(nc)
+            ]
+            return Drain(stacks, changed, _totals(rep))
+
+    def _frame(self, code: Any, line: int) -> Frame:
+        # Keyed by address: the shim holds a reference to every code object it hands out
+        # until stop(), and the cache is cleared there.
+        names = self._names.get(id(code))
+        if names is None:
+            name = code.co_qualname if self._qualname else code.co_name
+            names = self._names[id(code)] = (str(name), str(code.co_filename))
+        return Frame(names[0], names[1], int(line))
+
+
+def _array(ctype: Any, n: int, address: int) -> List[Any]:
+    """Copy n items of ctype at address (a shim buffer) into a list."""
+    if n == 0:
+        return []
+    return list((ctype * n).from_address(address))
+
+
+def _domain(rep: _Report, i: int) -> DomainTotals:
+    return DomainTotals(
+        rep.alloc_count[i],
+        rep.alloc_bytes[i],
+        rep.free_count[i],
+        rep.realloc_count[i],
+        tuple(rep.size_classes[i]),
+    )
+
+
+def _totals(rep: _Report) -> Totals:
+    return Totals(
+        state=rep.state,
+        rate=rep.rate,
+        mem=_domain(rep, 0),
+        obj=_domain(rep, 1),
+        sampled_count=rep.sampled_count,
+        sampled_bytes=rep.sampled_bytes,
+        live_samples=rep.live_samples,
+        live_sampled_bytes=rep.live_sampled_bytes,
+        dropped_samples=rep.dropped_samples,
+        overflow_samples=rep.overflow_samples,
+        stacks=rep.stacks,
+        frames=rep.frames,
+        shim_memory=rep.shim_memory,
+    )
