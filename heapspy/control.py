@@ -46,9 +46,15 @@ def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str,
             raise NoSession(f"The control socket for {pid} is not held by its session.")
         body = {"cmd": cmd}
         body.update(args)
-        sock.sendall(protocol.encode(protocol.COMMAND, body))
+        try:
+            sock.sendall(protocol.encode(protocol.COMMAND, body))
+        except (ConnectionResetError, BrokenPipeError):
+            raise NoSession(f"The heapspy session for process {pid} is closing.") from None
         reader = protocol.FrameReader()
-        msg = protocol.recv_one(sock, reader, [])
+        try:
+            msg = protocol.recv_one(sock, reader, [])
+        except (ConnectionResetError, BrokenPipeError):
+            msg = None
     if msg is None:
         raise NoSession(f"The heapspy session for process {pid} closed without answering.")
     return msg[1]

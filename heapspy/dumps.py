@@ -9,6 +9,7 @@ temporary file removed, and the session goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -94,7 +95,9 @@ class DumpWriter:
                 sidecar_path(path).unlink()
             except OSError:
                 pass
-            raise DumpError(f"Could not write a heap dump to {self.directory}: {exc.strerror}.") from None
+            raise DumpError(
+                f"Could not write a heap dump to {self.directory}: {exc.strerror}."
+            ) from None
         self.prune()
         return path
 
@@ -113,10 +116,8 @@ class DumpWriter:
         def size(p: Path) -> int:
             total = 0
             for f in (p, sidecar_path(p)):
-                try:
+                with contextlib.suppress(OSError):
                     total += f.stat().st_size
-                except OSError:
-                    pass
             return total
 
         sizes = {p: size(p) for p in dumps}
@@ -129,9 +130,7 @@ class DumpWriter:
             oldest = dumps.pop(0)
             total -= sizes[oldest]
             for f in (oldest, sidecar_path(oldest)):
-                try:
+                with contextlib.suppress(OSError):
                     f.unlink()
-                except OSError:
-                    pass
             removed.append(oldest)
         return removed

@@ -73,6 +73,17 @@ class SessionLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        while True:
+            fd = self._lock_file()
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # released and unlinked while we waited for it: take the new one
+        self._claim(fd)
+
+    def _lock_file(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,6 +98,9 @@ class SessionLock:
                     f"`heapspy dump {self.pid}`."
                 ),
             ) from None
+        return fd
+
+    def _claim(self, fd: int) -> None:
         try:
             with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
                 command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()

@@ -85,34 +85,47 @@ def attach(
 
 def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
-    try:
-        session = Session.attach(pid, config, progress=spinner)
-    finally:
-        spinner.clear()
-    info = session.info
-    assert info is not None
-    if not quiet:
-        print(
-            f"heapspy: attached to {pid} (Python {info.python}) via {info.method} in "
-            f"{info.latency_ms:.0f} ms; {info.mode} mode",
-            file=sys.stderr,
-        )
-        for note in info.notes:
-            print(f"heapspy: note: {note}", file=sys.stderr)
+    current: list[Session] = []
+    early: list[str] = []
 
     def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+        # only record the request; the session loop acts on it
         if signum == signal.SIGUSR1:
-            session.request_dump("signal")
+            if current:
+                current[0].request_dump("signal")
+            return
+        reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        if current:
+            current[0].request_stop(reason)
         else:
-            session.request_stop("interrupted" if signum == signal.SIGINT else "terminated")
+            early.append(reason)
 
-    previous = {
-        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    }
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
-        reason = session.run(config.duration)
+        try:
+            session = Session.attach(pid, config, progress=spinner)
+        finally:
+            spinner.clear()
+        current.append(session)
+        info = session.info
+        assert info is not None
+        if not quiet:
+            print(
+                f"heapspy: attached to {pid} (Python {info.python}) via {info.method} in "
+                f"{info.latency_ms:.0f} ms; {info.mode} mode",
+                file=sys.stderr,
+                flush=True,
+            )
+            for note in info.notes:
+                print(f"heapspy: note: {note}", file=sys.stderr)
+        if early:
+            session.request_stop(early[0])
+        try:
+            reason = session.run(config.duration)
+        finally:
+            session.detach()
     finally:
-        session.detach()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if not quiet:

@@ -10,6 +10,8 @@ COMMAND_MODULES = (
     "heapspy.cli.attach",
     "heapspy.cli.detach",
     "heapspy.cli.demo",
+    "heapspy.cli.report",
+    "heapspy.cli.diff",
 )
 
 

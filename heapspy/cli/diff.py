@@ -1,0 +1,36 @@
+"""``heapspy diff``: options → DiffConfig → build_diff → text or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from heapspy.diff import DiffConfig, build_diff, render_diff
+from heapspy.report import check_format
+
+
+def diff(
+    base: Path = typer.Argument(..., help="The earlier heap dump (.pb.gz)."),
+    new: Path = typer.Argument(..., help="The later heap dump (.pb.gz)."),
+    top: int = typer.Option(10, "--top", "-n", help="How many sites to list per table."),
+    sample_index: str = typer.Option(
+        "",
+        "--sample-index",
+        help="inuse_space, alloc_space, inuse_objects or alloc_objects [default: the "
+        "dumps' own, inuse_space].",
+        show_default=False,
+    ),
+    output_format: str = typer.Option("text", "--format", help="text or json."),
+) -> None:
+    """Show which functions and lines grew between two dumps, largest growth first.
+
+    The leak finder: dump, let the program run, dump again, then diff the two.
+    """
+    check_format(output_format)
+    config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index)
+    typer.echo(render_diff(build_diff(config), output_format), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("diff")(diff)

@@ -1,0 +1,955 @@
+"""Queue Python source in a CPython 3.8-3.13 target with ptrace and ``Py_AddPendingCall``.
+
+The target's main thread (tid == pid) is seized and interrupted, made to run one
+``mmap`` through a ``syscall`` instruction that already exists in libc's text, and then
+to call ``Py_AddPendingCall(PyRun_SimpleString, page)`` returning onto an ``int3`` in that
+page; every register, the FP/vector state and the signal mask are then put back exactly
+and the thread is let go. The interpreter runs the source at its next eval-breaker check
+in the main thread. Nothing here calls into Python from the interrupted point (it may be
+waiting for the GIL), nothing is written into shared code, and other threads never stop.
+
+While the main thread is held, all signals it could take are blocked with
+PTRACE_SETSIGMASK so they stay queued (or go to another thread) and arrive exactly once
+after the detach; the unblockable ones that still reach it are re-sent after the detach.
+
+Stops inside ``get_signal`` (an interrupt, a signal or a group stop) are the only ones
+where restoring the registers also restores an interrupted syscall, because the kernel's
+restart logic runs after them; the code below always detaches from one of those.
+
+All ptrace requests for one injection come from one short-lived thread: if the main
+thread never stops (uninterruptible sleep), that thread's exit detaches it untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from heapspy.errors import (
+    HeapspyError,
+    InjectionFailed,
+    NoSuchProcess,
+    PermissionDenied,
+    TargetExited,
+    TracerAttached,
+    UnrecognisedPython,
+)
+from heapspy.inject.arch import NT_PRSTATUS, Arch, current_arch
+from heapspy.target.elf import ElfImage
+from heapspy.target.maps import Mapping, read_maps
+from heapspy.target.memory import RemoteMemory
+from heapspy.target.process import PythonTarget, check_no_tracer
+
+PAGE = 4096
+SOURCE_OFFSET = 16  # the landing pad (one trap instruction, padded) comes first
+DEFAULT_TIMEOUT = 5.0
+
+# <sys/ptrace.h>, <linux/ptrace.h>
+PTRACE_CONT = 7
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_O_TRACESYSGOOD = 1
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000  # __WALL: threads are not "children" for plain waitpid
+
+PROT_READ, PROT_EXEC = 1, 4
+MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
+_RESTARTS = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
+FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_CMD_MASK = 0, 9, 0x7F  # cmd = op & ~(PRIVATE|CLOCK_RT)
+
+_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Left unblocked while we hold the thread: blocking a fault makes the kernel reset its
+# handler to SIG_DFL when it is forced, and our own int3 must reach us.
+_SYNC_SIGNALS = (
+    signal.SIGILL,
+    signal.SIGTRAP,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGSEGV,
+    signal.SIGSYS,
+)
+SI_TKILL = -6
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ptrace = _libc.ptrace
+_ptrace.restype = ctypes.c_long
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_tgkill = getattr(_libc, "tgkill", None)
+if _tgkill is not None:
+    _tgkill.restype = ctypes.c_int
+    _tgkill.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+@dataclass(frozen=True)
+class InjectionReport:
+    """What one injection did; the page stays mapped until the injected code unmaps it."""
+
+    pid: int
+    page: int  # address of the mapping holding the landing pad and the source
+    page_size: int
+    source_addr: int  # the NUL-terminated source handed to PyRun_SimpleString
+    stopped_s: float  # how long the main thread was held
+    main_thread: str  # what it was doing: "running", "futex wait", "clock_nanosleep", ...
+    syscall: int | None  # the syscall it was interrupted in, if any
+    nudged: bool  # a futex wait was turned into EINTR so the call runs promptly
+    redelivered_signals: tuple[int, ...]  # unblockable signals held back, re-sent after
+
+
+@dataclass(frozen=True)
+class MainThreadActivity:
+    """What a thread is doing, read from /proc without stopping it."""
+
+    kind: str  # running, futex, sleep, io, poll, child, stopped, exited, syscall, unknown
+    syscall: int | None
+    description: str
+
+    def __str__(self) -> str:
+        return self.description
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def inject_pending_call(
+    target: PythonTarget,
+    source: bytes,
+    *,
+    nudge: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_stopped: Callable[[], None] | None = None,
+) -> InjectionReport:
+    """Make the target's main thread queue ``PyRun_SimpleString(source)`` as a pending call.
+
+    ``source`` must not let any exception escape (``PyRun_SimpleString`` returning -1
+    from a pending call breaks the target's own code with SystemError): wrap it in
+    ``try: ... except BaseException: pass``. With ``nudge``, a main thread waiting on a
+    futex (lock, ``join()``, ``Event.wait()``) gets EINTR so the call runs at once; the
+    wait then carries on. ``on_stopped`` is called while the thread is held (tests use
+    it to send signals at that moment). On any failure the target is left running as it
+    was and a ``HeapspyError`` says why.
+    """
+    if b"\0" in source:
+        raise ValueError("the source must not contain NUL bytes")
+    plan = _plan(target)
+    return _Injector(plan).inject(source, nudge=nudge, timeout=timeout, hook=on_stopped)
+
+
+def unmap_page(pid: int, addr: int, size: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """``munmap(addr, size)`` in the target with the same syscall mechanism.
+
+    Only safe once the pending call that reads the page has run: an unmapped source
+    would crash the target when it runs later. ``disarm_pending_call`` is the safe way to
+    withdraw a call that has not run yet.
+    """
+    _Injector(_plan_syscall_only(pid)).unmap(addr, size, timeout=timeout)
+
+
+def disarm_pending_call(report: InjectionReport) -> None:
+    """Make a queued call harmless: its source becomes empty (the page stays mapped).
+
+    Written through /proc/PID/mem without stopping the target. Racing the interpreter as
+    it copies the source at the very start of parsing is the only (sub-microsecond) risk.
+    """
+    try:
+        fd = os.open(f"/proc/{report.pid}/mem", os.O_RDWR)
+    except FileNotFoundError:
+        raise TargetExited(f"Process {report.pid} exited.") from None
+    try:
+        os.pwrite(fd, b"\0", report.source_addr)
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.EIO):
+            raise TargetExited(f"Process {report.pid} exited.") from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def describe_main_thread(pid: int) -> str:
+    """What the main thread is blocked in, in words, without stopping it."""
+    return main_thread_activity(pid).description
+
+
+def main_thread_activity(pid: int) -> MainThreadActivity:
+    """Classify the main thread from /proc/PID/{stat,syscall,wchan}; never stops it."""
+    arch = current_arch()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return MainThreadActivity("exited", None, "exited")
+    if state in ("Z", "X"):
+        return MainThreadActivity("exited", None, "exited")
+    if state in ("T", "t"):
+        return MainThreadActivity("stopped", None, "stopped (SIGSTOP, Ctrl-Z or a debugger)")
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        fields = []
+    if not fields:
+        return MainThreadActivity("unknown", None, "in an unknown state")
+    if fields[0] == "running":
+        return MainThreadActivity("running", None, "running")
+    nr = int(fields[0])
+    if nr < 0:
+        return MainThreadActivity("running", None, "running (blocked outside a syscall)")
+    args = [int(a, 16) for a in fields[1:7]]
+    return _classify_syscall(arch, nr, args, _wchan(pid))
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def _permission_denied(pid: int, what: str) -> PermissionDenied:
+    """The reason ptrace is refused, with the fix, as precisely as /proc tells."""
+    reasons: list[str] = []
+    fixes: list[str] = []
+    target_uid: int | None = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    target_uid = int(line.split()[2])  # effective uid
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        owner = None
+    euid = os.geteuid()
+    has_cap = _has_cap_sys_ptrace()
+    if target_uid is not None and target_uid != euid and not has_cap:
+        reasons.append(f"it runs as uid {target_uid} and heapspy as uid {euid}")
+        fixes.append(f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or as root")
+    if euid == 0 and not has_cap:
+        reasons.append("heapspy runs as root without CAP_SYS_PTRACE")
+        fixes.append("grant CAP_SYS_PTRACE (in a container: --cap-add SYS_PTRACE)")
+    if owner == 0 and target_uid not in (None, 0):
+        reasons.append("the target is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0))")
+        fixes.append("only root with CAP_SYS_PTRACE can attach to it")
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read().strip())
+    except (OSError, ValueError):
+        scope = 0
+    if scope == 1 and not has_cap:
+        reasons.append("Yama ptrace_scope is 1 (only a parent may attach)")
+        fixes.append(
+            "run heapspy as root / with CAP_SYS_PTRACE, or "
+            "`echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`"
+        )
+    elif scope == 2 and not has_cap:
+        reasons.append("Yama ptrace_scope is 2 (admin only)")
+        fixes.append("run heapspy as root with CAP_SYS_PTRACE")
+    elif scope >= 3:
+        reasons.append("Yama ptrace_scope is 3: ptrace is disabled until reboot")
+        fixes.append("on Python 3.14+ use --method pep768; otherwise reboot with a lower scope")
+    why = "; ".join(reasons) if reasons else "the kernel refused ptrace"
+    hint = (
+        ("Fix: " + "; or ".join(fixes) + ".")
+        if fixes
+        else ("Run heapspy as the target's user, or as root with CAP_SYS_PTRACE.")
+    )
+    return PermissionDenied(f"Not allowed to {what} process {pid}: {why}.", hint=hint)
+
+
+def _has_cap_sys_ptrace() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 19 & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _tracer_attached(pid: int) -> TracerAttached | None:
+    try:
+        check_no_tracer(pid)
+    except TracerAttached as exc:
+        return exc
+    except HeapspyError:
+        return None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _resend(pid: int, sig: int, to_thread: bool) -> None:
+    """Send again a signal held back while the thread was ours (its siginfo is lost)."""
+    try:
+        if to_thread and _tgkill is not None:
+            _tgkill(pid, pid, sig)
+        else:
+            os.kill(pid, sig)
+    except OSError:
+        pass  # it exited: nobody is left to miss the signal
+
+
+def _exited(pid: int) -> TargetExited:
+    return TargetExited(f"Process {pid} exited while heapspy was injecting into it.")
+
+
+# --- what to inject and where ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    pid: int
+    arch: Arch
+    syscall_insn: int  # address of an existing syscall instruction in the target
+    add_pending_call: int
+    run_simple_string: int
+
+
+def _plan(target: PythonTarget) -> _Plan:
+    pid = target.pid
+    arch = current_arch()
+    try:
+        maps = read_maps(pid)
+        image = ElfImage(pid, maps, target.image_path)
+        memory = RemoteMemory(pid)
+        add = image.symbol("Py_AddPendingCall")
+        run = image.symbol("PyRun_SimpleString")
+        if add is None or run is None:
+            pairs = (("Py_AddPendingCall", add), ("PyRun_SimpleString", run))
+            missing = " or ".join(name for name, addr in pairs if addr is None)
+            raise UnrecognisedPython(
+                f"{target.image_path} in process {pid} does not export {missing} "
+                "(neither in .dynsym nor in .symtab).",
+                hint="heapspy needs an unstripped CPython or one whose .dynsym lists the C API.",
+            )
+        image.check_build_id(memory)
+        insn = _find_syscall_insn(arch, maps, memory, target.image_path)
+    except PermissionDenied:
+        tracer = _tracer_attached(pid)
+        raise tracer or _permission_denied(pid, "read the memory of") from None
+    except StopIteration:  # ElfImage: the image is no longer mapped
+        raise TargetExited(f"Process {pid} exited or unmapped {target.image_path}.") from None
+    return _Plan(pid, arch, insn, add, run)
+
+
+def _plan_syscall_only(pid: int) -> _Plan:
+    arch = current_arch()
+    try:
+        maps = read_maps(pid)
+        insn = _find_syscall_insn(arch, maps, RemoteMemory(pid), None)
+    except PermissionDenied:
+        raise _permission_denied(pid, "read the memory of") from None
+    return _Plan(pid, arch, insn, 0, 0)
+
+
+def _find_syscall_insn(
+    arch: Arch, maps: list[Mapping], memory: RemoteMemory, image: str | None
+) -> int:
+    """An existing syscall instruction in executable file-backed text, libc's first."""
+
+    def rank(m: Mapping) -> int:
+        base = os.path.basename(m.path)
+        if base.startswith(("libc.so", "libc-")):
+            return 0
+        return 1 if m.path == image else 2
+
+    candidates = sorted(
+        (m for m in maps if m.executable and m.path.startswith("/") and m.inode), key=rank
+    )
+    chunk = 64 * 1024
+    for m in candidates:
+        for start in range(m.start, m.end, chunk):
+            try:
+                data = memory.read(start, min(chunk, m.end - start))
+            except OSError:
+                break
+            at = data.find(arch.syscall_insn)
+            while at >= 0 and (start + at) % len(arch.syscall_insn) and len(arch.syscall_insn) > 2:
+                at = data.find(arch.syscall_insn, at + 1)  # aligned ISAs: aarch64's svc
+            if at >= 0:
+                return start + at
+    raise InjectionFailed(
+        f"No syscall instruction found in the executable mappings of process {memory.pid}."
+    )
+
+
+# --- the tracer --------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+GRACE = 3.0  # after a timeout: time to interrupt the thread and put it back
+
+
+class _PtraceError(OSError):
+    pass
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Exited(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Stop:
+    status: int
+
+    @property
+    def sig(self) -> int:
+        return (self.status >> 8) & 0xFF
+
+    @property
+    def event(self) -> int:
+        return self.status >> 16
+
+    @property
+    def is_syscall(self) -> bool:
+        return self.event == 0 and self.sig == (signal.SIGTRAP | 0x80)
+
+    @property
+    def is_interrupt(self) -> bool:
+        return self.event == PTRACE_EVENT_STOP and self.sig not in _STOP_SIGNALS
+
+    @property
+    def is_group_stop(self) -> bool:
+        return self.event == PTRACE_EVENT_STOP and self.sig in _STOP_SIGNALS
+
+    @property
+    def is_signal(self) -> bool:
+        return self.event == 0 and not self.is_syscall
+
+
+# Where the tracee is. Only at a _SIGNAL_STOP (interrupt, signal or group stop: all inside
+# the kernel's get_signal) does restoring the registers also restart an interrupted
+# syscall, since the restart logic runs right after it.
+_RUNNING, _SIGNAL_STOP, _SYSCALL_ENTRY, _SYSCALL_EXIT, _GONE = range(5)
+
+_TIMEOUT_HINTS = {
+    "stopping": "It may be in an uninterruptible sleep (D state: disk or NFS); try again later.",
+    "the call to Py_AddPendingCall": (
+        "It was probably interrupted while holding the interpreter's pending-call lock; "
+        "try again. The page heapspy mapped was left in place (4 KiB) in case the call "
+        "was queued."
+    ),
+}
+
+
+class _Injector:
+    """One ptrace session on a target's main thread.
+
+    All ptrace requests and waits happen in one worker thread (a tracee belongs to the
+    thread that seized it, and that thread's exit detaches it); the calling thread is the
+    watchdog. waitpid blocks, because polling it costs the target 2-10x longer stops on a
+    busy machine; a timeout is enforced by the watchdog, which sends the held thread a
+    SIGTRAP ("poke") that makes it stop where we can take it back, and which the worker
+    always consumes before detaching (delivered for real, it would kill the target).
+    """
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.pid = plan.pid
+        self.arch = plan.arch
+        self.where = _GONE
+        self.resumed_from = _GONE
+        self.seized = False
+        self.stopped_once = False
+        self.saved_regs: ctypes.Structure | None = None
+        self.saved_fp: bytes | None = None
+        self.saved_mask: int | None = None
+        self.held: list[tuple[int, bool]] = []  # (signal, thread-directed)
+        self.mem_fd = -1
+        self.phase = "stopping"
+        self.lock = threading.RLock()  # orders the watchdog's poke against the detach
+        self.timed_out = False
+        self.recovering = False
+        self.poked = False
+        self.poke_seen = False
+
+    # the two threads --------------------------------------------------------------------
+    def drive(self, timeout: float, body: Callable[[float], _T]) -> _T:
+        """Run ``body`` in a worker thread holding the tracee; watch the clock here."""
+        box: list[_T] = []
+        error: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                box.append(self._run(timeout, body))
+            except BaseException as exc:
+                error.append(exc)
+
+        # A daemon: it is only ever left behind when the thread never stops, and then the
+        # process exit detaches the (untouched) target.
+        worker = threading.Thread(target=work, name=f"heapspy-ptrace-{self.pid}", daemon=True)
+        worker.start()
+        try:
+            worker.join(timeout)
+        except BaseException:  # Ctrl-C: stop the injection, put the target back
+            self._expire()
+            worker.join(GRACE)
+            raise
+        if worker.is_alive():
+            self._expire()
+            worker.join(GRACE)
+        if worker.is_alive():
+            raise InjectionFailed(
+                f"Process {self.pid}'s main thread did not stop for ptrace within "
+                f"{timeout:g} s (uninterruptible sleep?). heapspy gave up; the thread is "
+                "let go unchanged as soon as it stops.",
+                hint=_TIMEOUT_HINTS["stopping"],
+            )
+        if error:
+            raise error[0]
+        return box[0]
+
+    def _expire(self) -> None:
+        """Watchdog side of a timeout: flag it and, if the thread runs our code, poke it."""
+        with self.lock:
+            if self.timed_out:
+                return
+            self.timed_out = True
+            if self.seized and self.stopped_once and self.where == _RUNNING and not self.poked:
+                if _tgkill is not None and _tgkill(self.pid, self.pid, signal.SIGTRAP) == 0:
+                    self.poked = True
+
+    # ptrace and waitpid ---------------------------------------------------------------------
+    def _ptrace(self, request: int, addr: int | None = 0, data: int | None = 0) -> int:
+        ctypes.set_errno(0)
+        result = int(_ptrace(request, self.pid, addr, data))
+        if result == -1:
+            err = ctypes.get_errno()
+            if err:
+                raise _PtraceError(err, f"ptrace({request:#x}) on {self.pid}: {os.strerror(err)}")
+        return result
+
+    def _resume(self, request: int, sig: int = 0) -> None:
+        with self.lock:
+            if self.timed_out and not self.recovering:
+                raise _Timeout()
+            self._ptrace(request, 0, sig)
+            self.resumed_from = self.where
+            self.where = _RUNNING
+
+    def _wait(self) -> _Stop:
+        """The tracee's next stop (blocking); raises _Timeout once the watchdog fired."""
+        try:
+            _, status = os.waitpid(self.pid, WALL)
+        except ChildProcessError:
+            self.where = _GONE
+            raise _Exited() from None
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.where = _GONE
+            self.seized = False
+            raise _Exited()
+        stop = _Stop(status)
+        if stop.is_syscall:
+            self.where = _SYSCALL_EXIT if self.resumed_from == _SYSCALL_ENTRY else _SYSCALL_ENTRY
+        else:
+            self.where = _SIGNAL_STOP
+        if self.poked and not self.poke_seen and stop.is_signal and stop.sig == signal.SIGTRAP:
+            code, sender = self._siginfo()
+            if code == SI_TKILL and sender == os.getpid():
+                self.poke_seen = True
+                raise _Timeout()
+        if self.timed_out and not self.recovering:
+            raise _Timeout()
+        return stop
+
+    def _siginfo(self) -> tuple[int, int]:
+        """si_code and, for kill/tkill, the sender's pid of the signal being delivered."""
+        info = ctypes.create_string_buffer(128)
+        self._ptrace(PTRACE_GETSIGINFO, 0, ctypes.addressof(info))
+        code = int.from_bytes(info.raw[8:12], "little", signed=True)
+        return code, int.from_bytes(info.raw[16:20], "little", signed=True)
+
+    # registers --------------------------------------------------------------------------
+    def _get_regs(self) -> ctypes.Structure:
+        regs = self.arch.regs_type()
+        iov = _IOVec(ctypes.addressof(regs), ctypes.sizeof(regs))
+        self._ptrace(PTRACE_GETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
+        return regs
+
+    def _set_regs(self, regs: ctypes.Structure) -> None:
+        iov = _IOVec(ctypes.addressof(regs), ctypes.sizeof(regs))
+        self._ptrace(PTRACE_SETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
+
+    def _get_fp(self) -> bytes:
+        buf = ctypes.create_string_buffer(self.arch.fp_regset_max)
+        iov = _IOVec(ctypes.addressof(buf), len(buf))
+        self._ptrace(PTRACE_GETREGSET, self.arch.fp_regset, ctypes.addressof(iov))
+        return buf.raw[: iov.iov_len]
+
+    def _set_fp(self, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, len(data))
+        iov = _IOVec(ctypes.addressof(buf), len(data))
+        self._ptrace(PTRACE_SETREGSET, self.arch.fp_regset, ctypes.addressof(iov))
+
+    def _get_mask(self) -> int:
+        mask = ctypes.c_uint64()
+        self._ptrace(PTRACE_GETSIGMASK, 8, ctypes.addressof(mask))
+        return int(mask.value)
+
+    def _set_mask(self, value: int) -> None:
+        mask = ctypes.c_uint64(value)
+        self._ptrace(PTRACE_SETSIGMASK, 8, ctypes.addressof(mask))
+
+    def _write(self, addr: int, data: bytes) -> None:
+        if self.mem_fd < 0:
+            self.mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        # /proc/PID/mem writes with FOLL_FORCE: our read+exec page takes them.
+        if os.pwrite(self.mem_fd, data, addr) != len(data):
+            raise OSError(errno.EIO, f"short write at {addr:#x} in process {self.pid}")
+
+    # stops ------------------------------------------------------------------------------
+    def _foreign(self, stop: _Stop, request: int) -> None:
+        """A stop that is not the one awaited: note what it carries, resume as before."""
+        if stop.is_signal:
+            code, _ = self._siginfo()
+            if stop.sig in _SYNC_SIGNALS and code > 0:
+                # raised by the kernel on an instruction we made the thread run
+                raise InjectionFailed(
+                    f"Process {self.pid} faulted ({signal.Signals(stop.sig).name}) in code "
+                    "heapspy made it run; its state was restored."
+                )
+            self.held.append((stop.sig, code == SI_TKILL))
+        # group stops: go on; the kernel re-stops the thread when we detach.
+        self._resume(request, 0)
+
+    def _await(self, want: Callable[[_Stop], bool], request: int) -> _Stop:
+        while True:
+            stop = self._wait()
+            if want(stop):
+                return stop
+            self._foreign(stop, request)
+
+    # the steps --------------------------------------------------------------------------
+    def _seize(self) -> float:
+        try:
+            self._ptrace(PTRACE_SEIZE, 0, PTRACE_O_TRACESYSGOOD)
+        except _PtraceError as exc:
+            if exc.errno == errno.EPERM:
+                raise _tracer_attached(self.pid) or _permission_denied(self.pid, "ptrace") from None
+            if exc.errno == errno.ESRCH:
+                raise NoSuchProcess(f"No process with pid {self.pid}.") from None
+            raise
+        with self.lock:
+            self.seized = True
+            self.where = _RUNNING
+        self._ptrace(PTRACE_INTERRUPT)
+        while True:
+            stop = self._wait()
+            if stop.is_interrupt:
+                break
+            if stop.is_group_stop:
+                raise InjectionFailed(
+                    f"Process {self.pid} is stopped (SIGSTOP, Ctrl-Z or a debugger) and "
+                    "cannot run Python until it is resumed.",
+                    hint=f"Resume it with `kill -CONT {self.pid}` and try again.",
+                )
+            # a signal it was taking as we came: let it have it, nothing is changed yet
+            self._resume(PTRACE_CONT, stop.sig if stop.is_signal else 0)
+        stopped_at = time.monotonic()
+        with self.lock:
+            self.stopped_once = True
+        self.saved_regs = self._get_regs()
+        self.saved_fp = self._get_fp()
+        self.saved_mask = self._get_mask()
+        keep = 0
+        for sig in _SYNC_SIGNALS:
+            keep |= 1 << (sig - 1)
+        self._set_mask(((1 << 64) - 1) & ~keep)
+        return stopped_at
+
+    def _syscall(self, nr: int, *args: int) -> int:
+        """Run one syscall in the thread (from a signal or syscall-exit stop)."""
+        assert self.saved_regs is not None and self.where in (_SIGNAL_STOP, _SYSCALL_EXIT)
+        self.phase = f"the syscall {self.arch.syscall_name(nr)}"
+        regs = self.arch.copy(self.saved_regs)
+        self.arch.prepare_syscall(regs, self.plan.syscall_insn, nr, args)
+        self._set_regs(regs)
+        self._resume(PTRACE_SYSCALL)
+        self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+        entry = self._get_regs()
+        if self.where != _SYSCALL_ENTRY or self.arch.interrupted_syscall(entry) != nr:
+            raise InjectionFailed(
+                f"Process {self.pid} stopped in an unexpected syscall "
+                f"({self.arch.interrupted_syscall(entry)}, wanted {nr})."
+            )
+        self._resume(PTRACE_SYSCALL)
+        self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+        return self.arch.syscall_return(self._get_regs())
+
+    def _to_signal_stop(self) -> None:
+        """From a syscall stop (or running) to a stop inside get_signal."""
+        if self.where == _SYSCALL_ENTRY:
+            regs = self._get_regs()
+            self.arch.skip_syscall(regs)
+            self._set_regs(regs)
+            self._resume(PTRACE_SYSCALL)
+            self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+        if self.where in (_SYSCALL_EXIT, _RUNNING):
+            # The interrupt is taken on the way back to user mode, before any instruction.
+            self._ptrace(PTRACE_INTERRUPT)
+            if self.where == _SYSCALL_EXIT:
+                self._resume(PTRACE_CONT)
+            self._await(lambda s: s.is_interrupt or s.is_group_stop, PTRACE_CONT)
+
+    def _call(self, func: int, args: tuple[int, ...], pad: int) -> int:
+        assert self.saved_regs is not None
+        self.phase = "the call to Py_AddPendingCall"
+        regs = self.arch.copy(self.saved_regs)
+        for addr, data in self.arch.prepare_call(regs, func, args, pad):
+            self._write(addr, data)
+        self._set_regs(regs)
+        self._resume(PTRACE_CONT)
+        landing = self.arch.pc_after_trap(pad)
+        while True:
+            stop = self._wait()
+            if stop.is_signal and stop.sig == signal.SIGTRAP:
+                done = self._get_regs()
+                if self.arch.pc(done) == landing:
+                    return self.arch.call_return_int(done)
+            self._foreign(stop, PTRACE_CONT)
+
+    def _restore_and_detach(self, nudge: bool = False) -> tuple[bool, float]:
+        """Put everything back and let go; returns (futex wait nudged, time of release)."""
+        assert self.where == _SIGNAL_STOP
+        nudged = False
+        with self.lock:  # no poke may be sent from here on
+            if self.saved_regs is not None:
+                regs = self.arch.copy(self.saved_regs)
+                if nudge and _is_futex_wait(self.arch, regs):
+                    self.arch.set_syscall_return(regs, -errno.EINTR)
+                    nudged = True
+                self._set_regs(regs)
+            if self.saved_fp is not None:
+                self._set_fp(self.saved_fp)
+            if self.poked and not self.poke_seen:
+                # Still queued: take it now. Resuming from here dequeues it inside the
+                # same get_signal call, before any instruction runs.
+                self.recovering = True
+                self._ptrace(PTRACE_CONT, 0, 0)
+                self.resumed_from, self.where = self.where, _RUNNING
+                while not self.poke_seen:
+                    try:
+                        stop = self._wait()
+                    except _Timeout:
+                        break  # that was it
+                    self._foreign(stop, PTRACE_CONT)
+            if self.saved_mask is not None:
+                self._set_mask(self.saved_mask)
+            released = time.monotonic()
+            self._ptrace(PTRACE_DETACH, 0, 0)
+            self.seized = False
+            self.where = _GONE
+        for sig, to_thread in self.held:
+            _resend(self.pid, sig, to_thread)
+        return nudged, released
+
+    def _recover(self) -> None:
+        """After a failure: get to a stop inside get_signal, restore, detach."""
+        self.recovering = True
+        for _ in range(3):
+            if not self.seized or self.where == _GONE:
+                return
+            try:
+                if self.where != _SIGNAL_STOP:
+                    self._to_signal_stop()
+                self._restore_and_detach()
+                return
+            except _Timeout:
+                continue  # the poke, seen on the way: we are at a signal stop now
+            except InjectionFailed:
+                continue  # a fault on the way is a signal stop too
+            except (_PtraceError, _Exited):
+                return  # gone; or the worker's exit detaches it
+
+    def _run(self, timeout: float, body: Callable[[float], _T]) -> _T:
+        try:
+            stopped_at = self._seize()
+            return body(stopped_at)
+        except BaseException as exc:
+            self._recover()
+            if isinstance(exc, _Exited) or (
+                isinstance(exc, OSError)
+                and exc.errno in (errno.ESRCH, errno.EIO)
+                and not _alive(self.pid)
+            ):
+                raise _exited(self.pid) from None
+            if isinstance(exc, _Timeout):
+                raise InjectionFailed(
+                    f"Process {self.pid}'s main thread did not finish {self.phase} within "
+                    f"{timeout:g} s; it was put back as it was and left running.",
+                    hint=_TIMEOUT_HINTS.get(self.phase),
+                ) from None
+            if isinstance(exc, _PtraceError):
+                raise InjectionFailed(f"ptrace failed on process {self.pid}: {exc}.") from None
+            raise
+        finally:
+            if self.mem_fd >= 0:
+                os.close(self.mem_fd)
+                self.mem_fd = -1
+
+    def inject(
+        self, source: bytes, *, nudge: bool, timeout: float, hook: Callable[[], None] | None
+    ) -> InjectionReport:
+        size = -(-(SOURCE_OFFSET + len(source) + 1) // PAGE) * PAGE
+        pad = self.arch.trap_insn * (SOURCE_OFFSET // len(self.arch.trap_insn))
+        mmap_nr = self.arch.syscall_numbers["mmap"]
+        prot, flags = PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS
+
+        def body(stopped_at: float) -> InjectionReport:
+            assert self.saved_regs is not None
+            state = self.saved_regs
+            if hook is not None:
+                hook()
+            page = self._syscall(mmap_nr, 0, size, prot, flags, -1, 0)
+            if -4096 < page < 0:
+                self._to_signal_stop()
+                self._restore_and_detach()
+                raise InjectionFailed(f"mmap failed in process {self.pid}: {os.strerror(-page)}.")
+            try:
+                self._write(page, pad + source + b"\0")
+            except OSError:
+                self._unmap_here(page, size)
+                raise
+            args = (self.plan.run_simple_string, page + SOURCE_OFFSET)
+            result = self._call(self.plan.add_pending_call, args, page)
+            if result != 0:
+                self._unmap_here(page, size)
+                self._restore_and_detach()
+                raise InjectionFailed(
+                    f"Py_AddPendingCall returned {result} in process {self.pid}: its "
+                    "pending-call queue is full or the interpreter is shutting down.",
+                    hint="Wait until the process runs Python again (the queue drains) and retry.",
+                )
+            nudged, released = self._restore_and_detach(nudge)
+            nr = self.arch.interrupted_syscall(state)
+            return InjectionReport(
+                pid=self.pid,
+                page=page,
+                page_size=size,
+                source_addr=page + SOURCE_OFFSET,
+                stopped_s=released - stopped_at,
+                main_thread=_state_name(self.arch, state),
+                syscall=nr if _in_syscall(self.arch, state) else None,
+                nudged=nudged,
+                redelivered_signals=tuple(sig for sig, _ in self.held),
+            )
+
+        return self.drive(timeout, body)
+
+    def _unmap_here(self, page: int, size: int) -> None:
+        self._syscall(self.arch.syscall_numbers["munmap"], page, size)
+        self._to_signal_stop()
+
+    def unmap(self, addr: int, size: int, *, timeout: float) -> None:
+        def body(stopped_at: float) -> None:
+            result = self._syscall(self.arch.syscall_numbers["munmap"], addr, size)
+            self._to_signal_stop()
+            self._restore_and_detach()
+            if result < 0:
+                raise InjectionFailed(
+                    f"munmap({addr:#x}, {size}) failed in process {self.pid}: "
+                    f"{os.strerror(-result)}."
+                )
+
+        self.drive(timeout, body)
+
+
+# --- reading a thread's state ----------------------------------------------------------------
+
+
+def _in_syscall(arch: Arch, regs: ctypes.Structure) -> bool:
+    """Stopped while blocked in a syscall that the kernel will restart."""
+    return arch.interrupted_syscall(regs) is not None and -arch.syscall_return(regs) in _RESTARTS
+
+
+def _is_futex_wait(arch: Arch, regs: ctypes.Structure) -> bool:
+    futex = arch.syscall_numbers["futex"]
+    if not _in_syscall(arch, regs) or arch.interrupted_syscall(regs) != futex:
+        return False
+    return arch.syscall_args(regs)[1] & FUTEX_CMD_MASK in (FUTEX_WAIT, FUTEX_WAIT_BITSET)
+
+
+def _state_name(arch: Arch, regs: ctypes.Structure) -> str:
+    if not _in_syscall(arch, regs):
+        return "running"
+    nr = arch.interrupted_syscall(regs)
+    assert nr is not None
+    if _is_futex_wait(arch, regs):
+        return "futex wait"
+    return arch.syscall_name(nr)
+
+
+def _wchan(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            value = f.read().strip()
+    except OSError:
+        return ""
+    return "" if value in ("0", "") else value
+
+
+_IO_CALLS = frozenset(
+    "accept accept4 read readv recvfrom recvmsg recvmmsg connect msgrcv flock fcntl semop "
+    "semtimedop".split()
+)
+_POLL_CALLS = frozenset(
+    "select pselect6 poll ppoll epoll_wait epoll_pwait epoll_pwait2 io_getevents "
+    "io_uring_enter".split()
+)
+
+
+def _classify_syscall(arch: Arch, nr: int, args: list[int], wchan: str) -> MainThreadActivity:
+    name = arch.syscall_name(nr)
+    if name == "futex":
+        if (args[1] if len(args) > 1 else 0) & FUTEX_CMD_MASK in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
+            return MainThreadActivity(
+                "futex", nr, "waiting on a futex (a lock, join(), Event.wait() or the GIL)"
+            )
+        return MainThreadActivity("futex", nr, "in a futex call")
+    if name in ("nanosleep", "clock_nanosleep", "pause"):
+        return MainThreadActivity("sleep", nr, f"sleeping in {name}")
+    if name in ("select", "pselect6") and args and args[0] == 0:
+        return MainThreadActivity("sleep", nr, f"sleeping in {name}")  # time.sleep before 3.11
+    if name in _IO_CALLS:
+        return MainThreadActivity("io", nr, f"blocked in {name}")
+    if name in _POLL_CALLS:
+        return MainThreadActivity("poll", nr, f"blocked in {name}")
+    if name in ("wait4", "waitid"):
+        return MainThreadActivity("child", nr, f"waiting for a child process ({name})")
+    where = f" ({wchan})" if wchan else ""
+    return MainThreadActivity("syscall", nr, f"in {name}{where}")
+
+
+__all__ = [
+    "InjectionReport",
+    "MainThreadActivity",
+    "describe_main_thread",
+    "disarm_pending_call",
+    "inject_pending_call",
+    "main_thread_activity",
+    "unmap_page",
+]

@@ -1,0 +1,176 @@
+"""Attach to real targets on every interpreter, and leave them exactly as they were."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import Target, heapspy_dirs_in_tmp
+from interpreters import Interpreter, interpreter_params, py314
+
+from heapspy.config import AttachConfig
+from heapspy.errors import AlreadyAttached
+from heapspy.pprof import decode_profile
+from heapspy.session import Session
+
+Spawn = Callable[..., Target]
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _clean(target: Target, before: dict[str, object], threads: int) -> None:
+    """The target after detach: no agent module, thread, hook, file or fd of ours."""
+    assert _wait(lambda: target.threads() == threads), "agent thread still running"
+    after = target.state()
+    assert after["modules"] == [] and after["path"] == [] and after["main_globals"] == []
+    assert after["tracing"] is False
+    assert after["threads"] == before["threads"]
+    assert after["fds"] == before["fds"]
+    assert heapspy_dirs_in_tmp(target.pid) == []
+    assert target.alive()
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_attach_profiles_and_detaches_cleanly(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    before = target.state()
+    threads = target.threads()
+    config = AttachConfig(dump_dir=tmp_path / "dumps", interval=0.3)
+    session = Session.attach(target.pid, config)
+    try:
+        assert session.info is not None
+        assert session.info.method == ("pep768" if interp.version >= (3, 14) else "ptrace")
+        assert session.info.python.startswith(interp.version_text)
+        assert target.threads() == threads + 1
+        session.run(duration=1.5)
+    finally:
+        session.detach()
+    top = session.aggregator.top(1)
+    assert top and top[0][0].startswith("retain_blocks (probe_target.py:"), top
+    assert len(session.dumps) == 1
+    decoded = decode_profile(Path(session.dumps[0]).read_bytes())
+    assert any(s.stack[-1].function == "retain_blocks" for s in decoded.samples)
+    _clean(target, before, threads)
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_second_attach_names_the_holder(interp: Interpreter, spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    config = AttachConfig(dump_dir=tmp_path, final_dump=False)
+    session = Session.attach(target.pid, config)
+    try:
+        with pytest.raises(AlreadyAttached, match=f"held by pid {os.getpid()}"):
+            Session.attach(target.pid, config)
+    finally:
+        session.detach()
+
+
+def _heapspy(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "heapspy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_attached(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "attached to" in line, line + proc.stderr.read()
+    return line
+
+
+@pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 11), max_version=(3, 14)))
+def test_detach_command_ends_another_session(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    holder = _heapspy("attach", str(target.pid), "--dump-dir", str(tmp_path))
+    try:
+        _wait_attached(holder)
+        out = subprocess.run(
+            [sys.executable, "-m", "heapspy", "detach", str(target.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert holder.wait(timeout=15) == 0
+        assert len(list(tmp_path.glob("heap-*-final.pb.gz"))) == 1
+    finally:
+        holder.kill()
+        holder.communicate()
+    again = subprocess.run(
+        [sys.executable, "-m", "heapspy", "detach", str(target.pid)], capture_output=True, text=True
+    )
+    assert again.returncode == 13 and "No heapspy session holds" in again.stderr
+
+
+@pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 12), max_version=(3, 14)))
+def test_agent_switches_off_when_heapspy_is_killed(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    before = target.state()
+    threads = target.threads()
+    holder = _heapspy("attach", str(target.pid), "--dump-dir", str(tmp_path))
+    try:
+        _wait_attached(holder)
+        assert target.threads() == threads + 1
+        holder.kill()
+        holder.wait()
+        killed = time.monotonic()
+        assert _wait(lambda: target.threads() == threads, timeout=2.0)
+        assert time.monotonic() - killed < 2.0
+    finally:
+        holder.kill()
+        holder.communicate()
+    _clean(target, before, threads)
+    # SIGKILL left the dead holder's lock and socket behind: a new attach must not mind
+    again = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, final_dump=False))
+    again.detach()
+
+
+def test_sigterm_detaches_cleanly(spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(None, "probe_target.py", "busy")
+    holder = _heapspy("attach", str(target.pid), "--dump-dir", str(tmp_path))
+    try:
+        _wait_attached(holder)
+        holder.terminate()
+        _, err = holder.communicate(timeout=15)
+        assert holder.returncode == 0, err
+        assert "terminated" in err
+    finally:
+        holder.kill()
+    assert len(list(tmp_path.glob("heap-*-final.pb.gz"))) == 1
+
+
+def test_remote_debug_disabled_is_refused(spawn: Spawn) -> None:
+    interp = py314()
+    target = spawn(interp, "probe_target.py", "busy", python_args=("-X", "disable-remote-debug"))
+    out = subprocess.run(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 8, out.stderr
+    assert "disable-remote-debug" in out.stderr
+    assert heapspy_dirs_in_tmp(target.pid) == []
+    assert target.state()["modules"] == []
