@@ -47,6 +47,7 @@ class Aggregator:
     facts: dict[str, Any] = field(default_factory=dict)
     series: deque[Point] = field(default_factory=deque)
     intervals: int = 0
+    streaks: dict[int, int] = field(default_factory=dict)  # site -> intervals grown in a row
 
     def apply(self, body: dict[str, Any]) -> None:
         exact = self.mode == "exact"
@@ -56,10 +57,13 @@ class Aggregator:
                 for func, fn, ln in stack["frames"]
             )
             self.sites[int(stack["id"])] = _Site(frames, exact)
+        streaks: dict[int, int] = {}
         for sid, (count, size) in body.get("inuse", {}).items():
             site = self.sites.get(int(sid))
             if site is None:
                 continue
+            if size > site.inuse_bytes:
+                streaks[int(sid)] = self.streaks.get(int(sid), 0) + 1
             if exact:
                 # tracemalloc keeps only live blocks: growth seen between intervals is the
                 # best lower bound of what was allocated (documented in the dump).
@@ -70,9 +74,24 @@ class Aggregator:
             site = self.sites.get(int(sid))
             if site is not None:
                 site.alloc_objects, site.alloc_bytes = int(count), int(size)
+        self.streaks = streaks
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
         self.intervals += 1
+
+    def growing(self, k: int) -> list[int]:
+        """Element i: how many sites grew in each of the last i+1 intervals."""
+        counts = [0] * k
+        for streak in self.streaks.values():
+            for i in range(min(streak, k)):
+                counts[i] += 1
+        return counts
+
+    def longest_growing(self) -> tuple[Stack, int] | None:
+        if not self.streaks:
+            return None
+        sid = max(self.streaks, key=lambda s: (self.streaks[s], self.sites[s].inuse_bytes))
+        return self.sites[sid].stack, self.streaks[sid]
 
     def record(self, rss: int | None) -> Point:
         point = Point(time.time(), rss, self.heap_estimate())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from heapspy.rules import Rule
+
 DEFAULT_RATE = 512 * 1024
 
 
@@ -21,3 +23,6 @@ class AttachConfig:
     dump_dir: Path = Path("heapspy-dumps")
     final_dump: bool = True
     require_sampling: bool = False
+    dump_on: tuple[Rule, ...] = ()
+    keep: int | None = None  # retention: at most this many dumps in dump_dir
+    max_bytes: int | None = None  # retention: at most this many bytes of dumps

@@ -23,7 +23,7 @@ from heapspy_agent import protocol
 from heapspy.aggregate import Aggregator
 from heapspy.config import AttachConfig
 from heapspy.control import listen as control_listen
-from heapspy.dumps import DumpWriter
+from heapspy.dumps import DumpWriter, Retention
 from heapspy.errors import (
     AgentFailed,
     AgentTimeout,
@@ -35,6 +35,7 @@ from heapspy.errors import (
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.registry import SessionLock
+from heapspy.rules import Observation, RuleEngine
 from heapspy.symbolize import Symbolizer
 from heapspy.target.process import PythonTarget, inspect_target
 
@@ -107,7 +108,8 @@ class Session:
         self._last_rx = 0.0
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
-        self.writer = DumpWriter(config.dump_dir)
+        self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
+        self.rules = RuleEngine(config.dump_on, time.time())
         self.dumps: list[str] = []
         self.hello: dict[str, Any] = {}
 
@@ -313,10 +315,17 @@ class Session:
 
     def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:
         if kind == protocol.SAMPLES:
-            self.aggregator.apply(body)
-            self.aggregator.record(self._rss())
+            agg = self.aggregator
+            agg.apply(body)
+            point = agg.record(self._rss())
             if self.on_samples is not None:
                 self.on_samples(self)
+            if self.rules.rules and not self._stop:
+                growing = agg.growing(self.rules.leak_intervals)
+                for rule in self.rules.observe(
+                    Observation(point.time, point.rss, point.heap), growing
+                ):
+                    self._dump(rule.name, rule.text)
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
@@ -373,13 +382,17 @@ class Session:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "dump":
-            path = self._dump(str(body.get("rule", "on-demand")))
-            return {"ok": path is not None, "path": path}
+            try:
+                path = self.write_dump(str(body.get("rule", "on-demand")), "heapspy dump")
+            except DumpError as exc:
+                return {"ok": False, "error": exc.message}
+            self.dumps.append(path)
+            return {"ok": True, "path": path}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def _dump(self, reason: str) -> str | None:
+    def _dump(self, reason: str, why: str = "") -> str | None:
         try:
-            path = self.write_dump(reason)
+            path = self.write_dump(reason, why)
         except DumpError as exc:
             log.error("%s", exc)
             return None
@@ -401,7 +414,9 @@ class Session:
             "rule": rule,
             "heap_estimate": agg.heap_estimate(),
             "rss_series": [[p.time, p.rss, p.heap] for p in list(agg.series)[-120:]],
-            "totals": None if totals is None else {
+            "totals": None
+            if totals is None
+            else {
                 "allocated_bytes": totals.allocated_bytes,
                 "allocations": totals.allocations,
                 "freed_bytes": totals.freed_bytes,
@@ -412,8 +427,16 @@ class Session:
             "facts": agg.facts,
         }
 
-    def write_dump(self, rule: str) -> str:
-        profile = self.aggregator.profile()
+    def write_dump(self, rule: str, why: str = "") -> str:
+        notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
+        if rule.startswith("leak"):
+            found = self.aggregator.longest_growing()
+            if found:
+                stack, streak = found
+                leaf = stack[-1] if stack else None
+                where = f"{leaf.function} ({leaf.filename}:{leaf.line})" if leaf else "?"
+                notes.append(f"leak: {where} grew in each of the last {streak} intervals")
+        profile = self.aggregator.profile(tuple(notes))
         return str(self.writer.write(profile, self.target.pid, rule, self.sidecar(rule)))
 
     def status(self) -> dict[str, Any]:

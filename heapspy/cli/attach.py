@@ -13,8 +13,9 @@ import typer
 from heapspy.cli import options
 from heapspy.cli.render import Spinner, top_table
 from heapspy.config import AttachConfig
+from heapspy.rules import parse_rule
 from heapspy.session import Session
-from heapspy.units import format_bytes
+from heapspy.units import format_bytes, parse_size
 
 
 def attach(
@@ -57,6 +58,19 @@ def attach(
     final_dump: bool = typer.Option(
         True, "--final-dump/--no-final-dump", help="Write a dump when the session ends."
     ),
+    dump_on: list[str] = typer.Option(
+        [],
+        "--dump-on",
+        help="Write a dump when a rule fires (repeatable): rss>SIZE, heap>SIZE, "
+        "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K]; "
+        "append ,cooldown=DURATION (default 5m).",
+    ),
+    keep: Optional[int] = typer.Option(
+        None, "--keep", help="Keep at most N dumps in --dump-dir (oldest deleted first)."
+    ),
+    max_bytes: Optional[str] = typer.Option(
+        None, "--max-bytes", help="Keep at most this many bytes of dumps (e.g. 1GiB)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
 ) -> None:
     """Attach to a running Python process and profile its heap.
@@ -66,7 +80,11 @@ def attach(
     Ctrl-C or SIGTERM, leaving the process as it was. `kill -USR1 <heapspy pid>` (or
     `heapspy dump PID`) writes a dump while attached.
 
-    Example: heapspy attach 4242 --duration 30s --rate 64KiB
+    Examples:
+
+      heapspy attach 4242 --duration 30s --rate 64KiB
+
+      heapspy attach 4242 --dump-on 'rss>1.5GiB' --dump-on 'growth>100MiB/10m' --keep 20
     """
     config = AttachConfig(
         rate=options.rate(rate),
@@ -79,6 +97,9 @@ def attach(
         method=method,
         dump_dir=dump_dir,
         final_dump=final_dump,
+        dump_on=tuple(parse_rule(r) for r in dump_on),
+        keep=options.keep(keep),
+        max_bytes=None if max_bytes is None else parse_size(max_bytes, "--max-bytes"),
     )
     run_attach(pid, config, quiet=quiet)
 

@@ -12,15 +12,10 @@ COMMAND_MODULES = (
     "heapspy.cli.demo",
     "heapspy.cli.report",
     "heapspy.cli.diff",
+    "heapspy.cli.dump",
 )
 
 
 def register_all(app: typer.Typer) -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)

@@ -26,3 +26,9 @@ def frames(value: int) -> int:
     if not 1 <= value <= 512:
         raise UsageError(f"--frames must be between 1 and 512, got {value}.")
     return value
+
+
+def keep(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise UsageError(f"--keep must be at least 1, got {value}.")
+    return value

@@ -1,0 +1,65 @@
+"""Dump rules: parsed up front with precise errors, fired with cooldowns."""
+
+from __future__ import annotations
+
+import pytest
+
+from heapspy.errors import UsageError
+from heapspy.rules import GRAMMAR, Observation, RuleEngine, parse_rule
+
+MiB = 1024 * 1024
+
+
+def test_parses_every_form() -> None:
+    assert parse_rule("rss>1.5GiB").size == int(1.5 * 1024**3)
+    r = parse_rule("growth>100MiB/10m,cooldown=30m")
+    assert (r.kind, r.size, r.window, r.cooldown) == ("growth", 100 * MiB, 600, 1800)
+    assert parse_rule("heap-growth>5MiB/5s").kind == "heap-growth"
+    assert parse_rule("every 15m").window == 900
+    assert parse_rule("leak").intervals == 5 and parse_rule("leak:3").intervals == 3
+    assert parse_rule("rss>1GiB").name == "rss>1GiB"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("rss>lots", "Invalid rss threshold 'lots'"),
+        ("rss<1GiB", "not a rule heapspy knows"),
+        ("growth>5MiB", "not a rule heapspy knows"),
+        ("growth>5MiB/soon", "Invalid growth window 'soon'"),
+        ("every 0s", "at least 1s"),
+        ("leak:1", "at least 2 intervals"),
+        ("rss>1GiB,often=1", "unknown option"),
+    ],
+)
+def test_errors_say_what_is_wrong_and_show_grammar(text: str, why: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_rule(text)
+    assert why in info.value.message
+    assert repr(text) in info.value.message
+    assert info.value.hint == GRAMMAR
+
+
+def test_threshold_fires_once_per_cooldown() -> None:
+    engine = RuleEngine([parse_rule("rss>100MiB,cooldown=10s")], start=0)
+    fired = [bool(engine.observe(Observation(t, 200 * MiB, 0))) for t in range(0, 25)]
+    assert [t for t, f in enumerate(fired) if f] == [0, 10, 20]
+    assert not engine.observe(Observation(30, 50 * MiB, 0))
+
+
+def test_growth_within_window() -> None:
+    engine = RuleEngine([parse_rule("growth>5MiB/5s,cooldown=100s")], start=0)
+    assert not engine.observe(Observation(0, 10 * MiB, 0))
+    assert not engine.observe(Observation(3, 14 * MiB, 0))
+    assert engine.observe(Observation(4, 16 * MiB, 0))  # +6 MiB within 5 s
+    slow = RuleEngine([parse_rule("growth>5MiB/5s")], start=0)
+    fired = [slow.observe(Observation(t, (10 + t) * MiB, 0)) for t in range(0, 30, 2)]
+    assert not any(fired)  # 1 MiB/s never makes 5 MiB inside 5 s
+
+
+def test_every_and_leak() -> None:
+    engine = RuleEngine([parse_rule("every 10s"), parse_rule("leak:3")], start=0)
+    kinds = [[r.kind for r in engine.observe(Observation(t, 0, 0), (1, 1, 0))] for t in range(21)]
+    assert [t for t, k in enumerate(kinds) if "every" in k] == [10, 20]
+    assert not any("leak" in k for k in kinds)
+    assert [r.kind for r in engine.observe(Observation(22, 0, 0), (2, 1, 1))] == ["leak"]
