@@ -119,7 +119,7 @@ def build_diff(config: DiffConfig) -> Diff:
         base.sample_types[base.default_index()] != new.sample_types[new.default_index()]
     ):
         raise UsageError(
-            "the two dumps have different default sample types; choose one with --sample-index"
+            "The two dumps have different default sample types; choose one with --sample-index."
         )
     base_index = resolve_sample_index(base, config.sample_index, config.base)
     new_index = resolve_sample_index(new, config.sample_index, config.new)

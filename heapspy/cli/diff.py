@@ -17,8 +17,8 @@ def diff(
     sample_index: str = typer.Option(
         "",
         "--sample-index",
-        help="inuse_space, alloc_space, inuse_objects or alloc_objects [default: the "
-        "dumps' own, inuse_space].",
+        help="inuse_space, alloc_space, inuse_objects or alloc_objects (default: the "
+        "dumps' own, inuse_space).",
         show_default=False,
     ),
     output_format: str = typer.Option("text", "--format", help="text or json."),

@@ -15,17 +15,17 @@ def report(
     sample_index: str = typer.Option(
         "",
         "--sample-index",
-        help="inuse_space, alloc_space, inuse_objects or alloc_objects [default: the "
-        "dump's own, inuse_space].",
+        help="inuse_space, alloc_space, inuse_objects or alloc_objects (default: the "
+        "dump's own, inuse_space).",
         show_default=False,
     ),
     output_format: str = typer.Option("text", "--format", help="text or json."),
 ) -> None:
     """Show a dump's allocation totals and its top allocation sites by function.
 
-    The totals come from the JSON sidecar written next to the dump (x.pb.gz -> x.json);
-    the table lists, per function, what it allocated itself (flat) and with its callees
-    (cum), like `go tool pprof -top`.
+    Totals come from the JSON sidecar next to the dump (x.pb.gz -> x.json).
+
+    flat: what a function allocated itself; cum: with its callees (as in pprof -top).
     """
     check_format(output_format)
     config = ReportConfig(dump=dump, top=top, sample_index=sample_index)

@@ -1,0 +1,413 @@
+"""Encode a HeapProfile as a gzipped pprof protobuf, and decode pprof files back.
+
+The output follows Go's heap profile conventions (``runtime/pprof``) so that
+``go tool pprof`` and every pprof-speaking UI read it like a Go heap dump: four sample
+types ``alloc_objects/count``, ``alloc_space/bytes``, ``inuse_objects/count``,
+``inuse_space/bytes``; period type ``space/bytes`` with the sampling rate as period;
+``inuse_space`` as default; a numeric label ``bytes`` carrying the average object size.
+
+Output is deterministic for a given profile, whatever order its sites come in: ids are
+assigned from sorted content and gzip's timestamp is fixed, so a golden-file test can
+compare bytes and two dumps of the same heap are identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from heapspy import profile_pb2 as pb
+from heapspy.errors import DumpError
+from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
+from heapspy.scaling import scale
+
+SAMPLE_TYPES: tuple[tuple[str, str], ...] = (
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+)
+SAMPLE_TYPE_NAMES: tuple[str, ...] = tuple(name for name, _ in SAMPLE_TYPES)
+DEFAULT_SAMPLE_TYPE = "inuse_space"
+PERIOD_TYPE = ("space", "bytes")
+SIZE_LABEL = "bytes"
+
+# Level 6 is zlib's default: within a few percent of level 9's size at a fraction of its
+# time on large profiles (see benchmarks/pprof_write.py).
+_GZIP_LEVEL = 6
+_GZIP_MAGIC = b"\x1f\x8b"
+# magic, deflate, no flags, mtime 0, no extra flags, OS unknown
+_GZIP_HEADER = _GZIP_MAGIC + b"\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"
+_MAPPING_ID = 1
+
+_FrameKey = tuple[str, str, int]
+_Values = tuple[int, int, int, int]
+
+
+def scale_heap_sample(count: int, size: int, rate: int) -> tuple[int, int]:
+    """Estimate the true (count, bytes) behind a sampled site, as Go's pprof does.
+
+    The formula lives in ``heapspy.scaling``; truncating to int here is what Go's
+    ``scaleHeapSample`` does, so our figures match Go's for the same observations.
+    """
+    objects, nbytes = scale(count, size, rate)
+    return int(objects), int(nbytes)
+
+
+def _scaled_values(counts: SiteCounts, rate: int) -> _Values:
+    # Go scales the alloc pair and the in-use pair independently: their average sizes
+    # can differ once some blocks have been freed.
+    alloc_objects, alloc_bytes = scale_heap_sample(counts.alloc_objects, counts.alloc_bytes, rate)
+    inuse_objects, inuse_bytes = scale_heap_sample(counts.inuse_objects, counts.inuse_bytes, rate)
+    return alloc_objects, alloc_bytes, inuse_objects, inuse_bytes
+
+
+def _exact_values(counts: SiteCounts) -> _Values:
+    return counts.alloc_objects, counts.alloc_bytes, counts.inuse_objects, counts.inuse_bytes
+
+
+def _frame_key(frame: Frame) -> _FrameKey:
+    return frame.function, frame.filename, frame.line
+
+
+class _ProfileBuilder:
+    """Interns strings, functions and locations into one pprof Profile message.
+
+    String table starts with ``""`` (pprof requires it); functions are deduplicated by
+    ``(name, filename)`` and locations by frame. Function and location ids come from the
+    sorted set of frames, never from arrival order, which is what makes output stable.
+    """
+
+    def __init__(self) -> None:
+        self._message = pb.Profile()
+        self._strings: dict[str, int] = {}
+        self._string_table: list[str] = []
+        self._location_ids: dict[int, int] = {}
+        self.string("")
+
+    def string(self, value: str) -> int:
+        index = self._strings.get(value)
+        if index is None:
+            index = len(self._string_table)
+            self._strings[value] = index
+            self._string_table.append(value)
+        return index
+
+    def header(self, profile: HeapProfile) -> None:
+        message = self._message
+        for name, unit in SAMPLE_TYPES:
+            message.sample_type.add(type=self.string(name), unit=self.string(unit))
+        message.period_type.type = self.string(PERIOD_TYPE[0])
+        message.period_type.unit = self.string(PERIOD_TYPE[1])
+        # pprof shows period 0 as "unset"; an exact profile samples every byte.
+        message.period = max(profile.rate, 1)
+        message.default_sample_type = self.string(DEFAULT_SAMPLE_TYPE)
+        message.time_nanos = profile.time_ns
+        message.duration_nanos = profile.duration_ns
+        message.comment.extend(self.string(comment) for comment in profile.comments)
+        # One mapping that says "already symbolized": without it pprof tries to find
+        # and symbolize a binary and prints "Main binary filename not available."
+        message.mapping.add(
+            id=_MAPPING_ID, has_functions=True, has_filenames=True, has_line_numbers=True
+        )
+
+    def frames(self, stacks: Iterable[Stack]) -> None:
+        """Create the Function and Location messages for every distinct frame."""
+        # Frames are compared by identity first: the aggregator shares Frame objects
+        # between stacks, and hashing a frozen dataclass runs Python code, which made
+        # value-keyed lookups of two million frames take seconds. Ids stay content-based
+        # because they are assigned from the sorted distinct values.
+        by_identity: dict[int, Frame] = {}
+        for stack in stacks:
+            by_identity.update(zip(map(id, stack), stack))
+        function_ids: dict[tuple[str, str], int] = {}
+        location_ids: dict[Frame, int] = {}
+        message = self._message
+        for frame in sorted(set(by_identity.values()), key=_frame_key):
+            function_key = (frame.function, frame.filename)
+            function_id = function_ids.get(function_key)
+            if function_id is None:
+                function_id = len(function_ids) + 1
+                function_ids[function_key] = function_id
+                name = self.string(frame.function)
+                message.function.add(
+                    id=function_id,
+                    name=name,
+                    system_name=name,
+                    filename=self.string(frame.filename),
+                )
+            location_id = len(location_ids) + 1
+            location_ids[frame] = location_id
+            location = message.location.add(id=location_id, mapping_id=_MAPPING_ID)
+            location.line.add(function_id=function_id, line=frame.line)
+        self._location_ids = {
+            identity: location_ids[frame] for identity, frame in by_identity.items()
+        }
+
+    def location_ids(self, stack: Stack) -> tuple[int, ...]:
+        """Location ids of ``stack``, leaf first as pprof wants (the model is root first).
+
+        Only valid for frames seen by ``frames()`` while the profile is alive (ids of
+        live objects are unique).
+        """
+        return tuple(map(self._location_ids.__getitem__, map(id, reversed(stack))))
+
+    def samples(self, samples: dict[tuple[int, ...], _Site]) -> None:
+        message = self._message
+        label_key = self.string(SIZE_LABEL)
+        label_unit = self.string("bytes")
+        for location_ids in sorted(samples):
+            site = samples[location_ids]
+            sample = message.sample.add(location_id=location_ids, value=site.values)
+            avg_size = site.size // site.objects if site.objects else 0
+            if avg_size:
+                sample.label.add(key=label_key, num=avg_size, num_unit=label_unit)
+
+    def finish(self) -> pb.Profile:
+        self._message.string_table.extend(self._string_table)
+        return self._message
+
+
+@dataclass
+class _Site:
+    """Values of one stack, and the raw objects and bytes behind its ``bytes`` label."""
+
+    values: _Values
+    objects: int
+    size: int
+
+    def add(self, other: _Site) -> None:
+        self.values = (
+            self.values[0] + other.values[0],
+            self.values[1] + other.values[1],
+            self.values[2] + other.values[2],
+            self.values[3] + other.values[3],
+        )
+        self.objects += other.objects
+        self.size += other.size
+
+
+def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, _Site]]:
+    """Every site with something to show: sampled ones upscaled, exact ones as they are.
+
+    The label's average size comes from the raw observations (scaling leaves it as is);
+    allocations count, and in-use blocks stand in when nothing was allocated since attach.
+    """
+    rate = profile.rate
+    for sites, scaled in ((profile.sampled, True), (profile.exact, False)):
+        for stack, counts in sites:
+            values = _scaled_values(counts, rate) if scaled else _exact_values(counts)
+            if not any(values):
+                continue
+            if counts.alloc_objects:
+                yield stack, _Site(values, counts.alloc_objects, counts.alloc_bytes)
+            else:
+                yield stack, _Site(values, counts.inuse_objects, counts.inuse_bytes)
+
+
+def build_profile(profile: HeapProfile) -> pb.Profile:
+    """Build the pprof message for ``profile`` (exposed for tests and tools)."""
+    sites = list(_sites(profile))
+    builder = _ProfileBuilder()
+    builder.header(profile)
+    builder.frames(stack for stack, _ in sites)
+    # A stack may come both sampled and exact (blocks an extension reports exactly):
+    # pprof wants one sample per stack, so their values add up.
+    merged: dict[tuple[int, ...], _Site] = {}
+    for stack, site in sites:
+        location_ids = builder.location_ids(stack)
+        previous = merged.get(location_ids)
+        if previous is None:
+            merged[location_ids] = site
+        else:
+            previous.add(site)
+    builder.samples(merged)
+    return builder.finish()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """Gzip ``data`` with a fixed header: no timestamp, no name, OS byte 255 (unknown).
+
+    Written out rather than left to ``gzip.compress``, whose header differs between
+    Python versions (its OS byte is 255, or 3 through 3.11's zlib shortcut): the same
+    heap must give the same file whichever Python wrote it.
+    """
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = compressor.compress(data) + compressor.flush()
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return _GZIP_HEADER + body + trailer
+
+
+def encode_profile(profile: HeapProfile) -> bytes:
+    """Serialize ``profile`` as the gzipped protobuf that pprof tools read."""
+    return gzip_bytes(build_profile(profile).SerializeToString())
+
+
+@dataclass(frozen=True)
+class DecodedSample:
+    """One pprof sample: its stack (root → leaf, like the model) and its values."""
+
+    stack: Stack
+    values: tuple[int, ...]
+    num_labels: tuple[tuple[str, int], ...] = ()
+
+    def label(self, key: str) -> int | None:
+        for name, value in self.num_labels:
+            if name == key:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class DecodedProfile:
+    """The parts of a pprof profile that reports and diffs need, with strings resolved."""
+
+    sample_types: tuple[tuple[str, str], ...]
+    samples: tuple[DecodedSample, ...]
+    period_type: tuple[str, str] = ("", "")
+    period: int = 0
+    default_sample_type: str = ""
+    time_nanos: int = 0
+    duration_nanos: int = 0
+    comments: tuple[str, ...] = ()
+
+    @property
+    def sample_type_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.sample_types)
+
+    def default_index(self) -> int:
+        """Index of the preferred sample type: the declared default, else the last one."""
+        names = self.sample_type_names
+        if self.default_sample_type in names:
+            return names.index(self.default_sample_type)
+        return len(names) - 1
+
+
+def _decompress(data: bytes) -> bytes:
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _Unusable(f"it is a damaged gzip stream ({exc})") from exc
+
+
+def _stack(location_ids: Iterable[int], locations: dict[int, tuple[Frame, ...]]) -> Stack:
+    """Root → leaf frames of a sample, expanding inlined lines; checks every id."""
+    leaf_first: list[Frame] = []
+    for location_id in location_ids:
+        frames = locations.get(location_id)
+        if frames is None:
+            raise _Unusable(f"a sample refers to unknown location id {location_id}")
+        leaf_first.extend(frames)
+    leaf_first.reverse()
+    return tuple(leaf_first)
+
+
+class _Unusable(Exception):
+    """Why some bytes are not a usable profile; becomes a DumpError naming the source."""
+
+
+def decode_profile(data: bytes) -> DecodedProfile:
+    """Parse a pprof profile, gzipped or raw, written by heapspy or by any other tool.
+
+    Raises DumpError when the bytes are not a usable pprof profile.
+    """
+    try:
+        return _decode(data)
+    except _Unusable as exc:
+        raise DumpError(f"The data is not a usable pprof profile: {exc}.") from exc
+
+
+def _decode(data: bytes) -> DecodedProfile:
+    raw = _decompress(data)
+    message = pb.Profile()
+    try:
+        message.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise _Unusable("it does not parse as a pprof protobuf") from exc
+    strings = list(message.string_table)
+    if not strings or strings[0] != "" or not message.sample_type:
+        raise _Unusable("it has no string table or no sample types")
+
+    def string(index: int) -> str:
+        if 0 <= index < len(strings):
+            return strings[index]
+        raise _Unusable(f"string index {index} is out of range")
+
+    functions = {
+        function.id: (string(function.name), string(function.filename))
+        for function in message.function
+    }
+    # Each location becomes its frames leaf first: with inlining, line[0] is the
+    # innermost call. A location without lines (unsymbolized) is named by its address.
+    locations: dict[int, tuple[Frame, ...]] = {}
+    for location in message.location:
+        frames = []
+        for line in location.line:
+            name, filename = functions.get(line.function_id, ("", ""))
+            frames.append(Frame(name, filename, line.line))
+        if not frames:
+            frames.append(Frame(f"0x{location.address:x}", "", 0))
+        locations[location.id] = tuple(frames)
+
+    # Fast path: heapspy writes one line per location, so most stacks map id → frame
+    # in C (map over the repeated field); anything else takes the general path.
+    single = {key: frames[0] for key, frames in locations.items() if len(frames) == 1}
+    width = len(message.sample_type)
+    samples = []
+    for sample in message.sample:
+        if len(sample.value) != width:
+            raise _Unusable(f"a sample has {len(sample.value)} values for {width} sample types")
+        try:
+            stack = tuple(map(single.__getitem__, sample.location_id[::-1]))
+        except KeyError:
+            stack = _stack(sample.location_id, locations)
+        labels = sample.label
+        samples.append(
+            DecodedSample(
+                stack=stack,
+                values=tuple(sample.value),
+                num_labels=tuple(
+                    [(string(label.key), label.num) for label in labels if not label.str]
+                )
+                if labels
+                else (),
+            )
+        )
+    return DecodedProfile(
+        sample_types=tuple(
+            (string(value_type.type), string(value_type.unit)) for value_type in message.sample_type
+        ),
+        samples=tuple(samples),
+        period_type=(string(message.period_type.type), string(message.period_type.unit)),
+        period=message.period,
+        default_sample_type=string(message.default_sample_type),
+        time_nanos=message.time_nanos,
+        duration_nanos=message.duration_nanos,
+        comments=tuple(string(index) for index in message.comment),
+    )
+
+
+def read_profile(path: Path) -> DecodedProfile:
+    """Read and decode the pprof file at ``path``; every failure becomes a DumpError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DumpError(f"The dump {path} does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise DumpError(f"The dump {path} is a directory, not a pprof file.") from exc
+    except OSError as exc:
+        raise DumpError(f"Cannot read the dump {path}: {exc.strerror or exc}.") from exc
+    if not data:
+        raise DumpError(f"The dump {path} is empty.")
+    try:
+        return _decode(data)
+    except _Unusable as exc:
+        raise DumpError(f"The file {path} is not a usable pprof dump: {exc}.") from exc
