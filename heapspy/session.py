@@ -106,6 +106,7 @@ class Session:
         self._stop = False
         self._dump_requests: list[str] = []
         self._last_rx = 0.0
+        self._agent_ran = False
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
         self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
@@ -201,6 +202,7 @@ class Session:
                 if protocol.peer_pid(sock) != self.target.pid:
                     sock.close()  # someone else: keep waiting for the real agent
                     continue
+                self._agent_ran = True
                 return sock
             if not psutil.pid_exists(self.target.pid):
                 raise TargetExited(f"Process {self.target.pid} exited before the agent started.")
@@ -224,7 +226,11 @@ class Session:
             except Exception:  # noqa: BLE001 - best effort; the original error matters
                 pass
         if self.placement is not None:
-            if self.injection is not None and self.injection.still_pending():
+            if (
+                not self._agent_ran
+                and self.injection is not None
+                and self.injection.still_pending()
+            ):
                 # The bootstrap may still run later: leave its files so that it can find
                 # them, clean up after itself and unmap its page; the deadline in the
                 # config (already passed) tells it not to start.

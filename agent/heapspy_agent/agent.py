@@ -42,28 +42,20 @@ def _remove_tree(path: str) -> None:
                 os.rmdir(os.path.join(root, name))
             except OSError:  # noqa: PERF203 - a rare, tiny loop
                 pass
+    try:
+        os.rmdir(path)  # only once heapspy has removed its socket
+    except OSError:
+        pass
 
 
-def _unmap_boot_page(marker: str) -> bool:
-    """Unmap the page the ptrace injector wrote our bootstrap into, found by its marker."""
+def _unmap_boot_page(page: int) -> bool:
+    """Unmap the page the ptrace injector wrote our bootstrap into."""
     import ctypes
 
-    want = marker.encode("ascii")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.munmap.restype = ctypes.c_int
-    with open("/proc/self/maps") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 5 or parts[1] != "r-xp":
-            continue
-        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-        if hi - lo != PAGE:
-            continue
-        if ctypes.string_at(lo, PAGE).find(want) >= 0:
-            return bool(libc.munmap(lo, PAGE) == 0)
-    return False
+    return bool(libc.munmap(page, PAGE) == 0)
 
 
 class Agent:
@@ -270,8 +262,11 @@ def _after_fork_in_child() -> None:
         sys.modules.pop(name, None)
 
 
-def start(directory: str, token: str) -> None:
-    """Entry point called by the bootstrap; must return quickly and never raise."""
+def start(directory: str, token: str, page: Optional[int] = None) -> None:
+    """Entry point called by the bootstrap; must return quickly and never raise.
+
+    ``page``: where the ptrace injector mapped the bootstrap source, to unmap.
+    """
     global _active
     config_path = os.path.join(directory, "config.json")
     with open(config_path) as f:
@@ -279,10 +274,9 @@ def start(directory: str, token: str) -> None:
     if config.get("token") != token:
         return
     _remove_tree(directory)
-    marker = config.get("page_marker")
-    if marker:
+    if page:
         try:
-            _unmap_boot_page(marker)
+            _unmap_boot_page(page)
         except Exception:  # noqa: BLE001
             pass
     if time.time() > float(config.get("deadline", 0)):

@@ -41,7 +41,7 @@ def _heapspy_boot():
         sys.dont_write_bytecode = saved
         if d in sys.path:
             sys.path.remove(d)
-    heapspy_agent.agent.start(d, {token!r})
+    heapspy_agent.agent.start(d, {token!r}, globals().get("_heapspy_page"))
 
 
 def _heapspy_report(exc):
@@ -86,16 +86,16 @@ class Placement:
     def socket_path(self) -> str:
         return f"{self.target_dir}/agent.sock"
 
-    @property
-    def page_marker(self) -> str:
-        return f"#heapspy-boot {self.token}"
+    def pending_call_source(self, page: int) -> bytes:
+        """What the ptrace injector hands to PyRun_SimpleString: tiny, never raises.
 
-    def pending_call_source(self) -> bytes:
-        """What the ptrace injector hands to PyRun_SimpleString: tiny, never raises."""
+        It runs in ``__main__``'s namespace, so it binds no name there; the address of
+        the page holding it goes to the agent, which unmaps it (the source has been
+        compiled by then and is never read again).
+        """
         return (
-            f"{self.page_marker}\n"
             f"try:exec(open({self.boot_path!r}).read(),"
-            "{'__builtins__':__builtins__,'__name__':'heapspy_boot'})\n"
+            f"{{'__builtins__':__builtins__,'__name__':'heapspy_boot','_heapspy_page':{page}}})\n"
             "except BaseException:pass\n"
         ).encode()
 

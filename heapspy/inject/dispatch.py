@@ -53,7 +53,7 @@ class PtraceInjection:
         self.pid = target.pid
         self.spy = BackgroundDump(target.pid)
         self.report = inject_pending_call(
-            target, placement.pending_call_source(), nudge=config.nudge
+            target, placement.pending_call_source, nudge=config.nudge
         )
 
     def waiting_for(self) -> str:
@@ -124,7 +124,7 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
         placement.set_deadline(placement_deadline(config))
         return Pep768Injection(target, placement, config)
     if method == "ptrace":
-        placement.set_deadline(placement_deadline(config), page_marker=placement.page_marker)
+        placement.set_deadline(placement_deadline(config))
         return PtraceInjection(target, placement, config)
     raise UsageError(f"Unknown injection method {method!r}: use auto, pep768 or ptrace.")
 

@@ -131,7 +131,7 @@ class MainThreadActivity:
 
 def inject_pending_call(
     target: PythonTarget,
-    source: bytes,
+    source: bytes | Callable[[int], bytes],
     *,
     nudge: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
@@ -141,16 +141,31 @@ def inject_pending_call(
 
     ``source`` must not let any exception escape (``PyRun_SimpleString`` returning -1
     from a pending call breaks the target's own code with SystemError): wrap it in
-    ``try: ... except BaseException: pass``. With ``nudge``, a main thread waiting on a
+    ``try: ... except BaseException: pass``. It may be a function of the page address
+    (called while the thread is held, so keep it to string formatting), which lets the
+    injected code ``munmap`` its own page: anonymous r-x pages mapped next to each other
+    merge into one mapping, so searching /proc/self/maps for "a 4 KiB r-x page" misses
+    them. With ``nudge``, a main thread waiting on a
     futex (lock, ``join()``, ``Event.wait()``) gets EINTR so the call runs at once; the
     wait then carries on. ``on_stopped`` is called while the thread is held (tests use
     it to send signals at that moment). On any failure the target is left running as it
     was and a ``HeapspyError`` says why.
     """
-    if b"\0" in source:
-        raise ValueError("the source must not contain NUL bytes")
+    render = source if callable(source) else (lambda page: source)
+    _check_source(render(_WIDEST_ADDRESS))
     plan = _plan(target)
-    return _Injector(plan).inject(source, nudge=nudge, timeout=timeout, hook=on_stopped)
+    return _Injector(plan).inject(render, nudge=nudge, timeout=timeout, hook=on_stopped)
+
+
+_WIDEST_ADDRESS = 0x7FFF_FFFF_F000  # for sizing a source that embeds its page address
+_SLACK = 64  # room for a rendering that comes out a little longer than the sample
+
+
+def _check_source(text: bytes) -> None:
+    if not isinstance(text, bytes):
+        raise TypeError(f"the source must be bytes, not {type(text).__name__}")
+    if b"\0" in text:
+        raise ValueError("the source must not contain NUL bytes")
 
 
 def unmap_page(pid: int, addr: int, size: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -236,7 +251,10 @@ def _permission_denied(pid: int, what: str) -> PermissionDenied:
     has_cap = _has_cap_sys_ptrace()
     if target_uid is not None and target_uid != euid and not has_cap:
         reasons.append(f"it runs as uid {target_uid} and heapspy as uid {euid}")
-        fixes.append(f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or as root")
+        fixes.append(
+            f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or as root "
+            "with CAP_SYS_PTRACE"
+        )
     if euid == 0 and not has_cap:
         reasons.append("heapspy runs as root without CAP_SYS_PTRACE")
         fixes.append("grant CAP_SYS_PTRACE (in a container: --cap-add SYS_PTRACE)")
@@ -290,13 +308,32 @@ def _tracer_attached(pid: int) -> TracerAttached | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def _gone(pid: int, wait: float = 1.0) -> bool:
+    """Whether the process died (a SIGKILL takes a moment to finish the job)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X") or _sigkill_pending(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _sigkill_pending(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")):
+                    if int(line.split()[1], 16) >> (signal.SIGKILL - 1) & 1:
+                        return True
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def _resend(pid: int, sig: int, to_thread: bool) -> None:
@@ -794,7 +831,7 @@ class _Injector:
             if isinstance(exc, _Exited) or (
                 isinstance(exc, OSError)
                 and exc.errno in (errno.ESRCH, errno.EIO)
-                and not _alive(self.pid)
+                and _gone(self.pid)
             ):
                 raise _exited(self.pid) from None
             if isinstance(exc, _Timeout):
@@ -812,9 +849,15 @@ class _Injector:
                 self.mem_fd = -1
 
     def inject(
-        self, source: bytes, *, nudge: bool, timeout: float, hook: Callable[[], None] | None
+        self,
+        render: Callable[[int], bytes],
+        *,
+        nudge: bool,
+        timeout: float,
+        hook: Callable[[], None] | None,
     ) -> InjectionReport:
-        size = -(-(SOURCE_OFFSET + len(source) + 1) // PAGE) * PAGE
+        sample = render(_WIDEST_ADDRESS)
+        size = -(-(SOURCE_OFFSET + len(sample) + 1 + _SLACK) // PAGE) * PAGE
         pad = self.arch.trap_insn * (SOURCE_OFFSET // len(self.arch.trap_insn))
         mmap_nr = self.arch.syscall_numbers["mmap"]
         prot, flags = PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS
@@ -830,8 +873,12 @@ class _Injector:
                 self._restore_and_detach()
                 raise InjectionFailed(f"mmap failed in process {self.pid}: {os.strerror(-page)}.")
             try:
+                source = render(page)
+                _check_source(source)
+                if SOURCE_OFFSET + len(source) + 1 > size:
+                    raise ValueError(f"the source grew to {len(source)} bytes for page {page:#x}")
                 self._write(page, pad + source + b"\0")
-            except OSError:
+            except BaseException:
                 self._unmap_here(page, size)
                 raise
             args = (self.plan.run_simple_string, page + SOURCE_OFFSET)
@@ -882,8 +929,12 @@ class _Injector:
 
 
 def _in_syscall(arch: Arch, regs: ctypes.Structure) -> bool:
-    """Stopped while blocked in a syscall that the kernel will restart."""
-    return arch.interrupted_syscall(regs) is not None and -arch.syscall_return(regs) in _RESTARTS
+    """Stopped while blocked in a syscall: one the kernel will restart, or one that (like
+    epoll_wait) returns EINTR after any stop; CPython retries those (PEP 475)."""
+    if arch.interrupted_syscall(regs) is None:
+        return False
+    result = -arch.syscall_return(regs)
+    return result in _RESTARTS or result == errno.EINTR
 
 
 def _is_futex_wait(arch: Arch, regs: ctypes.Structure) -> bool:
