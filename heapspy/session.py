@@ -57,6 +57,14 @@ class AttachInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 class _Conn:
     """A framed socket with a reader and a send helper."""
 
@@ -142,7 +150,22 @@ class Session:
         self.placement = placement
         self.injection = start_injection(self.target, placement, cfg)
         sock = self._wait_for_agent(t0, progress)
-        conn = _Conn(sock)
+        try:
+            self._handshake(_Conn(sock), t0)
+        except (OSError, protocol.ProtocolError) as exc:
+            sock.close()
+            if _exited(self.target.pid):
+                raise TargetExited(
+                    f"Process {self.target.pid} exited while the agent was starting."
+                ) from None
+            raise AgentFailed(
+                f"The connection to the agent in process {self.target.pid} failed during the "
+                f"handshake: {exc}."
+            ) from None
+
+    def _handshake(self, conn: _Conn, t0: float) -> None:
+        assert self.placement is not None and self.injection is not None
+        placement = self.placement
         msg = conn.recv(HANDSHAKE_TIMEOUT)
         if msg is None or msg[0] != protocol.HELLO:
             raise AgentFailed(
@@ -204,7 +227,7 @@ class Session:
                     continue
                 self._agent_ran = True
                 return sock
-            if not psutil.pid_exists(self.target.pid):
+            if _exited(self.target.pid):
                 raise TargetExited(f"Process {self.target.pid} exited before the agent started.")
             if progress is not None:
                 progress(self.injection.waiting_for(), time.monotonic() - t0)
@@ -230,6 +253,7 @@ class Session:
                 not self._agent_ran
                 and self.injection is not None
                 and self.injection.still_pending()
+                and not _exited(self.target.pid)
             ):
                 # The bootstrap may still run later: leave its files so that it can find
                 # them, clean up after itself and unmap its page; the deadline in the
@@ -315,7 +339,7 @@ class Session:
         return True
 
     def _why_gone(self) -> str:
-        if not psutil.pid_exists(self.target.pid):
+        if _exited(self.target.pid):
             return "target exited"
         return "agent closed the connection"
 

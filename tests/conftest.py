@@ -71,8 +71,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Target]]:
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
         python_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        probe_dir: Path | None = None,
     ) -> Target:
-        probe = tmp_path / f"probe-{len(started)}.json"
+        probe = (probe_dir or tmp_path) / f"probe-{len(started)}.json"
         argv = interp.argv if interp else (sys.executable,)
         full_env = dict(os.environ)
         full_env.pop("PYTHONPATH", None)
@@ -83,7 +85,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Target]]:
             stdout=subprocess.PIPE,
             text=True,
             env=full_env,
-            cwd=tmp_path,
+            cwd=cwd or tmp_path,
         )
         started.append(proc)
         assert proc.stdout is not None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from heapspy_agent import protocol
 from interpreters import Interpreter, interpreter_params
 
-from heapspy_agent import protocol
 from heapspy.inject.bootstrap import AGENT_FILES, agent_source_dir
 
 
@@ -16,8 +16,8 @@ from heapspy.inject.bootstrap import AGENT_FILES, agent_source_dir
 def test_agent_imports_with_stdlib_only(interp: Interpreter) -> None:
     agent_root = str(agent_source_dir().parent)
     code = (
-        "import sys; sys.path[:0] = [%r]; import heapspy_agent.agent as a; "
-        "print(sorted(m for m in sys.modules if m.startswith('heapspy')))" % agent_root
+        f"import sys; sys.path[:0] = [{agent_root!r}]; import heapspy_agent.agent as a; "
+        "print(sorted(m for m in sys.modules if m.startswith('heapspy')))"
     )
     out = subprocess.run(
         interp.command("-S", "-I", "-c", code), capture_output=True, text=True, timeout=60

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from heapspy import control
 from heapspy.errors import AlreadyAttached, NoSession
 from heapspy.registry import SessionLock, read_holder
-from heapspy import control
 
 
 def test_second_claim_names_holder() -> None:

@@ -8,7 +8,14 @@ from heapspy.units import format_bytes, parse_duration, parse_size
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512KiB", 524288), ("64k", 65536), ("1", 1), ("0", 0), ("1.5GiB", 1610612736), ("2MB", 2097152)],
+    [
+        ("512KiB", 524288),
+        ("64k", 65536),
+        ("1", 1),
+        ("0", 0),
+        ("1.5GiB", 1610612736),
+        ("2MB", 2097152),
+    ],
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
@@ -20,7 +27,9 @@ def test_parse_size_rejects_with_example(text: str) -> None:
         parse_size(text)
 
 
-@pytest.mark.parametrize(("text", "expected"), [("10s", 10), ("15m", 900), ("250ms", 0.25), ("2", 2)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("10s", 10), ("15m", 900), ("250ms", 0.25), ("2", 2)]
+)
 def test_parse_duration(text: str, expected: float) -> None:
     assert parse_duration(text) == expected
 

@@ -243,6 +243,11 @@ def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: An
         pass
 
 
+def _drop_modules() -> None:
+    for name in [n for n in sys.modules if n == "heapspy_agent" or n.startswith("heapspy_agent.")]:
+        sys.modules.pop(name, None)
+
+
 def _after_fork_in_child() -> None:
     """A forked child inherits the hooks but not the thread: switch them off there."""
     global _active
@@ -272,6 +277,7 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
     with open(config_path) as f:
         config = json.load(f)
     if config.get("token") != token:
+        _drop_modules()
         return
     _remove_tree(directory)
     if page:
@@ -280,6 +286,7 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
         except Exception:  # noqa: BLE001
             pass
     if time.time() > float(config.get("deadline", 0)):
+        _drop_modules()
         return  # heapspy gave up waiting for us; nothing is listening
     if _active is not None and _active.thread is not None and _active.thread.is_alive():
         holder = int(_active.config.get("heapspy_pid", 0))

@@ -137,11 +137,27 @@ def _target_ids(pid: int) -> tuple[int, int]:
     return int(fields["Uid"].split()[1]), int(fields["Gid"].split()[1])
 
 
+def _root_of(pid: int) -> Path:
+    """The target's root directory as heapspy can reach it.
+
+    Plain ``/`` when the target shares our mount namespace root, so that the files can
+    still be removed if the target exits mid-attach (``/proc/PID/root`` vanishes then).
+    """
+    proc_root = Path(f"/proc/{pid}/root")
+    try:
+        theirs, ours = proc_root.stat(), Path("/").stat()
+    except OSError:
+        return proc_root
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        return Path("/")
+    return proc_root
+
+
 def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float) -> Placement:
     """Create the session directory in the target's namespace and start listening."""
     token = secrets.token_hex(16)
     owner = _target_ids(target.pid)
-    root = Path(f"/proc/{target.pid}/root")
+    root = _root_of(target.pid)
     base = None
     for candidate in ("/tmp", "/var/tmp", "/dev/shm"):
         if (root / candidate.lstrip("/")).is_dir():

@@ -90,6 +90,26 @@ def _find_image(maps: list[Mapping]) -> tuple[str, int, int, bool] | None:
     return lib or exe
 
 
+def _micro_version(
+    pid: int, maps: list[Mapping], path: str, named: tuple[int, int]
+) -> int | None:
+    """Read ``Py_Version`` (3.11+) from memory; it must agree with the file's name."""
+    try:
+        addr = ElfImage(pid, maps, path).symbol("Py_Version")
+        if addr is None:
+            return None
+        hexversion = struct.unpack("<I", RemoteMemory(pid).read(addr, 4))[0]
+    except OSError:
+        return None
+    actual = (hexversion >> 24, (hexversion >> 16) & 0xFF)
+    if actual != named:
+        raise UnrecognisedPython(
+            f"Process {pid}: {path} says it is Python {actual[0]}.{actual[1]}, its name says "
+            f"{named[0]}.{named[1]}; heapspy will not guess its layout."
+        )
+    return int((hexversion >> 8) & 0xFF)
+
+
 def inspect_target(pid: int) -> PythonTarget:
     """Identify the interpreter in ``pid`` or raise the error that explains why not."""
     if pid <= 0:
@@ -121,19 +141,5 @@ def inspect_target(pid: int) -> PythonTarget:
             "(3.8 to 3.14).",
             hint="Upgrade heapspy.",
         )
-    micro = None
-    if (major, minor) >= (3, 11):
-        try:
-            image = ElfImage(pid, maps, path)
-            addr = image.symbol("Py_Version")
-            if addr is not None:
-                hexversion = struct.unpack("<I", RemoteMemory(pid).read(addr, 4))[0]
-                if hexversion >> 24 != major or (hexversion >> 16) & 0xFF != minor:
-                    raise UnrecognisedPython(
-                        f"Process {pid}: {path} says it is Python {hexversion >> 24}."
-                        f"{(hexversion >> 16) & 0xFF}, its name says {major}.{minor}."
-                    )
-                micro = (hexversion >> 8) & 0xFF
-        except OSError:
-            micro = None
+    micro = _micro_version(pid, maps, path, (major, minor))
     return PythonTarget(pid, (major, minor), micro, free_threaded, path, exe, uid, comm)

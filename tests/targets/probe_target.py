@@ -21,7 +21,7 @@ def probe(_sig, _frame):
     import tracemalloc
 
     state = {
-        "modules": sorted(m for m in sys.modules if "heapspy" in m),
+        "modules": sorted(m for m in sys.modules if m.startswith("heapspy_agent")),
         "tracing": tracemalloc.is_tracing(),
         "threads": [t.name for t in threading.enumerate()],
         "fds": sorted(os.listdir("/proc/self/fd")),
