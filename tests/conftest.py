@@ -23,10 +23,11 @@ REPO = TESTS.parent
 class Target:
     """A running target script; ``state()`` asks it (via SIGUSR2) to describe itself."""
 
-    def __init__(self, proc: subprocess.Popen[str], probe: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], probe: Path, ready: str = "") -> None:
         self.proc = proc
         self.pid = proc.pid
         self.probe = probe
+        self.ready = ready.split()  # the READY line's words
 
     def state(self, timeout: float = 10.0) -> dict[str, Any]:
         """Modules, tracemalloc, threads and fds as the target itself sees them."""
@@ -95,7 +96,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Target]]:
             raise AssertionError(f"{script} did not start: {line!r}")
         if len(probe.parent.name) and probe.exists():
             probe.unlink()
-        return Target(proc, probe)
+        return Target(proc, probe, line)
 
     yield _spawn
     for proc in started:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from heapspy.config import AttachConfig
-from heapspy.errors import UsageError
+from heapspy.errors import HeapspyError, UsageError
 from heapspy.inject.bootstrap import Placement
 from heapspy.pyspy import BackgroundDump
 from heapspy.target.process import PythonTarget
@@ -37,6 +37,15 @@ def _main_thread_activity(pid: int, spy: BackgroundDump) -> str:
         if main is not None:
             where = f" at {main.where}"
     return f"{describe_main_thread(pid)}{where}"
+
+
+def _thread_state(pid: int, tid: int) -> str:
+    """The one-letter scheduler state of a thread (R running, S sleeping, ...)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 class PtraceInjection:
@@ -81,6 +90,7 @@ class Pep768Injection:
         from heapspy.inject.pep768 import request_exec
 
         self.pid = target.pid
+        self.target = target
         self.thread = config.thread
         self.spy = BackgroundDump(target.pid)
         self.request = request_exec(target, placement.boot_path, thread_id=config.thread)
@@ -90,16 +100,29 @@ class Pep768Injection:
             return f"thread {self.thread}: not yet at a bytecode boundary"
         return _main_thread_activity(self.pid, self.spy)
 
-    def advice(self) -> str:
+    def _running_python_threads(self) -> list[int]:
+        """Python threads other than main that are on a CPU now: --thread candidates."""
         states = self.spy.get(timeout=1.0) or []
-        busy = [s for s in states if s.active and s.tid != self.pid]
+        busy = [s.tid for s in states if s.active and s.tid != self.pid]
+        if busy:
+            return busy
+        from heapspy.inject.pep768 import python_thread_ids
+
+        try:
+            tids = python_thread_ids(self.target)
+        except HeapspyError:
+            return []
+        return [t for t in tids if t != self.pid and _thread_state(self.pid, t) == "R"]
+
+    def advice(self) -> str:
+        busy = self._running_python_threads()
         hint = (
             "The request runs when the chosen thread next executes Python bytecode; a main "
             "thread blocked in sleep, accept, read or select only gets there when that call "
             "returns."
         )
         if busy:
-            hint += f" Thread {busy[0].tid} is running Python: try --thread {busy[0].tid}."
+            hint += f" Thread {busy[0]} is running Python: try --thread {busy[0]}."
         else:
             hint += " Use --thread TID to aim at another thread that runs Python."
         return hint

@@ -56,15 +56,21 @@ signal.signal(signal.SIGUSR2, probe)
 if MODE == "threads":
     for _ in range(8):
         threading.Thread(target=spin, daemon=True).start()
+elif MODE == "sleep-worker":
+    worker = threading.Thread(target=spin, name="worker", daemon=True)
+    worker.start()
 
-print("READY %d" % os.getpid(), flush=True)
+if MODE == "sleep-worker":
+    print("READY %d %d" % (os.getpid(), worker.native_id), flush=True)
+else:
+    print("READY %d" % os.getpid(), flush=True)
 
 if MODE in ("busy", "threads", "alloc"):
     while True:
         retain_blocks() if len(kept) < 2000 else None
         churn()
         time.sleep(0.0005 if MODE == "busy" else 0.0001)
-elif MODE == "sleep":
+elif MODE in ("sleep", "sleep-worker"):
     while True:
         time.sleep(3)
 elif MODE == "accept":

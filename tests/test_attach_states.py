@@ -1,0 +1,82 @@
+"""How the agent starts for each thing a main thread may be doing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import Target, heapspy_dirs_in_tmp
+from interpreters import Interpreter, interpreter_params, py314
+
+from heapspy.config import AttachConfig
+from heapspy.session import Session
+
+Spawn = Callable[..., Target]
+
+
+def _attach_once(target: Target, tmp_path: Path, **kw: object) -> float:
+    config = AttachConfig(dump_dir=tmp_path, final_dump=False, **kw)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    session = Session.attach(target.pid, config)
+    took = time.monotonic() - t0
+    session.detach()
+    return took
+
+
+@pytest.mark.parametrize("mode", ["threads", "asyncio", "lock"])
+@pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 11)))
+def test_agent_starts_promptly(
+    interp: Interpreter, mode: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    if mode == "lock" and interp.version >= (3, 14):
+        pytest.skip("PEP 768 runs at the next bytecode: a lock-blocked main thread is out of reach")
+    target = spawn(interp, "probe_target.py", mode)
+    took = _attach_once(target, tmp_path)
+    # 9 threads fighting for the GIL on 2 cores: every GIL release in the bootstrap
+    # (file reads, imports) waits its turn, so allow seconds there
+    assert took < (10.0 if mode == "threads" else 2.0), f"{mode}: agent took {took:.2f} s"
+    assert target.state()["modules"] == []
+
+
+def test_thread_option_reaches_a_busy_worker_on_314(spawn: Spawn, tmp_path: Path) -> None:
+    interp = py314()
+    target = spawn(interp, "probe_target.py", "sleep-worker")
+    worker = int(target.ready[2])
+    took = _attach_once(target, tmp_path, thread=worker, attach_timeout=5.0)
+    assert took < 1.0
+    assert target.state()["modules"] == []
+
+
+def test_blocked_main_thread_on_314_suggests_thread(spawn: Spawn) -> None:
+    interp = py314()
+    target = spawn(interp, "probe_target.py", "sleep-worker")
+    worker = int(target.ready[2])
+    out = subprocess.run(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 11, out.stderr
+    assert f"--thread {worker}" in out.stderr
+    assert heapspy_dirs_in_tmp(target.pid) == []  # the request was withdrawn
+
+
+@pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 13)))
+def test_accept_blocked_main_thread_times_out_with_reason(
+    interp: Interpreter, spawn: Spawn
+) -> None:
+    target = spawn(interp, "probe_target.py", "accept")
+    out = subprocess.run(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 11, out.stderr
+    assert "accept" in out.stderr
+    assert target.alive()
