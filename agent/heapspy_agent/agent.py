@@ -82,8 +82,6 @@ class Agent:
             self._send_quietly(protocol.ERROR, {"code": "agent", "message": self.reason})
         finally:
             self._shutdown()
-            if _active is self:
-                _active = None
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -209,22 +207,24 @@ class Agent:
             pass
 
     def _shutdown(self) -> None:
+        """Undo everything, then say goodbye: once heapspy sees the socket close, the
+        target is back as it was (only this thread's last instructions remain)."""
+        global _active
         if self.collector is not None:
             try:
                 self.collector.stop()
             except Exception:  # noqa: BLE001
                 pass
             self.collector = None
+        _drop_modules()
+        if _active is self:
+            _active = None
         self._send_quietly(protocol.BYE, {"reason": self.reason})
         if self.sock is not None:
             try:
                 self.sock.close()
             except OSError:
                 pass
-        for name in [
-            n for n in sys.modules if n == "heapspy_agent" or n.startswith("heapspy_agent.")
-        ]:
-            sys.modules.pop(name, None)
 
 
 def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: Any) -> None:

@@ -16,8 +16,9 @@ Stops inside ``get_signal`` (an interrupt, a signal or a group stop) are the onl
 where restoring the registers also restores an interrupted syscall, because the kernel's
 restart logic runs after them; the code below always detaches from one of those.
 
-All ptrace requests for one injection come from one short-lived thread: if the main
-thread never stops (uninterruptible sleep), that thread's exit detaches it untouched.
+All ptrace requests for one injection come from one short-lived worker thread while the
+caller keeps the time: if the main thread never stops (uninterruptible sleep), the caller
+gives up and the worker lets the thread go untouched as soon as it does stop.
 """
 
 from __future__ import annotations
@@ -145,11 +146,14 @@ def inject_pending_call(
     (called while the thread is held, so keep it to string formatting), which lets the
     injected code ``munmap`` its own page: anonymous r-x pages mapped next to each other
     merge into one mapping, so searching /proc/self/maps for "a 4 KiB r-x page" misses
-    them. With ``nudge``, a main thread waiting on a
-    futex (lock, ``join()``, ``Event.wait()``) gets EINTR so the call runs at once; the
-    wait then carries on. ``on_stopped`` is called while the thread is held (tests use
-    it to send signals at that moment). On any failure the target is left running as it
-    was and a ``HeapspyError`` says why.
+    them. The page is ``report.page_size`` bytes (4096 unless the source is long).
+
+    With ``nudge``, a main thread waiting on a futex (lock, ``join()``,
+    ``Event.wait()``) gets EINTR so the call runs at once; the wait then carries on.
+    Other blocking calls (sleep, select, accept, read, epoll) run it when they return.
+    ``on_stopped`` is called while the thread is held (tests use it to send signals at
+    that moment). ``timeout`` bounds the whole injection. On any failure the target is
+    left running as it was and a ``HeapspyError`` says why.
     """
     render = source if callable(source) else (lambda page: source)
     _check_source(render(_WIDEST_ADDRESS))
@@ -235,56 +239,51 @@ def main_thread_activity(pid: int) -> MainThreadActivity:
 
 
 def _permission_denied(pid: int, what: str) -> PermissionDenied:
-    """The reason ptrace is refused, with the fix, as precisely as /proc tells."""
-    reasons: list[str] = []
-    fixes: list[str] = []
+    """Why ptrace (or reading memory) is refused, with the fix, as precisely as /proc tells."""
     target_uid: int | None = None
+    owner: int | None = None
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("Uid:"):
                     target_uid = int(line.split()[2])  # effective uid
-        owner = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        owner = None
-    euid = os.geteuid()
-    has_cap = _has_cap_sys_ptrace()
-    if target_uid is not None and target_uid != euid and not has_cap:
-        reasons.append(f"it runs as uid {target_uid} and heapspy as uid {euid}")
-        fixes.append(
-            f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or as root "
-            "with CAP_SYS_PTRACE"
-        )
-    if euid == 0 and not has_cap:
-        reasons.append("heapspy runs as root without CAP_SYS_PTRACE")
-        fixes.append("grant CAP_SYS_PTRACE (in a container: --cap-add SYS_PTRACE)")
-    if owner == 0 and target_uid not in (None, 0):
-        reasons.append("the target is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0))")
-        fixes.append("only root with CAP_SYS_PTRACE can attach to it")
+        owner = os.stat(f"/proc/{pid}/status").st_uid  # root's when not dumpable
+    except (OSError, ValueError):
+        pass
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope") as f:
             scope = int(f.read().strip())
     except (OSError, ValueError):
         scope = 0
-    if scope == 1 and not has_cap:
-        reasons.append("Yama ptrace_scope is 1 (only a parent may attach)")
-        fixes.append(
-            "run heapspy as root / with CAP_SYS_PTRACE, or "
-            "`echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`"
+    euid = os.geteuid()
+    has_cap = _has_cap_sys_ptrace()
+    grant = "grant heapspy CAP_SYS_PTRACE (sudo; in a container --cap-add SYS_PTRACE)"
+    if scope >= 3:
+        why = "Yama ptrace_scope is 3, which disables ptrace until reboot"
+        fix = "use a Python 3.14+ target (no ptrace needed) or reboot with a lower ptrace_scope"
+    elif owner == 0 and target_uid not in (None, 0) and not has_cap:
+        why = (
+            "it is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0)), so only a tracer "
+            "with CAP_SYS_PTRACE may attach"
         )
-    elif scope == 2 and not has_cap:
-        reasons.append("Yama ptrace_scope is 2 (admin only)")
-        fixes.append("run heapspy as root with CAP_SYS_PTRACE")
-    elif scope >= 3:
-        reasons.append("Yama ptrace_scope is 3: ptrace is disabled until reboot")
-        fixes.append("on Python 3.14+ use --method pep768; otherwise reboot with a lower scope")
-    why = "; ".join(reasons) if reasons else "the kernel refused ptrace"
-    hint = (
-        ("Fix: " + "; or ".join(fixes) + ".")
-        if fixes
-        else ("Run heapspy as the target's user, or as root with CAP_SYS_PTRACE.")
-    )
-    return PermissionDenied(f"Not allowed to {what} process {pid}: {why}.", hint=hint)
+        fix = grant
+    elif target_uid is not None and target_uid != euid and not has_cap:
+        why = f"it runs as uid {target_uid} and heapspy as uid {euid}"
+        if euid == 0:
+            why += " without CAP_SYS_PTRACE"
+            fix = grant
+        else:
+            fix = f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or {grant}"
+    elif scope in (1, 2) and not has_cap:
+        rule = "only a parent may attach" if scope == 1 else "admin only"
+        why = f"Yama ptrace_scope is {scope} ({rule})"
+        fix = grant
+        if scope == 1:
+            fix += ", or `echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`"
+    else:
+        why = "the kernel or a security module (SELinux, AppArmor, seccomp) refused"
+        fix = f"run heapspy as the target's user or {grant}; check the audit log"
+    return PermissionDenied(f"Not allowed to {what} process {pid}: {why}.", hint=f"Fix: {fix}.")
 
 
 def _has_cap_sys_ptrace() -> bool:
@@ -382,7 +381,7 @@ def _plan(target: PythonTarget) -> _Plan:
             )
         image.check_build_id(memory)
         insn = _find_syscall_insn(arch, maps, memory, target.image_path)
-    except PermissionDenied:
+    except (PermissionDenied, PermissionError):
         tracer = _tracer_attached(pid)
         raise tracer or _permission_denied(pid, "read the memory of") from None
     except StopIteration:  # ElfImage: the image is no longer mapped
@@ -395,7 +394,7 @@ def _plan_syscall_only(pid: int) -> _Plan:
     try:
         maps = read_maps(pid)
         insn = _find_syscall_insn(arch, maps, RemoteMemory(pid), None)
-    except PermissionDenied:
+    except (PermissionDenied, PermissionError):
         raise _permission_denied(pid, "read the memory of") from None
     return _Plan(pid, arch, insn, 0, 0)
 

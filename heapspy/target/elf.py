@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from heapspy.errors import UnrecognisedPython
 from heapspy.target.maps import Mapping
+from heapspy.target.memory import RemoteMemory
 
 ET_EXEC = "ET_EXEC"
 ET_DYN = "ET_DYN"
@@ -88,16 +89,16 @@ def _parse(f: IO[bytes], symbols: Iterable[str], sections: Iterable[str]) -> Elf
     from elftools.elf.elffile import ELFFile
 
     try:
-        elf = ELFFile(f)  # type: ignore[no-untyped-call]
+        elf = ELFFile(f)  # type: ignore[no-untyped-call, unused-ignore]
         etype = str(elf.header["e_type"])
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]  # type: ignore[no-untyped-call]
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]  # type: ignore[no-untyped-call, unused-ignore]
         first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
         build_id = None
         build_id_vaddr = None
-        for seg in elf.iter_segments():  # type: ignore[no-untyped-call]
+        for seg in elf.iter_segments():  # type: ignore[no-untyped-call, unused-ignore]
             if seg["p_type"] != "PT_NOTE":
                 continue
-            for note in seg.iter_notes():
+            for note in seg.iter_notes():  # type: ignore[attr-defined, unused-ignore]
                 if note["n_type"] == "NT_GNU_BUILD_ID":
                     build_id = str(note["n_desc"])
                     # the descriptor follows a 12-byte header and the 4-byte "GNU\0" name
@@ -174,7 +175,7 @@ class ElfImage:
                 else:
                     from elftools.elf.elffile import ELFFile
 
-                    _fill(ELFFile(f), facts, symbols, sections)  # type: ignore[no-untyped-call]
+                    _fill(ELFFile(f), facts, symbols, sections)  # type: ignore[no-untyped-call, unused-ignore]
                 self._facts = facts
                 self._store(facts)
         assert self._facts is not None
@@ -205,3 +206,25 @@ class ElfImage:
     def section(self, name: str) -> tuple[int, int] | None:
         sec = self.resolve(sections=[name]).sections.get(name)
         return None if sec is None else (sec[0] + self.bias, sec[1])
+
+    def check_build_id(self, memory: RemoteMemory) -> None:
+        """Refuse when the file read (or the cache entry) is not the image in memory.
+
+        Compares the GNU build-id note of the parsed file with the bytes at the same
+        address in the target; images without a build-id are accepted.
+        """
+        facts = self.resolve()
+        if not facts.build_id or facts.build_id_vaddr is None:
+            return
+        expected = bytes.fromhex(facts.build_id)
+        try:
+            actual = memory.read(facts.build_id_vaddr + self.bias, len(expected))
+        except OSError:
+            actual = b""
+        if actual != expected:
+            raise UnrecognisedPython(
+                f"{self.path} in process {self.pid} does not match the file heapspy read "
+                f"(build-id {facts.build_id} on disk, {actual.hex() or 'unreadable'} in memory).",
+                hint="The file was replaced after the process started; restart it or clear "
+                f"{cache_dir()}.",
+            )

@@ -1,7 +1,7 @@
 """An attach target with a probe: SIGUSR2 makes it write its own state as JSON.
 
-Usage: probe_target.py MODE, MODE one of busy, sleep, accept, lock, threads, asyncio,
-exit-soon, alloc. Prints "READY <pid>" once set up. The probe file is named by
+Usage: probe_target.py MODE, MODE one of busy, sleep, sleep-worker, accept, lock,
+threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon. Prints "READY <pid>" once set up. The probe file is named by
 $HEAPSPY_PROBE. Written for Python 3.8+.
 """
 
@@ -56,6 +56,14 @@ signal.signal(signal.SIGUSR2, probe)
 if MODE == "threads":
     for _ in range(8):
         threading.Thread(target=spin, daemon=True).start()
+elif MODE == "workers":
+    def work():
+        while True:
+            churn()
+            time.sleep(0.001)
+
+    for _ in range(4):
+        threading.Thread(target=work, daemon=True).start()
 elif MODE == "sleep-worker":
     worker = threading.Thread(target=spin, name="worker", daemon=True)
     worker.start()
@@ -65,7 +73,7 @@ if MODE == "sleep-worker":
 else:
     print("READY %d" % os.getpid(), flush=True)
 
-if MODE in ("busy", "threads", "alloc"):
+if MODE in ("busy", "threads", "alloc", "workers"):
     while True:
         retain_blocks() if len(kept) < 2000 else None
         churn()
