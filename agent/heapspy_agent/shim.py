@@ -15,8 +15,10 @@ Usage::
     shim.stop()                         # False: hooks replaced by someone else, pinned
     shim.unload()                       # dlclose: nothing of the shim stays mapped
 
-Stacks are returned root -> leaf. Per-stack values are raw sampled values; upscale them
-with :func:`scale_heap_sample` (Go's estimator). Exact totals are never upscaled.
+Stacks are returned root -> leaf (the C buffers hold them leaf first). Per-stack values
+come raw and upscaled (``est_*``: Go's scale applied per sample); exact totals are never
+upscaled. Frames are named from the code objects the shim holds until ``stop()``:
+``co_qualname`` on 3.11+, else ``co_name``.
 """
 
 import ctypes
@@ -337,8 +339,12 @@ class Shim:
         with self._lock:
             lib = self._c()
             state = lib.hs_state()
+            if state == STATE_RUNNING:
+                raise ShimError("cannot unload the shim while it runs", ERR_RUNNING)
             if state != STATE_IDLE:
-                raise ShimError("cannot unload the shim while its hooks are installed", ERR_LOAD)
+                raise ShimError(
+                    "cannot unload the shim: its hooks are still installed", ERR_HOOKS_LEFT
+                )
             handle = lib._handle
             self._lib = None
             del lib

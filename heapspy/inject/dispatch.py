@@ -61,9 +61,7 @@ class PtraceInjection:
             )
         self.pid = target.pid
         self.spy = BackgroundDump(target.pid)
-        self.report = inject_pending_call(
-            target, placement.pending_call_source, nudge=config.nudge
-        )
+        self.report = inject_pending_call(target, placement.pending_call_source, nudge=config.nudge)
 
     def waiting_for(self) -> str:
         return _main_thread_activity(self.pid, self.spy)

@@ -1,8 +1,9 @@
 """An attach target with a probe: SIGUSR2 makes it write its own state as JSON.
 
 Usage: probe_target.py MODE, MODE one of busy, sleep, sleep-worker, accept, lock,
-threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon. Prints "READY <pid>" once set up. The probe file is named by
-$HEAPSPY_PROBE. Written for Python 3.8+.
+threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon.
+Prints "READY <pid>" once set up. The probe file is named by $HEAPSPY_PROBE.
+Written for Python 3.8+.
 """
 
 import json
