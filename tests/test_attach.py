@@ -161,11 +161,14 @@ def test_sigterm_detaches_cleanly(spawn: Spawn, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("heap-*-final.pb.gz"))) == 1
 
 
-def test_remote_debug_disabled_is_refused(spawn: Spawn) -> None:
+@pytest.mark.parametrize("method", ["auto", "ptrace"])
+def test_remote_debug_disabled_is_refused(spawn: Spawn, method: str) -> None:
+    """The owner's opt-out holds even though ptrace could get around it."""
     interp = py314()
     target = spawn(interp, "probe_target.py", "busy", python_args=("-X", "disable-remote-debug"))
     out = subprocess.run(
-        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--duration", "1"],
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--duration", "1"]
+        + ["--method", method],
         capture_output=True,
         text=True,
         timeout=30,

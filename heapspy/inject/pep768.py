@@ -432,6 +432,26 @@ class RemoteExecRequest:
         )
 
 
+def _refuse_if_disabled(runtime: RemoteRuntime, interp: int) -> None:
+    if not runtime.remote_debugging_enabled(interp):
+        raise RemoteDebugDisabled(
+            f"Process {runtime.target.pid} has remote debugging disabled: it was started "
+            "with `-X disable-remote-debug` or with PYTHON_DISABLE_REMOTE_DEBUG set in its "
+            "environment (or its CPython was built --without-remote-debug).",
+            hint="Restart it without that option and variable to let heapspy attach.",
+        )
+
+
+def check_remote_debugging(target: PythonTarget) -> None:
+    """Refuse a 3.14+ target whose owner opted out of remote debugging.
+
+    heapspy honours the opt-out whatever the injection method: ptrace could bypass it,
+    but the flag says the process's owner does not want debuggers in it.
+    """
+    runtime = RemoteRuntime(target)
+    _refuse_if_disabled(runtime, runtime.main_interpreter())
+
+
 def request_exec(
     target: PythonTarget, script_path: str, *, thread_id: int | None = None
 ) -> RemoteExecRequest:
@@ -464,13 +484,7 @@ def request_exec(
             f"{o.script_path_size - 1}: {script_path!r}."
         )
     interp = runtime.main_interpreter()
-    if not runtime.remote_debugging_enabled(interp):
-        raise RemoteDebugDisabled(
-            f"Process {target.pid} has remote debugging disabled: it was started with "
-            "`-X disable-remote-debug` or with PYTHON_DISABLE_REMOTE_DEBUG set in its "
-            "environment (or its CPython was built --without-remote-debug).",
-            hint="Restart it without that option and variable to let heapspy attach.",
-        )
+    _refuse_if_disabled(runtime, interp)
     main = runtime.main_thread_state(interp)
     if thread_id is None:
         if main is None:
