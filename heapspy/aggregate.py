@@ -33,6 +33,19 @@ class Point:
     time: float
     rss: int | None
     heap: int
+    cpu: float | None = None  # percent of one core since the previous point
+    fds: int | None = None
+    uss: int | None = None  # sampled every few intervals: it walks the page tables
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What heapspy sees of the target from outside (psutil)."""
+
+    rss: int | None = None
+    cpu: float | None = None
+    fds: int | None = None
+    uss: int | None = None
 
 
 @dataclass
@@ -93,8 +106,8 @@ class Aggregator:
         sid = max(self.streaks, key=lambda s: (self.streaks[s], self.sites[s].inuse_bytes))
         return self.sites[sid].stack, self.streaks[sid]
 
-    def record(self, rss: int | None) -> Point:
-        point = Point(time.time(), rss, self.heap_estimate())
+    def record(self, facts: ProcessFacts) -> Point:
+        point = Point(time.time(), facts.rss, self.heap_estimate(), facts.cpu, facts.fds, facts.uss)
         self.series.append(point)
         while len(self.series) > self.history:
             self.series.popleft()

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 from heapspy_agent import protocol
 
-from heapspy.aggregate import Aggregator
+from heapspy.aggregate import Aggregator, ProcessFacts
 from heapspy.config import AttachConfig
 from heapspy.control import listen as control_listen
 from heapspy.dumps import DumpWriter, Retention
@@ -115,6 +115,7 @@ class Session:
         self._dump_requests: list[str] = []
         self._last_rx = 0.0
         self._agent_ran = False
+        self._facts_count = 0
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
         self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
@@ -347,7 +348,7 @@ class Session:
         if kind == protocol.SAMPLES:
             agg = self.aggregator
             agg.apply(body)
-            point = agg.record(self._rss())
+            point = agg.record(self._outside_facts())
             if self.on_samples is not None:
                 self.on_samples(self)
             if self.rules.rules and not self._stop:
@@ -361,13 +362,22 @@ class Session:
         elif kind == protocol.ERROR:
             self.end_reason = f"agent error: {body.get('message')}"
 
-    def _rss(self) -> int | None:
-        if self._proc is None:
-            return None
+    def _outside_facts(self) -> ProcessFacts:
+        proc = self._proc
+        if proc is None:
+            return ProcessFacts()
         try:
-            return int(self._proc.memory_info().rss)
+            with proc.oneshot():
+                rss = int(proc.memory_info().rss)
+                cpu = float(proc.cpu_percent(interval=None))
+                fds = int(proc.num_fds())
+            uss = None
+            self._facts_count += 1
+            if self._facts_count % 10 == 1:  # smaps_rollup walks page tables: not every time
+                uss = int(proc.memory_full_info().uss)
+            return ProcessFacts(rss, cpu, fds, uss)
         except psutil.Error:
-            return None
+            return ProcessFacts()
 
     def _accept_control(self) -> None:
         assert self.control is not None
@@ -443,7 +453,10 @@ class Session:
             "frames": self.config.frames,
             "rule": rule,
             "heap_estimate": agg.heap_estimate(),
-            "rss_series": [[p.time, p.rss, p.heap] for p in list(agg.series)[-120:]],
+            "series_columns": ["time", "rss", "heap", "cpu_percent", "fds", "uss"],
+            "rss_series": [
+                [p.time, p.rss, p.heap, p.cpu, p.fds, p.uss] for p in list(agg.series)[-120:]
+            ],
             "totals": None
             if totals is None
             else {
