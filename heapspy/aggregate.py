@@ -158,8 +158,8 @@ class Aggregator:
         return AllocTotals(
             int(t["allocated_bytes"]),
             int(t.get("allocations", 0)),
-            int(t.get("freed_bytes", 0)),
-            int(t.get("frees", 0)),
+            None if t.get("freed_bytes") is None else int(t["freed_bytes"]),
+            None if t.get("frees") is None else int(t["frees"]),
             tuple((int(k), int(v)) for k, v in t.get("size_classes", [])),
         )
 
@@ -169,7 +169,7 @@ class Aggregator:
 
         by_func: dict[str, list[float]] = {}
         for site in self.sites.values():
-            if not site.stack:
+            if not site.stack or not site.inuse_bytes:
                 continue
             leaf = site.stack[-1]
             name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"

@@ -96,3 +96,9 @@ class InjectionFailed(HeapspyError):
 
 class DumpError(HeapspyError):
     exit_code = 16
+
+
+class SamplingUnavailable(HeapspyError):
+    """--require-sampling was given and the shim cannot run in the target."""
+
+    exit_code = 17

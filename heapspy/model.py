@@ -41,8 +41,8 @@ class AllocTotals:
 
     allocated_bytes: Bytes = 0
     allocations: int = 0
-    freed_bytes: Bytes = 0
-    frees: int = 0
+    freed_bytes: Bytes | None = None  # unknown in sampled mode (unsampled frees have no size)
+    frees: int | None = None
     # power-of-two size classes: key k counts allocations with 2**(k-1) < size <= 2**k
     size_classes: tuple[tuple[int, int], ...] = ()
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -293,8 +293,12 @@ def read_sidecar_totals(path: Path) -> tuple[str, Totals | None]:
         raise DumpError(f"The sidecar {path} has no 'totals' object.")
     allocated_bytes = _int_field(totals, "allocated_bytes", path)
     allocations = _int_field(totals, "allocations", path)
-    freed_bytes = _int_field(totals, "freed_bytes", path)
-    frees = _int_field(totals, "frees", path)
+    # The sampling shim cannot know the size of a block it did not sample when it is
+    # freed: freed_bytes is null then, and the live heap comes from the profile.
+    freed_bytes = None if totals.get("freed_bytes") is None else _int_field(
+        totals, "freed_bytes", path
+    )
+    frees = None if totals.get("frees") is None else _int_field(totals, "frees", path)
     classes = totals.get("size_classes", [])
     pairs = []
     for pair in classes if isinstance(classes, list) else [None]:
@@ -314,8 +318,8 @@ def read_sidecar_totals(path: Path) -> tuple[str, Totals | None]:
         allocations=allocations,
         freed_bytes=freed_bytes,
         frees=frees,
-        live_bytes=allocated_bytes - freed_bytes,
-        live_objects=allocations - frees,
+        live_bytes=-1 if freed_bytes is None else allocated_bytes - freed_bytes,
+        live_objects=-1 if frees is None else allocations - frees,
         size_classes=tuple(sorted(pairs)),
     )
 
@@ -362,6 +366,11 @@ def build_report(config: ReportConfig) -> Report:
     status, totals = read_sidecar_totals(sidecar)
     if totals is None:
         totals = estimate_totals(profile)
+    elif totals.live_bytes < 0:  # no freed bytes: take the live heap from the profile
+        estimate = estimate_totals(profile)
+        totals = replace(
+            totals, live_bytes=estimate.live_bytes, live_objects=estimate.live_objects
+        )
     sites = aggregate_sites(profile, index)
     total = sum(sample.values[index] for sample in profile.samples)
     name, unit = profile.sample_types[index]
@@ -431,6 +440,8 @@ def render_text(report: Report) -> str:
         lines.append(f"No totals sidecar at {report.sidecar}: {estimated}")
     lines.append(f"Total Allocated Memory: {format_bytes(totals.allocated_bytes)}")
     lines.append(f"Number of Allocations: {totals.allocations:,}")
+    if totals.frees is not None and totals.freed_bytes is None:
+        lines.append(f"Number of Frees: {totals.frees:,}")
     if totals.freed_bytes is not None and totals.frees is not None:
         lines.append(f"Total Freed Memory: {format_bytes(totals.freed_bytes)}")
         lines.append(f"Number of Frees: {totals.frees:,}")

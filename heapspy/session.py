@@ -30,6 +30,7 @@ from heapspy.errors import (
     AlreadyAttached,
     DumpError,
     HeapspyError,
+    SamplingUnavailable,
     TargetExited,
 )
 from heapspy.inject.bootstrap import Placement, place_agent
@@ -82,6 +83,11 @@ class _Conn:
 
 
 def _agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
+    if body.get("code") == "no_sampling":
+        return SamplingUnavailable(
+            f"Sampling cannot run in process {pid}: {body.get('message')}.",
+            hint="Drop --require-sampling to fall back to tracemalloc (exact, slower).",
+        )
     if body.get("code") == "already_attached":
         holder = body.get("holder_pid")
         return AlreadyAttached(
@@ -115,6 +121,7 @@ class Session:
         self._dump_requests: list[str] = []
         self._last_rx = 0.0
         self._agent_ran = False
+        self._cmd_id = 0
         self._facts_count = 0
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
@@ -142,6 +149,7 @@ class Session:
             "rate": self.config.rate,
             "frames": self.config.frames,
             "interval": self.config.interval,
+            "require_sampling": self.config.require_sampling,
         }
 
     def _open(self, t0: float, progress: Progress | None) -> None:
@@ -421,6 +429,8 @@ class Session:
             return {"ok": True}
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "rate":
+            return self.set_rate(int(body.get("rate", -1)))
         if cmd == "dump":
             try:
                 path = self.write_dump(str(body.get("rule", "on-demand")), "heapspy dump")
@@ -429,6 +439,42 @@ class Session:
             self.dumps.append(path)
             return {"ok": True, "path": path}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def set_rate(self, rate: int) -> dict[str, Any]:
+        """Change the sampling rate of the live session (sampled mode only)."""
+        if self.aggregator.mode != "sampled":
+            return {"ok": False, "error": f"the session runs in {self.aggregator.mode} mode"}
+        if rate < 0 or rate == 1:
+            return {"ok": False, "error": "a live session takes rates of 0 or 2 bytes and up"}
+        reply = self._agent_call("rate", rate=rate)
+        if reply.get("ok"):
+            self.aggregator.rate = rate
+        return reply
+
+    def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+        """Send a command to the agent and wait for its reply, handling other frames."""
+        assert self.conn is not None
+        self._cmd_id += 1
+        ident = self._cmd_id
+        self._send_agent(protocol.COMMAND, {"id": ident, "cmd": cmd, **args})
+        deadline = time.monotonic() + timeout
+        sock = self.conn.sock
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([sock], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                return {"ok": False, "error": "the agent went away"}
+            self._last_rx = time.monotonic()
+            for kind, body in self.conn.reader.feed(data):
+                if kind == protocol.REPLY and body.get("id") == ident:
+                    return body
+                self._on_agent_frame(kind, body)
+        return {"ok": False, "error": "the agent did not answer"}
 
     def _dump(self, reason: str, why: str = "") -> str | None:
         try:

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional
 # Every agent module is imported here, at start: the files are deleted right after.
 from heapspy_agent import protocol
 from heapspy_agent.exact import TracemallocCollector
+from heapspy_agent.sampled import ShimCollector, load_shim
+from heapspy_agent.shim import Shim, ShimError
 
 PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is gone
 HEARTBEAT = 0.5
@@ -58,6 +60,10 @@ def _unmap_boot_page(page: int) -> bool:
     return bool(libc.munmap(page, PAGE) == 0)
 
 
+class RequirementError(Exception):
+    """--require-sampling was given and sampling cannot run here."""
+
+
 class Agent:
     def __init__(self, directory: str, config: Dict[str, Any]) -> None:
         self.directory = directory
@@ -69,6 +75,8 @@ class Agent:
         self.stopping = threading.Event()
         self.thread: Optional[threading.Thread] = None
         self.seq = 0
+        self.shim: Optional[Shim] = None
+        self.shim_problem = ""
         self._gc_base = [s.get("collections", 0) for s in gc.get_stats()]
 
     # --- life cycle -------------------------------------------------------------
@@ -77,11 +85,17 @@ class Agent:
         try:
             self._connect()
             self._serve()
+        except RequirementError as exc:
+            self.reason = str(exc)
+            self._send_quietly(protocol.ERROR, {"code": "no_sampling", "message": self.reason})
         except BaseException as exc:  # noqa: BLE001 - nothing may escape into the target
             self.reason = "agent error: %s: %s" % (type(exc).__name__, exc)
             self._send_quietly(protocol.ERROR, {"code": "agent", "message": self.reason})
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            except BaseException:  # noqa: BLE001 - never print into the target's stderr
+                pass
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -129,7 +143,18 @@ class Agent:
         rate = int(self.config.get("rate", 1))
         frames = int(self.config.get("frames", 64))
         if rate != 1:
-            self.notes.append("sampling shim not available yet: using tracemalloc (exact)")
+            problem = self.shim_problem
+            if self.shim is not None:
+                try:
+                    return ShimCollector(self.shim, rate, frames, self.directory)
+                except ShimError as exc:
+                    problem = "the sampling shim refused to start: %s" % exc
+            if self.shim is not None:
+                self.shim.unload()  # never started: nothing of it may stay mapped
+                self.shim = None
+            if self.config.get("require_sampling"):
+                raise RequirementError(problem)
+            self.notes.append(problem + "; using tracemalloc (exact mode, slower)")
         return TracemallocCollector(frames, self.directory)
 
     def _serve(self) -> None:
@@ -177,6 +202,12 @@ class Agent:
             self._send_samples()
         elif cmd == "sample":
             self._send_samples()
+        elif cmd == "rate":
+            if not hasattr(self.collector, "set_rate"):
+                reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no rate"}
+            else:
+                self.collector.set_rate(int(body["rate"]))
+                reply["rate"] = self.collector.rate
         else:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)
@@ -216,6 +247,13 @@ class Agent:
             except Exception:  # noqa: BLE001
                 pass
             self.collector = None
+        if self.shim is not None:
+            try:
+                if self.shim.state == 0:  # loaded but never started
+                    self.shim.unload()
+            except Exception:  # noqa: BLE001 - already unloaded by the collector
+                pass
+            self.shim = None
         _drop_modules()
         if _active is self:
             _active = None
@@ -279,17 +317,24 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
     if config.get("token") != token:
         _drop_modules()
         return
+    late = time.time() > float(config.get("deadline", 0))
+    busy = _active is not None and _active.thread is not None and _active.thread.is_alive()
+    shim = None
+    shim_problem = ""
+    if not late and not busy and int(config.get("rate", 1)) != 1:
+        shim, shim_problem = load_shim(directory)  # dlopen before its file is deleted
     _remove_tree(directory)
     if page:
         try:
             _unmap_boot_page(page)
         except Exception:  # noqa: BLE001
             pass
-    if time.time() > float(config.get("deadline", 0)):
+    if late:
         _drop_modules()
         return  # heapspy gave up waiting for us; nothing is listening
-    if _active is not None and _active.thread is not None and _active.thread.is_alive():
-        holder = int(_active.config.get("heapspy_pid", 0))
+    if busy:
+        # the live agent's own module was imported: report, and leave it alone
+        holder = int(_active.config.get("heapspy_pid", 0)) if _active is not None else 0
         threading.Thread(
             target=_report_refusal,
             args=(config, "already_attached", "a heapspy session already holds this process"),
@@ -298,6 +343,7 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
         ).start()
         return
     agent = Agent(directory, config)
+    agent.shim, agent.shim_problem = shim, shim_problem
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
     thread = threading.Thread(target=agent.run, name="heapspy-agent", daemon=True)

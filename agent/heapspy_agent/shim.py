@@ -29,7 +29,7 @@ import sys
 import threading
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 1
+ABI = 2
 """Must match HS_ABI in heapspy_shim.h."""
 
 LIBRARY_GLOB = "_heapspy_shim*.so"
@@ -113,8 +113,12 @@ class StackCounts(NamedTuple):
 
 
 class DomainTotals(NamedTuple):
-    """Exact counts for one allocator domain since start. A realloc counts as one free
-    (of a non-NULL block) and one allocation of the new size."""
+    """Exact counts for one allocator domain since start, at the requested sizes.
+
+    A realloc counts as one free (of a non-NULL block) and one allocation of the new size;
+    a failed realloc counts nothing, a failed malloc/calloc (out of memory) is counted.
+    Allocations made by the shim's own stack captures are not counted.
+    """
 
     alloc_count: int
     alloc_bytes: int
@@ -236,6 +240,8 @@ class Shim:
         self._qualname = sys.version_info >= (3, 11)
         lib.hs_abi.restype = ctypes.c_int
         lib.hs_abi.argtypes = []
+        lib.hs_report_size.restype = ctypes.c_int
+        lib.hs_report_size.argtypes = []
         lib.hs_start.restype = ctypes.c_int
         lib.hs_start.argtypes = [
             ctypes.c_uint64,  # rate
@@ -268,10 +274,15 @@ class Shim:
             raise ShimError(f"cannot load the sampling shim {path}: {exc}", ERR_LOAD) from exc
         try:
             abi = lib.hs_abi()
+            size = lib.hs_report_size()
         except AttributeError:
-            raise ShimError(f"{path} is not a heapspy shim", ERR_LOAD) from None
-        if abi != ABI:
-            raise ShimError(f"shim {path} has ABI {abi}, this agent needs {ABI}", ERR_LOAD)
+            raise ShimError(f"{path} is not a heapspy shim of this version", ERR_LOAD) from None
+        if abi != ABI or size != ctypes.sizeof(_Report):
+            raise ShimError(
+                f"shim {path} has ABI {abi} (report {size} bytes), this agent needs ABI {ABI} "
+                f"({ctypes.sizeof(_Report)} bytes): rebuild it",
+                ERR_LOAD,
+            )
         return cls(lib, path)
 
     def _c(self) -> "ctypes.PyDLL":

@@ -71,6 +71,12 @@ def attach(
     max_bytes: Optional[str] = typer.Option(
         None, "--max-bytes", help="Keep at most this many bytes of dumps (e.g. 1GiB)."
     ),
+    require_sampling: bool = typer.Option(
+        False,
+        "--require-sampling",
+        help="Fail (exit 17) instead of falling back to tracemalloc when the sampling "
+        "shim cannot run in the target.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
 ) -> None:
     """Attach to a running Python process and profile its heap.
@@ -99,6 +105,7 @@ def attach(
         final_dump=final_dump,
         dump_on=tuple(parse_rule(r) for r in dump_on),
         keep=options.keep(keep),
+        require_sampling=require_sampling,
         max_bytes=None if max_bytes is None else parse_size(max_bytes, "--max-bytes"),
     )
     run_attach(pid, config, quiet=quiet)

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "heapspy.cli.report",
     "heapspy.cli.diff",
     "heapspy.cli.dump",
+    "heapspy.cli.rate",
 )
 
 

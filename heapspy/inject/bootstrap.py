@@ -23,7 +23,7 @@ import heapspy_agent
 from heapspy.errors import InjectionFailed, PermissionDenied
 from heapspy.target.process import PythonTarget
 
-AGENT_FILES = ("__init__.py", "protocol.py", "agent.py", "exact.py", "shim.py")
+AGENT_FILES = ("__init__.py", "protocol.py", "agent.py", "exact.py", "sampled.py", "shim.py")
 SHIM_GLOB = "_heapspy_shim*.so"
 
 _BOOT = """\

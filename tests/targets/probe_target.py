@@ -18,6 +18,17 @@ MODE = sys.argv[1] if len(sys.argv) > 1 else "busy"
 kept = []
 
 
+def _fds():
+    """Open fds as "n -> target", leaving out the one listdir itself uses."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out.append("%s -> %s" % (name, os.readlink("/proc/self/fd/" + name)))
+        except OSError:
+            pass
+    return sorted(out)
+
+
 def probe(_sig, _frame):
     import tracemalloc
 
@@ -25,7 +36,7 @@ def probe(_sig, _frame):
         "modules": sorted(m for m in sys.modules if m.startswith("heapspy_agent")),
         "tracing": tracemalloc.is_tracing(),
         "threads": [t.name for t in threading.enumerate()],
-        "fds": sorted(os.listdir("/proc/self/fd")),
+        "fds": _fds(),
         "path": [p for p in sys.path if "heapspy" in p],
         "main_globals": sorted(k for k in globals() if k.startswith("_heapspy")),
         "kept": len(kept),

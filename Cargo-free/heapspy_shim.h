@@ -1,0 +1,109 @@
+/*
+ * heapspy_shim.h: the C side of the shim's ABI (mirrored by agent/shim.py).
+ *
+ * The shim is plain C without Python.h: one build serves every CPython 3.8-3.14.
+ * Every exported function must be called with the GIL held (ctypes.PyDLL).
+ * Bump HS_ABI whenever anything in this file changes.
+ */
+#ifndef HEAPSPY_SHIM_H
+#define HEAPSPY_SHIM_H
+
+#include <stdint.h>
+
+#define HS_ABI 2
+
+/* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
+ * sizes 0 and 1, class 64 sizes above 2**63. */
+#define HS_NCLASSES 65
+
+/* Index of a domain in the per-domain arrays of hs_report. */
+#define HS_DOM_MEM 0
+#define HS_DOM_OBJ 1
+
+/* Return codes. */
+#define HS_OK 0
+#define HS_ERR_RUNNING 1       /* hs_start: already started */
+#define HS_ERR_NOT_RUNNING 2   /* nothing to stop / no session */
+#define HS_ERR_FREE_THREADED 3 /* free-threaded build: hooks would run without a GIL */
+#define HS_ERR_SYMBOLS 4       /* a C-API function could not be found in the process */
+#define HS_ERR_VERSION 5       /* not CPython 3.8 or newer */
+#define HS_ERR_SUBINTERP 6     /* 3.12+ with several interpreters (one may have its own GIL) */
+#define HS_ERR_NOMEM 7         /* the shim's own tables could not be allocated */
+#define HS_ERR_HOOKS_LEFT 8    /* an earlier session's hooks are still chained below others */
+#define HS_ERR_ARG 9           /* invalid argument */
+#define HS_LEFT_INSTALLED 10   /* hs_stop: someone replaced our hooks; they stay installed as
+                                  pass-throughs and the library must stay loaded */
+
+/* hs_start flags. */
+#define HS_FLAG_FREE_THREADED 1u /* the caller knows the build is free-threaded */
+
+/* Flags of a stack in hs_report.new_stacks. */
+#define HS_STACK_TRUNCATED 1u /* deeper than max_frames: the root-most frames are missing */
+#define HS_STACK_OVERFLOW 2u  /* stack 0: samples whose stack did not fit in the tables */
+#define HS_STACK_FOREIGN 4u   /* allocated in another interpreter (no frames captured) */
+
+/* State values. */
+#define HS_STATE_IDLE 0
+#define HS_STATE_RUNNING 1
+#define HS_STATE_LEFT 2 /* stopped, but hooks left installed as pass-throughs */
+
+/*
+ * Filled by hs_read(). All counters are since the last hs_start(). Domain totals are at
+ * requested sizes; a realloc counts as a free (ptr != NULL) plus an allocation of the new
+ * size, a failed realloc counts nothing, a failed malloc/calloc is counted (it is counted
+ * before it is made, to keep the common path a tail call). The address fields
+ * point into buffers owned by the shim, valid until the next hs_read(drain=1) or hs_stop().
+ *
+ *   new_stacks:  n_new records of 3 uint64: (stack id, number of frames, flags). Stack ids
+ *                are dense, start at 0 and stay valid until hs_stop(); stack 0 is the
+ *                overflow stack. Their frames are consecutive in new_codes/new_lines.
+ *   new_codes:   n_new_frames code objects (PyObject *), leaf frame first (leaf -> root).
+ *                The shim holds a reference to each until hs_stop().
+ *   new_lines:   n_new_frames int64 line numbers, parallel to new_codes (-1: unknown).
+ *   changed:     n_changed records of 5 uint64, current absolute values (not deltas) of each
+ *                stack whose counters changed since the last drain: (stack id, alloc_count,
+ *                alloc_bytes, live_count, live_bytes). Raw sampled values, not upscaled.
+ *   changed_est: n_changed records of 4 doubles, parallel to changed: the same four values
+ *                upscaled. Each sample of n bytes weighs 1 / (1 - exp(-n / rate)), Go's
+ *                scale for one allocation, with the rate in force when it was taken.
+ */
+typedef struct {
+    uint64_t abi;
+    uint64_t state;
+    uint64_t rate;
+    uint64_t max_frames;
+    uint64_t alloc_count[2];
+    uint64_t alloc_bytes[2];
+    uint64_t free_count[2];
+    uint64_t realloc_count[2];
+    uint64_t size_classes[2][HS_NCLASSES];
+    uint64_t sampled_count;      /* samples taken (cumulative) */
+    uint64_t sampled_bytes;      /* their requested bytes (cumulative) */
+    uint64_t live_samples;       /* sampled blocks not yet freed */
+    uint64_t live_sampled_bytes; /* their bytes */
+    uint64_t dropped_samples;    /* samples not tracked for frees: pointer map full */
+    uint64_t overflow_samples;   /* samples attributed to stack 0: stack table full */
+    uint64_t stacks;             /* stacks interned */
+    uint64_t frames;             /* frames stored for them */
+    uint64_t map_entries;        /* == live_samples */
+    uint64_t shim_memory;        /* bytes of libc memory the shim holds */
+    uint64_t n_new;
+    uint64_t new_stacks;
+    uint64_t n_new_frames;
+    uint64_t new_codes;
+    uint64_t new_lines;
+    uint64_t n_changed;
+    uint64_t changed;
+    uint64_t changed_est;
+} hs_report;
+
+int hs_abi(void);
+int hs_report_size(void); /* sizeof(hs_report): the binding checks its mirror against it */
+int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint64_t seed, unsigned flags);
+int hs_set_rate(uint64_t rate);
+int hs_stop(void);
+int hs_state(void);
+int hs_read(hs_report *out, int drain);
+const char *hs_strerror(int code);
+
+#endif

@@ -1,0 +1,34 @@
+"""`heapspy rate`: change the sampling rate of a live session."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from heapspy import control
+from heapspy.cli import options
+from heapspy.errors import UsageError
+from heapspy.units import format_bytes
+
+
+def rate(
+    pid: int = typer.Argument(..., help="Process id of the profiled target."),
+    new_rate: str = typer.Argument(..., metavar="RATE", help="New mean bytes between samples."),
+) -> None:
+    """Change how often a live session samples (e.g. 64KiB for more detail).
+
+    Only sessions in sampled mode have a rate; 0 keeps exact totals and stops stack
+    sampling. Dumps written afterwards use the new rate to upscale.
+
+    Example: heapspy rate 4242 64KiB
+    """
+    value = options.rate(new_rate)
+    reply = control.request(pid, "rate", rate=value)
+    if not reply.get("ok"):
+        raise UsageError(f"The session for {pid} did not change its rate: {reply.get('error')}.")
+    print(f"heapspy: {pid} now samples every {format_bytes(value)} on average", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rate")(rate)
