@@ -8,8 +8,8 @@ from typing import Callable
 
 import pytest
 from conftest import Target, heapspy_dirs_in_tmp
-from test_attach import _fds
 from interpreters import Interpreter, interpreter_params
+from test_attach import _fds
 
 from heapspy.config import AttachConfig
 from heapspy.session import Session
