@@ -9,6 +9,7 @@ import typer
 from heapspy.cli import options
 from heapspy.cli.render import top_table
 from heapspy.demo import default_config, run_demo
+from heapspy.report import ReportConfig, build_report, render_text
 
 
 def demo(
@@ -31,9 +32,11 @@ def demo(
     print("Largest live allocation sites:")
     print(top_table(list(result.top)))
     for path in result.dumps:
-        print(f"Heap dump: {path}")
-        print(f"  read it with: heapspy report {path}")
-        print(f"           or: go tool pprof -top -sample_index=inuse_space {path}")
+        print()
+        print(render_text(build_report(ReportConfig(Path(path), top=5))), end="")
+        print()
+        print(f"Read it again with: heapspy report {path}")
+        print(f"               or: go tool pprof -top -sample_index=inuse_space {path}")
 
 
 def register(app: typer.Typer) -> None:
