@@ -297,8 +297,8 @@ class Session:
         while not self._stop:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
-                self.request_stop("duration elapsed")
-                break
+                self.end_reason = self.end_reason or "duration elapsed"
+                return self.end_reason
             waits = [agent, self.control, *self.clients]
             ready, _, _ = select.select(waits, [], [], 0.1)
             for sock in ready:
