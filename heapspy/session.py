@@ -161,6 +161,9 @@ class Session:
         sock = self._wait_for_agent(t0, progress)
         try:
             self._handshake(_Conn(sock), t0)
+        except HeapspyError:
+            sock.close()
+            raise
         except (OSError, protocol.ProtocolError) as exc:
             sock.close()
             if _exited(self.target.pid):

@@ -142,20 +142,23 @@ class Agent:
     def _make_collector(self) -> Any:
         rate = int(self.config.get("rate", 1))
         frames = int(self.config.get("frames", 64))
+        problem = self.shim_problem
+        if rate != 1 and self.shim is not None:
+            try:
+                return ShimCollector(self.shim, rate, frames, self.directory)
+            except ShimError as exc:
+                problem = "the sampling shim refused to start: %s" % exc
         if rate != 1:
-            problem = self.shim_problem
-            if self.shim is not None:
-                try:
-                    return ShimCollector(self.shim, rate, frames, self.directory)
-                except ShimError as exc:
-                    problem = "the sampling shim refused to start: %s" % exc
-            if self.shim is not None:
-                self.shim.unload()  # never started: nothing of it may stay mapped
-                self.shim = None
             if self.config.get("require_sampling"):
                 raise RequirementError(problem)
             self.notes.append(problem + "; using tracemalloc (exact mode, slower)")
-        return TracemallocCollector(frames, self.directory)
+        collector = TracemallocCollector(frames, self.directory)
+        if self.shim is not None and not problem:
+            try:  # exact totals: the shim at rate 0, chained on top of tracemalloc
+                collector.totals_source = ShimCollector(self.shim, 0, frames, self.directory)
+            except ShimError as exc:
+                self.notes.append("no exact totals: %s" % exc)
+        return collector
 
     def _serve(self) -> None:
         sock = self.sock
@@ -321,7 +324,7 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
     busy = _active is not None and _active.thread is not None and _active.thread.is_alive()
     shim = None
     shim_problem = ""
-    if not late and not busy and int(config.get("rate", 1)) != 1:
+    if not late and not busy:
         shim, shim_problem = load_shim(directory)  # dlopen before its file is deleted
     _remove_tree(directory)
     if page:

@@ -14,7 +14,7 @@ FrameKey = Tuple[str, int]
 class TracemallocCollector:
     mode = "exact"
 
-    def __init__(self, frames: int, exclude_dir: str) -> None:
+    def __init__(self, frames: int, exclude_dir: str, totals_source: Any = None) -> None:
         # A target that already traces keeps its own tracemalloc: we read it and, at
         # detach, leave it running exactly as we found it.
         self.owned = not tracemalloc.is_tracing()
@@ -25,6 +25,8 @@ class TracemallocCollector:
             tracemalloc.Filter(False, tracemalloc.__file__),
             tracemalloc.Filter(False, exclude_dir.rstrip("/") + "/*", all_frames=True),
         ]
+        # The shim at rate 0, hooked on top of tracemalloc, counts every allocation.
+        self.totals_source = totals_source
         self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
         self._last: Dict[int, Tuple[int, int]] = {}
 
@@ -50,12 +52,15 @@ class TracemallocCollector:
                 changed[str(sid)] = [0, 0]
         self._last = current
         traced, peak = tracemalloc.get_traced_memory()
-        return {
-            "stacks": new_stacks,
-            "inuse": changed,
-            "totals": {"traced_bytes": traced, "peak_traced_bytes": peak},
-        }
+        totals: Dict[str, Any] = {}
+        if self.totals_source is not None:
+            totals = self.totals_source.collect()["totals"]
+        totals.update(traced_bytes=traced, peak_traced_bytes=peak)
+        return {"stacks": new_stacks, "inuse": changed, "totals": totals}
 
     def stop(self) -> None:
+        if self.totals_source is not None:  # its hooks sit on top of tracemalloc's
+            self.totals_source.stop()
+            self.totals_source = None
         if self.owned and tracemalloc.is_tracing():
             tracemalloc.stop()

@@ -1,0 +1,103 @@
+"""Rates through a real attach: sampled, totals only, exact, live changes, fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import Target
+from interpreters import Interpreter, interpreter_params
+
+from heapspy import control
+from heapspy.config import AttachConfig
+from heapspy.errors import SamplingUnavailable
+from heapspy.session import Session
+
+Spawn = Callable[..., Target]
+PAIR = [p for p in interpreter_params() if p.values[0].label in ("3.11-pyenv", "3.14-debian")]
+
+
+@pytest.mark.parametrize("interp", PAIR)
+def test_rate_zero_keeps_exact_totals_only(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    session = Session.attach(target.pid, AttachConfig(rate=0, dump_dir=tmp_path, interval=0.3))
+    try:
+        session.run(duration=1.2)
+    finally:
+        session.detach()
+    assert session.aggregator.mode == "sampled"
+    assert all(not s.alloc_objects for s in session.aggregator.sites.values())
+    totals = session.aggregator.totals
+    assert totals["allocations"] > 1000 and totals["allocated_bytes"] > 100_000
+    assert totals["sampled_count"] == 0
+
+
+@pytest.mark.parametrize("interp", PAIR)
+def test_exact_mode_has_totals_and_names(interp: Interpreter, spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(interp, "probe_target.py", "busy")
+    session = Session.attach(target.pid, AttachConfig(rate=1, dump_dir=tmp_path, interval=0.3))
+    try:
+        session.run(duration=1.2)
+    finally:
+        session.detach()
+    assert session.aggregator.mode == "exact"
+    assert session.aggregator.totals["allocations"] > 1000
+    top = session.aggregator.top(1)[0][0]
+    assert top.startswith("retain_blocks (probe_target.py:")  # named from the source
+    assert target.state()["tracing"] is False
+
+
+def test_rate_changes_on_a_live_session(spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(None, "probe_target.py", "busy")
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert holder.stderr is not None
+        assert "sampled mode" in holder.stderr.readline()
+        out = subprocess.run(
+            [sys.executable, "-m", "heapspy", "rate", str(target.pid), "64KiB"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "now samples every 64.0 KiB" in out.stderr
+        status = control.request(target.pid, "status")["status"]
+        assert status["mode"] == "sampled"
+        bad = subprocess.run(
+            [sys.executable, "-m", "heapspy", "rate", str(target.pid), "1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert bad.returncode == 2 and "rates of 0 or 2 bytes and up" in bad.stderr
+        subprocess.run([sys.executable, "-m", "heapspy", "detach", str(target.pid)], check=True)
+        assert holder.wait(timeout=15) == 0
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def test_fallback_and_require_sampling(
+    spawn: Spawn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEAPSPY_NO_SHIM", "1")  # as if installed without a compiler
+    target = spawn(None, "probe_target.py", "busy")
+    session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, final_dump=False))
+    session.detach()
+    assert session.info is not None and session.info.mode == "exact"
+    assert any("shim is not available" in n for n in session.info.notes)
+    with pytest.raises(SamplingUnavailable, match="shim is not available"):
+        Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, require_sampling=True))
+    assert target.state()["modules"] == []
+    assert os.environ["HEAPSPY_NO_SHIM"] == "1"
