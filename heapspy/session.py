@@ -179,6 +179,8 @@ class Session:
         assert self.placement is not None and self.injection is not None
         placement = self.placement
         msg = conn.recv(HANDSHAKE_TIMEOUT)
+        if msg is not None and msg[0] == protocol.ERROR:
+            raise _agent_error(self.target.pid, msg[1])
         if msg is None or msg[0] != protocol.HELLO:
             raise AgentFailed(
                 f"The agent in process {self.target.pid} hung up during the handshake."
