@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint provision clean bench
+.PHONY: demo test test-fast lint provision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +20,16 @@ provision: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m heapspy demo
 
-test: provision
-	$(PY) -m ruff check heapspy agent tests tools benchmarks
-	$(PY) -m mypy
+# Everything, slow cycle and soak tests included: about 6 minutes on 2 cores.
+test: provision lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop while developing: no cycle or soak tests.
+test-fast: provision lint
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
-test-slow: provision
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
-
 lint: $(STAMP)
-	$(PY) -m ruff check heapspy agent tests tools benchmarks
+	$(PY) -m ruff check heapspy agent tests tools benchmarks setup.py
 	$(PY) -m mypy
 
 clean:
