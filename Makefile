@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint provision clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard Cargo-free/*.c Cargo-free/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
