@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack
+from heapspy.scaling import scale
 from heapspy.symbolize import Symbolizer
 
 
@@ -24,6 +25,15 @@ class _Site:
     inuse_bytes: int = 0
     alloc_objects: int = 0
     alloc_bytes: int = 0
+    estimate: tuple[float, float, float, float] | None = None  # see SiteCounts.estimate
+
+    def live(self, rate: int) -> tuple[float, float]:
+        """Estimated live (objects, bytes) at this site."""
+        if self.exact:
+            return float(self.inuse_objects), float(self.inuse_bytes)
+        if self.estimate is not None:
+            return self.estimate[2], self.estimate[3]
+        return scale(self.inuse_objects, self.inuse_bytes, rate)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,10 @@ class Aggregator:
             site = self.sites.get(int(sid))
             if site is not None:
                 site.alloc_objects, site.alloc_bytes = int(count), int(size)
+        for sid, (a_n, a_b, l_n, l_b) in body.get("est", {}).items():
+            site = self.sites.get(int(sid))
+            if site is not None:
+                site.estimate = (float(a_n), float(a_b), float(l_n), float(l_b))
         self.streaks = streaks
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
@@ -115,15 +129,7 @@ class Aggregator:
 
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
-        from heapspy.scaling import scale
-
-        total = 0.0
-        for site in self.sites.values():
-            if site.exact:
-                total += site.inuse_bytes
-            else:
-                total += scale(site.inuse_objects, site.inuse_bytes, self.rate)[1]
-        return int(total)
+        return int(sum(site.live(self.rate)[1] for site in self.sites.values()))
 
     def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
         sampled: list[tuple[Stack, SiteCounts]] = []
@@ -132,7 +138,11 @@ class Aggregator:
             if not (site.inuse_objects or site.alloc_objects):
                 continue
             counts = SiteCounts(
-                site.alloc_objects, site.alloc_bytes, site.inuse_objects, site.inuse_bytes
+                site.alloc_objects,
+                site.alloc_bytes,
+                site.inuse_objects,
+                site.inuse_bytes,
+                site.estimate,
             )
             (exact if site.exact else sampled).append((site.stack, counts))
         notes = list(comments)
@@ -165,18 +175,13 @@ class Aggregator:
 
     def top(self, n: int = 10) -> list[tuple[str, int, int]]:
         """(function, live bytes, live objects) by function at the leaf, largest first."""
-        from heapspy.scaling import scale
-
         by_func: dict[str, list[float]] = {}
         for site in self.sites.values():
             if not site.stack or not site.inuse_bytes:
                 continue
             leaf = site.stack[-1]
             name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
-            if site.exact:
-                objs, size = float(site.inuse_objects), float(site.inuse_bytes)
-            else:
-                objs, size = scale(site.inuse_objects, site.inuse_bytes, self.rate)
+            objs, size = site.live(self.rate)
             acc = by_func.setdefault(name, [0.0, 0.0])
             acc[0] += size
             acc[1] += objs

@@ -33,6 +33,11 @@ class SiteCounts:
     alloc_bytes: Bytes = 0
     inuse_objects: int = 0
     inuse_bytes: Bytes = 0
+    # The shim's per-sample estimate of the truth (alloc_objects, alloc_bytes,
+    # inuse_objects, inuse_bytes): each sample weighted 1/(1-exp(-size/rate)) at its own
+    # size and the rate in force. That is Go's formula as Go applies it, per (stack, size)
+    # bucket; the per-stack average used otherwise under-estimates stacks of mixed sizes.
+    estimate: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

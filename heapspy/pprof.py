@@ -68,6 +68,11 @@ def _scaled_values(counts: SiteCounts, rate: int) -> _Values:
     return alloc_objects, alloc_bytes, inuse_objects, inuse_bytes
 
 
+def _estimated_values(estimate: tuple[float, float, float, float]) -> _Values:
+    alloc_objects, alloc_bytes, inuse_objects, inuse_bytes = (int(v) for v in estimate)
+    return alloc_objects, alloc_bytes, inuse_objects, inuse_bytes
+
+
 def _exact_values(counts: SiteCounts) -> _Values:
     return counts.alloc_objects, counts.alloc_bytes, counts.inuse_objects, counts.inuse_bytes
 
@@ -202,7 +207,12 @@ def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, _Site]]:
     rate = profile.rate
     for sites, scaled in ((profile.sampled, True), (profile.exact, False)):
         for stack, counts in sites:
-            values = _scaled_values(counts, rate) if scaled else _exact_values(counts)
+            if not scaled:
+                values = _exact_values(counts)
+            elif counts.estimate is not None:
+                values = _estimated_values(counts.estimate)
+            else:
+                values = _scaled_values(counts, rate)
             if not any(values):
                 continue
             if counts.alloc_objects:

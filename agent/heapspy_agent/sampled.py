@@ -41,12 +41,14 @@ class ShimCollector:
             stacks.append({"id": st.stack_id, "frames": frames})
         inuse: Dict[str, List[int]] = {}
         alloc: Dict[str, List[int]] = {}
+        est: Dict[str, List[float]] = {}
         for c in drain.changed:
             if c.stack_id in self._own:
                 continue
             key = str(c.stack_id)
             inuse[key] = [c.live_count, c.live_bytes]
             alloc[key] = [c.alloc_count, c.alloc_bytes]
+            est[key] = [c.est_alloc_count, c.est_alloc_bytes, c.est_live_count, c.est_live_bytes]
         t = drain.totals
         classes = [
             [k, a + b]
@@ -71,7 +73,7 @@ class ShimCollector:
             "stacks": t.stacks,
             "shim_memory": t.shim_memory,
         }
-        return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "totals": totals}
+        return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
 
     def stop(self) -> None:
         try:
