@@ -22,6 +22,7 @@ class AttachConfig:
     method: str = "auto"  # auto | pep768 | ptrace
     dump_dir: Path = Path("heapspy-dumps")
     final_dump: bool = True
+    final_rule: str = "final"  # the rule named in the final dump's file name
     require_sampling: bool = False
     dump_on: tuple[Rule, ...] = ()
     keep: int | None = None  # retention: at most this many dumps in dump_dir

@@ -555,7 +555,7 @@ class Session:
                 sock.close()
                 self.conn = None
             if self.config.final_dump and self.info is not None:
-                self._dump("final")
+                self._dump(self.config.final_rule)
         finally:
             for client in list(self.clients):
                 client.close()

@@ -39,6 +39,7 @@ def dump(
             duration=options.duration(duration) or 10.0,
             dump_dir=dump_dir,
             thread=thread,
+            final_rule="on-demand",
         )
         session = run_attach(pid, config, quiet=True)
         for path in session.dumps:

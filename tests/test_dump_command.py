@@ -1,0 +1,68 @@
+"""Dumps on demand: through a live session, without one, and on SIGUSR1."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from conftest import Target
+
+from heapspy.dumps import PATTERN
+
+Spawn = Callable[..., Target]
+
+
+def _heapspy(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "heapspy", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(None, "probe_target.py", "busy")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "heapspy",
+            "attach",
+            str(target.pid),
+            "--dump-dir",
+            str(tmp_path),
+            "--no-final-dump",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert holder.stderr is not None
+        assert "attached to" in holder.stderr.readline()
+        out = _heapspy("dump", str(target.pid))
+        assert out.returncode == 0, out.stderr
+        path = Path(out.stdout.strip())
+        assert path.parent == tmp_path and PATTERN.match(path.name) and "-on-demand" in path.name
+        holder.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not list(tmp_path.glob("*-signal.pb.gz")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob("*-signal.pb.gz"))
+        holder.terminate()
+        assert holder.wait(timeout=15) == 0
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert len(list(tmp_path.glob("*.pb.gz"))) == 2  # --no-final-dump honoured
+
+
+def test_dump_without_a_session_attaches_briefly(spawn: Spawn, tmp_path: Path) -> None:
+    target = spawn(None, "probe_target.py", "busy")
+    out = _heapspy("dump", str(target.pid), "--duration", "1s", "--dump-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert path.exists() and path.name.endswith("-on-demand.pb.gz")
+    assert target.state()["modules"] == []
