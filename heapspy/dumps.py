@@ -40,7 +40,11 @@ def dump_name(pid: int, rule: str, when: float | None = None) -> str:
 
 
 def sidecar_path(dump: Path) -> Path:
-    return dump.with_name(dump.name[: -len(".pb.gz")] + ".json")
+    """The sidecar next to ``dump``: ``x.pb.gz`` → ``x.json`` (any other name: ``.json``)."""
+    name = dump.name
+    if name.endswith(".pb.gz"):
+        return dump.with_name(name[: -len(".pb.gz")] + ".json")
+    return dump.with_suffix(".json")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

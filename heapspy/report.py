@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from heapspy.dumps import sidecar_path
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame
 from heapspy.pprof import SAMPLE_TYPE_NAMES, SIZE_LABEL, DecodedProfile, read_profile
@@ -116,14 +117,6 @@ def size_class_label(k: int) -> str:
 def size_class_of(size: int) -> int:
     """The class ``k`` with ``2**(k-1) < size <= 2**k`` (0 for sizes 0 and 1)."""
     return (size - 1).bit_length() if size > 1 else 0
-
-
-def sidecar_path(dump: Path) -> Path:
-    """The totals sidecar next to ``dump``: ``x.pb.gz`` → ``x.json``."""
-    name = dump.name
-    if name.endswith(".pb.gz"):
-        return dump.with_name(name[: -len(".pb.gz")] + ".json")
-    return dump.with_suffix(".json")
 
 
 def check_sample_index(name: str) -> str:
