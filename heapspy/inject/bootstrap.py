@@ -140,17 +140,18 @@ def _target_ids(pid: int) -> tuple[int, int]:
 def _root_of(pid: int) -> Path:
     """The target's root directory as heapspy can reach it.
 
-    Plain ``/`` when the target shares our mount namespace root, so that the files can
-    still be removed if the target exits mid-attach (``/proc/PID/root`` vanishes then).
+    Plain ``/`` when the target shares our mount namespace, so that the files can still
+    be removed if the target exits mid-attach (``/proc/PID/root`` vanishes then);
+    ``/proc/PID/root`` otherwise (containers, private /tmp mounts), which resolves paths
+    in the target's own mounts.
     """
     proc_root = Path(f"/proc/{pid}/root")
     try:
-        theirs, ours = proc_root.stat(), Path("/").stat()
+        theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        ours = os.stat("/proc/self/ns/mnt").st_ino
     except OSError:
         return proc_root
-    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
-        return Path("/")
-    return proc_root
+    return Path("/") if theirs == ours else proc_root
 
 
 def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float) -> Placement:
