@@ -81,3 +81,16 @@ def test_accept_blocked_main_thread_times_out_with_reason(
     assert out.returncode == 11, out.stderr
     assert "accept" in out.stderr
     assert target.alive()
+
+
+def test_lock_blocked_main_thread_on_314_suggests_ptrace(spawn: Spawn) -> None:
+    target = spawn(py314(), "probe_target.py", "lock")
+    out = subprocess.run(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 11, out.stderr
+    assert "waiting on a futex" in out.stderr and "--method ptrace" in out.stderr
+    assert heapspy_dirs_in_tmp(target.pid) == []

@@ -123,6 +123,13 @@ class Pep768Injection:
             hint += f" Thread {busy[0]} is running Python: try --thread {busy[0]}."
         else:
             hint += " Use --thread TID to aim at another thread that runs Python."
+        from heapspy.inject.ptrace import main_thread_activity
+
+        if main_thread_activity(self.pid).kind == "futex":
+            hint += (
+                " Its main thread waits on a lock: --method ptrace wakes such a wait harmlessly"
+                " so that the agent starts."
+            )
         return hint
 
     def cancel(self) -> None:
