@@ -119,6 +119,19 @@ def _no_session_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     assert not left, f"session files left behind: {left}"
 
 
+def run_heapspy(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (``python -m heapspy ARGS``) to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "heapspy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def heapspy_dirs_in_tmp(pid: int) -> list[str]:
     """Agent directories heapspy placed for ``pid`` that still exist."""
     return sorted(p.name for p in Path("/tmp").glob(f"heapspy-{pid}-*"))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import TARGETS, Target, heapspy_dirs_in_tmp
+from conftest import TARGETS, Target, heapspy_dirs_in_tmp, run_heapspy
 from interpreters import (
     Interpreter,
     find_interpreters,
@@ -23,16 +23,6 @@ from interpreters import (
 )
 
 Spawn = Callable[..., Target]
-
-
-def heapspy(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "heapspy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,  # type: ignore[call-overload]
-    )
 
 
 @pytest.fixture
@@ -44,12 +34,12 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_no_such_pid() -> None:
-    out = heapspy("attach", "999999999")
+    out = run_heapspy("attach", "999999999")
     assert out.returncode == 3 and "No process with pid 999999999" in out.stderr
 
 
 def test_not_python(sleeper: subprocess.Popen[bytes]) -> None:
-    out = heapspy("attach", str(sleeper.pid))
+    out = run_heapspy("attach", str(sleeper.pid))
     assert out.returncode == 4, out.stderr
     assert "is not a CPython process" in out.stderr and "(sleep)" in out.stderr
 
@@ -57,7 +47,7 @@ def test_not_python(sleeper: subprocess.Popen[bytes]) -> None:
 @pytest.mark.parametrize("interp", old_interpreter_params())
 def test_old_python_is_refused(interp: Interpreter, spawn: Spawn) -> None:
     target = spawn(interp, "old_target.py")
-    out = heapspy("attach", str(target.pid))
+    out = run_heapspy("attach", str(target.pid))
     assert out.returncode == 5, out.stderr
     assert f"runs Python {interp.version_text}" in out.stderr
     assert "3.8 to 3.14" in out.stderr
@@ -71,7 +61,7 @@ def test_unknown_python_layout(tmp_path: Path) -> None:
     with subprocess.Popen([str(fake), "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().startswith("READY")
-            out = heapspy("attach", str(proc.pid))
+            out = run_heapspy("attach", str(proc.pid))
             assert out.returncode == 6, out.stderr
             assert "says it is Python 3.11" in out.stderr
         finally:
@@ -93,7 +83,7 @@ def test_another_tracer(interp: Interpreter, spawn: Spawn) -> None:
                 if "TracerPid:\t0" not in f.read():
                     break
             time.sleep(0.02)
-        out = heapspy("attach", str(target.pid))
+        out = run_heapspy("attach", str(target.pid))
         assert out.returncode == 10, out.stderr
         assert f"already being traced by pid {strace.pid} (strace)" in out.stderr
     finally:
@@ -105,7 +95,7 @@ def test_another_tracer(interp: Interpreter, spawn: Spawn) -> None:
 def test_target_exits_during_attach(spawn: Spawn) -> None:
     # sleeps in its main thread, then exits before the pending call can run
     target = spawn(None, "probe_target.py", "exit-soon", env={"EXIT_AFTER": "1.0"})
-    out = heapspy("attach", str(target.pid), "--attach-timeout", "5s")
+    out = run_heapspy("attach", str(target.pid), "--attach-timeout", "5s")
     assert out.returncode == 9, out.stderr
     assert f"Process {target.pid} exited" in out.stderr
     assert heapspy_dirs_in_tmp(target.pid) == []
@@ -115,7 +105,7 @@ def test_target_exits_during_attach(spawn: Spawn) -> None:
 def test_agent_timeout_explains_what_main_thread_does(interp: Interpreter, spawn: Spawn) -> None:
     target = spawn(interp, "probe_target.py", "sleep")
     t0 = time.monotonic()
-    out = heapspy("attach", str(target.pid), "--attach-timeout", "1s")
+    out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
     assert time.monotonic() - t0 < 8
     assert "did not start in process" in out.stderr and "within 1 s" in out.stderr
@@ -137,7 +127,7 @@ def test_bad_options_are_usage_errors() -> None:
         (("attach", "1", "--duration", "-5"), "Invalid duration"),
         (("attach", "1", "--keep", "0"), "--keep must be at least 1"),
     ]:
-        out = heapspy(*args)
+        out = run_heapspy(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert text in out.stderr, (args, out.stderr)
 
@@ -163,7 +153,9 @@ def test_attach_to_another_users_target_as_root(
     )
     with open(f"/proc/{target.pid}/status") as f:
         assert "Uid:\t65534" in f.read()
-    out = heapspy("attach", str(target.pid), "--duration", "1", "--dump-dir", str(tmp_path / "d"))
+    out = run_heapspy(
+        "attach", str(target.pid), "--duration", "1", "--dump-dir", str(tmp_path / "d")
+    )
     assert out.returncode == 0, out.stderr
     assert "retain_blocks" in out.stdout
     assert heapspy_dirs_in_tmp(target.pid) == []

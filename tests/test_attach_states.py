@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, heapspy_dirs_in_tmp
+from conftest import Target, heapspy_dirs_in_tmp, run_heapspy
 from interpreters import Interpreter, interpreter_params, py314
 
 from heapspy.config import AttachConfig
@@ -56,12 +54,7 @@ def test_blocked_main_thread_on_314_suggests_thread(spawn: Spawn) -> None:
     interp = py314()
     target = spawn(interp, "probe_target.py", "sleep-worker")
     worker = int(target.ready[2])
-    out = subprocess.run(
-        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
     assert f"--thread {worker}" in out.stderr
     assert heapspy_dirs_in_tmp(target.pid) == []  # the request was withdrawn
@@ -72,12 +65,7 @@ def test_accept_blocked_main_thread_times_out_with_reason(
     interp: Interpreter, spawn: Spawn
 ) -> None:
     target = spawn(interp, "probe_target.py", "accept")
-    out = subprocess.run(
-        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
     assert "accept" in out.stderr
     assert target.alive()
@@ -85,12 +73,7 @@ def test_accept_blocked_main_thread_times_out_with_reason(
 
 def test_lock_blocked_main_thread_on_314_suggests_ptrace(spawn: Spawn) -> None:
     target = spawn(py314(), "probe_target.py", "lock")
-    out = subprocess.run(
-        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--attach-timeout", "1s"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
     assert "waiting on a futex" in out.stderr and "--method ptrace" in out.stderr
     assert heapspy_dirs_in_tmp(target.pid) == []

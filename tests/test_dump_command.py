@@ -9,17 +9,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from conftest import Target
+from conftest import Target, run_heapspy
 
 from heapspy.dumps import PATTERN
 
 Spawn = Callable[..., Target]
-
-
-def _heapspy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "heapspy", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path) -> None:
@@ -42,7 +36,7 @@ def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path
     try:
         assert holder.stderr is not None
         assert "attached to" in holder.stderr.readline()
-        out = _heapspy("dump", str(target.pid))
+        out = run_heapspy("dump", str(target.pid))
         assert out.returncode == 0, out.stderr
         path = Path(out.stdout.strip())
         assert path.parent == tmp_path and PATTERN.match(path.name) and "-on-demand" in path.name
@@ -61,7 +55,7 @@ def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path
 
 def test_dump_without_a_session_attaches_briefly(spawn: Spawn, tmp_path: Path) -> None:
     target = spawn(None, "probe_target.py", "busy")
-    out = _heapspy("dump", str(target.pid), "--duration", "1s", "--dump-dir", str(tmp_path))
+    out = run_heapspy("dump", str(target.pid), "--duration", "1s", "--dump-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip().splitlines()[-1])
     assert path.exists() and path.name.endswith("-on-demand.pb.gz")
