@@ -71,12 +71,13 @@ class Aggregator:
     series: deque[Point] = field(default_factory=deque)
     intervals: int = 0
     streaks: dict[int, int] = field(default_factory=dict)  # site -> intervals grown in a row
+    qualify: bool = False  # target < 3.11: frame names are co_name only
 
     def apply(self, body: dict[str, Any]) -> None:
         exact = self.mode == "exact"
         for stack in body.get("stacks", ()):
             frames = tuple(
-                Frame(func or self.symbolizer.function(fn, int(ln)), fn, int(ln))
+                Frame(self._name(func, fn, int(ln)), fn, int(ln))
                 for func, fn, ln in stack["frames"]
             )
             self.sites[int(stack["id"])] = _Site(frames, exact)
@@ -105,6 +106,20 @@ class Aggregator:
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
         self.intervals += 1
+
+    def _name(self, func: str, filename: str, line: int) -> str:
+        """The frame's qualified name, the same in both modes.
+
+        Exact mode sends no name: it comes from the source. Before 3.11 a code object
+        has only ``co_name`` (``buffer_line``): the source gives the qualified name
+        (``Shipper.buffer_line``), used when it ends in that same name.
+        """
+        if func and not self.qualify:
+            return func
+        named = self.symbolizer.function(filename, line)
+        if not func or named == func or named.endswith("." + func):
+            return named
+        return func
 
     def growing(self, k: int) -> list[int]:
         """Element i: how many sites grew in each of the last i+1 intervals."""

@@ -114,7 +114,9 @@ class Session:
         self.clients: dict[socket.socket, _Conn] = {}
         self.info: AttachInfo | None = None
         self.aggregator = Aggregator(
-            rate=config.rate, symbolizer=Symbolizer(f"/proc/{target.pid}/root")
+            rate=config.rate,
+            symbolizer=Symbolizer(f"/proc/{target.pid}/root"),
+            qualify=target.version < (3, 11),
         )
         self.end_reason = ""
         self._stop = False

@@ -101,3 +101,22 @@ def test_fallback_and_require_sampling(
         Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, require_sampling=True))
     assert target.state()["modules"] == []
     assert os.environ["HEAPSPY_NO_SHIM"] == "1"
+
+
+@pytest.mark.parametrize("rate", [64 * 1024, 1], ids=["sampled", "exact"])
+@pytest.mark.parametrize(
+    "interp", [p for p in interpreter_params() if p.values[0].version in ((3, 9), (3, 14))]
+)
+def test_same_qualified_name_in_both_modes(
+    interp: Interpreter, rate: int, spawn: Spawn, tmp_path: Path
+) -> None:
+    """co_qualname (3.11+), co_name qualified from the source (older), or the source
+    alone (exact mode) must all say Shipper.buffer_line."""
+    target = spawn(interp, "method_target.py")
+    config = AttachConfig(rate=rate, dump_dir=tmp_path, final_dump=False, interval=0.3)
+    session = Session.attach(target.pid, config)
+    try:
+        session.run(duration=1.0)
+    finally:
+        session.detach()
+    assert session.aggregator.top(1)[0][0].startswith("Shipper.buffer_line (method_target.py:")
