@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint provision clean
+.PHONY: demo test test-fast lint provision clean bench
 
 $(STAMP): pyproject.toml setup.py $(wildcard Cargo-free/*.c Cargo-free/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: provision lint
 # The quick loop while developing: no cycle or soak tests.
 test-fast: provision lint
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# Overhead of an attached heapspy on pyperformance workloads (ratios; ~8 minutes).
+bench: provision
+	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check heapspy agent tests tools benchmarks setup.py

@@ -43,7 +43,10 @@ from heapspy.target.process import PythonTarget, inspect_target
 log = logging.getLogger("heapspy")
 
 HEARTBEAT = 0.5
-AGENT_TIMEOUT = 5.0  # no frame from the agent for this long: it is gone
+# An agent that died closes its socket (seen at once). Silence alone only means busy: a
+# tracemalloc snapshot of a large heap holds the agent for seconds, and a target starved
+# of CPU delays it further. So wait long before giving up on a silent agent.
+AGENT_TIMEOUT = 120.0
 HANDSHAKE_TIMEOUT = 5.0
 Progress = Callable[[str, float], None]
 
