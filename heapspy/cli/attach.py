@@ -19,30 +19,40 @@ from heapspy.units import format_bytes, parse_size
 
 
 def attach(
-    pid: int = typer.Argument(..., help="Process id of the running CPython (3.8-3.14)."),
+    pid: int = typer.Argument(
+        ..., metavar="PID", help="Process id of the running CPython (3.8-3.14)."
+    ),
     duration: Optional[str] = typer.Option(
         None,
         "--duration",
         "-d",
+        metavar="DURATION",
         help="Detach after this long (e.g. 30s, 5m). Default: until Ctrl-C.",
     ),
     rate: str = typer.Option(
         "512KiB",
         "--rate",
         "-r",
+        metavar="SIZE",
         help="Mean bytes allocated between samples (like Go's MemProfileRate); 1 = every "
         "allocation (tracemalloc, exact); 0 = exact totals only.",
     ),
-    frames: int = typer.Option(64, "--frames", help="Stack depth recorded per sample."),
+    frames: int = typer.Option(
+        64, "--frames", metavar="N", help="Stack depth recorded per sample."
+    ),
     interval: str = typer.Option(
-        "1s", "--interval", help="How often the agent sends what changed."
+        "1s", "--interval", metavar="DURATION", help="How often the agent sends what changed."
     ),
     attach_timeout: str = typer.Option(
-        "10s", "--attach-timeout", help="Give up if the agent has not started after this long."
+        "10s",
+        "--attach-timeout",
+        metavar="DURATION",
+        help="Give up if the agent has not started after this long.",
     ),
     thread: Optional[int] = typer.Option(
         None,
         "--thread",
+        metavar="TID",
         help="Python 3.14+: start the agent from this native thread id instead of the main "
         "thread (useful when the main thread is blocked in sleep/accept).",
     ),
@@ -51,9 +61,11 @@ def attach(
         "--nudge/--no-nudge",
         help="Python < 3.14: wake a main thread that waits on a lock so the agent starts now.",
     ),
-    method: str = typer.Option("auto", "--method", help="auto, pep768 (3.14+) or ptrace."),
+    method: str = typer.Option(
+        "auto", "--method", metavar="METHOD", help="auto, pep768 (3.14+) or ptrace."
+    ),
     dump_dir: Path = typer.Option(
-        Path("heapspy-dumps"), "--dump-dir", help="Where heap dumps are written."
+        Path("heapspy-dumps"), "--dump-dir", metavar="DIR", help="Where heap dumps are written."
     ),
     final_dump: bool = typer.Option(
         True, "--final-dump/--no-final-dump", help="Write a dump when the session ends."
@@ -61,15 +73,22 @@ def attach(
     dump_on: list[str] = typer.Option(
         [],
         "--dump-on",
+        metavar="RULE",
         help="Write a dump when a rule fires (repeatable): rss>SIZE, heap>SIZE, "
         "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K]; "
         "append ,cooldown=DURATION (default 5m).",
     ),
     keep: Optional[int] = typer.Option(
-        None, "--keep", help="Keep at most N dumps in --dump-dir (oldest deleted first)."
+        None,
+        "--keep",
+        metavar="N",
+        help="Keep at most N dumps in --dump-dir (oldest deleted first).",
     ),
     max_bytes: Optional[str] = typer.Option(
-        None, "--max-bytes", help="Keep at most this many bytes of dumps (e.g. 1GiB)."
+        None,
+        "--max-bytes",
+        metavar="SIZE",
+        help="Keep at most this many bytes of dumps (e.g. 1GiB).",
     ),
     require_sampling: bool = typer.Option(
         False,
