@@ -127,6 +127,7 @@ class Session:
         self._last_rx = 0.0
         self._agent_ran = False
         self._cmd_id = 0
+        self._next_beat = 0.0
         self._facts_count = 0
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
@@ -301,14 +302,12 @@ class Session:
         """Stream until detached, the duration passes, or the agent goes away."""
         assert self.conn is not None and self.control is not None
         start = time.monotonic()
-        next_beat = start + HEARTBEAT
         agent = self.conn.sock
         agent.setblocking(False)
         while not self._stop:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
-                self.end_reason = self.end_reason or "duration elapsed"
-                return self.end_reason
+                return "duration elapsed"
             waits = [agent, self.control, *self.clients]
             ready, _, _ = select.select(waits, [], [], 0.1)
             for sock in ready:
@@ -323,9 +322,9 @@ class Session:
             if now - self._last_rx > AGENT_TIMEOUT:
                 self.end_reason = "agent stopped answering"
                 return self.end_reason
-            if now >= next_beat:
+            if now >= self._next_beat:  # kept across run() calls, however short
                 self._send_agent(protocol.HEARTBEAT, {})
-                next_beat = now + HEARTBEAT
+                self._next_beat = now + HEARTBEAT
             while self._dump_requests:
                 self._dump(self._dump_requests.pop(0))
         return self.end_reason

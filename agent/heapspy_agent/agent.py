@@ -184,7 +184,9 @@ class Agent:
                 last_rx = now
                 for kind, body in self._reader.feed(data):
                     self._handle(kind, body)
-            elif now - last_rx > PEER_TIMEOUT:
+            elif now - last_rx > PEER_TIMEOUT and not select.select([sock], [], [], 0)[0]:
+                # polled once more: after a long wait for the GIL the heartbeats that came
+                # meanwhile are queued, and the earlier select could not see them
                 self.reason = "heapspy stopped answering"
                 return
             if now >= next_sample:

@@ -21,21 +21,23 @@ class TracemallocCollector:
         if self.owned:
             tracemalloc.start(max(1, frames))
         self.frames = tracemalloc.get_traceback_limit()
-        self._filters = [
-            tracemalloc.Filter(False, tracemalloc.__file__),
-            tracemalloc.Filter(False, exclude_dir.rstrip("/") + "/*", all_frames=True),
-        ]
+        # Our own allocations are left out per distinct traceback, after grouping:
+        # Snapshot.filter_traces would test every trace (22 s of 28 at 300k blocks).
+        self._exclude = (exclude_dir.rstrip("/") + "/", tracemalloc.__file__)
         # The shim at rate 0, hooked on top of tracemalloc, counts every allocation.
         self.totals_source = totals_source
         self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
         self._last: Dict[int, Tuple[int, int]] = {}
 
     def collect(self) -> Dict[str, Any]:
-        snapshot = tracemalloc.take_snapshot().filter_traces(self._filters)
+        snapshot = tracemalloc.take_snapshot()
         new_stacks: List[Dict[str, Any]] = []
         current: Dict[int, Tuple[int, int]] = {}
+        own_dir, own_file = self._exclude
         for stat in snapshot.statistics("traceback"):
             key = tuple((f.filename, f.lineno) for f in stat.traceback)  # oldest first
+            if any(fn.startswith(own_dir) or fn == own_file for fn, _ in key):
+                continue
             sid = self._stack_ids.get(key)
             if sid is None:
                 sid = len(self._stack_ids) + 1
