@@ -185,3 +185,18 @@ def test_remote_debug_disabled_is_refused(spawn: Spawn, method: str) -> None:
     assert "disable-remote-debug" in out.stderr
     assert heapspy_dirs_in_tmp(target.pid) == []
     assert target.state()["modules"] == []
+
+
+def test_agent_outlives_a_long_gil_holding_call(spawn: Spawn, tmp_path: Path) -> None:
+    """A C call holding the GIL for longer than the agent's peer timeout must not make
+    the agent think heapspy is gone: heartbeats queued meanwhile count."""
+    target = spawn(None, "probe_target.py", "gil-hog", env={"HOG": "200000000"})
+    session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, final_dump=False))
+    try:
+        t0 = time.monotonic()
+        reason = session.run(duration=9.0)
+        assert reason == "duration elapsed", reason
+        assert time.monotonic() - t0 >= 8.5
+    finally:
+        session.detach()
+    assert target.alive()

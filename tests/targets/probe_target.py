@@ -112,6 +112,13 @@ elif MODE == "asyncio":
             await asyncio.sleep(0.5)
 
     asyncio.run(idle())
+elif MODE == "gil-hog":
+    # one C call that holds the GIL for seconds, once the agent is there
+    while threading.active_count() == 1:
+        time.sleep(0.01)
+    while True:
+        sum(map(abs, range(int(os.environ.get("HOG", "200000000")))))
+        time.sleep(0.2)
 elif MODE == "exit-soon":
     time.sleep(float(os.environ.get("EXIT_AFTER", "0.2")))
     sys.exit(0)
