@@ -69,6 +69,17 @@ def _exited(pid: int) -> bool:
         return True
 
 
+def _exits_soon(pid: int, within: float = 1.0) -> bool:
+    """Whether the target is exiting: a socket reset by an exiting process comes before
+    the process shows as a zombie."""
+    deadline = time.monotonic() + within
+    while not _exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class _Conn:
     """A framed socket with a reader and a send helper."""
 
@@ -167,19 +178,22 @@ class Session:
         sock = self._wait_for_agent(t0, progress)
         try:
             self._handshake(_Conn(sock), t0)
-        except HeapspyError:
+        except (AgentFailed, OSError, protocol.ProtocolError) as exc:
             sock.close()
-            raise
-        except (OSError, protocol.ProtocolError) as exc:
-            sock.close()
-            if _exited(self.target.pid):
+            # an agent cut off mid-handshake is most often a target that is exiting
+            if _exits_soon(self.target.pid):
                 raise TargetExited(
                     f"Process {self.target.pid} exited while the agent was starting."
                 ) from None
+            if isinstance(exc, HeapspyError):
+                raise
             raise AgentFailed(
                 f"The connection to the agent in process {self.target.pid} failed during the "
                 f"handshake: {exc}."
             ) from None
+        except BaseException:
+            sock.close()
+            raise
 
     def _handshake(self, conn: _Conn, t0: float) -> None:
         assert self.placement is not None and self.injection is not None
