@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Target]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+        # a bootstrap still queued when its target was killed (timeout tests) never got
+        # to clean up its files: do it for it
+        for left in Path("/tmp").glob(f"heapspy-{proc.pid}-*"):
+            shutil.rmtree(left, ignore_errors=True)
         if proc.stdout is not None:
             proc.stdout.close()
 
