@@ -51,16 +51,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interpreters import Interpreter, find_interpreters  # noqa: E402
+from harness import Target, log, pick_interpreters, stream  # noqa: E402
+from interpreters import Interpreter  # noqa: E402
 
 import heapspy.session  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
@@ -76,13 +76,6 @@ OTHER = "(other)"
 GOAL = 0.10
 GOAL_MIB = 50
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial one; assumed not raised in the target
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-# --- provisioning -------------------------------------------------------------------
 
 
 def provision_numpy(cache: Path, version: tuple[int, int]) -> tuple[Path | None, str]:
@@ -116,19 +109,6 @@ def provision_numpy(cache: Path, version: tuple[int, int]) -> tuple[Path | None,
     return site, ""
 
 
-def pick_interpreters(wanted: list[str]) -> list[Interpreter]:
-    found = find_interpreters()
-    picked = []
-    for want in wanted:
-        matches = [i for i in found if want in (i.label, i.version_text)]
-        matches.sort(key=lambda i: (i.static, i.label))  # pyenv's shared build first
-        if not matches:
-            log(f"interpreter {want}: not found here (have {', '.join(map(str, found))})")
-            continue
-        picked.append(matches[0])
-    return picked
-
-
 # --- one run ------------------------------------------------------------------------
 
 
@@ -150,76 +130,11 @@ def attribute(stack: Stack, cases: set[str]) -> str:
     return OTHER
 
 
-class Target:
-    """The target process, with its stdout read line by line in a thread."""
-
-    def __init__(self, interp: Interpreter, cases: list[str], mib: float, env: dict[str, str]):
-        self.stderr: IO[str] = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(
-            interp.command(str(TARGET), ",".join(cases), str(mib)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def line(self, prefix: str, timeout: float) -> str | None:
-        """The next line starting with prefix, or None (timeout, or the target exited)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                text = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    return None
-                continue
-            if text.startswith(prefix):
-                return text
-        return None
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
-
-    def failure(self, what: str) -> RuntimeError:
-        self.stderr.seek(0)
-        return RuntimeError(f"{what}; target stderr:\n{self.stderr.read()[-2000:]}")
-
-    def close(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr.close()
-
-
-def stream(session: Session, target: Target, seconds: float = 1.0) -> None:
-    """Let the session stream for a while; raise if it ended."""
-    t0 = time.monotonic()
-    session.run(duration=seconds)
-    if time.monotonic() - t0 < seconds * 0.9 or target.proc.poll() is not None:
-        code = target.proc.poll()
-        why = session.end_reason if code is None else f"the target exited with {code}"
-        raise target.failure(f"the session ended early: {why}")
-
-
 def run_once(
     interp: Interpreter, rate: int, cases: list[str], mib: float, env: dict[str, str], work: Path
 ) -> Run:
     t0 = time.monotonic()
-    target = Target(interp, cases, mib, env)
+    target = Target(interp.command(str(TARGET), ",".join(cases), str(mib)), env)
     try:
         if target.line("READY", 60) is None:
             raise target.failure("the target did not start")

@@ -49,7 +49,8 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interpreters import Interpreter, find_interpreters  # noqa: E402
+from harness import log, pick_interpreters  # noqa: E402
+from interpreters import Interpreter  # noqa: E402
 
 import heapspy.session  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
@@ -68,10 +69,6 @@ STRETCH = 4.0  # an attached phase lasts at most this many times --seconds
 QUIET_TIMEOUT = 60.0  # how long a profiler may take to leave the target after detaching
 MEMRAY_COLUMN = "memray"
 CONTROL_COLUMN = "none"
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --- provisioning -------------------------------------------------------------------
@@ -529,19 +526,6 @@ def render(
 
 
 # --- running -----------------------------------------------------------------------------
-
-
-def pick_interpreters(wanted: list[str]) -> list[Interpreter]:
-    found = find_interpreters()
-    picked = []
-    for want in wanted:
-        matches = [i for i in found if want in (i.label, i.version_text)]
-        matches.sort(key=lambda i: (i.static, i.label))  # pyenv's shared build first
-        if not matches:
-            log(f"interpreter {want}: not found here (have {', '.join(map(str, found))})")
-            continue
-        picked.append(matches[0])
-    return picked
 
 
 def run_phases(

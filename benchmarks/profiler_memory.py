@@ -35,20 +35,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interpreters import Interpreter, find_interpreters  # noqa: E402
+from harness import Target, log, pick_interpreters, stream  # noqa: E402
+from interpreters import Interpreter  # noqa: E402
 
 import heapspy.session  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
@@ -61,97 +59,12 @@ MIB = 1 << 20
 EXACT_INTERVAL = 3600.0  # no snapshot while measuring; the detach takes one
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def pick_interpreters(wanted: list[str]) -> list[Interpreter]:
-    found = find_interpreters()
-    picked = []
-    for want in wanted:
-        matches = [i for i in found if want in (i.label, i.version_text)]
-        matches.sort(key=lambda i: (i.static, i.label))  # pyenv's shared build first
-        if not matches:
-            log(f"interpreter {want}: not found here (have {', '.join(map(str, found))})")
-            continue
-        picked.append(matches[0])
-    return picked
-
-
-class Target:
-    """The target process, with its stdout read line by line in a thread."""
-
-    def __init__(self, interp: Interpreter, mib: float, wait: bool) -> None:
-        self.stderr: IO[str] = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(
-            interp.command(str(TARGET), str(mib), "wait" if wait else "nowait"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def line(self, prefix: str, timeout: float, session: Session | None = None) -> str | None:
-        """The next line starting with prefix (streaming the session meanwhile), or None."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if session is not None:
-                stream(session, self)
-            try:
-                text = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    return None
-                continue
-            if text.startswith(prefix):
-                return text
-        return None
-
-    def report(self, session: Session | None = None, timeout: float = 600) -> dict[str, Any]:
-        self.send("report\n")
-        text = self.line("REPORT ", timeout, session)
-        if text is None:
-            raise self.failure("the target did not report")
-        return dict(json.loads(text[7:]))
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
-
-    def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
-
-    def failure(self, what: str) -> RuntimeError:
-        self.stderr.seek(0)
-        return RuntimeError(f"{what}; target stderr:\n{self.stderr.read()[-2000:]}")
-
-    def close(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr.close()
-
-
-def stream(session: Session, target: Target, seconds: float = 1.0) -> None:
-    """Let the session stream for a while; raise if it ended."""
-    t0 = time.monotonic()
-    session.run(duration=seconds)
-    if time.monotonic() - t0 < seconds * 0.9 or target.proc.poll() is not None:
-        code = target.proc.poll()
-        why = session.end_reason if code is None else f"the target exited with {code}"
-        raise target.failure(f"the session ended early: {why}")
+def report(target: Target, session: Session | None = None, timeout: float = 600) -> dict[str, Any]:
+    target.send("report\n")
+    text = target.line("REPORT ", timeout, session)
+    if text is None:
+        raise target.failure("the target did not report")
+    return dict(json.loads(text[7:]))
 
 
 @dataclass
@@ -170,13 +83,14 @@ def run_once(
     interp: Interpreter, label: str, rate: int | None, mib: float, snapshot: bool, work: Path
 ) -> Result:
     t0 = time.monotonic()
-    target = Target(interp, mib, wait=rate is not None)
+    wait = "wait" if rate is not None else "nowait"
+    target = Target(interp.command(str(TARGET), str(mib), wait))
     try:
         if target.line("READY", 60) is None:
             raise target.failure("the target did not start")
         if rate is None:
             target.send("go\n")
-            rep = target.report()
+            rep = report(target)
             return Result(label, "none", time.monotonic() - t0, rep)
         interval = 0.5 if rate != 1 else EXACT_INTERVAL
         config = AttachConfig(rate=rate, final_dump=False, dump_dir=work, interval=interval)
@@ -185,7 +99,7 @@ def run_once(
         snap_s = None
         try:
             target.send("go\n")  # the agent's hooks are in place once attach returned
-            target.report(session)  # answered once the heap is built
+            report(target, session)  # answered once the heap is built
             agg = session.aggregator
             if rate != 1:
                 wanted = agg.intervals + 2  # two samples taken wholly after the build
@@ -193,7 +107,7 @@ def run_once(
                     stream(session, target)
             else:
                 stream(session, target)
-            rep = target.report(session)
+            rep = report(target, session)
             result = Result(label, agg.mode, 0.0, rep, dict(agg.totals), agg.heap_estimate())
         finally:
             t_detach = time.monotonic()
@@ -204,7 +118,7 @@ def run_once(
             while target.threads() > 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             snap_s = time.monotonic() - t_detach
-            snap = target.report()
+            snap = report(target)
         result.snapshot, result.snapshot_s = snap, snap_s
     finally:
         target.close()
