@@ -76,7 +76,6 @@ class Placement:
     host_dir: Path
     target_dir: str
     listener: socket.socket
-    owner: tuple[int, int]
 
     @property
     def boot_path(self) -> str:
@@ -98,16 +97,6 @@ class Placement:
             f"{{'__builtins__':__builtins__,'__name__':'heapspy_boot','_heapspy_page':{page}}})\n"
             "except BaseException:pass\n"
         ).encode()
-
-    def set_deadline(self, deadline: float, **extra: Any) -> None:
-        """Rewrite the config; the agent reads it when it starts."""
-        cfg_path = self.host_dir / "config.json"
-        data = json.loads(cfg_path.read_text())
-        data["deadline"] = deadline
-        data.update(extra)
-        tmp = self.host_dir / "config.json.tmp"
-        _write_private(tmp, json.dumps(data).encode(), self.owner)
-        os.replace(tmp, cfg_path)
 
     def cleanup(self) -> None:
         try:
@@ -177,7 +166,7 @@ def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float)
             hint="Run heapspy as the target's user or as root.",
         ) from None
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    placement = Placement(target.pid, token, host_dir, target_dir, listener, owner)
+    placement = Placement(target.pid, token, host_dir, target_dir, listener)
     try:
         if os.geteuid() == 0:
             os.chown(host_dir, *owner)

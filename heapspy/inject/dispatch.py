@@ -149,19 +149,12 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
                 f"--method pep768 needs Python 3.14+; process {target.pid} runs "
                 f"{target.version_text}."
             )
-        placement.set_deadline(placement_deadline(config))
         return Pep768Injection(target, placement, config)
     if method == "ptrace":
         if target.version >= (3, 14):
             from heapspy.inject.pep768 import check_remote_debugging
 
             check_remote_debugging(target)
-        placement.set_deadline(placement_deadline(config))
         return PtraceInjection(target, placement, config)
     raise UsageError(f"Unknown injection method {method!r}: use auto, pep768 or ptrace.")
 
-
-def placement_deadline(config: AttachConfig) -> float:
-    import time
-
-    return time.time() + config.attach_timeout
