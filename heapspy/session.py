@@ -138,6 +138,7 @@ class Session:
         self._last_rx = 0.0
         self._agent_ran = False
         self._cmd_id = 0
+        self._replies: dict[int, dict[str, Any]] = {}  # agent replies by command id
         self._next_beat = 0.0
         self._facts_count = 0
         self._proc: psutil.Process | None = None
@@ -388,6 +389,8 @@ class Session:
                     Observation(point.time, point.rss, point.heap), growing
                 ):
                     self._dump(rule.name, rule.text)
+        elif kind == protocol.REPLY:
+            self._replies[int(body.get("id") or 0)] = body
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
@@ -483,20 +486,12 @@ class Session:
         deadline = time.monotonic() + timeout
         sock = self.conn.sock
         while time.monotonic() < deadline:
+            reply = self._replies.pop(ident, None)
+            if reply is not None:
+                return reply
             ready, _, _ = select.select([sock], [], [], 0.1)
-            if not ready:
-                continue
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                continue
-            if not data:
+            if ready and not self._read_agent():
                 return {"ok": False, "error": "the agent went away"}
-            self._last_rx = time.monotonic()
-            for kind, body in self.conn.reader.feed(data):
-                if kind == protocol.REPLY and body.get("id") == ident:
-                    return body
-                self._on_agent_frame(kind, body)
         return {"ok": False, "error": "the agent did not answer"}
 
     def _dump(self, reason: str, why: str = "") -> str | None:
