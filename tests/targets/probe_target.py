@@ -113,9 +113,11 @@ elif MODE == "asyncio":
 
     asyncio.run(idle())
 elif MODE == "gil-hog":
-    # one C call that holds the GIL for seconds, once the agent is there
+    # one C call that holds the GIL for seconds, once the agent is there and has
+    # finished its handshake (the hog is meant for a running session, not its start)
     while threading.active_count() == 1:
         time.sleep(0.01)
+    time.sleep(1.0)
     while True:
         sum(map(abs, range(int(os.environ.get("HOG", "200000000")))))
         time.sleep(0.2)
