@@ -87,6 +87,7 @@ static struct {
     void (*err_restore)(void *, void *, void *);
     void (*incref)(void *);
     void (*decref)(void *);
+    int (*gil_check)(void);
     /* 3.8: offsets into PyFrameObject (after PyObject_VAR_HEAD) and PyThreadState. */
     size_t off_f_back, off_f_code, off_ts_interp;
 } api;
@@ -126,6 +127,7 @@ static int resolve_api(void) {
     ok &= RESOLVE(err_restore, "PyErr_Restore") != NULL;
     ok &= RESOLVE(incref, "Py_IncRef") != NULL;
     ok &= RESOLVE(decref, "Py_DecRef") != NULL;
+    ok &= RESOLVE(gil_check, "PyGILState_Check") != NULL;
     if (minor == 8) {
         ok &= RESOLVE(eval_get_frame, "PyEval_GetFrame") != NULL;
         /* PyFrameObject starts with PyObject_VAR_HEAD (24 bytes, 40 with Py_TRACE_REFS,
@@ -173,7 +175,9 @@ typedef struct {
     double est[4]; /* estimated alloc count, alloc bytes, live count, live bytes */
 } hs_stack;
 
-static hs_dom g_dom[2] = {{.domain = PYMEM_DOMAIN_MEM}, {.domain = PYMEM_DOMAIN_OBJ}};
+/* The two CPython domains we hook, then NumPy's array data (not a PyMem domain). */
+static hs_dom g_dom[HS_NDOMAINS] = {
+    {.domain = PYMEM_DOMAIN_MEM}, {.domain = PYMEM_DOMAIN_OBJ}, {.domain = -1}};
 static int g_state = HS_STATE_IDLE;
 /* What the hooks do, read once per call: 0 pass through (stopped, hooks left installed),
  * MODE_ACTIVE account, MODE_ACTIVE|MODE_CAPTURING a stack capture is under way. Under the
@@ -784,6 +788,118 @@ static void hs_free(void *ctx, void *ptr) {
     d->prev.free(d->prev.ctx, ptr);
 }
 
+/* ---- NumPy array data ---------------------------------------------------------- */
+
+/* NumPy (>= 1.22) allocates array data through a PyDataMem_Handler, not through the PyMem
+ * domains (numpy/ndarraytypes.h, version 1; its free takes the size). We hook the default
+ * handler in place: every array made with it, in any thread or context, comes through
+ * here, and each array keeps using the handler it was made with, so blocks allocated
+ * before the hook are freed through it (pass-through) and blocks allocated while hooked
+ * are freed by the original after the restore. NumPy calls these with the GIL held except
+ * that its calloc releases the GIL around the libc call for big blocks: a thread can be
+ * inside our calloc, without the GIL, while another stops us; g_np_prev therefore is never
+ * cleared, and g_np_inflight tells the agent when unloading the library is safe. */
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} np_allocator;
+
+typedef struct {
+    char name[127];
+    uint8_t version;
+    np_allocator allocator;
+} np_handler;
+
+static np_handler *g_np; /* the hooked handler; NULL: none */
+static np_allocator g_np_prev;
+static int g_np_inflight;
+
+#define NP_ENTER() __atomic_add_fetch(&g_np_inflight, 1, __ATOMIC_ACQ_REL)
+#define NP_LEAVE() __atomic_sub_fetch(&g_np_inflight, 1, __ATOMIC_ACQ_REL)
+
+/* Account this NumPy call? As counting(), and only with the GIL (our tables need it). */
+static int np_counting(void) { return counting() && api.gil_check() == 1; }
+
+static void np_account(void *p, size_t size) {
+    count_alloc(&g_dom[HS_DOM_NUMPY], size);
+    if (p != NULL)
+        count_down(p, size);
+}
+
+static void *hs_np_malloc(void *ctx, size_t size) {
+    NP_ENTER();
+    void *p = g_np_prev.malloc(ctx, size);
+    if (np_counting())
+        np_account(p, size);
+    NP_LEAVE();
+    return p;
+}
+
+static void *hs_np_calloc(void *ctx, size_t nelem, size_t elsize) {
+    NP_ENTER();
+    size_t size;
+    void *p = g_np_prev.calloc(ctx, nelem, elsize); /* may release and retake the GIL */
+    if (np_counting() && !__builtin_mul_overflow(nelem, elsize, &size))
+        np_account(p, size);
+    NP_LEAVE();
+    return p;
+}
+
+static void *hs_np_realloc(void *ctx, void *ptr, size_t size) {
+    NP_ENTER();
+    void *p = g_np_prev.realloc(ctx, ptr, size);
+    if (p != NULL && np_counting()) {
+        hs_dom *d = &g_dom[HS_DOM_NUMPY];
+        if (ptr != NULL) {
+            d->free_count++;
+            d->realloc_count++;
+            if (might_be_sampled(ptr))
+                forget(ptr);
+        }
+        np_account(p, size);
+    }
+    NP_LEAVE();
+    return p;
+}
+
+static void hs_np_free(void *ctx, void *ptr, size_t size) {
+    NP_ENTER();
+    if (ptr != NULL && g_mode != 0 && api.gil_check() == 1) {
+        g_dom[HS_DOM_NUMPY].free_count++;
+        if (might_be_sampled(ptr))
+            forget(ptr);
+    }
+    g_np_prev.free(ctx, ptr, size);
+    NP_LEAVE();
+}
+
+static int np_is_ours(const np_allocator *a) {
+    return a->malloc == hs_np_malloc && a->calloc == hs_np_calloc &&
+           a->realloc == hs_np_realloc && a->free == hs_np_free;
+}
+
+/* Put NumPy's functions back if ours are still the installed ones; 1 if some of ours stay
+ * (someone changed the handler since: restoring could clobber theirs). */
+static int np_unhook(void) {
+    np_handler *h = g_np;
+    if (h == NULL)
+        return 0;
+    g_np = NULL;
+    np_allocator *a = &h->allocator;
+    if (np_is_ours(a)) {
+        a->malloc = g_np_prev.malloc;
+        a->calloc = g_np_prev.calloc;
+        a->realloc = g_np_prev.realloc;
+        a->free = g_np_prev.free;
+        return 0;
+    }
+    return a->malloc == hs_np_malloc || a->calloc == hs_np_calloc ||
+           a->realloc == hs_np_realloc || a->free == hs_np_free;
+}
+
 static int is_ours(const py_allocator *a, hs_dom *d) {
     return a->ctx == d && a->malloc == hs_malloc && a->calloc == hs_calloc &&
            a->realloc == hs_realloc && a->free == hs_free;
@@ -905,6 +1021,7 @@ HS_EXPORT const char *hs_strerror(int code) {
     case HS_ERR_HOOKS_LEFT:
         return "an earlier session's hooks are still chained below another allocator";
     case HS_ERR_ARG: return "invalid argument";
+    case HS_ERR_HANDLER: return "not NumPy's version-1 default data allocator handler";
     case HS_LEFT_INSTALLED:
         return "another allocator replaced the shim's hooks; they stay installed as "
                "pass-throughs and the library must stay loaded";
@@ -940,7 +1057,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
     rc = alloc_tables(max_frames, (uint32_t)max_stacks);
     if (rc != HS_OK)
         return rc;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < HS_NDOMAINS; i++) {
         hs_dom *d = &g_dom[i];
         d->alloc_count = d->alloc_bytes = d->free_count = d->realloc_count = 0;
         memset(d->size_classes, 0, sizeof d->size_classes);
@@ -970,6 +1087,32 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
     return HS_OK;
 }
 
+/* Hook NumPy's default data handler (the caller found it through NumPy's C-API table and
+ * holds the GIL). Each pointer is one aligned store and no other thread runs NumPy code
+ * meanwhile (GIL), so no call sees a half-written handler. */
+HS_EXPORT int hs_numpy_hook(void *handler) {
+    if (g_state != HS_STATE_RUNNING)
+        return HS_ERR_NOT_RUNNING;
+    if (g_np != NULL)
+        return HS_ERR_RUNNING;
+    np_handler *h = handler;
+    if (h == NULL || h->version != 1 || strncmp(h->name, "default_allocator", 127) != 0 ||
+        h->allocator.malloc == NULL || h->allocator.calloc == NULL ||
+        h->allocator.realloc == NULL || h->allocator.free == NULL || np_is_ours(&h->allocator))
+        return HS_ERR_HANDLER;
+    if (__atomic_load_n(&g_np_inflight, __ATOMIC_ACQUIRE) != 0)
+        return HS_ERR_RUNNING; /* a thread is still inside an earlier session's hook */
+    g_np_prev = h->allocator;
+    h->allocator.malloc = hs_np_malloc;
+    h->allocator.calloc = hs_np_calloc;
+    h->allocator.realloc = hs_np_realloc;
+    h->allocator.free = hs_np_free;
+    g_np = h;
+    return HS_OK;
+}
+
+HS_EXPORT int hs_numpy_inflight(void) { return __atomic_load_n(&g_np_inflight, __ATOMIC_ACQUIRE); }
+
 HS_EXPORT int hs_set_rate(uint64_t rate) {
     if (g_state != HS_STATE_RUNNING)
         return HS_ERR_NOT_RUNNING;
@@ -987,7 +1130,7 @@ HS_EXPORT int hs_stop(void) {
     if (g_state == HS_STATE_IDLE)
         return HS_ERR_NOT_RUNNING;
     g_mode = 0;
-    int left = 0;
+    int left = np_unhook();
     py_allocator cur;
     for (int i = 0; i < 2; i++) {
         hs_dom *d = &g_dom[i];
@@ -1030,7 +1173,7 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->state = (uint64_t)g_state;
     out->rate = g_rate;
     out->max_frames = (uint64_t)g_max_frames;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < HS_NDOMAINS; i++) {
         hs_dom *d = &g_dom[i];
         out->alloc_count[i] = d->alloc_count;
         out->alloc_bytes[i] = d->alloc_bytes;
@@ -1047,6 +1190,7 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->stacks = g_nstacks;
     out->frames = g_nframes;
     out->map_entries = g_mcount;
+    out->numpy_hooked = g_np != NULL;
     if (!drain || g_state != HS_STATE_RUNNING) {
         out->shim_memory = shim_memory();
         return HS_OK;

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 2
+#define HS_ABI 3
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -19,6 +19,8 @@
 /* Index of a domain in the per-domain arrays of hs_report. */
 #define HS_DOM_MEM 0
 #define HS_DOM_OBJ 1
+#define HS_DOM_NUMPY 2 /* NumPy array data through its default PyDataMem handler */
+#define HS_NDOMAINS 3
 
 /* Return codes. */
 #define HS_OK 0
@@ -33,6 +35,7 @@
 #define HS_ERR_ARG 9           /* invalid argument */
 #define HS_LEFT_INSTALLED 10   /* hs_stop: someone replaced our hooks; they stay installed as
                                   pass-throughs and the library must stay loaded */
+#define HS_ERR_HANDLER 11      /* hs_numpy_hook: not a version-1 default NumPy handler */
 
 /* hs_start flags. */
 #define HS_FLAG_FREE_THREADED 1u /* the caller knows the build is free-threaded */
@@ -72,11 +75,11 @@ typedef struct {
     uint64_t state;
     uint64_t rate;
     uint64_t max_frames;
-    uint64_t alloc_count[2];
-    uint64_t alloc_bytes[2];
-    uint64_t free_count[2];
-    uint64_t realloc_count[2];
-    uint64_t size_classes[2][HS_NCLASSES];
+    uint64_t alloc_count[HS_NDOMAINS];
+    uint64_t alloc_bytes[HS_NDOMAINS];
+    uint64_t free_count[HS_NDOMAINS];
+    uint64_t realloc_count[HS_NDOMAINS];
+    uint64_t size_classes[HS_NDOMAINS][HS_NCLASSES];
     uint64_t sampled_count;      /* samples taken (cumulative) */
     uint64_t sampled_bytes;      /* their requested bytes (cumulative) */
     uint64_t live_samples;       /* sampled blocks not yet freed */
@@ -87,6 +90,7 @@ typedef struct {
     uint64_t frames;             /* frames stored for them */
     uint64_t map_entries;        /* == live_samples */
     uint64_t shim_memory;        /* bytes of libc memory the shim holds */
+    uint64_t numpy_hooked;       /* 1 while NumPy's default data handler goes through us */
     uint64_t n_new;
     uint64_t new_stacks;
     uint64_t n_new_frames;
@@ -105,5 +109,11 @@ int hs_stop(void);
 int hs_state(void);
 int hs_read(hs_report *out, int drain);
 const char *hs_strerror(int code);
+/* NumPy array data (>= 1.22): hook the default PyDataMem_Handler, found by the caller
+ * through NumPy's C-API table, in place; hs_stop() restores it. hs_numpy_inflight() is the
+ * number of threads inside a NumPy hook: its calloc releases the GIL inside the call, so
+ * the library must not be unloaded until this is 0. */
+int hs_numpy_hook(void *handler);
+int hs_numpy_inflight(void);
 
 #endif

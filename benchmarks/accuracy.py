@@ -29,11 +29,11 @@ probability p = 1 - exp(-s/rate) and weighs 1/p, so the variance is sum s^2 (1-p
 estimate keeps it within about +-2. ``P(in)`` is the chance that one run lands within
 +-10 % given sigma: for blocks much smaller than the rate sigma is about
 sqrt(rate / retained bytes), 8.8 % for 64 MiB at 512 KiB.
-A NumPy array's data buffer is allocated by NumPy outside Python's allocator domains and
-only reported to tracemalloc (``PyTraceMalloc_Track``): the shim cannot see it, so
-sampled mode counts only the array objects; ``numpy_arrays[objects]`` compares with that
-part alone. numpy is installed with pip into ``.cache/bench/`` for each interpreter;
-where no wheel exists the case is skipped, saying so.
+A NumPy array's data buffer is allocated by NumPy's allocator handler, outside Python's
+allocator domains; sampled mode sees it through the shim's hook on NumPy's default
+handler, exact mode through NumPy's ``PyTraceMalloc_Track`` reports. numpy is installed
+with pip into ``.cache/bench/`` for each interpreter; where no wheel exists the case is
+skipped, saying so.
 
 Goal (issue 3): within +-10 % for every function holding >= 50 MiB at the default rate.
 Prints figures; this is not a timed test. The default run takes about 6 minutes, half of
@@ -71,7 +71,6 @@ from heapspy.units import parse_size  # noqa: E402
 TARGET = Path(__file__).resolve().parent / "targets" / "accuracy_target.py"
 NUMPY = "numpy==2.4.6"
 CASES = ("large_blocks", "medium_blocks", "small_objects", "appended_lists", "numpy_arrays")
-OBJECTS_ONLY = "numpy_arrays[objects]"
 OTHER = "(other)"
 GOAL = 0.10
 GOAL_MIB = 50
@@ -172,14 +171,6 @@ def run_once(
     finally:
         target.close()
     run.seconds = time.monotonic() - t0
-    if "numpy_arrays" in run.truth:
-        np_truth = run.truth["numpy_arrays"]
-        run.truth[OBJECTS_ONLY] = {
-            **np_truth,
-            "bytes": np_truth["bytes"] - np_truth["tracked"],
-            "tracked": 0,
-        }
-        run.estimate[OBJECTS_ONLY] = run.estimate["numpy_arrays"]
     return run
 
 
@@ -239,13 +230,9 @@ def sampled_table(runs: list[Run]) -> tuple[str, list[dict[str, Any]]]:
         errs = [r.estimate[name] / r.truth[name]["bytes"] - 1 for r in runs]
         sigma = sampling_sigma(runs[0].truth[name]["blocks"], rate)
         mean = statistics.mean(errs)
-        if runs[0].truth[name]["tracked"]:
-            sigma_text = z_text = "n/a"  # the data buffers are not sampled at all
-            p_in = 0.0
-        else:
-            sigma_text = f"{sigma * 100:.1f}%"
-            z_text = f"{mean / (sigma / math.sqrt(len(errs))):+.1f}" if sigma else "-"
-            p_in = math.erf(GOAL / (sigma * math.sqrt(2))) if sigma else 1.0
+        sigma_text = f"{sigma * 100:.1f}%"
+        z_text = f"{mean / (sigma / math.sqrt(len(errs))):+.1f}" if sigma else "-"
+        p_in = math.erf(GOAL / (sigma * math.sqrt(2))) if sigma else 1.0
         inside = sum(abs(e) <= GOAL for e in errs)
         sd = statistics.stdev(errs) if len(errs) > 1 else 0.0
         lines.append(
@@ -258,7 +245,7 @@ def sampled_table(runs: list[Run]) -> tuple[str, list[dict[str, Any]]]:
                 "function": name,
                 "truth_bytes": truth,
                 "errors": errs,
-                "sigma": None if sigma_text == "n/a" else sigma,
+                "sigma": sigma,
                 "within_goal": inside,
             }
         )
@@ -272,8 +259,6 @@ def exact_table(runs: list[Run]) -> tuple[str, list[dict[str, Any]]]:
     ]
     figures = []
     for name in rows(runs):
-        if name == OBJECTS_ONLY:
-            continue  # tracemalloc sees the data buffers too: only the whole compares
         if name == OTHER:
             est = statistics.mean(r.estimate[OTHER] for r in runs)
             lines.append(f"  {OTHER:<22}{'-':>10}{est / 2**20:>11.2f}M")

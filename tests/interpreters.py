@@ -24,6 +24,7 @@ import functools
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,25 @@ def py314() -> Interpreter:
     if problem:
         pytest.skip(problem)
     return _provisioned_314()
+
+
+# The newest NumPy with a wheel for each interpreter (the handler API needs >= 1.22).
+NUMPY_FOR = {(3, 8): "1.24.4", (3, 9): "2.0.2", (3, 10): "2.2.6"}
+NUMPY_LATEST = "2.4.6"
+
+
+def numpy_site(interp: Interpreter) -> Path:
+    """A folder holding a NumPy wheel's contents for interp, installed on first use."""
+    version = NUMPY_FOR.get(interp.version, NUMPY_LATEST)
+    tag = f"cp{interp.version[0]}{interp.version[1]}"
+    site = REPO / ".cache" / f"numpy-{version}-{tag}"
+    if not (site / "numpy" / "__init__.py").exists():
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--target", str(site), "--only-binary=:all:", "--python-version",
+             interp.version_text, f"numpy=={version}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"numpy {version} for {tag} could not be installed: {proc.stderr[-300:]}")
+    return site

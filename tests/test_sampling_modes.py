@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 from conftest import Target
-from interpreters import Interpreter, interpreter_params
+from interpreters import Interpreter, interpreter_params, numpy_site
 
 from heapspy import control
 from heapspy.config import AttachConfig
@@ -120,3 +122,38 @@ def test_same_qualified_name_in_both_modes(
     finally:
         session.detach()
     assert session.aggregator.top(1)[0][0].startswith("Shipper.buffer_line (method_target.py:")
+
+
+@pytest.mark.parametrize("when", ["early", "late"])
+@pytest.mark.parametrize("interp", PAIR)
+def test_numpy_arrays_are_sampled_and_the_handler_restored(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path, when: str
+) -> None:
+    """48 MiB of NumPy buffers at hold_arrays show up in sampled mode (NumPy imported
+    before the attach, or after it: hooked at a later interval), and detach gives NumPy
+    its own handler back. Tolerance: ~4.5 sd of the estimate at 64 KiB (16 KiB blocks)."""
+    site = numpy_site(interp)
+    target = spawn(interp, "numpy_worker.py", when, env={"PYTHONPATH": str(site)})
+    config = AttachConfig(rate=64 * 1024, dump_dir=tmp_path, interval=0.3, final_dump=False)
+    session = Session.attach(target.pid, config)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and session.aggregator.totals.get("numpy") != "hooked":
+            session.run(duration=0.3)
+        assert session.aggregator.totals.get("numpy") == "hooked", session.aggregator.totals
+        os.kill(target.pid, signal.SIGUSR1)  # build now
+        while time.monotonic() < deadline and target.state()["kept_bytes"] < 48 << 20:
+            session.run(duration=0.3)
+        session.run(duration=1.0)  # two more intervals after the build
+    finally:
+        session.detach()
+    assert session.aggregator.mode == "sampled"
+    assert not any("NumPy" in n for n in (session.info.notes if session.info else []))
+    held = sum(
+        site.live(session.aggregator.rate)[1]
+        for site in session.aggregator.sites.values()
+        if any(f.function == "hold_arrays" for f in site.stack)
+    )
+    assert abs(held - (48 << 20)) <= 0.15 * (48 << 20), held / 2**20
+    state = target.state()
+    assert state["modules"] == [] and state["handler"] == "default_allocator"

@@ -145,7 +145,9 @@ class Agent:
         problem = self.shim_problem
         if rate != 1 and self.shim is not None:
             try:
-                return ShimCollector(self.shim, rate, frames, self.directory)
+                sampled = ShimCollector(self.shim, rate, frames, self.directory)
+                self.notes.extend(sampled.notes)
+                return sampled
             except ShimError as exc:
                 problem = "the sampling shim refused to start: %s" % exc
         if rate != 1:
@@ -300,7 +302,7 @@ def _after_fork_in_child() -> None:
     _active = None
     try:
         if agent.collector is not None:
-            agent.collector.stop()
+            agent.collector.stop(wait=0.0)  # the threads the shim may wait for are gone
             agent.collector = None
         if agent.sock is not None:
             agent.sock.close()

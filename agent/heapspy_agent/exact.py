@@ -60,9 +60,9 @@ class TracemallocCollector:
         totals.update(traced_bytes=traced, peak_traced_bytes=peak)
         return {"stacks": new_stacks, "inuse": changed, "totals": totals}
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
         if self.totals_source is not None:  # its hooks sit on top of tracemalloc's
-            self.totals_source.stop()
+            self.totals_source.stop(wait)
             self.totals_source = None
         if self.owned and tracemalloc.is_tracing():
             tracemalloc.stop()

@@ -8,7 +8,7 @@ allocations, not the target's: they are left out.
 
 from typing import Any, Dict, List, Optional, Set
 
-from heapspy_agent.shim import Shim, ShimError
+from heapspy_agent.shim import NOT_IMPORTED, Shim, ShimError
 
 
 class ShimCollector:
@@ -23,12 +23,20 @@ class ShimCollector:
         self.owned = True
         self.notes: List[str] = []
         shim.start(rate, max_frames=frames)
+        # NumPy's array data bypasses the PyMem domains; hook its default handler now, or
+        # at a later interval if the target imports NumPy after we attached.
+        self.numpy = shim.hook_numpy()
+        if self.numpy and self.numpy != NOT_IMPORTED:
+            self.notes.append("NumPy array data is not counted: %s" % self.numpy)
 
     def set_rate(self, rate: int) -> None:
         self.shim.set_rate(rate)
         self.rate = rate
 
     def collect(self) -> Dict[str, Any]:
+        if self.numpy == NOT_IMPORTED:
+            # Arrays made between NumPy's import and this interval are not seen.
+            self.numpy = self.shim.hook_numpy()
         drain = self.shim.drain()
         stacks = []
         for st in drain.new_stacks:
@@ -50,21 +58,22 @@ class ShimCollector:
             alloc[key] = [c.alloc_count, c.alloc_bytes]
             est[key] = [c.est_alloc_count, c.est_alloc_bytes, c.est_live_count, c.est_live_bytes]
         t = drain.totals
+        doms = (t.mem, t.obj, t.numpy)
         classes = [
-            [k, a + b]
-            for k, (a, b) in enumerate(zip(t.mem.size_classes, t.obj.size_classes))
-            if a + b
+            [k, sum(counts)] for k, counts in enumerate(zip(*(d.size_classes for d in doms)))
         ]
         totals = {
-            "allocated_bytes": t.mem.alloc_bytes + t.obj.alloc_bytes,
-            "allocations": t.mem.alloc_count + t.obj.alloc_count,
-            "frees": t.mem.free_count + t.obj.free_count,
-            "reallocs": t.mem.realloc_count + t.obj.realloc_count,
-            "size_classes": classes,
+            "allocated_bytes": sum(d.alloc_bytes for d in doms),
+            "allocations": sum(d.alloc_count for d in doms),
+            "frees": sum(d.free_count for d in doms),
+            "reallocs": sum(d.realloc_count for d in doms),
+            "size_classes": [c for c in classes if c[1]],
             "domains": {
                 "mem": [t.mem.alloc_count, t.mem.alloc_bytes, t.mem.free_count],
                 "obj": [t.obj.alloc_count, t.obj.alloc_bytes, t.obj.free_count],
+                "numpy": [t.numpy.alloc_count, t.numpy.alloc_bytes, t.numpy.free_count],
             },
+            "numpy": "hooked" if t.numpy_hooked else self.numpy,
             "rate": t.rate,
             "sampled_count": t.sampled_count,
             "live_samples": t.live_samples,
@@ -75,13 +84,14 @@ class ShimCollector:
         }
         return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop, and unload the library unless something still runs in it (then it stays
+        loaded: harmless, its hooks are out). ``wait``: see Shim.unload."""
         try:
-            clean = self.shim.stop()
+            if self.shim.stop():
+                self.shim.unload(wait)
         except ShimError:
-            clean = False
-        if clean:
-            self.shim.unload()
+            pass
 
 
 def load_shim(directory: str) -> "tuple[Optional[Shim], str]":

@@ -27,13 +27,15 @@ import math
 import os
 import sys
 import threading
+import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 2
+ABI = 3
 """Must match HS_ABI in heapspy_shim.h."""
 
 LIBRARY_GLOB = "_heapspy_shim*.so"
 NCLASSES = 65
+NDOMAINS = 3  # MEM, OBJ, NumPy array data
 
 # Return codes (heapspy_shim.h).
 OK = 0
@@ -47,6 +49,7 @@ ERR_NOMEM = 7
 ERR_HOOKS_LEFT = 8
 ERR_ARG = 9
 LEFT_INSTALLED = 10
+ERR_HANDLER = 11
 ERR_LOAD = 100  # binding-side: the library could not be found, loaded or unloaded
 
 _FLAG_FREE_THREADED = 1
@@ -132,6 +135,7 @@ class Totals(NamedTuple):
     rate: int
     mem: DomainTotals
     obj: DomainTotals
+    numpy: DomainTotals  # NumPy array data (all zero unless hook_numpy() succeeded)
     sampled_count: int
     sampled_bytes: int
     live_samples: int
@@ -141,6 +145,7 @@ class Totals(NamedTuple):
     stacks: int
     frames: int
     shim_memory: int  # bytes of libc memory the shim holds
+    numpy_hooked: bool
 
 
 class Drain(NamedTuple):
@@ -157,11 +162,11 @@ class _Report(ctypes.Structure):
         ("state", ctypes.c_uint64),
         ("rate", ctypes.c_uint64),
         ("max_frames", ctypes.c_uint64),
-        ("alloc_count", ctypes.c_uint64 * 2),
-        ("alloc_bytes", ctypes.c_uint64 * 2),
-        ("free_count", ctypes.c_uint64 * 2),
-        ("realloc_count", ctypes.c_uint64 * 2),
-        ("size_classes", (ctypes.c_uint64 * NCLASSES) * 2),
+        ("alloc_count", ctypes.c_uint64 * NDOMAINS),
+        ("alloc_bytes", ctypes.c_uint64 * NDOMAINS),
+        ("free_count", ctypes.c_uint64 * NDOMAINS),
+        ("realloc_count", ctypes.c_uint64 * NDOMAINS),
+        ("size_classes", (ctypes.c_uint64 * NCLASSES) * NDOMAINS),
         ("sampled_count", ctypes.c_uint64),
         ("sampled_bytes", ctypes.c_uint64),
         ("live_samples", ctypes.c_uint64),
@@ -172,6 +177,7 @@ class _Report(ctypes.Structure):
         ("frames", ctypes.c_uint64),
         ("map_entries", ctypes.c_uint64),
         ("shim_memory", ctypes.c_uint64),
+        ("numpy_hooked", ctypes.c_uint64),
         ("n_new", ctypes.c_uint64),
         ("new_stacks", ctypes.c_uint64),
         ("n_new_frames", ctypes.c_uint64),
@@ -260,6 +266,10 @@ class Shim:
         lib.hs_read.argtypes = [ctypes.POINTER(_Report), ctypes.c_int]
         lib.hs_strerror.restype = ctypes.c_char_p
         lib.hs_strerror.argtypes = [ctypes.c_int]
+        lib.hs_numpy_hook.restype = ctypes.c_int
+        lib.hs_numpy_hook.argtypes = [ctypes.c_void_p]
+        lib.hs_numpy_inflight.restype = ctypes.c_int
+        lib.hs_numpy_inflight.argtypes = []
 
     @classmethod
     def load(cls, path: Optional[str] = None) -> "Shim":
@@ -345,10 +355,38 @@ class Shim:
             self._check(rc)
             return True
 
-    def unload(self) -> None:
-        """dlclose the library. Only after a clean stop: nothing of it stays mapped."""
+    def hook_numpy(self) -> str:
+        """Route NumPy's array data (default allocator handler) through the shim.
+
+        Call after ``start()``; ``stop()`` restores NumPy. Never imports NumPy: returns
+        "" when it is hooked, else why not (not imported, too old, another handler).
+        """
+        handler = _numpy_default_handler()
+        if isinstance(handler, str):
+            return handler
+        with self._lock:
+            rc = self._c().hs_numpy_hook(handler)
+            if rc == OK:
+                return ""
+            msg = self._c().hs_strerror(rc)
+            return msg.decode() if msg else f"error {rc}"
+
+    def unload(self, wait: float = 5.0) -> None:
+        """dlclose the library. Only after a clean stop: nothing of it stays mapped.
+
+        A thread may still be inside the NumPy calloc hook without the GIL for up to
+        ``wait`` seconds (a big zeroed array); the library stays loaded if it still is.
+        """
+        deadline = time.monotonic() + wait
+        while self._c().hs_numpy_inflight() and time.monotonic() < deadline:
+            time.sleep(0.001)  # releases the GIL: that thread can finish its call
         with self._lock:
             lib = self._c()
+            if lib.hs_numpy_inflight():
+                raise ShimError(
+                    "cannot unload the shim: a thread is still inside its NumPy hook",
+                    ERR_HOOKS_LEFT,
+                )
             state = lib.hs_state()
             if state == STATE_RUNNING:
                 raise ShimError("cannot unload the shim while it runs", ERR_RUNNING)
@@ -406,6 +444,54 @@ class Shim:
         return Frame(names[0], names[1], int(line))
 
 
+NOT_IMPORTED = "NumPy is not imported"
+
+# NumPy's C-API table index of PyDataMem_GetHandler (numpy/__multiarray_api.h, >= 1.22).
+_NP_GET_HANDLER = 305
+
+
+def _numpy_default_handler() -> "int | str":
+    """Address of NumPy's default PyDataMem_Handler, or why there is none to hook.
+
+    Through NumPy's own C-API table: PyDataMem_GetHandler() in this thread, whose context
+    has never set a handler, returns the default handler's capsule.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None or getattr(getattr(numpy, "__spec__", None), "_initializing", False):
+        return NOT_IMPORTED  # absent, or another thread is importing it right now
+    umath = sys.modules.get("numpy._core._multiarray_umath") or sys.modules.get(
+        "numpy.core._multiarray_umath"
+    )
+    if umath is None:
+        return NOT_IMPORTED
+    version = str(getattr(numpy, "__version__", "0"))
+    try:
+        if tuple(int(x) for x in version.split(".")[:2]) < (1, 22):
+            return f"NumPy {version} has no allocator handler API (1.22+)"
+    except ValueError:
+        pass
+    api = getattr(umath, "_ARRAY_API", None)
+    if api is None:
+        return "NumPy's C-API table was not found in %s" % umath.__name__
+    # A private prototype: setting restype on ctypes.pythonapi's shared attribute would
+    # change it for the target's own code.
+    capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+        ("PyCapsule_GetPointer", ctypes.pythonapi)
+    )
+    table = capsule_pointer(api, None)
+    if not table:
+        return "NumPy's C-API table is empty"
+    entry = ctypes.c_void_p.from_address(table + _NP_GET_HANDLER * ctypes.sizeof(ctypes.c_void_p))
+    if not entry.value:
+        return "NumPy's C-API table has no PyDataMem_GetHandler"
+    get_handler = ctypes.PYFUNCTYPE(ctypes.py_object)(entry.value)
+    capsule = get_handler()
+    handler = capsule_pointer(capsule, b"mem_handler")
+    if not handler:
+        return "NumPy's allocator handler was not found"
+    return int(handler)
+
+
 def _array(ctype: Any, n: int, address: int) -> List[Any]:
     """Copy n items of ctype at address (a shim buffer) into a list."""
     if n == 0:
@@ -429,6 +515,7 @@ def _totals(rep: _Report) -> Totals:
         rate=rep.rate,
         mem=_domain(rep, 0),
         obj=_domain(rep, 1),
+        numpy=_domain(rep, 2),
         sampled_count=rep.sampled_count,
         sampled_bytes=rep.sampled_bytes,
         live_samples=rep.live_samples,
@@ -438,4 +525,5 @@ def _totals(rep: _Report) -> Totals:
         stacks=rep.stacks,
         frames=rep.frames,
         shim_memory=rep.shim_memory,
+        numpy_hooked=bool(rep.numpy_hooked),
     )

@@ -114,7 +114,7 @@ def blocks(obj):
         return [EMPTY_LIST, size - EMPTY_LIST] if size > EMPTY_LIST else [size], 0
     nbytes = getattr(obj, "nbytes", None)
     if nbytes is not None and getattr(obj, "base", None) is None:  # an ndarray owning its data
-        return [size - nbytes], nbytes
+        return [size - nbytes, nbytes], 0  # the object, and its buffer from NumPy's handler
     return [size], 0
 
 
