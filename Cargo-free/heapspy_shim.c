@@ -161,7 +161,7 @@ typedef struct {
     py_allocator prev; /* what was installed before us: we chain to it */
     int domain;        /* PYMEM_DOMAIN_MEM or PYMEM_DOMAIN_OBJ */
     int installed;     /* our hooks went in and have not been taken out by us */
-    uint64_t alloc_count, alloc_bytes, free_count, realloc_count;
+    uint64_t alloc_bytes, free_count, realloc_count; /* allocations: sum of size_classes */
     uint64_t size_classes[HS_NCLASSES];
 } hs_dom;
 
@@ -190,7 +190,10 @@ static int g_mode;
 static __thread int t_guard; /* this thread is capturing: pass straight through */
 
 static uint64_t g_rate;
-static int64_t g_until;       /* bytes left before the next sample */
+/* Bytes left before the next sample, and the hooks' one-load gate: it is 0 whenever
+ * g_mode is not exactly MODE_ACTIVE (stopped, or a capture under way), which sends every
+ * allocation to the slow path, where the mode is looked at. */
+static int64_t g_until;
 static uint64_t g_rng;
 static int g_max_frames;
 static void *g_main_interp;
@@ -232,6 +235,7 @@ static uint64_t *g_msizes;
 static uint32_t *g_mstacks;
 static double *g_mweights;
 static uint64_t g_mcap, g_mcount;
+static unsigned g_mshift; /* 64 - log2(g_mcap): map_slot() keeps the product's top bits */
 
 /* Drain buffers handed to the caller; only hs_read and hs_stop touch them. */
 static uint64_t *g_out_new, *g_out_codes, *g_out_changed;
@@ -308,6 +312,12 @@ static int grow(void **arr, size_t elem, uint32_t *cap, uint32_t need, uint32_t 
 
 /* ---- pointer map ---------------------------------------------------------------- */
 
+/* Home slot of a pointer: Fibonacci hashing, one multiply and one shift (the top bits of
+ * the product depend on every bit of the pointer, alignment zeros included). */
+static inline uint64_t map_slot(uintptr_t p) {
+    return ((uint64_t)p * 0x9E3779B97F4A7C15ULL) >> g_mshift;
+}
+
 static int map_alloc(uint64_t cap) {
     uintptr_t *k = calloc(cap, sizeof *k);
     uint64_t *s = malloc(cap * sizeof *s);
@@ -325,11 +335,12 @@ static int map_alloc(uint64_t cap) {
     g_mstacks = t;
     g_mweights = w;
     g_mcap = cap;
+    g_mshift = 64u - (unsigned)__builtin_ctzll(cap);
     return 1;
 }
 
 static void map_put_raw(uintptr_t key, uint32_t stack, uint64_t size, double w) {
-    uint64_t mask = g_mcap - 1, i = ptr_hash(key) & mask;
+    uint64_t mask = g_mcap - 1, i = map_slot(key);
     while (g_mkeys[i] != 0 && g_mkeys[i] != key)
         i = (i + 1) & mask;
     if (g_mkeys[i] == 0)
@@ -369,7 +380,7 @@ static int map_insert(void *ptr, uint32_t stack, uint64_t size, double w) {
 /* Remove ptr; backward-shift deletion keeps probe chains intact without tombstones. */
 static int map_remove(void *ptr, uint32_t *stack, uint64_t *size, double *w) {
     uintptr_t key = (uintptr_t)ptr;
-    uint64_t mask = g_mcap - 1, i = ptr_hash(key) & mask;
+    uint64_t mask = g_mcap - 1, i = map_slot(key);
     for (;;) {
         uintptr_t k = g_mkeys[i];
         if (k == 0)
@@ -387,7 +398,7 @@ static int map_remove(void *ptr, uint32_t *stack, uint64_t *size, double *w) {
         uintptr_t k = g_mkeys[j];
         if (k == 0)
             break;
-        uint64_t h = ptr_hash(k) & mask;
+        uint64_t h = map_slot(k);
         /* k may move to the hole at i unless its home h lies cyclically in (i, j]. */
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
@@ -618,24 +629,27 @@ static int capture(unsigned *flags) {
 
 /* ---- the hooks ------------------------------------------------------------------ */
 
+/* Called only in MODE_ACTIVE. While the capture runs, g_until is 0 (the gate: the capture's
+ * own allocations, and any other thread's, take the slow path, where the mode decides);
+ * the next gap is drawn first and put in place when the capture is over. */
 static __attribute__((noinline)) void sample(void *ptr, size_t size) {
-    g_until = draw_gap();
-    if (g_rate == 0)
+    int64_t next = draw_gap();
+    if (g_rate == 0) {
+        g_until = next;
         return;
+    }
     g_sampled_count++;
     g_sampled_bytes += size;
-    uint32_t id = 0;
-    if (!(g_mode & MODE_CAPTURING)) {
-        unsigned flags = 0;
-        g_mode |= MODE_CAPTURING;
-        t_guard = 1;
-        int n = capture(&flags);
-        id = intern(g_cap_codes, g_cap_lines, n, flags);
-        t_guard = 0;
-        g_mode &= ~MODE_CAPTURING;
-    } else {
-        g_overflow++; /* another thread got in while a capture ran: no stack for it */
-    }
+    unsigned flags = 0;
+    g_until = 0;
+    g_mode |= MODE_CAPTURING;
+    t_guard = 1;
+    int n = capture(&flags);
+    uint32_t id = intern(g_cap_codes, g_cap_lines, n, flags);
+    t_guard = 0;
+    g_mode &= ~MODE_CAPTURING;
+    if (g_mode == MODE_ACTIVE)
+        g_until = next;
     double w = weight(size);
     hs_stack *s = &g_stacks[id];
     s->alloc_count++;
@@ -656,24 +670,25 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size) {
 }
 
 static inline void count_alloc(hs_dom *d, size_t size) {
-    d->alloc_count++;
     d->alloc_bytes += size;
     d->size_classes[size_class(size)]++;
 }
 
-/* Go's test, after the allocation: sample when it reaches the countdown. g_until >= 1,
- * so a zero-byte allocation is never sampled. */
+/* Go's test, after the allocation: sample when it reaches the countdown. g_until >= 1 when
+ * active, so a zero-byte allocation is never sampled. Another thread's allocation made
+ * while a capture runs is counted, not sampled. */
 static inline void count_down(void *ptr, size_t size) {
+    if (g_mode != MODE_ACTIVE)
+        return;
     if (LIKELY(size < (uint64_t)g_until))
         g_until -= (int64_t)size;
     else
         sample(ptr, size);
 }
 
-/* The first probe of the pointer map, inline: an empty slot proves ptr is not sampled. */
-static inline int might_be_sampled(void *ptr) {
-    return g_mcount != 0 && g_mkeys[ptr_hash((uintptr_t)ptr) & (g_mcap - 1)] != 0;
-}
+/* The first probe of the pointer map, inline: an empty slot proves ptr is not sampled.
+ * Only while g_mode != 0 (the map exists). */
+static inline int might_be_sampled(void *ptr) { return g_mkeys[map_slot((uintptr_t)ptr)] != 0; }
 
 static __attribute__((noinline)) void forget(void *ptr) {
     uint32_t id;
@@ -718,7 +733,7 @@ static __attribute__((noinline)) void *malloc_slow(hs_dom *d, size_t size) {
 
 static void *hs_malloc(void *ctx, size_t size) {
     hs_dom *d = ctx;
-    if (LIKELY(g_mode == MODE_ACTIVE) && LIKELY(size < (uint64_t)g_until)) {
+    if (LIKELY(size < (uint64_t)g_until)) { /* implies MODE_ACTIVE */
         g_until -= (int64_t)size;
         count_alloc(d, size);
         return d->prev.malloc(d->prev.ctx, size);
@@ -741,8 +756,7 @@ static void *hs_calloc(void *ctx, size_t nelem, size_t elsize) {
     hs_dom *d = ctx;
     size_t size;
     /* nelem * elsize overflowing goes to the slow path, which does not count it. */
-    if (LIKELY(g_mode == MODE_ACTIVE) && !__builtin_mul_overflow(nelem, elsize, &size) &&
-        LIKELY(size < (uint64_t)g_until)) {
+    if (!__builtin_mul_overflow(nelem, elsize, &size) && LIKELY(size < (uint64_t)g_until)) {
         g_until -= (int64_t)size;
         count_alloc(d, size);
         return d->prev.calloc(d->prev.ctx, nelem, elsize);
@@ -1059,7 +1073,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
         return rc;
     for (int i = 0; i < HS_NDOMAINS; i++) {
         hs_dom *d = &g_dom[i];
-        d->alloc_count = d->alloc_bytes = d->free_count = d->realloc_count = 0;
+        d->alloc_bytes = d->free_count = d->realloc_count = 0;
         memset(d->size_classes, 0, sizeof d->size_classes);
     }
     g_sampled_count = g_sampled_bytes = g_dropped = g_overflow = 0;
@@ -1071,7 +1085,6 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
     }
     g_rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
     g_rate = rate;
-    g_until = draw_gap();
     g_main_interp = api.interp_main();
     for (int i = 0; i < 2; i++) {
         hs_dom *d = &g_dom[i];
@@ -1083,6 +1096,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
         d->installed = 1;
     }
     g_mode = MODE_ACTIVE;
+    g_until = draw_gap(); /* opens the fast path: 0 until now */
     g_state = HS_STATE_RUNNING;
     return HS_OK;
 }
@@ -1117,7 +1131,8 @@ HS_EXPORT int hs_set_rate(uint64_t rate) {
     if (g_state != HS_STATE_RUNNING)
         return HS_ERR_NOT_RUNNING;
     g_rate = rate;
-    g_until = draw_gap();
+    if (g_mode == MODE_ACTIVE) /* else a capture is under way: it sets the gate after */
+        g_until = draw_gap();
     return HS_OK;
 }
 
@@ -1130,6 +1145,7 @@ HS_EXPORT int hs_stop(void) {
     if (g_state == HS_STATE_IDLE)
         return HS_ERR_NOT_RUNNING;
     g_mode = 0;
+    g_until = 0; /* closes the fast path */
     int left = np_unhook();
     py_allocator cur;
     for (int i = 0; i < 2; i++) {
@@ -1175,7 +1191,10 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->max_frames = (uint64_t)g_max_frames;
     for (int i = 0; i < HS_NDOMAINS; i++) {
         hs_dom *d = &g_dom[i];
-        out->alloc_count[i] = d->alloc_count;
+        uint64_t count = 0;
+        for (int k = 0; k < HS_NCLASSES; k++)
+            count += d->size_classes[k];
+        out->alloc_count[i] = count;
         out->alloc_bytes[i] = d->alloc_bytes;
         out->free_count[i] = d->free_count;
         out->realloc_count[i] = d->realloc_count;

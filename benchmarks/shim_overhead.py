@@ -80,7 +80,7 @@ def child(args: argparse.Namespace) -> int:
 
     names = [n for n in args.workloads.split(",") if n]
     bodies = overhead_driver.prepare(args.bench_dir, names)
-    shim = Shim.load()
+    shim = Shim.load(args.shim or None)
     rates: list[int | None] = [None] + [parse_rate(r) for r in args.rates.split(",")]
     calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
     ratios: dict[str, dict[str, list[float]]] = {column(r): {} for r in rates}
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--workloads", default="")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--shim", default="", help="library to load (default: the built one)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(Path(__file__).resolve()), "--child", "--bench-dir", str(bench_dir),
                 "--rates", args.rates, "--rounds", str(args.rounds), "--block",
                 str(args.block), "--frames", str(args.frames), "--workloads", workloads,
+                "--shim", args.shim,
             ),
             env=dict(os.environ, PYTHONPATH=str(site)),
             capture_output=True,
