@@ -12,6 +12,7 @@ from typing import Callable
 from conftest import Target, run_heapspy
 
 from heapspy.dumps import PATTERN
+from heapspy.pprof import read_profile
 
 Spawn = Callable[..., Target]
 
@@ -55,8 +56,12 @@ def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path
 
 def test_dump_without_a_session_attaches_briefly(spawn: Spawn, tmp_path: Path) -> None:
     target = spawn(None, "probe_target.py", "busy")
-    out = run_heapspy("dump", str(target.pid), "--duration", "1s", "--dump-dir", str(tmp_path))
+    out = run_heapspy(
+        "dump", str(target.pid), "--duration", "1s", "--dump-dir", str(tmp_path), "--frames", "1"
+    )
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip().splitlines()[-1])
     assert path.exists() and path.name.endswith("-on-demand.pb.gz")
     assert target.state()["modules"] == []
+    depths = {len(s.stack) for s in read_profile(path).samples}
+    assert depths == {1}, depths  # the default 64 gives 1-3 here (<module>, churn, ...)

@@ -21,6 +21,7 @@ def dump(
         "10s", "--duration", "-d", help="With no live session: how long to gather first."
     ),
     rate: str = typer.Option("512KiB", "--rate", "-r", help="Sampling rate (see attach)."),
+    frames: int = typer.Option(64, "--frames", metavar="N", help="Stack depth (see attach)."),
     dump_dir: Path = typer.Option(Path("heapspy-dumps"), "--dump-dir", help="Where to write."),
     thread: Optional[int] = typer.Option(None, "--thread", help="See attach (3.14+)."),
 ) -> None:
@@ -36,6 +37,7 @@ def dump(
     except NoSession:
         config = AttachConfig(
             rate=options.rate(rate),
+            frames=options.frames(frames),
             duration=options.duration(duration) or 10.0,
             dump_dir=dump_dir,
             thread=thread,
