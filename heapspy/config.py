@@ -1,11 +1,14 @@
-"""What an attach session should do, as plain data shared by the CLI, tests and daemon."""
+"""What an attach session should do, as plain data shared by the CLI, tests and daemon,
+and the checks that turn what a user typed into that data."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from heapspy.errors import UsageError
 from heapspy.rules import Rule
+from heapspy.units import parse_duration, parse_size
 
 DEFAULT_RATE = 512 * 1024
 
@@ -27,3 +30,47 @@ class AttachConfig:
     dump_on: tuple[Rule, ...] = ()
     keep: int | None = None  # retention: at most this many dumps in dump_dir
     max_bytes: int | None = None  # retention: at most this many bytes of dumps
+
+
+# --- validation shared by the command line and the daemon's config file -------------
+# Each takes what the user typed and says what was wrong in words that fit both places;
+# ``what`` names the value the way the user named it (an option or a config key).
+
+
+def check_rate(text: str, what: str = "sampling rate") -> int:
+    """A sampling rate in bytes: 0 (totals only), 1 (exact) or any larger mean gap."""
+    value = parse_size(text, what)
+    if value < 0:
+        raise UsageError(f"The {what} cannot be negative.")
+    return value
+
+
+def check_duration(text: str | None, what: str = "duration") -> float | None:
+    """A positive duration in seconds (``None`` passes through: no limit)."""
+    if text is None:
+        return None
+    value = parse_duration(text, what)
+    if value <= 0:
+        raise UsageError(f"The {what} must be positive, got {text!r}.")
+    return value
+
+
+def check_frames(value: int, what: str = "--frames") -> int:
+    if not 1 <= value <= 512:
+        raise UsageError(f"{what} must be between 1 and 512, got {value}.")
+    return value
+
+
+def check_keep(value: int | None, what: str = "--keep") -> int | None:
+    if value is not None and value < 1:
+        raise UsageError(f"{what} must be at least 1, got {value}.")
+    return value
+
+
+METHODS = ("auto", "pep768", "ptrace")
+
+
+def check_method(value: str, what: str = "--method") -> str:
+    if value not in METHODS:
+        raise UsageError(f"{what} must be one of {', '.join(METHODS)}, got {value!r}.")
+    return value

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "heapspy.cli.diff",
     "heapspy.cli.dump",
     "heapspy.cli.rate",
+    "heapspy.cli.daemon",
 )
 
 

@@ -1,0 +1,46 @@
+"""Log lines for journald or a terminal.
+
+Under systemd, stderr is a stream into the journal (``$JOURNAL_STREAM`` names its device
+and inode): each line then starts with a ``<N>`` syslog priority, which journald turns
+into the entry's level, and carries no timestamp (the journal adds its own). Anywhere
+else lines start with the local time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+def is_journal(stream: TextIO) -> bool:
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 6)
+        return f"<{priority}>{super().format(record)}"
+
+
+def configure(stream: TextIO | None = None) -> None:
+    """Send every log record to ``stream`` (stderr) in the daemon's format."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if is_journal(stream):
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -1,0 +1,735 @@
+"""`heapspy daemon`: its config file, and the real daemon watching real workers.
+
+The loader tests build no process. The others run ``python -m heapspy daemon`` against
+probe targets told apart by a tag in their command line, bind the NOTIFY_SOCKET
+themselves, and look at the targets from inside (the SIGUSR2 probe) after detaching.
+Daemon settings are shortened (scan 0.2 s, settle 0.3 s, backoff 0.5 s) to keep each
+test to seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+import typer
+from conftest import REPO, Target, heapspy_dirs_in_tmp, run_heapspy
+from interpreters import Interpreter, find_interpreters, py314
+from typer.testing import CliRunner
+
+from heapspy import control
+from heapspy.cli import attach as attach_cli
+from heapspy.config import AttachConfig
+from heapspy.daemon.child import attach_argv, duration_text, size_text
+from heapspy.daemon.config import DaemonConfig, default_dump_root, load_config
+from heapspy.daemon.match import is_heapspy, unit_from_cgroup
+from heapspy.daemon.outcome import Outcome, decide
+from heapspy.daemon.sdnotify import Notifier
+from heapspy.errors import HeapspyError, NoSession
+from heapspy.session import Session
+
+Spawn = Callable[..., Target]
+FAST = """
+[daemon]
+scan_interval = "0.2s"
+settle = "0.3s"
+retry_backoff = "0.5s"
+retry_max = "1s"
+stop_timeout = "20s"
+"""
+
+
+# --- the config file: every mistake names the file, the table and the key ----------
+def _load(tmp_path: Path, text: str) -> DaemonConfig:
+    path = tmp_path / "heapspy.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+WATCH = '[[watch]]\nname = "api"\ncmdline = "gunicorn"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "expected"),
+    [
+        (WATCH + 'rtae = "1KiB"\n', 'watch "api", key "rtae"', 'did you mean "rate"?'),
+        (WATCH + 'rate = "lots"\n', 'watch "api", key "rate"', "Invalid rate 'lots'"),
+        (WATCH + "rate = true\n", 'watch "api", key "rate"', "expected a size"),
+        (WATCH + "frames = 0\n", 'watch "api", key "frames"', "between 1 and 512"),
+        (WATCH + 'frames = "64"\n', 'watch "api", key "frames"', "expected an integer"),
+        (WATCH + 'interval = "soon"\n', 'watch "api", key "interval"', "Invalid interval"),
+        (WATCH + "interval = 0\n", 'watch "api", key "interval"', "must be positive"),
+        (WATCH + 'dump_on = ["rss>lots"]\n', 'watch "api", key "dump_on"', "Invalid dump rule"),
+        (WATCH + "dump_on = [1]\n", 'watch "api", key "dump_on"', "array of strings"),
+        (WATCH + "keep = 0\n", 'watch "api", key "keep"', "at least 1"),
+        (WATCH + 'max_bytes = "0"\n', 'watch "api", key "max_bytes"', "must be positive"),
+        (WATCH + 'method = "gdb"\n', 'watch "api", key "method"', "auto, pep768, ptrace"),
+        (WATCH + 'final_dump = "yes"\n', 'watch "api", key "final_dump"', "true or false"),
+        (WATCH + 'exclude = "("\n', 'watch "api", key "exclude"', "regular expression"),
+        (WATCH + 'user = "no-such-user-xyz"\n', 'watch "api", key "user"', "no user named"),
+        ('[[watch]]\nname = "api"\ncmdline = "[a"\n', 'watch "api", key "cmdline"', "regular"),
+        ('[[watch]]\nname = "api"\nrate = "1KiB"\n', 'watch "api"', "at least one selector"),
+        ('[[watch]]\ncmdline = "x"\n', 'watch #1, key "name"', "every [[watch]] needs a name"),
+        ('[[watch]]\nname = "a/b"\ncmdline = "x"\n', 'watch "a/b", key "name"', "directory"),
+        (WATCH + WATCH, 'watch "api", key "name"', "already exists"),
+        (WATCH + '[daemon]\nsettle = "-1s"\n', '[daemon], key "settle"', "Invalid settle"),
+        (WATCH + '[daemon]\nscan = "1s"\n', '[daemon], key "scan"', 'did you mean "scan_interval"'),
+        (WATCH + '[daemon]\nretry_max = "1s"\n', '[daemon], key "retry_max"', "retry_backoff"),
+        (WATCH + "[daemon]\nmax_attaching = 0\n", '[daemon], key "max_attaching"', "at least 1"),
+        (WATCH + '[deamon]\nsettle = "1s"\n', 'unknown table or key "deamon"', "[daemon]"),
+        ('[daemon]\nsettle = "1s"\n', "no [[watch]] table", "nothing to watch"),
+        ('[watch]\nname = "a"\ncmdline = "x"\n', "[watch] must be written [[watch]]", ""),
+        (WATCH + "rate = \n", "not valid TOML", "line 4"),
+    ],
+)
+def test_config_mistakes_are_usage_errors(
+    tmp_path: Path, text: str, where: str, expected: str
+) -> None:
+    with pytest.raises(HeapspyError) as info:
+        _load(tmp_path, text)
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'heapspy.toml'}: "), message
+    assert where in message and expected in message, message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(HeapspyError, match="Cannot read the daemon's config") as info:
+        load_config(tmp_path / "nope.toml")
+    assert info.value.exit_code == 2
+
+
+def test_shipped_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        www = pwd.getpwnam("www-data").pw_uid
+    except KeyError:
+        pytest.skip("the example watches user www-data, which this machine does not have")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/heapspy")
+    cfg = load_config(REPO / "systemd" / "heapspy.toml")
+    assert (cfg.scan_interval, cfg.settle, cfg.retry_backoff, cfg.retry_max) == (2, 2, 30, 600)
+    api, celery = cfg.watches
+    assert api.selectors.unit == "gunicorn.service" and api.selectors.user == www
+    assert api.attach.dump_dir == Path("/var/lib/heapspy/dumps/api")
+    assert [r.text for r in api.attach.dump_on] == [
+        "rss>1.5GiB",
+        "growth>100MiB/10m,cooldown=30m",
+        "leak",
+    ]
+    assert (api.attach.keep, api.attach.max_bytes) == (50, 2 << 30)
+    assert celery.selectors.exclude == "celery .* beat" and celery.attach.frames == 32
+    assert celery.attach.rate == 1 << 20 and celery.attach.interval == 2.0
+
+
+def test_defaults_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    text = WATCH + 'unit = "gunicorn"\nuser = 33\n[[watch]]\nname = "b"\nexe = "python*"\n'
+    text += 'dump_dir = "rel/dumps"\n'
+    cfg = _load(tmp_path, text)
+    api, b = cfg.watches
+    assert api.selectors.unit == "gunicorn.service"  # a bare name is a service, as systemctl
+    assert api.selectors.user == 33
+    assert api.attach == AttachConfig(dump_dir=default_dump_root() / "api")
+    assert b.attach.dump_dir == tmp_path / "rel" / "dumps"  # relative to the config file
+    assert (cfg.scan_interval, cfg.settle, cfg.stop_timeout) == (2.0, 2.0, 20.0)
+    expected = Path("/var/lib/heapspy/dumps") if os.geteuid() == 0 else tmp_path / "heapspy-dumps"
+    assert default_dump_root() == expected
+    monkeypatch.setenv("STATE_DIRECTORY", "/srv/state:/other")
+    assert default_dump_root() == Path("/srv/state/dumps")
+
+
+def _attach_app() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so that the command is named as in argv
+    attach_cli.register(app)
+    return app
+
+
+def test_attach_command_reads_back_the_same_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a child is told on its command line is exactly the watch's AttachConfig."""
+    text = WATCH + (
+        'rate = "1536KiB"\nframes = 17\ninterval = "250ms"\nattach_timeout = "90s"\n'
+        'method = "ptrace"\nnudge = false\ndump_on = ["rss>1.5GiB", "every 15m", "leak:3"]\n'
+        'dump_dir = "/srv/d"\nkeep = 7\nmax_bytes = 1000\nrequire_sampling = true\n'
+        "final_dump = false\n"
+    )
+    for body in (text, WATCH + "rate = 1\n"):
+        watch = _load(tmp_path, body).watches[0]
+        argv = attach_argv(4242, watch.attach)
+        assert argv[:5] == [sys.executable, "-m", "heapspy", "attach", "4242"]
+        seen: list[AttachConfig] = []
+        monkeypatch.setattr(
+            attach_cli, "run_attach", lambda _pid, cfg, quiet, s=seen: s.append(cfg)
+        )
+        result = CliRunner().invoke(_attach_app(), argv[3:])
+        assert result.exit_code == 0, result.output
+        assert seen == [watch.attach]
+    assert [size_text(n) for n in (1, 1000, 1024, 3 << 20, 1536 << 10, 2 << 30)] == [
+        "1", "1000", "1KiB", "3MiB", "1536KiB", "2GiB",
+    ]  # fmt: skip
+    assert [duration_text(s) for s in (0.25, 2, 90, 600, 7200, 0.0005)] == [
+        "250ms", "2s", "90s", "10m", "2h", "0.000500",
+    ]  # fmt: skip
+
+
+def test_unit_from_cgroup() -> None:
+    v2 = "0::/system.slice/gunicorn.service\n"
+    nested = "0::/system.slice/app.service/workers/w1\n"
+    user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/celery.service\n"
+    v1 = "12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/api.service\n0::/\n"
+    scope = "0::/user.slice/user-0.slice/session-4.scope\n"
+    assert unit_from_cgroup(v2) == "gunicorn.service"
+    assert unit_from_cgroup(nested) == "app.service"
+    assert unit_from_cgroup(user) == "celery.service"
+    assert unit_from_cgroup(v1) == "api.service"
+    assert unit_from_cgroup(scope) == "session-4.scope"
+    assert unit_from_cgroup("0::/\n") is None
+
+
+def test_heapspy_processes_are_recognised() -> None:
+    assert is_heapspy(["/usr/local/bin/heapspy", "daemon"])
+    assert is_heapspy(["/venv/bin/python", "/usr/local/bin/heapspy", "attach", "1"])
+    assert is_heapspy(["python3", "-X", "dev", "-m", "heapspy", "attach", "1"])
+    assert not is_heapspy(["python3", "app.py", "--profile-with", "heapspy"])
+    assert not is_heapspy(["python3", "/srv/heapspy-demo/app.py"])
+
+
+@pytest.mark.parametrize(
+    ("code", "alive", "reason", "expected"),
+    [
+        (4, True, None, Outcome.NEVER),  # not Python
+        (5, True, None, Outcome.NEVER),  # too old
+        (7, True, None, Outcome.NEVER),  # permission denied
+        (8, True, None, Outcome.NEVER),  # -X disable-remote-debug
+        (9, False, None, Outcome.FORGET),  # exited during attach
+        (3, False, None, Outcome.FORGET),
+        (0, False, "target exited", Outcome.FORGET),
+        (11, True, None, Outcome.RETRY),  # agent did not start in time
+        (10, True, None, Outcome.RETRY),  # gdb holds it for now
+        (1, True, None, Outcome.RETRY),  # a crash
+        (-9, True, None, Outcome.RETRY),
+        (12, True, None, Outcome.BUSY),
+        (0, True, "agent closed the connection", Outcome.RETRY),
+        (0, True, "detached by `heapspy detach`", Outcome.LEFT),
+    ],
+)
+def test_exit_codes_decide_what_next(
+    code: int, alive: bool, reason: str | None, expected: Outcome
+) -> None:
+    assert decide(code, alive, reason) is expected
+
+
+def test_sdnotify_is_fail_soft(tmp_path: Path) -> None:
+    assert not Notifier({}).enabled
+    assert Notifier({}).send("READY=1") is False
+    assert Notifier({"NOTIFY_SOCKET": "vsock:2:1"}).send("READY=1") is False
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    assert gone.ready("x") is False  # no exception
+    gone.close()
+    name = f"heapspy-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "3000000"})
+        assert notifier.watchdog_interval == 1.5
+        assert notifier.ready("2 attached\nsecond line")
+        assert sock.recv(4096) == b"READY=1\nSTATUS=2 attached second line"
+        notifier.close()
+    other = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}
+    assert Notifier(other).watchdog_interval is None
+
+
+# --- the real daemon -----------------------------------------------------------------
+def _ptrace_interp() -> Interpreter:
+    found = find_interpreters()
+    for interp in found:
+        if interp.version == (3, 11) and interp.label.endswith("pyenv"):
+            return interp
+    for interp in found:
+        if interp.version < (3, 14):
+            return interp
+    pytest.skip("no CPython 3.8-3.13 to attach to with ptrace")
+
+
+def _tag() -> str:
+    return f"tag{uuid.uuid4().hex[:10]}"
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+class NotifySocket:
+    """What systemd would hear: the datagrams the daemon sends to NOTIFY_SOCKET, read
+    as they come (the kernel queues only a few: an unread queue refuses new ones)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except OSError:  # noqa: PERF203 - the 0.1 s timeout, to look at _stop again
+                continue
+            self.messages.append(data.decode())
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        """The first message (old or new) with a line matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in list(self.messages):
+                if any(re.fullmatch(pattern, line) for line in msg.splitlines()):
+                    return msg
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in {self.messages}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join()
+        self.sock.close()
+
+
+class Daemon:
+    """A running `heapspy daemon`, its log in a file."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.log_path = config.with_suffix(".log")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log()))
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(pattern) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"no {pattern!r} x{count} in the daemon's log:\n{self.log()}")
+            time.sleep(0.05)
+
+    def attached(self, pid: int, watch: str = "w", count: int = 1) -> None:
+        self.wait_log(rf"\[{watch} {pid}\] attached to {pid} ", count)
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def _start(config_text: str, **env: str) -> Daemon:
+        path = tmp_path / f"daemon-{len(started)}.toml"
+        path.write_text(config_text)
+        d = Daemon(path, env)
+        started.append(d)
+        return d
+
+    yield _start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Callable[[str], NotifySocket]]:
+    made: list[NotifySocket] = []
+
+    def _bind(kind: str) -> NotifySocket:
+        address = f"@heapspy-test-{uuid.uuid4().hex}" if kind == "@" else str(tmp_path / "n.s")
+        made.append(NotifySocket(address))
+        return made[-1]
+
+    yield _bind
+    for n in made:
+        n.close()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(seconds: str) -> subprocess.Popen[bytes]:
+        procs.append(subprocess.Popen(["sleep", seconds]))
+        return procs[-1]
+
+    yield _start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _watch(tag: str, dumps: Path, name: str = "w", extra: str = "") -> str:
+    return f'[[watch]]\nname = "{name}"\ncmdline = "{tag}"\ndump_dir = "{dumps}"\n{extra}'
+
+
+def _assert_left_clean(target: Target, threads: int) -> None:
+    """No agent module, thread, tracemalloc or file of ours left in the target."""
+    assert _wait(lambda: target.threads() == threads, 10), "agent thread still running"
+    state = target.state()
+    assert state["modules"] == [] and state["main_globals"] == [] and state["path"] == []
+    assert state["tracing"] is False
+    assert heapspy_dirs_in_tmp(target.pid) == []
+    assert target.alive()
+
+
+def _holder(pid: int) -> int | None:
+    try:
+        return int(control.request(pid, "status", timeout=5)["status"]["holder_pid"])
+    except NoSession:
+        return None
+
+
+def _free(pid: int) -> bool:
+    return _holder(pid) is None
+
+
+def _finals(dumps: Path, pid: int) -> list[Path]:
+    return list(dumps.glob(f"heap-{pid}-*-final.pb.gz"))
+
+
+@pytest.mark.parametrize(
+    ("pick", "kind"),
+    [
+        pytest.param(_ptrace_interp, "path", id="ptrace"),
+        pytest.param(py314, "@", id="pep768", marks=pytest.mark.py314),
+    ],
+)
+def test_daemon_attaches_to_workers_and_drains(
+    pick: Callable[[], Interpreter],
+    kind: str,
+    spawn: Spawn,
+    daemon: Callable[..., Daemon],
+    notify: Callable[[str], NotifySocket],
+    tmp_path: Path,
+) -> None:
+    interp = pick()
+    tag, dumps = _tag(), tmp_path / "dumps"
+    early = spawn(interp, "probe_target.py", "asyncio", tag)
+    other = spawn(interp, "probe_target.py", "asyncio", "unrelated")
+    threads = early.threads()
+    sd = notify(kind)
+    d = daemon(FAST + _watch(tag, dumps), NOTIFY_SOCKET=sd.address, WATCHDOG_USEC="400000")
+    sd.wait_for("READY=1")
+    d.attached(early.pid)
+    late = spawn(interp, "probe_target.py", "asyncio", tag)  # started after the daemon
+    d.attached(late.pid)
+    sd.wait_for("STATUS=2 attached")
+    sd.wait_for("WATCHDOG=1")
+    for child in d.children():  # the children do not speak to systemd in its name
+        assert "NOTIFY_SOCKET" not in child.environ()
+        assert child.cmdline()[2:4] == ["heapspy", "attach"]
+    assert {_holder(early.pid), _holder(late.pid)} == {c.pid for c in d.children()}
+
+    out = run_heapspy("dump", str(late.pid))  # reaches the daemon's session
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).parent == dumps
+    assert Path(out.stdout.strip()).name.startswith(f"heap-{late.pid}-")
+
+    time.sleep(1.0)  # several scans: the unrelated process is still left alone
+    assert f" {other.pid}]" not in d.log()
+    assert other.state()["modules"] == [] and _holder(other.pid) is None
+
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    sd.wait_for("STOPPING=1")
+    assert d.proc.wait(timeout=25) == 0
+    assert time.monotonic() - t0 < 20
+    assert "Traceback" not in d.log()
+    for target in (early, late):
+        assert len(_finals(dumps, target.pid)) == 1
+        _assert_left_clean(target, threads)
+
+
+def test_exited_and_non_python_targets(
+    spawn: Spawn,
+    daemon: Callable[..., Daemon],
+    sleeper: Callable[[str], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    tag, dumps = _tag(), tmp_path / "dumps"
+    seconds = f"600.{uuid.uuid4().int % 10**8:08d}"
+    sleep = sleeper(seconds)
+    target = spawn(_ptrace_interp(), "probe_target.py", "asyncio", tag)
+    cmdline = f"{tag}|sleep {seconds.replace('.', '[.]')}"
+    d = daemon(FAST + _watch(cmdline, dumps))
+    d.attached(target.pid)
+    d.wait_log(rf"\[w {sleep.pid}\] not profiled \(exit 4\): Process {sleep.pid} \(sleep\) is "
+               "not a CPython process")  # fmt: skip
+    target.proc.kill()
+    target.proc.wait()
+    d.wait_log(rf"\[w {target.pid}\] the process exited")
+    time.sleep(2.5)  # five backoffs: neither is tried again
+    assert d.count(rf"\[w {sleep.pid}\] attaching to") == 1
+    assert d.count(rf"\[w {sleep.pid}\] not profiled") == 1
+    assert d.count(rf"\[w {target.pid}\] attaching to") == 1
+    assert d.proc.poll() is None
+    log = d.log()
+    assert "Traceback" not in log and "attach failed" not in log and "session ended" not in log
+    assert d.stop() == 0
+
+
+def test_reload_adds_keeps_and_removes_watches(
+    spawn: Spawn,
+    daemon: Callable[..., Daemon],
+    notify: Callable[[str], NotifySocket],
+    tmp_path: Path,
+) -> None:
+    interp = _ptrace_interp()
+    tag_a, tag_b = _tag(), _tag()
+    da, db = tmp_path / "a", tmp_path / "b"
+    a1 = spawn(interp, "probe_target.py", "asyncio", tag_a)
+    b1 = spawn(interp, "probe_target.py", "asyncio", tag_b)
+    threads = a1.threads()
+    watch_a, watch_b = _watch(tag_a, da, "a"), _watch(tag_b, db, "b")
+    sd = notify("@")
+    d = daemon(FAST + watch_a, NOTIFY_SOCKET=sd.address)
+    config = d.config
+    d.attached(a1.pid, "a")
+    a1_holder = _holder(a1.pid)
+    time.sleep(0.6)
+    assert _holder(b1.pid) is None
+
+    sd.messages.clear()
+    config.write_text(FAST + watch_a + watch_b)
+    d.proc.send_signal(signal.SIGHUP)
+    sd.wait_for("RELOADING=1")
+    d.wait_log(r"reloaded .*added: b; removed: none; changed: none")
+    d.attached(b1.pid, "b")
+    sd.wait_for("READY=1")
+    assert _holder(a1.pid) == a1_holder  # an unchanged watch keeps its sessions
+
+    config.write_text(FAST + watch_a + watch_b + 'rate = "lots"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r'reload failed, keeping the configuration in force: .*watch "b", key "rate"')
+    a2 = spawn(interp, "probe_target.py", "asyncio", tag_a)  # the old config still runs
+    d.attached(a2.pid, "a")
+    assert _holder(b1.pid) is not None
+
+    b1_holder = _holder(b1.pid)
+    config.write_text(FAST + watch_b + 'rate = "64KiB"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(rf"\[a {a1.pid}\] detaching: its watch was removed")
+    d.wait_log(rf"\[b {b1.pid}\] detaching: its watch changed")
+    d.wait_log(r"reloaded .*added: none; removed: a; changed: b")
+    d.attached(b1.pid, "b", count=2)  # again, with the new settings
+    assert _holder(b1.pid) not in (None, b1_holder)
+    assert len(_finals(db, b1.pid)) == 1
+    assert "--rate 64KiB" in " ".join(psutil.Process(_holder(b1.pid) or 0).cmdline())
+    for target in (a1, a2):
+        assert _wait(functools.partial(_free, target.pid))
+        assert len(_finals(da, target.pid)) == 1
+        _assert_left_clean(target, threads)
+    time.sleep(0.6)
+    assert d.count(rf"\[a {a1.pid}\] attaching to") == 1  # not attached again
+    assert _holder(b1.pid) is not None
+    assert d.stop() == 0
+    assert len(_finals(db, b1.pid)) == 2
+
+
+def test_killed_daemon_takes_its_sessions_down(
+    spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    tag, dumps = _tag(), tmp_path / "dumps"
+    target = spawn(_ptrace_interp(), "probe_target.py", "asyncio", tag)
+    threads = target.threads()
+    d = daemon(FAST + _watch(tag, dumps))
+    d.attached(target.pid)
+    children = d.children()
+    assert len(children) == 1
+    d.proc.kill()
+    d.proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, "a heapspy attach child outlived its daemon"
+    # the kernel's SIGTERM (PR_SET_PDEATHSIG) let it detach cleanly, final dump included
+    assert len(_finals(dumps, target.pid)) == 1
+    _assert_left_clean(target, threads)
+
+
+def test_hand_detach_and_foreign_sessions_are_respected(
+    spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    interp = _ptrace_interp()
+    tag, dumps = _tag(), tmp_path / "dumps"
+    mine = spawn(interp, "probe_target.py", "asyncio", tag)
+    held = spawn(interp, "probe_target.py", "asyncio", tag)
+    threads = mine.threads()
+    foreign = Session.attach(held.pid, AttachConfig(dump_dir=tmp_path / "f", final_dump=False))
+    try:
+        d = daemon(FAST + _watch(tag, dumps))
+        d.attached(mine.pid)
+        d.wait_log(rf"\[w {held.pid}\] Process {held.pid} already has a heapspy session, held "
+                   rf"by pid {os.getpid()} .*; looking again in")  # fmt: skip
+        time.sleep(2.0)
+        assert d.count(rf"\[w {held.pid}\] Process {held.pid} already has") == 1  # quietly
+    finally:
+        foreign.detach()
+    d.attached(held.pid)  # free again: the daemon takes it
+
+    out = run_heapspy("detach", str(mine.pid))
+    assert out.returncode == 0, out.stderr
+    d.wait_log(rf"\[w {mine.pid}\] detached by hand: left alone until it restarts")
+    time.sleep(1.5)  # three backoffs
+    assert d.count(rf"\[w {mine.pid}\] attaching to") == 1
+    _assert_left_clean(mine, threads)
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["timeout", "second-sigterm"])
+def test_stragglers_are_killed(
+    how: str, spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A child still waiting for its agent (the main thread is blocked in accept) cannot
+    detach: the stop timeout, or a second SIGTERM, ends it. With max_attaching = 1 the
+    second matching worker is not started meanwhile."""
+    tag = _tag()
+    targets = [spawn(_ptrace_interp(), "probe_target.py", "accept", tag) for _ in range(2)]
+    stop = "1s" if how == "timeout" else "60s"
+    config = FAST.replace('"20s"', f'"{stop}"') + "max_attaching = 1\n"
+    config += _watch(tag, tmp_path / "d", extra='attach_timeout = "60s"\n')
+    d = daemon(config)
+    sessions = Path(os.environ["HEAPSPY_RUNTIME_DIR"]) / "sessions"
+    d.wait_log(r"\] attaching to")
+    assert _wait(lambda: len(list(sessions.glob("*.lock"))) == 1)
+    time.sleep(1.0)  # five scans
+    assert d.count(r"\] attaching to") == 1 and len(d.children()) == 1
+    children = d.children()
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    d.wait_log("stopping")
+    if how == "second-sigterm":
+        d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=20) == 0
+    assert time.monotonic() - t0 < 8
+    expected = "did not detach within 1 s" if how == "timeout" else "second stop signal"
+    assert expected in d.log()
+    assert psutil.wait_procs(children, timeout=5)[1] == []
+    # a SIGKILLed holder leaves its lock file (the next attach takes it over)
+    for target in targets:
+        for left in sessions.glob(f"{target.pid}.*"):
+            left.unlink()
+
+
+def test_check_lists_watches_and_matches(spawn: Spawn, tmp_path: Path) -> None:
+    interp = _ptrace_interp()
+    tag = _tag()
+    match = spawn(interp, "probe_target.py", "asyncio", tag)
+    other = spawn(interp, "probe_target.py", "asyncio", "unrelated")
+    path = tmp_path / "h.toml"
+    path.write_text(FAST + _watch(tag, tmp_path / "d", extra='dump_on = ["rss>1GiB"]\n'))
+    out = run_heapspy("daemon", "--config", str(path), "--check")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{path}: valid; 1 watch\n")
+    assert 'watch "w"' in out.stdout
+    assert f"cmdline ~ /{tag}/" in out.stdout
+    assert "heapspy attach PID --rate 512KiB --frames 64 --interval 1s" in out.stdout
+    assert "--dump-on 'rss>1GiB'" in out.stdout
+    assert "matching now: 1\n" in out.stdout
+    assert re.search(rf"^ +{match.pid} +\S+ +up .*probe_target.py asyncio {tag}$", out.stdout, re.M)
+    assert str(other.pid) not in out.stdout
+    assert match.state()["modules"] == []  # --check attaches to nothing
+
+    path.write_text(_watch(tag, tmp_path / "d", extra="keep = -1\n"))
+    bad = run_heapspy("daemon", "--config", str(path), "--check")
+    assert bad.returncode == 2
+    assert f'{path}: watch "w", key "keep": keep must be at least 1' in bad.stderr
+
+
+def test_help_teaches_the_config_format() -> None:
+    out = run_heapspy("daemon", "--help")
+    assert out.returncode == 0, out.stderr
+    # rich markup must not eat the table names
+    assert re.search(r"^ +\[\[watch\]\] *$", out.stdout, re.M), out.stdout
+    assert "a [daemon] table" in out.stdout
+    assert "heapspy daemon --config /etc/heapspy/heapspy.toml --check" in out.stdout
+
+
+def _systemd_analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    probe = subprocess.run([tool, "--version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"systemd-analyze does not run here: {probe.stderr.strip()}")
+    return tool
+
+
+def test_unit_file_verifies(tmp_path: Path) -> None:
+    tool = _systemd_analyze()
+    text = (REPO / "systemd" / "heapspy.service").read_text()
+    assert "ExecStart=/usr/local/bin/heapspy daemon --config /etc/heapspy/heapspy.toml" in text
+    exe = Path(sys.executable).parent / "heapspy"  # the venv's entry point stands in for it
+    unit = tmp_path / "heapspy.service"
+    unit.write_text(text.replace("/usr/local/bin/heapspy", str(exe)))
+    out = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["Type"] == "notify" and settings["KillMode"] == "mixed"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    cfg = load_config(REPO / "systemd" / "heapspy.toml") if _has_www_data() else None
+    stop = cfg.stop_timeout if cfg else 20.0
+    assert float(settings["TimeoutStopSec"].rstrip("s")) > stop
+    # a broken line is reported: the check above can fail
+    unit.write_text(text.replace("/usr/local/bin/heapspy", str(exe)).replace("=mixed", "=mixd"))
+    broken = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
+    assert "mixd" in broken.stderr
+
+
+def _has_www_data() -> bool:
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        return False
+    return True
