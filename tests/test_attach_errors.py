@@ -126,6 +126,8 @@ def test_bad_options_are_usage_errors() -> None:
         (("attach", "1", "--dump-on", "rss>lots"), "Invalid dump rule 'rss>lots'"),
         (("attach", "1", "--duration", "-5"), "Invalid duration"),
         (("attach", "1", "--keep", "0"), "--keep must be at least 1"),
+        (("attach", "1", "--method", "gdb"), "--method must be one of auto, pep768, ptrace"),
+        (("dump", "1", "--frames", "600"), "--frames must be between 1 and 512"),
     ]:
         out = run_heapspy(*args)
         assert out.returncode == 2, (args, out.stderr)

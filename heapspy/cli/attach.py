@@ -12,7 +12,7 @@ import typer
 
 from heapspy.cli import options
 from heapspy.cli.render import Spinner, top_table
-from heapspy.config import AttachConfig
+from heapspy.config import AttachConfig, check_method
 from heapspy.rules import parse_rule
 from heapspy.session import Session
 from heapspy.units import format_bytes, parse_size
@@ -119,7 +119,7 @@ def attach(
         attach_timeout=options.duration(attach_timeout, "attach timeout") or 10.0,
         thread=thread,
         nudge=nudge,
-        method=method,
+        method=check_method(method),
         dump_dir=dump_dir,
         final_dump=final_dump,
         dump_on=tuple(parse_rule(r) for r in dump_on),
