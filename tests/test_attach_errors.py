@@ -190,3 +190,27 @@ def test_permission_denied_names_the_fix(spawn: Spawn, tmp_path: Path) -> None:
 
 def test_old_target_script_exists() -> None:
     assert (TARGETS / "old_target.py").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as nobody")
+def test_root_without_cap_chown_is_told_what_is_missing(spawn: Spawn, tmp_path: Path) -> None:
+    """A hardened root (as under systemd's CapabilityBoundingSet) that lacks CAP_CHOWN
+    cannot give the agent's files to the target's user: a sentence, exit 7, no files."""
+    interp = next(iter(_outside_root()), None)
+    if interp is None:
+        pytest.skip("no interpreter that user nobody can run")
+    shared = Path(tempfile.mkdtemp(prefix="heapspy-nobody-"))
+    shared.chmod(0o777)
+    target = spawn(
+        interp, "probe_target.py", "busy", prefix=tuple(_as_nobody()), cwd=shared, probe_dir=shared
+    )
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-chown", "--inh-caps=-chown", sys.executable, "-m",
+         "heapspy", "attach", str(target.pid), "--duration", "1", "--dump-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 7, out.stderr
+    assert "CAP_CHOWN" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert heapspy_dirs_in_tmp(target.pid) == []
+    assert target.state()["modules"] == []
+    shutil.rmtree(shared, ignore_errors=True)

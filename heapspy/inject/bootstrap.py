@@ -199,6 +199,14 @@ def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float)
             os.chown(sock_host, *owner)
         listener.listen(4)
         listener.setblocking(False)
+    except PermissionError as exc:  # e.g. root without CAP_CHOWN or CAP_DAC_OVERRIDE
+        placement.cleanup()
+        raise PermissionDenied(
+            f"Cannot prepare the agent's files in {target_dir} for process {target.pid}: "
+            f"{exc.strerror}.",
+            hint="As root heapspy needs CAP_CHOWN and CAP_DAC_OVERRIDE to hand them to the "
+            "target's user; or run heapspy as that user.",
+        ) from None
     except BaseException:
         placement.cleanup()
         raise
