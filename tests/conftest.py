@@ -124,6 +124,16 @@ def _no_session_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     assert not left, f"session files left behind: {left}"
 
 
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll cond every 50 ms until it holds or timeout passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
 def run_heapspy(
     *args: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

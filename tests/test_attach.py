@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, heapspy_dirs_in_tmp
+from conftest import Target, heapspy_dirs_in_tmp, wait_for
 from interpreters import Interpreter, interpreter_params, py314
 
 from heapspy.config import AttachConfig
@@ -22,12 +22,7 @@ Spawn = Callable[..., Target]
 
 
 def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
+    return wait_for(cond, timeout)
 
 
 def _fds(state: dict[str, object]) -> list[str]:

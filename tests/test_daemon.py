@@ -28,7 +28,7 @@ from typing import Callable
 import psutil
 import pytest
 import typer
-from conftest import REPO, Target, heapspy_dirs_in_tmp, run_heapspy
+from conftest import REPO, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from interpreters import Interpreter, find_interpreters, py314
 from typer.testing import CliRunner
 
@@ -273,12 +273,7 @@ def _tag() -> str:
 
 
 def _wait(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
+    return wait_for(cond, timeout)
 
 
 class NotifySocket:
