@@ -11,7 +11,9 @@ swings of +-25 % in its own no-profiler control column. Here the comparison is p
 a much finer grain, inside one process per interpreter: for each of the same eleven
 pyperformance workloads (loaded by ``overhead_driver.py``), a block of N calls (about
 ``--block`` seconds) runs with the shim's hooks off, then on, on, off (ABBA, which also
-cancels a linear drift), for each rate, in every round. A block's hooks-on start and
+cancels a linear drift; BAAB in every other round, because the first block after another
+workload runs colder: ABBA alone showed a +0.5-1 % bias in the no-hook column), for each
+rate, in every round. A block's hooks-on start and
 stop are outside its timing, as the agent does them once per session; the agent's
 interval drain is measured apart (``agent_interval_cost.py``, ~1-2 ms a second).
 
@@ -85,11 +87,14 @@ def child(args: argparse.Namespace) -> int:
     calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
     ratios: dict[str, dict[str, list[float]]] = {column(r): {} for r in rates}
     samples: dict[str, int] = {}
-    for _ in range(args.rounds):
+    for rnd in range(args.rounds):
+        # ABBA in even rounds, BAAB in odd ones: a block that comes first after another
+        # workload runs colder, and the alternation gives that to off and on alike.
+        order = (False, True, True, False) if rnd % 2 == 0 else (True, False, False, True)
         for name, body in bodies.items():
             for rate in rates:
                 off = on = 0.0
-                for hooked in (False, True, True, False):
+                for hooked in order:
                     if hooked and rate is not None:
                         shim.start(rate, max_frames=args.frames)
                     elapsed = _block(body, calls[name])
@@ -129,8 +134,8 @@ def render(label: str, result: dict[str, Any], rounds: int, block: float) -> str
     cols = list(result["ratios"])
     workloads = sorted(next(iter(result["ratios"].values())))
     lines = [
-        f"== {label}: throughput hooks on / off, paired ABBA blocks of ~{block * 1000:.0f} ms, "
-        f"{rounds} rounds (1.000 = no slowdown) ==",
+        f"== {label}: throughput hooks on / off, paired ABBA/BAAB blocks of "
+        f"~{block * 1000:.0f} ms, {rounds} rounds (1.000 = no slowdown) ==",
         f"{'rate':14s}" + "".join(f"{c:>10s}" for c in cols),
     ]
     for w in workloads:
