@@ -236,6 +236,14 @@ static uint32_t *g_mstacks;
 static double *g_mweights;
 static uint64_t g_mcap, g_mcount;
 static unsigned g_mshift; /* 64 - log2(g_mcap): map_slot() keeps the product's top bits */
+/* Slot 0 of the map always holds this non-pointer, so that free(NULL) (whose slot is 0)
+ * takes the slow path without a test of its own on the fast path. */
+#define MAP_SENTINEL ((uintptr_t)1)
+/* What hs_free probes: the map's keys while a session runs, else a 2-slot table of
+ * sentinels (shift 63), so that the probe itself is the "are we running" test. */
+static const uintptr_t g_closed[2] = {MAP_SENTINEL, MAP_SENTINEL};
+static const uintptr_t *g_fkeys = g_closed;
+static unsigned g_fshift = 63;
 
 /* Drain buffers handed to the caller; only hs_read and hs_stop touch them. */
 static uint64_t *g_out_new, *g_out_codes, *g_out_changed;
@@ -336,6 +344,11 @@ static int map_alloc(uint64_t cap) {
     g_mweights = w;
     g_mcap = cap;
     g_mshift = 64u - (unsigned)__builtin_ctzll(cap);
+    k[0] = MAP_SENTINEL;
+    if (g_fkeys != g_closed) { /* growing while running: hs_free follows at once */
+        g_fkeys = k;
+        g_fshift = g_mshift;
+    }
     return 1;
 }
 
@@ -366,7 +379,7 @@ static int map_insert(void *ptr, uint32_t stack, uint64_t size, double w) {
             return 0;
         g_mcount = 0;
         for (uint64_t i = 0; i < ocap; i++)
-            if (ok[i])
+            if (ok[i] && ok[i] != MAP_SENTINEL)
                 map_put_raw(ok[i], ot[i], os[i], ow[i]);
         free(ok);
         free(os);
@@ -398,6 +411,8 @@ static int map_remove(void *ptr, uint32_t *stack, uint64_t *size, double *w) {
         uintptr_t k = g_mkeys[j];
         if (k == 0)
             break;
+        if (k == MAP_SENTINEL)
+            continue; /* never moves; the chains through it stay contiguous */
         uint64_t h = map_slot(k);
         /* k may move to the hole at i unless its home h lies cyclically in (i, j]. */
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
@@ -785,20 +800,25 @@ static void *hs_realloc(void *ctx, void *ptr, size_t size) {
     return p;
 }
 
-static __attribute__((noinline)) void free_sampled(hs_dom *d, void *ptr) {
-    forget(ptr);
+/* Everything but the common free: stopped (the closed table), free(NULL) (slot 0 holds the
+ * sentinel), a sampled block, or an unsampled one whose home slot is taken. */
+static __attribute__((noinline)) void free_slow(hs_dom *d, void *ptr) {
+    if (g_mode != 0 && ptr != NULL) {
+        d->free_count++; /* frees inside a capture too: they may be of sampled blocks */
+        forget(ptr);
+    }
     d->prev.free(d->prev.ctx, ptr);
 }
 
+/* One probe decides: an empty home slot proves the block is not sampled and that a
+ * session runs (see g_fkeys), so the free is counted and passed on. */
 static void hs_free(void *ctx, void *ptr) {
     hs_dom *d = ctx;
-    if (LIKELY(g_mode != 0) && ptr != NULL) {
-        d->free_count++; /* frees inside a capture too: they may be of sampled blocks */
-        if (UNLIKELY(might_be_sampled(ptr))) {
-            free_sampled(d, ptr);
-            return;
-        }
+    if (UNLIKELY(g_fkeys[((uint64_t)(uintptr_t)ptr * 0x9E3779B97F4A7C15ULL) >> g_fshift] != 0)) {
+        free_slow(d, ptr);
+        return;
     }
+    d->free_count++;
     d->prev.free(d->prev.ctx, ptr);
 }
 
@@ -901,17 +921,18 @@ static int np_unhook(void) {
     np_handler *h = g_np;
     if (h == NULL)
         return 0;
-    g_np = NULL;
     np_allocator *a = &h->allocator;
     if (np_is_ours(a)) {
         a->malloc = g_np_prev.malloc;
         a->calloc = g_np_prev.calloc;
         a->realloc = g_np_prev.realloc;
         a->free = g_np_prev.free;
-        return 0;
+    } else if (a->malloc == hs_np_malloc || a->calloc == hs_np_calloc ||
+               a->realloc == hs_np_realloc || a->free == hs_np_free) {
+        return 1; /* kept in g_np: a later hs_stop() looks again */
     }
-    return a->malloc == hs_np_malloc || a->calloc == hs_np_calloc ||
-           a->realloc == hs_np_realloc || a->free == hs_np_free;
+    g_np = NULL;
+    return 0;
 }
 
 static int is_ours(const py_allocator *a, hs_dom *d) {
@@ -948,6 +969,8 @@ static void free_out_buffers(void) {
 /* Drop every table and the references to code objects. Detach first, decref last: a
  * code object's deallocation may run arbitrary code (weakref callbacks) that reenters. */
 static void release_tables(void) {
+    g_fkeys = g_closed; /* before the keys are freed */
+    g_fshift = 63;
     void **codes = g_codes;
     uint32_t ncodes = g_nframes;
     free(g_stacks);
@@ -1096,7 +1119,9 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
         d->installed = 1;
     }
     g_mode = MODE_ACTIVE;
-    g_until = draw_gap(); /* opens the fast path: 0 until now */
+    g_until = draw_gap(); /* opens the fast paths: closed until now */
+    g_fshift = g_mshift;
+    g_fkeys = g_mkeys;
     g_state = HS_STATE_RUNNING;
     return HS_OK;
 }
@@ -1145,7 +1170,9 @@ HS_EXPORT int hs_stop(void) {
     if (g_state == HS_STATE_IDLE)
         return HS_ERR_NOT_RUNNING;
     g_mode = 0;
-    g_until = 0; /* closes the fast path */
+    g_until = 0; /* closes the fast paths */
+    g_fkeys = g_closed;
+    g_fshift = 63;
     int left = np_unhook();
     py_allocator cur;
     for (int i = 0; i < 2; i++) {
