@@ -189,7 +189,7 @@ def sampling_sigma(blocks: list[list[int]], rate: int) -> float:
     return math.sqrt(var) / total if total else 0.0
 
 
-def held(blocks: list[list[int]], tracked_blocks: float) -> float:
+def held(blocks: list[list[int]]) -> float:
     """Bytes the allocators hand out for these requests (pymalloc, glibc, mmap)."""
     out = 0
     for size, n in blocks:
@@ -199,7 +199,7 @@ def held(blocks: list[list[int]], tracked_blocks: float) -> float:
             out += n * ((size + 16 + 4095) // 4096 * 4096)
         else:
             out += n * max(32, (size + 8 + 15) // 16 * 16)
-    return out + tracked_blocks
+    return out
 
 
 def rows(runs: list[Run]) -> list[str]:
@@ -266,7 +266,7 @@ def exact_table(runs: list[Run]) -> tuple[str, list[dict[str, Any]]]:
         t = runs[0].truth[name]
         truth = statistics.mean(r.truth[name]["bytes"] for r in runs)
         est = statistics.mean(r.estimate[name] for r in runs)
-        h = held(t["blocks"], t["tracked"]) / t["bytes"] - 1
+        h = held(t["blocks"]) / t["bytes"] - 1
         lines.append(
             f"  {name:<22}{truth / 2**20:>10.2f}{est / 2**20:>11.2f}M{pct(est / truth - 1):>13}"
             f"{pct(h):>14}"

@@ -12,9 +12,8 @@ Truth, per function, is what that function retains, counted as Python's allocato
 were asked for it: ``sys.getsizeof`` of every retained object (header, GC header,
 buffer, and a list's over-allocated slots) and of the list that holds them, which the
 function grew by append. For each it also lists the allocator blocks (size -> count):
-a bytearray, list or ndarray is two blocks (object + buffer). A NumPy array's data
-buffer is allocated by NumPy itself and only reported to tracemalloc
-(``PyTraceMalloc_Track``); it is listed apart as ``tracked``.
+a bytearray, list or ndarray is two blocks (object + buffer; a NumPy array's buffer comes
+from NumPy's allocator handler, which the shim hooks).
 """
 
 import json
@@ -106,31 +105,26 @@ CASES = {
 
 
 def blocks(obj):
-    """(allocator blocks the hooks see, bytes only reported to tracemalloc) of one object."""
+    """The allocator blocks of one object."""
     size = sys.getsizeof(obj)
     if isinstance(obj, bytearray):
-        return [BYTEARRAY_HEAD, size - BYTEARRAY_HEAD], 0
+        return [BYTEARRAY_HEAD, size - BYTEARRAY_HEAD]
     if isinstance(obj, list):
-        return [EMPTY_LIST, size - EMPTY_LIST] if size > EMPTY_LIST else [size], 0
+        return [EMPTY_LIST, size - EMPTY_LIST] if size > EMPTY_LIST else [size]
     nbytes = getattr(obj, "nbytes", None)
     if nbytes is not None and getattr(obj, "base", None) is None:  # an ndarray owning its data
-        return [size - nbytes, nbytes], 0  # the object, and its buffer from NumPy's handler
-    return [size], 0
+        return [size - nbytes, nbytes]
+    return [size]
 
 
 def truth(keep):
     hist = {}
-    tracked = 0
     for obj in [keep, *keep]:
-        seen, hidden = blocks(obj)
-        tracked += hidden
-        for b in seen:
+        for b in blocks(obj):
             if b:
                 hist[b] = hist.get(b, 0) + 1
-    seen_bytes = sum(s * n for s, n in hist.items())
     return {
-        "bytes": seen_bytes + tracked,
-        "tracked": tracked,
+        "bytes": sum(s * n for s, n in hist.items()),
         "objects": len(keep),
         "blocks": sorted(hist.items()),
     }
