@@ -124,17 +124,21 @@ def test_same_qualified_name_in_both_modes(
     assert session.aggregator.top(1)[0][0].startswith("Shipper.buffer_line (method_target.py:")
 
 
-@pytest.mark.parametrize("when", ["early", "late"])
+@pytest.mark.parametrize(
+    ("when", "rate"), [("early", 64 * 1024), ("late", 64 * 1024), ("early", 1)],
+    ids=["sampled-early", "sampled-late", "exact"],
+)  # fmt: skip
 @pytest.mark.parametrize("interp", PAIR)
-def test_numpy_arrays_are_sampled_and_the_handler_restored(
-    interp: Interpreter, spawn: Spawn, tmp_path: Path, when: str
+def test_numpy_arrays_are_counted_and_the_handler_restored(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path, when: str, rate: int
 ) -> None:
     """48 MiB of NumPy buffers at hold_arrays show up in sampled mode (NumPy imported
-    before the attach, or after it: hooked at a later interval), and detach gives NumPy
+    before the attach, or after it: hooked at a later interval) and in exact mode (NumPy
+    reports them to tracemalloc; the totals' hook is on NumPy too), and detach gives NumPy
     its own handler back. Tolerance: ~4.5 sd of the estimate at 64 KiB (16 KiB blocks)."""
     site = numpy_site(interp)
     target = spawn(interp, "numpy_worker.py", when, env={"PYTHONPATH": str(site)})
-    config = AttachConfig(rate=64 * 1024, dump_dir=tmp_path, interval=0.3, final_dump=False)
+    config = AttachConfig(rate=rate, dump_dir=tmp_path, interval=0.3, final_dump=False)
     session = Session.attach(target.pid, config)
     try:
         deadline = time.monotonic() + 30
@@ -147,7 +151,7 @@ def test_numpy_arrays_are_sampled_and_the_handler_restored(
         session.run(duration=1.0)  # two more intervals after the build
     finally:
         session.detach()
-    assert session.aggregator.mode == "sampled"
+    assert session.aggregator.mode == ("exact" if rate == 1 else "sampled")
     assert not any("NumPy" in n for n in (session.info.notes if session.info else []))
     held = sum(
         site.live(session.aggregator.rate)[1]
