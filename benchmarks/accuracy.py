@@ -48,7 +48,6 @@ import math
 import os
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import Target, log, pick_interpreters, stream  # noqa: E402
-from interpreters import Interpreter  # noqa: E402
+from interpreters import Interpreter, install_numpy  # noqa: E402
 
 import heapspy.session  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
@@ -69,43 +68,11 @@ from heapspy.session import Session  # noqa: E402
 from heapspy.units import parse_size  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "targets" / "accuracy_target.py"
-NUMPY = "numpy==2.4.6"
 CASES = ("large_blocks", "medium_blocks", "small_objects", "appended_lists", "numpy_arrays")
 OTHER = "(other)"
 GOAL = 0.10
 GOAL_MIB = 50
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial one; assumed not raised in the target
-
-
-def provision_numpy(cache: Path, version: tuple[int, int]) -> tuple[Path | None, str]:
-    """numpy (binary wheel for that CPython) in its own folder, or None and why not."""
-    tag = f"cp{version[0]}{version[1]}"
-    site = cache / f"{NUMPY.replace('==', '-')}-{tag}"
-    if (site / "numpy" / "__init__.py").exists():
-        return site, ""
-    log(f"installing {NUMPY} for Python {version[0]}.{version[1]} into {site}")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            "--only-binary=:all:",
-            "--python-version",
-            f"{version[0]}.{version[1]}",
-            NUMPY,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = " ".join((proc.stderr + proc.stdout).strip().splitlines()[-2:])
-        return None, f"no {NUMPY} wheel for {tag}: {tail}"
-    return site, ""
 
 
 # --- one run ------------------------------------------------------------------------
@@ -364,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = list(args.cases)
         env = dict(os.environ)
         if "numpy_arrays" in cases:
-            site, why = provision_numpy(cache, interp.version)
+            site, why = install_numpy(interp.version, cache)
             if site is None:
                 print(f"{interp.label}: skipping numpy_arrays: {why}", flush=True)
                 cases.remove("numpy_arrays")

@@ -200,18 +200,29 @@ NUMPY_FOR = {(3, 8): "1.24.4", (3, 9): "2.0.2", (3, 10): "2.2.6"}
 NUMPY_LATEST = "2.4.6"
 
 
+def install_numpy(version: tuple[int, int], cache: Path | None = None) -> tuple[Path | None, str]:
+    """A folder holding the NumPy wheel for that CPython (installed with pip on first use),
+    or None and why not. Shared by the tests and the accuracy benchmark."""
+    numpy = NUMPY_FOR.get(version, NUMPY_LATEST)
+    tag = f"cp{version[0]}{version[1]}"
+    site = (cache or REPO / ".cache") / f"numpy-{numpy}-{tag}"
+    if (site / "numpy" / "__init__.py").exists():
+        return site, ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", str(site), "--only-binary=:all:", "--python-version",
+         f"{version[0]}.{version[1]}", f"numpy=={numpy}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        tail = " ".join((proc.stderr + proc.stdout).strip().splitlines()[-2:])
+        return None, f"no numpy {numpy} wheel for {tag}: {tail}"
+    return site, ""
+
+
 def numpy_site(interp: Interpreter) -> Path:
-    """A folder holding a NumPy wheel's contents for interp, installed on first use."""
-    version = NUMPY_FOR.get(interp.version, NUMPY_LATEST)
-    tag = f"cp{interp.version[0]}{interp.version[1]}"
-    site = REPO / ".cache" / f"numpy-{version}-{tag}"
-    if not (site / "numpy" / "__init__.py").exists():
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--target", str(site), "--only-binary=:all:", "--python-version",
-             interp.version_text, f"numpy=={version}"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            pytest.skip(f"numpy {version} for {tag} could not be installed: {proc.stderr[-300:]}")
+    """install_numpy for a test: skips it (saying why) when NumPy cannot be installed."""
+    site, why = install_numpy(interp.version)
+    if site is None:
+        pytest.skip(why)
     return site
