@@ -41,15 +41,6 @@ ROOT = HERE.parent
 NONE = "none"
 
 
-def parse_rate(text: str) -> int:
-    units = {"kib": 1 << 10, "mib": 1 << 20}
-    t = text.strip().lower()
-    for suffix, factor in units.items():
-        if t.endswith(suffix):
-            return int(float(t[: -len(suffix)]) * factor)
-    return int(t)
-
-
 def column(rate: int | None) -> str:
     if rate is None:
         return NONE
@@ -83,7 +74,7 @@ def child(args: argparse.Namespace) -> int:
     names = [n for n in args.workloads.split(",") if n]
     bodies = overhead_driver.prepare(args.bench_dir, names)
     shim = Shim.load(args.shim or None)
-    rates: list[int | None] = [None] + [parse_rate(r) for r in args.rates.split(",")]
+    rates: list[int | None] = [None] + [int(r) for r in args.rates.split(",")]  # bytes
     calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
     ratios: dict[str, dict[str, list[float]]] = {column(r): {} for r in rates}
     samples: dict[str, int] = {}
@@ -173,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     from harness import log, pick_interpreters  # noqa: PLC0415
     from overhead import WORKLOADS, provision_pyperformance  # noqa: PLC0415
 
+    from heapspy.units import parse_size  # noqa: PLC0415
+
+    rates = ",".join(str(parse_size(r, "rate")) for r in args.rates.split(",") if r.strip())
     site, bench_dir = provision_pyperformance(ROOT / ".cache" / "bench")
     workloads = args.workloads or ",".join(WORKLOADS)
     results = {}
@@ -182,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(
             interp.command(
                 str(Path(__file__).resolve()), "--child", "--bench-dir", str(bench_dir),
-                "--rates", args.rates, "--rounds", str(args.rounds), "--block",
+                "--rates", rates, "--rounds", str(args.rounds), "--block",
                 str(args.block), "--frames", str(args.frames), "--workloads", workloads,
                 "--shim", args.shim,
             ),
