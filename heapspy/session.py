@@ -551,6 +551,8 @@ class Session:
         info["heap_estimate"] = self.aggregator.heap_estimate()
         info["intervals"] = self.aggregator.intervals
         info["holder_pid"] = os.getpid()
+        info["rate"] = self.aggregator.rate  # as now, after any `heapspy rate`
+        info["frames"] = self.config.frames
         return info
 
     # --- closing ---------------------------------------------------------------

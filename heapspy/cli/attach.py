@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 from pathlib import Path
-from types import FrameType
 from typing import Optional
 
 import typer
@@ -13,9 +10,10 @@ import typer
 from heapspy.cli import options
 from heapspy.cli.render import Spinner, top_table
 from heapspy.config import AttachConfig, check_method
+from heapspy.foreground import run_foreground
 from heapspy.rules import parse_rule
 from heapspy.session import Session
-from heapspy.units import format_bytes, parse_size
+from heapspy.units import parse_size
 
 
 def attach(
@@ -132,57 +130,9 @@ def attach(
 
 def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
-    current: list[Session] = []
-    early: list[str] = []
-
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        # only record the request; the session loop acts on it
-        if signum == signal.SIGUSR1:
-            if current:
-                current[0].request_dump("signal")
-            return
-        reason = "interrupted" if signum == signal.SIGINT else "terminated"
-        if current:
-            current[0].request_stop(reason)
-        else:
-            early.append(reason)
-
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    previous = {s: signal.signal(s, on_signal) for s in signals}
-    try:
-        try:
-            session = Session.attach(pid, config, progress=spinner)
-        finally:
-            spinner.clear()
-        current.append(session)
-        info = session.info
-        assert info is not None
-        if not quiet:
-            print(
-                f"heapspy: attached to {pid} (Python {info.python}) via {info.method} in "
-                f"{info.latency_ms:.0f} ms; {info.mode} mode",
-                file=sys.stderr,
-                flush=True,
-            )
-            for note in info.notes:
-                print(f"heapspy: note: {note}", file=sys.stderr)
-        if early:
-            session.request_stop(early[0])
-        try:
-            reason = session.run(config.duration)
-        finally:
-            session.detach()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
     if not quiet:
-        agg = session.aggregator
-        print(
-            f"heapspy: detached from {pid} ({reason or session.end_reason}); live heap "
-            f"{format_bytes(agg.heap_estimate())} over {agg.intervals} intervals",
-            file=sys.stderr,
-        )
-        print(top_table(agg.top(10)))
+        print(top_table(session.aggregator.top(10)))
     return session
 
 

@@ -40,9 +40,10 @@ def daemon(
 
     Runs in the foreground (systemd's heapspy.service runs it), logging to
     stderr. Every few seconds it looks for processes matching a [\\[watch]]
-    of the config file and runs `heapspy attach PID` for each new one, so
-    `heapspy dump PID`, `heapspy rate PID` and `heapspy detach PID` work on
-    its sessions as on any other. Dumps go to each watch's dump_dir.
+    of the config file and profiles each new one as `heapspy attach PID`
+    would, in a process of its own (forked; named heapspy:PID in ps -o comm),
+    so `heapspy dump PID`, `heapspy rate PID` and `heapspy detach PID` work
+    on its sessions as on any other. Dumps go to each watch's dump_dir.
 
     SIGHUP reloads the file (a broken file is refused, the old one kept).
     SIGTERM detaches from every worker, each writing a final dump.

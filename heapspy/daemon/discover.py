@@ -4,8 +4,8 @@ A pid alone is not an identity: once a worker exits its pid can be given to a ne
 process. The start time (``create_time``, fixed for a process's life) makes the key
 unique, so a remembered verdict ("not Python", "retry at ...") never sticks to a newcomer.
 
-Never returned: pid 1, this process and its descendants (its own ``heapspy attach``
-children among them), and any process that runs heapspy.
+Never returned: pid 1, this process and its descendants (its own session
+processes among them), and any process that runs heapspy.
 """
 
 from __future__ import annotations

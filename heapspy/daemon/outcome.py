@@ -1,4 +1,4 @@
-"""What to do about a target once its ``heapspy attach`` child has exited.
+"""What to do about a target once its session process has exited.
 
 The child's exit code is the error class it met (``heapspy/errors.py``); together with
 whether the target still lives and how its session ended, that decides between

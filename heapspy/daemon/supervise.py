@@ -1,5 +1,6 @@
-"""The daemon's loop: scan for workers, run one ``heapspy attach`` child per target, read
-what the children say, decide what to do when one exits, and act on signals.
+"""The daemon's loop: scan for workers, fork one session process per target (the session
+``heapspy attach`` runs), read what the children say, decide what to do when one exits,
+and act on signals.
 
 Signal handlers only enqueue (and wake the loop through ``signal.set_wakeup_fd``); the
 loop dispatches them between two steps:
@@ -30,7 +31,7 @@ from typing import Callable
 import psutil
 
 from heapspy import control
-from heapspy.daemon.child import AttachChild, attach_argv, child_env
+from heapspy.daemon.child import AttachChild
 from heapspy.daemon.config import DaemonConfig, Watch, load_config
 from heapspy.daemon.discover import Found, Key, alive, scan
 from heapspy.daemon.outcome import Outcome, decide
@@ -98,7 +99,6 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.loader = loader
         self.entries: dict[Key, Entry] = {}
-        self._env = child_env()
         self._pending: list[int] = []  # signals received, in order
         self._draining = False
         self._forced = False
@@ -246,11 +246,10 @@ class Supervisor:
         self._young = young
 
     def _start(self, entry: Entry) -> None:
-        argv = attach_argv(entry.key[0], entry.watch.attach)
         try:
-            entry.child = AttachChild(argv, self._env)
+            entry.child = AttachChild(entry.key[0], entry.watch.attach)
         except OSError as exc:
-            log.error("%s cannot start heapspy attach: %s", entry.prefix, exc)
+            log.error("%s cannot start a session process: %s", entry.prefix, exc)
             self._schedule(entry)
             return
         entry.state = State.RUNNING
@@ -285,7 +284,7 @@ class Supervisor:
             del self.entries[entry.key]
             return
         outcome = decide(code, alive(entry.key), child.end_reason)
-        said = child.early or [f"heapspy attach exited with status {code}"]
+        said = child.early or [f"the session process exited with status {code}"]
         first = said[0].rstrip(".")
         if outcome is Outcome.FORGET:
             log.info("%s the process exited", entry.prefix)
@@ -347,7 +346,7 @@ class Supervisor:
         for entry in running:
             assert entry.child is not None
             log.warning(
-                "%s did not detach within %s: killing heapspy attach (pid %d); the agent "
+                "%s did not detach within %s: killing its session process (pid %d); the agent "
                 "switches itself off when it loses its peer",
                 entry.prefix,
                 _seconds(self.config.stop_timeout),
@@ -359,7 +358,7 @@ class Supervisor:
     def _force(self) -> None:
         running = self._running()
         log.warning(
-            "second stop signal: killing heapspy attach in %s now", _processes(len(running))
+            "second stop signal: killing the sessions of %s now", _processes(len(running))
         )
         for entry in running:
             assert entry.child is not None
@@ -373,10 +372,7 @@ class Supervisor:
             child = entry.child
             if child is None:
                 continue
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - it was SIGKILLed; do not hang on it
-                pass
+            child.wait(max(0.0, deadline - time.monotonic()))  # SIGKILLed: do not hang on it
             self._log_lines(entry, child.finish())
             entry.child = None
 
@@ -389,9 +385,7 @@ class Supervisor:
         deadline = time.monotonic() + self.config.stop_timeout
         for entry in running:
             assert entry.child is not None
-            try:
-                entry.child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001
+            if entry.child.wait(max(0.1, deadline - time.monotonic())) is None:
                 entry.child.kill()
         self._collect(running)
 
