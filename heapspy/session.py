@@ -553,6 +553,12 @@ class Session:
         info["holder_pid"] = os.getpid()
         info["rate"] = self.aggregator.rate  # as now, after any `heapspy rate`
         info["frames"] = self.config.frames
+        info["started"] = self.aggregator.started
+        last = self.aggregator.series[-1] if self.aggregator.series else None
+        info["rss"] = last.rss if last else None
+        info["dump_dir"] = str(self.config.dump_dir.resolve())
+        info["dumps"] = len(self.dumps)
+        info["last_dump"] = self.dumps[-1] if self.dumps else None
         return info
 
     # --- closing ---------------------------------------------------------------

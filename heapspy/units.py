@@ -43,3 +43,11 @@ def format_bytes(n: float) -> str:
             return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
         n /= 1024
     return f"{sign}{n:.1f} TiB"  # pragma: no cover
+
+
+def size_text(n: int) -> str:
+    """Bytes as the command line reads them back exactly: ``512KiB``, ``3MiB``, ``1000``."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)

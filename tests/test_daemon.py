@@ -10,6 +10,7 @@ test to seconds.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pwd
 import re
@@ -36,13 +37,14 @@ from typer.testing import CliRunner
 from heapspy import control
 from heapspy.cli import attach as attach_cli
 from heapspy.config import AttachConfig
-from heapspy.daemon.child import attach_argv, duration_text, size_text
+from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DaemonConfig, default_dump_root, load_config
 from heapspy.daemon.match import is_heapspy, unit_from_cgroup
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.session import Session
+from heapspy.units import size_text
 
 Spawn = Callable[..., Target]
 FAST = """
@@ -471,6 +473,11 @@ def test_daemon_attaches_to_workers_and_drains(
         assert child.name() in (f"heapspy:{early.pid}", f"heapspy:{late.pid}")
         assert child.ppid() == d.proc.pid
     assert {_holder(early.pid), _holder(late.pid)} == {c.pid for c in d.children()}
+    listed = json.loads(run_heapspy("status", "--format", "json").stdout)
+    assert {(r["target_pid"], r["holder_pid"]) for r in listed} == {
+        (early.pid, _holder(early.pid)), (late.pid, _holder(late.pid))
+    }
+    assert all("heapspy daemon" in r["holder_command"] for r in listed)
 
     out = run_heapspy("dump", str(late.pid))  # reaches the daemon's session
     assert out.returncode == 0, out.stderr

@@ -36,20 +36,13 @@ from heapspy.config import AttachConfig
 from heapspy.daemon.sdnotify import PRIVATE_ENV
 from heapspy.errors import HeapspyError
 from heapspy.foreground import run_foreground
+from heapspy.units import size_text
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 _MAX_LINE = 64 * 1024
 _ATTACHED = re.compile(r"^attached to (\d+) ")
 _DETACHED = re.compile(r"^detached from (\d+) \((.*)\); live heap ")
-
-
-def size_text(n: int) -> str:
-    """Bytes as the command line reads them back exactly: ``512KiB``, ``3MiB``, ``1000``."""
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return str(n)
 
 
 def duration_text(seconds: float) -> str:

@@ -1,0 +1,125 @@
+"""The live sessions of this user: which targets are profiled, by whom, and how.
+
+Every session keeps a lock file and a control socket in the runtime directory
+(``registry``); a lock file whose owner is gone is stale and skipped. Each live owner is
+asked for its status over its control socket, with a short timeout, so one slow or
+stuck owner shows as "not answering" instead of hanging the listing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from heapspy import control
+from heapspy.errors import HeapspyError, NoSession, UsageError
+from heapspy.registry import Holder, read_holder, runtime_dir
+from heapspy.units import format_bytes, size_text
+
+FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """One live session; ``status`` is what its owner said (empty if it did not answer)."""
+
+    target_pid: int
+    holder: Holder | None
+    status: dict[str, Any]
+    error: str = ""
+
+
+def check_format(output_format: str) -> str:
+    if output_format not in FORMATS:
+        raise UsageError(f"Unknown format {output_format!r}: use text or json.")
+    return output_format
+
+
+def _targets() -> list[int]:
+    return sorted(int(p.stem) for p in runtime_dir().glob("*.lock") if p.stem.isdigit())
+
+
+def session_status(pid: int, timeout: float = 2.0) -> SessionStatus | None:
+    """The session holding ``pid``, or None when there is none."""
+    holder = read_holder(pid)
+    try:
+        reply = control.request(pid, "status", timeout=timeout)
+    except NoSession:
+        return None
+    except (OSError, HeapspyError) as exc:  # there, but slow or broken: still a holder
+        return SessionStatus(pid, holder, {}, f"not answering ({exc})")
+    return SessionStatus(pid, holder, dict(reply.get("status") or {}))
+
+
+def list_sessions(pids: list[int] | None = None) -> list[SessionStatus]:
+    found = []
+    for pid in _targets() if pids is None else pids:
+        s = session_status(pid)
+        if s is not None:
+            found.append(s)
+    return found
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def _rate(st: dict[str, Any]) -> str:
+    if st.get("mode") == "exact":
+        return "exact"
+    rate = st.get("rate")
+    if rate == 0:
+        return "totals"
+    return size_text(rate) if isinstance(rate, int) else "?"
+
+
+def render_text(sessions: list[SessionStatus], now: float | None = None) -> str:
+    if not sessions:
+        return "No heapspy sessions (for this user).\n"
+    now = time.time() if now is None else now
+    head = ("TARGET", "HOLDER", "PYTHON", "MODE", "RATE", "UP", "RSS", "LIVE HEAP", "DUMPS")
+    rows = [head]
+    for s in sessions:
+        st = s.status
+        holder = str(st.get("holder_pid") or (s.holder.holder_pid if s.holder else "?"))
+        if s.error:
+            rows.append((str(s.target_pid), holder, "", "", "", "", "", "", s.error))
+            continue
+        rss = st.get("rss")
+        rows.append(
+            (
+                str(s.target_pid),
+                holder,
+                str(st.get("python", "?")),
+                f"{st.get('mode', '?')}/{st.get('method', '?')}",
+                _rate(st),
+                _age(now - float(st.get("started", now))),
+                format_bytes(int(rss)) if isinstance(rss, int) else "-",
+                format_bytes(int(st.get("heap_estimate", 0))),
+                f"{st.get('dumps', 0)} in {st.get('dump_dir', '?')}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def to_json(sessions: list[SessionStatus]) -> list[dict[str, Any]]:
+    out = []
+    for s in sessions:
+        item: dict[str, Any] = {"target_pid": s.target_pid, **s.status}
+        if s.holder is not None:
+            item.setdefault("holder_pid", s.holder.holder_pid)
+            item["holder_command"] = s.holder.command
+        if s.error:
+            item["error"] = s.error
+        out.append(item)
+    return out
