@@ -30,6 +30,8 @@ class AttachConfig:
     dump_on: tuple[Rule, ...] = ()
     keep: int | None = None  # retention: at most this many dumps in dump_dir
     max_bytes: int | None = None  # retention: at most this many bytes of dumps
+    # share of one core the agent may spend collecting; beyond it the interval stretches
+    collect_budget: float = 0.02
 
 
 # --- validation shared by the command line and the daemon's config file -------------

@@ -141,6 +141,7 @@ class Session:
         self._replies: dict[int, dict[str, Any]] = {}  # agent replies by command id
         self._next_beat = 0.0
         self._facts_count = 0
+        self._stretch_shown = 0.0  # the stretched interval last reported, 0: none
         self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
         self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
@@ -167,6 +168,7 @@ class Session:
             "rate": self.config.rate,
             "frames": self.config.frames,
             "interval": self.config.interval,
+            "collect_budget": self.config.collect_budget,
             "require_sampling": self.config.require_sampling,
         }
 
@@ -380,6 +382,7 @@ class Session:
         if kind == protocol.SAMPLES:
             agg = self.aggregator
             agg.apply(body)
+            self._note_stretch(agg.facts)
             point = agg.record(self._outside_facts())
             if self.on_samples is not None:
                 self.on_samples(self)
@@ -395,6 +398,26 @@ class Session:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
             self.end_reason = f"agent error: {body.get('message')}"
+
+    def _note_stretch(self, facts: dict[str, Any]) -> None:
+        """Say once, and again when it changes much, that the agent collects less often
+        than asked because collecting costs too much CPU in the target (exact mode on a
+        big heap); the agent decides, within its budget."""
+        every = float(facts.get("interval") or self.config.interval)
+        shown = self._stretch_shown or self.config.interval
+        if every > self.config.interval * 1.5 and not 0.67 < every / shown < 1.5:
+            log.warning(
+                "collecting took %.2f s of CPU in the target: the agent now collects every "
+                "%.3g s instead of %g s, to stay under %g%% of one core",
+                float(facts.get("collect_cpu") or 0.0),
+                every,
+                self.config.interval,
+                self.config.collect_budget * 100,
+            )
+            self._stretch_shown = every
+        elif every <= self.config.interval * 1.5 and self._stretch_shown:
+            log.info("collecting is cheap again: every %g s", self.config.interval)
+            self._stretch_shown = 0.0
 
     def _outside_facts(self) -> ProcessFacts:
         proc = self._proc
@@ -553,6 +576,7 @@ class Session:
         info["holder_pid"] = os.getpid()
         info["rate"] = self.aggregator.rate  # as now, after any `heapspy rate`
         info["frames"] = self.config.frames
+        info["interval"] = float(self.aggregator.facts.get("interval") or self.config.interval)
         info["started"] = self.aggregator.started
         last = self.aggregator.series[-1] if self.aggregator.series else None
         info["rss"] = last.rss if last else None

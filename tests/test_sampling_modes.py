@@ -161,3 +161,37 @@ def test_numpy_arrays_are_counted_and_the_handler_restored(
     assert abs(held - (48 << 20)) <= 0.15 * (48 << 20), held / 2**20
     state = target.state()
     assert state["modules"] == [] and state["handler"] == "default_allocator"
+
+
+def test_costly_collection_stretches_the_interval(
+    spawn: Spawn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exact mode on a big heap costs seconds of CPU per snapshot: the agent keeps its
+    collecting within a CPU budget by collecting less often (here a tiny budget makes a
+    small heap "big"); the default budget leaves a cheap session at its interval."""
+    target = spawn(None, "probe_target.py", "busy")
+    tight = AttachConfig(rate=1, dump_dir=tmp_path, interval=0.2, collect_budget=0.0005)
+    session = Session.attach(target.pid, tight)
+    try:
+        with caplog.at_level("WARNING", logger="heapspy"):
+            session.run(duration=3.0)
+        facts = dict(session.aggregator.facts)
+        intervals = session.aggregator.intervals
+        status = session.status()
+    finally:
+        session.detach()
+    spent = float(facts["collect_cpu"])
+    assert spent > 0
+    assert facts["interval"] >= max(1.0, spent / 0.0005 * 0.99), facts
+    assert status["interval"] == facts["interval"]
+    assert intervals <= 4, intervals  # 15 at 0.2 s without the budget
+    assert "the agent now collects every" in caplog.text
+    assert target.state()["tracing"] is False
+
+    session = Session.attach(target.pid, AttachConfig(rate=1, dump_dir=tmp_path))
+    try:
+        session.run(duration=3.5)
+    finally:
+        session.detach()
+    assert session.aggregator.facts["interval"] == 1.0
+    assert session.aggregator.intervals >= 3

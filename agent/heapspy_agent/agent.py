@@ -23,6 +23,10 @@ from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import Shim, ShimError
 
 PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is gone
+# At most this share of one core goes to collecting: a tracemalloc snapshot of a million
+# blocks costs seconds of CPU (and the GIL), so exact mode on a big heap collects less
+# often rather than slow the target down. Sampled mode costs ~1-2 ms per interval.
+COLLECT_BUDGET = 0.02
 HEARTBEAT = 0.5
 PAGE = 4096
 
@@ -75,6 +79,8 @@ class Agent:
         self.stopping = threading.Event()
         self.thread: Optional[threading.Thread] = None
         self.seq = 0
+        self.base_interval = self.interval = 1.0  # seconds; set from the config in _serve
+        self.budget = COLLECT_BUDGET
         self.shim: Optional[Shim] = None
         self.shim_problem = ""
         self._gc_base = [s.get("collections", 0) for s in gc.get_stats()]
@@ -165,11 +171,12 @@ class Agent:
     def _serve(self) -> None:
         sock = self.sock
         assert sock is not None
-        interval = float(self.config.get("interval", 1.0))
+        self.base_interval = self.interval = float(self.config.get("interval", 1.0))
+        self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
         now = time.monotonic()
         last_rx = now
         next_beat = now + HEARTBEAT
-        next_sample = now + interval
+        next_sample = now + self.interval
         for kind, body in self._pending:
             self._handle(kind, body)
         self._pending = []
@@ -192,8 +199,8 @@ class Agent:
                 self.reason = "heapspy stopped answering"
                 return
             if now >= next_sample:
-                self._send_samples()
-                next_sample = now + interval
+                self._send_samples(scheduled=True)
+                next_sample = now + self.interval
             if now >= next_beat:
                 self._send(protocol.HEARTBEAT, {})
                 next_beat = now + HEARTBEAT
@@ -219,9 +226,17 @@ class Agent:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)
 
-    def _send_samples(self) -> None:
+    def _send_samples(self, scheduled: bool = False) -> None:
+        """Collect and send what changed. A scheduled collection also sets when the next
+        one is due: not before its CPU time is within the budget again."""
         self.seq += 1
+        cpu = time.thread_time()
         body = self.collector.collect()
+        spent = time.thread_time() - cpu
+        if scheduled:
+            self.interval = self.base_interval
+            if self.budget > 0:
+                self.interval = max(self.base_interval, spent / self.budget)
         body["seq"] = self.seq
         body["facts"] = {
             "gc_counts": list(gc.get_count()),
@@ -229,6 +244,8 @@ class Agent:
                 s.get("collections", 0) - base for s, base in zip(gc.get_stats(), self._gc_base)
             ],
             "threads": threading.active_count(),
+            "collect_cpu": spent,
+            "interval": self.interval,  # until the next scheduled collection
         }
         self._send(protocol.SAMPLES, body)
 
