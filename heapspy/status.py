@@ -15,7 +15,7 @@ from typing import Any
 from heapspy import control
 from heapspy.errors import HeapspyError, NoSession, UsageError
 from heapspy.registry import Holder, read_holder, runtime_dir
-from heapspy.units import format_bytes, size_text
+from heapspy.units import format_age, format_bytes, size_text
 
 FORMATS = ("text", "json")
 
@@ -61,17 +61,6 @@ def list_sessions(pids: list[int] | None = None) -> list[SessionStatus]:
     return found
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d"
-
-
 def _rate(st: dict[str, Any]) -> str:
     if st.get("mode") == "exact":
         return "exact"
@@ -101,7 +90,7 @@ def render_text(sessions: list[SessionStatus], now: float | None = None) -> str:
                 str(st.get("python", "?")),
                 f"{st.get('mode', '?')}/{st.get('method', '?')}",
                 _rate(st),
-                _age(now - float(st.get("started", now))),
+                format_age(now - float(st.get("started", now))),
                 format_bytes(int(rss)) if isinstance(rss, int) else "-",
                 format_bytes(int(st.get("heap_estimate", 0))),
                 f"{st.get('dumps', 0)} in {st.get('dump_dir', '?')}",

@@ -51,3 +51,15 @@ def size_text(n: int) -> str:
         if n and n % factor == 0:
             return f"{n // factor}{unit}"
     return str(n)
+
+
+def format_age(seconds: float) -> str:
+    """How long, as tables show it: ``45s``, ``12m``, ``3h05m``, ``4d``."""
+    whole = max(0, int(seconds))
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m"
+    if whole < 172800:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d"

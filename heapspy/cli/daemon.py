@@ -17,6 +17,7 @@ from heapspy.daemon.discover import Found, scan
 from heapspy.daemon.supervise import run_daemon
 from heapspy.errors import HeapspyError
 from heapspy.registry import read_holder
+from heapspy.units import format_age
 
 CAP_SYS_PTRACE = 19
 
@@ -74,17 +75,6 @@ def daemon(
         raise typer.Exit(code)
 
 
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d"
-
-
 def _user(uid: int) -> str:
     try:
         import pwd
@@ -139,7 +129,7 @@ def _watch_lines(cfg: DaemonConfig, watch: Watch, found: list[Found]) -> list[st
             notes.append(f"held by heapspy pid {holder.holder_pid}")
         note = f"  ({'; '.join(notes)})" if notes else ""
         lines.append(
-            f"    {proc.pid:>7}  {_user(proc.uid):<10} up {_age(proc.age(wall)):<6} "
+            f"    {proc.pid:>7}  {_user(proc.uid):<10} up {format_age(proc.age(wall)):<6} "
             f"{proc.cmdline}{note}"  # whole: it is what the regexes see
         )
     return lines
