@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack
+from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
 from heapspy.scaling import scale
 from heapspy.symbolize import Symbolizer
 
@@ -34,6 +34,14 @@ class _Site:
         if self.estimate is not None:
             return self.estimate[2], self.estimate[3]
         return scale(self.inuse_objects, self.inuse_bytes, rate)
+
+    def allocated(self, rate: int) -> tuple[float, float]:
+        """Estimated (objects, bytes) allocated here since attach."""
+        if self.exact:
+            return float(self.alloc_objects), float(self.alloc_bytes)
+        if self.estimate is not None:
+            return self.estimate[0], self.estimate[1]
+        return scale(self.alloc_objects, self.alloc_bytes, rate)
 
 
 @dataclass(frozen=True)
@@ -188,17 +196,29 @@ class Aggregator:
             tuple((int(k), int(v)) for k, v in t.get("size_classes", [])),
         )
 
-    def top(self, n: int = 10) -> list[tuple[str, int, int]]:
-        """(function, live bytes, live objects) by function at the leaf, largest first."""
+    def top_sites(self, n: int, order: str = "inuse_space") -> list[TopRow]:
+        """The ``n`` leaf functions with the most live (``inuse_space``) or allocated
+        (``alloc_space``) bytes, largest first; functions with none left out."""
         by_func: dict[str, list[float]] = {}
         for site in self.sites.values():
-            if not site.stack or not site.inuse_bytes:
+            if not site.stack or not (site.inuse_objects or site.alloc_objects):
                 continue
             leaf = site.stack[-1]
             name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
             objs, size = site.live(self.rate)
-            acc = by_func.setdefault(name, [0.0, 0.0])
+            a_objs, a_size = site.allocated(self.rate)
+            acc = by_func.setdefault(name, [0.0, 0.0, 0.0, 0.0])
             acc[0] += size
             acc[1] += objs
-        rows = sorted(by_func.items(), key=lambda kv: -kv[1][0])[:n]
-        return [(name, int(v[0]), int(v[1])) for name, v in rows]
+            acc[2] += a_size
+            acc[3] += a_objs
+        key = 0 if order == "inuse_space" else 2
+        ranked = sorted(
+            ((name, v) for name, v in by_func.items() if round(v[key])),
+            key=lambda kv: (-kv[1][key], kv[0]),
+        )
+        return [TopRow(name, *(round(x) for x in v)) for name, v in ranked[:n]]
+
+    def top(self, n: int = 10) -> list[tuple[str, int, int]]:
+        """(function, live bytes, live objects) by function at the leaf, largest first."""
+        return [(r.function, r.inuse_bytes, r.inuse_objects) for r in self.top_sites(n)]

@@ -68,3 +68,15 @@ class HeapProfile:
     sampled: tuple[tuple[Stack, SiteCounts], ...] = ()
     exact: tuple[tuple[Stack, SiteCounts], ...] = ()
     comments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopRow:
+    """One leaf function's share of the heap, as live views and end-of-session tables
+    show it (estimated in sampled mode, exact in exact mode)."""
+
+    function: str  # the leaf function, with file:line where it allocates
+    inuse_bytes: int
+    inuse_objects: int
+    alloc_bytes: int  # since attach; exact mode: growth seen live between intervals
+    alloc_objects: int

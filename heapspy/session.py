@@ -480,6 +480,12 @@ class Session:
             return {"ok": True, "status": self.status()}
         if cmd == "rate":
             return self.set_rate(int(body.get("rate", -1)))
+        if cmd == "top":
+            from heapspy.top import top_view  # imports this module's aggregator only
+
+            order = str(body.get("order", "inuse_space"))
+            view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order)
+            return {"ok": True, "view": view.to_json()}
         if cmd == "dump":
             try:
                 path = self.write_dump(str(body.get("rule", "on-demand")), "heapspy dump")

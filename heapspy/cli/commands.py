@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "heapspy.cli.dump",
     "heapspy.cli.rate",
     "heapspy.cli.status",
+    "heapspy.cli.top",
     "heapspy.cli.daemon",
 )
 

@@ -1,11 +1,13 @@
-"""Terminal output helpers: a spinner that stays quiet when stderr is not a terminal."""
+"""Terminal output: a spinner that stays quiet when stderr is not a terminal, the
+end-of-session table and the screens of ``heapspy top``."""
 
 from __future__ import annotations
 
 import sys
 import time
 
-from heapspy.units import format_bytes
+from heapspy.top import TopView
+from heapspy.units import format_bytes, size_text
 
 
 class Spinner:
@@ -40,3 +42,47 @@ def top_table(rows: list[tuple[str, int, int]]) -> str:
     lines = [f"  {'live bytes':>12}  {'objects':>9}  function"]
     lines += [f"  {format_bytes(b):>12}  {n:>9}  {name}" for name, b, n in rows]
     return "\n".join(lines)
+
+
+def _signed(n: int) -> str:
+    if n == 0:
+        return "0"
+    return ("+" if n > 0 else "-") + format_bytes(abs(n))
+
+
+def top_screen(
+    pid: int, view: TopView, first: TopView, prev: TopView | None, order: str, shown: int
+) -> str:
+    """One refresh of ``heapspy top``: the target's numbers, then a line per function (the
+    first ``shown``) with its growth since the first view and since the previous one. The
+    views hold more functions than are shown, so that a function climbing into the
+    table is compared with what it had, not called new."""
+    when = time.strftime("%H:%M:%S", time.localtime(view.time))
+    how = "exact (tracemalloc)" if view.mode == "exact" else f"sampled every {size_text(view.rate)}"
+    if view.mode != "exact" and view.rate == 0:
+        how = "totals only (no stacks at rate 0)"
+    rss = format_bytes(view.rss) if view.rss is not None else "?"
+    lines = [
+        f"heapspy top  pid {pid}  {when}  {how}  intervals {view.intervals}",
+        f"RSS {rss}  live heap {format_bytes(view.heap)} ({_signed(view.heap - first.heap)} since "
+        f"start, {_signed(view.heap - (prev or first).heap)} since last)",
+        "",
+    ]
+    if not view.rows:
+        return "\n".join([*lines, "  (nothing recorded yet)", ""])
+    before = {r.function: r for r in first.rows}
+    last = {r.function: r for r in (prev or first).rows}
+    alloc = order == "alloc_space"
+    head = "allocated" if alloc else "live"
+    lines.append(f"  {head:>10}  {'since start':>11}  {'since last':>10}  {'objects':>9}  function")
+    for r in view.rows[:shown]:
+        value = r.alloc_bytes if alloc else r.inuse_bytes
+        b0, b1 = before.get(r.function), last.get(r.function)
+        v0 = (b0.alloc_bytes if alloc else b0.inuse_bytes) if b0 else None
+        v1 = (b1.alloc_bytes if alloc else b1.inuse_bytes) if b1 else None
+        objects = r.alloc_objects if alloc else r.inuse_objects
+        lines.append(
+            f"  {format_bytes(value):>10}  {_signed(value - v0) if v0 is not None else 'new':>11}  "
+            f"{_signed(value - v1) if v1 is not None else 'new':>10}  {objects:>9}  {r.function}"
+        )
+    return "\n".join([*lines, ""])

@@ -1,7 +1,8 @@
 """An attach target with a probe: SIGUSR2 makes it write its own state as JSON.
 
 Usage: probe_target.py MODE, MODE one of busy, sleep, sleep-worker, accept, lock,
-threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon.
+threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon,
+grow (keeps 64 KiB per 10 ms at grow_cache).
 Prints "READY <pid>" once set up. The probe file is named by $HEAPSPY_PROBE.
 Written for Python 3.8+.
 """
@@ -55,6 +56,10 @@ def churn():
     return [str(i) for i in range(50)]
 
 
+def grow_cache():
+    kept.append(bytearray(65536))
+
+
 def spin():
     x = 0.5
     while True:
@@ -90,6 +95,12 @@ if MODE in ("busy", "threads", "alloc", "workers"):
         retain_blocks() if len(kept) < 2000 else None
         churn()
         time.sleep(0.0005 if MODE == "busy" else 0.0001)
+elif MODE == "grow":  # 6.4 MiB/s retained at grow_cache, churn beside it
+    while True:
+        grow_cache() if len(kept) < 6000 else None
+        for _ in range(20):
+            churn()
+        time.sleep(0.01)
 elif MODE in ("sleep", "sleep-worker"):
     while True:
         time.sleep(3)

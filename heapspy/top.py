@@ -1,0 +1,111 @@
+"""A live view of the heap: the top allocation sites now, from a session's aggregator.
+
+The same ``TopView`` comes from a session in this process (``heapspy top`` attached
+itself) or from another one over its control socket (a hand-started or daemon-held
+session), so one renderer serves both; growth is worked out by the viewer, between the
+views it has seen, which keeps sessions free of per-viewer state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from heapspy import control
+from heapspy.errors import NoSession, UsageError
+from heapspy.model import TopRow
+
+if TYPE_CHECKING:
+    from heapspy.aggregate import Aggregator
+    from heapspy.session import Session
+
+ORDERS = ("inuse_space", "alloc_space")
+
+
+@dataclass(frozen=True)
+class TopView:
+    time: float
+    mode: str
+    rate: int
+    intervals: int
+    heap: int  # estimated live Python heap
+    rss: int | None
+    rows: tuple[TopRow, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> TopView:
+        rows = tuple(TopRow(**{k: r[k] for k in TopRow.__dataclass_fields__}) for r in body["rows"])
+        return cls(
+            time=float(body["time"]),
+            mode=str(body["mode"]),
+            rate=int(body["rate"]),
+            intervals=int(body["intervals"]),
+            heap=int(body["heap"]),
+            rss=None if body.get("rss") is None else int(body["rss"]),
+            rows=rows,
+        )
+
+
+def check_order(name: str) -> str:
+    if name not in ORDERS:
+        raise UsageError(f"Unknown order {name!r}: use {' or '.join(ORDERS)}.")
+    return name
+
+
+def top_view(agg: Aggregator, n: int, order: str = "inuse_space") -> TopView:
+    last = agg.series[-1] if agg.series else None
+    return TopView(
+        time=time.time(),
+        mode=agg.mode,
+        rate=agg.rate if agg.mode != "exact" else 1,
+        intervals=agg.intervals,
+        heap=agg.heap_estimate(),
+        rss=last.rss if last else None,
+        rows=tuple(agg.top_sites(n, order)),
+    )
+
+
+def remote_view(pid: int, n: int, order: str) -> TopView:
+    """The view from the session (of another process) that holds ``pid``."""
+    reply = control.request(pid, "top", timeout=10.0, n=n, order=order)
+    if not reply.get("ok"):
+        raise NoSession(f"The session holding {pid} did not answer `top`: {reply.get('error')}")
+    return TopView.from_json(reply["view"])
+
+
+def watch_remote(
+    pid: int, n: int, order: str, every: float, show: Callable[[TopView], None],
+    duration: float | None = None, stop: Callable[[], bool] = lambda: False,
+) -> None:  # fmt: skip
+    """Show the held session's view every ``every`` seconds until ``duration``, ``stop()``
+    or the session's end (NoSession)."""
+    t0 = time.monotonic()
+    while not stop():
+        show(remote_view(pid, n, order))
+        left = None if duration is None else duration - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            return
+        deadline = time.monotonic() + (every if left is None else min(every, left))
+        while time.monotonic() < deadline and not stop():
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def watch_session(
+    session: Session, n: int, order: str, every: float, show: Callable[[TopView], None],
+    duration: float | None = None,
+) -> str:  # fmt: skip
+    """Run a session of this process, showing its view every ``every`` seconds; returns
+    why it ended (the session's ``run`` reasons, or "duration elapsed")."""
+    t0 = time.monotonic()
+    while True:
+        left = None if duration is None else duration - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            return "duration elapsed"
+        reason = session.run(every if left is None else min(every, left))
+        show(top_view(session.aggregator, n, order))
+        if reason != "duration elapsed":
+            return reason
