@@ -38,6 +38,10 @@ def _rows(screen: list[str]) -> dict[str, tuple[int, str]]:
     return out
 
 
+def _heap(screen: list[str]) -> int:
+    return parse_size(screen[1].split("live heap ")[1].split(" (")[0].replace(" ", ""))
+
+
 @pytest.mark.parametrize(
     "pick",
     [
@@ -62,7 +66,7 @@ def test_top_attaches_itself_shows_growth_and_leaves_clean(
     live, since_start = last[leader]
     assert 10 << 20 < live < 60 << 20  # ~6.4 MiB/s for 4 s, sampled
     assert since_start.startswith("+") or since_start == "new"
-    heaps = [parse_size(s[1].split("live heap ")[1].split(" (")[0].replace(" ", "")) for s in screens]
+    heaps = [_heap(s) for s in screens]
     assert heaps[-1] > heaps[1]
     assert not any("churn" in f for f in last)  # churn is freed at once: not live
     # the session is gone and the target as it was
