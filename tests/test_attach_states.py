@@ -77,3 +77,22 @@ def test_lock_blocked_main_thread_on_314_suggests_ptrace(spawn: Spawn) -> None:
     assert out.returncode == 11, out.stderr
     assert "waiting on a futex" in out.stderr and "--method ptrace" in out.stderr
     assert heapspy_dirs_in_tmp(target.pid) == []
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_main_thread_inside_a_slow_import(interp: Interpreter, spawn: Spawn) -> None:
+    """The bootstrap runs wherever the interpreter checks for pending calls, here inside
+    the target's first `import json`, with json half-made in sys.modules. The agent,
+    which imports json, must wait for that import instead of taking the half-made
+    module (which failed with ImportError/AttributeError), and the target's own import
+    must finish as if nothing happened."""
+    target = spawn(interp, "slow_import.py", "2.5")
+    t0 = time.monotonic()
+    out = run_heapspy("attach", str(target.pid), "--duration", "1", "--no-final-dump")
+    assert out.returncode == 0, out.stderr
+    assert f"attached to {target.pid}" in out.stderr
+    assert time.monotonic() - t0 >= 2.0  # the agent could only start once json was done
+    assert target.proc.stdout is not None
+    assert target.proc.stdout.readline() == "IMPORTED\n"
+    assert target.proc.poll() is None
+    assert heapspy_dirs_in_tmp(target.pid) == []

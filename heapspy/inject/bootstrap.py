@@ -29,6 +29,10 @@ SHIM_GLOB = "_heapspy_shim*.so"
 _BOOT = """\
 # heapspy bootstrap: imports the agent heapspy placed beside this file; the agent then
 # deletes these files. Nothing may escape into the target, so every error is caught.
+# It runs where the interpreter ran it (a pending call, or a PEP 768 request), which can
+# be in the middle of one of the target's own imports: importing there would hand the
+# agent that module half-initialised. So all the work happens in a new thread, whose
+# imports wait for the target's to finish.
 def _heapspy_boot():
     import sys
     d = {dir!r}
@@ -57,13 +61,20 @@ def _heapspy_report(exc):
     s.close()
 
 
-try:
-    _heapspy_boot()
-except BaseException as _e:
+def _heapspy_run():
     try:
-        _heapspy_report(_e)
-    except BaseException:
-        pass
+        _heapspy_boot()
+    except BaseException as e:
+        try:
+            _heapspy_report(e)
+        except BaseException:
+            pass
+
+
+try:
+    __import__("_thread").start_new_thread(_heapspy_run, ())
+except BaseException:
+    pass
 """
 
 
