@@ -21,10 +21,12 @@ import uuid
 from pathlib import Path
 
 import psutil
-
 from harness import ROOT, log, pick_interpreters
 
-WORKER = "import sys, time\nwhile True:\n    x = [str(i) for i in range(1000)]\n    time.sleep(0.001)\n"
+WORKER = (
+    "import sys, time\nwhile True:\n    x = [str(i) for i in range(1000)]\n"
+    "    time.sleep(0.001)\n"
+)
 
 
 def mib(n: int) -> str:

@@ -34,7 +34,7 @@ from conftest import REPO, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from interpreters import Interpreter, find_interpreters, py314
 from typer.testing import CliRunner
 
-from heapspy import control
+from heapspy import control, registry
 from heapspy.cli import attach as attach_cli
 from heapspy.config import AttachConfig
 from heapspy.daemon.child import attach_argv, duration_text
@@ -742,3 +742,58 @@ def _has_www_data() -> bool:
     except KeyError:
         return False
     return True
+
+
+RECYCLER = """
+import subprocess, sys, time
+argv, tag, life, total = sys.argv[1:-3], sys.argv[-3], float(sys.argv[-2]), float(sys.argv[-1])
+work = "import time\\nkeep = []\\nwhile True:\\n    keep.append(bytearray(4096))\\n    " \\
+       "del keep[:-500]\\n    time.sleep(0.001)\\n"
+alive, end, n = [], time.monotonic() + total, 0
+while time.monotonic() < end:
+    alive.append((time.monotonic(), subprocess.Popen(argv + ["-c", work, tag, str(n)])))
+    n += 1
+    time.sleep(life / 2)  # two workers at a time, like a pre-fork server recycling them
+    for started, p in list(alive):
+        if time.monotonic() - started >= life:
+            p.terminate()
+            p.wait()
+            alive.remove((started, p))
+for _, p in alive:
+    p.terminate()
+    p.wait()
+print(n, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_daemon_follows_recycled_workers_without_leaking(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A pre-fork server recycling a worker every ~0.8 s for 25 s: the daemon attaches to
+    each, and ends up with no session process, zombie, descriptor or lock file left."""
+    interp = _ptrace_interp()
+    tag, dumps = _tag(), tmp_path / "dumps"
+    d = daemon(FAST + _watch(tag, dumps) + "final_dump = false\n")
+    d.wait_log(r"watching for")
+    daemon_proc = psutil.Process(d.proc.pid)
+    fds_before = daemon_proc.num_fds()
+    time.sleep(0.5)
+    uss_before = daemon_proc.memory_full_info().uss
+    recycler = subprocess.run(
+        [*interp.argv, "-c", RECYCLER, *interp.argv, tag, "1.6", "25"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert recycler.returncode == 0, recycler.stderr
+    workers = int(recycler.stdout)
+    assert workers >= 25
+    attached = d.count(r"\] attached to \d+ ")
+    assert attached >= workers * 0.8, d.log()[-3000:]
+    assert _wait(lambda: not daemon_proc.children(), 20), daemon_proc.children()
+    assert daemon_proc.num_fds() == fds_before
+    assert [f for f in registry.runtime_dir().glob("*") if f.suffix in (".lock", ".sock")] == []
+    uss_after = daemon_proc.memory_full_info().uss
+    assert uss_after - uss_before < 4 << 20, (uss_before, uss_after)
+    log = d.log()
+    assert "Traceback" not in log and "attach failed" not in log, log[-3000:]
+    assert d.stop() == 0
