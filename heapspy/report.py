@@ -261,16 +261,15 @@ def _int_field(totals: dict[str, Any], key: str, path: Path) -> int:
     return value
 
 
-def read_sidecar_totals(path: Path) -> tuple[str, Totals | None]:
-    """The sidecar's status and its exact totals (None unless the status is "found").
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar's JSON object, or None when there is no sidecar (a dump copied alone).
 
-    A missing sidecar, or one whose totals are null, is normal (dumps copied alone, a
-    session that counted nothing); a sidecar that is there but unreadable is an error.
+    A sidecar that is there but unreadable, or not a JSON object, is an error.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return SIDECAR_MISSING, None
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise DumpError(f"Cannot read the sidecar {path}: {exc}.") from exc
     try:
@@ -279,6 +278,23 @@ def read_sidecar_totals(path: Path) -> tuple[str, Totals | None]:
         raise DumpError(f"The sidecar {path} is not valid JSON ({exc}).") from exc
     if not isinstance(document, dict):
         raise DumpError(f"The sidecar {path} is not a JSON object.")
+    return document
+
+
+def read_sidecar_totals(path: Path) -> tuple[str, Totals | None]:
+    """The sidecar's status and its exact totals (None unless the status is "found").
+
+    A missing sidecar, or one whose totals are null, is normal (dumps copied alone, a
+    session that counted nothing); a sidecar that is there but unreadable is an error.
+    """
+    document = read_sidecar(path)
+    if document is None:
+        return SIDECAR_MISSING, None
+    return sidecar_totals(document, path)
+
+
+def sidecar_totals(document: dict[str, Any], path: Path) -> tuple[str, Totals | None]:
+    """The status and exact totals of a sidecar already read from ``path``."""
     totals = document.get("totals")
     if totals is None:
         return SIDECAR_NO_TOTALS, None
@@ -351,19 +367,27 @@ def estimate_totals(profile: DecodedProfile) -> Totals:
     )
 
 
+def complete_totals(profile: DecodedProfile, totals: Totals | None) -> Totals:
+    """The sidecar's exact totals, with what they lack taken from the profile.
+
+    Without sidecar totals everything is estimated from the profile; with them but
+    without freed bytes (sampled mode), only the live heap is.
+    """
+    if totals is None:
+        return estimate_totals(profile)
+    if totals.live_bytes < 0:
+        estimate = estimate_totals(profile)
+        return replace(totals, live_bytes=estimate.live_bytes, live_objects=estimate.live_objects)
+    return totals
+
+
 def build_report(config: ReportConfig) -> Report:
     """Read the dump and its sidecar and compute the summary and top table."""
     profile = read_profile(config.dump)
     index = resolve_sample_index(profile, config.sample_index, config.dump)
     sidecar = sidecar_path(config.dump)
     status, totals = read_sidecar_totals(sidecar)
-    if totals is None:
-        totals = estimate_totals(profile)
-    elif totals.live_bytes < 0:  # no freed bytes: take the live heap from the profile
-        estimate = estimate_totals(profile)
-        totals = replace(
-            totals, live_bytes=estimate.live_bytes, live_objects=estimate.live_objects
-        )
+    totals = complete_totals(profile, totals)
     sites = aggregate_sites(profile, index)
     total = sum(sample.values[index] for sample in profile.samples)
     name, unit = profile.sample_types[index]
@@ -384,9 +408,17 @@ def build_report(config: ReportConfig) -> Report:
     )
 
 
-def _format_time(nanos: int) -> str:
+def format_time(nanos: int) -> str:
+    """A profile's time (nanoseconds since the epoch) as ``2023-11-14 22:13:20 UTC``."""
     seconds = nanos / 1e9
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def describe_sampling(period: int) -> str:
+    """What a profile's period means: the mean bytes between samples, or exact."""
+    if period > 1:
+        return f"one sample every {format_bytes(period)} on average"
+    return "exact (every allocation recorded)"
 
 
 def _size_class_lines(classes: Iterable[tuple[int, int]]) -> list[str]:
@@ -417,11 +449,8 @@ def render_text(report: Report) -> str:
     lines = [f"Dump: {report.dump}"]
     if report.time_nanos:
         duration = f", over {report.duration_nanos / 1e9:.1f} s" if report.duration_nanos else ""
-        lines.append(f"Time: {_format_time(report.time_nanos)}{duration}")
-    if report.period > 1:
-        lines.append(f"Sampling: one sample every {format_bytes(report.period)} on average")
-    else:
-        lines.append("Sampling: exact (every allocation recorded)")
+        lines.append(f"Time: {format_time(report.time_nanos)}{duration}")
+    lines.append(f"Sampling: {describe_sampling(report.period)}")
     lines.extend(f"Comment: {comment}" for comment in report.comments)
     lines.append("")
     estimated = "figures below are estimated from the profile alone."

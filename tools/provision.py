@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Provision what heapspy's tests need beyond the virtualenv: Go's pprof and CPython 3.14.
+"""Provision what heapspy's tests need beyond the virtualenv: Go's pprof, Chromium, CPython 3.14.
 
 Run by ``make provision`` (a dependency of ``make test``). Standard library only,
-idempotent, and quick (one interpreter start-up) when everything is already in place.
+idempotent, and quick (one interpreter start-up, ``chromium --version``) when everything
+is already in place. Go (``golang-go``) and Chromium (``chromium``, which the
+``heapspy flamegraph`` tests drive headless) come from the system's own apt sources.
 
 CPython 3.14 comes from Debian unstable's binary packages, fetched with a *private* apt
 configuration so that unstable never enters the system's apt sources: its own
@@ -38,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +124,18 @@ def system_apt_install(packages: Sequence[str]) -> None:
     run(["apt-get", "install", "-y", "--no-install-recommends", *packages])
 
 
+def ensure_system_tool(find: Callable[[], str | None], package: str, why: str) -> str:
+    """The path of a tool from the system's own apt sources, installed when missing."""
+    found = find()
+    if found is None:
+        say(f"{package} is missing ({why}): installing it")
+        system_apt_install([package])
+        found = find()
+        if found is None:
+            raise ProvisionError(f"{package} installed but its binary is not found")
+    return found
+
+
 def go_binary() -> str | None:
     found = shutil.which("go")
     if found:
@@ -130,18 +144,38 @@ def go_binary() -> str | None:
 
 
 def ensure_pprof() -> None:
-    go = go_binary()
-    if go is None:
-        say("Go is missing (needed for `go tool pprof`): installing golang-go")
-        system_apt_install(["golang-go"])
-        go = go_binary()
-        if go is None:
-            raise ProvisionError("golang-go installed but no `go` binary found")
+    go = ensure_system_tool(go_binary, "golang-go", "needed for `go tool pprof`")
     probe = subprocess.run([go, "tool", "pprof", "-h"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise ProvisionError(f"`{go} tool pprof -h` failed:\n{probe.stdout}{probe.stderr}")
     version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
     say(f"pprof ok ({go}; {version})")
+
+
+# Where Debian's chromium package and others put the browser; tests/browser.py looks in
+# the same places.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_binary() -> str | None:
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def ensure_chromium() -> None:
+    """Chromium for the flame graph tests, which open the HTML in a real headless browser."""
+    browser = ensure_system_tool(
+        chromium_binary, "chromium", "the flamegraph tests render pages in it"
+    )
+    # --version starts no browser: it is the quick check that the binary runs at all
+    # (tests/browser.py probes a real headless page before using it).
+    probe = subprocess.run([browser, "--version"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        raise ProvisionError(f"`{browser} --version` failed:\n{probe.stdout}{probe.stderr}")
+    say(f"chromium ok ({browser}; {probe.stdout.strip()})")
 
 
 # --- CPython 3.14 from Debian unstable ----------------------------------------------------
@@ -425,10 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="re-fetch CPython 3.14")
     parser.add_argument("--skip-go", action="store_true", help="do not check Go's pprof")
+    parser.add_argument("--skip-chromium", action="store_true", help="do not check Chromium")
     args = parser.parse_args(argv)
     try:
         if not args.skip_go:
             ensure_pprof()
+        if not args.skip_chromium:
+            ensure_chromium()
         ensure_py314(force=args.force)
     except ProvisionError as exc:
         print(f"provision: FAILED: {exc}", file=sys.stderr)

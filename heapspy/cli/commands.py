@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "heapspy.cli.demo",
     "heapspy.cli.report",
     "heapspy.cli.diff",
+    "heapspy.cli.flamegraph",
     "heapspy.cli.dump",
     "heapspy.cli.rate",
     "heapspy.cli.status",
