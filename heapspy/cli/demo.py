@@ -9,6 +9,7 @@ import typer
 from heapspy.cli import options
 from heapspy.cli.render import top_table
 from heapspy.demo import default_config, run_demo
+from heapspy.flamegraph import FlamegraphConfig, write_flamegraph
 from heapspy.report import ReportConfig, build_report, render_text
 
 
@@ -22,7 +23,7 @@ def demo(
 
     The worker (heapspy.examples.leaky_worker) keeps lines in Shipper.buffer_line and
     churns short-lived dicts in parse_record. The top of the live heap should be the
-    former.
+    former. The dump is also written as a flame graph (x.pb.gz -> x.html).
 
     Example: heapspy demo --duration 10s
     """
@@ -35,8 +36,10 @@ def demo(
         print()
         print(render_text(build_report(ReportConfig(Path(path), top=5))), end="")
         print()
+        page = write_flamegraph(FlamegraphConfig(dump=Path(path))).output
         print(f"Read it again with: heapspy report {path}")
         print(f"               or: go tool pprof -top -sample_index=inuse_space {path}")
+        print(f"As a flame graph (open in a browser; works offline): {page}")
 
 
 def register(app: typer.Typer) -> None:
