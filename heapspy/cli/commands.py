@@ -6,18 +6,18 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = (
+COMMAND_MODULES = (  # in the order --help lists them: live sessions, then dumps, then the rest
     "heapspy.cli.attach",
-    "heapspy.cli.detach",
-    "heapspy.cli.demo",
-    "heapspy.cli.report",
-    "heapspy.cli.diff",
-    "heapspy.cli.flamegraph",
+    "heapspy.cli.top",
     "heapspy.cli.dump",
     "heapspy.cli.rate",
     "heapspy.cli.status",
-    "heapspy.cli.top",
+    "heapspy.cli.detach",
+    "heapspy.cli.report",
+    "heapspy.cli.diff",
+    "heapspy.cli.flamegraph",
     "heapspy.cli.daemon",
+    "heapspy.cli.demo",
 )
 
 
