@@ -68,7 +68,8 @@ def test_top_attaches_itself_shows_growth_and_leaves_clean(
     assert since_start.startswith("+") or since_start == "new"
     heaps = [_heap(s) for s in screens]
     assert heaps[-1] > heaps[1]
-    assert not any("churn" in f for f in last)  # churn is freed at once: not live
+    # churn is freed at once: at most a sample caught mid-call when the agent collected
+    assert all(v < live / 10 for f, (v, _) in last.items() if f.startswith("churn"))
     # the session is gone and the target as it was
     assert session_status(target.pid) is None
     assert wait_for(lambda: target.threads() == threads, 10)
@@ -96,8 +97,10 @@ def test_top_reads_a_held_session_and_leaves_it_running(spawn: Spawn, tmp_path: 
         assert len(screens) >= 3
         assert "allocated" in screens[-1][3]
         names = list(_rows(screens[-1]))
-        assert len(names) == 3
-        assert any(n.startswith("churn (probe_target.py:") for n in names), screens[-1]
+        assert 2 <= len(names) <= 3  # -n 3; the churn and the growth at least
+        # churn's list comprehension is a frame of its own before 3.12
+        assert any(n.startswith(("churn (", "churn.<locals>.<listcomp> (")) for n in names)
+        assert any(n.startswith("grow_cache (") for n in names), screens[-1]
         first = _rows(screens[0])
         for name, (value, _growth) in _rows(screens[-1]).items():
             if name in first:
