@@ -20,7 +20,7 @@ provision: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m heapspy demo
 
-# Everything, slow cycle and soak tests included: about 6 minutes on 2 cores.
+# Everything, slow cycle and soak tests included: about 8 minutes on 2 cores.
 test: provision lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
