@@ -98,7 +98,8 @@ def test_fallback_and_require_sampling(
     session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, final_dump=False))
     session.detach()
     assert session.info is not None and session.info.mode == "exact"
-    assert any("shim is not available" in n for n in session.info.notes)
+    notes = session.info.notes
+    assert any("shim is not available" in n and "--require-sampling" in n for n in notes)
     with pytest.raises(SamplingUnavailable, match="shim is not available"):
         Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, require_sampling=True))
     assert target.state()["modules"] == []

@@ -159,7 +159,11 @@ class Agent:
         if rate != 1:
             if self.config.get("require_sampling"):
                 raise RequirementError(problem)
-            self.notes.append(problem + "; using tracemalloc (exact mode, slower)")
+            self.notes.append(
+                problem + "; using tracemalloc instead (exact mode: every allocation is traced, "
+                "which slows allocation-heavy code several-fold; attach with "
+                "--require-sampling to refuse rather than fall back)"
+            )
         collector = TracemallocCollector(frames, self.directory)
         if self.shim is not None and not problem:
             try:  # exact totals: the shim at rate 0, chained on top of tracemalloc
