@@ -150,3 +150,23 @@ def run_heapspy(
 def heapspy_dirs_in_tmp(pid: int) -> list[str]:
     """Agent directories heapspy placed for ``pid`` that still exist."""
     return sorted(p.name for p in Path("/tmp").glob(f"heapspy-{pid}-*"))
+
+
+LEAKY_WORKER = Path(__file__).resolve().parent.parent / "heapspy" / "examples" / "leaky_worker.py"
+
+
+def attach_to_leaky_worker(
+    python: list[str], *attach_args: str
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Start the bundled leaking worker under ``python``, run ``heapspy attach PID
+    ATTACH_ARGS`` on it to completion, kill the worker; (worker pid, attach result)."""
+    worker = subprocess.Popen([*python, str(LEAKY_WORKER), "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().startswith("READY")
+        out = run_heapspy("attach", str(worker.pid), *attach_args, timeout=120)
+    finally:
+        worker.kill()
+        worker.wait()
+        assert worker.stdout is not None
+        worker.stdout.close()
+    return worker.pid, out

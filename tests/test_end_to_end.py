@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import attach_to_leaky_worker
 from gotool import top
 from interpreters import Interpreter, interpreter_params
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER = REPO / "heapspy" / "examples" / "leaky_worker.py"
 
 
 @pytest.mark.parametrize(
@@ -21,32 +21,10 @@ WORKER = REPO / "heapspy" / "examples" / "leaky_worker.py"
     [p for p in interpreter_params() if p.values[0].label in ("3.11-pyenv", "3.14-debian")],
 )
 def test_leak_is_found_by_every_reader(interp: Interpreter, tmp_path: Path) -> None:
-    worker = subprocess.Popen(interp.command(str(WORKER), "0"), stdout=subprocess.PIPE, text=True)
-    try:
-        assert worker.stdout is not None and worker.stdout.readline().startswith("READY")
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "heapspy",
-                "attach",
-                str(worker.pid),
-                "--duration",
-                "12",
-                "--dump-on",
-                "growth>5MiB/5s",
-                "--dump-dir",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        worker.kill()
-        worker.wait()
-        assert worker.stdout is not None
-        worker.stdout.close()
+    _pid, out = attach_to_leaky_worker(
+        list(interp.argv), "--duration", "12", "--dump-on", "growth>5MiB/5s",
+        "--dump-dir", str(tmp_path),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     dumps = sorted(tmp_path.glob("*.pb.gz"))
     threshold = [d for d in dumps if "-growth_5MiB_5s" in d.name]

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from browser import Browser, Page, file_url, require_browser
+from conftest import LEAKY_WORKER, attach_to_leaky_worker
 
 from heapspy.dumps import DumpWriter
 from heapspy.errors import DumpError, UsageError
@@ -40,7 +41,6 @@ from heapspy.pprof import read_profile
 from heapspy.report import ReportConfig, build_report
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER = REPO / "heapspy" / "examples" / "leaky_worker.py"
 
 MAIN = Frame("main", "/app/worker.py", 30)
 RUN = Frame("run", "/app/worker.py", 36)
@@ -595,19 +595,9 @@ def test_big_profile_opens_fast(tmp_path: Path, open_page: OpenPage) -> None:
 
 
 def test_real_attach_dump_in_the_browser(tmp_path: Path, open_page: OpenPage) -> None:
-    worker = subprocess.Popen([sys.executable, str(WORKER), "0"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert worker.stdout is not None and worker.stdout.readline().startswith("READY")
-        attached = subprocess.run(
-            [sys.executable, "-m", "heapspy", "attach", str(worker.pid), "--duration", "4",
-             "--rate", "64KiB", "--dump-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    finally:
-        worker.kill()
-        worker.wait()
-        assert worker.stdout is not None
-        worker.stdout.close()
+    worker_pid, attached = attach_to_leaky_worker(
+        [sys.executable], "--duration", "4", "--rate", "64KiB", "--dump-dir", str(tmp_path)
+    )
     assert attached.returncode == 0, attached.stderr
     (dump,) = tmp_path.glob("*-final.pb.gz")
     result = run_cli("flamegraph", dump, cwd=tmp_path)
@@ -623,7 +613,7 @@ def test_real_attach_dump_in_the_browser(tmp_path: Path, open_page: OpenPage) ->
         " t.nextElementSibling.textContent])"
     ))  # fmt: skip
     # the target's sys.argv, and its interpreter
-    assert facts["Process"] == f"pid {worker.pid}: {WORKER} 0"
+    assert facts["Process"] == f"pid {worker_pid}: {LEAKY_WORKER} 0"
     assert facts["Python"].startswith(f"{sys.version.split()[0]} (")
     assert facts["Rule"] == "final"
     assert facts["Total Allocated Memory"].endswith("(exact, from the sidecar)")
