@@ -39,6 +39,7 @@ from heapspy.registry import SessionLock
 from heapspy.rules import Observation, RuleEngine
 from heapspy.symbolize import Symbolizer
 from heapspy.target.process import PythonTarget, inspect_target
+from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
 
@@ -481,9 +482,9 @@ class Session:
         if cmd == "rate":
             return self.set_rate(int(body.get("rate", -1)))
         if cmd == "top":
-            from heapspy.top import top_view  # imports this module's aggregator only
-
             order = str(body.get("order", "inuse_space"))
+            if order not in ORDERS:
+                return {"ok": False, "error": f"unknown order {order!r}"}
             view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order)
             return {"ok": True, "view": view.to_json()}
         if cmd == "dump":
