@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
-from typing import Callable
+from typing import Any, Callable
 
 from heapspy.config import AttachConfig
 from heapspy.session import Progress, Session
@@ -21,6 +21,41 @@ from heapspy.units import format_bytes
 
 def _say(line: str) -> None:
     print(f"heapspy: {line}", file=sys.stderr, flush=True)
+
+
+class SignalRequests:
+    """SIGINT and SIGTERM as a request to stop (SIGUSR1, if asked, as a request for a
+    dump), made to the session once there is one and remembered until then; the previous
+    handlers come back on exit. Handlers only record: the session loop acts."""
+
+    def __init__(self, dumps: bool = True) -> None:
+        self.signals = (signal.SIGINT, signal.SIGTERM, *((signal.SIGUSR1,) if dumps else ()))
+        self.session: Session | None = None
+        self.reason = ""  # why a stop was asked for; "" while none was
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalRequests:
+        self._previous = {s: signal.signal(s, self._on_signal) for s in self.signals}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGUSR1:
+            if self.session is not None:
+                self.session.request_dump("signal")
+            return
+        self.reason = self.reason or ("interrupted" if signum == signal.SIGINT else "terminated")
+        if self.session is not None:
+            self.session.request_stop(self.reason)
+
+    def follow(self, session: Session) -> None:
+        """Direct requests to ``session`` from now on, and pass on one made before."""
+        self.session = session
+        if self.reason:
+            session.request_stop(self.reason)
 
 
 def run_foreground(
@@ -38,29 +73,12 @@ def run_foreground(
     The daemon reads the ``attached to PID`` and ``detached from PID (why)`` lines, so
     their wording is part of the interface.
     """
-    current: list[Session] = []
-    early: list[str] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGUSR1:
-            if current:
-                current[0].request_dump("signal")
-            return
-        reason = "interrupted" if signum == signal.SIGINT else "terminated"
-        if current:
-            current[0].request_stop(reason)
-        else:
-            early.append(reason)
-
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    previous = {s: signal.signal(s, on_signal) for s in signals}
-    try:
+    with SignalRequests() as requests:
         try:
             session = Session.attach(pid, config, progress=progress)
         finally:
             if attached is not None:
                 attached()
-        current.append(session)
         info = session.info
         assert info is not None
         if not quiet:
@@ -70,15 +88,11 @@ def run_foreground(
             )
             for note in info.notes:
                 say(f"note: {note}")
-        if early:
-            session.request_stop(early[0])
+        requests.follow(session)
         try:
             reason = session.run(config.duration)
         finally:
             session.detach()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if not quiet:
         agg = session.aggregator
         say(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from types import FrameType
 from typing import Optional
 
 import typer
@@ -14,6 +12,7 @@ from heapspy.cli import options
 from heapspy.cli.render import Spinner, top_screen
 from heapspy.config import AttachConfig
 from heapspy.errors import NoSession
+from heapspy.foreground import SignalRequests
 from heapspy.session import Session
 from heapspy.top import TopView, check_order, watch_remote, watch_session
 
@@ -67,23 +66,16 @@ def top(
         sys.stdout.write(("\033[H\033[2J" if tty else "") + screen + ("" if tty else "\n"))
         sys.stdout.flush()
 
-    stopped: list[str] = []
-
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        stopped.append("interrupted" if signum == signal.SIGINT else "terminated")
-        for s in current:
-            s.request_stop(stopped[0])
-
-    current: list[Session] = []
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with SignalRequests(dumps=False) as requests:
         try:
             control.request(pid, "status", timeout=5.0)
         except NoSession:
             pass
         else:
             try:
-                watch_remote(pid, fetch, order, period, show, limit, stop=lambda: bool(stopped))
+                watch_remote(
+                    pid, fetch, order, period, show, limit, stop=lambda: bool(requests.reason)
+                )
             except NoSession:
                 print(f"heapspy: the session holding {pid} has ended", file=sys.stderr)
             return
@@ -98,16 +90,11 @@ def top(
             session = Session.attach(pid, config, progress=spinner)
         finally:
             spinner.clear()
-        current.append(session)
-        if stopped:
-            session.request_stop(stopped[0])
+        requests.follow(session)
         try:
             watch_session(session, fetch, order, period, show, limit)
         finally:
             session.detach()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def register(app: typer.Typer) -> None:
