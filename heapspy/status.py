@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from heapspy import control
-from heapspy.errors import HeapspyError, NoSession, UsageError
+from heapspy.errors import HeapspyError, NoSession
 from heapspy.registry import Holder, read_holder, runtime_dir
 from heapspy.units import format_age, format_bytes, size_text
-
-FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -28,12 +26,6 @@ class SessionStatus:
     holder: Holder | None
     status: dict[str, Any]
     error: str = ""
-
-
-def check_format(output_format: str) -> str:
-    if output_format not in FORMATS:
-        raise UsageError(f"Unknown format {output_format!r}: use text or json.")
-    return output_format
 
 
 def _targets() -> list[int]:

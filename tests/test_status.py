@@ -127,4 +127,4 @@ def test_render_text_columns() -> None:
 
 def test_status_rejects_a_bad_format() -> None:
     out = run_heapspy("status", "--format", "yaml")
-    assert out.returncode == 2 and "use text or json" in out.stderr
+    assert out.returncode == 2 and "choose one of text, json" in out.stderr

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from heapspy.errors import NoSession
-from heapspy.status import check_format, list_sessions, render_text, to_json
+from heapspy.report import check_format
+from heapspy.status import list_sessions, render_text, to_json
 
 
 def status(
