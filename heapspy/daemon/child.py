@@ -5,14 +5,15 @@ handling and crashes stay with one target, and each child holds the target's reg
 lock, so ``heapspy dump PID``, ``heapspy rate PID`` and ``heapspy detach PID`` reach a
 daemon-managed session exactly as they reach a hand-started one.
 
-Forked, not exec'd: a fresh ``python -m heapspy attach`` costs ~32 MiB of private memory
-(the interpreter, typer, rich, pydantic, protobuf, psutil, pyelftools, all imported
-again), a child forked from the daemon, which has imported all of it already, ~6 MiB:
-the rest stays shared with the daemon. The daemon runs no other thread, so forking is
-safe; the child resets the daemon's signal handlers, closes every descriptor it does not
-need, freezes the inherited objects out of its garbage collector (so that collections do
-not write to, and unshare, the daemon's pages) and never returns into the daemon's code:
-it ends with ``os._exit``. Its process name (``comm``) is ``heapspy:PID``.
+Forked, not exec'd: a fresh ``python -m heapspy attach`` costs 25-32 MiB of private
+memory (the interpreter, typer, rich, pydantic, protobuf, psutil, pyelftools, all
+imported again), a child forked from the daemon, which has imported all of it already,
+~9 MiB (benchmarks/daemon_memory.py): the rest stays shared with the daemon. The daemon
+runs no other thread, so forking is safe; the child resets the daemon's signal handlers,
+closes every descriptor it does not need, freezes the inherited objects out of its
+garbage collector (so that collections do not write to, and unshare, the daemon's pages)
+and never returns into the daemon's code: it ends with ``os._exit``. Its process name
+(``comm``) is ``heapspy:PID``.
 
 Children die with the daemon: ``PR_SET_PDEATHSIG`` sends each one SIGTERM if the daemon
 is killed, and a child detaches cleanly on SIGTERM (final dump included).
