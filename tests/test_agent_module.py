@@ -46,3 +46,43 @@ def test_oversized_frame_is_refused() -> None:
     reader = protocol.FrameReader()
     with pytest.raises(protocol.ProtocolError):
         reader.feed(protocol.HEADER.pack(protocol.MAX_FRAME + 1, 1))
+
+
+_GROUPING = """
+import sys, tracemalloc
+sys.path[:0] = [%r]
+from heapspy_agent.exact import _group_by_traceback
+tracemalloc.start(8)
+def leaf(n):
+    return [bytearray(n) for _ in range(300)]
+def mid(n):
+    return leaf(n) + leaf(n * 2)
+kept = [mid(100), mid(1000), leaf(5000)]
+raw = tracemalloc._get_traces()
+tracemalloc._get_traces = lambda: raw  # both read the same traces
+fast = _group_by_traceback()
+stats = tracemalloc.Snapshot(raw, 8).statistics("traceback")
+slow = {tuple((f.filename, f.lineno) for f in st.traceback): (st.count, st.size) for st in stats}
+tracemalloc.stop()
+ours = {key: (count, size) for count, size, key in fast}
+mine = {k: v for k, v in ours.items() if k[-1][0] == "<string>"}
+want = {k: v for k, v in slow.items() if k[-1][0] == "<string>"}
+assert mine == want, (sorted(mine.items()), sorted(want.items()))
+in_leaf = [(k, v) for k, v in mine.items() if k[-1] == ("<string>", 7)]
+assert len(in_leaf) == 2, in_leaf  # leaf() called from mid() and from the module
+assert all(k[0][0] == "<string>" and k[0][1] == 10 for k, _ in in_leaf), in_leaf  # root first
+assert sum(v[1] for _, v in in_leaf) >= 300 * (100 + 200 + 1000 + 2000 + 5000)
+print(len(mine))
+"""
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_exact_grouping_matches_tracemalloc_statistics(interp: Interpreter) -> None:
+    """Exact mode groups tracemalloc's raw traces itself (Snapshot.statistics is ~9x
+    slower): the groups, their frame order (oldest first) and sums must be tracemalloc's."""
+    code = _GROUPING % str(agent_source_dir().parent)
+    out = subprocess.run(
+        interp.command("-I", "-c", code), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 2

