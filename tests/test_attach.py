@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ def _clean(target: Target, before: dict[str, object], threads: int) -> None:
     after = target.state()
     assert after["modules"] == [] and after["path"] == [] and after["main_globals"] == []
     assert after["tracing"] is False
+    assert after["agent_objects"] == []  # e.g. none held by a leftover atexit entry
     assert after["threads"] == before["threads"]
     assert _fds(after) == _fds(before)
     assert heapspy_dirs_in_tmp(target.pid) == []
@@ -129,7 +132,9 @@ def test_detach_command_ends_another_session(
 def test_agent_switches_off_when_heapspy_is_killed(
     interp: Interpreter, spawn: Spawn, tmp_path: Path
 ) -> None:
-    target = spawn(interp, "probe_target.py", "busy")
+    """... even in a target that restored SIGPIPE's default action: the agent's writes to
+    the dead peer must not kill it (they would, but for MSG_NOSIGNAL)."""
+    target = spawn(interp, "probe_target.py", "busy", env={"SIGPIPE_DEFAULT": "1"})
     before = target.state()
     threads = target.threads()
     holder = _heapspy("attach", str(target.pid), "--dump-dir", str(tmp_path))
@@ -148,6 +153,69 @@ def test_agent_switches_off_when_heapspy_is_killed(
     # SIGKILL left the dead holder's lock and socket behind: a new attach must not mind
     again = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, final_dump=False))
     again.detach()
+
+
+def _exit_while_attached(
+    interp: Interpreter | None, rate: int, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A worker that exits between two collections: its atexit callback sends what it
+    holds then, so the final dump shows the 32 MiB it kept in its last moment."""
+    target = spawn(interp, "probe_target.py", "last-words")
+    config = AttachConfig(dump_dir=tmp_path, interval=600.0, rate=rate)
+    session = Session.attach(target.pid, config)
+    try:
+        session.run(duration=0.3)
+        os.kill(target.pid, signal.SIGUSR1)
+        reason = session.run(duration=20)
+    finally:
+        session.detach()
+    assert reason == "target exited (its last state was collected at interpreter exit)"
+    assert target.proc.wait(timeout=10) == 0
+    sites = {name: live for name, live, *_ in session.aggregator.top(5)}
+    (site,) = [s for s in sites if s.startswith("last_words (probe_target.py:")]
+    assert 16 << 20 < sites[site] < 64 << 20, sites
+    (dump,) = session.dumps
+    decoded = decode_profile(Path(dump).read_bytes())
+    assert any(s.stack[-1].function.endswith("last_words") for s in decoded.samples)
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_what_an_exiting_target_holds_is_in_the_final_dump(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    _exit_while_attached(interp, 512 * 1024, spawn, tmp_path)
+
+
+def test_exact_mode_collects_at_exit_too(spawn: Spawn, tmp_path: Path) -> None:
+    _exit_while_attached(None, 1, spawn, tmp_path)  # heapspy's own interpreter
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_a_forked_child_runs_and_exits_free_of_the_agent(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A child forked while attached (a pre-fork server's worker) inherits the hooks but
+    not the agent's thread: they go quiet in it, and its exit, atexit callbacks
+    included, must neither fail nor talk to heapspy. The parent stays profiled."""
+    target = spawn(interp, "probe_target.py", "fork")
+    before = target.state()
+    threads = target.threads()
+    session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, interval=0.2))
+    try:
+        session.run(duration=0.5)
+        os.kill(target.pid, signal.SIGUSR1)
+        status = Path(f"{target.probe}.status")
+        assert wait_for(status.exists, timeout=20)
+        assert wait_for(lambda: status.read_text() != "", timeout=5)
+        assert int(status.read_text()) == 0  # exited with 0, not killed by a signal
+        child = json.loads(Path(f"{target.probe}.child").read_text())
+        assert child["threads"] == before["threads"]  # no agent thread in the child
+        seen = session.aggregator.intervals
+        assert session.run(duration=1.0) == "duration elapsed"
+        assert session.aggregator.intervals > seen  # the parent's agent still sends
+    finally:
+        session.detach()
+    _clean(target, before, threads)
 
 
 def test_sigterm_detaches_cleanly(spawn: Spawn, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ vanishing, an error) goes through ``Agent._shutdown``, which stops profiling, cl
 socket and drops the agent's modules, so the target goes back to what it was.
 """
 
+import atexit
 import gc
 import json
 import os
@@ -29,6 +30,13 @@ PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is g
 COLLECT_BUDGET = 0.02
 HEARTBEAT = 0.5
 PAGE = 4096
+# The target's exit waits for one last collection only if collections are this cheap
+# (sampled mode: ~1-2 ms; exact mode on a big heap: up to ~1 s, then it is skipped).
+EXIT_COLLECT_MAX = 0.25
+# Every send says MSG_NOSIGNAL: a target that restored SIGPIPE's default action (CLI
+# tools, some servers do) would otherwise be killed by our first write after heapspy
+# died, instead of us noticing EPIPE and switching off.
+NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 _active: "Optional[Agent]" = None
 
@@ -77,6 +85,12 @@ class Agent:
         self.reason = "detached"
         self.notes: List[str] = []
         self.stopping = threading.Event()
+        # Held while a frame is written, and across a collection and its sending: the
+        # target's main thread sends the last samples at exit while this thread may be
+        # mid-collection, and samples carry absolute values, so they must not cross.
+        self._lock = threading.RLock()
+        self._last_collect_cpu = 0.0
+        self._exit_hook = False
         self.thread: Optional[threading.Thread] = None
         self.seq = 0
         self.base_interval = self.interval = 1.0  # seconds; set from the config in _serve
@@ -144,6 +158,8 @@ class Agent:
                 "tracemalloc_owned": getattr(self.collector, "owned", None),
             },
         )
+        atexit.register(self._at_exit)
+        self._exit_hook = True
 
     def _make_collector(self) -> Any:
         rate = int(self.config.get("rate", 1))
@@ -230,13 +246,42 @@ class Agent:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)
 
-    def _send_samples(self, scheduled: bool = False) -> None:
+    def _at_exit(self) -> None:
+        """The target is exiting (its atexit callbacks run): send what it holds now, which
+        is what a user of a short-lived or crashing-out worker wants to see, then say why
+        the connection ends. Never holds the exit up for long: skipped when collections
+        are costly, and at most ~1 s waiting for the agent thread or the socket."""
+        if _active is not self or self.stopping.is_set():
+            return  # a forked child's copy, or already detaching
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
+            self.stopping.set()
+            assert self.sock is not None
+            self.sock.settimeout(1.0)
+            if self.collector is not None and self._last_collect_cpu <= EXIT_COLLECT_MAX:
+                self._send_samples(exiting=True)
+            self.reason = "target exited (its last state was collected at interpreter exit)"
+            self._send(protocol.BYE, {"reason": self.reason})
+        except Exception:  # noqa: BLE001 - nothing may escape into the target's exit
+            pass
+        finally:
+            self._lock.release()
+
+    def _send_samples(self, scheduled: bool = False, exiting: bool = False) -> None:
         """Collect and send what changed. A scheduled collection also sets when the next
         one is due: not before its CPU time is within the budget again."""
+        with self._lock:
+            if self.collector is None:
+                return
+            self._collect_and_send(scheduled, exiting)
+
+    def _collect_and_send(self, scheduled: bool, exiting: bool) -> None:
         self.seq += 1
         cpu = time.thread_time()
         body = self.collector.collect()
         spent = time.thread_time() - cpu
+        self._last_collect_cpu = spent
         if scheduled:
             self.interval = self.base_interval
             if self.budget > 0:
@@ -251,11 +296,15 @@ class Agent:
             "collect_cpu": spent,
             "interval": self.interval,  # until the next scheduled collection
         }
+        if exiting:
+            body["facts"]["exiting"] = True
         self._send(protocol.SAMPLES, body)
 
     def _send(self, kind: int, body: Dict[str, Any]) -> None:
         assert self.sock is not None
-        self.sock.sendall(protocol.encode(kind, body))
+        data = protocol.encode(kind, body)
+        with self._lock:
+            self.sock.sendall(data, NOSIGNAL)
 
     def _send_quietly(self, kind: int, body: Dict[str, Any]) -> None:
         try:
@@ -269,6 +318,7 @@ class Agent:
         """Undo everything, then say goodbye: once heapspy sees the socket close, the
         target is back as it was (only this thread's last instructions remain)."""
         global _active
+        self._forget_exit_hook()
         if self.collector is not None:
             try:
                 self.collector.stop()
@@ -293,6 +343,15 @@ class Agent:
                 pass
 
 
+    def _forget_exit_hook(self) -> None:
+        if self._exit_hook:
+            self._exit_hook = False
+            try:
+                atexit.unregister(self._at_exit)
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: Any) -> None:
     """Tell a second heapspy why this agent will not start, then go away."""
     try:
@@ -300,10 +359,10 @@ def _report_refusal(config: Dict[str, Any], code: str, message: str, **extra: An
         sock.settimeout(2.0)
         sock.connect(config["socket"])
         hello = {"version": protocol.VERSION, "token": config["token"], "pid": os.getpid()}
-        sock.sendall(protocol.encode(protocol.HELLO, hello))
+        sock.sendall(protocol.encode(protocol.HELLO, hello), NOSIGNAL)
         body = {"code": code, "message": message}
         body.update(extra)
-        sock.sendall(protocol.encode(protocol.ERROR, body))
+        sock.sendall(protocol.encode(protocol.ERROR, body), NOSIGNAL)
         sock.close()
     except Exception:  # noqa: BLE001
         pass
@@ -321,6 +380,7 @@ def _after_fork_in_child() -> None:
     if agent is None:
         return
     _active = None
+    agent._forget_exit_hook()  # the child's copy of our atexit entry
     try:
         if agent.collector is not None:
             agent.collector.stop(wait=0.0)  # the threads the shim may wait for are gone

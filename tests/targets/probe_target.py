@@ -2,11 +2,14 @@
 
 Usage: probe_target.py MODE, MODE one of busy, sleep, sleep-worker, accept, lock,
 threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon,
-grow (keeps 64 KiB per 10 ms at grow_cache).
+grow (keeps 64 KiB per 10 ms at grow_cache), last-words (on SIGUSR1: keeps 32 MiB at
+last_words, then exits), fork (on SIGUSR1: forks a child that allocates, writes its
+probe to $HEAPSPY_PROBE.child and exits; the parent writes its wait status to .status).
 Prints "READY <pid>" once set up. The probe file is named by $HEAPSPY_PROBE.
 Written for Python 3.8+.
 """
 
+import gc
 import json
 import os
 import signal
@@ -41,6 +44,12 @@ def probe(_sig, _frame):
         "path": [p for p in sys.path if "heapspy" in p],
         "main_globals": sorted(k for k in globals() if k.startswith("_heapspy")),
         "kept": len(kept),
+        # instances of the agent's classes still alive (e.g. held by an atexit entry)
+        "agent_objects": sorted(
+            type(o).__name__
+            for o in gc.get_objects()
+            if getattr(type(o), "__module__", "").startswith("heapspy_agent")
+        ),
     }
     path = os.environ["HEAPSPY_PROBE"]
     with open(path + ".tmp", "w") as f:
@@ -69,6 +78,8 @@ def spin():
 
 
 signal.signal(signal.SIGUSR2, probe)
+if os.environ.get("SIGPIPE_DEFAULT"):  # as CLI tools and some servers do: EPIPE kills
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 if MODE == "threads":
     for _ in range(8):
@@ -132,6 +143,38 @@ elif MODE == "gil-hog":
     while True:
         sum(map(abs, range(int(os.environ.get("HOG", "200000000")))))
         time.sleep(0.2)
+elif MODE == "last-words":  # churns until SIGUSR1, then keeps 32 MiB and exits
+    told = []
+    signal.signal(signal.SIGUSR1, lambda *_: told.append(1))
+
+    def last_words():
+        words = []
+        for _ in range(8192):  # a loop: before 3.12 a comprehension is a frame of its own
+            words.append(bytearray(4096))  # noqa: PERF401
+        return words
+
+    while not told:
+        churn()
+        time.sleep(0.001)
+    hoard = last_words()
+    sys.exit(0)
+elif MODE == "fork":  # on SIGUSR1: fork a child that allocates, probes itself, exits
+    told = []
+    signal.signal(signal.SIGUSR1, lambda *_: told.append(1))
+    while True:
+        churn()
+        time.sleep(0.001)
+        if told:
+            told.clear()
+            child = os.fork()
+            if child == 0:
+                kept.extend(bytearray(4096) for _ in range(2048))
+                os.environ["HEAPSPY_PROBE"] += ".child"
+                probe(None, None)
+                sys.exit(0)  # runs the child's atexit callbacks
+            _, status = os.waitpid(child, 0)
+            with open(os.environ["HEAPSPY_PROBE"] + ".status", "w") as f:
+                f.write(str(status))
 elif MODE == "exit-soon":
     time.sleep(float(os.environ.get("EXIT_AFTER", "0.2")))
     sys.exit(0)
