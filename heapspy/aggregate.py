@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
-from heapspy.scaling import scale
+from heapspy.scaling import sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
 
@@ -150,6 +150,11 @@ class Aggregator:
             self.series.popleft()
         return point
 
+    @property
+    def sampled(self) -> bool:
+        """Whether the figures are estimates from sampling (and so have sampling errors)."""
+        return self.mode != "exact" and self.rate > 1
+
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
         return int(sum(site.live(self.rate)[1] for site in self.sites.values()))
@@ -198,7 +203,11 @@ class Aggregator:
 
     def top_sites(self, n: int, order: str = "inuse_space") -> list[TopRow]:
         """The ``n`` leaf functions with the most live (``inuse_space``) or allocated
-        (``alloc_space``) bytes, largest first; functions with none left out."""
+        (``alloc_space``) bytes, largest first; functions with none left out.
+
+        In sampled mode each row also carries the variances of its two byte estimates,
+        each site's from its own estimated (objects, bytes) at the session's current rate.
+        """
         by_func: dict[str, list[float]] = {}
         for site in self.sites.values():
             if not site.stack or not (site.inuse_objects or site.alloc_objects):
@@ -207,17 +216,23 @@ class Aggregator:
             name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
             objs, size = site.live(self.rate)
             a_objs, a_size = site.allocated(self.rate)
-            acc = by_func.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+            acc = by_func.setdefault(name, [0.0] * 6)
             acc[0] += size
             acc[1] += objs
             acc[2] += a_size
             acc[3] += a_objs
+            if not site.exact:
+                acc[4] += sampling_variance(objs, size, self.rate)[1]
+                acc[5] += sampling_variance(a_objs, a_size, self.rate)[1]
         key = 0 if order == "inuse_space" else 2
         ranked = sorted(
             ((name, v) for name, v in by_func.items() if round(v[key])),
             key=lambda kv: (-kv[1][key], kv[0]),
         )
-        return [TopRow(name, *(round(x) for x in v)) for name, v in ranked[:n]]
+        return [
+            TopRow(name, round(v[0]), round(v[1]), round(v[2]), round(v[3]), v[4], v[5])
+            for name, v in ranked[:n]
+        ]
 
     def top(self, n: int = 10) -> list[tuple[str, int, int]]:
         """(function, live bytes, live objects) by function at the leaf, largest first."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from heapspy.config import AttachConfig
 from heapspy.errors import HeapspyError
+from heapspy.model import TopRow
 from heapspy.session import Session
 
 
@@ -17,7 +18,8 @@ from heapspy.session import Session
 class DemoResult:
     pid: int
     dumps: tuple[str, ...]
-    top: tuple[tuple[str, int, int], ...]
+    top: tuple[TopRow, ...]
+    sampled: bool  # the figures are sampling estimates
 
 
 def start_worker(python: str = sys.executable) -> subprocess.Popen[str]:
@@ -43,8 +45,8 @@ def run_demo(config: AttachConfig) -> DemoResult:
             session.run(config.duration)
         finally:
             session.detach()
-        top = tuple(session.aggregator.top(8))
-        return DemoResult(worker.pid, tuple(session.dumps), top)
+        top = tuple(session.aggregator.top_sites(8))
+        return DemoResult(worker.pid, tuple(session.dumps), top, session.aggregator.sampled)
     finally:
         worker.kill()
         worker.wait()

@@ -80,3 +80,7 @@ class TopRow:
     inuse_objects: int
     alloc_bytes: int  # since attach; exact mode: growth seen live between intervals
     alloc_objects: int
+    # Sampling variance of the two byte estimates (scaling.sampling_variance, summed over
+    # the function's stacks); 0 in exact mode, None from a session of an older heapspy.
+    inuse_bytes_var: float | None = None
+    alloc_bytes_var: float | None = None

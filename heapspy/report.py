@@ -42,29 +42,52 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
       "functions": 3,                        # how many functions have a non-zero cum
       "top": [{"function": "leaky", "filename": "/app/app.py",
                "flat": 9701573, "flat_pct": 94.85, "sum_pct": 94.85,
-               "cum": 9701573, "cum_pct": 94.85}]
+               "cum": 9701573, "cum_pct": 94.85,
+               "flat_err95_pct": 45.54,      # sampling error: half-width of the 95%
+               "cum_err95_pct": 45.54}]      # interval, in percent of the value
     }
+
+``*_err95_pct`` is 0 in an exact dump (period 1), and null for a value of 0 or a
+profile whose sampling heapspy cannot judge (not a heap profile sampled by bytes). The
+text output shows it as ``±95%`` columns, for sampled dumps only.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from heapspy.dumps import sidecar_path
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame
-from heapspy.pprof import SAMPLE_TYPE_NAMES, SIZE_LABEL, DecodedProfile, read_profile
+from heapspy.pprof import (
+    PERIOD_TYPE,
+    SAMPLE_TYPE_NAMES,
+    SIZE_LABEL,
+    DecodedProfile,
+    DecodedSample,
+    read_profile,
+)
+from heapspy.scaling import format_error, relative_error, sampling_variance
 
 OUTPUT_FORMATS = ("text", "json")
 SIDECAR_FOUND = "found"
 SIDECAR_MISSING = "missing"
 SIDECAR_NO_TOTALS = "no_totals"
 REPORT_SCHEMA = "heapspy-report/1"
+# The (objects, bytes) sample types that estimate the same blocks: the sampling variance
+# of either needs both (see scaling.sampling_variance).
+_ESTIMATE_PAIRS = {
+    "alloc_objects": ("alloc_objects", "alloc_space"),
+    "alloc_space": ("alloc_objects", "alloc_space"),
+    "inuse_objects": ("inuse_objects", "inuse_space"),
+    "inuse_space": ("inuse_objects", "inuse_space"),
+}
+_N = TypeVar("_N", int, float)
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -152,15 +175,14 @@ def resolve_sample_index(profile: DecodedProfile, name: str, path: Path) -> int:
     return names.index(name)
 
 
-def aggregate_sites(
-    profile: DecodedProfile, index: int, *, lines: bool = False
-) -> dict[Site, tuple[int, int]]:
-    """Flat and cumulative totals of sample value ``index`` per function (or per line).
+def _with_value(profile: DecodedProfile, index: int) -> list[DecodedSample]:
+    return [sample for sample in profile.samples if sample.values[index] and sample.stack]
 
-    A site that appears several times in one stack (recursion) counts once toward its
-    cumulative value, as in pprof.
-    """
-    samples = [sample for sample in profile.samples if sample.values[index] and sample.stack]
+
+def _flat_and_cum(
+    samples: Sequence[DecodedSample], weights: Sequence[_N], zero: _N, lines: bool
+) -> dict[Site, tuple[_N, _N]]:
+    """Sum each sample's weight into its leaf's flat and every site's cum (once each)."""
     # Work on small integers, one per site, reached from each frame by identity: decoded
     # frames are shared per location, and keeping the per-frame work in C (map, set)
     # makes a 100,000-stack profile take a fraction of a second instead of seconds.
@@ -172,20 +194,68 @@ def aggregate_sites(
     for identity, frame in frames.items():
         site = Site(frame.function, frame.filename, frame.line if lines else 0)
         number_of_frame[identity] = numbers.setdefault(site, len(numbers))
-    flat = [0] * len(numbers)
-    cum = [0] * len(numbers)
+    flat = [zero] * len(numbers)
+    cum = [zero] * len(numbers)
     lookup = number_of_frame.__getitem__
-    for sample in samples:
-        value = sample.values[index]
+    for sample, weight in zip(samples, weights):
         for number in set(map(lookup, map(id, sample.stack))):
-            cum[number] += value
-        flat[lookup(id(sample.stack[-1]))] += value
+            cum[number] += weight
+        flat[lookup(id(sample.stack[-1]))] += weight
     return {site: (flat[number], cum[number]) for site, number in numbers.items()}
+
+
+def aggregate_sites(
+    profile: DecodedProfile, index: int, *, lines: bool = False
+) -> dict[Site, tuple[int, int]]:
+    """Flat and cumulative totals of sample value ``index`` per function (or per line).
+
+    A site that appears several times in one stack (recursion) counts once toward its
+    cumulative value, as in pprof.
+    """
+    samples = _with_value(profile, index)
+    return _flat_and_cum(samples, [sample.values[index] for sample in samples], 0, lines)
+
+
+def is_sampled(profile: DecodedProfile, index: int) -> bool:
+    """Whether value ``index`` is an estimate from byte sampling that ``site_variances``
+    can judge: a heap profile (Go's or ours) with a period above 1 byte."""
+    names = profile.sample_type_names
+    return (
+        profile.period > 1
+        and profile.period_type == PERIOD_TYPE
+        and names[index] in _ESTIMATE_PAIRS
+        and all(name in names for name in _ESTIMATE_PAIRS[names[index]])
+    )
+
+
+def site_variances(profile: DecodedProfile, index: int) -> dict[Site, tuple[float, float]]:
+    """Sampling variance of each function's flat and cum value ``index`` (by function).
+
+    Each sample is one stack, estimated independently of the others: its variance comes
+    from its own (objects, bytes) pair (``scaling.sampling_variance``), flat sums it
+    over the stacks a function ends, cum over the stacks it is in, once per stack, like
+    the values. Only for profiles where ``is_sampled`` holds.
+    """
+    names = profile.sample_type_names
+    objects_index, bytes_index = (names.index(name) for name in _ESTIMATE_PAIRS[names[index]])
+    pick = 0 if index == objects_index else 1
+    samples = _with_value(profile, index)
+    period = profile.period
+    variances = [
+        sampling_variance(sample.values[objects_index], sample.values[bytes_index], period)[pick]
+        for sample in samples
+    ]
+    return _flat_and_cum(samples, variances, 0.0, False)
 
 
 @dataclass(frozen=True)
 class SiteRow:
-    """One line of the top table; percentages are of the profile's total."""
+    """One line of the top table; percentages are of the profile's total.
+
+    ``flat_error`` and ``cum_error`` are the half-widths of the values' 95% sampling
+    intervals, as fractions of the values: 0 in an exact dump, None when the value is
+    0 or the profile's sampling is not one heapspy can judge (see ``is_sampled``).
+    """
 
     site: Site
     flat: int
@@ -193,6 +263,8 @@ class SiteRow:
     flat_pct: float
     sum_pct: float
     cum_pct: float
+    flat_error: float | None = None
+    cum_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -237,10 +309,17 @@ class Report:
     total: int
     functions: int
     top: tuple[SiteRow, ...]
+    sampled: bool = False  # the values are estimates with errors: see is_sampled
 
 
-def top_rows(sites: dict[Site, tuple[int, int]], total: int, limit: int) -> tuple[SiteRow, ...]:
-    """The ``limit`` sites with most flat value (then cum, then name), like pprof -top."""
+def top_rows(
+    sites: dict[Site, tuple[int, int]],
+    total: int,
+    limit: int,
+    variances: dict[Site, tuple[float, float]] | None = None,
+) -> tuple[SiteRow, ...]:
+    """The ``limit`` sites with most flat value (then cum, then name), like pprof -top;
+    with each value's relative sampling error when ``variances`` are given."""
 
     def percent(value: int) -> float:
         return 100.0 * value / total if total else 0.0
@@ -250,7 +329,12 @@ def top_rows(sites: dict[Site, tuple[int, int]], total: int, limit: int) -> tupl
     running = 0
     for site, (flat, cum) in ordered[:limit]:
         running += flat
-        rows.append(SiteRow(site, flat, cum, percent(flat), percent(running), percent(cum)))
+        flat_error = cum_error = None
+        if variances is not None:
+            flat_var, cum_var = variances.get(site, (0.0, 0.0))
+            flat_error, cum_error = relative_error(flat, flat_var), relative_error(cum, cum_var)
+        percents = percent(flat), percent(running), percent(cum)
+        rows.append(SiteRow(site, flat, cum, *percents, flat_error, cum_error))
     return tuple(rows)
 
 
@@ -391,6 +475,12 @@ def build_report(config: ReportConfig) -> Report:
     sites = aggregate_sites(profile, index)
     total = sum(sample.values[index] for sample in profile.samples)
     name, unit = profile.sample_types[index]
+    sampled = is_sampled(profile, index)
+    variances: dict[Site, tuple[float, float]] | None = None
+    if sampled:
+        variances = site_variances(profile, index)
+    elif profile.period <= 1:
+        variances = {}  # exact: every value's error is 0
     return Report(
         dump=config.dump,
         sidecar=sidecar,
@@ -404,7 +494,8 @@ def build_report(config: ReportConfig) -> Report:
         totals=totals,
         total=total,
         functions=len(sites),
-        top=top_rows(sites, total, config.top),
+        top=top_rows(sites, total, config.top, variances),
+        sampled=sampled,
     )
 
 
@@ -433,14 +524,21 @@ def _size_class_lines(classes: Iterable[tuple[int, int]]) -> list[str]:
     ]
 
 
-def table_lines(rows: Iterable[SiteRow], unit: str) -> list[str]:
-    """The pprof-style table: flat, flat%, sum%, cum, cum%, site."""
-    lines = [f"{'flat':>12} {'flat%':>7} {'sum%':>7} {'cum':>12} {'cum%':>7}  site"]
-    lines.extend(
-        f"{format_value(row.flat, unit):>12} {row.flat_pct:6.2f}% {row.sum_pct:6.2f}% "
-        f"{format_value(row.cum, unit):>12} {row.cum_pct:6.2f}%  {row.site.describe()}"
-        for row in rows
-    )
+def table_lines(rows: Iterable[SiteRow], unit: str, *, errors: bool = False) -> list[str]:
+    """The pprof-style table: flat, flat%, sum%, cum, cum%, site; with ``errors``, each
+    value is followed by its 95% sampling error (``±95%``)."""
+    flat_err = cum_err = f" {'±95%':>5}" if errors else ""
+    head = f"{'flat':>12}{flat_err} {'flat%':>7} {'sum%':>7} {'cum':>12}{cum_err} {'cum%':>7}"
+    lines = [f"{head}  site"]
+    for row in rows:
+        if errors:
+            flat_err = f" {format_error(row.flat_error):>5}"
+            cum_err = f" {format_error(row.cum_error):>5}"
+        lines.append(
+            f"{format_value(row.flat, unit):>12}{flat_err} {row.flat_pct:6.2f}% "
+            f"{row.sum_pct:6.2f}% {format_value(row.cum, unit):>12}{cum_err} "
+            f"{row.cum_pct:6.2f}%  {row.site.describe()}"
+        )
     return lines
 
 
@@ -488,8 +586,14 @@ def render_text(report: Report) -> str:
         f"Top {shown} of {report.functions} functions by {report.sample_index} "
         f"(total {format_value(report.total, report.unit)}):"
     )
-    lines.extend(table_lines(report.top, report.unit))
+    lines.extend(table_lines(report.top, report.unit, errors=report.sampled))
+    if report.sampled:
+        lines.append("±95%: sampling error (half-width of the value's 95% confidence interval)")
     return "\n".join(lines) + "\n"
+
+
+def _error_pct(relative: float | None) -> float | None:
+    return None if relative is None else round(100.0 * relative, 2)
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
@@ -535,6 +639,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
                 "sum_pct": round(row.sum_pct, 2),
                 "cum": row.cum,
                 "cum_pct": round(row.cum_pct, 2),
+                "flat_err95_pct": _error_pct(row.flat_error),
+                "cum_err95_pct": _error_pct(row.cum_error),
             }
             for row in report.top
         ],

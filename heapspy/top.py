@@ -38,7 +38,9 @@ class TopView:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> TopView:
-        rows = tuple(TopRow(**{k: r[k] for k in TopRow.__dataclass_fields__}) for r in body["rows"])
+        # fields a session of an older heapspy does not send keep their defaults
+        fields = TopRow.__dataclass_fields__
+        rows = tuple(TopRow(**{k: r[k] for k in fields if k in r}) for r in body["rows"])
         return cls(
             time=float(body["time"]),
             mode=str(body["mode"]),

@@ -7,28 +7,34 @@ The text output is also compared with tests/golden/report_*.txt; regenerate thos
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gotool import top
 
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame, HeapProfile, SiteCounts
-from heapspy.pprof import encode_profile
+from heapspy.pprof import encode_profile, read_profile
 from heapspy.report import (
+    Report,
     ReportConfig,
     build_report,
     check_sample_index,
     format_bytes,
+    is_sampled,
     render_report,
     report_to_json,
     sidecar_path,
     size_class_label,
     size_class_of,
 )
+from heapspy.scaling import relative_error, sampling_variance
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("HEAPSPY_REGEN_GOLDEN") == "1"
@@ -279,6 +285,8 @@ def test_json_structure(tmp_path: Path) -> None:
         "sum_pct": round(100 * (1 << 20) / document["total"], 2),
         "cum": 1 << 20,
         "cum_pct": round(100 * (1 << 20) / document["total"], 2),
+        "flat_err95_pct": 0.0,  # an exact dump has no sampling error
+        "cum_err95_pct": 0.0,
     }
 
 
@@ -293,6 +301,99 @@ def test_text_golden_without_sidecar(tmp_path: Path) -> None:
     dump = write_dump(tmp_path)
     config = ReportConfig(dump, sample_index="alloc_objects")
     golden_text("report_no_sidecar.txt", render_report(build_report(config), "text"), tmp_path)
+
+
+# --- sampling error --------------------------------------------------------------------------
+
+RATE = 512 * 1024
+
+
+def sampled_profile() -> HeapProfile:
+    """Raw sampled counts, upscaled by the writer as Go does; in-use = allocated."""
+
+    def counts(samples: int, size: int) -> SiteCounts:
+        return SiteCounts(samples, samples * size, samples, samples * size)
+
+    return HeapProfile(
+        rate=RATE,
+        time_ns=1_700_000_000_000_000_000,
+        duration_ns=12_000_000_000,
+        sampled=(
+            ((MAIN, WALK, WALK, BUILD), counts(128, 3300)),  # ~64 MiB: ±17%
+            ((MAIN, WALK, INIT_A), counts(2, 1000)),
+            ((MAIN,), counts(1, 64)),
+        ),
+    )
+
+
+def sampled_report(tmp_path: Path, **options: Any) -> Report:
+    dump = tmp_path / "sampled.pb.gz"
+    dump.write_bytes(encode_profile(sampled_profile()))
+    return build_report(ReportConfig(dump=dump, top=100, **options))
+
+
+def test_sampled_report_has_error_columns(tmp_path: Path) -> None:
+    report = sampled_report(tmp_path)
+    assert report.sampled
+    rows = {row.site.function: row for row in report.top}
+    # 128 samples of one small size: 1.96·sqrt((1-p)/128)
+    p = -math.expm1(-3300 / RATE)
+    assert rows["build_node"].flat_error == pytest.approx(1.96 * math.sqrt((1 - p) / 128), 0.01)
+    assert rows["walk"].flat_error is None  # flat 0: nothing to be relative to
+    text = render_report(report, "text")
+    lines = text.splitlines()
+    head = lines.index(next(line for line in lines if line.lstrip().startswith("flat")))
+    assert lines[head].split() == ["flat", "±95%", "flat%", "sum%", "cum", "±95%", "cum%", "site"]
+    first = lines[head + 1]
+    assert first.split()[2] == "±17%" and first.endswith("build_node (/app/tree.py)")
+    assert "±95%: sampling error" in lines[-1]
+    # what comes before the site column leaves room for it in 100 columns
+    assert lines[head].index("site") <= 65
+
+
+def test_cum_error_adds_the_variances_of_the_stacks_once_each(tmp_path: Path) -> None:
+    report = sampled_report(tmp_path)
+    decoded = read_profile(report.dump)
+    var = {
+        sample.stack[-1].function: sampling_variance(sample.values[2], sample.values[3], RATE)[1]
+        for sample in decoded.samples
+    }
+    rows = {row.site.function: row for row in report.top}
+    # walk is twice in build_node's stack (recursion) and once in __init__'s
+    walk = rows["walk"]
+    assert walk.cum_error == pytest.approx(
+        relative_error(walk.cum, var["build_node"] + var["__init__"])
+    )
+    main = rows["main"]
+    assert main.cum_error == pytest.approx(relative_error(main.cum, sum(var.values())))
+    assert main.flat_error == pytest.approx(relative_error(main.flat, var["main"]))
+    # more bytes under one estimate, relatively less error
+    assert main.cum_error < rows["__init__"].flat_error
+
+
+def test_sampled_json_and_objects_index(tmp_path: Path) -> None:
+    document = report_to_json(sampled_report(tmp_path, sample_index="inuse_objects"))
+    build = next(row for row in document["top"] if row["function"] == "build_node")
+    p = -math.expm1(-3300 / RATE)
+    expected = 100 * 1.96 * math.sqrt((1 - p) / 128)  # one size: objects err as bytes do
+    assert build["flat_err95_pct"] == pytest.approx(expected, abs=0.1)
+    walk = next(row for row in document["top"] if row["function"] == "walk")
+    assert walk["flat_err95_pct"] is None and walk["cum_err95_pct"] > 0
+
+
+def test_exact_report_has_no_error_column(tmp_path: Path) -> None:
+    report = build_report(ReportConfig(dump=write_dump(tmp_path)))
+    assert not report.sampled
+    assert "±" not in render_report(report, "text")
+    assert all(row.flat_error in (0.0, None) for row in report.top)
+
+
+def test_only_byte_sampled_heap_profiles_get_errors(tmp_path: Path) -> None:
+    profile = read_profile(sampled_report(tmp_path).dump)
+    index = profile.sample_type_names.index("inuse_space")
+    assert is_sampled(profile, index)
+    assert not is_sampled(replace(profile, period_type=("cpu", "nanoseconds")), index)
+    assert not is_sampled(replace(profile, period=1), index)
 
 
 # --- through the real command line ------------------------------------------------------------

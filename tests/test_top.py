@@ -21,7 +21,10 @@ from heapspy.status import session_status
 from heapspy.units import parse_size
 
 Spawn = Callable[..., Target]
-ROW = re.compile(r"^\s+(\S+ \S+)\s+(\S+(?: \S+)?)\s+(\S+(?: \S+)?)\s+(\d+)\s+(.+)$")
+# value, sampling error (sampled mode only), growth since start and since last, objects, function
+ROW = re.compile(
+    r"^\s+(\S+ \S+)\s+(?:(?:±\S+|-|\?)\s+)?(\S+(?: \S+)?)\s+(\S+(?: \S+)?)\s+(\d+)\s+(.+)$"
+)
 
 
 def _screens(text: str) -> list[list[str]]:
@@ -65,6 +68,10 @@ def test_top_attaches_itself_shows_growth_and_leaves_clean(
     assert leader.startswith("grow_cache (probe_target.py:"), screens[-1]
     live, since_start = last[leader]
     assert 10 << 20 < live < 60 << 20  # ~6.4 MiB/s for 4 s, sampled
+    # sampled: each value with its error, ~1.96·sqrt((1-p)/samples) of 64 KiB blocks
+    assert screens[-1][3].split()[:2] == ["live", "±95%"], screens[-1]
+    error = re.search(r"±(\d+)%", next(line for line in screens[-1] if leader in line))
+    assert error and 5 <= int(error[1]) <= 60, screens[-1]
     assert since_start.startswith("+") or since_start == "new"
     heaps = [_heap(s) for s in screens]
     assert heaps[-1] > heaps[1]

@@ -132,7 +132,7 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
     session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
     if not quiet:
-        print(top_table(session.aggregator.top(10)))
+        print(top_table(session.aggregator.top_sites(10), session.aggregator.sampled))
     return session
 
 

@@ -31,7 +31,7 @@ def demo(
     result = run_demo(config)
     print(f"Profiled the example worker (pid {result.pid}).")
     print("Largest live allocation sites:")
-    print(top_table(list(result.top)))
+    print(top_table(result.top, result.sampled))
     for path in result.dumps:
         print()
         print(render_text(build_report(ReportConfig(Path(path), top=5))), end="")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 
+from heapspy.model import TopRow
+from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
 from heapspy.units import format_bytes, size_text
 
@@ -36,11 +39,23 @@ class Spinner:
             self._shown = False
 
 
-def top_table(rows: list[tuple[str, int, int]]) -> str:
+def _error(value: int, variance: float | None) -> str:
+    """The ``±95%`` cell; ``?`` when the session (an older heapspy) sent no variance."""
+    text = "?" if variance is None else format_error(relative_error(value, variance))
+    return f" {text:>5}"
+
+
+def top_table(rows: Sequence[TopRow], sampled: bool = False) -> str:
+    """The end-of-session table of live bytes by function; ``sampled`` adds each
+    estimate's 95% sampling error (``±95%``)."""
     if not rows:
         return "  (no live allocations recorded)"
-    lines = [f"  {'live bytes':>12}  {'objects':>9}  function"]
-    lines += [f"  {format_bytes(b):>12}  {n:>9}  {name}" for name, b, n in rows]
+    error = f" {'±95%':>5}" if sampled else ""
+    lines = [f"  {'live bytes':>12}{error}  {'objects':>9}  function"]
+    for r in rows:
+        error = _error(r.inuse_bytes, r.inuse_bytes_var) if sampled else ""
+        size = format_bytes(r.inuse_bytes)
+        lines.append(f"  {size:>12}{error}  {r.inuse_objects:>9}  {r.function}")
     return "\n".join(lines)
 
 
@@ -74,15 +89,23 @@ def top_screen(
     last = {r.function: r for r in (prev or first).rows}
     alloc = order == "alloc_space"
     head = "allocated" if alloc else "live"
-    lines.append(f"  {head:>10}  {'since start':>11}  {'since last':>10}  {'objects':>9}  function")
+    # growth has no error column: views of one session share their samples (as in diff)
+    sampled = view.mode != "exact" and view.rate > 1
+    error = f" {'±95%':>5}" if sampled else ""
+    lines.append(
+        f"  {head:>10}{error}  {'since start':>11}  {'since last':>10}  {'objects':>9}  function"
+    )
     for r in view.rows[:shown]:
         value = r.alloc_bytes if alloc else r.inuse_bytes
+        if sampled:
+            error = _error(value, r.alloc_bytes_var if alloc else r.inuse_bytes_var)
         b0, b1 = before.get(r.function), last.get(r.function)
         v0 = (b0.alloc_bytes if alloc else b0.inuse_bytes) if b0 else None
         v1 = (b1.alloc_bytes if alloc else b1.inuse_bytes) if b1 else None
         objects = r.alloc_objects if alloc else r.inuse_objects
         lines.append(
-            f"  {format_bytes(value):>10}  {_signed(value - v0) if v0 is not None else 'new':>11}  "
+            f"  {format_bytes(value):>10}{error}  "
+            f"{_signed(value - v0) if v0 is not None else 'new':>11}  "
             f"{_signed(value - v1) if v1 is not None else 'new':>10}  {objects:>9}  {r.function}"
         )
     return "\n".join([*lines, ""])
