@@ -169,7 +169,7 @@ def _exit_while_attached(
         reason = session.run(duration=20)
     finally:
         session.detach()
-    assert reason == "target exited (its last state was collected at interpreter exit)"
+    assert reason == "target exited, its last state collected at exit"
     assert target.proc.wait(timeout=10) == 0
     sites = {name: live for name, live, *_ in session.aggregator.top(5)}
     (site,) = [s for s in sites if s.startswith("last_words (probe_target.py:")]

@@ -261,7 +261,7 @@ class Agent:
             self.sock.settimeout(1.0)
             if self.collector is not None and self._last_collect_cpu <= EXIT_COLLECT_MAX:
                 self._send_samples(exiting=True)
-            self.reason = "target exited (its last state was collected at interpreter exit)"
+            self.reason = "target exited, its last state collected at exit"
             self._send(protocol.BYE, {"reason": self.reason})
         except Exception:  # noqa: BLE001 - nothing may escape into the target's exit
             pass
