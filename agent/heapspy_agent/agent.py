@@ -260,7 +260,7 @@ class Agent:
             assert self.sock is not None
             self.sock.settimeout(1.0)
             if self.collector is not None and self._last_collect_cpu <= EXIT_COLLECT_MAX:
-                self._send_samples(exiting=True)
+                self._send_samples()
             self.reason = "target exited, its last state collected at exit"
             self._send(protocol.BYE, {"reason": self.reason})
         except Exception:  # noqa: BLE001 - nothing may escape into the target's exit
@@ -268,15 +268,13 @@ class Agent:
         finally:
             self._lock.release()
 
-    def _send_samples(self, scheduled: bool = False, exiting: bool = False) -> None:
+    def _send_samples(self, scheduled: bool = False) -> None:
         """Collect and send what changed. A scheduled collection also sets when the next
         one is due: not before its CPU time is within the budget again."""
         with self._lock:
-            if self.collector is None:
-                return
-            self._collect_and_send(scheduled, exiting)
+            self._collect_and_send(scheduled)
 
-    def _collect_and_send(self, scheduled: bool, exiting: bool) -> None:
+    def _collect_and_send(self, scheduled: bool) -> None:
         self.seq += 1
         cpu = time.thread_time()
         body = self.collector.collect()
@@ -296,8 +294,6 @@ class Agent:
             "collect_cpu": spent,
             "interval": self.interval,  # until the next scheduled collection
         }
-        if exiting:
-            body["facts"]["exiting"] = True
         self._send(protocol.SAMPLES, body)
 
     def _send(self, kind: int, body: Dict[str, Any]) -> None:
@@ -341,7 +337,6 @@ class Agent:
                 self.sock.close()
             except OSError:
                 pass
-
 
     def _forget_exit_hook(self) -> None:
         if self._exit_hook:
