@@ -746,8 +746,17 @@ static __attribute__((noinline)) void *malloc_slow(hs_dom *d, size_t size) {
     return p;
 }
 
+/* Built with -DHS_FORWARD_ONLY (benchmarks/hook_floor.py only), the four hooks just
+ * forward: what installing any hook costs, apart from what ours then do. */
+#ifdef HS_FORWARD_ONLY
+#define FORWARD_ONLY(call) return call
+#else
+#define FORWARD_ONLY(call) (void)0
+#endif
+
 static void *hs_malloc(void *ctx, size_t size) {
     hs_dom *d = ctx;
+    FORWARD_ONLY(d->prev.malloc(d->prev.ctx, size));
     if (LIKELY(size < (uint64_t)g_until)) { /* implies MODE_ACTIVE */
         g_until -= (int64_t)size;
         count_alloc(d, size);
@@ -769,6 +778,7 @@ static __attribute__((noinline)) void *calloc_slow(hs_dom *d, size_t nelem, size
 
 static void *hs_calloc(void *ctx, size_t nelem, size_t elsize) {
     hs_dom *d = ctx;
+    FORWARD_ONLY(d->prev.calloc(d->prev.ctx, nelem, elsize));
     size_t size;
     /* nelem * elsize overflowing goes to the slow path, which does not count it. */
     if (!__builtin_mul_overflow(nelem, elsize, &size) && LIKELY(size < (uint64_t)g_until)) {
@@ -784,6 +794,7 @@ static void *hs_calloc(void *ctx, size_t nelem, size_t elsize) {
  * transitions (un)sampled -> (un)sampled are a plain realloc plus map bookkeeping. */
 static void *hs_realloc(void *ctx, void *ptr, size_t size) {
     hs_dom *d = ctx;
+    FORWARD_ONLY(d->prev.realloc(d->prev.ctx, ptr, size));
     void *p = d->prev.realloc(d->prev.ctx, ptr, size);
     if (UNLIKELY(p == NULL) || UNLIKELY(g_mode == 0))
         return p; /* failed: the old block and its entry stay as they were */
@@ -814,6 +825,10 @@ static __attribute__((noinline)) void free_slow(hs_dom *d, void *ptr) {
  * session runs (see g_fkeys), so the free is counted and passed on. */
 static void hs_free(void *ctx, void *ptr) {
     hs_dom *d = ctx;
+#ifdef HS_FORWARD_ONLY
+    d->prev.free(d->prev.ctx, ptr);
+    return;
+#endif
     if (UNLIKELY(g_fkeys[((uint64_t)(uintptr_t)ptr * 0x9E3779B97F4A7C15ULL) >> g_fshift] != 0)) {
         free_slow(d, ptr);
         return;

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/shim_overhead.py [--interpreters 3.11,3.14]
         [--rates 0,64KiB,512KiB] [--rounds 20] [--block 0.04] [--workloads go,chaos]
-        [--frames 64] [--warm 0.5] [--json results.json]
+        [--frames 64] [--warm 0.5] [--forward] [--json results.json]
 
 Why a second overhead benchmark: on this 2-vCPU KVM guest a pure-Python spin loop runs
 at 0.73x-1.18x of its mean speed in regimes lasting seconds (host contention), so
@@ -38,6 +38,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -45,11 +46,10 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NONE = "none"
+FORWARD = "forward"  # the shim built with -DHS_FORWARD_ONLY: what any hook costs
 
 
-def column(rate: int | None) -> str:
-    if rate is None:
-        return NONE
+def column(rate: int) -> str:
     return f"{rate // 1024} KiB" if rate >= 1024 and rate % 1024 == 0 else str(rate)
 
 
@@ -80,34 +80,36 @@ def child(args: argparse.Namespace) -> int:
     names = [n for n in args.workloads.split(",") if n]
     bodies = overhead_driver.prepare(args.bench_dir, names)
     shim = Shim.load(args.shim or None)
-    rates: list[int | None] = [None] + [int(r) for r in args.rates.split(",")]  # bytes
+    # (column, library, rate): "none" keeps the hooks off in both halves
+    arms: list[tuple[str, Any, int]] = [(NONE, None, 0)]
+    arms += [(column(int(r)), shim, int(r)) for r in args.rates.split(",")]  # bytes
+    if args.forward_shim:
+        arms.append((FORWARD, Shim.load(args.forward_shim), 0))
     calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
     warm = {name: math.ceil(n * args.warm) if args.warm > 0 else 0 for name, n in calls.items()}
-    ratios: dict[str, dict[str, list[float]]] = {column(r): {} for r in rates}
+    ratios: dict[str, dict[str, list[float]]] = {arm[0]: {} for arm in arms}
     samples: dict[str, int] = {}
     for rnd in range(args.rounds):
         # ABBA in even rounds, BAAB in odd ones: a block that comes first after another
         # workload runs colder, and the alternation gives that to off and on alike.
         order = (False, True, True, False) if rnd % 2 == 0 else (True, False, False, True)
         for name, body in bodies.items():
-            for rate in rates:
+            for col, lib, rate in arms:
                 off = on = 0.0
                 for hooked in order:
-                    if hooked and rate is not None:
-                        shim.start(rate, max_frames=args.frames)
+                    if hooked and lib is not None:
+                        lib.start(rate, max_frames=args.frames)
                     if warm[name]:  # untimed, hooks as in the block: see --warm
                         _block(body, warm[name])
                     elapsed = _block(body, calls[name])
-                    if hooked and rate is not None:
-                        samples[column(rate)] = (
-                            samples.get(column(rate), 0) + shim.totals().sampled_count
-                        )
-                        shim.stop()
+                    if hooked and lib is not None:
+                        samples[col] = samples.get(col, 0) + lib.totals().sampled_count
+                        lib.stop()
                     if hooked:
                         on += elapsed
                     else:
                         off += elapsed
-                ratios[column(rate)].setdefault(name, []).append(off / on)
+                ratios[col].setdefault(name, []).append(off / on)
     shim.unload()
     json.dump({"calls": calls, "ratios": ratios, "samples": samples}, sys.stdout)
     return 0
@@ -171,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--shim", default="", help="library to load (default: the built one)")
+    parser.add_argument(
+        "--forward",
+        action="store_true",
+        help="add a column for the shim built to only forward (see hook_floor.py)",
+    )
+    parser.add_argument("--forward-shim", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from harness import log, pick_interpreters  # noqa: PLC0415
+    from hook_floor import build_forwarding_shim  # noqa: PLC0415
     from overhead import WORKLOADS, provision_pyperformance  # noqa: PLC0415
 
     from heapspy.units import parse_size  # noqa: PLC0415
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = args.workloads or ",".join(WORKLOADS)
     results = {}
     t0 = time.monotonic()
+    tmp = tempfile.TemporaryDirectory(prefix="heapspy-shim-overhead-")
+    forward = str(build_forwarding_shim(Path(tmp.name))) if args.forward else ""
     for interp in pick_interpreters(args.interpreters.split(",")):
         log(f"{interp.label}: {args.rounds} rounds of {workloads.count(',') + 1} workloads")
         proc = subprocess.run(
@@ -195,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(Path(__file__).resolve()), "--child", "--bench-dir", str(bench_dir),
                 "--rates", rates, "--rounds", str(args.rounds), "--block",
                 str(args.block), "--frames", str(args.frames), "--workloads", workloads,
-                "--shim", args.shim, "--warm", str(args.warm),
+                "--shim", args.shim, "--warm", str(args.warm), "--forward-shim", forward,
             ),
             env=dict(os.environ, PYTHONPATH=str(site)),
             capture_output=True,
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(proc.stdout.splitlines()[-1])
         results[interp.label] = result
         print(render(interp.label, result, args.rounds, args.block, args.warm) + "\n", flush=True)
+    tmp.cleanup()
     print(f"done in {time.monotonic() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
