@@ -33,6 +33,11 @@ class TopView:
     rss: int | None
     rows: tuple[TopRow, ...]
 
+    @property
+    def sampled(self) -> bool:
+        """Estimates with sampling errors (as ``Aggregator.sampled``), not exact values."""
+        return self.mode != "exact" and self.rate > 1
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -90,7 +90,7 @@ def top_screen(
     alloc = order == "alloc_space"
     head = "allocated" if alloc else "live"
     # growth has no error column: views of one session share their samples (as in diff)
-    sampled = view.mode != "exact" and view.rate > 1
+    sampled = view.sampled
     error = f" {'±95%':>5}" if sampled else ""
     lines.append(
         f"  {head:>10}{error}  {'since start':>11}  {'since last':>10}  {'objects':>9}  function"
