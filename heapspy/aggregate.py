@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
-from heapspy.scaling import sampling_variance, scale
+from heapspy.scaling import is_estimate, sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
 
@@ -153,7 +153,7 @@ class Aggregator:
     @property
     def sampled(self) -> bool:
         """Whether the figures are estimates from sampling (and so have sampling errors)."""
-        return self.mode != "exact" and self.rate > 1
+        return is_estimate(self.mode, self.rate)
 
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""

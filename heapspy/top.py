@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from heapspy import control
 from heapspy.errors import NoSession, UsageError
 from heapspy.model import TopRow
+from heapspy.scaling import is_estimate
 
 if TYPE_CHECKING:
     from heapspy.aggregate import Aggregator
@@ -35,8 +36,8 @@ class TopView:
 
     @property
     def sampled(self) -> bool:
-        """Estimates with sampling errors (as ``Aggregator.sampled``), not exact values."""
-        return self.mode != "exact" and self.rate > 1
+        """Estimates with sampling errors, not exact values."""
+        return is_estimate(self.mode, self.rate)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
