@@ -9,6 +9,7 @@ test to seconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -748,10 +749,8 @@ def _open_fds(pid: int) -> dict[int, str]:
     """Each descriptor and what it is, so a leak names itself."""
     out = {}
     for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
             out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-        except FileNotFoundError:
-            pass
     return out
 
 
