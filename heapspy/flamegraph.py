@@ -65,6 +65,7 @@ from heapspy.report import (
     resolve_sample_index,
     sidecar_totals,
 )
+from heapspy.scaling import format_error
 
 FLAMEGRAPH_SCHEMA = "heapspy-flamegraph/1"
 
@@ -336,10 +337,13 @@ def header_facts(
         how = "allocated - freed since attach"
     else:
         how = "in use in the profile"
+    # the 95% sampling error, as in `heapspy report`
+    error = f" {format_error(totals.live_error)}" if totals.live_error else ""
     facts.append(
         (
             "Live Heap Estimate",
-            f"{format_bytes(totals.live_bytes)} in {totals.live_objects:,} objects ({how})",
+            f"{format_bytes(totals.live_bytes)}{error} in {totals.live_objects:,} objects "
+            f"({how})",
         )
     )
     return facts

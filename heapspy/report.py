@@ -33,7 +33,8 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
         "source": "sidecar",                 # or "profile" (estimates, no sidecar)
         "allocated_bytes": 128, "allocations": 4,
         "freed_bytes": 64, "frees": 2,       # null when source is "profile"
-        "live_bytes": 64, "live_objects": 2  # allocated - freed, or profile in-use
+        "live_bytes": 64, "live_objects": 2, # allocated - freed, or profile in-use
+        "live_err95_pct": 0                  # sampling error of live_bytes, as below
       },
       "size_classes": [                      # from the sidecar, or approximated from
         {"class": 7, "min_bytes": 65,        # each site's average object size; bounds
@@ -279,6 +280,9 @@ class Totals:
     freed_bytes: int | None = None
     frees: int | None = None
     size_classes: tuple[tuple[int, int], ...] = ()
+    # Half-width of the 95% interval of live_bytes, as a fraction: 0 when exact, None
+    # when it cannot be judged (see is_sampled) or is 0.
+    live_error: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -425,6 +429,23 @@ def _column(profile: DecodedProfile, name: str) -> int:
     return sum(sample.values[index] for sample in profile.samples)
 
 
+def live_error(profile: DecodedProfile) -> float | None:
+    """The 95% sampling error of the profile's whole in-use bytes, as a fraction: the
+    stacks' variances add (see ``site_variances``); 0 for an exact profile."""
+    names = profile.sample_type_names
+    if "inuse_space" not in names:
+        return None
+    index = names.index("inuse_space")
+    if not is_sampled(profile, index):
+        return 0.0 if profile.period <= 1 else None
+    objects_index = names.index("inuse_objects")
+    variance = sum(
+        sampling_variance(s.values[objects_index], s.values[index], profile.period)[1]
+        for s in profile.samples
+    )
+    return relative_error(_column(profile, "inuse_space"), variance)
+
+
 def estimate_totals(profile: DecodedProfile) -> Totals:
     """What the profile alone says: upscaled sampled sites plus exact ones.
 
@@ -448,6 +469,7 @@ def estimate_totals(profile: DecodedProfile) -> Totals:
         live_bytes=_column(profile, "inuse_space"),
         live_objects=_column(profile, "inuse_objects"),
         size_classes=tuple(sorted(classes.items())),
+        live_error=live_error(profile),
     )
 
 
@@ -461,7 +483,12 @@ def complete_totals(profile: DecodedProfile, totals: Totals | None) -> Totals:
         return estimate_totals(profile)
     if totals.live_bytes < 0:
         estimate = estimate_totals(profile)
-        return replace(totals, live_bytes=estimate.live_bytes, live_objects=estimate.live_objects)
+        return replace(
+            totals,
+            live_bytes=estimate.live_bytes,
+            live_objects=estimate.live_objects,
+            live_error=estimate.live_error,
+        )
     return totals
 
 
@@ -570,8 +597,9 @@ def render_text(report: Report) -> str:
             f"{totals.live_objects:,} objects (allocated - freed since attach)"
         )
     else:
+        error = f" {format_error(totals.live_error)}" if totals.live_error else ""
         lines.append(
-            f"Live Heap Estimate: {format_bytes(totals.live_bytes)} in "
+            f"Live Heap Estimate: {format_bytes(totals.live_bytes)}{error} in "
             f"{totals.live_objects:,} objects (in use in the profile)"
         )
     approximate = ""
@@ -618,6 +646,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "frees": totals.frees,
             "live_bytes": totals.live_bytes,
             "live_objects": totals.live_objects,
+            "live_err95_pct": _error_pct(totals.live_error),
         },
         "size_classes": [
             {

@@ -275,6 +275,7 @@ def test_json_structure(tmp_path: Path) -> None:
         "frees": 2,
         "live_bytes": 64,
         "live_objects": 2,
+        "live_err95_pct": 0.0,  # allocated - freed: exact
     }
     assert document["size_classes"][0] == {"class": 3, "min_bytes": 5, "max_bytes": 8, "count": 1}
     assert document["top"][0] == {

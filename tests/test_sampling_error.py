@@ -15,6 +15,10 @@ from typing import Callable
 import pytest
 from conftest import Target, run_heapspy
 
+from heapspy.dumps import sidecar_path
+from heapspy.flamegraph import header_facts
+from heapspy.pprof import read_profile
+from heapspy.report import read_sidecar
 from heapspy.scaling import Z_95, format_error, relative_error, sampling_variance
 
 Spawn = Callable[..., Target]
@@ -153,8 +157,18 @@ def test_sampled_dump_shows_plausible_errors(spawn: Spawn, tmp_path: Path) -> No
     match = ERROR.search(row)
     assert match and abs(int(match[1]) - expected) <= 2, (row, expected)
 
+    # The whole live heap: grow_cache's variance plus the other stacks' (a few small ones)
+    totals = document["totals"]
+    grow_abs = grow["flat"] * grow["flat_err95_pct"]
+    live_abs = totals["live_bytes"] * totals["live_err95_pct"]
+    assert grow_abs * 0.99 <= live_abs <= grow_abs * 1.5, (totals, grow)
+
     text = report(dump)
     lines = text.splitlines()
+    live = next(line for line in lines if line.startswith("Live Heap Estimate:"))
+    assert (m := ERROR.search(live)) and abs(int(m[1]) - totals["live_err95_pct"]) <= 0.5, live
+    facts = dict(header_facts(dump, read_profile(dump), read_sidecar(sidecar_path(dump))))
+    assert f" {m[0]} in " in facts["Live Heap Estimate"], facts  # the flame graph's header
     head = next(line for line in lines if line.lstrip().startswith("flat"))
     assert head.split() == ["flat", "±95%", "flat%", "sum%", "cum", "±95%", "cum%", "site"]
     row = next(line for line in lines if "grow_cache (" in line)
@@ -175,3 +189,4 @@ def test_exact_dump_has_no_error_column(spawn: Spawn, tmp_path: Path) -> None:
     document = json.loads(report(dump, "--format", "json"))
     grow = next(r for r in document["top"] if r["function"] == "grow_cache")
     assert (grow["flat_err95_pct"], grow["cum_err95_pct"]) == (0.0, 0.0)
+    assert document["totals"]["live_err95_pct"] == 0.0
