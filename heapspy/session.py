@@ -148,6 +148,7 @@ class Session:
         self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
         self.rules = RuleEngine(config.dump_on, time.time())
         self.dumps: list[str] = []
+        self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
 
     # --- opening ---------------------------------------------------------------
@@ -505,6 +506,7 @@ class Session:
         reply = self._agent_call("rate", rate=rate)
         if reply.get("ok"):
             self.aggregator.rate = rate
+            self.rate_changes.append((time.time(), rate))
         return reply
 
     def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
@@ -543,7 +545,10 @@ class Session:
             "executable": self.hello.get("executable"),
             "python": self.info.python if self.info else self.target.version_text,
             "mode": agg.mode,
-            "rate": self.config.rate if agg.mode != "exact" else 1,
+            # the rate now, as the dump's period; earlier samples were taken at the rates
+            # before each change (their estimates are upscaled with those rates)
+            "rate": agg.rate if agg.mode != "exact" else 1,
+            "rate_changes": [[when, rate] for when, rate in self.rate_changes],
             "frames": self.config.frames,
             "rule": rule,
             "heap_estimate": agg.heap_estimate(),

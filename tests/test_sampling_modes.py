@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ from interpreters import Interpreter, interpreter_params, numpy_site
 
 from heapspy import control
 from heapspy.config import AttachConfig
+from heapspy.dumps import sidecar_path
 from heapspy.errors import SamplingUnavailable
+from heapspy.pprof import read_profile
 from heapspy.session import Session
 
 Spawn = Callable[..., Target]
@@ -88,6 +91,13 @@ def test_rate_changes_on_a_live_session(spawn: Spawn, tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.communicate()
+    assert status["rate"] == 64 * 1024
+    (dump,) = tmp_path.glob("*-final.pb.gz")
+    assert read_profile(dump).period == 64 * 1024  # the rate in force at the end
+    sidecar = json.loads(sidecar_path(dump).read_text())
+    assert sidecar["rate"] == 64 * 1024
+    ((when, rate),) = sidecar["rate_changes"]
+    assert rate == 64 * 1024 and abs(when - time.time()) < 60
 
 
 def test_fallback_and_require_sampling(
