@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import select
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from heapspy.config import AttachConfig
+from heapspy.config import DEFAULT_RATE, AttachConfig
 from heapspy.errors import HeapspyError
 from heapspy.model import TopRow
 from heapspy.session import Session
@@ -20,6 +22,15 @@ class DemoResult:
     dumps: tuple[str, ...]
     top: tuple[TopRow, ...]
     sampled: bool  # the figures are sampling estimates
+    kept: int | None = None  # what the worker counted it kept while attached (the truth)
+
+    @property
+    def leak(self) -> TopRow | None:
+        """heapspy's figures for the worker's leak, Shipper.buffer_line."""
+        return next((r for r in self.top if r.function.startswith(LEAK_FUNCTION + " ")), None)
+
+
+LEAK_FUNCTION = "Shipper.buffer_line"
 
 
 def start_worker(python: str = sys.executable) -> subprocess.Popen[str]:
@@ -37,20 +48,37 @@ def start_worker(python: str = sys.executable) -> subprocess.Popen[str]:
 
 
 def run_demo(config: AttachConfig) -> DemoResult:
+    """Attach to a fresh worker for ``config.duration``. The worker counts the bytes it
+    keeps from just after the attach until just before the detach, which is what heapspy
+    sees of its leak: the demo can show the estimate beside the truth."""
     worker = start_worker()
     try:
         time.sleep(0.5)  # let it build up some heap first
         session = Session.attach(worker.pid, config)
+        kept = None
         try:
+            worker.send_signal(signal.SIGUSR1)  # count from now
             session.run(config.duration)
+            worker.send_signal(signal.SIGUSR2)  # stop leaking, say what was kept
+            kept = _kept(worker)
         finally:
             session.detach()
         top = tuple(session.aggregator.top_sites(8))
-        return DemoResult(worker.pid, tuple(session.dumps), top, session.aggregator.sampled)
+        return DemoResult(worker.pid, tuple(session.dumps), top, session.aggregator.sampled, kept)
     finally:
         worker.kill()
         worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
 
 
-def default_config(dump_dir: Path, seconds: float) -> AttachConfig:
-    return AttachConfig(duration=seconds, dump_dir=dump_dir)
+def _kept(worker: subprocess.Popen[str]) -> int | None:
+    """The worker's ``KEPT <bytes>`` line; None if it does not come within 5 s."""
+    assert worker.stdout is not None
+    ready, _, _ = select.select([worker.stdout], [], [], 5.0)
+    line = worker.stdout.readline() if ready else ""
+    return int(line.split()[1]) if line.startswith("KEPT ") else None
+
+
+def default_config(dump_dir: Path, seconds: float, rate: int = DEFAULT_RATE) -> AttachConfig:
+    return AttachConfig(duration=seconds, dump_dir=dump_dir, rate=rate)
