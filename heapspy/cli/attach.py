@@ -107,7 +107,7 @@ def attach(
 
       heapspy attach 4242 --duration 30s --rate 64KiB
 
-      heapspy attach 4242 --dump-on 'rss>1.5GiB' --dump-on 'growth>100MiB/10m' --keep 20
+      heapspy attach 4242 --dump-on 'rss>1.5GiB' --dump-on 'growth>100MiB/10m'
     """
     config = AttachConfig(
         rate=options.rate(rate),

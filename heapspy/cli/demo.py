@@ -37,7 +37,10 @@ def demo(
     counts what it keeps while heapspy watches, so you can see the estimate beside the
     truth, and how a lower --rate tightens it.
 
-    Example: heapspy demo --duration 10s --rate 64KiB
+    Examples:
+
+      heapspy demo
+      heapspy demo --duration 10s --rate 64KiB
     """
     config = default_config(dump_dir, options.duration(seconds) or 6.0, options.rate(rate))
     result = run_demo(config)

@@ -11,13 +11,17 @@ from heapspy import control
 from heapspy.errors import NoSession
 
 
-def detach(pid: int = typer.Argument(..., help="Process id of the profiled target.")) -> None:
+def detach(
+    pid: int = typer.Argument(..., metavar="PID", help="Process id of the profiled target."),
+) -> None:
     """End the heapspy session that holds PID, as if its owner were interrupted.
 
     The owner writes its final dump, the agent switches itself off and the target is left
     as it was. Fails with exit code 13 when no session holds PID.
 
-    Example: heapspy detach 4242
+    Example:
+
+      heapspy detach 4242
     """
     reply = control.request(pid, "detach")
     if not reply.get("ok"):

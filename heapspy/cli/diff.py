@@ -11,8 +11,8 @@ from heapspy.report import check_format
 
 
 def diff(
-    base: Path = typer.Argument(..., help="The earlier heap dump (.pb.gz)."),
-    new: Path = typer.Argument(..., help="The later heap dump (.pb.gz)."),
+    base: Path = typer.Argument(..., metavar="BASE", help="The earlier heap dump (.pb.gz)."),
+    new: Path = typer.Argument(..., metavar="NEW", help="The later heap dump (.pb.gz)."),
     top: int = typer.Option(10, "--top", "-n", help="How many sites to list per table."),
     sample_index: str = typer.Option(
         "",
@@ -26,6 +26,11 @@ def diff(
     """Show which functions and lines grew between two dumps, largest growth first.
 
     The leak finder: dump, let the program run, dump again, then diff the two.
+
+    Examples:
+
+      heapspy diff before.pb.gz after.pb.gz
+      heapspy diff a.pb.gz b.pb.gz --sample-index inuse_objects --format json
     """
     check_format(output_format)
     config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index)

@@ -16,7 +16,7 @@ from heapspy.errors import DumpError, NoSession
 
 
 def dump(
-    pid: int = typer.Argument(..., help="Process id of the target."),
+    pid: int = typer.Argument(..., metavar="PID", help="Process id of the target."),
     duration: str = typer.Option(
         "10s", "--duration", "-d", help="With no live session: how long to gather first."
     ),
@@ -30,7 +30,10 @@ def dump(
     If a heapspy session already holds PID, that session writes the dump (into its own
     --dump-dir). Otherwise heapspy attaches, gathers for --duration, dumps and detaches.
 
-    Example: heapspy dump 4242
+    Examples:
+
+      heapspy dump 4242
+      heapspy dump 4242 --duration 30s    # no session yet: gather 30 s first
     """
     try:
         reply = control.request(pid, "dump")

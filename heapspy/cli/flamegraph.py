@@ -11,7 +11,9 @@ from heapspy.flamegraph import FlamegraphConfig, write_flamegraph
 
 
 def flamegraph(
-    dump: Path = typer.Argument(..., help="A heap dump (.pb.gz) written by heapspy."),
+    dump: Path = typer.Argument(
+        ..., metavar="DUMP", help="A heap dump (.pb.gz) written by heapspy."
+    ),
     output: Optional[Path] = typer.Option(
         None,
         "--output",
@@ -41,7 +43,10 @@ def flamegraph(
     or files and see their share. The URL remembers the view, e.g.
     heap-....html#sample=alloc_space&search=parse to share it.
 
-    Example: heapspy flamegraph heapspy-dumps/heap-4242-20261122T010203.000Z-final.pb.gz
+    Examples:
+
+      heapspy flamegraph heap-4242-20261122T010203.000Z-final.pb.gz
+      heapspy flamegraph x.pb.gz --sample-index alloc_space -o churn.html
     """
     config = FlamegraphConfig(dump=dump, output=output, sample_index=sample_index)
     print(write_flamegraph(config).output)

@@ -13,15 +13,18 @@ from heapspy.units import format_bytes
 
 
 def rate(
-    pid: int = typer.Argument(..., help="Process id of the profiled target."),
+    pid: int = typer.Argument(..., metavar="PID", help="Process id of the profiled target."),
     new_rate: str = typer.Argument(..., metavar="RATE", help="New mean bytes between samples."),
 ) -> None:
     """Change how often a live session samples (e.g. 64KiB for more detail).
 
-    Only sessions in sampled mode have a rate; 0 keeps exact totals and stops stack
-    sampling. Dumps written afterwards use the new rate to upscale.
+    Only sessions in sampled mode have a rate (2 bytes and up); 0 keeps the exact totals
+    and stops stack sampling. Samples already taken keep the weight of the rate they were
+    taken at, so estimates stay unbiased across the change.
 
-    Example: heapspy rate 4242 64KiB
+    Example:
+
+      heapspy rate 4242 64KiB
     """
     value = options.rate(new_rate)
     reply = control.request(pid, "rate", rate=value)

@@ -10,7 +10,9 @@ from heapspy.report import ReportConfig, build_report, check_format, render_repo
 
 
 def report(
-    dump: Path = typer.Argument(..., help="A heap dump (.pb.gz) written by heapspy."),
+    dump: Path = typer.Argument(
+        ..., metavar="DUMP", help="A heap dump (.pb.gz) written by heapspy."
+    ),
     top: int = typer.Option(10, "--top", "-n", help="How many functions to list."),
     sample_index: str = typer.Option(
         "",
@@ -26,6 +28,13 @@ def report(
     Totals come from the JSON sidecar next to the dump (x.pb.gz -> x.json).
 
     flat: what a function allocated itself; cum: with its callees (as in pprof -top).
+    Sampled dumps show each value's 95% sampling error (±95%).
+
+    Examples:
+
+      heapspy report heap-4242-20261122T010203.000Z-final.pb.gz
+      heapspy report x.pb.gz --sample-index alloc_space -n 20    # the churn
+      heapspy report x.pb.gz --format json | jq '.top[0]'
     """
     check_format(output_format)
     config = ReportConfig(dump=dump, top=top, sample_index=sample_index)

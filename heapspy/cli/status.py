@@ -14,7 +14,7 @@ from heapspy.status import list_sessions, render_text, to_json
 
 def status(
     pid: Optional[int] = typer.Argument(
-        None, metavar="[PID]", help="Only the session holding this target."
+        None, metavar="PID", help="Only the session holding this target."
     ),
     output_format: str = typer.Option("text", "--format", help="text or json."),
 ) -> None:
