@@ -17,9 +17,8 @@ from heapspy.daemon.discover import Found, scan
 from heapspy.daemon.supervise import run_daemon
 from heapspy.errors import HeapspyError
 from heapspy.registry import read_holder
+from heapspy.target.privilege import has_cap_sys_ptrace
 from heapspy.units import format_age
-
-CAP_SYS_PTRACE = 19
 
 
 def daemon(
@@ -84,17 +83,6 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def _can_trace_others() -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
-    except (OSError, ValueError):
-        pass
-    return os.geteuid() == 0
-
-
 def _watch_lines(cfg: DaemonConfig, watch: Watch, found: list[Found]) -> list[str]:
     a = watch.attach
     argv = attach_argv(0, a, python="heapspy")
@@ -148,7 +136,7 @@ def check_report(cfg: DaemonConfig) -> str:
     for watch in cfg.watches:
         lines.append("")
         lines += _watch_lines(cfg, watch, [f for f in found if f.watch == watch.name])
-    if not _can_trace_others():
+    if not has_cap_sys_ptrace():
         lines += [
             "",
             f"note: running as uid {os.geteuid()} without CAP_SYS_PTRACE: only processes of "

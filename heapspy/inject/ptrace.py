@@ -45,6 +45,7 @@ from heapspy.inject.arch import NT_PRSTATUS, Arch, current_arch
 from heapspy.target.elf import ElfImage
 from heapspy.target.maps import Mapping, read_maps
 from heapspy.target.memory import RemoteMemory
+from heapspy.target.privilege import has_cap_sys_ptrace
 from heapspy.target.process import PythonTarget, check_no_tracer
 
 PAGE = 4096
@@ -256,7 +257,7 @@ def _permission_denied(pid: int, what: str) -> PermissionDenied:
     except (OSError, ValueError):
         scope = 0
     euid = os.geteuid()
-    has_cap = _has_cap_sys_ptrace()
+    has_cap = has_cap_sys_ptrace()
     grant = "grant heapspy CAP_SYS_PTRACE (sudo; in a container --cap-add SYS_PTRACE)"
     if scope >= 3:
         why = "Yama ptrace_scope is 3, which disables ptrace until reboot"
@@ -284,17 +285,6 @@ def _permission_denied(pid: int, what: str) -> PermissionDenied:
         why = "the kernel or a security module (SELinux, AppArmor, seccomp) refused"
         fix = f"run heapspy as the target's user or {grant}; check the audit log"
     return PermissionDenied(f"Not allowed to {what} process {pid}: {why}.", hint=f"Fix: {fix}.")
-
-
-def _has_cap_sys_ptrace() -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> 19 & 1)
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def _tracer_attached(pid: int) -> TracerAttached | None:

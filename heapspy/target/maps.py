@@ -6,6 +6,7 @@ import errno
 from dataclasses import dataclass
 
 from heapspy.errors import NoSuchProcess, PermissionDenied
+from heapspy.target.privilege import has_cap_sys_ptrace
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,16 @@ def read_maps(pid: int) -> list[Mapping]:
     except FileNotFoundError:
         raise NoSuchProcess(f"No process with pid {pid}.") from None
     except PermissionError:
+        if has_cap_sys_ptrace():
+            hint = (
+                "heapspy already has CAP_SYS_PTRACE, so the kernel or a security module "
+                "refused (AppArmor, SELinux, seccomp, or a process of another container); "
+                "check the audit log."
+            )
+        else:
+            hint = "Run heapspy as the target's user, or as root with CAP_SYS_PTRACE."
         raise PermissionDenied(
-            f"Not allowed to read the memory map of pid {pid}.",
-            hint="Run heapspy as the target's user, or as root with CAP_SYS_PTRACE.",
+            f"Not allowed to read the memory map of pid {pid}.", hint=hint
         ) from None
     except OSError as exc:
         if exc.errno == errno.ESRCH:
