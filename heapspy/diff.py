@@ -16,6 +16,7 @@ added, and ``schema`` changes if one is removed or changes meaning::
       "sample_index": "inuse_space", "unit": "bytes",
       "base_total": 1048576, "new_total": 5242880, "delta_total": 4194304,
       "functions_changed": 3, "lines_changed": 4,
+      "notes": ["The dumps are of different processes (pid 41 and pid 42): ..."],
       "functions": [{"function": "leaky", "filename": "/app/app.py", "line": 0,
                      "base_flat": 0, "new_flat": 4194304, "flat_delta": 4194304,
                      "base_cum": 0, "new_cum": 4194304, "cum_delta": 4194304}],
@@ -23,7 +24,9 @@ added, and ``schema`` changes if one is removed or changes meaning::
     }
 
 ``functions`` and ``lines`` hold at most ``--top`` rows each; sites whose values did not
-change are left out, shrinking ones come last with negative deltas.
+change are left out, shrinking ones come last with negative deltas. ``notes`` warn when
+the comparison is not what a leak hunt expects: dumps of different processes, sampled
+differently, or given newest first.
 """
 
 from __future__ import annotations
@@ -33,15 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heapspy.errors import UsageError
-from heapspy.pprof import read_profile
+from heapspy.dumps import PATTERN, sidecar_path
+from heapspy.errors import DumpError, UsageError
+from heapspy.pprof import DecodedProfile, read_profile
 from heapspy.report import (
     Site,
     aggregate_sites,
     check_format,
     check_sample_index,
     check_top,
+    describe_sampling,
+    format_time,
     format_value,
+    read_sidecar,
     resolve_sample_index,
 )
 
@@ -91,6 +98,7 @@ class Diff:
     lines_changed: int
     functions: tuple[DiffRow, ...]
     lines: tuple[DiffRow, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def delta_total(self) -> int:
@@ -109,6 +117,43 @@ def diff_sites(
             rows.append(DiffRow(site, base_flat, new_flat, base_cum, new_cum))
     rows.sort(key=lambda row: (-row.flat_delta, -row.cum_delta, row.site))
     return rows
+
+
+def dump_pid(dump: Path) -> int | None:
+    """The target's pid: from the sidecar, else from the file name heapspy gave it."""
+    try:
+        sidecar = read_sidecar(sidecar_path(dump))
+    except DumpError:
+        sidecar = None
+    pid = sidecar.get("pid") if sidecar else None
+    if isinstance(pid, int):
+        return pid
+    match = PATTERN.match(dump.name)
+    return int(match[1]) if match else None
+
+
+def comparison_notes(
+    base_path: Path, base: DecodedProfile, new_path: Path, new: DecodedProfile
+) -> list[str]:
+    """What makes this diff something other than one process's growth over time."""
+    notes = []
+    pids = dump_pid(base_path), dump_pid(new_path)
+    if None not in pids and pids[0] != pids[1]:
+        notes.append(
+            f"The dumps are of different processes (pid {pids[0]} and pid {pids[1]}): the "
+            "deltas compare two heaps, not one heap's growth."
+        )
+    if base.period != new.period:
+        notes.append(
+            f"The dumps were sampled differently (base: {describe_sampling(base.period)}; "
+            f"new: {describe_sampling(new.period)}): small deltas may be sampling noise."
+        )
+    if base.time_nanos and new.time_nanos and new.time_nanos < base.time_nanos:
+        notes.append(
+            f"NEW was written before BASE ({format_time(new.time_nanos)} < "
+            f"{format_time(base.time_nanos)}): swapped? Growth then shows as shrinkage."
+        )
+    return notes
 
 
 def build_diff(config: DiffConfig) -> Diff:
@@ -140,6 +185,7 @@ def build_diff(config: DiffConfig) -> Diff:
         lines_changed=len(lines),
         functions=tuple(functions[: config.top]),
         lines=tuple(lines[: config.top]),
+        notes=tuple(comparison_notes(config.base, base, config.new, new)),
     )
 
 
@@ -166,6 +212,7 @@ def render_text(diff: Diff) -> str:
         f"Sample index: {diff.sample_index}",
         f"Total: {format_value(diff.base_total, unit)} -> {format_value(diff.new_total, unit)}"
         f" ({format_value(diff.delta_total, unit, signed=True)})",
+        *(f"Note: {note}" for note in diff.notes),
         "",
     ]
     if not diff.functions_changed:
@@ -206,6 +253,7 @@ def diff_to_json(diff: Diff) -> dict[str, Any]:
         "delta_total": diff.delta_total,
         "functions_changed": diff.functions_changed,
         "lines_changed": diff.lines_changed,
+        "notes": list(diff.notes),
         "functions": [_row_json(row) for row in diff.functions],
         "lines": [_row_json(row) for row in diff.lines],
     }

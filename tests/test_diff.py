@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -173,8 +174,9 @@ def test_json_structure(dumps: tuple[Path, Path]) -> None:
     assert document["schema"] == "heapspy-diff/1"
     assert set(document) == {
         "schema", "base", "new", "sample_index", "unit", "base_total", "new_total",
-        "delta_total", "functions_changed", "lines_changed", "functions", "lines",
+        "delta_total", "functions_changed", "lines_changed", "notes", "functions", "lines",
     }  # fmt: skip
+    assert document["notes"] == []  # one process (no pid known), one rate, in order
     row = document["functions"][0]
     assert set(row) == {
         "function", "filename", "line", "base_flat", "new_flat", "flat_delta", "base_cum",
@@ -183,6 +185,26 @@ def test_json_structure(dumps: tuple[Path, Path]) -> None:
     assert row["function"] == "remember" and row["line"] == 0
     assert row["flat_delta"] == row["new_flat"] - row["base_flat"]
     assert document["lines"][0]["line"] == 14
+
+
+def test_notes_when_the_dumps_are_not_one_process_over_time(tmp_path: Path) -> None:
+    """Dumps of two processes, sampled differently, newest given first: each is said."""
+    older = tmp_path / "heap-41-20231114T221320.000Z-manual.pb.gz"
+    newer = tmp_path / "heap-42-20231114T223320.000Z-final.pb.gz"
+    older.write_bytes(encode_profile(base_profile()))
+    newer.write_bytes(encode_profile(replace(new_profile(), rate=1)))
+    diff = build_diff(DiffConfig(base=newer, new=older))
+    assert len(diff.notes) == 3, diff.notes
+    assert "different processes (pid 42 and pid 41)" in diff.notes[0]
+    assert "base: exact" in diff.notes[1] and "new: one sample every 256 KiB" in diff.notes[1]
+    assert "NEW was written before BASE" in diff.notes[2]
+    text = render_diff(diff, "text")
+    assert all(f"Note: {note}" in text for note in diff.notes)
+    # the pid a sidecar gives wins over the file name
+    (tmp_path / "heap-42-20231114T223320.000Z-final.json").write_text('{"pid": 41}')
+    assert build_diff(DiffConfig(base=older, new=older)).notes == ()
+    diff = build_diff(DiffConfig(base=older, new=newer))
+    assert not any("different processes" in note for note in diff.notes), diff.notes
 
 
 def test_text_golden(dumps: tuple[Path, Path], tmp_path: Path) -> None:
