@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import select
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -68,6 +69,13 @@ def _exited(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return True
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return None
 
 
 def _exits_soon(pid: int, within: float = 1.0) -> bool:
@@ -150,6 +158,7 @@ class Session:
         self.dumps: list[str] = []
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
+        self._cmdline = _cmdline(target.pid)  # an exec() changes it
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -378,6 +387,11 @@ class Session:
     def _why_gone(self) -> str:
         if _exited(self.target.pid):
             return "target exited"
+        # exec() closes the agent's socket (close-on-exec) after switching the program,
+        # so by the time the end of the stream arrives the new program shows
+        argv = _cmdline(self.target.pid)
+        if argv is not None and self._cmdline is not None and argv != self._cmdline:
+            return f"the process replaced its program: exec {shlex.join(argv)[:120]}"
         return "agent closed the connection"
 
     def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:

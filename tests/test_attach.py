@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 from conftest import Target, heapspy_dirs_in_tmp, wait_for
 from interpreters import Interpreter, interpreter_params, py314
@@ -188,6 +189,27 @@ def test_what_an_exiting_target_holds_is_in_the_final_dump(
 
 def test_exact_mode_collects_at_exit_too(spawn: Spawn, tmp_path: Path) -> None:
     _exit_while_attached(None, 1, spawn, tmp_path)  # heapspy's own interpreter
+
+
+@pytest.mark.parametrize(
+    "interp",
+    [p for p in interpreter_params() if p.values[0].label in ("3.8-pyenv", "3.14-debian")],
+)
+def test_a_target_that_execs_another_program_ends_the_session_saying_so(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "probe_target.py", "exec")
+    session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, interval=0.2))
+    try:
+        session.run(duration=0.5)
+        os.kill(target.pid, signal.SIGUSR1)
+        reason = session.run(duration=20)
+    finally:
+        session.detach()
+    assert reason == "the process replaced its program: exec sleep 30"
+    assert psutil.Process(target.pid).cmdline() == ["sleep", "30"]  # still running
+    (dump,) = session.dumps  # what was collected before the exec
+    assert decode_profile(Path(dump).read_bytes()).samples
 
 
 @pytest.mark.parametrize("interp", interpreter_params())

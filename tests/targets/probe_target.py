@@ -4,7 +4,8 @@ Usage: probe_target.py MODE, MODE one of busy, sleep, sleep-worker, accept, lock
 threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-soon,
 grow (keeps 64 KiB per 10 ms at grow_cache), last-words (on SIGUSR1: keeps 32 MiB at
 last_words, then exits), fork (on SIGUSR1: forks a child that allocates, writes its
-probe to $HEAPSPY_PROBE.child and exits; the parent writes its wait status to .status).
+probe to $HEAPSPY_PROBE.child and exits; the parent writes its wait status to .status),
+exec (on SIGUSR1: replaces itself with /bin/sleep 30).
 Prints "READY <pid>" once set up. The probe file is named by $HEAPSPY_PROBE.
 Written for Python 3.8+.
 """
@@ -158,6 +159,13 @@ elif MODE == "last-words":  # churns until SIGUSR1, then keeps 32 MiB and exits
         time.sleep(0.001)
     hoard = last_words()
     sys.exit(0)
+elif MODE == "exec":  # churns until SIGUSR1, then becomes another program
+    told = []
+    signal.signal(signal.SIGUSR1, lambda *_: told.append(1))
+    while not told:
+        churn()
+        time.sleep(0.001)
+    os.execv("/bin/sleep", ["sleep", "30"])
 elif MODE == "fork":  # on SIGUSR1: fork a child that allocates, probes itself, exits
     told = []
     signal.signal(signal.SIGUSR1, lambda *_: told.append(1))
