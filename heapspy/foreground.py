@@ -28,11 +28,12 @@ class SignalRequests:
     dump), made to the session once there is one and remembered until then; the previous
     handlers come back on exit. Handlers only record: the session loop acts."""
 
-    def __init__(self, dumps: bool = True) -> None:
+    def __init__(self, dumps: bool = True, early: Callable[[str], None] | None = None) -> None:
         self.signals = (signal.SIGINT, signal.SIGTERM, *((signal.SIGUSR1,) if dumps else ()))
         self.session: Session | None = None
         self.reason = ""  # why a stop was asked for; "" while none was
         self._previous: dict[int, Any] = {}
+        self._early = early  # told, once, of a stop asked for before there is a session
 
     def __enter__(self) -> SignalRequests:
         self._previous = {s: signal.signal(s, self._on_signal) for s in self.signals}
@@ -47,9 +48,12 @@ class SignalRequests:
             if self.session is not None:
                 self.session.request_dump("signal")
             return
+        first = not self.reason
         self.reason = self.reason or ("interrupted" if signum == signal.SIGINT else "terminated")
         if self.session is not None:
             self.session.request_stop(self.reason)
+        elif first and self._early is not None:
+            self._early(self.reason)
 
     def follow(self, session: Session) -> None:
         """Direct requests to ``session`` from now on, and pass on one made before."""
@@ -73,7 +77,16 @@ def run_foreground(
     The daemon reads the ``attached to PID`` and ``detached from PID (why)`` lines, so
     their wording is part of the interface.
     """
-    with SignalRequests() as requests:
+    def early(why: str) -> None:
+        # A Ctrl-C while the agent is on its way must not go unanswered for seconds.
+        if attached is not None:
+            attached()  # clears a progress line
+        say(
+            f"{why}: detaching as soon as the agent has started (within "
+            f"{config.attach_timeout:g} s), which leaves the process as it was"
+        )
+
+    with SignalRequests(early=None if quiet else early) as requests:
         try:
             session = Session.attach(pid, config, progress=progress)
         finally:

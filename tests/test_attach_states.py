@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -96,3 +99,31 @@ def test_main_thread_inside_a_slow_import(interp: Interpreter, spawn: Spawn) -> 
     assert target.proc.stdout.readline() == "IMPORTED\n"
     assert target.proc.poll() is None
     assert heapspy_dirs_in_tmp(target.pid) == []
+
+
+def test_ctrl_c_while_the_agent_is_on_its_way_is_answered_at_once(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """The main thread sleeps 5 s at a time: the agent starts when the sleep returns.
+    A Ctrl-C meanwhile is answered at once, and the session ends cleanly once it has."""
+    target = spawn(None, "probe_target.py", "sleep", env={"PROBE_SLEEP": "5"})
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        holder.send_signal(signal.SIGINT)
+        said = time.monotonic()
+        assert holder.stderr is not None
+        first = holder.stderr.readline()
+        assert time.monotonic() - said < 1.0, first  # not after the agent started
+        assert first.startswith("heapspy: interrupted: detaching as soon as the agent has"), first
+        rest = holder.stderr.read()
+        assert holder.wait(timeout=20) == 0, rest
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert f"detached from {target.pid} (interrupted)" in rest, rest
+    assert target.alive() and target.state()["modules"] == []

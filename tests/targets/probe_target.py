@@ -6,7 +6,8 @@ grow (keeps 64 KiB per 10 ms at grow_cache), last-words (on SIGUSR1: keeps 32 Mi
 last_words, then exits), fork (on SIGUSR1: forks a child that allocates, writes its
 probe to $HEAPSPY_PROBE.child and exits; the parent writes its wait status to .status),
 exec (on SIGUSR1: replaces itself with /bin/sleep 30).
-Prints "READY <pid>" once set up. The probe file is named by $HEAPSPY_PROBE.
+Prints "READY <pid>" once set up. $PROBE_SLEEP: seconds per sleep in the sleep modes
+(3). The probe file is named by $HEAPSPY_PROBE.
 Written for Python 3.8+.
 """
 
@@ -115,7 +116,7 @@ elif MODE == "grow":  # 6.4 MiB/s retained at grow_cache, churn beside it
         time.sleep(0.01)
 elif MODE in ("sleep", "sleep-worker"):
     while True:
-        time.sleep(3)
+        time.sleep(float(os.environ.get("PROBE_SLEEP", "3")))
 elif MODE == "accept":
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
