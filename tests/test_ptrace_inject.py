@@ -177,7 +177,9 @@ def probe(out: Path, tag: str, body: str = "", *, unmap: bool = False) -> Any:
 def records(out: Path) -> list[dict[str, Any]]:
     if not out.exists():
         return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    # complete lines only: the target may be writing the next one as we read
+    complete = out.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def wait_records(out: Path, n: int, timeout: float) -> list[dict[str, Any]]:
