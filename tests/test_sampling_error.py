@@ -128,6 +128,7 @@ def attach(spawn: Spawn, tmp_path: Path, *args: str) -> tuple[str, Path]:
     )
     assert out.returncode == 0, out.stderr
     (dump,) = tmp_path.glob("*-final.pb.gz")
+    assert f"Read the final dump with: heapspy report {dump}\n" in out.stdout, out.stdout
     return out.stdout, dump
 
 

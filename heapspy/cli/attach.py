@@ -133,6 +133,10 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
     if not quiet:
         print(top_table(session.aggregator.top_sites(10), session.aggregator.sampled))
+        final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
+        if final:  # what to do with it, as a first-time user would not know
+            print(f"Read the final dump with: heapspy report {final[-1]}")
+            print(f"                      or: heapspy flamegraph {final[-1]}")
     return session
 
 
