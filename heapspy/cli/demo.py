@@ -58,6 +58,9 @@ def demo(
         print(f"As a flame graph (open in a browser; works offline): {page}")
 
 
+FINER = 64 * 1024  # the finer rate the demo suggests
+
+
 def truth_line(result: DemoResult, rate: int) -> str:
     """heapspy's figure for the leak beside what the worker counted it kept."""
     leak = result.leak
@@ -74,9 +77,6 @@ def truth_line(result: DemoResult, rate: int) -> str:
         f"{said}; heapspy estimated {format_bytes(leak.inuse_bytes)} {error} (the truth lies "
         f"within the ±95% error in 19 runs out of 20{finer})."
     )
-
-
-FINER = 64 * 1024
 
 
 def register(app: typer.Typer) -> None:
