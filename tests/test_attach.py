@@ -156,6 +156,21 @@ def test_agent_switches_off_when_heapspy_is_killed(
     again.detach()
 
 
+def _signal_while_attached(
+    target: Target, config: AttachConfig, after: float
+) -> tuple[Session, str]:
+    """Attach, send SIGUSR1 (the probe target's cue) ``after`` seconds in, run until the
+    session ends (20 s at most), detach; the session and why its run ended."""
+    session = Session.attach(target.pid, config)
+    try:
+        session.run(duration=after)
+        os.kill(target.pid, signal.SIGUSR1)
+        reason = session.run(duration=20)
+    finally:
+        session.detach()
+    return session, reason
+
+
 def _exit_while_attached(
     interp: Interpreter | None, rate: int, spawn: Spawn, tmp_path: Path
 ) -> None:
@@ -163,13 +178,7 @@ def _exit_while_attached(
     holds then, so the final dump shows the 32 MiB it kept in its last moment."""
     target = spawn(interp, "probe_target.py", "last-words")
     config = AttachConfig(dump_dir=tmp_path, interval=600.0, rate=rate)
-    session = Session.attach(target.pid, config)
-    try:
-        session.run(duration=0.3)
-        os.kill(target.pid, signal.SIGUSR1)
-        reason = session.run(duration=20)
-    finally:
-        session.detach()
+    session, reason = _signal_while_attached(target, config, after=0.3)
     assert reason == "target exited, its last state collected at exit"
     assert target.proc.wait(timeout=10) == 0
     sites = {name: live for name, live, *_ in session.aggregator.top(5)}
@@ -199,13 +208,8 @@ def test_a_target_that_execs_another_program_ends_the_session_saying_so(
     interp: Interpreter, spawn: Spawn, tmp_path: Path
 ) -> None:
     target = spawn(interp, "probe_target.py", "exec")
-    session = Session.attach(target.pid, AttachConfig(dump_dir=tmp_path, interval=0.2))
-    try:
-        session.run(duration=0.5)
-        os.kill(target.pid, signal.SIGUSR1)
-        reason = session.run(duration=20)
-    finally:
-        session.detach()
+    config = AttachConfig(dump_dir=tmp_path, interval=0.2)
+    session, reason = _signal_while_attached(target, config, after=0.5)
     assert reason == "the process replaced its program: exec sleep 30"
     assert psutil.Process(target.pid).cmdline() == ["sleep", "30"]  # still running
     (dump,) = session.dumps  # what was collected before the exec
