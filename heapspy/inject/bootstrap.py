@@ -21,61 +21,12 @@ from typing import Any
 import heapspy_agent
 
 from heapspy.errors import InjectionFailed, PermissionDenied
+from heapspy.inject.boot_script import boot_source
 from heapspy.target.process import PythonTarget
 
 AGENT_FILES = ("__init__.py", "protocol.py", "agent.py", "exact.py", "sampled.py", "shim.py")
 SHIM_GLOB = "_heapspy_shim*.so"
 
-_BOOT = """\
-# heapspy bootstrap: imports the agent heapspy placed beside this file; the agent then
-# deletes these files. Nothing may escape into the target, so every error is caught.
-# It runs where the interpreter ran it (a pending call, or a PEP 768 request), which can
-# be in the middle of one of the target's own imports: importing there would hand the
-# agent that module half-initialised. So all the work happens in a new thread, whose
-# imports wait for the target's to finish.
-def _heapspy_boot():
-    import sys
-    d = {dir!r}
-    saved = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    sys.path.insert(0, d)
-    try:
-        import heapspy_agent.agent
-    finally:
-        sys.dont_write_bytecode = saved
-        if d in sys.path:
-            sys.path.remove(d)
-    heapspy_agent.agent.start(d, {token!r}, globals().get("_heapspy_page"))
-
-
-def _heapspy_report(exc):
-    import json, socket, struct, traceback
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2.0)
-    s.connect({sock!r})
-    for kind, body in ((1, {{"version": 1, "token": {token!r}, "pid": __import__("os").getpid()}}),
-                       (5, {{"code": "boot", "message": "%s: %s" % (type(exc).__name__, exc),
-                            "traceback": traceback.format_exc()}})):
-        data = json.dumps(body).encode()
-        s.sendall(struct.pack(">IB", len(data), kind) + data)
-    s.close()
-
-
-def _heapspy_run():
-    try:
-        _heapspy_boot()
-    except BaseException as e:
-        try:
-            _heapspy_report(e)
-        except BaseException:
-            pass
-
-
-try:
-    __import__("_thread").start_new_thread(_heapspy_run, ())
-except BaseException:
-    pass
-"""
 
 
 @dataclass
@@ -201,7 +152,7 @@ def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float)
             deadline=deadline,
         )
         _write_private(host_dir / "config.json", json.dumps(config).encode(), owner)
-        boot = _BOOT.format(dir=target_dir, token=token, sock=placement.socket_path)
+        boot = boot_source(target_dir, token, placement.socket_path)
         _write_private(host_dir / "boot.py", boot.encode(), owner)
         sock_host = str(host_dir / "agent.sock")
         listener.bind(sock_host)
