@@ -27,6 +27,8 @@ class AttachConfig:
     final_dump: bool = True
     final_rule: str = "final"  # the rule named in the final dump's file name
     require_sampling: bool = False
+    # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)
+    last_chance: bool = True
     dump_on: tuple[Rule, ...] = ()
     keep: int | None = None  # retention: at most this many dumps in dump_dir
     max_bytes: int | None = None  # retention: at most this many bytes of dumps

@@ -8,6 +8,9 @@ Grammar (one rule per ``--dump-on``; an optional ``,cooldown=DURATION`` follows 
     heap-growth>SIZE/DURATION  the same for the live Python heap
     every DURATION           periodically                          e.g. every 15m
     leak[:K]                 a site's live bytes grew in each of the last K intervals (5)
+    cgroup>PCT%              the memory cgroup's working set above PCT of its limit e.g. cgroup>90%
+    psi>PCT%                 memory pressure: some task stalled more than PCT of the last 10 s
+    psi-full>PCT%            the same for all tasks stalled at once (the cgroup's, else the host's)
 
 Threshold rules fire when the condition becomes true and then at most once per cooldown
 (default 5m) while it stays true; ``every`` has no cooldown, its period is its own.
@@ -24,8 +27,9 @@ from heapspy.units import parse_duration, parse_size
 
 GRAMMAR = (
     "Rules: rss>SIZE, heap>SIZE, growth>SIZE/DURATION, heap-growth>SIZE/DURATION, "
-    "every DURATION, leak[:K]; each may end with ,cooldown=DURATION "
-    "(e.g. 'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', 'leak:5')."
+    "every DURATION, leak[:K], cgroup>PCT%, psi>PCT%, psi-full>PCT%; each may end with "
+    ",cooldown=DURATION (e.g. 'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', "
+    "'leak:5', 'cgroup>90%', 'psi>20%')."
 )
 DEFAULT_COOLDOWN = 300.0
 
@@ -33,15 +37,17 @@ _THRESHOLD = re.compile(r"^(rss|heap)\s*>\s*(\S+)$")
 _GROWTH = re.compile(r"^(growth|heap-growth)\s*>\s*([^/\s]+)\s*/\s*(\S+)$")
 _EVERY = re.compile(r"^every\s+(\S+)$")
 _LEAK = re.compile(r"^leak(?::(\d+))?$")
+_PERCENT = re.compile(r"^(cgroup|psi|psi-full)\s*>\s*([0-9]+(?:\.[0-9]+)?)\s*%?$")
 
 
 @dataclass(frozen=True)
 class Rule:
     text: str
-    kind: str  # rss | heap | growth | heap-growth | every | leak
+    kind: str  # rss | heap | growth | heap-growth | every | leak | cgroup | psi | psi-full
     size: int = 0
     window: float = 0.0  # growth window, or the period of `every`
     intervals: int = 0  # leak: K
+    percent: float = 0.0  # cgroup, psi, psi-full: the threshold in percent
     cooldown: float = DEFAULT_COOLDOWN
 
     @property
@@ -83,6 +89,11 @@ def parse_rule(text: str) -> Rule:
             if period < 1:
                 raise _bad(text, "the period must be at least 1s")
             return Rule(text, "every", window=period, cooldown=0.0)
+        if m := _PERCENT.match(body):
+            percent = float(m[2])
+            if not 0 < percent < 100:
+                raise _bad(text, "the threshold must be a percentage between 0 and 100")
+            return Rule(text, m[1], percent=percent, cooldown=cooldown)
         if m := _LEAK.match(body):
             k = int(m[1] or 5)
             if k < 2:
@@ -102,6 +113,9 @@ class Observation:
     time: float
     rss: int | None
     heap: int
+    cgroup_used: float | None = None  # working set / limit of the memory cgroup, 0..1
+    psi_some: float | None = None  # memory pressure avg10, percent
+    psi_full: float | None = None
 
 
 class RuleEngine:
@@ -143,6 +157,12 @@ class RuleEngine:
             return obs.heap > rule.size
         if rule.kind in ("growth", "heap-growth"):
             return self._grew(rule, obs)
+        if rule.kind == "cgroup":
+            return obs.cgroup_used is not None and obs.cgroup_used * 100 > rule.percent
+        if rule.kind == "psi":
+            return obs.psi_some is not None and obs.psi_some > rule.percent
+        if rule.kind == "psi-full":
+            return obs.psi_full is not None and obs.psi_full > rule.percent
         if rule.kind == "leak":
             return len(growing) >= rule.intervals and growing[rule.intervals - 1] > 0
         return rule.kind == "every"

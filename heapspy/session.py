@@ -36,6 +36,7 @@ from heapspy.errors import (
 )
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
+from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rules import Observation, RuleEngine
 from heapspy.symbolize import Symbolizer
@@ -159,6 +160,7 @@ class Session:
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
         self._cmdline = _cmdline(target.pid)  # an exec() changes it
+        self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -355,6 +357,8 @@ class Session:
                 self._next_beat = now + HEARTBEAT
             while self._dump_requests:
                 self._dump(self._dump_requests.pop(0))
+            if self.memcg is not None and (why := self.memcg.poll(now)):
+                self._dump("last-chance", why)
         return self.end_reason
 
     def _send_agent(self, kind: int, body: dict[str, Any]) -> None:
@@ -385,12 +389,21 @@ class Session:
         return True
 
     def _why_gone(self) -> str:
-        if _exited(self.target.pid):
+        # a dying process closes its sockets (and empties its cmdline) a moment before it
+        # shows as a zombie: give it that moment before calling it an exec
+        if _exits_soon(self.target.pid, within=0.5):
+            kills = self.memcg.oom_kills() if self.memcg is not None else 0
+            if kills:
+                assert self.memcg is not None
+                return (
+                    f"target exited: killed by the kernel's OOM killer (cgroup "
+                    f"{self.memcg.cgroup.name}: {kills} OOM kill(s) while attached)"
+                )
             return "target exited"
         # exec() closes the agent's socket (close-on-exec) after switching the program,
         # so by the time the end of the stream arrives the new program shows
         argv = _cmdline(self.target.pid)
-        if argv is not None and self._cmdline is not None and argv != self._cmdline:
+        if argv and self._cmdline is not None and argv != self._cmdline:
             return f"the process replaced its program: exec {shlex.join(argv)[:120]}"
         return "agent closed the connection"
 
@@ -404,9 +417,16 @@ class Session:
                 self.on_samples(self)
             if self.rules.rules and not self._stop:
                 growing = agg.growing(self.rules.leak_intervals)
-                for rule in self.rules.observe(
-                    Observation(point.time, point.rss, point.heap), growing
-                ):
+                memory = self.memcg.state if self.memcg is not None else None
+                obs = Observation(
+                    point.time,
+                    point.rss,
+                    point.heap,
+                    cgroup_used=memory.used_fraction if memory else None,
+                    psi_some=memory.psi_some if memory else None,
+                    psi_full=memory.psi_full if memory else None,
+                )
+                for rule in self.rules.observe(obs, growing):
                     self._dump(rule.name, rule.text)
         elif kind == protocol.REPLY:
             self._replies[int(body.get("id") or 0)] = body
@@ -581,10 +601,13 @@ class Session:
             },
             "agent_totals": agg.totals,
             "facts": agg.facts,
+            "cgroup": self.memcg.as_json() if self.memcg is not None else None,
         }
 
     def write_dump(self, rule: str, why: str = "") -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
+        if rule == self.config.final_rule and "OOM killer" in self.end_reason:
+            notes.append(f"the session ended: {self.end_reason}")
         if rule.startswith("leak"):
             found = self.aggregator.longest_growing()
             if found:

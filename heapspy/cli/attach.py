@@ -68,12 +68,19 @@ def attach(
     final_dump: bool = typer.Option(
         True, "--final-dump/--no-final-dump", help="Write a dump when the session ends."
     ),
+    last_chance: bool = typer.Option(
+        True,
+        "--last-chance/--no-last-chance",
+        help="Write a dump when the process's memory cgroup comes within 5% of its limit "
+        "(before the OOM killer strikes).",
+    ),
     dump_on: list[str] = typer.Option(
         [],
         "--dump-on",
         metavar="RULE",
         help="Write a dump when a rule fires (repeatable): rss>SIZE, heap>SIZE, "
-        "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K]; "
+        "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K], "
+        "cgroup>PCT%, psi>PCT%, psi-full>PCT%; "
         "append ,cooldown=DURATION (default 5m).",
     ),
     keep: Optional[int] = typer.Option(
@@ -120,6 +127,7 @@ def attach(
         method=check_method(method),
         dump_dir=dump_dir,
         final_dump=final_dump,
+        last_chance=last_chance,
         dump_on=tuple(parse_rule(r) for r in dump_on),
         keep=options.keep(keep),
         require_sampling=require_sampling,

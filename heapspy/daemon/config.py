@@ -128,6 +128,7 @@ ATTACH_KEYS = (
     "max_bytes",
     "require_sampling",
     "final_dump",
+    "last_chance",
 )
 WATCH_KEYS = ("name", *SELECTOR_KEYS, *ATTACH_KEYS)
 
@@ -345,6 +346,7 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         else table.convert("max_bytes", lambda: parse_size(max_bytes_text, "max_bytes")),
         require_sampling=table.boolean("require_sampling", False),
         final_dump=table.boolean("final_dump", True),
+        last_chance=table.boolean("last_chance", True),
     )
     if attach.max_bytes == 0:
         raise table.error("max_bytes", "must be positive.")

@@ -1,0 +1,105 @@
+"""The last-chance dump: a heap profile written just before the OOM killer strikes.
+
+A worker killed by its cgroup's OOM killer takes its heap with it; the dump that would
+have named the leak must be written before, while the session still has the samples.
+So the session watches the worker's memory cgroup: slowly (every second) while it is
+far from its limit, every 250 ms once it is within ``NEAR`` of it, and asks for one
+dump when the working set comes within ``margin`` of the limit or when the kernel has
+started reclaiming at the limit (v2 ``memory.events`` ``max``/``oom`` moved; v1
+``memory.failcnt``). After the worker dies, ``oom_kills`` says whether the kernel's
+OOM killer struck its cgroup meanwhile, so the final dump can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from heapspy.cgroup import MemoryCgroup, MemoryState, locate, read_state
+
+NEAR = 0.80  # poll fast from this share of the limit on
+FAST_POLL = 0.25
+SLOW_POLL = 1.0
+DEFAULT_MARGIN = 0.05  # last chance: within 5 % of the limit
+DEFAULT_COOLDOWN = 300.0
+_PRESSURE_EVENTS = ("max", "oom")
+
+
+def _fmt(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@dataclass
+class CgroupWatch:
+    """One session's view of its target's memory cgroup."""
+
+    cgroup: MemoryCgroup
+    state: MemoryState
+    margin: float = DEFAULT_MARGIN
+    cooldown: float = DEFAULT_COOLDOWN
+    last_chance: bool = True
+    _baseline: dict[str, int] | None = None
+    _seen: dict[str, int] | None = None
+    _next_poll: float = 0.0
+    _fired_at: float | None = None
+
+    @classmethod
+    def for_pid(cls, pid: int, last_chance: bool = True) -> CgroupWatch | None:
+        cg = locate(pid)
+        state = read_state(cg) if cg is not None else None
+        if cg is None or state is None:
+            return None
+        return cls(
+            cg,
+            state,
+            last_chance=last_chance,
+            _baseline=dict(state.events),
+            _seen=dict(state.events),
+        )
+
+    def _near(self) -> bool:
+        used = self.state.used_fraction
+        return used is not None and used >= NEAR
+
+    def poll(self, now: float) -> str | None:
+        """Read the cgroup when due; the reason for a last-chance dump, or None."""
+        if now < self._next_poll:
+            return None
+        fresh = read_state(self.cgroup)
+        if fresh is None:
+            self._next_poll = now + SLOW_POLL
+            return None
+        self.state = fresh
+        self._next_poll = now + (FAST_POLL if self._near() else SLOW_POLL)
+        seen = self._seen or {}
+        moved = [k for k in _PRESSURE_EVENTS if fresh.events.get(k, 0) > seen.get(k, 0)]
+        self._seen = dict(fresh.events)
+        if not self.last_chance or fresh.limit is None:
+            return None
+        if self._fired_at is not None and now - self._fired_at < self.cooldown:
+            return None
+        close = fresh.working_set >= fresh.limit * (1 - self.margin)
+        if not (close or moved):
+            return None
+        self._fired_at = now
+        why = (
+            f"cgroup {self.cgroup.name} at {_fmt(fresh.working_set)} of its "
+            f"{_fmt(fresh.limit)} limit ({fresh.working_set / fresh.limit:.0%})"
+        )
+        if moved:
+            counters = ", ".join(f"{k} {seen.get(k, 0)}->{fresh.events[k]}" for k in moved)
+            file = "memory.events" if self.cgroup.version == 2 else "memory.failcnt"
+            why += f"; the kernel reclaims at the limit ({file}: {counters})"
+        return why
+
+    def oom_kills(self) -> int:
+        """OOM kills in the cgroup since the session began (read now)."""
+        fresh = read_state(self.cgroup)
+        if fresh is not None:
+            self.state = fresh
+        base = (self._baseline or {}).get("oom_kill", 0)
+        return max(0, self.state.events.get("oom_kill", 0) - base)
+
+    def as_json(self) -> dict[str, object]:
+        out = self.state.as_json()
+        out.update(version=self.cgroup.version, name=self.cgroup.name)
+        return out
