@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -702,47 +701,6 @@ def test_help_teaches_the_config_format() -> None:
     assert re.search(r"^ +\[\[watch\]\] *$", out.stdout, re.M), out.stdout
     assert "a [daemon] table" in out.stdout
     assert "heapspy daemon --config /etc/heapspy/heapspy.toml --check" in out.stdout
-
-
-def _systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed")
-    probe = subprocess.run([tool, "--version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"systemd-analyze does not run here: {probe.stderr.strip()}")
-    return tool
-
-
-def test_unit_file_verifies(tmp_path: Path) -> None:
-    tool = _systemd_analyze()
-    text = (REPO / "systemd" / "heapspy.service").read_text()
-    assert "ExecStart=/usr/local/bin/heapspy daemon --config /etc/heapspy/heapspy.toml" in text
-    exe = Path(sys.executable).parent / "heapspy"  # the venv's entry point stands in for it
-    unit = tmp_path / "heapspy.service"
-    unit.write_text(text.replace("/usr/local/bin/heapspy", str(exe)))
-    out = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stderr == "", out.stderr
-    settings = dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
-    )
-    assert settings["Type"] == "notify" and settings["KillMode"] == "mixed"
-    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    cfg = load_config(REPO / "systemd" / "heapspy.toml") if _has_www_data() else None
-    stop = cfg.stop_timeout if cfg else 20.0
-    assert float(settings["TimeoutStopSec"].rstrip("s")) > stop
-    # a broken line is reported: the check above can fail
-    unit.write_text(text.replace("/usr/local/bin/heapspy", str(exe)).replace("=mixed", "=mixd"))
-    broken = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
-    assert "mixd" in broken.stderr
-
-
-def _has_www_data() -> bool:
-    try:
-        pwd.getpwnam("www-data")
-    except KeyError:
-        return False
-    return True
 
 
 def _open_fds(pid: int) -> dict[int, str]:
