@@ -139,7 +139,7 @@ class Session:
         self.info: AttachInfo | None = None
         self.aggregator = Aggregator(
             rate=config.rate,
-            symbolizer=Symbolizer(f"/proc/{target.pid}/root"),
+            symbolizer=Symbolizer.of_process(target.pid),
             qualify=target.version < (3, 11),
         )
         self.end_reason = ""
