@@ -16,6 +16,15 @@ from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, To
 from heapspy.scaling import is_estimate, sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
+# What one session keeps of what its agent sends, whatever the agent sends: stacks past
+# these are dropped and counted (``dropped_stacks``, in status and the sidecar). A real
+# program has a few thousand distinct allocation stacks; the limits leave room for far
+# more while keeping heapspy's memory for one session near 100 MB at worst.
+MAX_SITES = 50_000
+MAX_DISTINCT_FRAMES = 200_000
+MAX_FRAME_REFS = 2_000_000  # frames summed over all stacks kept
+MAX_TEXT = 16 * 1024 * 1024  # characters of distinct function and file names
+
 
 @dataclass
 class _Site:
@@ -80,15 +89,62 @@ class Aggregator:
     intervals: int = 0
     streaks: dict[int, int] = field(default_factory=dict)  # site -> intervals grown in a row
     qualify: bool = False  # target < 3.11: frame names are co_name only
+    dropped_stacks: int = 0  # stacks not kept: beyond the limits above
+    agent_dropped: int = 0  # site entries the agent left out to keep its frames small
+    _frames: dict[tuple[str, str, int], Frame] = field(default_factory=dict)
+    _text: dict[str, str] = field(default_factory=dict)
+    _text_size: int = 0
+    _frame_refs: int = 0
+
+    def add_stacks(self, stacks: list[dict[str, Any]]) -> None:
+        """Keep new stacks (from a checked SAMPLES or STACKS frame), within the limits."""
+        exact = self.mode == "exact"
+        for stack in stacks:
+            sid, raw = int(stack["id"]), stack["frames"]
+            if sid in self.sites:
+                continue  # ids are sent once; a repeat must not grow anything
+            if len(self.sites) >= MAX_SITES or self._frame_refs + len(raw) > MAX_FRAME_REFS:
+                self.dropped_stacks += 1
+                continue
+            frames = []
+            for func, fn, ln in raw:
+                frame = self._frame(func, fn, ln)
+                if frame is None:
+                    break
+                frames.append(frame)
+            else:
+                self.sites[sid] = _Site(tuple(frames), exact)
+                self._frame_refs += len(frames)
+                continue
+            self.dropped_stacks += 1
+
+    def _frame(self, func: str, filename: str, line: int) -> Frame | None:
+        """The one Frame object for these values (shared by every stack that has it);
+        None once the limits on distinct frames and names are reached."""
+        key = (func, filename, line)
+        frame = self._frames.get(key)
+        if frame is not None:
+            return frame
+        if len(self._frames) >= MAX_DISTINCT_FRAMES:
+            return None
+        new_text = sum(len(t) for t in {func, filename} if t not in self._text)
+        if self._text_size + new_text > MAX_TEXT:
+            return None
+        for t in (func, filename):
+            if t not in self._text:
+                self._text[t] = t
+                self._text_size += len(t)
+        frame = Frame(
+            self._name(self._text[func], self._text[filename], line), self._text[filename], line
+        )
+        self._frames[key] = frame
+        return frame
 
     def apply(self, body: dict[str, Any]) -> None:
+        """Fold one checked SAMPLES body in (``heapspy_agent.schema``)."""
         exact = self.mode == "exact"
-        for stack in body.get("stacks", ()):
-            frames = tuple(
-                Frame(self._name(func, fn, int(ln)), fn, int(ln))
-                for func, fn, ln in stack["frames"]
-            )
-            self.sites[int(stack["id"])] = _Site(frames, exact)
+        self.add_stacks(body.get("stacks", []))
+        self.agent_dropped += int(body.get("dropped", 0))
         streaks: dict[int, int] = {}
         for sid, (count, size) in body.get("inuse", {}).items():
             site = self.sites.get(int(sid))

@@ -102,3 +102,10 @@ class SamplingUnavailable(HeapspyError):
     """--require-sampling was given and the shim cannot run in the target."""
 
     exit_code = 17
+
+
+class ProtocolViolation(HeapspyError):
+    """The agent sent something the protocol does not allow (a malformed, oversized or
+    unexpected frame, a forged token): the session ended, its final dump written."""
+
+    exit_code = 18

@@ -15,12 +15,20 @@ from types import FrameType
 from typing import Any, Callable
 
 from heapspy.config import AttachConfig
+from heapspy.errors import ProtocolViolation
+from heapspy.printable import printable
 from heapspy.session import Progress, Session
 from heapspy.units import format_bytes
 
+# What a caller that runs sessions (the daemon's child) learns of each, as data: the
+# lines on stderr are for people and carry text from the target, so nothing is decided
+# from them. ("attached", {...}) once the agent has acknowledged; ("ended", {...}) after
+# the detach, with ``by_user`` true only when `heapspy detach` asked for it.
+Events = Callable[[str, dict[str, Any]], None]
+
 
 def _say(line: str) -> None:
-    print(f"heapspy: {line}", file=sys.stderr, flush=True)
+    print(f"heapspy: {printable(line)}", file=sys.stderr, flush=True)
 
 
 class SignalRequests:
@@ -70,12 +78,14 @@ def run_foreground(
     attached: Callable[[], None] | None = None,
     quiet: bool = False,
     say: Callable[[str], None] = _say,
+    events: Events | None = None,
 ) -> Session:
     """Attach, run until ``config.duration``, a signal or the agent's end, and detach.
 
     ``attached`` runs once the agent has acknowledged (the CLI clears its spinner there).
-    The daemon reads the ``attached to PID`` and ``detached from PID (why)`` lines, so
-    their wording is part of the interface.
+    ``events`` hears of the attach and the end as data (see ``Events``). A session the
+    agent ended by breaking the protocol raises ``ProtocolViolation`` after its detach
+    (final dump included).
     """
     def early(why: str) -> None:
         # A Ctrl-C while the agent is on its way must not go unanswered for seconds.
@@ -94,6 +104,8 @@ def run_foreground(
                 attached()
         info = session.info
         assert info is not None
+        if events is not None:
+            events("attached", {"pid": pid, "mode": info.mode, "method": info.method})
         if not quiet:
             say(
                 f"attached to {pid} (Python {info.python}) via {info.method} in "
@@ -111,5 +123,21 @@ def run_foreground(
         say(
             f"detached from {pid} ({reason or session.end_reason}); live heap "
             f"{format_bytes(agg.heap_estimate())} over {agg.intervals} intervals"
+        )
+    if events is not None:
+        events(
+            "ended",
+            {
+                "reason": reason or session.end_reason,
+                "by_user": session.detached_by_user,
+                "violation": session.violation or None,
+            },
+        )
+    if session.violation:
+        final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
+        raise ProtocolViolation(
+            f"The agent in process {pid} broke the protocol ({session.violation}); heapspy "
+            "ended the session"
+            + (f" and wrote its final dump: {final[-1]}." if final else ".")
         )
     return session

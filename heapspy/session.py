@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
-from heapspy_agent import protocol
+from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator, ProcessFacts
 from heapspy.config import AttachConfig
@@ -31,6 +31,7 @@ from heapspy.errors import (
     AlreadyAttached,
     DumpError,
     HeapspyError,
+    ProtocolViolation,
     SamplingUnavailable,
     TargetExited,
 )
@@ -106,6 +107,15 @@ class _Conn:
         return protocol.recv_one(self.sock, self.reader, self.pending)
 
 
+def _checked(msg: protocol.Message | None) -> protocol.Message | None:
+    """A handshake frame checked against its message (``heapspy_agent.schema``)."""
+    return None if msg is None else (msg[0], schema.check(msg[0], msg[1]))
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def _agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
     if body.get("code") == "no_sampling":
         return SamplingUnavailable(
@@ -143,6 +153,8 @@ class Session:
             qualify=target.version < (3, 11),
         )
         self.end_reason = ""
+        self.violation = ""  # how the agent broke the protocol, if it did: the session ended
+        self.detached_by_user = False  # `heapspy detach` ended it (not anything the agent said)
         self._stop = False
         self._dump_requests: list[str] = []
         self._last_rx = 0.0
@@ -194,7 +206,10 @@ class Session:
         sock = self._wait_for_agent(t0, progress)
         try:
             self._handshake(_Conn(sock), t0)
-        except (AgentFailed, OSError, protocol.ProtocolError) as exc:
+        except protocol.ProtocolError as exc:
+            sock.close()
+            raise self._violation_error(str(exc)) from None
+        except (AgentFailed, OSError) as exc:
             sock.close()
             # an agent cut off mid-handshake is most often a target that is exiting
             if _exits_soon(self.target.pid):
@@ -214,36 +229,46 @@ class Session:
     def _handshake(self, conn: _Conn, t0: float) -> None:
         assert self.placement is not None and self.injection is not None
         placement = self.placement
-        msg = conn.recv(HANDSHAKE_TIMEOUT)
+        msg = _checked(conn.recv(HANDSHAKE_TIMEOUT))
         if msg is not None and msg[0] == protocol.ERROR:
             raise _agent_error(self.target.pid, msg[1])
-        if msg is None or msg[0] != protocol.HELLO:
+        if msg is None:
             raise AgentFailed(
                 f"The agent in process {self.target.pid} hung up during the handshake."
             )
+        if msg[0] != protocol.HELLO:
+            raise protocol.ProtocolError(f"frame kind {msg[0]} where HELLO was due")
         hello = msg[1]
-        if not hmac.compare_digest(str(hello.get("token", "")), placement.token):
-            raise AgentFailed("A process connected to heapspy's socket without the session token.")
+        if not hmac.compare_digest(hello["token"].encode(), placement.token.encode()):
+            raise protocol.ProtocolError("HELLO without the session token")
         if hello.get("version") != protocol.VERSION:
             raise AgentFailed(
                 f"Agent protocol version {hello.get('version')} is not {protocol.VERSION}."
             )
-        # A refusal (already attached, boot failure) follows the hello at once.
-        conn.send(protocol.WELCOME, {"config": self._settings()})
-        msg = conn.recv(HANDSHAKE_TIMEOUT)
+        # A refusal (already attached, boot failure) follows the hello at once, and the
+        # refusing agent does not wait for WELCOME: writing it can then fail (EPIPE)
+        # while the refusal is already here to be read, and the refusal is the answer.
+        try:
+            conn.send(protocol.WELCOME, {"config": self._settings()})
+        except OSError as exc:
+            if not conn.pending and not _readable(conn.sock):
+                raise AgentFailed(
+                    f"The agent in process {self.target.pid} closed during the handshake: {exc}."
+                ) from None
+        msg = _checked(conn.recv(HANDSHAKE_TIMEOUT))
         if msg is None:
             raise AgentFailed(f"The agent in process {self.target.pid} closed before it was ready.")
         if msg[0] == protocol.ERROR:
             raise _agent_error(self.target.pid, msg[1])
         if msg[0] != protocol.READY:
-            raise AgentFailed(f"Unexpected frame {msg[0]} from the agent during the handshake.")
+            raise protocol.ProtocolError(f"frame kind {msg[0]} where READY was due")
         ready = msg[1]
         self.hello = hello
         self.conn = conn
         self.aggregator.mode = str(ready.get("mode", "exact"))
         self.info = AttachInfo(
             pid=self.target.pid,
-            python=str(hello.get("python", self.target.version_text)),
+            python=str(hello.get("python") or self.target.version_text),
             method=self.injection.method,
             mode=self.aggregator.mode,
             latency_ms=(time.monotonic() - t0) * 1000,
@@ -334,6 +359,8 @@ class Session:
         start = time.monotonic()
         agent = self.conn.sock
         agent.setblocking(False)
+        if not self._take_pending():
+            return self.end_reason
         while not self._stop:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
@@ -384,9 +411,42 @@ class Session:
             self.end_reason = self.end_reason or self._why_gone()
             return False
         self._last_rx = time.monotonic()
-        for kind, body in self.conn.reader.feed(data):
-            self._on_agent_frame(kind, body)
+        try:
+            self.conn.pending.extend(self.conn.reader.feed(data))
+        except protocol.ProtocolError as exc:
+            return self._violated(exc)
+        return self._take_pending()
+
+    def _take_pending(self) -> bool:
+        """Handle the frames read so far (the handshake may have read some with READY),
+        checking each; False once the agent broke the protocol."""
+        assert self.conn is not None
+        try:
+            while self.conn.pending:
+                kind, body = self.conn.pending.pop(0)
+                self._on_agent_frame(kind, schema.check(kind, body))
+            if self.conn.reader.error is not None:
+                raise self.conn.reader.error
+        except protocol.ProtocolError as exc:
+            return self._violated(exc)
         return True
+
+    def _violated(self, exc: protocol.ProtocolError) -> bool:
+        """End the session on a protocol violation; what was collected stays for the
+        final dump."""
+        assert self.conn is not None
+        self.conn.pending.clear()
+        if not self.violation:
+            self.violation = str(exc)
+            self.end_reason = f"protocol violation: {exc}"
+        self._stop = True
+        return False
+
+    def _violation_error(self, what: str) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"The agent in process {self.target.pid} broke the protocol ({what}); "
+            "heapspy ended the session."
+        )
 
     def _why_gone(self) -> str:
         # a dying process closes its sockets (and empties its cmdline) a moment before it
@@ -408,7 +468,10 @@ class Session:
         return "agent closed the connection"
 
     def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:
-        if kind == protocol.SAMPLES:
+        """One checked frame of the running session."""
+        if kind == protocol.STACKS:
+            self.aggregator.add_stacks(body["stacks"])
+        elif kind == protocol.SAMPLES:
             agg = self.aggregator
             agg.apply(body)
             self._note_stretch(agg.facts)
@@ -429,11 +492,14 @@ class Session:
                 for rule in self.rules.observe(obs, growing):
                     self._dump(rule.name, rule.text)
         elif kind == protocol.REPLY:
-            self._replies[int(body.get("id") or 0)] = body
+            if body.get("id") == self._cmd_id:  # kept only while a call waits for it
+                self._replies[self._cmd_id] = body
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
             self.end_reason = f"agent error: {body.get('message')}"
+        elif kind in (protocol.HELLO, protocol.READY):
+            raise protocol.ProtocolError(f"a second {schema.messages()[kind].name} mid-session")
 
     def _note_stretch(self, facts: dict[str, Any]) -> None:
         """Say once, and again when it changes much, that the agent collects less often
@@ -498,7 +564,13 @@ class Session:
             del self.clients[sock]
             sock.close()
             return
-        for _kind, body in conn.reader.feed(data):
+        try:
+            frames = conn.reader.feed(data)
+        except protocol.ProtocolError:  # a broken client: hang up on it, only it
+            del self.clients[sock]
+            sock.close()
+            return
+        for _kind, body in frames:
             reply = self._control_command(body)
             sock.setblocking(True)
             try:
@@ -511,6 +583,7 @@ class Session:
         cmd = body.get("cmd")
         if cmd == "detach":
             self.request_stop("detached by `heapspy detach`")
+            self.detached_by_user = True
             return {"ok": True}
         if cmd == "status":
             return {"ok": True, "status": self.status()}
@@ -602,6 +675,9 @@ class Session:
             "agent_totals": agg.totals,
             "facts": agg.facts,
             "cgroup": self.memcg.as_json() if self.memcg is not None else None,
+            # what this session did not keep of what the agent sent (limits in aggregate.py)
+            "dropped": {"stacks": agg.dropped_stacks, "agent_sites": agg.agent_dropped},
+            "protocol_violation": self.violation or None,
         }
 
     def write_dump(self, rule: str, why: str = "") -> str:
@@ -631,6 +707,7 @@ class Session:
         info["rss"] = last.rss if last else None
         info["dump_dir"] = str(self.config.dump_dir.resolve())
         info["dumps"] = len(self.dumps)
+        info["dropped_stacks"] = self.aggregator.dropped_stacks
         info["last_dump"] = self.dumps[-1] if self.dumps else None
         return info
 

@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 # Every agent module is imported here, at start: the files are deleted right after.
-from heapspy_agent import protocol
+from heapspy_agent import protocol, schema
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import Shim, ShimError
@@ -107,9 +107,10 @@ class Agent:
             self._serve()
         except RequirementError as exc:
             self.reason = str(exc)
-            self._send_quietly(protocol.ERROR, {"code": "no_sampling", "message": self.reason})
+            message = schema.clip_text(self.reason)
+            self._send_quietly(protocol.ERROR, {"code": "no_sampling", "message": message})
         except BaseException as exc:  # noqa: BLE001 - nothing may escape into the target
-            self.reason = "agent error: %s: %s" % (type(exc).__name__, exc)
+            self.reason = schema.clip_text("agent error: %s: %s" % (type(exc).__name__, exc))
             self._send_quietly(protocol.ERROR, {"code": "agent", "message": self.reason})
         finally:
             try:
@@ -133,10 +134,10 @@ class Agent:
                 "version": protocol.VERSION,
                 "token": self.config["token"],
                 "pid": os.getpid(),
-                "python": sys.version.split()[0],
+                "python": schema.clip_text(sys.version.split()[0], 64),
                 "hexversion": sys.hexversion,
-                "argv": list(getattr(sys, "argv", [])),
-                "executable": sys.executable,
+                "argv": schema.clip_argv(list(getattr(sys, "argv", []))),
+                "executable": schema.clip_text(sys.executable or ""),
                 "threads": threading.active_count(),
             },
         )
@@ -154,7 +155,7 @@ class Agent:
             {
                 "mode": self.collector.mode,
                 "frames": self.collector.frames,
-                "notes": self.notes,
+                "notes": [schema.clip_text(n) for n in self.notes[: schema.MAX_NOTES]],
                 "tracemalloc_owned": getattr(self.collector, "owned", None),
             },
         )
@@ -294,7 +295,8 @@ class Agent:
             "collect_cpu": spent,
             "interval": self.interval,  # until the next scheduled collection
         }
-        self._send(protocol.SAMPLES, body)
+        for kind, part in schema.fit_samples(body):
+            self._send(kind, part)
 
     def _send(self, kind: int, body: Dict[str, Any]) -> None:
         assert self.sock is not None
@@ -331,7 +333,7 @@ class Agent:
         _drop_modules()
         if _active is self:
             _active = None
-        self._send_quietly(protocol.BYE, {"reason": self.reason})
+        self._send_quietly(protocol.BYE, {"reason": schema.clip_text(self.reason)})
         if self.sock is not None:
             try:
                 self.sock.close()

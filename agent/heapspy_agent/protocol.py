@@ -3,35 +3,47 @@
 A frame is a 5-byte header (big-endian uint32 payload length, uint8 kind) followed by a
 UTF-8 JSON object. JSON keeps the agent stdlib-only and the frames debuggable; they are
 small because samples are sent as deltas and stacks are interned once.
+
+This module is the frame layer: sizes, header, JSON, nesting depth. What each kind of
+frame carries is defined once, in ``heapspy_agent.schema``, which both ends use: the
+agent to build its messages within the limits, heapspy to check every frame it receives
+(the agent runs inside a process heapspy does not trust).
 """
 
 import json
+import re
 import socket
 import struct
 from typing import Any, Dict, List, Optional, Tuple
 
 VERSION = 1
 HEADER = struct.Struct(">IB")
-MAX_FRAME = 64 * 1024 * 1024
+# No legitimate frame comes near this: the agent splits large collections (STACKS frames
+# before their SAMPLES) so that one frame stays well below it. heapspy refuses anything
+# larger before reading it, which bounds what one frame can cost it to parse.
+MAX_FRAME = 8 * 1024 * 1024
+# The deepest legitimate message nests 5 levels (SAMPLES > stacks > stack > frames > frame).
+MAX_DEPTH = 8
 
-# agent -> heapspy
-HELLO = 1  # {version, token, pid, python, agent}
-READY = 2  # {mode, rate, frames, notes}
-SAMPLES = 3  # {seq, stacks, sites, totals, facts}
-BYE = 4  # {reason}
-ERROR = 5  # {code, message, ...}
-REPLY = 6  # {id, ...}: answer to a COMMAND
+# agent -> heapspy (bodies: see schema.py)
+HELLO = 1
+READY = 2
+SAMPLES = 3
+BYE = 4
+ERROR = 5
+REPLY = 6  # answer to a COMMAND
+STACKS = 7  # new stacks that did not fit in the SAMPLES frame that follows
 # heapspy -> agent
-WELCOME = 16  # {config}
-COMMAND = 17  # {id, cmd, ...}
+WELCOME = 16
+COMMAND = 17
 # both ways
-HEARTBEAT = 32  # {}
+HEARTBEAT = 32
 
 Message = Tuple[int, Dict[str, Any]]
 
 
 class ProtocolError(Exception):
-    pass
+    """A frame that breaks the protocol: the session it came on cannot go on."""
 
 
 def encode(kind: int, body: Dict[str, Any]) -> bytes:
@@ -41,27 +53,75 @@ def encode(kind: int, body: Dict[str, Any]) -> bytes:
     return HEADER.pack(len(payload), kind) + payload
 
 
-class FrameReader:
-    """Accumulates bytes from a non-blocking socket and yields whole frames."""
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
-    def __init__(self) -> None:
+
+def _check_depth(payload: bytes) -> None:
+    """Refuse a payload nested deeper than MAX_DEPTH without parsing (or recursing on)
+    it: json's parser recurses once per level, so a 200k-deep array must never reach it.
+    Strings are removed first (brackets inside them do not nest), then only brackets are
+    kept and each pass deletes the innermost pairs, all at C speed."""
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKET)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    if brackets:
+        raise ProtocolError("frame nested deeper than %d levels (or unbalanced)" % MAX_DEPTH)
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError("frame holds %s, which is not JSON" % name)
+
+
+def decode(payload: bytes) -> Dict[str, Any]:
+    """One frame's payload as a JSON object; ProtocolError for anything else."""
+    _check_depth(payload)
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError("frame is not valid JSON: %s" % str(exc)[:100]) from None
+    if not isinstance(body, dict):
+        raise ProtocolError("frame body is not a JSON object")
+    return body
+
+
+class FrameReader:
+    """Accumulates bytes from a non-blocking socket and yields whole frames.
+
+    A broken frame raises ProtocolError; the good frames before it in the same read are
+    returned first (what they carry was collected legitimately), and the error is raised
+    by the next ``feed`` and kept in ``error`` meanwhile. Nothing is read after it."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.max_frame = max_frame
+        self.error: Optional[ProtocolError] = None
 
     def feed(self, data: bytes) -> List[Message]:
+        if self.error is not None:
+            raise self.error
         self._buf += data
         out: List[Message] = []
-        while len(self._buf) >= HEADER.size:
-            length, kind = HEADER.unpack_from(self._buf)
-            if length > MAX_FRAME:
-                raise ProtocolError("frame too large: %d bytes" % length)
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            body = json.loads(bytes(self._buf[HEADER.size : end]).decode("utf-8"))
-            del self._buf[:end]
-            if not isinstance(body, dict):
-                raise ProtocolError("frame body is not an object")
-            out.append((kind, body))
+        try:
+            while len(self._buf) >= HEADER.size:
+                length, kind = HEADER.unpack_from(self._buf)
+                if length > self.max_frame:
+                    raise ProtocolError(
+                        "frame too large: %d bytes (the limit is %d)" % (length, self.max_frame)
+                    )
+                end = HEADER.size + length
+                if len(self._buf) < end:
+                    break
+                payload = bytes(self._buf[HEADER.size : end])
+                del self._buf[:end]
+                out.append((kind, decode(payload)))
+        except ProtocolError as exc:
+            self.error = exc
+            self._buf = bytearray()
+            if not out:
+                raise
         return out
 
 

@@ -24,7 +24,9 @@ from heapspy.errors import InjectionFailed, PermissionDenied
 from heapspy.inject.boot_script import boot_source
 from heapspy.target.process import PythonTarget
 
-AGENT_FILES = ("__init__.py", "protocol.py", "agent.py", "exact.py", "sampled.py", "shim.py")
+AGENT_FILES = (
+    "__init__.py", "protocol.py", "schema.py", "agent.py", "exact.py", "sampled.py", "shim.py"
+)
 SHIM_GLOB = "_heapspy_shim*.so"
 
 

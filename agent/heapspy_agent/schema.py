@@ -1,0 +1,401 @@
+"""What each frame of the wire protocol carries, defined once for both ends.
+
+Each message is a ``Record`` of typed, bounded fields. heapspy calls ``check`` on every
+frame it receives: the agent runs inside a process heapspy does not trust (a target can
+pre-load its own module named ``heapspy_agent``), so a frame is refused unless every
+field has its type and stays within its range and size; anything else is a
+``ProtocolError``, which ends the session. Keys a message does not define are dropped,
+so nothing unchecked is kept. The agent builds its messages within the same limits
+(``clip_text``, ``fit_samples``), so a genuine agent never trips them.
+
+Plain classes, no ``dataclasses`` or run-time ``typing``: this module is imported inside
+the target, where the agent imports as little as it can.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from heapspy_agent import protocol
+from heapspy_agent.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from typing import Any
+
+# --- limits: a frame beyond any of them is a protocol violation -----------------------
+MAX_TOKEN = 256
+MAX_TEXT = 4096  # a reason, a message, a note, a path, one argv item
+MAX_FUNCTION = 1024  # a (qualified) function name
+MAX_TRACEBACK = 64 * 1024
+MAX_ARGV = 256
+MAX_NOTES = 32
+MAX_STACKS_PER_FRAME = 20000
+MAX_FRAMES_PER_STACK = 512  # the most --frames allows
+MAX_SITES_PER_FRAME = 100000  # entries of inuse / alloc / est in one SAMPLES frame
+MAX_SIZE_CLASSES = 64
+MAX_GC_GENERATIONS = 8
+# Stacks are split off into STACKS frames when their estimated size passes this share of
+# the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
+STACK_BUDGET = protocol.MAX_FRAME // 2
+
+I64 = (-(2**63), 2**64 - 1)  # counters as the shim keeps them (C int64 / uint64)
+ID = (0, 2**64 - 1)
+PID = (0, 2**31 - 1)
+
+
+class Field:
+    """One typed, bounded value; ``check`` returns it (or its checked copy)."""
+
+    def check(self, value: Any, where: str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _fail(where: str, what: str, value: Any) -> ProtocolError:
+    return ProtocolError("%s: expected %s, got %s" % (where, what, type(value).__name__))
+
+
+class Int(Field):
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not int:  # bool is an int subclass: refused too
+            raise _fail(where, "an integer", value)
+        if not self.lo <= value <= self.hi:
+            raise ProtocolError(
+                "%s: %d is out of range [%d, %d]" % (where, value, self.lo, self.hi)
+            )
+        return value
+
+
+class Num(Field):
+    """An int or a finite float (json turns 1e999 into inf: refused by the range)."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) not in (int, float):
+            raise _fail(where, "a number", value)
+        if not self.lo <= value <= self.hi:
+            raise ProtocolError("%s: %r is out of range" % (where, value))
+        return value
+
+
+class Bool(Field):
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not bool:
+            raise _fail(where, "true or false", value)
+        return value
+
+
+class Str(Field):
+    def __init__(self, max_len: int, choices: tuple[str, ...] = ()) -> None:
+        self.max_len, self.choices = max_len, choices
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not str:
+            raise _fail(where, "a string", value)
+        if len(value) > self.max_len:
+            raise ProtocolError(
+                "%s: string of %d characters (at most %d)" % (where, len(value), self.max_len)
+            )
+        if self.choices and value not in self.choices:
+            raise ProtocolError(
+                "%s: %r is not one of %s" % (where, value[:40], ", ".join(self.choices))
+            )
+        return value
+
+
+class Opt(Field):
+    """``null`` or the inner field."""
+
+    def __init__(self, inner: Field) -> None:
+        self.inner = inner
+
+    def check(self, value: Any, where: str) -> Any:
+        return None if value is None else self.inner.check(value, where)
+
+
+class ListOf(Field):
+    def __init__(self, item: Field, max_len: int) -> None:
+        self.item, self.max_len = item, max_len
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not list:
+            raise _fail(where, "a list", value)
+        if len(value) > self.max_len:
+            raise ProtocolError("%s: %d items (at most %d)" % (where, len(value), self.max_len))
+        item = self.item.check
+        return [item(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+
+
+class Tuple_(Field):
+    """A list of exactly these fields (a pair, a frame)."""
+
+    def __init__(self, *items: Field) -> None:
+        self.items = items
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not list or len(value) != len(self.items):
+            raise _fail(where, "a list of %d items" % len(self.items), value)
+        return [
+            f.check(v, "%s[%d]" % (where, i)) for i, (f, v) in enumerate(zip(self.items, value))
+        ]
+
+
+class SiteMap(Field):
+    """``{"<stack id>": value}``: per-site numbers keyed by the stack's id as text."""
+
+    def __init__(self, value: Field, max_len: int = MAX_SITES_PER_FRAME) -> None:
+        self.value, self.max_len = value, max_len
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not dict:
+            raise _fail(where, "an object", value)
+        if len(value) > self.max_len:
+            raise ProtocolError("%s: %d entries (at most %d)" % (where, len(value), self.max_len))
+        out = {}
+        check = self.value.check
+        for key, v in value.items():
+            if not (0 < len(key) <= 20 and key.isdigit() and key.isascii()):
+                raise ProtocolError("%s: key %r is not a stack id" % (where, key[:40]))
+            out[key] = check(v, "%s[%s]" % (where, key))
+        return out
+
+
+class Record(Field):
+    """A JSON object with these fields; ``required`` ones must be present, keys not
+    defined here are dropped."""
+
+    def __init__(self, name: str, fields: dict[str, Field], required: tuple[str, ...] = ()) -> None:
+        self.name, self.fields, self.required = name, fields, required
+
+    def check(self, value: Any, where: str = "") -> Any:
+        where = where or self.name
+        if type(value) is not dict:
+            raise _fail(where, "an object", value)
+        for key in self.required:
+            if key not in value:
+                raise ProtocolError("%s: %s is missing" % (where, key))
+        return {
+            key: spec.check(value[key], "%s.%s" % (where, key))
+            for key, spec in self.fields.items()
+            if key in value
+        }
+
+
+# --- the messages, by frame kind ------------------------------------------------------
+def _define() -> dict[int, Record]:
+    """Every message, by frame kind: the protocol's definition. Built on first use, so
+    that the agent (which builds messages and checks none) holds none of these objects
+    in the target."""
+    COUNT = Int(*I64)
+    PAIR = Tuple_(COUNT, COUNT)  # (objects, bytes)
+    FRAME = Tuple_(Str(MAX_FUNCTION), Str(MAX_TEXT), Int(0, 2**31 - 1))  # function, file, line
+    STACK = Record(
+        "stack",
+        {"id": Int(*ID), "frames": ListOf(FRAME, MAX_FRAMES_PER_STACK)},
+        required=("id", "frames"),
+    )
+    STACKS_FIELD = ListOf(STACK, MAX_STACKS_PER_FRAME)
+    TOTALS = Record(
+        "totals",
+        {
+            "allocated_bytes": COUNT,
+            "allocations": COUNT,
+            "freed_bytes": Opt(COUNT),
+            "frees": Opt(COUNT),
+            "reallocs": COUNT,
+            "size_classes": ListOf(PAIR, MAX_SIZE_CLASSES),
+            "domains": Record(
+                "domains", {d: Tuple_(COUNT, COUNT, COUNT) for d in ("mem", "obj", "numpy")}
+            ),
+            "numpy": Str(100),
+            "rate": COUNT,
+            "sampled_count": COUNT,
+            "live_samples": COUNT,
+            "dropped_samples": COUNT,
+            "overflow_samples": COUNT,
+            "stacks": COUNT,
+            "shim_memory": COUNT,
+            "traced_bytes": COUNT,
+            "peak_traced_bytes": COUNT,
+        },
+    )
+    FACTS = Record(
+        "facts",
+        {
+            "gc_counts": ListOf(COUNT, MAX_GC_GENERATIONS),
+            "gc_collections": ListOf(COUNT, MAX_GC_GENERATIONS),
+            "threads": COUNT,
+            "collect_cpu": Num(0.0, 1e9),  # seconds of CPU the last collection took
+            "interval": Num(0.0, 1e9),  # seconds until the next scheduled collection
+        },
+    )
+
+    return {
+        # agent -> heapspy. First frame: who is calling (token: the session's secret).
+        protocol.HELLO: Record(
+            "HELLO",
+            {
+                "version": Int(0, 2**31),
+                "token": Str(MAX_TOKEN),
+                "pid": Int(*PID),
+                "python": Str(64),  # sys.version's first word
+                "hexversion": Int(0, 2**32),
+                "argv": ListOf(Str(MAX_TEXT), MAX_ARGV),
+                "executable": Opt(Str(MAX_TEXT)),
+                "threads": Int(0, 2**31),
+            },
+            required=("version", "token"),
+        ),
+        # Second frame, after WELCOME: how the agent profiles (it decides, from the config).
+        protocol.READY: Record(
+            "READY",
+            {
+                "mode": Str(16, ("exact", "sampled")),
+                "frames": Int(0, MAX_FRAMES_PER_STACK),
+                "notes": ListOf(Str(MAX_TEXT), MAX_NOTES),
+                "tracemalloc_owned": Opt(Bool()),
+            },
+            required=("mode",),
+        ),
+        # One collection: new stacks (each sent once), then per-site absolute numbers.
+        # inuse: live (objects, bytes); alloc: allocated since attach (sampled mode);
+        # est: the shim's estimates (alloc objects, alloc bytes, live objects, live bytes).
+        protocol.SAMPLES: Record(
+            "SAMPLES",
+            {
+                "seq": Int(0, 2**63),
+                "stacks": STACKS_FIELD,
+                "inuse": SiteMap(PAIR),
+                "alloc": SiteMap(PAIR),
+                "est": SiteMap(Tuple_(*(Num(-1e30, 1e30) for _ in range(4)))),
+                "totals": TOTALS,
+                "facts": FACTS,
+                "dropped": Int(0, 2**63),  # stacks or sites the agent left out to fit
+            },
+            required=("seq",),
+        ),
+        # New stacks that did not fit in the SAMPLES frame that follows them.
+        protocol.STACKS: Record("STACKS", {"stacks": STACKS_FIELD}, required=("stacks",)),
+        protocol.BYE: Record("BYE", {"reason": Str(MAX_TEXT)}),
+        protocol.ERROR: Record(
+            "ERROR",
+            {
+                "code": Str(64),
+                "message": Str(MAX_TEXT),
+                "traceback": Opt(Str(MAX_TRACEBACK)),
+                "holder_pid": Int(*PID),
+            },
+            required=("code",),
+        ),
+        protocol.REPLY: Record(
+            "REPLY",
+            {"id": Opt(Int(0, 2**63)), "ok": Bool(), "error": Str(MAX_TEXT), "rate": COUNT},
+            required=("ok",),
+        ),
+        protocol.HEARTBEAT: Record("HEARTBEAT", {}),
+        # heapspy -> agent (heapspy is trusted by the agent; defined here for both ends)
+        protocol.WELCOME: Record(
+            "WELCOME",
+            {
+                "config": Record(
+                    "config",
+                    {
+                        "rate": COUNT,
+                        "frames": Int(1, MAX_FRAMES_PER_STACK),
+                        "interval": Num(0.0, 1e9),
+                        "collect_budget": Num(0.0, 1.0),
+                        "require_sampling": Bool(),
+                    },
+                )
+            },
+        ),
+        protocol.COMMAND: Record(
+            "COMMAND",
+            {"id": Int(0, 2**63), "cmd": Str(32, ("detach", "sample", "rate")), "rate": COUNT},
+            required=("id", "cmd"),
+        ),
+    }
+
+
+_MESSAGES: dict[int, Record] = {}
+
+
+def messages() -> dict[int, Record]:
+    if not _MESSAGES:
+        _MESSAGES.update(_define())
+    return _MESSAGES
+
+
+FROM_AGENT = frozenset(
+    (
+        protocol.HELLO,
+        protocol.READY,
+        protocol.SAMPLES,
+        protocol.STACKS,
+        protocol.BYE,
+        protocol.ERROR,
+        protocol.REPLY,
+        protocol.HEARTBEAT,
+    )
+)
+
+
+def check(kind: int, body: Any) -> dict[str, Any]:
+    """The body of a frame the agent sent, checked against its message; raises
+    ProtocolError for an unknown kind or a body that does not fit."""
+    if kind not in FROM_AGENT:
+        raise ProtocolError("unknown frame kind %d" % kind)
+    checked: dict[str, Any] = messages()[kind].check(body)
+    return checked
+
+
+# --- the agent's side: build messages within the limits ------------------------------
+def clip_text(value: Any, limit: int = MAX_TEXT) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_argv(argv: list[Any]) -> list[str]:
+    return [clip_text(a) for a in argv[:MAX_ARGV]]
+
+
+def _clip_stack(stack: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The stack within the limits, and its estimated encoded size."""
+    frames = []
+    size = 24
+    for func, filename, line in stack["frames"][-MAX_FRAMES_PER_STACK:]:
+        func, filename = clip_text(func, MAX_FUNCTION), clip_text(filename)
+        size += len(func) + len(filename) + 24
+        frames.append([func, filename, line])
+    return {"id": stack["id"], "frames": frames}, size * 2  # x2: escapes, non-ASCII
+
+
+def fit_samples(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The frames that carry one collection: STACKS frames for the new stacks that do
+    not fit, then the SAMPLES frame itself; site entries beyond the limit are left out
+    and counted in ``dropped``."""
+    frames: list[tuple[int, dict[str, Any]]] = []
+    chunk: list[dict[str, Any]] = []
+    used = 0
+    for stack in body.get("stacks", ()):
+        clipped, size = _clip_stack(stack)
+        if chunk and (used + size > STACK_BUDGET or len(chunk) >= MAX_STACKS_PER_FRAME):
+            frames.append((protocol.STACKS, {"stacks": chunk}))
+            chunk, used = [], 0
+        chunk.append(clipped)
+        used += size
+    body["stacks"] = chunk
+    dropped = 0
+    for key in ("inuse", "alloc", "est"):
+        sites = body.get(key)
+        if sites is not None and len(sites) > MAX_SITES_PER_FRAME:
+            dropped = max(dropped, len(sites) - MAX_SITES_PER_FRAME)
+            body[key] = dict(list(sites.items())[:MAX_SITES_PER_FRAME])
+    if dropped:
+        body["dropped"] = dropped
+    frames.append((protocol.SAMPLES, body))
+    return frames
