@@ -3,7 +3,7 @@ and the checks that turn what a user typed into that data."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from heapspy.errors import UsageError
@@ -29,6 +29,10 @@ class AttachConfig:
     require_sampling: bool = False
     # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)
     last_chance: bool = True
+    # the daemon's watch that chose this target: labels its metrics, changes nothing in
+    # how it is profiled (so it takes no part in comparing configs)
+    watch: str = field(default="", compare=False)
+    allow_gc: bool = True  # whether a scraper's gc=1 may run gc.collect() in the target
     dump_on: tuple[Rule, ...] = ()
     keep: int | None = None  # retention: at most this many dumps in dump_dir
     max_bytes: int | None = None  # retention: at most this many bytes of dumps

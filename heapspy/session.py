@@ -40,6 +40,7 @@ from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rules import Observation, RuleEngine
+from heapspy.serve.snapshot import metrics_of, profile_of
 from heapspy.symbolize import Symbolizer
 from heapspy.target.process import PythonTarget, inspect_target
 from heapspy.top import ORDERS, top_view
@@ -169,6 +170,7 @@ class Session:
         self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
         self.rules = RuleEngine(config.dump_on, time.time())
         self.dumps: list[str] = []
+        self.dump_rules: list[str] = []  # the rule of each dump written, for /metrics
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
         self._cmdline = _cmdline(target.pid)  # an exec() changes it
@@ -601,7 +603,18 @@ class Session:
             except DumpError as exc:
                 return {"ok": False, "error": exc.message}
             self.dumps.append(path)
+            self.dump_rules.append(str(body.get("rule", "on-demand")))
             return {"ok": True, "path": path}
+        if cmd == "metrics":
+            return {"ok": True, "metrics": metrics_of(self)}
+        if cmd == "profile":
+            if body.get("gc"):
+                if not self.config.allow_gc:
+                    return {"ok": False, "error": "gc=1 is not allowed for this session"}
+                reply = self._agent_call("gc", timeout=30.0)
+                if not reply.get("ok"):
+                    return reply
+            return profile_of(self)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def set_rate(self, rate: int) -> dict[str, Any]:
@@ -641,6 +654,7 @@ class Session:
             return None
         log.info("wrote %s", path)
         self.dumps.append(path)
+        self.dump_rules.append(reason)
         return path
 
     def sidecar(self, rule: str) -> dict[str, Any]:

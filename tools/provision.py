@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Provision what heapspy's tests need beyond the virtualenv: Go's pprof, Chromium, CPython 3.14.
+"""Provision what heapspy's tests need beyond the venv: pprof, Chromium, Prometheus, CPython 3.14.
 
 Run by ``make provision`` (a dependency of ``make test``). Standard library only,
 idempotent, and quick (one interpreter start-up, ``chromium --version``) when everything
@@ -178,6 +178,21 @@ def ensure_chromium() -> None:
     say(f"chromium ok ({browser}; {probe.stdout.strip()})")
 
 
+def ensure_prometheus() -> None:
+    """Prometheus and promtool: the /metrics tests have a real server scrape heapspy."""
+    server = ensure_system_tool(
+        lambda: shutil.which("prometheus"), "prometheus", "the /metrics tests scrape with it"
+    )
+    tool = shutil.which("promtool")
+    if tool is None:
+        raise ProvisionError("prometheus installed but promtool is not on PATH")
+    probe = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        raise ProvisionError(f"`{server} --version` failed:\n{probe.stdout}{probe.stderr}")
+    first = (probe.stdout or probe.stderr).splitlines()[0] if (probe.stdout or probe.stderr) else ""
+    say(f"prometheus ok ({server}; {first.strip()})")
+
+
 # --- CPython 3.14 from Debian unstable ----------------------------------------------------
 
 
@@ -211,9 +226,10 @@ def _system_sources() -> list[tuple[str, str | None]]:
                         continue
                     key, _, value = line.partition(":")
                     fields[key.strip().lower()] = value.strip()
-                if fields.get("enabled", "yes").lower() == "no" or "deb" not in fields.get(
-                    "types", ""
-                ).split():
+                if (
+                    fields.get("enabled", "yes").lower() == "no"
+                    or "deb" not in fields.get("types", "").split()
+                ):
                     continue
                 uris = fields.get("uris", "").split()
                 found.extend((uri, fields.get("signed-by")) for uri in uris)
@@ -248,9 +264,7 @@ class PrivateApt:
         for sub in ("lists/partial", "cache/archives/partial", "empty", "debs"):
             (top / sub).mkdir(parents=True, exist_ok=True)
         (top / "status").touch()
-        (top / "sources.list").write_text(
-            f"deb [signed-by={keyring}] {mirror} unstable main\n"
-        )
+        (top / "sources.list").write_text(f"deb [signed-by={keyring}] {mirror} unstable main\n")
 
     def options(self) -> list[str]:
         t = self.top
@@ -291,15 +305,14 @@ class PrivateApt:
         except ProvisionError as exc:
             out = str(exc)
         if "NO_PUBKEY" in out or "not signed" in out or re.search(r"^[WE]: .*GPG", out, re.M):
-            raise UnknownKey(
-                f"unstable's Release is not signed by a key in {self.keyring}:\n{out}"
-            )
+            raise UnknownKey(f"unstable's Release is not signed by a key in {self.keyring}:\n{out}")
         if re.search(r"^E: ", out, re.M):
             raise ProvisionError(f"apt-get update of unstable failed:\n{out}")
 
     def versions(self, packages: Sequence[str]) -> dict[str, str]:
-        out = run(["apt-cache", *self.options(), "show", "--no-all-versions", *packages],
-                  quiet=True)
+        out = run(
+            ["apt-cache", *self.options(), "show", "--no-all-versions", *packages], quiet=True
+        )
         versions: dict[str, str] = {}
         name = None
         for line in out.splitlines():
@@ -460,12 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-fetch CPython 3.14")
     parser.add_argument("--skip-go", action="store_true", help="do not check Go's pprof")
     parser.add_argument("--skip-chromium", action="store_true", help="do not check Chromium")
+    parser.add_argument("--skip-prometheus", action="store_true", help="do not check Prometheus")
     args = parser.parse_args(argv)
     try:
         if not args.skip_go:
             ensure_pprof()
         if not args.skip_chromium:
             ensure_chromium()
+        if not args.skip_prometheus:
+            ensure_prometheus()
         ensure_py314(force=args.force)
     except ProvisionError as exc:
         print(f"provision: FAILED: {exc}", file=sys.stderr)

@@ -237,6 +237,9 @@ class Agent:
             self._send_samples()
         elif cmd == "sample":
             self._send_samples()
+        elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first
+            reply["collected"] = gc.collect()
+            self._send_samples()
         elif cmd == "rate":
             if not hasattr(self.collector, "set_rate"):
                 reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no rate"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,9 @@ from heapspy.cli.render import Spinner, top_table
 from heapspy.config import AttachConfig, check_method
 from heapspy.foreground import run_foreground
 from heapspy.rules import parse_rule
+from heapspy.serve.access import parse_listen, read_token
+from heapspy.serve.http import ServeOptions, serve
+from heapspy.serve.workers import list_workers
 from heapspy.session import Session
 from heapspy.units import parse_size
 
@@ -101,6 +105,23 @@ def attach(
         help="Fail (exit 17) instead of falling back to tracemalloc when the sampling "
         "shim cannot run in the target.",
     ),
+    listen: Optional[str] = typer.Option(
+        None,
+        "--listen",
+        metavar="ADDR",
+        help="Serve /debug/pprof/heap and /metrics for this session on ADDR "
+        "(127.0.0.1:9465, [::1]:9465 or a Unix socket path), as a Go service does.",
+    ),
+    listen_token_file: Optional[Path] = typer.Option(
+        None,
+        "--listen-token-file",
+        metavar="FILE",
+        help="Let callers presenting 'Authorization: Bearer <token in FILE>' read the "
+        "endpoint (required for a non-loopback ADDR).",
+    ),
+    no_gc: bool = typer.Option(
+        False, "--no-scrape-gc", help="Refuse a scraper's gc=1 (a gc.collect() in the target)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
 ) -> None:
     """Attach to a running Python process and profile its heap.
@@ -115,6 +136,8 @@ def attach(
       heapspy attach 4242 --duration 30s --rate 64KiB
 
       heapspy attach 4242 --dump-on 'rss>1.5GiB' --dump-on 'growth>100MiB/10m'
+
+      heapspy attach 4242 --listen 127.0.0.1:9465   # then: go tool pprof http://127.0.0.1:9465/debug/pprof/heap
     """
     config = AttachConfig(
         rate=options.rate(rate),
@@ -132,8 +155,27 @@ def attach(
         keep=options.keep(keep),
         require_sampling=require_sampling,
         max_bytes=None if max_bytes is None else parse_size(max_bytes, "--max-bytes"),
+        allow_gc=not no_gc,
     )
-    run_attach(pid, config, quiet=quiet)
+    endpoint = None
+    if listen is not None:
+        address = parse_listen(listen)
+        token = read_token(listen_token_file)
+        endpoint = serve(
+            address,
+            ServeOptions(
+                token=token,
+                allow_gc=not no_gc,
+                list_workers=lambda: [w for w in list_workers() if w.pid == pid],
+            ),
+        )
+        if not quiet:
+            print(f"heapspy: serving {endpoint.url}/debug/pprof/ and /metrics", file=sys.stderr)
+    try:
+        run_attach(pid, config, quiet=quiet)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:

@@ -7,6 +7,8 @@
     retry_max = "10m"        # ...up to this
     stop_timeout = "20s"     # on stop, how long sessions get to detach and write dumps
     max_attaching = 4        # attaches in progress at once (each starts a Python)
+    listen = "127.0.0.1:9465"  # serve /debug/pprof/ and /metrics (off unless given)
+    listen_token_file = "/etc/heapspy/token"  # optional: bearer token for scrapers
 
     [[watch]]
     name = "api"                        # names the log lines and the dump directory
@@ -43,6 +45,7 @@ from heapspy.config import (
 )
 from heapspy.errors import UsageError
 from heapspy.rules import parse_rule
+from heapspy.serve.access import ListenAddress, parse_listen, read_token
 from heapspy.units import parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
@@ -101,6 +104,9 @@ class DaemonConfig:
     retry_max: float = 600.0
     stop_timeout: float = 20.0
     max_attaching: int = 4
+    listen: ListenAddress | None = None  # HTTP: /debug/pprof/ and /metrics; off when None
+    listen_token: str | None = None  # bearer token read from listen_token_file
+    allow_gc: bool = True  # may a scraper's gc=1 run gc.collect() in a worker
 
     def watch(self, name: str) -> Watch | None:
         return next((w for w in self.watches if w.name == name), None)
@@ -113,6 +119,9 @@ DAEMON_KEYS = (
     "retry_max",
     "stop_timeout",
     "max_attaching",
+    "listen",
+    "listen_token_file",
+    "allow_gc",
 )
 SELECTOR_KEYS = ("cmdline", "exe", "user", "unit", "exclude")
 ATTACH_KEYS = (
@@ -347,6 +356,7 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         require_sampling=table.boolean("require_sampling", False),
         final_dump=table.boolean("final_dump", True),
         last_chance=table.boolean("last_chance", True),
+        watch=name,
     )
     if attach.max_bytes == 0:
         raise table.error("max_bytes", "must be positive.")
@@ -377,6 +387,25 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         raise table.error("max_attaching", f"must be at least 1, got {max_attaching}.")
     if retry_max < backoff:
         raise table.error("retry_max", f"must not be shorter than retry_backoff ({backoff:g} s).")
+    listen_text = table.string("listen", "HOST:PORT or a Unix socket path")
+    listen = (
+        None
+        if listen_text is None
+        else table.convert("listen", lambda: parse_listen(listen_text, "listen"))
+    )
+    token_text = table.string("listen_token_file", "a file holding the token")
+    token = (
+        None
+        if token_text is None
+        else table.convert("listen_token_file", lambda: read_token(path.parent / Path(token_text)))
+    )
+    if listen is not None and not listen.loopback and token is None:
+        raise table.error(
+            "listen",
+            f"{listen} is not loopback: a remote caller's user cannot be checked, so a "
+            "listen_token_file is required.",
+        )
+    allow_gc = table.boolean("allow_gc", True)
 
     watches = doc.get("watch")
     if watches is None:
@@ -398,6 +427,9 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         retry_backoff=backoff,
         retry_max=retry_max,
         stop_timeout=stop_timeout,
+        listen=listen,
+        listen_token=token,
+        allow_gc=allow_gc,
         max_attaching=defaults.max_attaching if max_attaching is None else max_attaching,
     )
 

@@ -37,6 +37,8 @@ from heapspy.daemon.discover import Found, Key, alive, scan
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
 from heapspy.errors import HeapspyError, NoSession
+from heapspy.serve.exposition import Exposition
+from heapspy.serve.http import ServeOptions, serve
 
 log = logging.getLogger("heapspy.daemon")
 
@@ -105,6 +107,7 @@ class Supervisor:
         self._deadline = 0.0
         self._young = 0  # matching processes not yet `settle` old, or not yet started
         self._status = ""
+        self.attach_failures = 0  # for /metrics: attaches that failed, since start
 
     # --- signals: handlers only enqueue ----------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -316,6 +319,7 @@ class Supervisor:
                     delay,
                 )
             else:
+                self.attach_failures += 1
                 log.warning(
                     "%s attach failed (exit %d): %s; trying again in %s",
                     entry.prefix,
@@ -357,9 +361,7 @@ class Supervisor:
 
     def _force(self) -> None:
         running = self._running()
-        log.warning(
-            "second stop signal: killing the sessions of %s now", _processes(len(running))
-        )
+        log.warning("second stop signal: killing the sessions of %s now", _processes(len(running)))
         for entry in running:
             assert entry.child is not None
             entry.child.kill()
@@ -446,7 +448,39 @@ class Supervisor:
         if status != self._status and self.notifier.status(status):
             self._status = status
 
+    def expose(self, expo: Exposition) -> None:
+        """The daemon's own series on /metrics (the workers' come from their sessions)."""
+        running = sum(1 for e in self.entries.values() if e.child is not None)
+        expo.add(
+            "heapspy_daemon_sessions",
+            "gauge",
+            "Session processes the daemon runs (attaching or attached).",
+            [],
+            running,
+        )
+        expo.add(
+            "heapspy_daemon_attach_failures_total",
+            "counter",
+            "Attaches that failed since the daemon started.",
+            [],
+            self.attach_failures,
+        )
+
 
 def run_daemon(config: DaemonConfig, notifier: Notifier | None = None) -> int:
     """Watch and attach until SIGTERM / SIGINT; the core of `heapspy daemon`."""
-    return Supervisor(config, notifier).run()
+    supervisor = Supervisor(config, notifier)
+    endpoint = None
+    if config.listen is not None:
+        endpoint = serve(
+            config.listen,
+            ServeOptions(
+                token=config.listen_token, allow_gc=config.allow_gc, extra_metrics=supervisor.expose
+            ),
+        )
+        log.info("serving %s/debug/pprof/ and /metrics", endpoint.url)
+    try:
+        return supervisor.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
