@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from heapspy_agent import protocol, schema
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
-from heapspy_agent.shim import Shim, ShimError
+from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
 
 PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is gone
 # At most this share of one core goes to collecting: a tracemalloc snapshot of a million
@@ -374,17 +374,33 @@ def _drop_modules() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child inherits the hooks but not the thread: switch them off there."""
+    """A forked child inherits the hooks but not the thread: switch them off there.
+
+    Runs inside the child's ``os.fork()``, which returns only when this does, and the
+    parent's other threads are gone: any lock one of them held at the fork stays held.
+    So nothing here may wait on a lock those threads take: the agent's lock is not
+    touched, the shim's is replaced before the shim is stopped, and the socket is closed
+    without a goodbye (heapspy keeps talking to the parent).
+    """
     global _active
     agent = _active
     if agent is None:
         return
     _active = None
     agent._forget_exit_hook()  # the child's copy of our atexit entry
+    shim = agent.shim
+    if shim is not None:
+        shim.after_fork_in_child()
+    collector, agent.collector = agent.collector, None
     try:
-        if agent.collector is not None:
-            agent.collector.stop(wait=0.0)  # the threads the shim may wait for are gone
-            agent.collector = None
+        if collector is not None:
+            collector.stop(wait=0.0)  # the threads the shim may wait for are gone
+        elif shim is not None and shim.state == STATE_RUNNING:
+            # forked while the agent thread was still starting its collector
+            ShimCollector.stop_shim(shim, wait=0.0)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
         if agent.sock is not None:
             agent.sock.close()
     except Exception:  # noqa: BLE001

@@ -87,9 +87,13 @@ class ShimCollector:
     def stop(self, wait: float = 5.0) -> None:
         """Stop, and unload the library unless something still runs in it (then it stays
         loaded: harmless, its hooks are out). ``wait``: see Shim.unload."""
+        self.stop_shim(self.shim, wait)
+
+    @staticmethod
+    def stop_shim(shim: Shim, wait: float = 5.0) -> None:
         try:
-            if self.shim.stop():
-                self.shim.unload(wait)
+            if shim.stop():
+                shim.unload(wait)
         except ShimError:
             pass
 

@@ -332,6 +332,13 @@ class Shim:
             self._names.clear()
             self._check(self._c().hs_start(rate, max_frames, max_stacks, seed, flags))
 
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's lock: call first thing in a forked child, before any other
+        method. Another thread of the parent (the agent's, mid-drain) may have held it at
+        the fork, and that thread does not exist here: the child would wait forever. The
+        child runs one thread, so a fresh lock is all the serialising it needs."""
+        self._lock = threading.Lock()
+
     def set_rate(self, rate: int) -> None:
         """Change the mean sampling distance of the running session."""
         if rate < 0:

@@ -1,0 +1,68 @@
+"""Prefork servers: a target that forks thousands of children while attached never hangs one.
+
+A forked child inherits only the thread that called fork, so any lock another thread held
+at that moment stays held forever in the child. The agent's after-fork handler must take
+none: these tests fork children from the main thread while the agent thread is busy
+draining (short interval, hundreds of live stacks, constant allocation), the way gunicorn's
+arbiter and multiprocessing's fork context do, and require every child to exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import Target
+from interpreters import Interpreter, interpreter_params
+
+from heapspy.config import AttachConfig
+from heapspy.session import Session
+
+Spawn = Callable[..., Target]
+# (label, rate): 4 KiB keeps the agent draining almost all the time (the rate at which
+# the hang was reported), the default rate, and exact mode (tracemalloc + the shim's totals)
+MODES = [("4KiB", 4096), ("default", AttachConfig.rate), ("exact", 1)]
+QUICK = [p for p in interpreter_params() if p.values[0].label in ("3.11-pyenv", "3.14-debian")]
+
+
+def fork_while_attached(
+    spawn: Spawn, interp: Interpreter, tmp_path: Path, rate: int, count: int, shapes: str
+) -> None:
+    """Attach, make the target fork ``count`` children, check every one exited 0 and that
+    the target and the session are still fine afterwards."""
+    target = spawn(interp, "forker.py", str(count), shapes, "60")
+    session = Session.attach(
+        target.pid, AttachConfig(rate=rate, interval=0.02, dump_dir=tmp_path, collect_budget=0)
+    )
+    ended: list[str] = []
+    runner = threading.Thread(target=lambda: ended.append(session.run()), daemon=True)
+    runner.start()
+    try:
+        target.proc.send_signal(signal.SIGUSR1)
+        assert target.proc.stdout is not None
+        line = target.proc.stdout.readline().strip()
+        assert line == f"FORKED {count}", f"{interp}: the forking target said {line!r}"
+        assert target.alive()
+        assert not ended, f"the session ended while the target forked: {ended}"
+    finally:
+        session.request_stop()
+        runner.join(30)
+        session.detach()
+    assert session.aggregator.intervals > 0
+
+
+@pytest.mark.parametrize("interp", QUICK)
+def test_forking_at_4kib_hangs_no_child(interp: Interpreter, spawn: Spawn, tmp_path: Path) -> None:
+    fork_while_attached(spawn, interp, tmp_path, 4096, 500, "gunicorn,gunicorn,mp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_two_thousand_forks_hang_no_child(
+    interp: Interpreter, mode: tuple[str, int], spawn: Spawn, tmp_path: Path
+) -> None:
+    fork_while_attached(spawn, interp, tmp_path, mode[1], 2000, "gunicorn,gunicorn,gunicorn,mp")
