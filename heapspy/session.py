@@ -274,7 +274,7 @@ class Session:
             method=self.injection.method,
             mode=self.aggregator.mode,
             latency_ms=(time.monotonic() - t0) * 1000,
-            notes=list(ready.get("notes", [])),
+            notes=[n for n in (self.injection.chosen,) if n] + list(ready.get("notes", [])),
         )
         placement.cleanup()  # the socket path and directory are no longer needed
         self.control = control_listen(self.target.pid)

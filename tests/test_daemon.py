@@ -500,6 +500,30 @@ def test_daemon_attaches_to_workers_and_drains(
         _assert_left_clean(target, threads)
 
 
+@pytest.mark.py314
+def test_daemon_attaches_at_once_to_314_workers_whose_main_thread_joins(
+    spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A main thread in Thread.join() never serves a PEP 768 request. The daemon's
+    sessions choose for themselves (a worker running Python, else ptrace), so each
+    target is attached by its first try, not retried after every attach timeout."""
+    tag, dumps = _tag(), tmp_path / "dumps"
+    busy = spawn(py314(), "probe_target.py", "join-workers", tag)
+    idle = spawn(py314(), "probe_target.py", "join-idle", tag)
+    d = daemon(FAST + _watch(tag, dumps))
+    d.attached(busy.pid)
+    d.attached(idle.pid)
+    d.wait_log(rf"\[w {busy.pid}\] note: the main thread is .*: the agent was started "
+               r"from thread \d+, which runs Python")  # fmt: skip
+    d.wait_log(rf"\[w {idle.pid}\] note: .* no other thread runs Python: the agent was "
+               "started by ptrace")  # fmt: skip
+    assert d.stop() == 0
+    for target in (busy, idle):
+        assert d.count(rf"\[w {target.pid}\] attaching to") == 1
+        assert target.alive() and target.state()["modules"] == []
+    assert "Traceback" not in d.log()
+
+
 def test_exited_and_non_python_targets(
     spawn: Spawn,
     daemon: Callable[..., Daemon],

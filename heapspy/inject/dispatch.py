@@ -13,6 +13,7 @@ from heapspy.target.process import PythonTarget
 
 class Injection(Protocol):
     method: str
+    chosen: str  # why heapspy chose this method or thread on its own, in words ("": default)
 
     def waiting_for(self) -> str:
         """What the bootstrap is waiting on, in words, for the spinner and errors."""
@@ -50,6 +51,7 @@ def _thread_state(pid: int, tid: int) -> str:
 
 class PtraceInjection:
     method = "ptrace"
+    chosen = ""
 
     def __init__(self, target: PythonTarget, placement: Placement, config: AttachConfig) -> None:
         from heapspy.inject.ptrace import inject_pending_call
@@ -83,15 +85,24 @@ class PtraceInjection:
 
 class Pep768Injection:
     method = "pep768"
+    chosen = ""
 
-    def __init__(self, target: PythonTarget, placement: Placement, config: AttachConfig) -> None:
+    def __init__(
+        self,
+        target: PythonTarget,
+        placement: Placement,
+        config: AttachConfig,
+        thread: int | None = None,
+    ) -> None:
+        """``thread``: the native TID to run the bootstrap (default ``config.thread``, else
+        the main thread)."""
         from heapspy.inject.pep768 import request_exec
 
         self.pid = target.pid
         self.target = target
-        self.thread = config.thread
+        self.thread = config.thread if thread is None else thread
         self.spy = BackgroundDump(target.pid)
-        self.request = request_exec(target, placement.boot_path, thread_id=config.thread)
+        self.request = request_exec(target, placement.boot_path, thread_id=self.thread)
 
     def waiting_for(self) -> str:
         if self.thread is not None:
@@ -141,6 +152,8 @@ class Pep768Injection:
 
 def start_injection(target: PythonTarget, placement: Placement, config: AttachConfig) -> Injection:
     method = config.method
+    if method == "auto" and target.version >= (3, 14) and config.thread is None:
+        return _choose_on_314(target, placement, config)
     if method == "auto":
         method = "pep768" if target.version >= (3, 14) else "ptrace"
     if method == "pep768":
@@ -158,3 +171,70 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
         return PtraceInjection(target, placement, config)
     raise UsageError(f"Unknown injection method {method!r}: use auto, pep768 or ptrace.")
 
+
+
+# How long a request aimed at a thread seen running Python may stay untaken before we
+# withdraw it and fall back: such a thread takes it in ~8 ms, 50 ms when threads fight for
+# the GIL; a loaded machine stretches that, so allow far more, within the attach timeout.
+WORKER_TAKE_TIMEOUT = 1.0
+_SERVED_SOON = ("running", "unknown", "stopped", "exited")  # activities that need no help
+
+
+def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachConfig) -> Injection:
+    """``--method auto`` on 3.14+: pick what starts the agent soonest.
+
+    The main thread gets the PEP 768 request unless it is blocked. A blocked main thread
+    reaches an eval breaker only when its call returns, and one waiting on a lock or in
+    ``join()`` never: then another Python thread that runs gets the request, and if none
+    takes it, ptrace with its futex nudge (the wait goes on afterwards) serves a lock wait.
+    Anything else blocked (sleep, accept, read) keeps the main thread, served on return.
+    """
+    from heapspy.inject.ptrace import main_thread_activity
+
+    activity = main_thread_activity(target.pid)
+    if activity.kind in _SERVED_SOON:
+        return Pep768Injection(target, placement, config)
+    why = f"the main thread is {activity.description}"
+    for tid in _running_python_threads(target):
+        worker = Pep768Injection(target, placement, config, thread=tid)
+        if _taken_or_withdrawn(worker, min(WORKER_TAKE_TIMEOUT, config.attach_timeout / 4)):
+            worker.chosen = f"{why}: the agent was started from thread {tid}, which runs Python"
+            return worker
+    if activity.kind == "futex" and config.nudge:
+        from heapspy.inject.pep768 import check_remote_debugging
+
+        check_remote_debugging(target)
+        ptrace = PtraceInjection(target, placement, config)
+        ptrace.chosen = (
+            f"{why} and no other thread runs Python: the agent was started by ptrace, which "
+            "wakes that wait harmlessly (the wait goes on after)"
+        )
+        return ptrace
+    return Pep768Injection(target, placement, config)
+
+
+def _running_python_threads(target: PythonTarget) -> list[int]:
+    """Python threads other than main that ran in the last moment, busiest first."""
+    from heapspy.inject.pep768 import python_thread_ids
+    from heapspy.target.threads import busy_threads, thread_ids
+
+    # /proc first: a single-threaded target costs nothing more than before
+    busy = busy_threads(target.pid, (t for t in thread_ids(target.pid) if t != target.pid))
+    if not busy:
+        return []
+    try:
+        python = set(python_thread_ids(target))
+    except HeapspyError:
+        return []
+    return [t for t in busy if t in python]
+
+
+def _taken_or_withdrawn(injection: Pep768Injection, timeout: float) -> bool:
+    """Wait for the thread to take the request; withdraw it if not. True when it was taken,
+    or may have been (its thread exited meanwhile, or it could not be withdrawn): a second
+    bootstrap must not be sent after one that may run."""
+    try:
+        return injection.request.wait_taken(timeout) or not injection.request.cancel()
+    except BaseException:
+        injection.cancel()
+        raise

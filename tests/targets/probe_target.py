@@ -5,7 +5,9 @@ threads (8 pure-Python spinners), workers (4 allocating threads), asyncio, exit-
 grow (keeps 64 KiB per 10 ms at grow_cache), last-words (on SIGUSR1: keeps 32 MiB at
 last_words, then exits), fork (on SIGUSR1: forks a child that allocates, writes its
 probe to $HEAPSPY_PROBE.child and exits; the parent writes its wait status to .status),
-exec (on SIGUSR1: replaces itself with /bin/sleep 30).
+exec (on SIGUSR1: replaces itself with /bin/sleep 30), join-workers (the main thread in
+Thread.join() while two threads spin in Python; READY gives their TIDs), join-idle (the
+main thread in Thread.join() of a thread that sleeps: no thread runs Python).
 Prints "READY <pid>" once set up. $PROBE_SLEEP: seconds per sleep in the sleep modes
 (3). The probe file is named by $HEAPSPY_PROBE.
 Written for Python 3.8+.
@@ -97,9 +99,18 @@ elif MODE == "workers":
 elif MODE == "sleep-worker":
     worker = threading.Thread(target=spin, name="worker", daemon=True)
     worker.start()
+elif MODE == "join-workers":
+    joined = [threading.Thread(target=spin, daemon=True) for _ in range(2)]
+elif MODE == "join-idle":
+    joined = [threading.Thread(target=time.sleep, args=(3600,), daemon=True)]
+if MODE.startswith("join-"):
+    for t in joined:
+        t.start()
 
 if MODE == "sleep-worker":
     print("READY %d %d" % (os.getpid(), worker.native_id), flush=True)
+elif MODE == "join-workers":
+    print("READY %d %s" % (os.getpid(), " ".join(str(t.native_id) for t in joined)), flush=True)
 else:
     print("READY %d" % os.getpid(), flush=True)
 
@@ -117,6 +128,8 @@ elif MODE == "grow":  # 6.4 MiB/s retained at grow_cache, churn beside it
 elif MODE in ("sleep", "sleep-worker"):
     while True:
         time.sleep(float(os.environ.get("PROBE_SLEEP", "3")))
+elif MODE.startswith("join-"):  # a server's main thread once its workers are started
+    joined[0].join()
 elif MODE == "accept":
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
