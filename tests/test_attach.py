@@ -13,8 +13,8 @@ from typing import Callable
 
 import psutil
 import pytest
-from conftest import Target, heapspy_dirs_in_tmp, wait_for
 from interpreters import Interpreter, interpreter_params, py314
+from support import Target, heapspy_dirs_in_tmp, wait_for
 
 from heapspy.config import AttachConfig
 from heapspy.errors import AlreadyAttached

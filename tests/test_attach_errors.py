@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import TARGETS, Target, heapspy_dirs_in_tmp, run_heapspy
 from interpreters import (
     Interpreter,
     find_interpreters,
     interpreter_params,
     old_interpreter_params,
 )
+from support import TARGETS, Target, heapspy_dirs_in_tmp, run_heapspy
 
 Spawn = Callable[..., Target]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from interpreters import Interpreter, interpreter_params, py314
+from support import Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 
 from heapspy.config import AttachConfig
 from heapspy.inject.ptrace import main_thread_activity

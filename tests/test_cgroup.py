@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Target, wait_for
 from gotool import require_go, top
 from interpreters import Interpreter, find_interpreters, py314
+from support import Target, wait_for
 
 from heapspy.cgroup import locate, parse_membership, read_state
 from heapspy.errors import UsageError

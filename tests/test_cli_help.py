@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import run_heapspy
+from support import run_heapspy
 
 from heapspy.cli.commands import COMMAND_MODULES, reflow
 

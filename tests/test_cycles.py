@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, heapspy_dirs_in_tmp
 from interpreters import Interpreter, interpreter_params
+from support import Target, heapspy_dirs_in_tmp
 from test_attach import _fds
 
 from heapspy.config import AttachConfig

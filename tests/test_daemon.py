@@ -30,8 +30,8 @@ from typing import Callable
 import psutil
 import pytest
 import typer
-from conftest import REPO, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from interpreters import Interpreter, find_interpreters, py314
+from support import REPO, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from typer.testing import CliRunner
 
 from heapspy import control, registry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import run_heapspy
+from support import run_heapspy
 
 from heapspy.dumps import PATTERN
 

@@ -7,7 +7,6 @@ The text output is also compared with tests/golden/diff_small.txt; regenerate it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,14 +14,13 @@ from pathlib import Path
 
 import pytest
 from gotool import top
+from support import golden
 
 from heapspy.diff import DiffConfig, build_diff, diff_to_json, render_diff
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame, HeapProfile, SiteCounts
 from heapspy.pprof import encode_profile
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
-REGEN = os.environ.get("HEAPSPY_REGEN_GOLDEN") == "1"
 RATE = 256 * 1024
 
 MAIN = Frame("main", "/app/server.py", 90)
@@ -211,11 +209,7 @@ def test_text_golden(dumps: tuple[Path, Path], tmp_path: Path) -> None:
     base, new = dumps
     text = render_diff(build_diff(DiffConfig(base=base, new=new, top=4)), "text")
     text = text.replace(str(tmp_path), "<tmp>")
-    golden = GOLDEN / "diff_small.txt"
-    if REGEN:
-        golden.write_text(text)
-        pytest.skip(f"regenerated {golden}")
-    assert text == golden.read_text()
+    assert text == golden("diff_small.txt", text)
 
 
 def test_cli_diff(dumps: tuple[Path, Path], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from conftest import Target, run_heapspy
+from support import Target, run_heapspy
 
 from heapspy.dumps import PATTERN
 from heapspy.pprof import read_profile

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import attach_to_leaky_worker
 from gotool import top
 from interpreters import Interpreter, interpreter_params
+from support import attach_to_leaky_worker
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from browser import Browser, Page, file_url, require_browser
-from conftest import LEAKY_WORKER, attach_to_leaky_worker
+from support import LEAKY_WORKER, attach_to_leaky_worker
 
 from heapspy.dumps import DumpWriter
 from heapspy.errors import DumpError, UsageError

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target
 from interpreters import Interpreter, interpreter_params
+from support import Target
 
 from heapspy.config import AttachConfig
 from heapspy.session import Session

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TARGETS, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 from interpreters import Interpreter, interpreter_params, py314_cache_dir
+from support import TARGETS, Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 
 from heapspy.pprof import decode_profile
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import random
 from pathlib import Path
 
 import pytest
 from gotool import pprof, top
+from support import golden
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import DumpError
@@ -29,8 +29,6 @@ from heapspy.pprof import (
     scale_heap_sample,
 )
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
-REGEN = os.environ.get("HEAPSPY_REGEN_GOLDEN") == "1"
 RATE = 512 * 1024
 
 MAIN = Frame("main", "/app/app.py", 40)
@@ -76,11 +74,7 @@ def raw_message(data: bytes) -> pb.Profile:
 
 def test_golden_bytes() -> None:
     data = encode_profile(small_profile())
-    golden = GOLDEN / "heap_small.pb.gz"
-    if REGEN:
-        golden.write_bytes(data)
-        pytest.skip(f"regenerated {golden}")
-    expected = golden.read_bytes()
+    expected = golden("heap_small.pb.gz", data)
     # The gzip header is fixed (mtime 0, no name, OS 255): compare it exactly. The
     # deflate stream may legitimately differ between zlib builds (zlib-ng), so the
     # payload is compared after decompression, which is what the writer controls.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from gotool import top
+from support import golden
 
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame, HeapProfile, SiteCounts
@@ -35,9 +35,6 @@ from heapspy.report import (
     size_class_of,
 )
 from heapspy.scaling import relative_error, sampling_variance
-
-GOLDEN = Path(__file__).resolve().parent / "golden"
-REGEN = os.environ.get("HEAPSPY_REGEN_GOLDEN") == "1"
 
 MAIN = Frame("main", "/app/app.py", 5)
 WALK = Frame("walk", "/app/tree.py", 20)
@@ -80,11 +77,7 @@ def write_dump(directory: Path, sidecar: object = None, name: str = "heap.pb.gz"
 
 def golden_text(name: str, text: str, tmp_path: Path) -> None:
     text = text.replace(str(tmp_path), "<tmp>")
-    golden = GOLDEN / name
-    if REGEN:
-        golden.write_text(text)
-        pytest.skip(f"regenerated {golden}")
-    assert text == golden.read_text()
+    assert text == golden(name, text)
 
 
 def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, run_heapspy
+from support import Target, run_heapspy
 
 from heapspy.dumps import sidecar_path
 from heapspy.flamegraph import header_facts

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target
 from interpreters import Interpreter, interpreter_params, numpy_site
+from support import Target
 
 from heapspy import control
 from heapspy.config import AttachConfig

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LEAKY_WORKER, wait_for
 from gotool import _env, require_go
 from interpreters import Interpreter, find_interpreters
+from support import LEAKY_WORKER, wait_for
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import UsageError

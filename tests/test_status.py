@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, run_heapspy, wait_for
 from interpreters import Interpreter, py314
+from support import Target, run_heapspy, wait_for
 
 from heapspy.registry import runtime_dir
 from heapspy.status import render_text, session_status

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, run_heapspy, wait_for
 from interpreters import Interpreter, py314
+from support import Target, run_heapspy, wait_for
 
 from heapspy.status import session_status
 from heapspy.units import parse_size

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import Target
 from interpreters import Interpreter, interpreter_params
+from support import Target
 from untrusted_user import as_untrusted, run_heapspy_measured, untrusted_ids
 
 from heapspy.pprof import read_profile
