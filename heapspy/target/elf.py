@@ -5,11 +5,20 @@ attach budget, so what we resolve is cached under ``~/.cache/heapspy/elf`` keyed
 image's GNU build-id (or by inode, size and mtime when it has none). The file is opened
 through ``/proc/PID/map_files`` (the very file mapped, even if deleted or replaced on
 disk since) and falls back to ``/proc/PID/root/<path>`` (the target's mount namespace).
+
+The target chose that file, so it is read as hostile (a crafted ``.so`` claiming 4M
+dynamic symbols kept pyelftools busy for minutes): it must be a regular file of at most
+:data:`MAX_IMAGE` bytes, opened without following links out of the target's root (see
+:mod:`heapspy.target.rootfs`), read through a view that allows :data:`READ_BUDGET`
+bytes and :data:`PARSE_SECONDS` seconds in all, with the section, segment, note and
+symbol counts checked before pyelftools walks them. Any failure, whatever pyelftools
+raises, is :class:`UnrecognisedPython` (exit 6) with a one-line reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -21,10 +30,29 @@ from typing import IO, Any
 from heapspy.errors import UnrecognisedPython
 from heapspy.target.maps import Mapping
 from heapspy.target.memory import RemoteMemory
+from heapspy.target.rootfs import (
+    BoundedReader,
+    Credentials,
+    Refused,
+    open_in_root,
+    open_regular,
+    open_root,
+)
 
 ET_EXEC = "ET_EXEC"
 ET_DYN = "ET_DYN"
 PAGE = 4096
+
+# Limits on what a target's ELF image may make heapspy parse. Real interpreters, for
+# scale: libpython3.12.so 30 MB, 37 sections, 9 segments, 2,335 .dynsym and 8,856 .symtab
+# entries (3.8); pyelftools takes ~60 us per symbol to index a table.
+MAX_IMAGE = 1 << 30  # bytes of file (a libpython with full debug info is ~150 MB)
+MAX_SECTIONS = 4096
+MAX_SEGMENTS = 256
+MAX_SYMBOLS = 100_000  # per symbol table: ~6 s of pyelftools at most
+MAX_NOTES = 1 << 20  # bytes of one PT_NOTE segment
+READ_BUDGET = 256 << 20  # bytes read from the file in all, per parse
+PARSE_SECONDS = 20.0
 
 
 def cache_dir() -> Path:
@@ -66,15 +94,36 @@ class ElfFacts:
 
 
 def open_mapped_file(pid: int, maps: list[Mapping], path: str) -> IO[bytes]:
-    """Open the file behind ``path``'s mapping as the target sees it."""
+    """Open the file behind ``path``'s mapping as the target sees it, bounded.
+
+    Raises :class:`~heapspy.target.rootfs.Refused` for a file that is not a regular one
+    of at most :data:`MAX_IMAGE` bytes the target may read, OSError when it cannot open.
+    """
+    fd = -1
     for m in maps:
         if m.path == path and m.offset == 0:
+            # the magic link leads to the very inode mapped: no path is looked up
             try:
-                return open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", "rb")
+                path_fd = os.open(
+                    f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_PATH | os.O_CLOEXEC
+                )
             except OSError:
                 break
-    clean = path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
-    return open(f"/proc/{pid}/root{clean}", "rb")
+            try:
+                fd = open_regular(path_fd, path, None, MAX_IMAGE)
+            finally:
+                os.close(path_fd)
+            break
+    if fd < 0:
+        clean = path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
+        root_fd = open_root(pid)
+        try:
+            fd = open_in_root(root_fd, clean, Credentials.of_process(pid), MAX_IMAGE)
+        finally:
+            os.close(root_fd)
+    length = os.fstat(fd).st_size
+    raw = BoundedReader(fd, path, min(length, MAX_IMAGE), READ_BUDGET, PARSE_SECONDS)
+    return io.BufferedReader(raw, buffer_size=16 << 10)
 
 
 def _cache_key(f: IO[bytes]) -> str:
@@ -84,38 +133,56 @@ def _cache_key(f: IO[bytes]) -> str:
     ).hexdigest()
 
 
-def _parse(f: IO[bytes], symbols: Iterable[str], sections: Iterable[str]) -> ElfFacts:
-    from elftools.common.exceptions import ELFError
+class _TooLarge(Exception):
+    """A count in the image is beyond what heapspy parses."""
+
+
+def _open_elf(f: IO[bytes]) -> Any:
+    """pyelftools' view of ``f``, once its section and segment counts are sane."""
     from elftools.elf.elffile import ELFFile
 
-    try:
-        elf = ELFFile(f)  # type: ignore[no-untyped-call, unused-ignore]
-        etype = str(elf.header["e_type"])
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]  # type: ignore[no-untyped-call, unused-ignore]
-        first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
-        build_id = None
-        build_id_vaddr = None
-        for seg in elf.iter_segments():  # type: ignore[no-untyped-call, unused-ignore]
-            if seg["p_type"] != "PT_NOTE":
-                continue
-            for note in seg.iter_notes():  # type: ignore[attr-defined, unused-ignore]
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    build_id = str(note["n_desc"])
-                    # the descriptor follows a 12-byte header and the 4-byte "GNU\0" name
-                    build_id_vaddr = (
-                        int(seg["p_vaddr"]) + (int(note["n_offset"]) - int(seg["p_offset"])) + 16
-                    )
-        facts = ElfFacts(etype, first, build_id, build_id_vaddr)
-        _fill(elf, facts, symbols, sections)
-        return facts
-    except ELFError as exc:
-        raise UnrecognisedPython(f"Cannot parse the ELF image: {exc}.") from None
+    elf = ELFFile(f)  # type: ignore[no-untyped-call, unused-ignore]
+    if elf.num_sections() > MAX_SECTIONS:
+        raise _TooLarge(f"{elf.num_sections()} sections (heapspy reads at most {MAX_SECTIONS})")
+    if elf.num_segments() > MAX_SEGMENTS:
+        raise _TooLarge(f"{elf.num_segments()} segments (heapspy reads at most {MAX_SEGMENTS})")
+    return elf
+
+
+def _parse(f: IO[bytes], symbols: Iterable[str], sections: Iterable[str]) -> ElfFacts:
+    elf = _open_elf(f)
+    etype = str(elf.header["e_type"])
+    loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
+    build_id = None
+    build_id_vaddr = None
+    for seg in elf.iter_segments():
+        if seg["p_type"] != "PT_NOTE":
+            continue
+        if int(seg["p_filesz"]) > MAX_NOTES:
+            raise _TooLarge(f"a {int(seg['p_filesz'])}-byte note segment")
+        for note in seg.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID":
+                build_id = str(note["n_desc"])
+                # the descriptor follows a 12-byte header and the 4-byte "GNU\0" name
+                build_id_vaddr = (
+                    int(seg["p_vaddr"]) + (int(note["n_offset"]) - int(seg["p_offset"])) + 16
+                )
+    facts = ElfFacts(etype, first, build_id, build_id_vaddr)
+    _fill(elf, facts, symbols, sections)
+    return facts
 
 
 def _fill(elf: Any, facts: ElfFacts, symbols: Iterable[str], sections: Iterable[str]) -> None:
     tables = [
         t for t in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")) if t
     ]
+    for table in tables:
+        if table.num_symbols() > MAX_SYMBOLS:
+            raise _TooLarge(
+                f"{table.num_symbols()} symbols in {table.name} (heapspy reads at most "
+                f"{MAX_SYMBOLS})"
+            )
     for name in symbols:
         if name in facts.symbols:
             continue
@@ -153,8 +220,25 @@ class ElfImage:
         return cache_dir() / f"{self._key}.json"
 
     def resolve(self, symbols: Iterable[str] = (), sections: Iterable[str] = ()) -> ElfFacts:
-        symbols = list(symbols)
-        sections = list(sections)
+        """The facts asked for, from the cache or parsed. Raises UnrecognisedPython for
+        an image heapspy will not parse, OSError when it cannot be opened at all."""
+        try:
+            return self._resolve(list(symbols), list(sections))
+        except UnrecognisedPython:
+            raise
+        except Refused as exc:
+            raise UnrecognisedPython(
+                f"Process {self.pid}: heapspy will not read {self.path}: {exc}."
+            ) from None
+        except (OSError, StopIteration):
+            raise  # not there, or not ours to open: the callers say which
+        except Exception as exc:  # pyelftools raises anything on a crafted file
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise UnrecognisedPython(
+                f"Process {self.pid}: cannot parse the ELF image {self.path}: {reason}."
+            ) from None
+
+    def _resolve(self, symbols: list[str], sections: list[str]) -> ElfFacts:
         with open_mapped_file(self.pid, self._maps, self.path) as f:
             if self._key is None:
                 self._key = _cache_key(f)
@@ -173,9 +257,7 @@ class ElfImage:
                 if facts is None:
                     facts = _parse(f, symbols, sections)
                 else:
-                    from elftools.elf.elffile import ELFFile
-
-                    _fill(ELFFile(f), facts, symbols, sections)  # type: ignore[no-untyped-call, unused-ignore]
+                    _fill(_open_elf(f), facts, symbols, sections)
                 self._facts = facts
                 self._store(facts)
         assert self._facts is not None

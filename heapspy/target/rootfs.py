@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 SYS_OPENAT2 = 437  # x86_64 and aarch64 alike (the generic syscall table)
@@ -214,3 +216,59 @@ def read_file_in_root(root_fd: int, path: str, creds: Credentials | None, max_si
         return read_capped(fd, max_size)
     finally:
         os.close(fd)
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only, seekable view of the first ``length`` bytes of ``fd`` that reads at
+    most ``budget`` bytes in all and no longer than ``seconds``: whatever a parser makes
+    of a hostile file (offsets past the end, tables read again and again, a file that
+    grows), it stays within those bounds or gets :class:`Refused`. Owns ``fd``."""
+
+    def __init__(self, fd: int, what: str, length: int, budget: int, seconds: float) -> None:
+        super().__init__()
+        self._fd = fd
+        self._what = what
+        self._length = length
+        self._budget = budget
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._pos = 0
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise Refused(f"{self._what} sends the parser before its start")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if time.monotonic() > self._deadline:
+            raise Refused(f"reading {self._what} took longer than {self._seconds:g} s")
+        size = min(len(buffer), self._length - self._pos)
+        if size <= 0:
+            return 0
+        if self._read + size > self._budget:
+            raise Refused(f"reading {self._what} needed more than {self._budget >> 20} MiB")
+        data = os.pread(self._fd, size, self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        self._read += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()

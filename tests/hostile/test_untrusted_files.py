@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +128,57 @@ def test_qualified_names_before_311_read_no_hostile_file(
     target = spawn(interp, "named_files.py", *paths, cwd=shared)
     _attach_and_check(target, paths, may_name, tmp_path / "d", "--rate", "4KiB")
     assert stat.S_ISFIFO(os.stat(paths[1]).st_mode)
+
+
+# A tiny real shared library every Debian has; dlopen reads only its program headers
+# and dynamic section, so the section headers and notes can lie.
+SMALL_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/libutil.so.1")
+
+
+def _craft_library(dst: Path, how: str) -> None:
+    """A loadable copy of SMALL_LIBRARY whose tables make a parser work without end."""
+    from elftools.elf.elffile import ELFFile
+
+    shutil.copy(SMALL_LIBRARY, dst)
+    with open(SMALL_LIBRARY, "rb") as f:
+        elf = ELFFile(f)
+        shoff, shentsize = elf["e_shoff"], elf["e_shentsize"]
+        phoff, phentsize = elf["e_phoff"], elf["e_phentsize"]
+        names = [s.name for s in elf.iter_sections()]
+        types = [s["p_type"] for s in elf.iter_segments()]
+    dynsym = shoff + names.index(".dynsym") * shentsize
+    size = dst.stat().st_size
+    with open(dst, "r+b") as f:
+        if how == "4M-dynsym":  # 4,000,000 symbols of zeros in a sparse tail
+            start = (size + 4095) & ~4095
+            f.seek(dynsym + 24)  # sh_offset, sh_size
+            f.write(struct.pack("<QQ", start, 4_000_000 * 24))
+            f.truncate(start + 4_000_000 * 24)
+        elif how == "dynsym-at-2**64":  # pyelftools' seek raised OverflowError
+            f.seek(dynsym + 24)
+            f.write(struct.pack("<Q", (1 << 64) - 4096))
+        elif how == "1GiB-notes":  # ~90M empty notes to walk
+            note = phoff + types.index("PT_NOTE") * phentsize
+            f.seek(note + 32)  # p_filesz, p_memsz
+            f.write(struct.pack("<QQ", 1 << 30, 1 << 30))
+            f.truncate(1 << 30)
+
+
+@pytest.mark.skipif(not SMALL_LIBRARY.exists(), reason=f"{SMALL_LIBRARY} is not installed")
+@pytest.mark.parametrize("how", ["4M-dynsym", "dynsym-at-2**64", "1GiB-notes"])
+def test_crafted_libpython_is_refused_with_exit_6(
+    how: str, spawn: Spawn, shared: Path, tmp_path: Path
+) -> None:
+    (interp,) = [p.values[0] for p in interpreter_params() if "debian-static" in p.id]
+    # Debian's 3.11 links libpython statically: the crafted library is the only
+    # libpython* mapped, so it is the image heapspy reads
+    library = shared / "libpython3.11.so.1.0"
+    _craft_library(library, how)
+    target = spawn(interp, "loads_library.py", str(library))
+    out = run_heapspy_measured("attach", str(target.pid), "--dump-dir", str(tmp_path), timeout=60)
+    assert not out.timed_out, f"heapspy still parsing after {out.seconds:.0f} s"
+    assert out.returncode == 6, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert str(library) in line, line
+    assert out.max_rss < RSS_BOUND, f"heapspy peaked at {out.max_rss >> 20} MiB"
+    assert target.alive()
