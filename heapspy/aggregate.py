@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
+from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import is_estimate, sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
@@ -63,6 +64,9 @@ class Point:
     cpu: float | None = None  # percent of one core since the previous point
     fds: int | None = None
     uss: int | None = None  # sampled every few intervals: it walks the page tables
+    gc_seconds: float | None = None  # time in garbage collection since attach
+    threads: int | None = None
+    asyncio_tasks: int | None = None  # unfinished, over every running loop
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,18 @@ class Aggregator:
         return self.sites[sid].stack, self.streaks[sid]
 
     def record(self, facts: ProcessFacts) -> Point:
-        point = Point(time.time(), facts.rss, self.heap_estimate(), facts.cpu, facts.fds, facts.uss)
+        runtime = RuntimeStats.from_facts(self.facts)
+        point = Point(
+            time.time(),
+            facts.rss,
+            self.heap_estimate(),
+            facts.cpu,
+            facts.fds,
+            facts.uss,
+            runtime.gc_seconds if runtime else None,
+            runtime.threads if runtime else None,
+            sum(runtime.asyncio_tasks) if runtime and runtime.asyncio_tasks else None,
+        )
         self.series.append(point)
         while len(self.series) > self.history:
             self.series.popleft()

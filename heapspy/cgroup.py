@@ -216,9 +216,7 @@ def read_state(
         stat = parse_keyed(_read(d / "memory.stat"))
         limit = _v2_limit(cg)
         raw = parse_keyed(_read(d / "memory.events"))
-        events: dict[str, int] = {
-            k: raw[k] for k in ("high", "max", "oom", "oom_kill") if k in raw
-        }
+        events: dict[str, int] = {k: raw[k] for k in ("high", "max", "oom", "oom_kill") if k in raw}
         pressure = _read(d / "memory.pressure")
         inactive = stat.get("inactive_file", 0)
     else:

@@ -79,9 +79,7 @@ class DumpWriter:
         self.directory = Path(directory)
         self.retention = retention or Retention()
 
-    def write(
-        self, profile: HeapProfile, pid: int, rule: str, sidecar: dict[str, Any]
-    ) -> Path:
+    def write(self, profile: HeapProfile, pid: int, rule: str, sidecar: dict[str, Any]) -> Path:
         from heapspy.pprof import encode_profile
 
         data = encode_profile(profile)

@@ -342,8 +342,7 @@ def header_facts(
     facts.append(
         (
             "Live Heap Estimate",
-            f"{format_bytes(totals.live_bytes)}{error} in {totals.live_objects:,} objects "
-            f"({how})",
+            f"{format_bytes(totals.live_bytes)}{error} in {totals.live_objects:,} objects ({how})",
         )
     )
     return facts

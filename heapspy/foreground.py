@@ -87,6 +87,7 @@ def run_foreground(
     agent ended by breaking the protocol raises ``ProtocolViolation`` after its detach
     (final dump included).
     """
+
     def early(why: str) -> None:
         # A Ctrl-C while the agent is on its way must not go unanswered for seconds.
         if attached is not None:
@@ -137,7 +138,6 @@ def run_foreground(
         final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
         raise ProtocolViolation(
             f"The agent in process {pid} broke the protocol ({session.violation}); heapspy "
-            "ended the session"
-            + (f" and wrote its final dump: {final[-1]}." if final else ".")
+            "ended the session" + (f" and wrote its final dump: {final[-1]}." if final else ".")
         )
     return session

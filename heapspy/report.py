@@ -73,6 +73,7 @@ from heapspy.pprof import (
     DecodedSample,
     read_profile,
 )
+from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error, sampling_variance
 
 OUTPUT_FORMATS = ("text", "json")
@@ -314,6 +315,7 @@ class Report:
     functions: int
     top: tuple[SiteRow, ...]
     sampled: bool = False  # the values are estimates with errors: see is_sampled
+    runtime: RuntimeStats | None = None  # the target's GC, threads, tasks at dump time
 
 
 def top_rows(
@@ -392,8 +394,8 @@ def sidecar_totals(document: dict[str, Any], path: Path) -> tuple[str, Totals | 
     allocations = _int_field(totals, "allocations", path)
     # The sampling shim cannot know the size of a block it did not sample when it is
     # freed: freed_bytes is null then, and the live heap comes from the profile.
-    freed_bytes = None if totals.get("freed_bytes") is None else _int_field(
-        totals, "freed_bytes", path
+    freed_bytes = (
+        None if totals.get("freed_bytes") is None else _int_field(totals, "freed_bytes", path)
     )
     frees = None if totals.get("frees") is None else _int_field(totals, "frees", path)
     classes = totals.get("size_classes", [])
@@ -497,8 +499,12 @@ def build_report(config: ReportConfig) -> Report:
     profile = read_profile(config.dump)
     index = resolve_sample_index(profile, config.sample_index, config.dump)
     sidecar = sidecar_path(config.dump)
-    status, totals = read_sidecar_totals(sidecar)
+    document = read_sidecar(sidecar)
+    status, totals = (
+        (SIDECAR_MISSING, None) if document is None else sidecar_totals(document, sidecar)
+    )
     totals = complete_totals(profile, totals)
+    runtime = RuntimeStats.from_facts((document or {}).get("facts"))
     sites = aggregate_sites(profile, index)
     total = sum(sample.values[index] for sample in profile.samples)
     name, unit = profile.sample_types[index]
@@ -523,6 +529,7 @@ def build_report(config: ReportConfig) -> Report:
         functions=len(sites),
         top=top_rows(sites, total, config.top, variances),
         sampled=sampled,
+        runtime=runtime,
     )
 
 
@@ -577,6 +584,8 @@ def render_text(report: Report) -> str:
         lines.append(f"Time: {format_time(report.time_nanos)}{duration}")
     lines.append(f"Sampling: {describe_sampling(report.period)}")
     lines.extend(f"Comment: {comment}" for comment in report.comments)
+    if report.runtime is not None and report.runtime.line():
+        lines.append(f"Runtime: {report.runtime.line()}")
     lines.append("")
     estimated = "figures below are estimated from the profile alone."
     if report.sidecar_status == SIDECAR_FOUND:
@@ -657,6 +666,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             }
             for k, count in totals.size_classes
         ],
+        "runtime": None if report.runtime is None else report.runtime.to_json(),
         "total": report.total,
         "functions": report.functions,
         "top": [

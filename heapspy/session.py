@@ -673,9 +673,30 @@ class Session:
             "frames": self.config.frames,
             "rule": rule,
             "heap_estimate": agg.heap_estimate(),
-            "series_columns": ["time", "rss", "heap", "cpu_percent", "fds", "uss"],
+            "series_columns": [
+                "time",
+                "rss",
+                "heap",
+                "cpu_percent",
+                "fds",
+                "uss",
+                "gc_seconds",
+                "threads",
+                "asyncio_tasks",
+            ],
             "rss_series": [
-                [p.time, p.rss, p.heap, p.cpu, p.fds, p.uss] for p in list(agg.series)[-120:]
+                [
+                    p.time,
+                    p.rss,
+                    p.heap,
+                    p.cpu,
+                    p.fds,
+                    p.uss,
+                    p.gc_seconds,
+                    p.threads,
+                    p.asyncio_tasks,
+                ]
+                for p in list(agg.series)[-120:]
             ],
             "totals": None
             if totals is None

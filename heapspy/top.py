@@ -33,6 +33,7 @@ class TopView:
     heap: int  # estimated live Python heap
     rss: int | None
     rows: tuple[TopRow, ...]
+    runtime: dict[str, Any] | None = None  # the agent's latest runtime facts
 
     @property
     def sampled(self) -> bool:
@@ -55,6 +56,7 @@ class TopView:
             heap=int(body["heap"]),
             rss=None if body.get("rss") is None else int(body["rss"]),
             rows=rows,
+            runtime=body["runtime"] if isinstance(body.get("runtime"), dict) else None,
         )
 
 
@@ -74,6 +76,7 @@ def top_view(agg: Aggregator, n: int, order: str = "inuse_space") -> TopView:
         heap=agg.heap_estimate(),
         rss=last.rss if last else None,
         rows=tuple(agg.top_sites(n, order)),
+        runtime=dict(agg.facts),
     )
 
 

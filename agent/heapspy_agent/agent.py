@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 # Every agent module is imported here, at start: the files are deleted right after.
-from heapspy_agent import protocol, schema
+from heapspy_agent import protocol, runtime, schema
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
@@ -97,7 +97,8 @@ class Agent:
         self.budget = COLLECT_BUDGET
         self.shim: Optional[Shim] = None
         self.shim_problem = ""
-        self._gc_base = [s.get("collections", 0) for s in gc.get_stats()]
+        self._gc_base = gc.get_stats()
+        self.gc_timer = runtime.GcTimer()
 
     # --- life cycle -------------------------------------------------------------
     def run(self) -> None:
@@ -194,6 +195,7 @@ class Agent:
         assert sock is not None
         self.base_interval = self.interval = float(self.config.get("interval", 1.0))
         self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
+        self.gc_timer.install()
         now = time.monotonic()
         last_rx = now
         next_beat = now + HEARTBEAT
@@ -289,15 +291,17 @@ class Agent:
             if self.budget > 0:
                 self.interval = max(self.base_interval, spent / self.budget)
         body["seq"] = self.seq
-        body["facts"] = {
+        facts = {
             "gc_counts": list(gc.get_count()),
-            "gc_collections": [
-                s.get("collections", 0) - base for s, base in zip(gc.get_stats(), self._gc_base)
-            ],
+            "gc_seconds": self.gc_timer.seconds,
             "threads": threading.active_count(),
+            "thread_names": runtime.thread_names(threading.get_ident()),
+            "asyncio_tasks": runtime.asyncio_tasks(),
             "collect_cpu": spent,
             "interval": self.interval,  # until the next scheduled collection
-        }
+        }  # type: Dict[str, Any]
+        facts.update(runtime.gc_facts(self._gc_base))
+        body["facts"] = facts
         for kind, part in schema.fit_samples(body):
             self._send(kind, part)
 
@@ -320,6 +324,7 @@ class Agent:
         target is back as it was (only this thread's last instructions remain)."""
         global _active
         self._forget_exit_hook()
+        self.gc_timer.remove()
         if self.collector is not None:
             try:
                 self.collector.stop()
@@ -388,6 +393,7 @@ def _after_fork_in_child() -> None:
         return
     _active = None
     agent._forget_exit_hook()  # the child's copy of our atexit entry
+    agent.gc_timer.remove()  # and of our gc.callbacks entry (a list: no lock to take)
     shim = agent.shim
     if shim is not None:
         shim.after_fork_in_child()

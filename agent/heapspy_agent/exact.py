@@ -82,8 +82,7 @@ def _group_by_traceback() -> List[Tuple[int, int, Tuple[FrameKey, ...]]]:
     if get_traces is None:  # in every CPython 3.8-3.14; kept so a change cannot break us
         stats = tracemalloc.take_snapshot().statistics("traceback")
         return [
-            (st.count, st.size, tuple((f.filename, f.lineno) for f in st.traceback))
-            for st in stats
+            (st.count, st.size, tuple((f.filename, f.lineno) for f in st.traceback)) for st in stats
         ]
     groups: Dict[Tuple[FrameKey, ...], List[int]] = {}
     for trace in get_traces():

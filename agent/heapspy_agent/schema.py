@@ -34,6 +34,9 @@ MAX_FRAMES_PER_STACK = 512  # the most --frames allows
 MAX_SITES_PER_FRAME = 100000  # entries of inuse / alloc / est in one SAMPLES frame
 MAX_SIZE_CLASSES = 64
 MAX_GC_GENERATIONS = 8
+MAX_THREAD_NAMES = 64
+MAX_THREAD_NAME = 200
+MAX_LOOPS = 16
 # Stacks are split off into STACKS frames when their estimated size passes this share of
 # the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
 STACK_BUDGET = protocol.MAX_FRAME // 2
@@ -228,7 +231,12 @@ def _define() -> dict[int, Record]:
         {
             "gc_counts": ListOf(COUNT, MAX_GC_GENERATIONS),
             "gc_collections": ListOf(COUNT, MAX_GC_GENERATIONS),
+            "gc_collected": ListOf(COUNT, MAX_GC_GENERATIONS),
+            "gc_uncollectable": ListOf(COUNT, MAX_GC_GENERATIONS),
+            "gc_seconds": Num(0.0, 1e12),  # time spent collecting since attach
             "threads": COUNT,
+            "thread_names": ListOf(Str(MAX_THREAD_NAME), MAX_THREAD_NAMES),
+            "asyncio_tasks": ListOf(COUNT, MAX_LOOPS),  # unfinished tasks per running loop
             "collect_cpu": Num(0.0, 1e9),  # seconds of CPU the last collection took
             "interval": Num(0.0, 1e9),  # seconds until the next scheduled collection
         },
@@ -293,7 +301,13 @@ def _define() -> dict[int, Record]:
         ),
         protocol.REPLY: Record(
             "REPLY",
-            {"id": Opt(Int(0, 2**63)), "ok": Bool(), "error": Str(MAX_TEXT), "rate": COUNT},
+            {
+                "id": Opt(Int(0, 2**63)),
+                "ok": Bool(),
+                "error": Str(MAX_TEXT),
+                "rate": COUNT,
+                "collected": COUNT,  # gc: what gc.collect() returned
+            },
             required=("ok",),
         ),
         protocol.HEARTBEAT: Record("HEARTBEAT", {}),
@@ -315,7 +329,11 @@ def _define() -> dict[int, Record]:
         ),
         protocol.COMMAND: Record(
             "COMMAND",
-            {"id": Int(0, 2**63), "cmd": Str(32, ("detach", "sample", "rate")), "rate": COUNT},
+            {
+                "id": Int(0, 2**63),
+                "cmd": Str(32, ("detach", "sample", "rate", "gc")),
+                "rate": COUNT,
+            },
             required=("id", "cmd"),
         ),
     }

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from heapspy.model import TopRow
+from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
 from heapspy.units import format_bytes, size_text
@@ -81,8 +82,11 @@ def top_screen(
         f"heapspy top  pid {pid}  {when}  {how}  intervals {view.intervals}",
         f"RSS {rss}  live heap {format_bytes(view.heap)} ({_signed(view.heap - first.heap)} since "
         f"start, {_signed(view.heap - (prev or first).heap)} since last)",
-        "",
     ]
+    runtime = RuntimeStats.from_facts(view.runtime)
+    if runtime is not None and runtime.line():
+        lines.append(runtime.line())
+    lines.append("")
     if not view.rows:
         return "\n".join([*lines, "  (nothing recorded yet)", ""])
     before = {r.function: r for r in first.rows}

@@ -25,10 +25,16 @@ from heapspy.inject.boot_script import boot_source
 from heapspy.target.process import PythonTarget
 
 AGENT_FILES = (
-    "__init__.py", "protocol.py", "schema.py", "agent.py", "exact.py", "sampled.py", "shim.py"
+    "__init__.py",
+    "protocol.py",
+    "schema.py",
+    "agent.py",
+    "exact.py",
+    "sampled.py",
+    "shim.py",
+    "runtime.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
-
 
 
 @dataclass

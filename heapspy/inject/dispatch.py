@@ -172,7 +172,6 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
     raise UsageError(f"Unknown injection method {method!r}: use auto, pep768 or ptrace.")
 
 
-
 # How long a request aimed at a thread seen running Python may stay untaken before we
 # withdraw it and fall back: such a thread takes it in ~8 ms, 50 ms when threads fight for
 # the GIL; a loaded machine stretches that, so allow far more, within the attach timeout.

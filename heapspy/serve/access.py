@@ -69,8 +69,7 @@ def parse_listen(text: str, what: str = "--listen") -> ListenAddress:
     host = host.strip("[]") or "127.0.0.1"
     if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise UsageError(
-            f"{what}: the port must be a number from 0 (any free port) to 65535, "
-            f"got {port_text!r}."
+            f"{what}: the port must be a number from 0 (any free port) to 65535, got {port_text!r}."
         )
     if host != "localhost":
         try:

@@ -54,6 +54,12 @@ WORKER_FAMILIES: tuple[Family, ...] = (
     Family("heapspy_freed_bytes_total", "counter", "Bytes freed since attach.", "freed_bytes"),
     Family("heapspy_frees_total", "counter", "Frees since attach.", "frees"),
     Family("heapspy_threads", "gauge", "Python threads in the worker.", "threads"),
+    Family(
+        "heapspy_gc_seconds_total",
+        "counter",
+        "Time the worker spent in garbage collection since attach.",
+        "gc_seconds",
+    ),
     Family("heapspy_open_fds", "gauge", "Open file descriptors of the worker.", "fds"),
     Family(
         "heapspy_sampling_rate_bytes",
@@ -159,14 +165,34 @@ def add_worker(expo: Exposition, metrics: Mapping[str, Any]) -> None:
         if fam.key == "psi_some_avg10":
             value = value / 100.0
         expo.add(fam.name, fam.kind, fam.help, base, value)
-    for generation, count in enumerate(metrics.get("gc_collections") or ()):
+    per_generation = (
+        ("gc_collections", "heapspy_gc_collections_total", "Garbage collections"),
+        ("gc_collected", "heapspy_gc_collected_objects_total", "Objects the collector freed"),
+        (
+            "gc_uncollectable",
+            "heapspy_gc_uncollectable_objects_total",
+            "Objects the collector found uncollectable",
+        ),
+    )
+    for key, name, what in per_generation:
+        for generation, count in enumerate(metrics.get(key) or ()):
+            number = _number_or_none(count)
+            if number is not None:
+                expo.add(
+                    name,
+                    "counter",
+                    f"{what} per generation since attach.",
+                    [*base, ("generation", str(generation))],
+                    number,
+                )
+    for loop, count in enumerate(metrics.get("asyncio_tasks") or ()):
         number = _number_or_none(count)
         if number is not None:
             expo.add(
-                "heapspy_gc_collections_total",
-                "counter",
-                "Garbage collections per generation since attach.",
-                [*base, ("generation", str(generation))],
+                "heapspy_asyncio_tasks",
+                "gauge",
+                "Unfinished asyncio tasks per running event loop.",
+                [*base, ("loop", str(loop))],
                 number,
             )
     for rule, count in sorted((metrics.get("dumps") or {}).items()):

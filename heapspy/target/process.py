@@ -90,9 +90,7 @@ def _find_image(maps: list[Mapping]) -> tuple[str, int, int, bool] | None:
     return lib or exe
 
 
-def _micro_version(
-    pid: int, maps: list[Mapping], path: str, named: tuple[int, int]
-) -> int | None:
+def _micro_version(pid: int, maps: list[Mapping], path: str, named: tuple[int, int]) -> int | None:
     """Read ``Py_Version`` (3.11+) from memory; it must agree with the file's name."""
     try:
         addr = ElfImage(pid, maps, path).symbol("Py_Version")
