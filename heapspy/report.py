@@ -39,6 +39,11 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
       "size_classes": [                      # from the sidecar, or approximated from
         {"class": 7, "min_bytes": 65,        # each site's average object size; bounds
          "max_bytes": 128, "count": 4}],     # inclusive, class 0 holds sizes 0 and 1
+      "runtime": {                           # the target at dump time (sidecar), or null
+        "gc_collections": [41, 3, 1], "gc_collected": [900, 12, 0],  # since attach,
+        "gc_uncollectable": [0, 0, 0], "gc_seconds": 0.012,          # per generation
+        "threads": 5, "thread_names": ["MainThread", "..."],
+        "asyncio_tasks": [8]},               # unfinished tasks per running loop
       "total": 9988180,                      # sum of sample_index over all samples
       "functions": 3,                        # how many functions have a non-zero cum
       "top": [{"function": "leaky", "filename": "/app/app.py",

@@ -258,7 +258,7 @@ def test_json_structure(tmp_path: Path) -> None:
     assert set(document) == {
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
         "time_nanos", "duration_nanos", "comments", "totals", "size_classes", "total",
-        "functions", "top",
+        "functions", "top", "runtime",
     }  # fmt: skip
     assert document["totals"] == {
         "source": "sidecar",

@@ -82,13 +82,13 @@ def top_screen(
         f"heapspy top  pid {pid}  {when}  {how}  intervals {view.intervals}",
         f"RSS {rss}  live heap {format_bytes(view.heap)} ({_signed(view.heap - first.heap)} since "
         f"start, {_signed(view.heap - (prev or first).heap)} since last)",
+        "",
     ]
+    # the target's GC, threads and tasks go last: the table's place stays the same
     runtime = RuntimeStats.from_facts(view.runtime)
-    if runtime is not None and runtime.line():
-        lines.append(runtime.line())
-    lines.append("")
+    footer = [runtime.line(), ""] if runtime is not None and runtime.line() else []
     if not view.rows:
-        return "\n".join([*lines, "  (nothing recorded yet)", ""])
+        return "\n".join([*lines, "  (nothing recorded yet)", "", *footer])
     before = {r.function: r for r in first.rows}
     last = {r.function: r for r in (prev or first).rows}
     alloc = order == "alloc_space"
@@ -112,4 +112,4 @@ def top_screen(
             f"{_signed(value - v0) if v0 is not None else 'new':>11}  "
             f"{_signed(value - v1) if v1 is not None else 'new':>10}  {objects:>9}  {r.function}"
         )
-    return "\n".join([*lines, ""])
+    return "\n".join([*lines, "", *footer])
