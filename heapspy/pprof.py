@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import DumpError
+from heapspy.frame_names import renamer
 from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
 from heapspy.scaling import scale
 
@@ -122,15 +123,11 @@ class _ProfileBuilder:
             id=_MAPPING_ID, has_functions=True, has_filenames=True, has_line_numbers=True
         )
 
-    def frames(self, stacks: Iterable[Stack]) -> None:
-        """Create the Function and Location messages for every distinct frame."""
-        # Frames are compared by identity first: the aggregator shares Frame objects
-        # between stacks, and hashing a frozen dataclass runs Python code, which made
-        # value-keyed lookups of two million frames take seconds. Ids stay content-based
-        # because they are assigned from the sorted distinct values.
-        by_identity: dict[int, Frame] = {}
-        for stack in stacks:
-            by_identity.update(zip(map(id, stack), stack))
+    def frames(self, by_identity: dict[int, Frame]) -> None:
+        """Create the Function and Location messages for every distinct frame.
+
+        ``by_identity`` is ``_distinct_frames()`` of the stacks that will be written.
+        """
         function_ids: dict[tuple[str, str], int] = {}
         location_ids: dict[Frame, int] = {}
         message = self._message
@@ -221,12 +218,33 @@ def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, _Site]]:
                 yield stack, _Site(values, counts.inuse_objects, counts.inuse_bytes)
 
 
+def _distinct_frames(sites: list[tuple[Stack, _Site]]) -> dict[int, Frame]:
+    """Every frame of the sites, keyed by identity.
+
+    Frames are compared by identity first: the aggregator shares Frame objects between
+    stacks, and hashing a frozen dataclass runs Python code, which made value-keyed
+    lookups of two million frames take seconds. Ids stay content-based because they are
+    assigned from the sorted distinct values.
+    """
+    by_identity: dict[int, Frame] = {}
+    for stack, _ in sites:
+        by_identity.update(zip(map(id, stack), stack))
+    return by_identity
+
+
 def build_profile(profile: HeapProfile) -> pb.Profile:
     """Build the pprof message for ``profile`` (exposed for tests and tools)."""
     sites = list(_sites(profile))
+    distinct = _distinct_frames(sites)
+    # Frames pprof would show as <unknown> get their names (heapspy.frame_names); only
+    # the stacks that hold one are rebuilt.
+    rename = renamer(distinct.values())
+    if rename is not None:
+        sites = [(rename(stack), site) for stack, site in sites]
+        distinct = rename.distinct(distinct)
     builder = _ProfileBuilder()
     builder.header(profile)
-    builder.frames(stack for stack, _ in sites)
+    builder.frames(distinct)
     # A stack may come both sampled and exact (blocks an extension reports exactly):
     # pprof wants one sample per stack, so their values add up.
     merged: dict[tuple[int, ...], _Site] = {}

@@ -11,14 +11,18 @@ from __future__ import annotations
 import gzip
 import math
 import random
+import re
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from gotool import pprof, top
-from support import golden
+from interpreters import Interpreter, interpreter_params
+from support import TARGETS, Target, golden, run_heapspy
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import DumpError
+from heapspy.frame_names import module_name
 from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
 from heapspy.pprof import (
     SAMPLE_TYPES,
@@ -29,6 +33,7 @@ from heapspy.pprof import (
     scale_heap_sample,
 )
 
+Spawn = Callable[..., Target]
 RATE = 512 * 1024
 
 MAIN = Frame("main", "/app/app.py", 40)
@@ -411,3 +416,105 @@ def test_go_pprof_diff_base(tmp_path: Path) -> None:
     assert rows[0].flat == after - before
     unchanged = [row for row in rows if row.name in ("parse", "numpy_empty")]
     assert all(row.flat == 0 for row in unchanged)
+
+
+# --- frames CPython names in angle brackets --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "module"),
+    [
+        ("/srv/leaky_worker.py", "leaky_worker"),
+        ("/srv/myapp/__init__.py", "myapp"),
+        ("/srv/myapp/__main__.py", "myapp.__main__"),
+        ("/usr/bin/gunicorn", "gunicorn"),
+        ("<frozen importlib._bootstrap>", "importlib._bootstrap"),
+        ("<string>", "string"),
+        ("/srv/odd<name>.py", "oddname"),
+        ("", "module"),
+    ],
+)
+def test_module_name_comes_from_the_file_name(filename: str, module: str) -> None:
+    assert module_name(filename) == module
+
+
+def _angled_profile() -> HeapProfile:
+    """Stacks as 3.8-3.10 sample them (bare co_name) and as 3.11+ do (co_qualname)."""
+    module = Frame("<module>", "/srv/worker.py", 30)
+    other_module = Frame("<module>", "/srv/jobs/__init__.py", 3)
+    fetch = Frame("fetch_report", "/srv/worker.py", 12)
+    kinds = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>")
+    stacks: list[Stack] = [(module,), (module, other_module)]
+    stacks += [(module, fetch, Frame(kind, "/srv/worker.py", 13)) for kind in kinds]
+    stacks += [(module, Frame("<listcomp>", "/srv/worker.py", 31))]
+    stacks += [(module, fetch, Frame("fetch_report.<locals>.<genexpr>", "/srv/worker.py", 14))]
+    stacks += [(Frame("<listcomp>", "/srv/worker.py", 40),)]  # truncated: no caller
+    return HeapProfile(
+        rate=1,
+        time_ns=1,
+        duration_ns=1,
+        exact=tuple(
+            (stack, SiteCounts(1, 1000 * (i + 1), 1, 1000 * (i + 1)))
+            for i, stack in enumerate(stacks)
+        ),
+    )
+
+
+def test_angled_frames_get_names_pprof_shows(tmp_path: Path) -> None:
+    dump = tmp_path / "angled.pb.gz"
+    dump.write_bytes(encode_profile(_angled_profile()))
+    expected = {
+        "worker",
+        "jobs",
+        "fetch_report",
+        "fetch_report.<locals>.<listcomp>",
+        "fetch_report.<locals>.<dictcomp>",
+        "fetch_report.<locals>.<setcomp>",
+        "worker.<genexpr>",  # a generator runs where it is consumed: its caller proves nothing
+        "worker.<lambda>",
+        "worker.<listcomp>",
+        "fetch_report.<locals>.<genexpr>",
+    }
+    assert {row.name for row in top(dump, cwd=tmp_path)} == expected
+    # heapspy's own readers see the same names as pprof
+    decoded = {frame.function for sample in read_profile(dump).samples for frame in sample.stack}
+    assert decoded == expected
+    traces = pprof("-traces", dump, cwd=tmp_path)
+    assert "<unknown>" not in traces
+    assert re.search(r"fetch_report\.<locals>\.<listcomp>\n\s+fetch_report\n\s+worker\n", traces)
+
+
+def _expected_names(version: tuple[int, int]) -> set[str]:
+    names = {"anonymous_frames", "comprehensions", "comprehensions.<locals>.<lambda>"}
+    if version < (3, 12):  # 3.12 inlines list, dict and set comprehensions (PEP 709)
+        names |= {
+            f"comprehensions.<locals>.<{kind}>" for kind in ("listcomp", "dictcomp", "setcomp")
+        }
+        names.add("anonymous_frames.<listcomp>")
+    # before 3.11 a generator expression has no qualified name, nor a caller that proves one
+    names.add(
+        "comprehensions.<locals>.<genexpr>" if version >= (3, 11) else "anonymous_frames.<genexpr>"
+    )
+    return names
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_go_pprof_names_every_anonymous_frame_of_a_real_target(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "anonymous_frames.py")
+    dumps = tmp_path / "dumps"
+    out = run_heapspy(
+        "attach", str(target.proc.pid), "--duration", "1.5s", "--rate", "4KiB",
+        "--dump-dir", str(dumps), timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (dump,) = dumps.glob("*-final.pb.gz")
+    names = {row.name for row in top(dump, cwd=tmp_path)}
+    assert names == _expected_names(interp.version), names
+    traces = pprof("-traces", dump, cwd=tmp_path)
+    assert "<unknown>" not in traces
+    listing = pprof("-list", "^anonymous_frames$", dump, cwd=tmp_path)
+    source = TARGETS / "anonymous_frames.py"
+    assert f"ROUTINE ======================== anonymous_frames in {source}" in listing
+    assert "KEEP.append(bytearray(BLOCK))" in listing  # the module's own lines, with values
