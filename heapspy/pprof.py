@@ -13,7 +13,6 @@ compare bytes and two dumps of the same heap are identical files.
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from heapspy import profile_pb2 as pb
+from heapspy.dumps import MAX_PROFILE, TooLarge, gunzip_capped, read_dump_file
 from heapspy.errors import DumpError
 from heapspy.frame_names import renamer
 from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
@@ -319,9 +319,13 @@ class DecodedProfile:
 
 def _decompress(data: bytes) -> bytes:
     if not data.startswith(_GZIP_MAGIC):
+        if len(data) > MAX_PROFILE:
+            raise _Unusable(f"it is more than {MAX_PROFILE >> 20} MiB of protobuf")
         return data
     try:
-        return gzip.decompress(data)
+        return gunzip_capped(data, MAX_PROFILE)
+    except TooLarge as exc:
+        raise _Unusable(str(exc)) from exc
     except (OSError, EOFError, zlib.error) as exc:
         raise _Unusable(f"it is a damaged gzip stream ({exc})") from exc
 
@@ -353,8 +357,81 @@ def decode_profile(data: bytes) -> DecodedProfile:
         raise DumpError(f"The data is not a usable pprof profile: {exc}.") from exc
 
 
+# Messages the protobuf parser may build: each costs ~50 bytes even when empty (a 2-byte
+# empty sample), so millions of them in a small file are the memory bomb, not its size.
+# heapspy's own dumps hold up to a few hundred thousand (samples, locations, functions,
+# strings, lines, labels).
+MAX_MESSAGES = 4_000_000
+_NESTED = {2: 3, 4: 4}  # Profile.sample -> Sample.label, Profile.location -> Location.line
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise _Unusable("it does not parse as a pprof protobuf")
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _count_fields(raw: bytes, start: int, end: int, nested: dict[int, int], budget: int) -> int:
+    """How many fields lie in raw[start:end] (and in the submessages ``nested`` names:
+    field number -> the one field of that submessage counted too), stopping past
+    ``budget``. Malformed data is left to the real parser."""
+    count = 0
+    pos = start
+    while pos < end and count <= budget:
+        key, pos = _varint(raw, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(raw, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(raw, pos)
+            inner = nested.get(key >> 3)
+            if inner is not None:
+                count += _count_inner(raw, pos, min(pos + length, end), inner, budget - count)
+            pos += length
+        else:
+            return count
+        count += 1
+    return count
+
+
+def _count_inner(raw: bytes, start: int, end: int, field: int, budget: int) -> int:
+    """How many ``field`` entries lie in the submessage raw[start:end]."""
+    count = 0
+    pos = start
+    while pos < end and count <= budget:
+        key, pos = _varint(raw, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(raw, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(raw, pos)
+            pos += length
+        else:
+            return count
+        if key >> 3 == field:
+            count += 1
+    return count
+
+
 def _decode(data: bytes) -> DecodedProfile:
     raw = _decompress(data)
+    if _count_fields(raw, 0, len(raw), _NESTED, MAX_MESSAGES) > MAX_MESSAGES:
+        raise _Unusable(f"it holds more than {MAX_MESSAGES:,} messages")
     message = pb.Profile()
     try:
         message.ParseFromString(raw)
@@ -426,11 +503,9 @@ def _decode(data: bytes) -> DecodedProfile:
 def read_profile(path: Path) -> DecodedProfile:
     """Read and decode the pprof file at ``path``; every failure becomes a DumpError."""
     try:
-        data = path.read_bytes()
+        data = read_dump_file(path, "dump")
     except FileNotFoundError as exc:
         raise DumpError(f"The dump {path} does not exist.") from exc
-    except IsADirectoryError as exc:
-        raise DumpError(f"The dump {path} is a directory, not a pprof file.") from exc
     except OSError as exc:
         raise DumpError(f"Cannot read the dump {path}: {exc.strerror or exc}.") from exc
     if not data:

@@ -67,7 +67,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from heapspy.dumps import sidecar_path
+from heapspy.dumps import read_dump_file, sidecar_path
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame
 from heapspy.pprof import (
@@ -362,7 +362,7 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     A sidecar that is there but unreadable, or not a JSON object, is an error.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_dump_file(path, "sidecar").decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

@@ -11,6 +11,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -182,3 +183,48 @@ def test_crafted_libpython_is_refused_with_exit_6(
     assert str(library) in line, line
     assert out.max_rss < RSS_BOUND, f"heapspy peaked at {out.max_rss >> 20} MiB"
     assert target.alive()
+
+
+def _gzip_of(chunks: Iterator[bytes]) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # a gzip stream
+    out = [packer.compress(chunk) for chunk in chunks]
+    return b"".join([*out, packer.flush()])
+
+
+def _zeros(mib: int) -> Iterator[bytes]:
+    block = bytes(1 << 20)
+    for _ in range(mib):
+        yield block
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("gzip-bomb", "decompresses to more than 64 MiB"),  # 400 MiB from 400 KB
+        ("empty-samples", "holds more than 4,000,000 messages"),  # 8M samples, 16 MiB
+        ("fifo", "is a FIFO, not a regular file"),
+        ("dev-zero", "is a character device, not a regular file"),
+    ],
+)
+@pytest.mark.parametrize("command", ["report", "flamegraph"])
+def test_hostile_dump_files_are_refused_with_exit_16(
+    case: str, expected: str, command: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "heap.pb.gz"
+    if case == "gzip-bomb":
+        path.write_bytes(_gzip_of(_zeros(400)))
+    elif case == "empty-samples":
+        path.write_bytes(_gzip_of(iter([b"\x12\x00" * (8 << 20)])))
+    elif case == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    args = [command, str(path)]
+    if command == "flamegraph":
+        args += ["-o", str(tmp_path / "flame.html")]
+    out = run_heapspy_measured(*args, timeout=60)
+    assert not out.timed_out, f"heapspy {command} hung (killed after {out.seconds:.0f} s)"
+    assert out.max_rss < RSS_BOUND, f"heapspy peaked at {out.max_rss >> 20} MiB"
+    assert out.returncode == 16, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert expected in line and str(path) in line, line
