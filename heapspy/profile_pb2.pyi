@@ -1,5 +1,5 @@
-# heapspy: generated from heapspy/profile.proto (google/pprof's proto/profile.proto,
-# Apache-2.0, copied unchanged) and committed so that installing heapspy needs no protoc.
+# heapspy: generated from heapspy/profile.proto (heapspy's own schema for the part of the
+# pprof format it uses) and committed so that installing heapspy needs no protoc.
 # Regenerate from the repository root with the protoc of grpcio-tools 1.51.3 (libprotoc
 # 3.21.6), then put this header back on both files:
 #   python3 -m venv /tmp/protoc && /tmp/protoc/bin/pip install grpcio-tools==1.51.3
@@ -16,18 +16,16 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Function(_message.Message):
-    __slots__ = ["filename", "id", "name", "start_line", "system_name"]
+    __slots__ = ["filename", "id", "name", "system_name"]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
-    START_LINE_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_NAME_FIELD_NUMBER: _ClassVar[int]
     filename: int
     id: int
     name: int
-    start_line: int
     system_name: int
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[int] = ..., system_name: _Optional[int] = ..., filename: _Optional[int] = ..., start_line: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[int] = ..., system_name: _Optional[int] = ..., filename: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ["key", "num", "num_unit", "str"]
@@ -42,62 +40,43 @@ class Label(_message.Message):
     def __init__(self, key: _Optional[int] = ..., str: _Optional[int] = ..., num: _Optional[int] = ..., num_unit: _Optional[int] = ...) -> None: ...
 
 class Line(_message.Message):
-    __slots__ = ["column", "function_id", "line"]
-    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ["function_id", "line"]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
-    column: int
     function_id: int
     line: int
-    def __init__(self, function_id: _Optional[int] = ..., line: _Optional[int] = ..., column: _Optional[int] = ...) -> None: ...
+    def __init__(self, function_id: _Optional[int] = ..., line: _Optional[int] = ...) -> None: ...
 
 class Location(_message.Message):
-    __slots__ = ["address", "id", "is_folded", "line", "mapping_id"]
+    __slots__ = ["address", "id", "line", "mapping_id"]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
-    IS_FOLDED_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     MAPPING_ID_FIELD_NUMBER: _ClassVar[int]
     address: int
     id: int
-    is_folded: bool
     line: _containers.RepeatedCompositeFieldContainer[Line]
     mapping_id: int
-    def __init__(self, id: _Optional[int] = ..., mapping_id: _Optional[int] = ..., address: _Optional[int] = ..., line: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., is_folded: bool = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., mapping_id: _Optional[int] = ..., address: _Optional[int] = ..., line: _Optional[_Iterable[_Union[Line, _Mapping]]] = ...) -> None: ...
 
 class Mapping(_message.Message):
-    __slots__ = ["build_id", "file_offset", "filename", "has_filenames", "has_functions", "has_inline_frames", "has_line_numbers", "id", "memory_limit", "memory_start"]
-    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
-    FILENAME_FIELD_NUMBER: _ClassVar[int]
-    FILE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ["has_filenames", "has_functions", "has_line_numbers", "id"]
     HAS_FILENAMES_FIELD_NUMBER: _ClassVar[int]
     HAS_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
-    HAS_INLINE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     HAS_LINE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_START_FIELD_NUMBER: _ClassVar[int]
-    build_id: int
-    file_offset: int
-    filename: int
     has_filenames: bool
     has_functions: bool
-    has_inline_frames: bool
     has_line_numbers: bool
     id: int
-    memory_limit: int
-    memory_start: int
-    def __init__(self, id: _Optional[int] = ..., memory_start: _Optional[int] = ..., memory_limit: _Optional[int] = ..., file_offset: _Optional[int] = ..., filename: _Optional[int] = ..., build_id: _Optional[int] = ..., has_functions: bool = ..., has_filenames: bool = ..., has_line_numbers: bool = ..., has_inline_frames: bool = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., has_functions: bool = ..., has_filenames: bool = ..., has_line_numbers: bool = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ["comment", "default_sample_type", "doc_url", "drop_frames", "duration_nanos", "function", "keep_frames", "location", "mapping", "period", "period_type", "sample", "sample_type", "string_table", "time_nanos"]
+    __slots__ = ["comment", "default_sample_type", "duration_nanos", "function", "location", "mapping", "period", "period_type", "sample", "sample_type", "string_table", "time_nanos"]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLE_TYPE_FIELD_NUMBER: _ClassVar[int]
-    DOC_URL_FIELD_NUMBER: _ClassVar[int]
-    DROP_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DURATION_NANOS_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
-    KEEP_FRAMES_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
@@ -108,11 +87,8 @@ class Profile(_message.Message):
     TIME_NANOS_FIELD_NUMBER: _ClassVar[int]
     comment: _containers.RepeatedScalarFieldContainer[int]
     default_sample_type: int
-    doc_url: int
-    drop_frames: int
     duration_nanos: int
     function: _containers.RepeatedCompositeFieldContainer[Function]
-    keep_frames: int
     location: _containers.RepeatedCompositeFieldContainer[Location]
     mapping: _containers.RepeatedCompositeFieldContainer[Mapping]
     period: int
@@ -121,7 +97,7 @@ class Profile(_message.Message):
     sample_type: _containers.RepeatedCompositeFieldContainer[ValueType]
     string_table: _containers.RepeatedScalarFieldContainer[str]
     time_nanos: int
-    def __init__(self, sample_type: _Optional[_Iterable[_Union[ValueType, _Mapping]]] = ..., sample: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., mapping: _Optional[_Iterable[_Union[Mapping, _Mapping]]] = ..., location: _Optional[_Iterable[_Union[Location, _Mapping]]] = ..., function: _Optional[_Iterable[_Union[Function, _Mapping]]] = ..., string_table: _Optional[_Iterable[str]] = ..., drop_frames: _Optional[int] = ..., keep_frames: _Optional[int] = ..., time_nanos: _Optional[int] = ..., duration_nanos: _Optional[int] = ..., period_type: _Optional[_Union[ValueType, _Mapping]] = ..., period: _Optional[int] = ..., comment: _Optional[_Iterable[int]] = ..., default_sample_type: _Optional[int] = ..., doc_url: _Optional[int] = ...) -> None: ...
+    def __init__(self, sample_type: _Optional[_Iterable[_Union[ValueType, _Mapping]]] = ..., sample: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., mapping: _Optional[_Iterable[_Union[Mapping, _Mapping]]] = ..., location: _Optional[_Iterable[_Union[Location, _Mapping]]] = ..., function: _Optional[_Iterable[_Union[Function, _Mapping]]] = ..., string_table: _Optional[_Iterable[str]] = ..., time_nanos: _Optional[int] = ..., duration_nanos: _Optional[int] = ..., period_type: _Optional[_Union[ValueType, _Mapping]] = ..., period: _Optional[int] = ..., comment: _Optional[_Iterable[int]] = ..., default_sample_type: _Optional[int] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ["label", "location_id", "value"]

@@ -518,3 +518,18 @@ def test_go_pprof_names_every_anonymous_frame_of_a_real_target(
     source = TARGETS / "anonymous_frames.py"
     assert f"ROUTINE ======================== anonymous_frames in {source}" in listing
     assert "KEEP.append(bytearray(BLOCK))" in listing  # the module's own lines, with values
+
+
+def test_fields_our_schema_leaves_out_survive_a_round_trip() -> None:
+    """heapspy/profile.proto declares only what heapspy uses; what other tools write
+    (here pprof's doc_url, field 15, and a Function's start_line, field 5) is kept as
+    unknown fields, so re-serializing another tool's profile loses nothing."""
+    message = build_profile(small_profile())
+    function = message.function[0]
+    function_bytes = function.SerializeToString() + b"\x28\x07"  # start_line = 7
+    function.Clear()
+    function.MergeFromString(function_bytes)
+    data = message.SerializeToString() + b"\x78\x01"  # doc_url = string 1
+    again = pb.Profile.FromString(data)
+    assert again.SerializeToString() == data
+    assert decode_profile(data).samples == decode_profile(encode_profile(small_profile())).samples
