@@ -3,26 +3,37 @@
 There is no systemd PID 1 on CI machines, but ``systemd-analyze`` reads unit files offline:
 ``verify`` parses the unit, ``security --offline=true`` rates its exposure (lower is
 better; the issue asks for <= 4.0) and ``syscall-filter`` expands the system-call groups
-the unit allows, so the calls heapspy makes can be checked against them.
+the unit allows, so the calls heapspy makes can be checked against them: the real daemon
+runs under ``strace -f`` (attaching by ptrace and by PEP 768, serving HTTP) with W^X
+enforced by ``prctl(PR_SET_MDWE)``, and every call it made must be one the unit allows.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import pwd
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
+import psutil
 import pytest
+from interpreters import Interpreter, find_interpreters, py314
+from support import Target
 
 from heapspy.daemon.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "heapspy.service"
 MAX_EXPOSURE = 4.0
+Spawn = Callable[..., Target]
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,7 +170,9 @@ NEEDED_SYSCALLS = {
 
 def test_unit_allows_what_attaching_needs() -> None:
     tool = _systemd_analyze()
-    assert NEEDED_SYSCALLS - allowed_syscalls(tool) == set()
+    allowed = allowed_syscalls(tool)
+    assert NEEDED_SYSCALLS - allowed == set()
+    assert not {"mount", "init_module", "kexec_load", "bpf", "perf_event_open"} & allowed
     settings = _settings(UNIT.read_text())
     caps = set(settings["CapabilityBoundingSet"][-1].split())
     assert {"CAP_SYS_PTRACE", "CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_KILL"} <= caps
@@ -170,3 +183,85 @@ def test_unit_allows_what_attaching_needs() -> None:
     assert settings["IPAddressAllow"] == ["localhost"]  # IP only on loopback
     # ptraceable, not invisible: with CAP_SYS_PTRACE every worker stays in /proc
     assert settings["ProtectProc"] == ["ptraceable"]
+
+
+# PR_SET_MDWE with PR_MDWE_REFUSE_EXEC_GAIN (Linux 6.3+), set before exec'ing heapspy:
+# what MemoryDenyWriteExecute= asks of the service, enforced without systemd.
+_MDWE_EXEC = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _interpreters_for_both_injections() -> list[Interpreter]:
+    ptrace = [i for i in find_interpreters() if i.version < (3, 14)]
+    if not ptrace:
+        pytest.skip("no CPython < 3.14 here to attach to by ptrace")
+    return [ptrace[-1], py314()]
+
+
+def test_daemon_runs_within_the_units_filter_and_wx_policy(spawn: Spawn, tmp_path: Path) -> None:
+    """The daemon, attaching by ptrace and by PEP 768 and serving HTTP, under strace -f:
+    every system call it and its children (session processes, py-spy) make is one the
+    unit's SystemCallFilter= allows, and it works with W^X enforced by the kernel."""
+    tool = _systemd_analyze()
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    probe = subprocess.run(
+        [sys.executable, "-c", _MDWE_EXEC, sys.executable, "-c", ""], capture_output=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel cannot enforce W^X by prctl: {probe.stderr.decode().strip()}")
+    tag = f"unit-{os.getpid()}"
+    targets = [
+        spawn(interp, "anonymous_frames.py", tag) for interp in _interpreters_for_both_injections()
+    ]
+    port = _free_port()
+    config = tmp_path / "heapspy.toml"
+    config.write_text(
+        f'[daemon]\nscan_interval = "0.2s"\nsettle = "0.3s"\nlisten = "127.0.0.1:{port}"\n'
+        f'[[watch]]\nname = "w"\ncmdline = "anonymous_frames.py {tag}"\nrate = "64KiB"\n'
+        f'dump_dir = "{tmp_path / "dumps"}"\n'
+    )
+    trace = tmp_path / "strace.txt"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'agent'}"}
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = subprocess.Popen(
+        [strace, "-f", "-qq", "-o", str(trace), sys.executable, "-c", _MDWE_EXEC,
+         sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    log: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        while sum("attached to" in line for line in log) < len(targets):
+            line = daemon.stderr.readline()
+            assert line, "the daemon ended early:\n" + "".join(log)
+            log.append(line)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            assert reply.status == 200
+        heapspy = psutil.Process(daemon.pid).children()[0]
+        heapspy.send_signal(signal.SIGTERM)
+        rest, _ = daemon.communicate(timeout=120)
+        log.append(rest)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, "".join(log)
+    assert len(list((tmp_path / "dumps").glob("*-final.pb.gz"))) == len(targets), "".join(log)
+    text = trace.read_text()
+    used = set(re.findall(r"^\d+ +(\w+)\(", text, re.M))
+    assert {"ptrace", "process_vm_writev", "accept4"} <= used  # both injections, HTTP
+    assert used - allowed_syscalls(tool) == set()
+    # systemd's own W^X filter also refuses any mprotect() asking for PROT_EXEC
+    assert not re.search(r"mprotect\([^)]*PROT_EXEC", text)
