@@ -24,8 +24,9 @@ file (pprof, heapspy's report, diff and flame graph) sees the same names:
 - Any other unqualified ``<name>`` (a generator expression or lambda with no qualified
   name, module-level anonymous code on 3.11+) gets its module as prefix:
   ``leaky_worker.<genexpr>``. A generator runs wherever it is consumed and a
-  lambda wherever it is called, so the caller is no evidence of where they were defined;
-  the symbolizer's source-based qualification, when it ran, has already named lambdas.
+  lambda wherever it is called, so the caller is no evidence of where they were defined.
+  Only the source is: the symbolizer already names lambdas from it, and ``from_source``
+  gives whoever holds the symbolizer (the aggregator) 3.11's name for the others.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _SOURCE_SUFFIXES = (".py", ".pyw", ".pyc", ".pyo")
 # names are left as they are, even ones pprof would cut: they are not Python's, and
 # heapspy's own readers show them whole.
 _ANONYMOUS = re.compile(r"<\w+>")
+# A qualified name as the symbolizer builds one: dotted identifiers and <locals>/<lambda>.
+_QUALNAME = re.compile(r"(?:\w+|<\w+>)(?:\.(?:\w+|<\w+>))*")
 
 
 def module_name(filename: str) -> str:
@@ -71,6 +74,24 @@ def _safe(text: str) -> str:
 
 
 _NO_BRACKETS = str.maketrans({"<": "", ">": "", "[": "", "]": "", "(": "", ")": ""})
+
+
+def from_source(code_name: str, enclosing: str) -> str | None:
+    """The qualified name 3.11 would give anonymous code on 3.8-3.10, from its source.
+
+    ``code_name`` is the frame's ``co_name`` (``<genexpr>``), ``enclosing`` what the
+    symbolizer finds at the frame's line: the innermost function around it
+    (``fetch_report``). For the aggregator, which holds the symbolizer; the writer cannot
+    read sources. None when the source adds nothing: code that is not anonymous,
+    module-level code, or no function found (the symbolizer's ``file:line`` fallback).
+    """
+    if code_name == MODULE or not _ANONYMOUS.fullmatch(code_name):
+        return None
+    if enclosing == MODULE or not _QUALNAME.fullmatch(enclosing):
+        return None
+    if enclosing.endswith("." + code_name):
+        return enclosing  # a lambda: the symbolizer indexes lambdas itself
+    return f"{enclosing}.<locals>.{code_name}"
 
 
 def display_name(frame: Frame, caller: Frame | None, caller_name: str | None) -> str:

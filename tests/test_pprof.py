@@ -22,7 +22,7 @@ from support import TARGETS, Target, golden, run_heapspy
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import DumpError
-from heapspy.frame_names import module_name
+from heapspy.frame_names import from_source, module_name
 from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
 from heapspy.pprof import (
     SAMPLE_TYPES,
@@ -533,3 +533,22 @@ def test_fields_our_schema_leaves_out_survive_a_round_trip() -> None:
     again = pb.Profile.FromString(data)
     assert again.SerializeToString() == data
     assert decode_profile(data).samples == decode_profile(encode_profile(small_profile())).samples
+
+
+@pytest.mark.parametrize(
+    ("code_name", "enclosing", "qualified"),
+    [
+        ("<genexpr>", "fetch_report", "fetch_report.<locals>.<genexpr>"),
+        ("<listcomp>", "Shipper.flush", "Shipper.flush.<locals>.<listcomp>"),
+        ("<lambda>", "top.<locals>.<lambda>", "top.<locals>.<lambda>"),
+        ("<genexpr>", "top.<locals>.<lambda>", "top.<locals>.<lambda>.<locals>.<genexpr>"),
+        ("<genexpr>", "<module>", None),  # module level: the writer names it
+        ("<genexpr>", "/srv/worker.py:12", None),  # the source could not be read
+        ("fetch_report", "fetch_report", None),  # not anonymous
+        ("<module>", "<module>", None),
+    ],
+)
+def test_from_source_qualifies_anonymous_code_like_3_11(
+    code_name: str, enclosing: str, qualified: str | None
+) -> None:
+    assert from_source(code_name, enclosing) == qualified
