@@ -21,36 +21,30 @@ from heapspy.session import Session
 Spawn = Callable[..., Target]
 
 
-def _attach_once(target: Target, tmp_path: Path, **kw: object) -> float:
+def _attach_once(target: Target, tmp_path: Path, **kw: object) -> None:
+    """Attach and detach; raises (AgentTimeout, exit 11) if the agent never starts."""
     config = AttachConfig(dump_dir=tmp_path, final_dump=False, **kw)  # type: ignore[arg-type]
-    t0 = time.monotonic()
-    session = Session.attach(target.pid, config)
-    took = time.monotonic() - t0
-    session.detach()
-    return took
+    Session.attach(target.pid, config).detach()
 
 
 @pytest.mark.parametrize("mode", ["threads", "asyncio", "lock"])
 @pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 11)))
-def test_agent_starts_promptly(
-    interp: Interpreter, mode: str, spawn: Spawn, tmp_path: Path
-) -> None:
-    # PEP 768 runs at the next bytecode, which a main thread blocked on a lock never
-    # reaches: on 3.14 the default falls back to ptrace and its futex nudge there.
+def test_agent_starts(interp: Interpreter, mode: str, spawn: Spawn, tmp_path: Path) -> None:
+    """The agent starts at all, whatever the main thread does: nine threads fighting for
+    the GIL, an idle event loop, a lock that is never released (PEP 768 runs at the next
+    bytecode, which that main thread never reaches: on 3.14 the default falls back to
+    ptrace and its futex nudge there). How soon is measured by
+    benchmarks/agent_start_by_state.py, not here: a loaded machine stretches it."""
     target = spawn(interp, "probe_target.py", mode)
-    took = _attach_once(target, tmp_path)
-    # 9 threads fighting for the GIL on 2 cores: every GIL release in the bootstrap
-    # (file reads, imports) waits its turn, so allow seconds there
-    assert took < (10.0 if mode == "threads" else 2.0), f"{mode}: agent took {took:.2f} s"
+    _attach_once(target, tmp_path, attach_timeout=60.0)
     assert target.state()["modules"] == []
 
 
 def test_thread_option_reaches_a_busy_worker_on_314(spawn: Spawn, tmp_path: Path) -> None:
-    interp = py314()
-    target = spawn(interp, "probe_target.py", "sleep-worker")
+    """The main thread sleeps for an hour, so only the chosen worker can start the agent."""
+    target = spawn(py314(), "probe_target.py", "sleep-worker", env={"PROBE_SLEEP": "3600"})
     worker = int(target.ready[2])
-    took = _attach_once(target, tmp_path, thread=worker, attach_timeout=5.0)
-    assert took < 1.0
+    _attach_once(target, tmp_path, thread=worker, attach_timeout=60.0)
     assert target.state()["modules"] == []
 
 
@@ -153,24 +147,28 @@ def test_main_thread_inside_a_slow_import(interp: Interpreter, spawn: Spawn) -> 
 def test_ctrl_c_while_the_agent_is_on_its_way_is_answered_at_once(
     spawn: Spawn, tmp_path: Path
 ) -> None:
-    """The main thread sleeps 5 s at a time: the agent starts when the sleep returns.
-    A Ctrl-C meanwhile is answered at once, and the session ends cleanly once it has."""
-    target = spawn(None, "probe_target.py", "sleep", env={"PROBE_SLEEP": "5"})
+    """The main thread sleeps for an hour: the agent cannot start until the test wakes it
+    (a signal runs Python in it). A Ctrl-C meanwhile is answered at once, that is before
+    the agent has started, and the session ends cleanly once it has."""
+    target = spawn(None, "probe_target.py", "sleep", env={"PROBE_SLEEP": "3600"})
     holder = subprocess.Popen(
-        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir", str(tmp_path)],
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir", str(tmp_path),
+         "--attach-timeout", "120s"],
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
-        time.sleep(0.5)
+        # the agent's files are placed once heapspy listens for signals
+        assert wait_for(lambda: heapspy_dirs_in_tmp(target.pid) != [], 60), "never placed"
         holder.send_signal(signal.SIGINT)
-        said = time.monotonic()
         assert holder.stderr is not None
         first = holder.stderr.readline()
-        assert time.monotonic() - said < 1.0, first  # not after the agent started
         assert first.startswith("heapspy: interrupted: detaching as soon as the agent has"), first
+        # the probe's signal runs Python in the main thread, which starts the agent once
+        # it is queued (the files are placed before it is)
+        assert wait_for(lambda: bool(target.state()) and holder.poll() is not None, 60)
         rest = holder.stderr.read()
-        assert holder.wait(timeout=20) == 0, rest
+        assert holder.wait(timeout=60) == 0, rest
     finally:
         holder.kill()
         holder.communicate()
