@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import pytest
 from interpreters import Interpreter, interpreter_params
+from support import wait_for
 
 from heapspy.errors import (
     InjectionFailed,
@@ -34,7 +35,6 @@ from heapspy.errors import (
 )
 from heapspy.inject import ptrace
 from heapspy.inject.ptrace import (
-    InjectionReport,
     describe_main_thread,
     disarm_pending_call,
     inject_pending_call,
@@ -191,6 +191,11 @@ def wait_records(out: Path, n: int, timeout: float) -> list[dict[str, Any]]:
         time.sleep(0.002)
 
 
+def main_thread_in(pid: int, kind: str) -> bool:
+    """Wait until the target's main thread is in ``kind`` (futex, sleep, io, poll, ...)."""
+    return wait_for(lambda: main_thread_activity(pid).kind == kind, 30)
+
+
 def map_count(pid: int) -> int:
     with open(f"/proc/{pid}/maps") as f:
         return sum(1 for _ in f)
@@ -221,21 +226,18 @@ def test_busy_main_thread_runs_source_and_keeps_its_state(
     stop, out = tmp_path / "stop", tmp_path / "out.jsonl"
     t = start(interp, "busy.py", str(stop))
     target = t.python()
-    began = time.monotonic()
     report = inject_pending_call(target, probe(out, "first"))
-    first = wait_records(out, 1, 5.0)
+    first = wait_records(out, 1, 30.0)
     assert first, f"probe never ran: {t.stderr()}"
     assert first[0]["main"] is True and first[0]["pid"] == t.pid
-    assert first[0]["t"] - began < 1.0
     assert report.main_thread == "running" and report.syscall is None and not report.nudged
     assert report.page % 4096 == 0 and report.page_size == 4096
-    assert report.stopped_s < 0.1
 
     # exceptions, SystemExit included, stay inside the wrapped source
     inject_pending_call(target, probe(out, "raise", "raise ValueError('boom')\n"))
     inject_pending_call(target, probe(out, "exit", "raise SystemExit(3)\n"))
     inject_pending_call(target, probe(out, "after"))
-    got = wait_records(out, 4, 5.0)
+    got = wait_records(out, 4, 30.0)
     assert [r["tag"] for r in got] == ["first", "raise", "exit", "after"]
     assert len({r["ident"] for r in got}) == 1
 
@@ -252,17 +254,13 @@ def test_sleeping_main_thread_runs_source_when_sleep_returns(
 ) -> None:
     stop, out = tmp_path / "stop", tmp_path / "out.jsonl"
     t = start(interp, "sleeper.py", str(stop), "0.4")
-    time.sleep(0.1)
-    activity = main_thread_activity(t.pid)
-    assert activity.kind == "sleep", activity
-    began = time.monotonic()
+    assert main_thread_in(t.pid, "sleep"), main_thread_activity(t.pid)
     report = inject_pending_call(t.python(), probe(out, "slept"))
     assert report.main_thread in ("clock_nanosleep", "pselect6", "select", "nanosleep"), report
     assert report.syscall is not None and not report.nudged
-    got = wait_records(out, 1, 2.0)
+    got = wait_records(out, 1, 30.0)
     assert got and got[0]["main"]
-    # not before the sleep ends (the restarted sleep keeps its deadline), nor much after
-    assert 0.02 < got[0]["t"] - began < 0.7
+    # the restarted sleep kept its deadline: sleeper.py counts sleeps that came back early
     stop.touch()
     code, last = t.finish()
     assert code == 0 and last.split()[2] == "0", (last, t.stderr())
@@ -274,16 +272,13 @@ def test_futex_wait_is_nudged_and_keeps_waiting(
 ) -> None:
     out = tmp_path / "out.jsonl"
     t = start(interp, "lock_waiter.py", "event")
-    time.sleep(0.05)
-    assert "futex" in describe_main_thread(t.pid)
-    began = time.monotonic()
+    assert main_thread_in(t.pid, "futex"), describe_main_thread(t.pid)
     report = inject_pending_call(t.python(), probe(out, "nudged"))
     assert report.main_thread == "futex wait" and report.nudged, report
-    got = wait_records(out, 1, 2.0)
+    # the wait lasts until the release below: the call ran because the nudge woke it
+    got = wait_records(out, 1, 30.0)
     assert got and got[0]["main"], t.stderr()
-    assert got[0]["t"] - began < 0.5
-    # the wait goes on: only the release ends it
-    assert t.readline(0.3) == ""
+    # and the wait went on (lock_waiter.py says EARLY if it ended before the release)
     t.send("go")
     code, last = t.finish()
     assert code == 0 and last.startswith("WOKE"), (last, t.stderr())
@@ -296,17 +291,17 @@ def test_accept_runs_source_on_next_connection(
     out = tmp_path / "out.jsonl"
     t = start(interp, "accept_server.py")
     port = int(t.extra[0])
-    time.sleep(0.05)
+    assert main_thread_in(t.pid, "io")
     assert main_thread_activity(t.pid).description in ("blocked in accept", "blocked in accept4")
     report = inject_pending_call(t.python(), probe(out, "accepted"))
     assert report.main_thread in ("accept", "accept4"), report
     assert not report.nudged
-    time.sleep(0.3)
-    assert records(out) == []  # accept() is restarted, not run through the eval loop
     connected = time.monotonic()
     assert connect(port, "hello") == "ECHO hello"
-    got = wait_records(out, 1, 2.0)
-    assert got and got[0]["main"] and got[0]["t"] - connected < 0.5
+    got = wait_records(out, 1, 30.0)
+    assert got and got[0]["main"]
+    # accept() is restarted, not run through the eval loop: the call ran once it returned
+    assert got[0]["t"] >= connected
     assert connect(port, "quit") == "ECHO quit"
     assert t.finish()[0] == 0
 
@@ -320,15 +315,15 @@ def test_without_nudge_futex_wait_holds_the_call(
 ) -> None:
     out = tmp_path / "out.jsonl"
     t = start(interp, "lock_waiter.py", "lock")
-    time.sleep(0.05)
+    assert main_thread_in(t.pid, "futex")
     target = t.python()
     report = inject_pending_call(target, probe(out, "held"), nudge=False)
     assert report.main_thread == "futex wait" and not report.nudged
-    time.sleep(0.4)
-    assert records(out) == []
+    nudging = time.monotonic()
     inject_pending_call(target, probe(out, "nudge"))
-    got = wait_records(out, 2, 2.0)
+    got = wait_records(out, 2, 30.0)
     assert [r["tag"] for r in got] == ["held", "nudge"]
+    assert got[0]["t"] >= nudging  # the held call ran only once the nudge woke the wait
     t.send("go")
     code, last = t.finish()
     assert code == 0 and last.startswith("WOKE"), (last, t.stderr())
@@ -340,12 +335,11 @@ def test_join_wait_is_nudged(
 ) -> None:
     out = tmp_path / "out.jsonl"
     t = start(interp, "lock_waiter.py", "join")
-    time.sleep(0.05)
+    assert main_thread_in(t.pid, "futex")
     report = inject_pending_call(t.python(), probe(out, "join"))
     assert report.nudged
-    assert wait_records(out, 1, 2.0)
-    assert t.readline(0.2) == ""
-    t.send("go")
+    assert wait_records(out, 1, 30.0)
+    t.send("go")  # the join goes on until now: lock_waiter.py says EARLY otherwise
     code, last = t.finish()
     assert code == 0 and last.startswith("WOKE"), (last, t.stderr())
 
@@ -364,7 +358,7 @@ def test_signals_sent_while_held_arrive_once(
 
     report = inject_pending_call(t.python(), probe(out, "signals"), on_stopped=send)
     assert report.redelivered_signals == ()  # they were blocked, not taken and re-sent
-    assert wait_records(out, 1, 3.0)
+    assert wait_records(out, 1, 30.0)
     time.sleep(0.1)
     stop.touch()
     code, last = t.finish()
@@ -385,10 +379,7 @@ def test_sigstop_while_held_leaves_the_process_stopped(
     report = inject_pending_call(
         t.python(), probe(out, "stopped"), on_stopped=lambda: os.kill(t.pid, signal.SIGSTOP)
     )
-    deadline = time.monotonic() + 2
-    while main_thread_activity(t.pid).kind != "stopped" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert main_thread_activity(t.pid).kind == "stopped", report
+    assert main_thread_in(t.pid, "stopped"), report
     # with other threads either may take it first: both ways end in one group stop
     assert report.redelivered_signals in (
         ((signal.SIGSTOP,), ()) if spinners else ((signal.SIGSTOP,),)
@@ -396,7 +387,7 @@ def test_sigstop_while_held_leaves_the_process_stopped(
     with pytest.raises(InjectionFailed, match="stopped"):
         inject_pending_call(t.python(), probe(out, "refused"))
     os.kill(t.pid, signal.SIGCONT)
-    got = wait_records(out, 1, 3.0)
+    got = wait_records(out, 1, 30.0)
     assert [r["tag"] for r in got] == ["stopped"]
     stop.touch()
     code, last = t.finish()
@@ -409,7 +400,7 @@ def test_queue_full_is_refused_cleanly(
 ) -> None:
     out = tmp_path / "out.jsonl"
     t = start(interp, "lock_waiter.py", "lock")
-    time.sleep(0.05)
+    assert main_thread_in(t.pid, "futex")
     target = t.python()
     inject_pending_call(target, b"pass\n", nudge=False)  # warm up: ctypes, caches
     baseline = map_count(t.pid)
@@ -433,7 +424,7 @@ def test_disarm_and_unmap(
 ) -> None:
     out = tmp_path / "out.jsonl"
     t = start(interp, "lock_waiter.py", "lock")
-    time.sleep(0.05)
+    assert main_thread_in(t.pid, "futex")
     baseline = map_count(t.pid)
     report = inject_pending_call(t.python(), probe(out, "never"), nudge=False)
     assert map_count(t.pid) >= baseline
@@ -452,10 +443,10 @@ def test_unmap_page_after_the_call_ran(
     t = start(interp, "sleeper.py", str(stop), "0.05")
     target = t.python()
     inject_pending_call(target, probe(out, "warm"))
-    assert wait_records(out, 1, 2.0)
+    assert wait_records(out, 1, 30.0)
     baseline = map_count(t.pid)
     report = inject_pending_call(target, probe(out, "ran"))
-    assert wait_records(out, 2, 2.0)
+    assert wait_records(out, 2, 30.0)
     unmap_page(t.pid, report.page, report.page_size)
     assert map_count(t.pid) == baseline
     with open(f"/proc/{t.pid}/maps") as f:
@@ -472,15 +463,14 @@ def test_asyncio_idle_loop_runs_source_on_next_event(
     out = tmp_path / "out.jsonl"
     t = start(interp, "asyncio_idle.py")
     port = int(t.extra[0])
-    time.sleep(0.05)
-    assert main_thread_activity(t.pid).kind == "poll"
+    assert main_thread_in(t.pid, "poll")
     report = inject_pending_call(t.python(), probe(out, "loop"))
     assert report.main_thread.startswith("epoll"), report
-    time.sleep(0.2)
-    assert records(out) == []
+    connected = time.monotonic()
     assert connect(port, "ping") == "ECHO ping"
-    got = wait_records(out, 1, 2.0)
+    got = wait_records(out, 1, 30.0)
     assert got and got[0]["main"]
+    assert got[0]["t"] >= connected  # the idle loop ran it on the event, not before
     assert connect(port, "quit") == "ECHO quit"
     assert t.finish()[0] == 0
 
@@ -530,12 +520,11 @@ def test_fault_in_injected_call_is_undone(busy: Target, tmp_path: Path) -> None:
     before = map_count(busy.pid)
     with pytest.raises(InjectionFailed, match="SIGSEGV"):
         ptrace._Injector(bad).inject(lambda page: b"pass\n", nudge=True, timeout=5.0, hook=None)
-    time.sleep(0.2)
-    assert busy.proc.poll() is None
+    assert busy.proc.poll() is None  # and the injection below shows it still runs Python
     assert map_count(busy.pid) <= before + 1  # the page stays: the call may have queued it
     out = tmp_path / "out.jsonl"
     inject_pending_call(busy.python(), probe(out, "after"))
-    assert wait_records(out, 1, 3.0)
+    assert wait_records(out, 1, 30.0)
     _finish_busy(busy, tmp_path)
 
 
@@ -547,12 +536,13 @@ def test_hung_call_times_out_and_is_undone(busy: Target, tmp_path: Path) -> None
     pause = ElfImage(busy.pid, maps, libc).symbol("pause")
     assert pause is not None
     hung = ptrace._Plan(plan.pid, plan.arch, plan.syscall_insn, pause, 0)
-    began = time.monotonic()
     with pytest.raises(InjectionFailed, match="Py_AddPendingCall"):
         ptrace._Injector(hung).inject(lambda page: b"pass\n", nudge=False, timeout=0.5, hook=None)
-    assert time.monotonic() - began < 3.0
-    time.sleep(0.3)  # a poke left queued would kill it with SIGTRAP by now
-    assert busy.proc.poll() is None
+    # a poke left queued would kill it with SIGTRAP as it runs on: it runs Python again,
+    # and exits 0 when told
+    out = tmp_path / "out.jsonl"
+    inject_pending_call(busy.python(), probe(out, "after"))
+    assert wait_records(out, 1, 30.0)
     _finish_busy(busy, tmp_path)
 
 
@@ -585,7 +575,8 @@ def test_exited_and_non_python_processes(tmp_path: Path) -> None:
 
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        time.sleep(0.05)
+        # until the exec, the child is a copy of this Python
+        assert wait_for(lambda: main_thread_activity(sleeper.pid).kind == "sleep", 30)
         with pytest.raises(NotPython):
             inspect_target(sleeper.pid)
         exe = os.readlink(f"/proc/{sleeper.pid}/exe")
@@ -721,9 +712,8 @@ def test_two_hundred_injections_into_a_busy_threaded_target(
         inject_pending_call(target, probe(out, "warm", unmap=True))
         assert wait_records(out, i + 1, 10.0)
     baseline, baseline_exec = map_count(t.pid), anon_exec_pages(t.pid)
-    reports: list[InjectionReport] = []
     for i in range(200):
-        reports.append(inject_pending_call(target, probe(out, str(i), unmap=True)))
+        inject_pending_call(target, probe(out, str(i), unmap=True))
         got = wait_records(out, i + 6, 20.0)
         assert len(got) == i + 6, f"injection {i} never ran"
     got = records(out)
@@ -735,5 +725,4 @@ def test_two_hundred_injections_into_a_busy_threaded_target(
     stop.touch()
     code, last = t.finish()
     assert code == 0 and last.split()[2] == "0", (last, t.stderr())
-    stopped = sorted(r.stopped_s for r in reports)
-    assert stopped[len(stopped) // 2] < 0.01
+    # how long the target was held is benchmarks/attach_latency_ptrace.py's to measure
