@@ -10,7 +10,9 @@ messages, and the log formatters of the CLI and the daemon.
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any
 
 # C0 controls, DEL, C1 controls (0x9b is an 8-bit CSI), and the Unicode format characters
 # that reorder or hide text on screen (bidirectional overrides and isolates, zero-width).
@@ -38,3 +40,16 @@ def printable(text: object, *, keep_newlines: bool = False) -> str:
     """
     pattern = _UNSAFE_KEEP_LINES if keep_newlines else _UNSAFE
     return pattern.sub(_escape, str(text))
+
+
+class PrintableFormatter(logging.Formatter):
+    """A log formatter that escapes control characters in each message (and keeps the
+    line breaks of a traceback), so no text from a target can forge a log line or reach
+    a terminal raw."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return printable(super().formatException(ei), keep_newlines=True)

@@ -215,28 +215,29 @@ def test_heapspy_processes_are_recognised() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "alive", "reason", "expected"),
+    ("code", "alive", "by_user", "expected"),
     [
-        (4, True, None, Outcome.NEVER),  # not Python
-        (5, True, None, Outcome.NEVER),  # too old
-        (7, True, None, Outcome.NEVER),  # permission denied
-        (8, True, None, Outcome.NEVER),  # -X disable-remote-debug
-        (9, False, None, Outcome.FORGET),  # exited during attach
-        (3, False, None, Outcome.FORGET),
-        (0, False, "target exited", Outcome.FORGET),
-        (11, True, None, Outcome.RETRY),  # agent did not start in time
-        (10, True, None, Outcome.RETRY),  # gdb holds it for now
-        (1, True, None, Outcome.RETRY),  # a crash
-        (-9, True, None, Outcome.RETRY),
-        (12, True, None, Outcome.BUSY),
-        (0, True, "agent closed the connection", Outcome.RETRY),
-        (0, True, "detached by `heapspy detach`", Outcome.LEFT),
+        (4, True, False, Outcome.NEVER),  # not Python
+        (5, True, False, Outcome.NEVER),  # too old
+        (7, True, False, Outcome.NEVER),  # permission denied
+        (8, True, False, Outcome.NEVER),  # -X disable-remote-debug
+        (18, True, False, Outcome.NEVER),  # its agent broke the protocol: a hostile target
+        (9, False, False, Outcome.FORGET),  # exited during attach
+        (3, False, False, Outcome.FORGET),
+        (0, False, False, Outcome.FORGET),  # the target exited
+        (11, True, False, Outcome.RETRY),  # agent did not start in time
+        (10, True, False, Outcome.RETRY),  # gdb holds it for now
+        (1, True, False, Outcome.RETRY),  # a crash
+        (-9, True, False, Outcome.RETRY),
+        (12, True, False, Outcome.BUSY),
+        (0, True, False, Outcome.RETRY),  # the agent closed the connection
+        (0, True, True, Outcome.LEFT),  # `heapspy detach`, as the child's event says
     ],
 )
 def test_exit_codes_decide_what_next(
-    code: int, alive: bool, reason: str | None, expected: Outcome
+    code: int, alive: bool, by_user: bool, expected: Outcome
 ) -> None:
-    assert decide(code, alive, reason) is expected
+    assert decide(code, alive, by_user) is expected
 
 
 def test_sdnotify_is_fail_soft(tmp_path: Path) -> None:

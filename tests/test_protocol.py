@@ -61,6 +61,7 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     ("payload", "match"),
     [
         (b"{", "unbalanced"),
+        (b"[" * 100_000, "unbalanced"),
         (b'{"a" 1}', "not valid JSON"),
         (b"", "not valid JSON"),
         (b"\xff\xfe{}", "not valid JSON"),

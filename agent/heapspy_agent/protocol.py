@@ -67,8 +67,10 @@ def _check_depth(payload: bytes) -> None:
         if not brackets:
             return
         brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    if b"[]" in brackets or b"{}" in brackets:
+        raise ProtocolError("frame nested deeper than %d levels" % MAX_DEPTH)
     if brackets:
-        raise ProtocolError("frame nested deeper than %d levels (or unbalanced)" % MAX_DEPTH)
+        raise ProtocolError("frame is not valid JSON: unbalanced brackets")
 
 
 def _no_constant(name: str) -> Any:

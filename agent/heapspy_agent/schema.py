@@ -47,7 +47,10 @@ PID = (0, 2**31 - 1)
 
 
 class Field:
-    """One typed, bounded value; ``check`` returns it (or its checked copy)."""
+    """One typed, bounded value; ``check`` returns it, or a copy where keys had to be
+    dropped (``copies``): a frame of plain values is checked in place, not duplicated."""
+
+    copies = False
 
     def check(self, value: Any, where: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -123,6 +126,7 @@ class Opt(Field):
 class ListOf(Field):
     def __init__(self, item: Field, max_len: int) -> None:
         self.item, self.max_len = item, max_len
+        self.copies = item.copies
 
     def check(self, value: Any, where: str) -> Any:
         if type(value) is not list:
@@ -130,6 +134,10 @@ class ListOf(Field):
         if len(value) > self.max_len:
             raise ProtocolError("%s: %d items (at most %d)" % (where, len(value), self.max_len))
         item = self.item.check
+        if not self.copies:
+            for i, v in enumerate(value):
+                item(v, "%s[%d]" % (where, i))
+            return value
         return [item(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
 
 
@@ -138,10 +146,15 @@ class Tuple_(Field):
 
     def __init__(self, *items: Field) -> None:
         self.items = items
+        self.copies = any(f.copies for f in items)
 
     def check(self, value: Any, where: str) -> Any:
         if type(value) is not list or len(value) != len(self.items):
             raise _fail(where, "a list of %d items" % len(self.items), value)
+        if not self.copies:
+            for i, (f, v) in enumerate(zip(self.items, value)):
+                f.check(v, "%s[%d]" % (where, i))
+            return value
         return [
             f.check(v, "%s[%d]" % (where, i)) for i, (f, v) in enumerate(zip(self.items, value))
         ]
@@ -151,6 +164,7 @@ class SiteMap(Field):
     """``{"<stack id>": value}``: per-site numbers keyed by the stack's id as text."""
 
     def __init__(self, value: Field, max_len: int = MAX_SITES_PER_FRAME) -> None:
+        assert not value.copies
         self.value, self.max_len = value, max_len
 
     def check(self, value: Any, where: str) -> Any:
@@ -158,18 +172,19 @@ class SiteMap(Field):
             raise _fail(where, "an object", value)
         if len(value) > self.max_len:
             raise ProtocolError("%s: %d entries (at most %d)" % (where, len(value), self.max_len))
-        out = {}
         check = self.value.check
         for key, v in value.items():
             if not (0 < len(key) <= 20 and key.isdigit() and key.isascii()):
                 raise ProtocolError("%s: key %r is not a stack id" % (where, key[:40]))
-            out[key] = check(v, "%s[%s]" % (where, key))
-        return out
+            check(v, "%s[%s]" % (where, key))  # plain values: checked in place
+        return value
 
 
 class Record(Field):
     """A JSON object with these fields; ``required`` ones must be present, keys not
     defined here are dropped."""
+
+    copies = True
 
     def __init__(self, name: str, fields: dict[str, Field], required: tuple[str, ...] = ()) -> None:
         self.name, self.fields, self.required = name, fields, required

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from heapspy.diff import DiffConfig, build_diff, render_diff
+from heapspy.printable import printable
 from heapspy.report import check_format
 
 
@@ -34,7 +35,8 @@ def diff(
     """
     check_format(output_format)
     config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index)
-    typer.echo(render_diff(build_diff(config), output_format), nl=False)
+    text = render_diff(build_diff(config), output_format)
+    typer.echo(printable(text, keep_newlines=True), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ import traceback
 import typer
 
 from heapspy.errors import HeapspyError
+from heapspy.printable import PrintableFormatter, printable
 
 app = typer.Typer(
     name="heapspy",
@@ -43,13 +44,15 @@ def _register_commands() -> None:
 
 def run() -> None:
     _register_commands()
-    logging.basicConfig(format="heapspy: %(message)s", level=logging.INFO, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("heapspy: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         app()
     except HeapspyError as exc:
         if _verbose or "-v" in sys.argv or "--verbose" in sys.argv:
             traceback.print_exc()
-        print(f"heapspy: {exc}", file=sys.stderr)
+        print(f"heapspy: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

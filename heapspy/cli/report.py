@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from heapspy.printable import printable
 from heapspy.report import ReportConfig, build_report, check_format, render_report
 
 
@@ -38,7 +39,8 @@ def report(
     """
     check_format(output_format)
     config = ReportConfig(dump=dump, top=top, sample_index=sample_index)
-    typer.echo(render_report(build_report(config), output_format), nl=False)
+    text = render_report(build_report(config), output_format)
+    typer.echo(printable(text, keep_newlines=True), nl=False)
 
 
 def register(app: typer.Typer) -> None:

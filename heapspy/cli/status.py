@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from heapspy.errors import NoSession
+from heapspy.printable import printable
 from heapspy.report import check_format
 from heapspy.status import list_sessions, render_text, to_json
 
@@ -39,7 +40,7 @@ def status(
     if output_format == "json":
         typer.echo(json.dumps(to_json(sessions), indent=2, sort_keys=True))
     else:
-        typer.echo(render_text(sessions), nl=False)
+        typer.echo(printable(render_text(sessions), keep_newlines=True), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,12 @@ garbage collector (so that collections do not write to, and unshare, the daemon'
 and never returns into the daemon's code: it ends with ``os._exit``. Its process name
 (``comm``) is ``heapspy:PID``.
 
+The daemon learns how a session went from the child's exit status and from JSON events
+the child writes on a pipe of its own (fd 3 in the child): "attached", then "ended" with
+whether `heapspy detach` ended it. Its stderr is only logged, never parsed: it carries
+text from the target (function names, the agent's reasons), and a line forged there must
+not change what the daemon does.
+
 Children die with the daemon: ``PR_SET_PDEATHSIG`` sends each one SIGTERM if the daemon
 is killed, and a child detaches cleanly on SIGTERM (final dump included).
 """
@@ -24,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -37,13 +43,13 @@ from heapspy.config import AttachConfig
 from heapspy.daemon.sdnotify import PRIVATE_ENV
 from heapspy.errors import HeapspyError
 from heapspy.foreground import run_foreground
+from heapspy.printable import PrintableFormatter, printable
 from heapspy.units import size_text
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 _MAX_LINE = 64 * 1024
-_ATTACHED = re.compile(r"^attached to (\d+) ")
-_DETACHED = re.compile(r"^detached from (\d+) \((.*)\); live heap ")
+EVENTS_FD = 3  # in the child: where it writes its events
 
 
 def duration_text(seconds: float) -> str:
@@ -96,7 +102,7 @@ def _libc_prctl() -> Callable[..., int] | None:
 _prctl = _libc_prctl()
 
 
-def _become_child(parent: int, target: int, stderr_fd: int) -> None:
+def _become_child(parent: int, target: int, stderr_fd: int, events_fd: int) -> None:
     """Turn a freshly forked copy of the daemon into a session process."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
@@ -111,14 +117,15 @@ def _become_child(parent: int, target: int, stderr_fd: int) -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # the end-of-session table: the final dump has it
     os.dup2(stderr_fd, 2)
-    os.closerange(3, _max_fd())  # the daemon's pipes and sockets; their objects stay unused
+    os.dup2(events_fd, EVENTS_FD, inheritable=False)
+    os.closerange(EVENTS_FD + 1, _max_fd())  # the daemon's pipes and sockets, unused
     for name_ in PRIVATE_ENV:  # the children do not speak to systemd in the daemon's name
         os.environ.pop(name_, None)
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("heapspy: %(message)s"))
+    handler.setFormatter(PrintableFormatter("heapspy: %(message)s"))
     root.addHandler(handler)
     gc.freeze()
 
@@ -130,14 +137,22 @@ def _max_fd() -> int:
         return 65536
 
 
-def _child_main(parent: int, target: int, config: AttachConfig, stderr_fd: int) -> NoReturn:
+def _send_event(event: str, data: dict[str, object]) -> None:
+    line = json.dumps({"event": event, **data}) + "\n"
+    with contextlib.suppress(OSError):  # the daemon is gone: PDEATHSIG follows
+        os.write(EVENTS_FD, line.encode())
+
+
+def _child_main(
+    parent: int, target: int, config: AttachConfig, stderr_fd: int, events_fd: int
+) -> NoReturn:
     code = 1
     try:
-        _become_child(parent, target, stderr_fd)
-        run_foreground(target, config)
+        _become_child(parent, target, stderr_fd, events_fd)
+        run_foreground(target, config, events=_send_event)
         code = 0
     except HeapspyError as exc:
-        print(f"heapspy: {exc}", file=sys.stderr)
+        print(f"heapspy: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         code = exc.exit_code
     except BaseException:  # noqa: BLE001 - a child must never return into the daemon
         traceback.print_exc()
@@ -149,25 +164,35 @@ def _child_main(parent: int, target: int, config: AttachConfig, stderr_fd: int) 
 
 
 class AttachChild:
-    """A forked session for one target; its stderr is read line by line, without
-    blocking."""
+    """A forked session for one target; its stderr (for the log) and its events (for
+    decisions) are read without blocking."""
 
     def __init__(self, target: int, config: AttachConfig) -> None:
         self.target = target
         self.config = config
         rfd, wfd = os.pipe()
+        try:
+            efd_r, efd_w = os.pipe()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
         parent = os.getpid()
         for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice
             stream.flush()
         try:
             pid = os.fork()
         except OSError:
-            os.close(rfd)
-            os.close(wfd)
+            for fd in (rfd, wfd, efd_r, efd_w):
+                os.close(fd)
             raise
         if pid == 0:
-            _child_main(parent, target, config, wfd)
+            _child_main(parent, target, config, wfd, efd_w)
         os.close(wfd)
+        os.close(efd_w)
+        self._events_fd: int | None = efd_r
+        os.set_blocking(efd_r, False)
+        self._events_partial = b""
         self._pid = pid
         self.returncode: int | None = None
         self._fd = rfd
@@ -175,8 +200,9 @@ class AttachChild:
         self._partial = b""
         self.eof = False
         self.started = time.monotonic()
-        self.attached_at: float | None = None  # when it said "attached to"
-        self.end_reason: str | None = None  # from its "detached from PID (reason)" line
+        self.attached_at: float | None = None  # when its "attached" event came
+        self.end_reason: str | None = None  # from its "ended" event (for the log)
+        self.by_user = False  # its "ended" event: `heapspy detach` ended the session
         self.stop_reason: str | None = None  # why the daemon asked it to stop
         self.early: list[str] = []  # what it said before attaching (the error, if any)
 
@@ -187,12 +213,56 @@ class AttachChild:
     def fileno(self) -> int:
         return self._fd
 
+    def filenos(self) -> list[int]:
+        """The pipes still open: stderr and events."""
+        fds = [] if self.eof else [self._fd]
+        return fds if self._events_fd is None else [*fds, self._events_fd]
+
+    def _read_events(self) -> list[str]:
+        """Act on the events that came; the lines held until the attach, once it came."""
+        fd = self._events_fd
+        if fd is None:
+            return []
+        done = False
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                done = True
+                break
+            self._events_partial += data
+            if len(self._events_partial) > 16 * _MAX_LINE:  # never from our own child
+                self._events_partial = b""
+        *complete, self._events_partial = self._events_partial.split(b"\n")
+        if done:
+            os.close(fd)
+            self._events_fd = None
+        released: list[str] = []
+        for raw in complete:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "attached" and self.attached_at is None:
+                self.attached_at = time.monotonic()
+                released, self.early = self.early, []
+            elif event.get("event") == "ended":
+                self.end_reason = str(event.get("reason") or "")
+                self.by_user = event.get("by_user") is True
+        return released
+
     def read_lines(self) -> list[str]:
         """What it said since the last call that is worth logging now, without the
         ``heapspy: `` prefix. Until it has attached its lines are held in ``early``: a
         failure is then logged once, by the daemon, with its verdict."""
         if self.eof:
-            return []
+            return self._read_events()
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -212,21 +282,14 @@ class AttachChild:
             os.close(self._fd)
         out: list[str] = []
         for raw in complete:
-            out += self._note(raw.decode(errors="replace").rstrip("\r"))
-        return out
-
-    def _note(self, line: str) -> list[str]:
-        text = line[len("heapspy: ") :] if line.startswith("heapspy: ") else line
-        if self.attached_at is None:
-            if not _ATTACHED.match(text):
+            line = raw.decode(errors="replace").rstrip("\r")
+            text = line[len("heapspy: ") :] if line.startswith("heapspy: ") else line
+            if self.attached_at is None:
                 self.early = [*self.early[-99:], text]
-                return []
-            self.attached_at = time.monotonic()
-            held, self.early = self.early, []
-            return [*held, text]
-        if m := _DETACHED.match(text):
-            self.end_reason = m[2]
-        return [text]
+            else:
+                out.append(text)
+        # events after the lines: an "attached" event releases the lines held until then
+        return out + self._read_events()
 
     def poll(self) -> int | None:
         """Its exit status once it has ended (negative: killed by that signal), else None."""
@@ -253,6 +316,9 @@ class AttachChild:
         if not self.eof:  # a grandchild still holds the pipe: do not wait for it
             self.eof = True
             os.close(self._fd)
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None
         return lines
 
     def stop(self, reason: str) -> None:

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import TextIO
 
+from heapspy.printable import PrintableFormatter
+
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 
 
@@ -25,7 +27,7 @@ def is_journal(stream: TextIO) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
-class JournalFormatter(logging.Formatter):
+class JournalFormatter(PrintableFormatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 6)
         return f"<{priority}>{super().format(record)}"
@@ -38,7 +40,7 @@ def configure(stream: TextIO | None = None) -> None:
     if is_journal(stream):
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,7 +1,8 @@
 """What to do about a target once its session process has exited.
 
 The child's exit code is the error class it met (``heapspy/errors.py``); together with
-whether the target still lives and how its session ended, that decides between
+whether the target still lives and whether a user ended the session (the child's
+"ended" event, never its text), that decides between
 forgetting the target, never trying it again, trying again after a backoff, and leaving
 it alone while it lives.
 """
@@ -15,6 +16,7 @@ from heapspy.errors import (
     NoSuchProcess,
     NotPython,
     PermissionDenied,
+    ProtocolViolation,
     RemoteDebugDisabled,
     SamplingUnavailable,
     TargetExited,
@@ -43,18 +45,19 @@ NEVER_RETRIED = frozenset(
         PermissionDenied,
         RemoteDebugDisabled,
         SamplingUnavailable,
+        ProtocolViolation,  # its agent is not ours: a hostile target
     )
 )
 GONE = frozenset((NoSuchProcess.exit_code, TargetExited.exit_code))
-USER_DETACH = "heapspy detach"  # in the end reason of a session ended by `heapspy detach`
 
 
-def decide(code: int, target_alive: bool, end_reason: str | None) -> Outcome:
-    """``code``: the child's exit status (negative: killed by that signal)."""
+def decide(code: int, target_alive: bool, by_user: bool) -> Outcome:
+    """``code``: the child's exit status (negative: killed by that signal); ``by_user``:
+    `heapspy detach` ended the session."""
     if code in GONE or not target_alive:
         return Outcome.FORGET
     if code == 0:
-        if end_reason and USER_DETACH in end_reason:
+        if by_user:
             return Outcome.LEFT
         return Outcome.RETRY  # the session ended while the target lives (agent switched off)
     if code in NEVER_RETRIED:

@@ -182,7 +182,7 @@ class Supervisor:
 
     def _wait(self, wakeup: int, timeout: float) -> None:
         """Sleep until a signal, a child's output or exit, or the timeout; handle output."""
-        by_fd = {e.child.fileno(): e for e in self._running() if e.child and not e.child.eof}
+        by_fd = {fd: e for e in self._running() if e.child for fd in e.child.filenos()}
         poller = select.poll()  # not select(): a big host can have fds beyond 1024
         for fd in (wakeup, *by_fd):
             poller.register(fd, select.POLLIN)
@@ -286,7 +286,7 @@ class Supervisor:
         if child.stop_reason is not None:  # we asked it to stop: look at the target afresh
             del self.entries[entry.key]
             return
-        outcome = decide(code, alive(entry.key), child.end_reason)
+        outcome = decide(code, alive(entry.key), child.by_user)
         said = child.early or [f"the session process exited with status {code}"]
         first = said[0].rstrip(".")
         if outcome is Outcome.FORGET:
