@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint provision clean bench
+.PHONY: demo test test-fast test-unit lint provision clean bench
 
 $(STAMP): pyproject.toml setup.py $(wildcard Cargo-free/*.c Cargo-free/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: provision lint
 # The quick loop while developing: no cycle or soak tests.
 test-fast: provision lint
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The pure parts alone (aggregator, top's view, rules, units, the pprof writer): seconds,
+# no process started.
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Overhead of an attached heapspy on pyperformance workloads (ratios; ~8 minutes).
 bench: provision
