@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from heapspy.frame_names import from_source
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import is_estimate, sampling_variance, scale
@@ -188,7 +189,8 @@ class Aggregator:
         named = self.symbolizer.function(filename, line)
         if not func or named == func or named.endswith("." + func):
             return named
-        return func
+        # a generator expression or lambda: 3.11's qualified name, built from its source
+        return from_source(func, named) or func
 
     def growing(self, k: int) -> list[int]:
         """Element i: how many sites grew in each of the last i+1 intervals."""

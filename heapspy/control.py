@@ -11,6 +11,19 @@ from heapspy_agent import protocol
 from heapspy.errors import NoSession
 from heapspy.registry import control_path, read_holder
 
+# The control socket joins two heapspy processes of the same user (the agent's limit is
+# for what a target sends): a reply may carry a whole profile (10,000 stacks ~ 1 MiB as
+# base64), so its frames may be larger.
+CONTROL_MAX_FRAME = 256 * 1024 * 1024
+
+
+def encode_reply(body: dict[str, Any]) -> bytes:
+    """A control reply as a frame; one too large to send becomes an error reply."""
+    try:
+        return protocol.encode(protocol.REPLY, body, CONTROL_MAX_FRAME)
+    except protocol.ProtocolError as exc:
+        return protocol.encode(protocol.REPLY, {"ok": False, "error": str(exc)})
+
 
 def listen(pid: int) -> socket.socket:
     path = control_path(pid)
@@ -50,7 +63,7 @@ def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str,
             sock.sendall(protocol.encode(protocol.COMMAND, body))
         except (ConnectionResetError, BrokenPipeError):
             raise NoSession(f"The heapspy session for process {pid} is closing.") from None
-        reader = protocol.FrameReader()
+        reader = protocol.FrameReader(max_frame=CONTROL_MAX_FRAME)
         try:
             msg = protocol.recv_one(sock, reader, [])
         except (ConnectionResetError, BrokenPipeError):

@@ -23,6 +23,7 @@ from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator, ProcessFacts
 from heapspy.config import AttachConfig
+from heapspy.control import encode_reply
 from heapspy.control import listen as control_listen
 from heapspy.dumps import DumpWriter, Retention
 from heapspy.errors import (
@@ -171,6 +172,8 @@ class Session:
         self.rules = RuleEngine(config.dump_on, time.time())
         self.dumps: list[str] = []
         self.dump_rules: list[str] = []  # the rule of each dump written, for /metrics
+        # the last profile served over HTTP, keyed by the aggregator's state (snapshot.py)
+        self.served_profile: tuple[tuple[Any, ...], str] | None = None
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
         self._cmdline = _cmdline(target.pid)  # an exec() changes it
@@ -574,9 +577,10 @@ class Session:
             return
         for _kind, body in frames:
             reply = self._control_command(body)
-            sock.setblocking(True)
+            # a client that stops reading a large reply must not hold the session up
+            sock.settimeout(10.0)
             try:
-                conn.send(protocol.REPLY, reply)
+                sock.sendall(encode_reply(reply))
             except OSError:
                 pass
             sock.setblocking(False)

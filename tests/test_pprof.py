@@ -206,10 +206,8 @@ def _expected_names(version: tuple[int, int]) -> set[str]:
             f"comprehensions.<locals>.<{kind}>" for kind in ("listcomp", "dictcomp", "setcomp")
         }
         names.add("anonymous_frames.<listcomp>")
-    # before 3.11 a generator expression has no qualified name, nor a caller that proves one
-    names.add(
-        "comprehensions.<locals>.<genexpr>" if version >= (3, 11) else "anonymous_frames.<genexpr>"
-    )
+    # before 3.11 a generator expression's qualified name comes from its source
+    names.add("comprehensions.<locals>.<genexpr>")
     return names
 
 

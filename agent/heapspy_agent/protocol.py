@@ -46,9 +46,9 @@ class ProtocolError(Exception):
     """A frame that breaks the protocol: the session it came on cannot go on."""
 
 
-def encode(kind: int, body: Dict[str, Any]) -> bytes:
+def encode(kind: int, body: Dict[str, Any], limit: int = MAX_FRAME) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    if len(payload) > MAX_FRAME:
+    if len(payload) > limit:
         raise ProtocolError("frame too large: %d bytes" % len(payload))
     return HEADER.pack(len(payload), kind) + payload
 

@@ -170,8 +170,8 @@ def attach(
                 list_workers=lambda: [w for w in list_workers() if w.pid == pid],
             ),
         )
-        if not quiet:
-            print(f"heapspy: serving {endpoint.url}/debug/pprof/ and /metrics", file=sys.stderr)
+        # printed even with --quiet: with port 0 it is the only way to learn the port
+        print(f"heapspy: serving {endpoint.url}/debug/pprof/ and /metrics", file=sys.stderr)
     try:
         run_attach(pid, config, quiet=quiet)
     finally:
