@@ -106,6 +106,18 @@ def test_main_thread_in_join_on_314_with_every_thread_idle_uses_ptrace(spawn: Sp
     assert heapspy_dirs_in_tmp(target.pid) == []
 
 
+@pytest.mark.py314
+def test_main_thread_in_join_on_314_with_no_nudge_times_out_with_advice(spawn: Spawn) -> None:
+    """--no-nudge forbids waking the wait, so with no other thread running Python nothing
+    can start the agent: the attach times out (exit 11) and says what would work."""
+    target = spawn(py314(), "probe_target.py", "join-idle")
+    assert wait_for(lambda: _main_thread_waits_on_a_lock(target.pid))
+    out = run_heapspy("attach", str(target.pid), "--no-nudge", "--attach-timeout", "1s")
+    assert out.returncode == 11, out.stderr
+    assert "waiting on a futex" in out.stderr and "--method ptrace" in out.stderr, out.stderr
+    assert target.alive() and heapspy_dirs_in_tmp(target.pid) == []
+
+
 @pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 13)))
 def test_accept_blocked_main_thread_times_out_with_reason(
     interp: Interpreter, spawn: Spawn

@@ -40,15 +40,6 @@ def _main_thread_activity(pid: int, spy: BackgroundDump) -> str:
     return f"{describe_main_thread(pid)}{where}"
 
 
-def _thread_state(pid: int, tid: int) -> str:
-    """The one-letter scheduler state of a thread (R running, S sleeping, ...)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
 class PtraceInjection:
     method = "ptrace"
     chosen = ""
@@ -109,22 +100,8 @@ class Pep768Injection:
             return f"thread {self.thread}: not yet at a bytecode boundary"
         return _main_thread_activity(self.pid, self.spy)
 
-    def _running_python_threads(self) -> list[int]:
-        """Python threads other than main that are on a CPU now: --thread candidates."""
-        states = self.spy.get(timeout=1.0) or []
-        busy = [s.tid for s in states if s.active and s.tid != self.pid]
-        if busy:
-            return busy
-        from heapspy.inject.pep768 import python_thread_ids
-
-        try:
-            tids = python_thread_ids(self.target)
-        except HeapspyError:
-            return []
-        return [t for t in tids if t != self.pid and _thread_state(self.pid, t) == "R"]
-
     def advice(self) -> str:
-        busy = self._running_python_threads()
+        busy = _running_python_threads(self.target)
         hint = (
             "The request runs when the chosen thread next executes Python bytecode; a main "
             "thread blocked in sleep, accept, read or select only gets there when that call "

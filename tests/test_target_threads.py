@@ -1,0 +1,38 @@
+"""Which of a target's threads run: read from /proc, the target never stopped."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from support import Target, wait_for
+
+from heapspy.inject.ptrace import main_thread_activity
+from heapspy.target.threads import busy_threads, thread_ids
+
+Spawn = Callable[..., Target]
+
+
+def test_spinning_workers_are_busy_and_the_joining_main_thread_is_not(spawn: Spawn) -> None:
+    target = spawn(None, "probe_target.py", "join-workers")
+    workers = {int(tid) for tid in target.ready[2:]}
+    assert wait_for(lambda: main_thread_activity(target.pid).kind == "futex", 30)
+    tids = thread_ids(target.pid)
+    assert workers <= set(tids) and target.pid in tids
+    busy = busy_threads(target.pid, tids)
+    # the workers take turns with the GIL: a loaded machine may show only one of them;
+    # main is in join(), never on a CPU
+    assert busy and set(busy) <= workers, (busy, workers)
+
+
+def test_sleeping_threads_are_not_busy(spawn: Spawn) -> None:
+    target = spawn(None, "probe_target.py", "join-idle")
+    assert wait_for(lambda: main_thread_activity(target.pid).kind == "futex", 30)
+    tids = thread_ids(target.pid)
+    assert len(tids) == 2
+    assert busy_threads(target.pid, tids) == []
+
+
+def test_gone_threads_and_processes() -> None:
+    assert thread_ids(2**22 + 1) == []  # above pid_max's largest value
+    assert busy_threads(os.getpid(), [2**22 + 1]) == []
