@@ -69,6 +69,17 @@ def check_frames(value: int, what: str = "--frames") -> int:
     return value
 
 
+def check_max_bytes(text: str | None, what: str = "--max-bytes") -> int | None:
+    """A retention cap in bytes, positive (``None`` passes through: no cap). 0 would keep
+    nothing, not even the dump just written: the CLI and the daemon refuse it alike."""
+    if text is None:
+        return None
+    value = parse_size(text, what)
+    if value <= 0:
+        raise UsageError(f"{what} must be positive, got {text!r}.")
+    return value
+
+
 def check_keep(value: int | None, what: str = "--keep") -> int | None:
     if value is not None and value < 1:
         raise UsageError(f"{what} must be at least 1, got {value}.")

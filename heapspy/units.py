@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from heapspy.errors import UsageError
+
+# Past these a value is a typo, and converting it would overflow: float("1" * 400) is inf,
+# and int(inf) raises OverflowError. Sizes in the shim are 64-bit.
+MAX_SIZE = 1 << 62  # 4 EiB
+MAX_SECONDS = 100 * 365 * 86400.0  # a century
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -21,7 +27,10 @@ def parse_size(text: str, what: str = "size") -> int:
             "KiB, MiB, GiB or TiB suffix, e.g. 512KiB."
         )
     unit = (match[2] or "").lower()[:1]
-    return int(float(match[1]) * _UNITS[unit])
+    value = Decimal(match[1]) * _UNITS[unit]  # exact at any length, unlike float
+    if value > MAX_SIZE:
+        raise UsageError(f"The {what} {text!r} is too large: at most {MAX_SIZE} bytes (4 EiB).")
+    return int(value)
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
@@ -32,7 +41,10 @@ def parse_duration(text: str, what: str = "duration") -> float:
             f"Invalid {what} {text!r}: expected a number with an optional unit "
             "ms, s, m, h or d, e.g. 10s or 15m."
         )
-    return float(match[1]) * _SECONDS[match[2] or ""]
+    seconds = float(Decimal(match[1]) * Decimal(str(_SECONDS[match[2] or ""])))
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"The {what} {text!r} is too long: at most a century.")
+    return seconds
 
 
 def format_bytes(n: float) -> str:

@@ -10,7 +10,7 @@ import typer
 
 from heapspy.cli import options
 from heapspy.cli.render import Spinner, top_table
-from heapspy.config import AttachConfig, check_method
+from heapspy.config import AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
 from heapspy.printable import printable
 from heapspy.rules import parse_rule
@@ -18,7 +18,6 @@ from heapspy.serve.access import parse_listen, read_token
 from heapspy.serve.http import ServeOptions, serve
 from heapspy.serve.workers import list_workers
 from heapspy.session import Session
-from heapspy.units import parse_size
 
 
 def attach(
@@ -155,7 +154,7 @@ def attach(
         dump_on=tuple(parse_rule(r) for r in dump_on),
         keep=options.keep(keep),
         require_sampling=require_sampling,
-        max_bytes=None if max_bytes is None else parse_size(max_bytes, "--max-bytes"),
+        max_bytes=check_max_bytes(max_bytes),
         allow_gc=not no_gc,
     )
     endpoint = None

@@ -40,13 +40,14 @@ from heapspy.config import (
     AttachConfig,
     check_frames,
     check_keep,
+    check_max_bytes,
     check_method,
     check_rate,
 )
 from heapspy.errors import UsageError
 from heapspy.rules import parse_rule
 from heapspy.serve.access import ListenAddress, parse_listen, read_token
-from heapspy.units import parse_duration, parse_size
+from heapspy.units import parse_duration
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -350,16 +351,12 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         ),
         dump_dir=Path(os.path.normpath(dump_dir)),
         keep=table.convert("keep", lambda: check_keep(keep, "keep")),
-        max_bytes=None
-        if max_bytes_text is None
-        else table.convert("max_bytes", lambda: parse_size(max_bytes_text, "max_bytes")),
+        max_bytes=table.convert("max_bytes", lambda: check_max_bytes(max_bytes_text, "max_bytes")),
         require_sampling=table.boolean("require_sampling", False),
         final_dump=table.boolean("final_dump", True),
         last_chance=table.boolean("last_chance", True),
         watch=name,
     )
-    if attach.max_bytes == 0:
-        raise table.error("max_bytes", "must be positive.")
     return Watch(name, selectors, attach)
 
 
