@@ -90,6 +90,13 @@ def render_text(sessions: list[SessionStatus], now: float | None = None) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    for s in sessions:  # what a session could not keep of what its agent sent
+        dropped = s.status.get("dropped_stacks")
+        if isinstance(dropped, int) and dropped > 0:
+            lines.append(
+                f"{s.target_pid}: {dropped} stacks dropped, beyond the session's limits "
+                "(heapspy/aggregate.py)"
+            )
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from heapspy.aggregate import MAX_SITES, Aggregator
 from heapspy.inject.boot_script import boot_source
+from heapspy.printable import printable
+from heapspy.status import SessionStatus, render_text
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -280,3 +282,19 @@ def test_the_aggregator_keeps_a_bounded_table_and_counts_what_it_drops() -> None
     assert agg.dropped_stacks == 500
     # every stack's frames are shared, not copied: 1000 distinct frames in all
     assert len({id(site.stack[0]) for site in agg.sites.values()}) == 1000
+
+
+def test_status_says_how_many_stacks_a_session_dropped() -> None:
+    status = {"python": "3.11.2", "mode": "sampled", "rate": 524288, "dropped_stacks": 1234}
+    text = render_text([SessionStatus(4242, None, status)], now=0.0)
+    assert "4242: 1234 stacks dropped, beyond the session's limits" in text
+    quiet = render_text([SessionStatus(4242, None, {**status, "dropped_stacks": 0})], now=0.0)
+    assert "dropped" not in quiet
+
+
+def test_printable_escapes_what_a_terminal_or_a_log_would_obey() -> None:
+    assert printable("a\x1b]0;t\x07b\x1b[2J\nc\u202ed\x9b") == (
+        "a\\x1b]0;t\\x07b\\x1b[2J\\nc\\u202ed\\x9b"
+    )
+    assert printable("row 1\nrow\t2\r", keep_newlines=True) == "row 1\nrow\\t2\\r"
+    assert printable("plain: é, 中文, ±95%") == "plain: é, 中文, ±95%"
