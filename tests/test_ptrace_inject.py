@@ -196,6 +196,19 @@ def main_thread_in(pid: int, kind: str) -> bool:
     return wait_for(lambda: main_thread_activity(pid).kind == kind, 30)
 
 
+def _signals_pending(pid: int) -> bool:
+    """A signal the kernel has not yet delivered, to the process or to any thread."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        except FileNotFoundError:  # noqa: PERF203 - a thread that ended meanwhile
+            continue
+        if int(fields["SigPnd"], 16) or int(fields["ShdPnd"], 16):
+            return True
+    return False
+
+
 def map_count(pid: int) -> int:
     with open(f"/proc/{pid}/maps") as f:
         return sum(1 for _ in f)
@@ -359,7 +372,9 @@ def test_signals_sent_while_held_arrive_once(
     report = inject_pending_call(t.python(), probe(out, "signals"), on_stopped=send)
     assert report.redelivered_signals == ()  # they were blocked, not taken and re-sent
     assert wait_records(out, 1, 30.0)
-    time.sleep(0.1)
+    # once the kernel has delivered both, the busy main thread runs their Python handlers
+    # at its next bytecode, before it next looks for the stop file
+    assert wait_for(lambda: not _signals_pending(t.pid), 30)
     stop.touch()
     code, last = t.finish()
     assert code == 0, (last, t.stderr())
