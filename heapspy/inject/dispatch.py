@@ -153,6 +153,7 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
 # withdraw it and fall back: such a thread takes it in ~8 ms, 50 ms when threads fight for
 # the GIL; a loaded machine stretches that, so allow far more, within the attach timeout.
 WORKER_TAKE_TIMEOUT = 1.0
+WORKERS_TRIED = 2  # the busiest: if they cannot take it, the GIL is the bottleneck, not them
 _SERVED_SOON = ("running", "unknown", "stopped", "exited")  # activities that need no help
 
 
@@ -171,7 +172,7 @@ def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachCon
     if activity.kind in _SERVED_SOON:
         return Pep768Injection(target, placement, config)
     why = f"the main thread is {activity.description}"
-    for tid in _running_python_threads(target):
+    for tid in _running_python_threads(target)[:WORKERS_TRIED]:
         worker = Pep768Injection(target, placement, config, thread=tid)
         if _taken_or_withdrawn(worker, min(WORKER_TAKE_TIMEOUT, config.attach_timeout / 4)):
             worker.chosen = f"{why}: the agent was started from thread {tid}, which runs Python"
