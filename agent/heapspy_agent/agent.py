@@ -7,6 +7,7 @@ socket and drops the agent's modules, so the target goes back to what it was.
 """
 
 import atexit
+import ctypes
 import gc
 import json
 import os
@@ -17,7 +18,9 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-# Every agent module is imported here, at start: the files are deleted right after.
+# Every agent module, and every module the agent uses, is imported here, at start, under
+# the bootstrap's import lock: the files are deleted right after, and once it runs the
+# agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
 from heapspy_agent import protocol, runtime, schema
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
@@ -64,8 +67,6 @@ def _remove_tree(path: str) -> None:
 
 def _unmap_boot_page(page: int) -> bool:
     """Unmap the page the ptrace injector wrote our bootstrap into."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.munmap.restype = ctypes.c_int

@@ -6,9 +6,11 @@ not the size of the heap. Stacks that run through the agent's own files are the 
 allocations, not the target's: they are left out.
 """
 
+import glob
+import os
 from typing import Any, Dict, List, Optional, Set
 
-from heapspy_agent.shim import NOT_IMPORTED, Shim, ShimError
+from heapspy_agent.shim import LIBRARY_GLOB, NOT_IMPORTED, Shim, ShimError
 
 
 class ShimCollector:
@@ -100,11 +102,6 @@ class ShimCollector:
 
 def load_shim(directory: str) -> "tuple[Optional[Shim], str]":
     """Load the shim heapspy placed beside the agent; (None, why) when it cannot."""
-    import glob
-    import os
-
-    from heapspy_agent.shim import LIBRARY_GLOB
-
     found = sorted(glob.glob(os.path.join(directory, "heapspy_agent", LIBRARY_GLOB)))
     if not found:
         return None, "the sampling shim is not available (heapspy was installed without it)"

@@ -21,6 +21,7 @@ upscaled. Frames are named from the code objects the shim holds until ``stop()``
 ``co_qualname`` on 3.11+, else ``co_name``.
 """
 
+import _ctypes
 import ctypes
 import glob
 import math
@@ -226,9 +227,10 @@ def shim_path() -> Optional[str]:
 
 
 def _is_free_threaded() -> bool:
-    import sysconfig
-
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    # "t" marks a free-threaded build's ABI (3.13+). Read from sys, not sysconfig, whose
+    # get_config_var imports _sysconfigdata_* the first time: the agent imports nothing
+    # once it runs, since the target may be importing (see heapspy/inject/boot_script.py).
+    return "t" in getattr(sys, "abiflags", "")
 
 
 class Shim:
@@ -404,8 +406,6 @@ class Shim:
             handle = lib._handle
             self._lib = None
             del lib
-            import _ctypes
-
             _ctypes.dlclose(handle)
 
     def totals(self) -> Totals:

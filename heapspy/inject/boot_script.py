@@ -10,11 +10,51 @@ _BOOT = """\
 # heapspy bootstrap: imports the agent heapspy placed beside this file; the agent then
 # deletes these files. Nothing may escape into the target, so every error is caught.
 # It runs where the interpreter ran it (a pending call, or a PEP 768 request), which can
-# be in the middle of one of the target's own imports: importing there would hand the
-# agent that module half-initialised. So all the work happens in a new thread, whose
-# imports wait for the target's to finish.
-def _heapspy_boot():
-    import sys
+# be in the middle of one of the target's own imports, so all the work happens in a new
+# thread. That thread must not import while the target imports either: when two threads
+# each hold a module lock the other needs, importlib hands one of them the module
+# half-initialised, and that can be the target (it dies of an AttributeError). So the
+# thread waits until no import is under way anywhere, then holds the global import lock
+# (no import can start while it is held) for every import the agent and this script make.
+def _heapspy_importing(sys, bootstrap):
+    # An import under way holds a module lock, listed (weakly) in _module_locks while
+    # anyone uses it; while it runs its module's code, that module's spec says
+    # _initializing. Read without running the target's code: a module subclass (a lazy
+    # module) may load itself on attribute access.
+    for ref in list(getattr(bootstrap, "_module_locks", {{}}).values()):
+        if ref() is not None:
+            return True
+    module_type = type(sys)
+    spec_type = type(sys.__spec__)
+    module_dict = module_type.__dict__["__dict__"].__get__
+    for module in list(sys.modules.values()):
+        if issubclass(type(module), module_type):
+            spec = module_dict(module).get("__spec__")
+            if type(spec) is spec_type and spec.__dict__.get("_initializing"):
+                return True
+    return False
+
+
+def _heapspy_quiet_imports(sys):
+    # True with the global import lock held once no import is under way; False if the
+    # target was still importing at the deadline (heapspy has given up by then).
+    modules = sys.modules  # each of these is loaded at every interpreter's start
+    imp, bootstrap, time = modules["_imp"], modules["_frozen_importlib"], modules["time"]
+    nap = modules["_thread"].allocate_lock()
+    nap.acquire()
+    deadline = {deadline!r} or time.time() + 30.0
+    while True:
+        if not _heapspy_importing(sys, bootstrap):
+            imp.acquire_lock()
+            if not _heapspy_importing(sys, bootstrap):  # none started before we held it
+                return True
+            imp.release_lock()
+        if time.time() > deadline:
+            return False
+        nap.acquire(True, 0.005)  # a sleep that needs no import
+
+
+def _heapspy_boot(sys):
     d = {dir!r}
     saved = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
@@ -29,11 +69,11 @@ def _heapspy_boot():
 
 
 def _heapspy_report(exc):
-    import json, socket, struct, traceback
+    import json, os, socket, struct, traceback
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(2.0)
     s.connect({sock!r})
-    for kind, body in ((1, {{"version": 1, "token": {token!r}, "pid": __import__("os").getpid()}}),
+    for kind, body in ((1, {{"version": 1, "token": {token!r}, "pid": os.getpid()}}),
                        (5, {{"code": "boot", "message": "%s: %s" % (type(exc).__name__, exc),
                             "traceback": traceback.format_exc()}})):
         data = json.dumps(body).encode()
@@ -42,13 +82,22 @@ def _heapspy_report(exc):
 
 
 def _heapspy_run():
+    import sys
     try:
-        _heapspy_boot()
-    except BaseException as e:
+        if not _heapspy_quiet_imports(sys):
+            return
+    except BaseException:
+        return
+    try:
         try:
-            _heapspy_report(e)
-        except BaseException:
-            pass
+            _heapspy_boot(sys)
+        except BaseException as e:
+            try:
+                _heapspy_report(e)
+            except BaseException:
+                pass
+    finally:
+        sys.modules["_imp"].release_lock()
 
 
 try:
@@ -58,6 +107,12 @@ except BaseException:
 """
 
 
-def boot_source(target_dir: str, token: str, socket_path: str) -> str:
-    """The bootstrap for one session: inert unless the agent beside it imports cleanly."""
-    return _BOOT.format(dir=target_dir, token=token, sock=socket_path)
+def boot_source(
+    target_dir: str, token: str, socket_path: str, deadline: float | None = None
+) -> str:
+    """The bootstrap for one session: inert unless the agent beside it imports cleanly.
+
+    ``deadline``: the session's (``time.time()``) deadline; a target still importing
+    then is left alone (None: 30 s after the bootstrap runs).
+    """
+    return _BOOT.format(dir=target_dir, token=token, sock=socket_path, deadline=deadline)

@@ -160,7 +160,7 @@ def place_agent(target: PythonTarget, settings: dict[str, Any], deadline: float)
             deadline=deadline,
         )
         _write_private(host_dir / "config.json", json.dumps(config).encode(), owner)
-        boot = boot_source(target_dir, token, placement.socket_path)
+        boot = boot_source(target_dir, token, placement.socket_path, deadline)
         _write_private(host_dir / "boot.py", boot.encode(), owner)
         sock_host = str(host_dir / "agent.sock")
         listener.bind(sock_host)

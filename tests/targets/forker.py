@@ -2,15 +2,15 @@
 
 Usage: forker.py COUNT [SHAPES] [TIMEOUT]
 Prints "READY <pid>", builds a few hundred distinct live stacks and keeps allocating so
-that an attached agent is always busy draining, then waits for SIGUSR1. On it, forks
+that an attached agent is always busy draining, then waits for SIGUSR1. On each, forks
 COUNT children from the main thread, in batches of 8 alive at once, in the shapes named by
 SHAPES (comma separated, taken in turn): "gunicorn" (os.fork; the child allocates and
 leaves with os._exit(0)), "mp" (multiprocessing's fork context: Process.start / join).
 Each batch must have exited 0 within TIMEOUT seconds (default 30): otherwise its children
 are killed, "HANG <index> <shape>" names the first one not reaped, and the target exits 3;
 a child that exits otherwise:
-"BAD <index> <shape> <status>", exit 4. After the last child: "FORKED <count>", then
-the target keeps churning until killed. Written for Python 3.8+.
+"BAD <index> <shape> <status>", exit 4. After the last child: "FORKED <count>", and the
+target churns on, waiting for the next SIGUSR1. Written for Python 3.8+.
 """
 
 import multiprocessing
@@ -106,14 +106,20 @@ def main():
     signal.signal(signal.SIGUSR1, lambda *_: go.append(1))
     signal.signal(signal.SIGALRM, _alarm)
     print("READY %d" % os.getpid(), flush=True)
-    i = 0
-    while not go:
-        churn(i)
-        i += 1
-        time.sleep(0.001)
     ctx = multiprocessing.get_context("fork")
+    i = 0
+    while True:
+        while not go:
+            churn(i)
+            i += 1
+            time.sleep(0.001)
+        go.clear()
+        fork_many(ctx, COUNT)
+
+
+def fork_many(ctx, count):
     batch = []
-    for index in range(COUNT):
+    for index in range(count):
         shape = SHAPES[index % len(SHAPES)]
         batch.append((index, shape, fork_mp(ctx) if shape == "mp" else fork_gunicorn()))
         churn(index)
@@ -121,11 +127,7 @@ def main():
             reap(batch)
             batch = []
     reap(batch)
-    print("FORKED %d" % COUNT, flush=True)
-    while True:
-        churn(i)
-        i += 1
-        time.sleep(0.001)
+    print("FORKED %d" % count, flush=True)
 
 
 main()
