@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Target, wait_for
 from interpreters import Interpreter, interpreter_params, py314
+from support import Target, wait_for
 from test_daemon import FAST, Daemon, _finals, _ptrace_interp, _tag, _watch, daemon  # noqa: F401
 
 from heapspy.config import AttachConfig
