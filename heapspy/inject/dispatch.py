@@ -172,9 +172,10 @@ def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachCon
     if activity.kind in _SERVED_SOON:
         return Pep768Injection(target, placement, config)
     why = f"the main thread is {activity.description}"
-    for tid in _running_python_threads(target)[:WORKERS_TRIED]:
+    tried = _running_python_threads(target)[:WORKERS_TRIED]
+    for tid in tried:
         worker = Pep768Injection(target, placement, config, thread=tid)
-        if _taken_or_withdrawn(worker, min(WORKER_TAKE_TIMEOUT, config.attach_timeout / 4)):
+        if _taken_else_withdrawn(worker, min(WORKER_TAKE_TIMEOUT, config.attach_timeout / 4)):
             worker.chosen = f"{why}: the agent was started from thread {tid}, which runs Python"
             return worker
     if activity.kind == "futex" and config.nudge:
@@ -182,9 +183,10 @@ def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachCon
 
         check_remote_debugging(target)
         ptrace = PtraceInjection(target, placement, config)
+        others = "no other thread took the request" if tried else "no other thread runs Python"
         ptrace.chosen = (
-            f"{why} and no other thread runs Python: the agent was started by ptrace, which "
-            "wakes that wait harmlessly (the wait goes on after)"
+            f"{why} and {others}: the agent was started by ptrace, which wakes that wait "
+            "harmlessly (the wait goes on after)"
         )
         return ptrace
     return Pep768Injection(target, placement, config)
@@ -206,7 +208,7 @@ def _running_python_threads(target: PythonTarget) -> list[int]:
     return [t for t in busy if t in python]
 
 
-def _taken_or_withdrawn(injection: Pep768Injection, timeout: float) -> bool:
+def _taken_else_withdrawn(injection: Pep768Injection, timeout: float) -> bool:
     """Wait for the thread to take the request; withdraw it if not. True when it was taken,
     or may have been (its thread exited meanwhile, or it could not be withdrawn): a second
     bootstrap must not be sent after one that may run."""
