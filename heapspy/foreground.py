@@ -79,13 +79,14 @@ def run_foreground(
     quiet: bool = False,
     say: Callable[[str], None] = _say,
     events: Events | None = None,
+    start_time: int | None = None,
 ) -> Session:
     """Attach, run until ``config.duration``, a signal or the agent's end, and detach.
 
     ``attached`` runs once the agent has acknowledged (the CLI clears its spinner there).
     ``events`` hears of the attach and the end as data (see ``Events``). A session the
     agent ended by breaking the protocol raises ``ProtocolViolation`` after its detach
-    (final dump included).
+    (final dump included). ``start_time``: see ``Session.attach``.
     """
 
     def early(why: str) -> None:
@@ -99,7 +100,7 @@ def run_foreground(
 
     with SignalRequests(early=None if quiet else early) as requests:
         try:
-            session = Session.attach(pid, config, progress=progress)
+            session = Session.attach(pid, config, progress=progress, start_time=start_time)
         finally:
             if attached is not None:
                 attached()

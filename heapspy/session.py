@@ -181,9 +181,17 @@ class Session:
 
     # --- opening ---------------------------------------------------------------
     @classmethod
-    def attach(cls, pid: int, config: AttachConfig, progress: Progress | None = None) -> Session:
+    def attach(
+        cls,
+        pid: int,
+        config: AttachConfig,
+        progress: Progress | None = None,
+        start_time: int | None = None,
+    ) -> Session:
+        """``start_time``: the process start time the caller saw (the daemon); another
+        process holding ``pid`` by now is refused as if the target had exited."""
         t0 = time.monotonic()
-        target = inspect_target(pid)
+        target = inspect_target(pid, start_time)
         session = cls(target, config)
         session.lock.acquire()
         try:
@@ -337,12 +345,9 @@ class Session:
             ):
                 # The bootstrap may still run later: leave its files so that it can find
                 # them, clean up after itself and unmap its page; the deadline in the
-                # config (already passed) tells it not to start.
-                try:
-                    self.placement.listener.close()
-                    os.unlink(self.placement.host_dir / "agent.sock")
-                except OSError:
-                    pass
+                # config (already passed) tells it not to start. Should the target exit
+                # first, a watcher removes them.
+                self.placement.leave_for_bootstrap(self.target)
             else:
                 self.placement.cleanup()
         if self.conn is not None:

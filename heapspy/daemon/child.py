@@ -144,12 +144,17 @@ def _send_event(event: str, data: dict[str, object]) -> None:
 
 
 def _child_main(
-    parent: int, target: int, config: AttachConfig, stderr_fd: int, events_fd: int
+    parent: int,
+    target: int,
+    config: AttachConfig,
+    stderr_fd: int,
+    events_fd: int,
+    start_time: int | None,
 ) -> NoReturn:
     code = 1
     try:
         _become_child(parent, target, stderr_fd, events_fd)
-        run_foreground(target, config, events=_send_event)
+        run_foreground(target, config, events=_send_event, start_time=start_time)
         code = 0
     except HeapspyError as exc:
         print(f"heapspy: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
@@ -167,7 +172,9 @@ class AttachChild:
     """A forked session for one target; its stderr (for the log) and its events (for
     decisions) are read without blocking."""
 
-    def __init__(self, target: int, config: AttachConfig) -> None:
+    def __init__(self, target: int, config: AttachConfig, start_time: int | None = None) -> None:
+        """``start_time``: the target's (``/proc/PID/stat``), as the daemon saw it; the
+        session refuses a process that holds ``target`` with another one (pid reuse)."""
         self.target = target
         self.config = config
         rfd, wfd = os.pipe()
@@ -187,7 +194,7 @@ class AttachChild:
                 os.close(fd)
             raise
         if pid == 0:
-            _child_main(parent, target, config, wfd, efd_w)
+            _child_main(parent, target, config, wfd, efd_w, start_time)
         os.close(wfd)
         os.close(efd_w)
         self._events_fd: int | None = efd_r

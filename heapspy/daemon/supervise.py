@@ -39,8 +39,16 @@ from heapspy.daemon.sdnotify import Notifier
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.serve.exposition import Exposition
 from heapspy.serve.http import ServeOptions, serve
+from heapspy.target.process import start_time
 
 log = logging.getLogger("heapspy.daemon")
+
+# A session process that has not attached within its watch's attach_timeout plus this is
+# killed and counted as a failed attempt: inspecting the target, placing the agent and
+# the handshake take well under a second, so this only catches a session held up by its
+# target (a crafted ELF, a hostile filesystem), which must not keep one of the
+# max_attaching slots from every other target.
+ATTACH_GRACE = 10.0
 
 
 class State(enum.Enum):
@@ -62,6 +70,7 @@ class Entry:
     failures: int = 0
     retry_at: float = 0.0
     busy: bool = False  # the last attempt found another heapspy session on it
+    overdue: bool = False  # its session process was killed for not attaching in time
 
     @property
     def prefix(self) -> str:
@@ -168,14 +177,16 @@ class Supervisor:
                     self._kill_stragglers()
                     log.info("stopped")
                     return 0
-            elif now >= next_scan:
-                self._scan()
-                next_scan = time.monotonic() + self.config.scan_interval
+            else:
+                self._kill_overdue(now)
+                if now >= next_scan:
+                    self._scan()
+                    next_scan = time.monotonic() + self.config.scan_interval
             if beat is not None and now >= next_beat:
                 self.notifier.watchdog()
                 next_beat = now + beat
             self._publish_status()
-            wake_at = self._deadline if self._draining else next_scan
+            wake_at = self._deadline if self._draining else min(next_scan, self._next_overdue())
             if beat is not None:
                 wake_at = min(wake_at, next_beat)
             self._wait(wakeup, max(0.0, wake_at - time.monotonic()))
@@ -248,9 +259,48 @@ class Supervisor:
                 del self.entries[key]  # gone, or no longer wanted
         self._young = young
 
+    def _attach_deadline(self, entry: Entry) -> float:
+        assert entry.child is not None
+        return entry.child.started + entry.watch.attach.attach_timeout + ATTACH_GRACE
+
+    def _attaching(self) -> list[Entry]:
+        return [
+            e
+            for e in self._running()
+            if e.child is not None and e.child.attached_at is None and e.child.poll() is None
+            and e.child.stop_reason is None and not e.overdue
+        ]  # fmt: skip
+
+    def _next_overdue(self) -> float:
+        return min((self._attach_deadline(e) for e in self._attaching()), default=float("inf"))
+
+    def _kill_overdue(self, now: float) -> None:
+        """Kill session processes that have not attached in time (see ATTACH_GRACE)."""
+        for entry in self._attaching():
+            assert entry.child is not None
+            if now >= self._attach_deadline(entry):
+                entry.overdue = True
+                log.warning(
+                    "%s not attached within %s: killing its session process (pid %d)",
+                    entry.prefix,
+                    _seconds(entry.watch.attach.attach_timeout + ATTACH_GRACE),
+                    entry.child.pid,
+                )
+                entry.child.kill()
+
     def _start(self, entry: Entry) -> None:
+        pid = entry.key[0]
         try:
-            entry.child = AttachChild(entry.key[0], entry.watch.attach)
+            started = start_time(pid)
+        except HeapspyError:
+            started = None
+        if started is None or not alive(entry.key):  # gone since the scan
+            del self.entries[entry.key]
+            return
+        # alive(key) after the read: the start time read is that of the scanned process
+        entry.overdue = False
+        try:
+            entry.child = AttachChild(pid, entry.watch.attach, started)
         except OSError as exc:
             log.error("%s cannot start a session process: %s", entry.prefix, exc)
             self._schedule(entry)
@@ -288,6 +338,9 @@ class Supervisor:
             return
         outcome = decide(code, alive(entry.key), child.by_user)
         said = child.early or [f"the session process exited with status {code}"]
+        if entry.overdue:
+            limit = _seconds(entry.watch.attach.attach_timeout + ATTACH_GRACE)
+            said = [f"not attached within {limit}", *child.early]
         first = said[0].rstrip(".")
         if outcome is Outcome.FORGET:
             log.info("%s the process exited", entry.prefix)

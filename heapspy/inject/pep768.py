@@ -52,7 +52,7 @@ from heapspy.errors import (
 from heapspy.target.elf import ElfImage
 from heapspy.target.maps import read_maps
 from heapspy.target.memory import RemoteMemory
-from heapspy.target.process import PythonTarget
+from heapspy.target.process import PythonTarget, check_same_process
 
 COOKIE = b"xdebugpy"
 EVAL_PLEASE_STOP_BIT = 1 << 5  # _PY_EVAL_PLEASE_STOP_BIT in Include/internal/pycore_ceval.h
@@ -506,6 +506,7 @@ def request_exec(
             f"{tstate.native_thread_id} (not yet taken by the target).",
             hint="Wait for it to run, or aim at another thread with --thread.",
         )
+    check_same_process(target)  # the pid may name a newcomer by now: write nothing then
     try:
         runtime.mem.write(support + o.script_path, path + b"\0")
         runtime.mem.write(support + o.pending_call, struct.pack("<i", 1))

@@ -46,7 +46,7 @@ from heapspy.target.elf import ElfImage
 from heapspy.target.maps import Mapping, read_maps
 from heapspy.target.memory import RemoteMemory
 from heapspy.target.privilege import has_cap_sys_ptrace
-from heapspy.target.process import PythonTarget, check_no_tracer
+from heapspy.target.process import PythonTarget, check_no_tracer, check_same_process
 
 PAGE = 4096
 SOURCE_OFFSET = 16  # the landing pad (one trap instruction, padded) comes first
@@ -159,7 +159,8 @@ def inject_pending_call(
     render = source if callable(source) else (lambda page: source)
     _check_source(render(_WIDEST_ADDRESS))
     plan = _plan(target)
-    return _Injector(plan).inject(render, nudge=nudge, timeout=timeout, hook=on_stopped)
+    injector = _Injector(plan, lambda: check_same_process(target))
+    return injector.inject(render, nudge=nudge, timeout=timeout, hook=on_stopped)
 
 
 _WIDEST_ADDRESS = 0x7FFF_FFFF_F000  # for sizing a source that embeds its page address
@@ -493,8 +494,10 @@ class _Injector:
     always consumes before detaching (delivered for real, it would kill the target).
     """
 
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, plan: _Plan, same: Callable[[], None] | None = None) -> None:
         self.plan = plan
+        # raises unless the pid still names the process inspected (pid reuse)
+        self.same = same or (lambda: None)
         self.pid = plan.pid
         self.arch = plan.arch
         self.where = _GONE
@@ -671,6 +674,7 @@ class _Injector:
 
     # the steps --------------------------------------------------------------------------
     def _seize(self) -> float:
+        self.same()
         try:
             self._ptrace(PTRACE_SEIZE, 0, PTRACE_O_TRACESYSGOOD)
         except _PtraceError as exc:
@@ -682,6 +686,10 @@ class _Injector:
         with self.lock:
             self.seized = True
             self.where = _RUNNING
+        # Once seized its pid cannot be reused (we would see its exit first); checked
+        # again here, it closes the gap between the check above and the seize. A
+        # newcomer is let go untouched (_recover: nothing was saved, only detached).
+        self.same()
         self._ptrace(PTRACE_INTERRUPT)
         while True:
             stop = self._wait()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import struct
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 from heapspy.errors import (
     NoSuchProcess,
@@ -37,6 +39,11 @@ class PythonTarget:
     exe: str
     uid: int
     comm: str
+    # Clock ticks after boot at which the process started (/proc/PID/stat field 22): with
+    # the pid, an identity no later process can share. 0: not pinned (a hand-made target).
+    start_time: int = 0
+    # A pidfd held from inspection on (closed with this object): readable once it exits.
+    pidfd: int = field(default=-1, compare=False, repr=False)
 
     @property
     def version_text(self) -> str:
@@ -56,6 +63,52 @@ def _status(pid: int) -> dict[str, str]:
         key, _, value = line.partition(":")
         out[key] = value.strip()
     return out
+
+
+def start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot: fixed for the life of a process,
+    so a pid that now names another process shows a different value."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise NoSuchProcess(f"No process with pid {pid}.") from None
+    # the name (field 2) may hold spaces and parentheses: count from the last ")"
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+def _gone_message(pid: int) -> str:
+    return f"Process {pid} exited (its pid may already name another process); nothing was done."
+
+
+def check_same_process(target: PythonTarget) -> None:
+    """Raise ``TargetExited`` unless ``target.pid`` still names the process inspected.
+
+    Called right before anything is written into the target (PTRACE_SEIZE, the PEP 768
+    request, the agent's files): between inspection and that moment the target may have
+    exited and its pid been given to another process, maybe another user's.
+    """
+    if not target.start_time:
+        return
+    gone = False
+    if target.pidfd >= 0:
+        poller = select.poll()
+        poller.register(target.pidfd, select.POLLIN)
+        gone = bool(poller.poll(0))
+    if not gone:
+        try:
+            gone = start_time(target.pid) != target.start_time
+        except NoSuchProcess:
+            gone = True
+    if gone:
+        raise TargetExited(_gone_message(target.pid))
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def tracer_of(pid: int) -> int:
@@ -108,10 +161,35 @@ def _micro_version(pid: int, maps: list[Mapping], path: str, named: tuple[int, i
     return int((hexversion >> 8) & 0xFF)
 
 
-def inspect_target(pid: int) -> PythonTarget:
-    """Identify the interpreter in ``pid`` or raise the error that explains why not."""
+def inspect_target(pid: int, expect_start: int | None = None) -> PythonTarget:
+    """Identify the interpreter in ``pid`` or raise the error that explains why not.
+
+    ``expect_start``: the start time the caller saw (the daemon's scan); a process with
+    that pid but another start time is a newcomer, refused as if the target had exited.
+    The target returned holds a pidfd and the start time for ``check_same_process``.
+    """
     if pid <= 0:
         raise NoSuchProcess(f"{pid} is not a valid pid.")
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise NoSuchProcess(f"No process with pid {pid}.") from None
+    try:
+        started = start_time(pid)
+        if expect_start is not None and started != expect_start:
+            raise TargetExited(_gone_message(pid))
+        found = _inspect(pid)
+    except BaseException:
+        os.close(pidfd)
+        raise
+    target = PythonTarget(*found, start_time=started, pidfd=pidfd)
+    weakref.finalize(target, _close_quietly, pidfd)
+    return target
+
+
+def _inspect(
+    pid: int,
+) -> tuple[int, tuple[int, int], int | None, bool, str, str, int, str]:
     status = _status(pid)
     if status.get("State", "").startswith(("Z", "X")):
         raise TargetExited(f"Process {pid} has exited (it is a zombie).")
@@ -140,4 +218,4 @@ def inspect_target(pid: int) -> PythonTarget:
             hint="Upgrade heapspy.",
         )
     micro = _micro_version(pid, maps, path, (major, minor))
-    return PythonTarget(pid, (major, minor), micro, free_threaded, path, exe, uid, comm)
+    return pid, (major, minor), micro, free_threaded, path, exe, uid, comm

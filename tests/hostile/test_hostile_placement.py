@@ -1,0 +1,317 @@
+"""Hostile targets against the agent's placement: symlink races, an unsafe /tmp, pid reuse.
+
+Every target here runs as ``heapspy-hostile``, an unprivileged user the tests create;
+heapspy runs as root, as the daemon does. The canaries are root-owned files that a
+racing target points its symlinks at: they must come out of every case unchanged, and
+nothing root-owned may be left in the target's filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from interpreters import Interpreter, py314
+from support import run_heapspy, wait_for
+from untrusted_user import as_untrusted, untrusted_ids
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PY311 = Interpreter((3, 11), ("/usr/bin/python3.11",), "3.11-debian-static", static=True)
+
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a hostile user"),
+]
+
+
+def hostile_ids() -> tuple[int, int]:
+    return untrusted_ids()
+
+
+def as_hostile() -> list[str]:
+    return list(as_untrusted())
+
+
+@dataclass
+class Canaries:
+    """Root-owned files a hostile target aims at, and what they looked like."""
+
+    base: Path
+    file: Path
+    dir: Path
+
+    @classmethod
+    def make(cls, base: Path) -> Canaries:
+        base.mkdir(mode=0o755)
+        file = base / "canary.txt"
+        file.write_text("root's own\n")
+        file.chmod(0o644)
+        d = base / "canary.d"
+        d.mkdir(mode=0o755)
+        return cls(base, file, d)
+
+    def check(self) -> None:
+        st = self.file.lstat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644)
+        assert self.file.read_text() == "root's own\n"
+        st = self.dir.lstat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+        assert sorted(os.listdir(self.dir)) == []
+
+
+@pytest.fixture
+def canaries() -> Iterator[Canaries]:
+    # outside /tmp and outside pytest's root-only tmp_path: a place any user can name
+    base = Path(f"/var/lib/heapspy-canaries-{os.getpid()}-{time.monotonic_ns()}")
+    made = Canaries.make(base)
+    yield made
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def root_owned_left(pid: int, tmp: Path = Path("/tmp")) -> list[str]:
+    """Everything root owns under the target's session directories (links not followed)."""
+    found = []
+    for top in tmp.glob(f"heapspy-{pid}-*"):
+        stack = [top]
+        while stack:
+            p = stack.pop()
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue
+            if st.st_uid == 0:
+                found.append(str(p))
+            if p.is_dir() and not p.is_symlink():
+                stack.extend(p.iterdir())
+    return found
+
+
+def remove_session_dirs(pid: int, tmp: Path = Path("/tmp")) -> None:
+    for left in tmp.glob(f"heapspy-{pid}-*"):
+        if left.is_symlink() or not left.is_dir():
+            left.unlink()
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+
+
+class Hostile:
+    """A target run as the hostile user: ``racer.py`` unless told otherwise."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise AssertionError(f"hostile target did not start: {line!r}")
+        self.pid = int(line.split()[1])
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+def racer(interp: Interpreter, canaries: Canaries) -> Hostile:
+    return Hostile(
+        [*as_hostile(), *interp.argv, "-I", str(HERE / "racer.py"), str(canaries.file),
+         str(canaries.dir)]
+    )  # fmt: skip
+
+
+def interp_for(method: str) -> Interpreter:
+    return py314() if method == "pep768" else PY311
+
+
+# strace (main thread only: the placement runs there) widens every window in which
+# root works in the session directory: each of
+# these calls returns 20 ms late, an age for a target spinning on os.listdir
+SLOW_CALLS = "mkdir,mkdirat,chown,fchown,fchownat,lchown,chmod,fchmod,fchmodat,bind,unlinkat"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ptrace", "pep768"])
+def test_racing_target_cannot_reach_root_files(method: str, canaries: Canaries) -> None:
+    """50 attaches per injection path (100 in all) against a target that swaps the
+    session directory, the package, the socket and the files for symlinks to root's
+    canaries, with strace slowing root's every step: the canaries never change, and
+    root leaves nothing of its own behind."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    interp = interp_for(method)
+    target = racer(interp, canaries)
+    try:
+        env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'agent'}"}
+        out = subprocess.run(
+            ["strace", "-qq", "--seccomp-bpf", "-o", "/dev/null",
+             "-e", f"trace={SLOW_CALLS}", "-e", f"inject={SLOW_CALLS}:delay_exit=20000",
+             sys.executable, str(HERE / "attach_loop.py"), str(target.pid), "50", method],
+            capture_output=True, text=True, timeout=600, env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert target.proc.poll() is None, "the target died"
+    finally:
+        said = target.stop()
+    canaries.check()
+    assert "crash" not in result["errors"], result
+    assert sum(result["errors"].values()) + result["attached"] == 50
+    assert root_owned_left(target.pid) == []
+    remove_session_dirs(target.pid)
+    # the racer did race: it swapped things in the directories it could reach
+    assert "swapped" in said or result["attached"] == 50, (result, said)
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="unshare (util-linux) is missing")
+@pytest.mark.parametrize(
+    ("mount", "why"),
+    [
+        ("mode=0777", "is writable by every user and has no sticky bit (mode 0777)"),
+        ("mode=1777,uid=65534,gid=65534", "belongs to another user (uid 65534)"),
+    ],
+    ids=["no-sticky", "other-owner"],
+)
+def test_unsafe_tmp_is_refused(mount: str, why: str, tmp_path: Path) -> None:
+    """A target whose /tmp another user can rearrange under root is refused with a
+    sentence (exit 7), and nothing is created there."""
+    uid, gid = hostile_ids()
+    inner = (
+        f"mount -t tmpfs -o {mount},size=1m heapspy-hostile-tmp /tmp && "
+        f"exec {' '.join(as_hostile())} {PY311.argv[0]} -I -c "
+        "'import time; print(\"READY\", __import__(\"os\").getpid(), flush=True); "
+        "[time.sleep(0.01) for _ in iter(int, 1)]'"
+    )
+    target = Hostile(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner])
+    try:
+        out = run_heapspy(
+            "attach", str(target.pid), "--duration", "1", "--dump-dir", str(tmp_path / "d")
+        )
+        listing = os.listdir(f"/proc/{target.pid}/root/tmp")
+    finally:
+        target.stop()
+    assert out.returncode == 7, out.stderr
+    assert f"Process {target.pid}'s /tmp {why}" in out.stderr, out.stderr
+    assert listing == []
+
+
+def _spawn_at(pid: int, argv: list[str]) -> subprocess.Popen[str] | None:
+    """Start ``argv`` as process ``pid`` (via ns_last_pid), or None if another process
+    took the pid first."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")
+    if proc.pid == pid:
+        return proc
+    proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    return None
+
+
+SLEEPER = ["-I", "-c", "import time; print('READY', flush=True); time.sleep(600)"]
+
+
+@pytest.mark.parametrize("method", ["ptrace", "pep768"])
+def test_reused_pid_is_refused(method: str) -> None:
+    """Inspected, then gone, and its pid given to a new Python before the injection: the
+    injection refuses the newcomer (exit 9, as for a vanished target), leaving it as it
+    was."""
+    from heapspy.errors import TargetExited
+    from heapspy.target.process import inspect_target
+
+    interp = interp_for(method)
+    first = subprocess.Popen([*interp.argv, *SLEEPER], stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None and first.stdout.readline().startswith("READY")
+    target = inspect_target(first.pid)
+    first.kill()
+    first.wait()
+    first.stdout.close()
+    newcomer = None
+    for _ in range(50):
+        newcomer = _spawn_at(target.pid, [*interp.argv, *SLEEPER])
+        if newcomer is not None:
+            break
+    if newcomer is None:
+        pytest.skip(f"could not get pid {target.pid} again (a busy machine took it)")
+    try:
+        assert newcomer.stdout is not None and newcomer.stdout.readline().startswith("READY")
+        with pytest.raises(TargetExited) as err:
+            if method == "ptrace":
+                from heapspy.inject.ptrace import inject_pending_call
+
+                inject_pending_call(target, lambda page: b"pass\n")
+            else:
+                from heapspy.inject.pep768 import request_exec
+
+                request_exec(target, "/nonexistent/boot.py")
+        assert err.value.exit_code == 9
+        assert f"Process {target.pid} exited" in err.value.message
+        assert newcomer.poll() is None
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+        assert newcomer.stdout is not None
+        newcomer.stdout.close()
+
+
+def test_daemon_child_refuses_another_process(tmp_path: Path) -> None:
+    """The daemon hands its session process (pid, start time): a process with that pid
+    but another start time is not attached (exit 9)."""
+    from heapspy.config import AttachConfig
+    from heapspy.daemon.child import AttachChild
+    from heapspy.target.process import start_time
+
+    proc = subprocess.Popen([*PY311.argv, *SLEEPER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("READY")
+        config = AttachConfig(dump_dir=tmp_path, attach_timeout=5.0)
+        child = AttachChild(proc.pid, config, start_time(proc.pid) + 1)
+        code = child.wait(60)
+        lines = child.finish()
+        assert code == 9, (code, lines, child.early)
+        assert proc.poll() is None
+        assert os.listdir(f"/proc/{proc.pid}/fd") is not None
+        assert not list(Path("/tmp").glob(f"heapspy-{proc.pid}-*"))
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_queued_bootstrap_files_go_when_the_target_dies(tmp_path: Path) -> None:
+    """A bootstrap still queued when heapspy gives up (main thread asleep) leaves its
+    files for the bootstrap; if the target then dies instead of running it, heapspy
+    removes them (nothing is left in /tmp)."""
+    target = Hostile(
+        [*as_hostile(), *PY311.argv, "-I", "-c",
+         "import os, time; print('READY', os.getpid(), flush=True); time.sleep(600)"]
+    )  # fmt: skip
+    try:
+        out = run_heapspy(
+            "attach", str(target.pid), "--attach-timeout", "1", "--method", "ptrace",
+            "--no-nudge", "--dump-dir", str(tmp_path),
+        )  # fmt: skip
+        assert out.returncode == 11, out.stderr
+        assert list(Path("/tmp").glob(f"heapspy-{target.pid}-*")), "nothing was queued"
+    finally:
+        os.kill(target.pid, signal.SIGKILL)
+        target.stop()
+    try:
+        assert wait_for(lambda: not list(Path("/tmp").glob(f"heapspy-{target.pid}-*")), 30)
+    finally:
+        remove_session_dirs(target.pid)
