@@ -268,23 +268,41 @@ def test_reused_pid_is_refused(method: str) -> None:
         newcomer.stdout.close()
 
 
+CHILD_WITH_START = """
+import json, sys
+from pathlib import Path
+from heapspy.config import AttachConfig
+from heapspy.daemon.child import AttachChild
+pid, start, dumps = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+child = AttachChild(pid, AttachConfig(dump_dir=dumps, attach_timeout=5.0), start)
+code = child.wait(60)
+child.finish()
+print(json.dumps({"code": code, "said": child.early}))
+"""
+
+
 def test_daemon_child_refuses_another_process(tmp_path: Path) -> None:
     """The daemon hands its session process (pid, start time): a process with that pid
-    but another start time is not attached (exit 9)."""
-    from heapspy.config import AttachConfig
-    from heapspy.daemon.child import AttachChild
+    but another start time is not attached (exit 9). (In a fresh interpreter: a forked
+    session process must not inherit pytest's capture.)"""
     from heapspy.target.process import start_time
 
     proc = subprocess.Popen([*PY311.argv, *SLEEPER], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("READY")
-        config = AttachConfig(dump_dir=tmp_path, attach_timeout=5.0)
-        child = AttachChild(proc.pid, config, start_time(proc.pid) + 1)
-        code = child.wait(60)
-        lines = child.finish()
-        assert code == 9, (code, lines, child.early)
+        env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'agent'}"}
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD_WITH_START, str(proc.pid),
+             str(start_time(proc.pid) + 1), str(tmp_path)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        result = json.loads(out.stdout)
+        assert result["code"] == 9, (result, out.stderr)
+        assert result["said"] == [
+            f"Process {proc.pid} exited (its pid may already name another process); "
+            "nothing was done."
+        ]
         assert proc.poll() is None
-        assert os.listdir(f"/proc/{proc.pid}/fd") is not None
         assert not list(Path("/tmp").glob(f"heapspy-{proc.pid}-*"))
     finally:
         proc.kill()
@@ -315,3 +333,66 @@ def test_queued_bootstrap_files_go_when_the_target_dies(tmp_path: Path) -> None:
         assert wait_for(lambda: not list(Path("/tmp").glob(f"heapspy-{target.pid}-*")), 30)
     finally:
         remove_session_dirs(target.pid)
+
+
+def _tracer_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("TracerPid:"))
+    return int(line.split()[1])
+
+
+def test_daemon_kills_a_session_that_does_not_attach_in_time(tmp_path: Path) -> None:
+    """A session process held up before attaching (here: stopped, after its injection)
+    is killed at attach_timeout + ATTACH_GRACE and counted as a failed attempt, so that
+    such targets cannot hold the max_attaching slots forever."""
+    import psutil
+
+    from heapspy.daemon.supervise import ATTACH_GRACE
+
+    tag = f"heapspy-deadline-{os.getpid()}-{time.monotonic_ns()}"
+    target = subprocess.Popen(
+        [*PY311.argv, "-I", "-c", "import sys, time; time.sleep(600)", tag]
+    )  # main thread asleep: the pending call waits, the session waits attach_timeout
+    config = tmp_path / "heapspy.toml"
+    config.write_text(
+        '[daemon]\nscan_interval = "0.2s"\nsettle = "0.3s"\nretry_backoff = "30s"\n'
+        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\ndump_dir = "{tmp_path / "d"}"\n'
+        'method = "ptrace"\nattach_timeout = "3s"\nnudge = false\n'
+    )
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        def session_process() -> psutil.Process | None:
+            kids = psutil.Process(daemon.pid).children()
+            return kids[0] if kids else None
+
+        assert wait_for(lambda: session_process() is not None, 60), log_path.read_text()
+        child = session_process()
+        assert child is not None
+        # stopped once its bootstrap is queued and the target let go (never mid-ptrace)
+        assert wait_for(
+            lambda: bool(list(Path("/tmp").glob(f"heapspy-{target.pid}-*")))
+            and _tracer_of(target.pid) == 0,
+            30,
+        )
+        child.send_signal(signal.SIGSTOP)
+        limit = f"{3 + ATTACH_GRACE:g} s"
+        want = f"attach failed (exit -9): not attached within {limit}"
+        assert wait_for(lambda: want in log_path.read_text(), 60), log_path.read_text()
+        text = log_path.read_text()
+        assert f"not attached within {limit}: killing its session process (pid {child.pid})" in text
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        assert target.poll() is None
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        target.kill()
+        target.wait()
+        remove_session_dirs(target.pid)
+        # a SIGKILLed session leaves its lock file (the lock itself went with it)
+        runtime = Path(os.environ["HEAPSPY_RUNTIME_DIR"]) / "sessions"
+        (runtime / f"{target.pid}.lock").unlink(missing_ok=True)
