@@ -19,7 +19,13 @@ from heapspy.errors import AlreadyAttached, PermissionDenied
 
 
 def runtime_dir() -> Path:
-    """A directory private to this user (0700), created on first use."""
+    """A directory private to this user (0700), created on first use.
+
+    The fallback ``/tmp/heapspy-UID`` has a name anyone can predict: another user may
+    have made it first (a directory of theirs, or a link to one), to read or replace
+    the control sockets. So whatever is there is used only if it is a real directory
+    (not a link), owned by us, mode 0700; otherwise heapspy stops and says what is wrong.
+    """
     if os.geteuid() == 0:
         base = Path("/run/heapspy")
     elif os.environ.get("XDG_RUNTIME_DIR"):
@@ -32,16 +38,32 @@ def runtime_dir() -> Path:
     sessions = base / "sessions"
     for d in (base, sessions):
         try:
-            d.mkdir(mode=0o700, exist_ok=True)
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # whatever it is, checked below without following it
         except FileNotFoundError:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = d.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        problem = _not_private(d.lstat())
+        if problem:
             raise PermissionDenied(
-                f"{d} is not a private directory owned by you; heapspy will not use it.",
-                hint="Remove it, or set HEAPSPY_RUNTIME_DIR to a private directory.",
+                f"{d} {problem}: it is not a private directory of yours, so heapspy will "
+                "not keep its session sockets there.",
+                hint="Remove it, or set HEAPSPY_RUNTIME_DIR to a private directory (mode 0700).",
             )
     return sessions
+
+
+def _not_private(st: os.stat_result) -> str | None:
+    """What makes a runtime directory unsafe to use, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    if st.st_mode & 0o077:
+        return f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 def control_path(pid: int) -> Path:

@@ -39,7 +39,7 @@ from heapspy.daemon.sdnotify import Notifier
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.serve.exposition import Exposition
 from heapspy.serve.http import ServeOptions, serve
-from heapspy.target.process import start_time
+from heapspy.target.process import start_time, tracer_of
 
 log = logging.getLogger("heapspy.daemon")
 
@@ -97,6 +97,16 @@ def _held_elsewhere(pid: int) -> bool:
     except (OSError, HeapspyError):
         return True  # a holder that is there but slow to answer still holds it
     return True
+
+
+def _traces(session: int, target: int) -> bool:
+    """Whether a thread of process ``session`` is ``target``'s tracer right now: killing
+    it then could leave the target with its signals blocked (README, Limits)."""
+    try:
+        tracer = tracer_of(target)
+    except HeapspyError:
+        return False
+    return tracer != 0 and os.path.exists(f"/proc/{session}/task/{tracer}")
 
 
 class Supervisor:
@@ -279,6 +289,8 @@ class Supervisor:
         for entry in self._attaching():
             assert entry.child is not None
             if now >= self._attach_deadline(entry):
+                if _traces(entry.child.pid, entry.key[0]):
+                    continue  # never SIGKILL a tracer mid-injection: its own timeout ends it
                 entry.overdue = True
                 log.warning(
                     "%s not attached within %s: killing its session process (pid %d)",

@@ -396,3 +396,42 @@ def test_daemon_kills_a_session_that_does_not_attach_in_time(tmp_path: Path) -> 
         # a SIGKILLed session leaves its lock file (the lock itself went with it)
         runtime = Path(os.environ["HEAPSPY_RUNTIME_DIR"]) / "sessions"
         (runtime / f"{target.pid}.lock").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("planted", ["root-dir", "link"])
+def test_planted_runtime_dir_is_refused(planted: str, tmp_path: Path) -> None:
+    """Another user (here root) made the predictable fallback runtime dir
+    ``/tmp/heapspy-UID`` first: heapspy, run as UID, refuses it and says why."""
+    uid, gid = hostile_ids()
+    runtime = Path(f"/tmp/heapspy-{uid}")
+    aside = runtime.with_name(f"{runtime.name}.aside-{os.getpid()}")
+    if runtime.exists() or runtime.is_symlink():
+        runtime.rename(aside)
+    elsewhere = tmp_path / "theirs"
+    try:
+        if planted == "root-dir":
+            runtime.mkdir(mode=0o700)
+            why = f"belongs to uid 0, not to you (uid {uid})"
+        else:
+            elsewhere.mkdir(mode=0o700)
+            os.chown(elsewhere, uid, gid)
+            tmp_path.chmod(0o755)
+            runtime.symlink_to(elsewhere)
+            why = "is a symbolic link"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("XDG_RUNTIME_DIR", "HEAPSPY_RUNTIME_DIR")}  # fmt: skip
+        env.update(HOME="/", PYTHONPATH=f"{REPO}:{REPO / 'agent'}")
+        out = subprocess.run(
+            [*as_hostile(), sys.executable, "-m", "heapspy", "status"],
+            capture_output=True, text=True, timeout=60, env=env, cwd="/",
+        )  # fmt: skip
+    finally:
+        if runtime.is_symlink():
+            runtime.unlink()
+        elif runtime.exists():
+            shutil.rmtree(runtime)
+        if aside.exists() or aside.is_symlink():
+            aside.rename(runtime)
+    assert out.returncode == 7, out.stderr
+    assert f"{runtime} {why}: it is not a private directory of yours" in out.stderr
+    assert list(elsewhere.iterdir()) == [] if elsewhere.exists() else True
