@@ -11,6 +11,7 @@ a good part of the standard library over and over.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -44,10 +45,19 @@ def _line(target: Target, prefix: str) -> str:
     return line
 
 
+def _threads(pid: int) -> int:
+    """Threads of ``pid`` from /proc, 0 once it is gone. Not Popen.poll(): its waitpid
+    would take the stops meant for the ptrace injector, which runs in this process."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return 0
+
+
 def _release_when_the_bootstrap_runs(target: Target, release: Path) -> None:
     """The bootstrap's thread is the target's second: once it exists, give a wrong agent
     the grace to import, then let the target's import finish."""
-    assert wait_for(lambda: target.threads() >= 2 or not target.alive(), 60), "no bootstrap"
+    assert wait_for(lambda: _threads(target.pid) != 1, 60), "no bootstrap"
     time.sleep(GRACE)
     release.write_text("")
 

@@ -54,7 +54,7 @@ def _heapspy_quiet_imports(sys):
         nap.acquire(True, 0.005)  # a sleep that needs no import
 
 
-def _heapspy_boot(sys):
+def _heapspy_import(sys):
     d = {dir!r}
     saved = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
@@ -65,7 +65,7 @@ def _heapspy_boot(sys):
         sys.dont_write_bytecode = saved
         if d in sys.path:
             sys.path.remove(d)
-    heapspy_agent.agent.start(d, {token!r}, globals().get("_heapspy_page"))
+    return heapspy_agent.agent
 
 
 def _heapspy_report(exc):
@@ -81,23 +81,28 @@ def _heapspy_report(exc):
     s.close()
 
 
+def _heapspy_locked(sys, work):
+    # work(sys) under the global import lock once no import is under way; None if the
+    # target was still importing at the deadline
+    if not _heapspy_quiet_imports(sys):
+        return None
+    try:
+        return work(sys)
+    finally:
+        sys.modules["_imp"].release_lock()
+
+
 def _heapspy_run():
     import sys
     try:
-        if not _heapspy_quiet_imports(sys):
-            return
-    except BaseException:
-        return
-    try:
+        agent = _heapspy_locked(sys, _heapspy_import)
+        if agent is not None:  # start() imports nothing, and is this thread's last act
+            agent.start({dir!r}, {token!r}, globals().get("_heapspy_page"))
+    except BaseException as e:
         try:
-            _heapspy_boot(sys)
-        except BaseException as e:
-            try:
-                _heapspy_report(e)
-            except BaseException:
-                pass
-    finally:
-        sys.modules["_imp"].release_lock()
+            _heapspy_locked(sys, lambda sys: _heapspy_report(e))
+        except BaseException:
+            pass
 
 
 try:
