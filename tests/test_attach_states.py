@@ -50,9 +50,9 @@ def test_thread_option_reaches_a_busy_worker_on_314(spawn: Spawn, tmp_path: Path
 
 def test_blocked_main_thread_on_314_suggests_thread(spawn: Spawn) -> None:
     """Told to use PEP 768 (so heapspy leaves the main thread as the choice), a main
-    thread asleep for seconds is not served in time: the error names the busy worker."""
+    thread asleep for an hour is not served in time: the error names the busy worker."""
     interp = py314()
-    target = spawn(interp, "probe_target.py", "sleep-worker")
+    target = spawn(interp, "probe_target.py", "sleep-worker", env={"PROBE_SLEEP": "3600"})
     worker = int(target.ready[2])
     out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s", "--method", "pep768")
     assert out.returncode == 11, out.stderr
@@ -114,7 +114,8 @@ def test_main_thread_in_join_on_314_with_no_nudge_times_out_with_advice(spawn: S
     assert wait_for(lambda: _main_thread_waits_on_a_lock(target.pid))
     out = run_heapspy("attach", str(target.pid), "--no-nudge", "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
-    assert "waiting on a futex" in out.stderr and "--method ptrace" in out.stderr, out.stderr
+    assert "waiting on a futex" in out.stderr, out.stderr
+    assert "--method ptrace without --no-nudge wakes such a wait" in out.stderr, out.stderr
     assert target.alive() and heapspy_dirs_in_tmp(target.pid) == []
 
 

@@ -92,6 +92,7 @@ class Pep768Injection:
         self.pid = target.pid
         self.target = target
         self.thread = config.thread if thread is None else thread
+        self.nudge = config.nudge
         self.spy = BackgroundDump(target.pid)
         self.request = request_exec(target, placement.boot_path, thread_id=self.thread)
 
@@ -114,9 +115,10 @@ class Pep768Injection:
         from heapspy.inject.ptrace import main_thread_activity
 
         if main_thread_activity(self.pid).kind == "futex":
+            how = "--method ptrace" if self.nudge else "--method ptrace without --no-nudge"
             hint += (
-                " Its main thread waits on a lock: --method ptrace wakes such a wait harmlessly"
-                " so that the agent starts."
+                f" Its main thread waits on a lock: {how} wakes such a wait harmlessly so that"
+                " the agent starts."
             )
         return hint
 
