@@ -406,6 +406,7 @@ class RemoteExecRequest:
                 self.cancelled = True
                 return True  # thread (or process) gone: nothing will run this request
             rt = self._runtime
+            check_same_process(rt.target)  # a newcomer on the pid: it never had our request
             if rt.i32(self._pending_addr) == 0:
                 return False
             current = rt.read(self._path_addr, len(self._path) + 1)
