@@ -21,12 +21,14 @@ from heapspy.symbolize import Symbolizer
 # What one session keeps of what its agent sends, whatever the agent sends: stacks past
 # these are dropped and counted (``dropped_stacks``, in status and the sidecar). A real
 # program has a few thousand distinct allocation stacks; the limits leave room for far
-# more while keeping what one session holds under ~50 MB at worst (measured: 40 MB at
-# the frame limit, with 12-frame stacks of distinct names).
+# more while keeping what one session holds near 30 MB at worst (measured: 80 MB at 200k
+# distinct frames of 12-frame stacks with distinct names, so ~26 MB at 64k). With the
+# 8 MiB frame limit, a flood of 6 frames x 10k such stacks peaks heapspy at ~155 MiB RSS
+# (tests/hostile/test_fake_agent.py; it once took 472 MB).
 MAX_SITES = 50_000
-MAX_DISTINCT_FRAMES = 100_000
+MAX_DISTINCT_FRAMES = 64_000
 MAX_FRAME_REFS = 2_000_000  # frames summed over all stacks kept
-MAX_TEXT = 8 * 1024 * 1024  # characters of distinct function and file names
+MAX_TEXT = 4 * 1024 * 1024  # characters of distinct function and file names
 
 
 @dataclass
