@@ -43,6 +43,7 @@ STACK_BUDGET = protocol.MAX_FRAME // 2
 
 I64 = (-(2**63), 2**64 - 1)  # counters as the shim keeps them (C int64 / uint64)
 ID = (0, 2**64 - 1)
+U64 = ID
 PID = (0, 2**31 - 1)
 
 
@@ -209,7 +210,7 @@ def _define() -> dict[int, Record]:
     that the agent (which builds messages and checks none) holds none of these objects
     in the target."""
     COUNT = Int(*I64)
-    PAIR = Tuple_(COUNT, COUNT)  # (objects, bytes)
+    PAIR = Tuple_(Int(*U64), Int(*U64))  # (objects, bytes): never negative
     FRAME = Tuple_(Str(MAX_FUNCTION), Str(MAX_TEXT), Int(0, 2**31 - 1))  # function, file, line
     STACK = Record(
         "stack",
@@ -294,7 +295,7 @@ def _define() -> dict[int, Record]:
                 "stacks": STACKS_FIELD,
                 "inuse": SiteMap(PAIR),
                 "alloc": SiteMap(PAIR),
-                "est": SiteMap(Tuple_(*(Num(-1e30, 1e30) for _ in range(4)))),
+                "est": SiteMap(Tuple_(*(Num(0.0, 1e30) for _ in range(4)))),
                 "totals": TOTALS,
                 "facts": FACTS,
                 "dropped": Int(0, 2**63),  # stacks or sites the agent left out to fit

@@ -16,6 +16,7 @@ from heapspy.daemon.config import DEFAULT_PATH, DaemonConfig, Watch, load_config
 from heapspy.daemon.discover import Found, scan
 from heapspy.daemon.supervise import run_daemon
 from heapspy.errors import HeapspyError
+from heapspy.printable import printable
 from heapspy.registry import read_holder
 from heapspy.target.privilege import has_cap_sys_ptrace
 from heapspy.units import format_age
@@ -66,7 +67,7 @@ def daemon(
     """
     cfg = load_config(config)
     if check:
-        print(check_report(cfg))
+        print(printable(check_report(cfg), keep_newlines=True))  # command lines
         return
     logs.configure()
     code = run_daemon(cfg)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from heapspy.model import TopRow
+from heapspy.printable import printable
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
@@ -29,7 +30,7 @@ class Spinner:
         self._last = time.monotonic()
         self._i += 1
         line = f"{self.FRAMES[self._i % 4]} waiting for the agent ({elapsed:.1f} s): {what}"
-        sys.stderr.write("\r\033[K" + line[:200])
+        sys.stderr.write("\r\033[K" + printable(line[:200]))  # names the target's functions
         sys.stderr.flush()
         self._shown = True
 
