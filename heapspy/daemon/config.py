@@ -44,6 +44,7 @@ from heapspy.config import (
     check_method,
     check_rate,
 )
+from heapspy.daemon.regex import RegexError, compile_watch_regex
 from heapspy.errors import UsageError
 from heapspy.rules import parse_rule
 from heapspy.serve.access import ListenAddress, parse_listen, read_token
@@ -252,8 +253,8 @@ class _Table:
         text = self.string(key, "a regular expression")
         if text is not None:
             try:
-                re.compile(text)
-            except re.error as exc:
+                compile_watch_regex(text)
+            except RegexError as exc:
                 raise self.error(key, f"not a valid regular expression: {exc}.") from None
         return text
 
