@@ -1167,6 +1167,30 @@ HS_EXPORT int hs_numpy_hook(void *handler) {
 
 HS_EXPORT int hs_numpy_inflight(void) { return __atomic_load_n(&g_np_inflight, __ATOMIC_ACQUIRE); }
 
+/* CPython prints pymalloc's statistics only while pymalloc itself is the installed object
+ * allocator, which our hook is not. The caller holds the GIL (ctypes.PyDLL), so no other
+ * thread allocates from the OBJ domain: our hook is swapped for the allocator it chains to
+ * for the length of the call (which allocates nothing from that domain) and put back. */
+HS_EXPORT int hs_pymalloc_stats(void *out) {
+    int (*stats)(void *) = (int (*)(void *))sym("_PyObject_DebugMallocStats");
+    if (stats == NULL || out == NULL)
+        return 0;
+    hs_dom *d = &g_dom[1];
+    py_allocator cur;
+    int swapped = 0;
+    if (d->installed && api.mem_get != NULL && api.mem_set != NULL) {
+        api.mem_get(d->domain, &cur);
+        if (is_ours(&cur, d)) {
+            api.mem_set(d->domain, &d->prev);
+            swapped = 1;
+        }
+    }
+    int rc = stats(out);
+    if (swapped)
+        api.mem_set(d->domain, &cur);
+    return rc;
+}
+
 HS_EXPORT int hs_set_rate(uint64_t rate) {
     if (g_state != HS_STATE_RUNNING)
         return HS_ERR_NOT_RUNNING;

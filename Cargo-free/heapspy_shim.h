@@ -115,5 +115,8 @@ const char *hs_strerror(int code);
  * the library must not be unloaded until this is 0. */
 int hs_numpy_hook(void *handler);
 int hs_numpy_inflight(void);
+/* pymalloc's account of its arenas (CPython's _PyObject_DebugMallocStats) written to `out`,
+ * a FILE*; its return value (0: pymalloc not in use). Call with the GIL held. */
+int hs_pymalloc_stats(void *out);
 
 #endif

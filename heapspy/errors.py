@@ -109,3 +109,10 @@ class ProtocolViolation(HeapspyError):
     unexpected frame, a forged token): the session ended, its final dump written."""
 
     exit_code = 18
+
+
+class TrimRefused(HeapspyError):
+    """`heapspy trim` on a process whose C allocator is not glibc's, or whose agent
+    could not run malloc_trim."""
+
+    exit_code = 19

@@ -11,6 +11,8 @@ Grammar (one rule per ``--dump-on``; an optional ``,cooldown=DURATION`` follows 
     cgroup>PCT%              the memory cgroup's working set above PCT of its limit e.g. cgroup>90%
     psi>PCT%                 memory pressure: some task stalled more than PCT of the last 10 s
     psi-full>PCT%            the same for all tasks stalled at once (the cgroup's, else the host's)
+    native>SIZE              the C allocator's in-use bytes (glibc's heaps and mmapped chunks)
+    unexplained>SIZE         RSS that no mapping or allocator accounts for (heapspy/rss.py)
 
 Threshold rules fire when the condition becomes true and then at most once per cooldown
 (default 5m) while it stays true; ``every`` has no cooldown, its period is its own.
@@ -27,13 +29,14 @@ from heapspy.units import parse_duration, parse_size
 
 GRAMMAR = (
     "Rules: rss>SIZE, heap>SIZE, growth>SIZE/DURATION, heap-growth>SIZE/DURATION, "
-    "every DURATION, leak[:K], cgroup>PCT%, psi>PCT%, psi-full>PCT%; each may end with "
+    "every DURATION, leak[:K], cgroup>PCT%, psi>PCT%, psi-full>PCT%, native>SIZE, "
+    "unexplained>SIZE; each may end with "
     ",cooldown=DURATION (e.g. 'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', "
     "'leak:5', 'cgroup>90%', 'psi>20%')."
 )
 DEFAULT_COOLDOWN = 300.0
 
-_THRESHOLD = re.compile(r"^(rss|heap)\s*>\s*(\S+)$")
+_THRESHOLD = re.compile(r"^(rss|heap|native|unexplained)\s*>\s*(\S+)$")
 _GROWTH = re.compile(r"^(growth|heap-growth)\s*>\s*([^/\s]+)\s*/\s*(\S+)$")
 _EVERY = re.compile(r"^every\s+(\S+)$")
 _LEAK = re.compile(r"^leak(?::(\d+))?$")
@@ -43,7 +46,9 @@ _PERCENT = re.compile(r"^(cgroup|psi|psi-full)\s*>\s*([0-9]+(?:\.[0-9]+)?)\s*%?$
 @dataclass(frozen=True)
 class Rule:
     text: str
-    kind: str  # rss | heap | growth | heap-growth | every | leak | cgroup | psi | psi-full
+    # rss | heap | growth | heap-growth | every | leak | cgroup | psi | psi-full | native
+    # | unexplained
+    kind: str
     size: int = 0
     window: float = 0.0  # growth window, or the period of `every`
     intervals: int = 0  # leak: K
@@ -116,6 +121,8 @@ class Observation:
     cgroup_used: float | None = None  # working set / limit of the memory cgroup, 0..1
     psi_some: float | None = None  # memory pressure avg10, percent
     psi_full: float | None = None
+    native: int | None = None  # C allocator in use (measured every MEMORY_EVERY seconds)
+    unexplained: int | None = None
 
 
 class RuleEngine:
@@ -126,6 +133,11 @@ class RuleEngine:
         self._last_fired: dict[Rule, float] = {}
         self._start = start
         self._history: list[Observation] = []
+
+    @property
+    def needs_memory(self) -> bool:
+        """Whether a rule reads the RSS breakdown (measured in the target: not free)."""
+        return any(r.kind in ("native", "unexplained") for r in self.rules)
 
     @property
     def leak_intervals(self) -> int:
@@ -155,6 +167,10 @@ class RuleEngine:
             return obs.rss is not None and obs.rss > rule.size
         if rule.kind == "heap":
             return obs.heap > rule.size
+        if rule.kind == "native":
+            return obs.native is not None and obs.native > rule.size
+        if rule.kind == "unexplained":
+            return obs.unexplained is not None and obs.unexplained > rule.size
         if rule.kind in ("growth", "heap-growth"):
             return self._grew(rule, obs)
         if rule.kind == "cgroup":

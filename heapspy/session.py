@@ -40,6 +40,7 @@ from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
+from heapspy.rss import Breakdown, measure
 from heapspy.rules import Observation, RuleEngine
 from heapspy.serve.snapshot import metrics_of, profile_of
 from heapspy.symbolize import Symbolizer
@@ -54,6 +55,7 @@ HEARTBEAT = 0.5
 # of CPU delays it further. So wait long before giving up on a silent agent.
 AGENT_TIMEOUT = 120.0
 HANDSHAKE_TIMEOUT = 5.0
+MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplained> rules
 Progress = Callable[[str, float], None]
 
 
@@ -174,6 +176,8 @@ class Session:
         self.dump_rules: list[str] = []  # the rule of each dump written, for /metrics
         # the last profile served over HTTP, keyed by the aggregator's state (snapshot.py)
         self.served_profile: tuple[tuple[Any, ...], str] | None = None
+        self.last_memory: Breakdown | None = None  # the last RSS breakdown with the agent's
+        self._memory_at = 0.0
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
         self._cmdline = _cmdline(target.pid)  # an exec() changes it
@@ -491,6 +495,7 @@ class Session:
             if self.rules.rules and not self._stop:
                 growing = agg.growing(self.rules.leak_intervals)
                 memory = self.memcg.state if self.memcg is not None else None
+                account = self._memory_for_rules(point.time)
                 obs = Observation(
                     point.time,
                     point.rss,
@@ -498,6 +503,8 @@ class Session:
                     cgroup_used=memory.used_fraction if memory else None,
                     psi_some=memory.psi_some if memory else None,
                     psi_full=memory.psi_full if memory else None,
+                    native=account.native_in_use if account else None,
+                    unexplained=account.unexplained if account else None,
                 )
                 for rule in self.rules.observe(obs, growing):
                     self._dump(rule.name, rule.text)
@@ -614,6 +621,13 @@ class Session:
             self.dumps.append(path)
             self.dump_rules.append(str(body.get("rule", "on-demand")))
             return {"ok": True, "path": path}
+        if cmd == "memory":
+            found = self.memory()
+            if found is None:
+                return {"ok": False, "error": "the process is gone"}
+            return {"ok": True, "memory": found.to_json()}
+        if cmd == "trim":
+            return self.trim()
         if cmd == "metrics":
             return {"ok": True, "metrics": metrics_of(self)}
         if cmd == "profile":
@@ -736,7 +750,53 @@ class Session:
                 where = f"{leaf.function} ({leaf.filename}:{leaf.line})" if leaf else "?"
                 notes.append(f"leak: {where} grew in each of the last {streak} intervals")
         profile = self.aggregator.profile(tuple(notes))
-        return str(self.writer.write(profile, self.target.pid, rule, self.sidecar(rule)))
+        side = self.sidecar(rule)
+        memory = self.memory()
+        side["memory"] = memory.to_json() if memory is not None else None
+        return str(self.writer.write(profile, self.target.pid, rule, side))
+
+    def memory(self) -> Breakdown | None:
+        """Where the target's RSS is now (heapspy/rss.py); kept for the final dump, which
+        is written after the agent has gone."""
+        if self.conn is None:  # detached: the last account with the allocators' side
+            return self.last_memory or measure(self.target.pid, None)
+        found = measure(self.target.pid, self._agent_call)
+        if found is not None:
+            self.last_memory = found
+        return found or self.last_memory
+
+    def _memory_for_rules(self, now: float) -> Breakdown | None:
+        """The RSS breakdown for native>/unexplained> rules: measured at most every
+        MEMORY_EVERY seconds (pymalloc's walk and mallinfo cost the target a little)."""
+        if not self.rules.needs_memory:
+            return None
+        if now - self._memory_at >= MEMORY_EVERY:
+            self._memory_at = now
+            self.memory()
+        return self.last_memory
+
+    def trim(self) -> dict[str, Any]:
+        """glibc's malloc_trim(0) in the target, with RSS before and after."""
+        before = self.memory()
+        if before is None:
+            return {"ok": False, "error": "the process is gone"}
+        if before.allocator != "glibc":
+            return {
+                "ok": False,
+                "error": f"the process uses {before.allocator}'s malloc, not glibc's: "
+                "malloc_trim is glibc's",
+            }
+        reply = self._agent_call("trim", timeout=30.0)
+        if not reply.get("ok"):
+            return reply
+        after = self.memory()
+        return {
+            "ok": True,
+            "rss_before": before.rss,
+            "rss_after": after.rss if after else None,
+            "predicted": before.trim_estimate,
+            "released": int(reply.get("trimmed", 0)),
+        }
 
     def status(self) -> dict[str, Any]:
         info = asdict(self.info) if self.info else {}
@@ -759,6 +819,8 @@ class Session:
     def detach(self) -> None:
         """Ask the agent to switch off, collect its last samples, release everything."""
         try:
+            if self.conn is not None and self.config.final_dump and self.info is not None:
+                self.memory()  # the allocators' account, for the final dump
             if self.conn is not None:
                 self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "detach"})
                 deadline = time.monotonic() + 3.0

@@ -178,6 +178,14 @@ def ensure_chromium() -> None:
     say(f"chromium ok ({browser}; {probe.stdout.strip()})")
 
 
+def ensure_jemalloc() -> None:
+    """jemalloc, preloaded into a test target: `heapspy trim` must refuse it."""
+    if not list(Path("/usr/lib").glob("*/libjemalloc.so*")):
+        say("libjemalloc2 is missing (the trim tests preload it): installing it")
+        system_apt_install(["libjemalloc2"])
+    say("jemalloc ok")
+
+
 def ensure_prometheus() -> None:
     """Prometheus and promtool: the /metrics tests have a real server scrape heapspy."""
     server = ensure_system_tool(
@@ -482,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_chromium()
         if not args.skip_prometheus:
             ensure_prometheus()
+        ensure_jemalloc()
         ensure_py314(force=args.force)
     except ProvisionError as exc:
         print(f"provision: FAILED: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 # Every agent module, and every module the agent uses, is imported here, at start, under
 # the bootstrap's import lock: the files are deleted right after, and once it runs the
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
-from heapspy_agent import protocol, runtime, schema
+from heapspy_agent import memstats, protocol, runtime, schema
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
@@ -240,6 +240,14 @@ class Agent:
             self._send_samples()
         elif cmd == "sample":
             self._send_samples()
+        elif cmd == "memstats":  # at a dump, `heapspy status`: see memstats.py
+            reply["pymalloc"] = memstats.pymalloc(
+                self.shim.pymalloc_stats if self.shim is not None else None
+            )
+            if body.get("glibc"):
+                reply["glibc"] = memstats.glibc()
+        elif cmd == "trim":  # `heapspy trim`: heapspy checked that this is glibc's malloc
+            reply["trimmed"] = memstats.trim()
         elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first
             reply["collected"] = gc.collect()
             self._send_samples()

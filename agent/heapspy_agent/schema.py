@@ -323,6 +323,43 @@ def _define() -> dict[int, Record]:
                 "error": Str(MAX_TEXT),
                 "rate": COUNT,
                 "collected": COUNT,  # gc: what gc.collect() returned
+                "trimmed": Int(0, 1),  # trim: malloc_trim(0)'s answer
+                "pymalloc": Record(
+                    "pymalloc",
+                    dict.fromkeys(
+                        (
+                            "arenas",
+                            "arena_size",
+                            "allocated_bytes",
+                            "available_bytes",
+                            "unused_pools_bytes",
+                            "overhead_bytes",
+                            "map_bytes",
+                            "blocks",
+                        ),
+                        COUNT,
+                    ),
+                ),
+                "glibc": Record(
+                    "glibc",
+                    dict.fromkeys(
+                        (
+                            "exact",
+                            "arena",
+                            "ordblks",
+                            "smblks",
+                            "hblks",
+                            "hblkhd",
+                            "usmblks",
+                            "fsmblks",
+                            "uordblks",
+                            "fordblks",
+                            "keepcost",
+                            "arenas",
+                        ),
+                        COUNT,
+                    ),
+                ),
             },
             required=("ok",),
         ),
@@ -347,7 +384,8 @@ def _define() -> dict[int, Record]:
             "COMMAND",
             {
                 "id": Int(0, 2**63),
-                "cmd": Str(32, ("detach", "sample", "rate", "gc")),
+                "cmd": Str(32, ("detach", "sample", "rate", "gc", "memstats", "trim")),
+                "glibc": Bool(),
                 "rate": COUNT,
             },
             required=("id", "cmd"),

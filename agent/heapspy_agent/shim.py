@@ -272,6 +272,10 @@ class Shim:
         lib.hs_numpy_hook.argtypes = [ctypes.c_void_p]
         lib.hs_numpy_inflight.restype = ctypes.c_int
         lib.hs_numpy_inflight.argtypes = []
+        stats = getattr(lib, "hs_pymalloc_stats", None)  # absent from an older build
+        if stats is not None:
+            stats.restype = ctypes.c_int
+            stats.argtypes = [ctypes.c_void_p]
 
     @classmethod
     def load(cls, path: Optional[str] = None) -> "Shim":
@@ -306,6 +310,12 @@ class Shim:
         if rc != OK:
             msg = self._c().hs_strerror(rc)
             raise ShimError(msg.decode() if msg else f"error {rc}", rc)
+
+    def pymalloc_stats(self, stream: int) -> int:
+        """pymalloc's statistics into a FILE* (memstats.py): through the shim, which
+        steps its hook aside for the call; 0 from a shim built without it."""
+        func = getattr(self._c(), "hs_pymalloc_stats", None)
+        return 0 if func is None else int(func(stream))
 
     @property
     def state(self) -> int:

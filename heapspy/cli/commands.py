@@ -14,6 +14,7 @@ COMMAND_MODULES = (  # in the order --help lists them: live sessions, then dumps
     "heapspy.cli.rate",
     "heapspy.cli.status",
     "heapspy.cli.detach",
+    "heapspy.cli.trim",
     "heapspy.cli.report",
     "heapspy.cli.diff",
     "heapspy.cli.flamegraph",

@@ -46,6 +46,7 @@ AGENT_FILES = (
     "sampled.py",
     "shim.py",
     "runtime.py",
+    "memstats.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"
