@@ -241,11 +241,13 @@ class Agent:
         elif cmd == "sample":
             self._send_samples()
         elif cmd == "memstats":  # at a dump, `heapspy status`: see memstats.py
+            began = time.perf_counter()
             reply["pymalloc"] = memstats.pymalloc(
                 self.shim.pymalloc_stats if self.shim is not None else None
             )
             if body.get("glibc"):
                 reply["glibc"] = memstats.glibc()
+            reply["seconds"] = time.perf_counter() - began  # what it cost the target
         elif cmd == "trim":  # `heapspy trim`: heapspy checked that this is glibc's malloc
             reply["trimmed"] = memstats.trim()
         elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first

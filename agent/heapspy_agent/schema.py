@@ -324,6 +324,7 @@ def _define() -> dict[int, Record]:
                 "rate": COUNT,
                 "collected": COUNT,  # gc: what gc.collect() returned
                 "trimmed": Int(0, 1),  # trim: malloc_trim(0)'s answer
+                "seconds": Num(0.0, 1e6),  # memstats: how long it held the target's GIL
                 "pymalloc": Record(
                     "pymalloc",
                     dict.fromkeys(
