@@ -136,9 +136,11 @@ def interp_for(method: str) -> Interpreter:
     return py314() if method == "pep768" else PY311
 
 
-# strace (main thread only: the placement runs there) widens every window in which
-# root works in the session directory: each of
-# these calls returns 20 ms late, an age for a target spinning on os.listdir
+# strace (on the main thread only, where the placement runs: the watcher processes a
+# timed-out attach leaves must not keep strace alive) widens every window in which root
+# works in the session directory: each of these calls returns 20 ms late, an age for a
+# target spinning on os.listdir. Before the fix, this made root chown a canary to the
+# target's user (the socket swapped for a link between bind and chown).
 SLOW_CALLS = "mkdir,mkdirat,chown,fchown,fchownat,lchown,chmod,fchmod,fchmodat,bind,unlinkat"
 
 
@@ -156,7 +158,7 @@ def test_racing_target_cannot_reach_root_files(method: str, canaries: Canaries) 
     try:
         env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'agent'}"}
         out = subprocess.run(
-            ["strace", "-qq", "--seccomp-bpf", "-o", "/dev/null",
+            ["strace", "-qq", "-o", "/dev/null",
              "-e", f"trace={SLOW_CALLS}", "-e", f"inject={SLOW_CALLS}:delay_exit=20000",
              sys.executable, str(HERE / "attach_loop.py"), str(target.pid), "50", method],
             capture_output=True, text=True, timeout=600, env=env,
