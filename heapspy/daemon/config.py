@@ -64,11 +64,11 @@ T = TypeVar("T")
 class Selectors:
     """Which processes a watch takes: every selector given must match."""
 
-    cmdline: str | None = None  # regex searched in the space-joined command line
+    cmdline: str | None = None  # RE2 regex searched in the command line's first 4 KiB
     exe: str | None = None  # glob on the executable's basename (its full path if it has a /)
     user: int | None = None  # uid; a user name in the file is resolved when it is loaded
     unit: str | None = None  # systemd unit name or glob, from /proc/PID/cgroup
-    exclude: str | None = None  # regex: a command line it finds is never taken
+    exclude: str | None = None  # RE2 regex: a command line it finds is never taken
     user_name: str | None = field(default=None, compare=False)  # as written, for messages
 
     def describe(self) -> str:
