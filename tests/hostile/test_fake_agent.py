@@ -41,7 +41,7 @@ pytestmark = [
 
 # The fake agent: heapspy's bootstrap calls start(dir, token, page) as it would the real one.
 FAKE_AGENT = r"""
-import json, os, socket, struct, threading
+import json, os, socket, struct, threading, time
 
 H = struct.Struct(">IB")
 EVIL = "evil\x1b]0;pwned\x07\x1b[2Jfn"
@@ -118,7 +118,9 @@ def run(config):
         s.close()
         return
     if scenario == "forged-bye":  # what `heapspy detach` makes heapspy say
-        s.sendall(ready + sample + frame(4, {"reason": "detached by `heapspy detach`"}))
+        s.sendall(ready)
+        time.sleep(0.5)  # apart from READY: heapspy once dropped what came with it
+        s.sendall(sample + frame(4, {"reason": "detached by `heapspy detach`"}))
         s.close()
         return
     else:
