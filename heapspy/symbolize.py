@@ -18,6 +18,7 @@ import bisect
 import itertools
 import os
 import re
+import weakref
 from functools import lru_cache
 
 from heapspy.target.rootfs import Credentials, read_file_in_root
@@ -114,11 +115,8 @@ class Symbolizer:
 
     def close(self) -> None:
         if self._root_fd is not None:
-            os.close(self._root_fd)
+            self._closer()  # closes it once, also if never called here (at exit or GC)
             self._root_fd = None
-
-    def __del__(self) -> None:
-        self.close()
 
     def _load(self, filename: str) -> SourceIndex | None:
         if not filename.startswith("/") or not self.readable or self.tokens_left <= 0:
@@ -126,6 +124,7 @@ class Symbolizer:
         try:
             if self._root_fd is None:
                 self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._closer = weakref.finalize(self, os.close, self._root_fd)
             source = read_file_in_root(self._root_fd, filename, self.credentials, MAX_SOURCE)
             tokens = count_tokens(source, min(MAX_TOKENS, self.tokens_left))
             self.tokens_left -= tokens
