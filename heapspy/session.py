@@ -588,7 +588,10 @@ class Session:
             sock.close()
             return
         for _kind, body in frames:
-            reply = self._control_command(body)
+            try:
+                reply = self._control_command(body)
+            except (ValueError, TypeError, OverflowError) as exc:  # e.g. "rate": "lots"
+                reply = {"ok": False, "error": f"malformed command: {exc}"}
             # a client that stops reading a large reply must not hold the session up
             sock.settimeout(10.0)
             try:
