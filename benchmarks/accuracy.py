@@ -64,6 +64,7 @@ from interpreters import Interpreter, install_numpy  # noqa: E402
 import heapspy.session  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
 from heapspy.model import Stack  # noqa: E402
+from heapspy.scaling import sampling_variance  # noqa: E402
 from heapspy.session import Session  # noqa: E402
 from heapspy.units import parse_size  # noqa: E402
 
@@ -149,10 +150,8 @@ def sampling_sigma(blocks: list[list[int]], rate: int) -> float:
     if rate <= 1:
         return 0.0
     total = sum(s * n for s, n in blocks)
-    var = 0.0
-    for size, n in blocks:
-        p = -math.expm1(-size / rate)
-        var += n * size * size * (1 - p) / p
+    # n blocks of one size: exactly the per-stack variance heapspy reports use
+    var = sum(sampling_variance(n, n * size, rate)[1] for size, n in blocks)
     return math.sqrt(var) / total if total else 0.0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from heapspy import control
 from heapspy.errors import NoSession, UsageError
@@ -19,7 +19,6 @@ from heapspy.scaling import is_estimate
 
 if TYPE_CHECKING:
     from heapspy.aggregate import Aggregator
-    from heapspy.session import Session
 
 ORDERS = ("inuse_space", "alloc_space")
 
@@ -58,6 +57,17 @@ class TopView:
             rows=rows,
             runtime=body["runtime"] if isinstance(body.get("runtime"), dict) else None,
         )
+
+
+class Running(Protocol):
+    """What ``watch_session`` needs of a session: its aggregator, and running it for a
+    while. A protocol, not ``Session``, so that the session (which answers ``top`` over
+    its control socket with ``top_view``) and this module do not import each other."""
+
+    @property
+    def aggregator(self) -> Aggregator: ...
+
+    def run(self, duration: float | None = None) -> str: ...
 
 
 def check_order(name: str) -> str:
@@ -106,7 +116,7 @@ def watch_remote(
 
 
 def watch_session(
-    session: Session, n: int, order: str, every: float, show: Callable[[TopView], None],
+    session: Running, n: int, order: str, every: float, show: Callable[[TopView], None],
     duration: float | None = None,
 ) -> str:  # fmt: skip
     """Run a session of this process, showing its view every ``every`` seconds; returns

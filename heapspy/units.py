@@ -15,6 +15,7 @@ MAX_SECONDS = 100 * 365 * 86400.0  # a century
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 _SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -47,14 +48,19 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return seconds
 
 
-def format_bytes(n: float) -> str:
-    sign = "-" if n < 0 else ""
+def format_bytes(n: float, *, signed: bool = False) -> str:
+    """Bytes as every report, table and message shows them: ``512 B``, ``1.5 KiB``,
+    ``-3.0 GiB``; one decimal above a KiB, so columns of them line up. ``signed`` puts
+    a ``+`` before growth (``+2.0 KiB``; zero has no sign)."""
+    sign = "-" if n < 0 else ("+" if signed and n > 0 else "")
     n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+    if n < 1024:
+        return f"{sign}{n:.0f} B"
+    for unit in _BYTE_UNITS:
         n /= 1024
-    return f"{sign}{n:.1f} TiB"  # pragma: no cover
+        if n < 1024 or unit == _BYTE_UNITS[-1]:
+            break
+    return f"{sign}{n:.1f} {unit}"
 
 
 def size_text(n: int) -> str:

@@ -16,10 +16,10 @@ import pytest
 from gotool import top
 from support import golden
 
-from heapspy.diff import DiffConfig, build_diff, diff_to_json, render_diff
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame, HeapProfile, SiteCounts
 from heapspy.pprof import encode_profile
+from heapspy.reporters.diff import DiffConfig, build_diff, diff_to_json
 
 RATE = 256 * 1024
 
@@ -151,7 +151,7 @@ def test_same_dump_has_no_changes(dumps: tuple[Path, Path]) -> None:
     base, _ = dumps
     diff = build_diff(DiffConfig(base=base, new=base))
     assert diff.functions == diff.lines == ()
-    assert "No site changed." in render_diff(diff, "text")
+    assert "No site changed." in diff.render("text")
 
 
 def test_errors(dumps: tuple[Path, Path], tmp_path: Path) -> None:
@@ -161,13 +161,13 @@ def test_errors(dumps: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="inuse_space"):
         DiffConfig(base=base, new=base, sample_index="space")
     with pytest.raises(UsageError, match="text, json"):
-        render_diff(build_diff(DiffConfig(base=base, new=base)), "html")
+        build_diff(DiffConfig(base=base, new=base)).render("html")
 
 
 def test_json_structure(dumps: tuple[Path, Path]) -> None:
     base, new = dumps
     diff = build_diff(DiffConfig(base=base, new=new, top=2))
-    document = json.loads(render_diff(diff, "json"))
+    document = json.loads(diff.render("json"))
     assert document == diff_to_json(diff)
     assert document["schema"] == "heapspy-diff/1"
     assert set(document) == {
@@ -194,9 +194,9 @@ def test_notes_when_the_dumps_are_not_one_process_over_time(tmp_path: Path) -> N
     diff = build_diff(DiffConfig(base=newer, new=older))
     assert len(diff.notes) == 3, diff.notes
     assert "different processes (pid 42 and pid 41)" in diff.notes[0]
-    assert "base: exact" in diff.notes[1] and "new: one sample every 256 KiB" in diff.notes[1]
+    assert "base: exact" in diff.notes[1] and "new: one sample every 256.0 KiB" in diff.notes[1]
     assert "NEW was written before BASE" in diff.notes[2]
-    text = render_diff(diff, "text")
+    text = diff.render("text")
     assert all(f"Note: {note}" in text for note in diff.notes)
     # the pid a sidecar gives wins over the file name
     (tmp_path / "heap-42-20231114T223320.000Z-final.json").write_text('{"pid": 41}')
@@ -207,7 +207,7 @@ def test_notes_when_the_dumps_are_not_one_process_over_time(tmp_path: Path) -> N
 
 def test_text_golden(dumps: tuple[Path, Path], tmp_path: Path) -> None:
     base, new = dumps
-    text = render_diff(build_diff(DiffConfig(base=base, new=new, top=4)), "text")
+    text = build_diff(DiffConfig(base=base, new=new, top=4)).render("text")
     text = text.replace(str(tmp_path), "<tmp>")
     assert text == golden("diff_small.txt", text)
 

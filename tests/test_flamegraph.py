@@ -26,7 +26,10 @@ from support import LEAKY_WORKER, attach_to_leaky_worker
 
 from heapspy.dumps import DumpWriter
 from heapspy.errors import DumpError, UsageError
-from heapspy.flamegraph import (
+from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
+from heapspy.pprof import read_profile
+from heapspy.reporters.dump import Dump
+from heapspy.reporters.flamegraph import (
     FlamegraphConfig,
     build_tree,
     default_output,
@@ -36,9 +39,7 @@ from heapspy.flamegraph import (
     write_atomically,
     write_flamegraph,
 )
-from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
-from heapspy.pprof import read_profile
-from heapspy.report import ReportConfig, build_report
+from heapspy.reporters.report import ReportConfig, build_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,20 +155,20 @@ def test_tree_merges_functions_keeps_lines_and_orders_children(tmp_path: Path) -
 
 def test_header_without_sidecar_and_with_broken_totals(tmp_path: Path) -> None:
     dump = write_dump(tmp_path, sidecar=None)
-    facts = dict(header_facts(dump, read_profile(dump), None))
+    facts = dict(header_facts(Dump(dump, read_profile(dump))))
     assert facts == {
         "Process": "pid 4242",  # from the file name
         "Sampling": "exact (every allocation recorded)",
         "Rule": "final",
         "Time": "2023-11-14 22:13:20 UTC, over 12.0 s",
-        "Total Allocated Memory": "48.54 MiB (no sidecar: estimated from the profile)",
+        "Total Allocated Memory": "48.5 MiB (no sidecar: estimated from the profile)",
         "Number of Allocations": "51,139",
-        "Live Heap Estimate": "9.45 MiB in 149 objects (in use in the profile)",
+        "Live Heap Estimate": "9.4 MiB in 149 objects (in use in the profile)",
     }
     assert total("alloc_space") == 50_900_000 and total("alloc_objects") == 51_139
     broken = {**SIDECAR, "totals": {"allocations": 1}}
     with pytest.raises(DumpError, match="has no valid totals.allocated_bytes"):
-        header_facts(dump, read_profile(dump), broken)
+        header_facts(Dump(dump, read_profile(dump), broken))
 
 
 def test_script_json_cannot_end_its_element() -> None:
@@ -206,7 +207,7 @@ def test_output_is_deterministic_atomic_and_private(tmp_path: Path) -> None:
 def test_page_references_no_network(tmp_path: Path) -> None:
     page = write_flamegraph(FlamegraphConfig(write_dump(tmp_path))).output.read_text()
     for asset in ("flamegraph.js", "flamegraph.css"):
-        text = (REPO / "heapspy" / asset).read_text()
+        text = (REPO / "heapspy" / "reporters" / asset).read_text()
         assert not re.search(r"https?:", text, re.I), asset
         # inlined as they are: nothing in them may close or confuse their element
         assert not re.search(r"</|<!--|<script", text, re.I), asset
@@ -403,7 +404,7 @@ def test_browser_draws_the_leak_at_its_share(page_file: Path, open_page: OpenPag
         "Time": "2023-11-14 22:13:20 UTC, over 12.0 s",
         "Total Allocated Memory": "941.9 MiB (exact, from the sidecar)",
         "Number of Allocations": "1,234,567",
-        "Live Heap Estimate": "9.45 MiB in 149 objects (in use in the profile)",
+        "Live Heap Estimate": "9.4 MiB in 149 objects (in use in the profile)",
     }
     assert page.eval("document.getElementById('comments').textContent") == (
         "heapspy dump of pid 4242: final"

@@ -18,22 +18,19 @@ import pytest
 from gotool import top
 from support import golden
 
+from heapspy.dumps import sidecar_path
 from heapspy.errors import DumpError, UsageError
 from heapspy.model import Frame, HeapProfile, SiteCounts
 from heapspy.pprof import encode_profile, read_profile
-from heapspy.report import (
+from heapspy.reporters.report import (
     Report,
     ReportConfig,
     build_report,
-    check_sample_index,
-    format_bytes,
-    is_sampled,
-    render_report,
     report_to_json,
-    sidecar_path,
     size_class_label,
-    size_class_of,
 )
+from heapspy.reporters.sites import check_sample_index, is_sampled
+from heapspy.reporters.totals import size_class_of
 from heapspy.scaling import relative_error, sampling_variance
 
 MAIN = Frame("main", "/app/app.py", 5)
@@ -94,29 +91,6 @@ def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (0, "0 bytes"),
-        (1, "1 byte"),
-        (128, "128 bytes"),
-        (1023, "1023 bytes"),
-        (1024, "1 KiB"),
-        (1536, "1.5 KiB"),
-        (10 * 2**20 + 2**19, "10.5 MiB"),
-        (3 * 2**30, "3 GiB"),
-        (-5 * 2**20, "-5 MiB"),
-    ],
-)
-def test_format_bytes(value: int, text: str) -> None:
-    assert format_bytes(value) == text
-
-
-def test_signed_format_bytes() -> None:
-    assert format_bytes(2048, signed=True) == "+2 KiB"
-    assert format_bytes(0, signed=True) == "0 bytes"
-
-
-@pytest.mark.parametrize(
     ("size", "k"), [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (5, 3), (1024, 10), (1025, 11)]
 )
 def test_size_class_of_matches_sidecar_definition(size: int, k: int) -> None:
@@ -126,8 +100,8 @@ def test_size_class_of_matches_sidecar_definition(size: int, k: int) -> None:
 
 
 def test_size_class_label() -> None:
-    assert size_class_label(10) == "(512 bytes, 1 KiB]"
-    assert size_class_label(0) == "0-1 byte"
+    assert size_class_label(10) == "(512 B, 1.0 KiB]"
+    assert size_class_label(0) == "0-1 B"
 
 
 def test_sidecar_path() -> None:
@@ -154,17 +128,17 @@ def test_totals_come_from_the_sidecar(tmp_path: Path) -> None:
     assert report.sidecar_status == "found"
     assert (report.totals.allocated_bytes, report.totals.allocations) == (128, 4)
     assert (report.totals.live_bytes, report.totals.live_objects) == (64, 2)
-    text = render_report(report, "text")
-    assert "Total Allocated Memory: 128 bytes\nNumber of Allocations: 4\n" in text
-    assert "Live Heap Estimate: 64 bytes in 2 objects" in text
-    assert "(16 bytes, 32 bytes]" in text
+    text = report.render("text")
+    assert "Total Allocated Memory: 128 B\nNumber of Allocations: 4\n" in text
+    assert "Live Heap Estimate: 64 B in 2 objects" in text
+    assert "(16 B, 32 B]" in text
 
 
 def test_without_sidecar_the_profile_alone_is_used_and_said(tmp_path: Path) -> None:
     dump = write_dump(tmp_path)
     report = build_report(ReportConfig(dump=dump))
     assert report.sidecar_status == "missing"
-    text = render_report(report, "text")
+    text = report.render("text")
     assert f"No totals sidecar at {tmp_path / 'heap.json'}" in text
     allocated = 10_000 + 3_200 + (4 << 20) + 24
     assert report.totals.allocated_bytes == allocated
@@ -178,7 +152,7 @@ def test_sidecar_with_null_totals(tmp_path: Path) -> None:
     dump = write_dump(tmp_path, {"totals": None})
     report = build_report(ReportConfig(dump=dump))
     assert report.sidecar_status == "no_totals"
-    assert "holds no totals" in render_report(report, "text")
+    assert "holds no totals" in report.render("text")
 
 
 @pytest.mark.parametrize(
@@ -252,7 +226,7 @@ def test_top_limits_rows(tmp_path: Path) -> None:
 
 def test_json_structure(tmp_path: Path) -> None:
     dump = write_dump(tmp_path, {"totals": SIDECAR_TOTALS})
-    document = json.loads(render_report(build_report(ReportConfig(dump=dump, top=3)), "json"))
+    document = json.loads(build_report(ReportConfig(dump=dump, top=3)).render("json"))
     assert document == report_to_json(build_report(ReportConfig(dump=dump, top=3)))
     assert document["schema"] == "heapspy-report/1"
     assert set(document) == {
@@ -287,14 +261,14 @@ def test_json_structure(tmp_path: Path) -> None:
 def test_text_golden_with_sidecar(tmp_path: Path) -> None:
     dump = write_dump(tmp_path, {"totals": SIDECAR_TOTALS})
     golden_text(
-        "report_sidecar.txt", render_report(build_report(ReportConfig(dump)), "text"), tmp_path
+        "report_sidecar.txt", build_report(ReportConfig(dump)).render("text"), tmp_path
     )
 
 
 def test_text_golden_without_sidecar(tmp_path: Path) -> None:
     dump = write_dump(tmp_path)
     config = ReportConfig(dump, sample_index="alloc_objects")
-    golden_text("report_no_sidecar.txt", render_report(build_report(config), "text"), tmp_path)
+    golden_text("report_no_sidecar.txt", build_report(config).render("text"), tmp_path)
 
 
 # --- sampling error --------------------------------------------------------------------------
@@ -334,7 +308,7 @@ def test_sampled_report_has_error_columns(tmp_path: Path) -> None:
     p = -math.expm1(-3300 / RATE)
     assert rows["build_node"].flat_error == pytest.approx(1.96 * math.sqrt((1 - p) / 128), 0.01)
     assert rows["walk"].flat_error is None  # flat 0: nothing to be relative to
-    text = render_report(report, "text")
+    text = report.render("text")
     lines = text.splitlines()
     head = lines.index(next(line for line in lines if line.lstrip().startswith("flat")))
     assert lines[head].split() == ["flat", "±95%", "flat%", "sum%", "cum", "±95%", "cum%", "site"]
@@ -378,7 +352,7 @@ def test_sampled_json_and_objects_index(tmp_path: Path) -> None:
 def test_exact_report_has_no_error_column(tmp_path: Path) -> None:
     report = build_report(ReportConfig(dump=write_dump(tmp_path)))
     assert not report.sampled
-    assert "±" not in render_report(report, "text")
+    assert "±" not in report.render("text")
     assert all(row.flat_error in (0.0, None) for row in report.top)
 
 
@@ -397,7 +371,7 @@ def test_cli_report_text_and_json(tmp_path: Path) -> None:
     dump = write_dump(tmp_path, {"totals": SIDECAR_TOTALS})
     result = run_cli("report", dump, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Total Allocated Memory: 128 bytes" in result.stdout
+    assert "Total Allocated Memory: 128 B" in result.stdout
     result = run_cli(
         "report", dump, "--top", "1", "--sample-index", "alloc_objects", "--format", "json",
         cwd=tmp_path,

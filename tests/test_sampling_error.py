@@ -15,10 +15,8 @@ from typing import Callable
 import pytest
 from support import Target, run_heapspy
 
-from heapspy.dumps import sidecar_path
-from heapspy.flamegraph import header_facts
-from heapspy.pprof import read_profile
-from heapspy.report import read_sidecar
+from heapspy.reporters.dump import Dump
+from heapspy.reporters.flamegraph import header_facts
 from heapspy.scaling import Z_95, format_error, relative_error, sampling_variance
 
 Spawn = Callable[..., Target]
@@ -168,7 +166,7 @@ def test_sampled_dump_shows_plausible_errors(spawn: Spawn, tmp_path: Path) -> No
     lines = text.splitlines()
     live = next(line for line in lines if line.startswith("Live Heap Estimate:"))
     assert (m := ERROR.search(live)) and abs(int(m[1]) - totals["live_err95_pct"]) <= 0.5, live
-    facts = dict(header_facts(dump, read_profile(dump), read_sidecar(sidecar_path(dump))))
+    facts = dict(header_facts(Dump.load(dump)))
     assert f" {m[0]} in " in facts["Live Heap Estimate"], facts  # the flame graph's header
     head = next(line for line in lines if line.lstrip().startswith("flat"))
     assert head.split() == ["flat", "±95%", "flat%", "sum%", "cum", "±95%", "cum%", "site"]

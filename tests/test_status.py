@@ -16,7 +16,7 @@ from interpreters import Interpreter, py314
 from support import Target, run_heapspy, wait_for
 
 from heapspy.registry import runtime_dir
-from heapspy.status import render_text, session_status
+from heapspy.reporters.status import render_text, session_status
 
 Spawn = Callable[..., Target]
 

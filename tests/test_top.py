@@ -17,7 +17,7 @@ import pytest
 from interpreters import Interpreter, py314
 from support import Target, run_heapspy, wait_for
 
-from heapspy.status import session_status
+from heapspy.reporters.status import session_status
 from heapspy.units import parse_size
 
 Spawn = Callable[..., Target]

@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 
 from heapspy.cli import options
-from heapspy.cli.render import Spinner, top_table
+from heapspy.cli.spinner import Spinner
 from heapspy.config import AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
-from heapspy.printable import printable
+from heapspy.reporters.top import TopTable
 from heapspy.rules import parse_rule
 from heapspy.serve.access import parse_listen, read_token
 from heapspy.serve.http import ServeOptions, serve
@@ -182,8 +182,8 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
     session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
     if not quiet:
-        table = top_table(session.aggregator.top_sites(10), session.aggregator.sampled)
-        print(printable(table, keep_newlines=True))
+        table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampled)
+        print(table.output())
         final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
         if final:  # what to do with it, as a first-time user would not know
             print(f"Read the final dump with: heapspy report {final[-1]}")

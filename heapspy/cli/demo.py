@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from heapspy.cli import options
-from heapspy.cli.render import top_table
 from heapspy.demo import LEAK_FUNCTION, DemoResult, default_config, run_demo
-from heapspy.flamegraph import FlamegraphConfig, write_flamegraph
-from heapspy.report import ReportConfig, build_report, render_text
+from heapspy.reporters.flamegraph import FlamegraphConfig, write_flamegraph
+from heapspy.reporters.report import ReportConfig, build_report
+from heapspy.reporters.top import TopTable
 from heapspy.scaling import format_error, relative_error
 from heapspy.units import format_bytes, size_text
 
@@ -46,11 +46,11 @@ def demo(
     result = run_demo(config)
     print(f"Profiled the example worker (pid {result.pid}).")
     print("Largest live allocation sites:")
-    print(top_table(result.top, result.sampled))
+    print(TopTable(result.top, result.sampled).output())
     print(truth_line(result, config.rate))
     for path in result.dumps:
         print()
-        print(render_text(build_report(ReportConfig(Path(path), top=5))), end="")
+        print(build_report(ReportConfig(Path(path), top=5)).output(), end="")
         print()
         page = write_flamegraph(FlamegraphConfig(dump=Path(path))).output
         print(f"Read it again with: heapspy report {path}")

@@ -1,4 +1,4 @@
-"""``heapspy diff``: options → DiffConfig → build_diff → text or JSON."""
+"""``heapspy diff``: options → DiffConfig → reporters.diff → text or JSON."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from heapspy.diff import DiffConfig, build_diff, render_diff
-from heapspy.printable import printable
-from heapspy.report import check_format
+from heapspy.reporters.base import check_format
+from heapspy.reporters.diff import DiffConfig, build_diff
 
 
 def diff(
@@ -35,8 +34,7 @@ def diff(
     """
     check_format(output_format)
     config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index)
-    text = render_diff(build_diff(config), output_format)
-    typer.echo(printable(text, keep_newlines=True), nl=False)
+    typer.echo(build_diff(config).output(output_format), nl=False)
 
 
 def register(app: typer.Typer) -> None:

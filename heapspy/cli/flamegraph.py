@@ -1,4 +1,4 @@
-"""``heapspy flamegraph``: options → FlamegraphConfig → write_flamegraph → the path."""
+"""``heapspy flamegraph``: options → FlamegraphConfig → reporters.flamegraph → the path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from heapspy.flamegraph import FlamegraphConfig, write_flamegraph
+from heapspy.reporters.flamegraph import FlamegraphConfig, write_flamegraph
 
 
 def flamegraph(

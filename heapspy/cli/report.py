@@ -1,4 +1,4 @@
-"""``heapspy report``: options → ReportConfig → build_report → text or JSON."""
+"""``heapspy report``: options → ReportConfig → reporters.report → text or JSON."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from heapspy.printable import printable
-from heapspy.report import ReportConfig, build_report, check_format, render_report
+from heapspy.reporters.base import check_format
+from heapspy.reporters.report import ReportConfig, build_report
 
 
 def report(
@@ -39,8 +39,7 @@ def report(
     """
     check_format(output_format)
     config = ReportConfig(dump=dump, top=top, sample_index=sample_index)
-    text = render_report(build_report(config), output_format)
-    typer.echo(printable(text, keep_newlines=True), nl=False)
+    typer.echo(build_report(config).output(output_format), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,16 +1,13 @@
-"""`heapspy status`: list the live sessions, or show one."""
+"""`heapspy status`: list the live sessions, or show one (reporters.status)."""
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
-from heapspy.errors import NoSession
-from heapspy.printable import printable
-from heapspy.report import check_format
-from heapspy.status import list_sessions, render_text, to_json
+from heapspy.reporters.base import check_format
+from heapspy.reporters.status import build_status
 
 
 def status(
@@ -34,13 +31,7 @@ def status(
       heapspy status 4242 --format json
     """
     check_format(output_format)
-    sessions = list_sessions(None if pid is None else [pid])
-    if pid is not None and not sessions:
-        raise NoSession(f"No heapspy session holds process {pid}.")
-    if output_format == "json":
-        typer.echo(json.dumps(to_json(sessions), indent=2, sort_keys=True))
-    else:
-        typer.echo(printable(render_text(sessions), keep_newlines=True), nl=False)
+    typer.echo(build_status(pid).output(output_format), nl=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,11 @@ import typer
 
 from heapspy import control
 from heapspy.cli import options
-from heapspy.cli.render import Spinner, top_screen
+from heapspy.cli.spinner import Spinner
 from heapspy.config import AttachConfig
 from heapspy.errors import NoSession
 from heapspy.foreground import SignalRequests
-from heapspy.printable import printable
+from heapspy.reporters.top import TopScreen
 from heapspy.session import Session
 from heapspy.top import TopView, check_order, watch_remote, watch_session
 
@@ -62,7 +62,7 @@ def top(
         prev = seen[-1] if seen else None
         if not seen:
             seen.append(view)
-        screen = printable(top_screen(pid, view, seen[0], prev, order, count), keep_newlines=True)
+        screen = TopScreen(pid, view, seen[0], prev, order, count).output()
         seen[1:] = [view]
         sys.stdout.write(("\033[H\033[2J" if tty else "") + screen + ("" if tty else "\n"))
         sys.stdout.flush()

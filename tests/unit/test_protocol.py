@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from heapspy.aggregate import MAX_SITES, Aggregator
 from heapspy.inject.boot_script import boot_source
 from heapspy.printable import printable
-from heapspy.status import SessionStatus, render_text
+from heapspy.reporters.status import SessionStatus, render_text
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,9 +10,9 @@ import pytest
 from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator, ProcessFacts
-from heapspy.cli.render import top_screen
 from heapspy.errors import UsageError
 from heapspy.model import TopRow
+from heapspy.reporters.top import top_screen
 from heapspy.top import TopView, check_order, top_view
 
 RATE = 64 * 1024

@@ -38,6 +38,20 @@ def test_format_bytes() -> None:
     assert format_bytes(100) == "100 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(-3 * 1024**3) == "-3.0 GiB"
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1) == "1 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1024) == "1.0 KiB"
+    assert format_bytes(10 * 2**20 + 2**19) == "10.5 MiB"
+    assert format_bytes(5 * 2**40) == "5.0 TiB"  # report's totals of a long churn
+    assert format_bytes(3 * 2**50) == "3.0 PiB"
+
+
+def test_format_bytes_signed() -> None:
+    """Growth, as diff and top show it: a sign on either side of zero, none on zero."""
+    assert format_bytes(2048, signed=True) == "+2.0 KiB"
+    assert format_bytes(-512, signed=True) == "-512 B"
+    assert format_bytes(0, signed=True) == "0 B"
 
 
 HUGE = "9" * 400

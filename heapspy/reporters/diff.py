@@ -2,12 +2,12 @@
 
 The leak finder: take a dump, let the program run, take another, and diff them. Growth
 is reported twice, per function (as ``pprof -top -diff_base`` would, but keeping files
-apart, see ``heapspy.report``) and per source line (the ``file:line`` where the memory
+apart, see ``reporters.sites``) and per source line (the ``file:line`` where the memory
 was allocated, or through which it was). Rows are sorted by flat growth, then
 cumulative growth: a leak shows up at the top as the function and the line that keep
 allocating what is never freed.
 
-JSON output (``render_diff(diff, "json")``) is a stable structure; fields are only ever
+JSON output (``build_diff(config).render("json")``) is a stable structure; fields are only ever
 added, and ``schema`` changes if one is removed or changes meaning::
 
     {
@@ -31,26 +31,20 @@ differently, or given newest first.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heapspy.dumps import PATTERN, sidecar_path
-from heapspy.errors import DumpError, UsageError
-from heapspy.pprof import DecodedProfile, read_profile
-from heapspy.report import (
-    Site,
-    aggregate_sites,
-    check_format,
-    check_sample_index,
+from heapspy.errors import UsageError
+from heapspy.reporters.base import (
+    Rendering,
     check_top,
     describe_sampling,
     format_time,
     format_value,
-    read_sidecar,
-    resolve_sample_index,
 )
+from heapspy.reporters.dump import Dump
+from heapspy.reporters.sites import Site, aggregate_sites, check_sample_index
 
 DIFF_SCHEMA = "heapspy-diff/1"
 
@@ -87,7 +81,9 @@ class DiffRow:
 
 
 @dataclass(frozen=True)
-class Diff:
+class Diff(Rendering):
+    """Two dumps compared site by site (``text()``, ``to_json()``: see the module)."""
+
     base: Path
     new: Path
     sample_index: str
@@ -104,6 +100,12 @@ class Diff:
     def delta_total(self) -> int:
         return self.new_total - self.base_total
 
+    def text(self) -> str:
+        return render_text(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return diff_to_json(self)
+
 
 def diff_sites(
     base: dict[Site, tuple[int, int]], new: dict[Site, tuple[int, int]]
@@ -119,25 +121,11 @@ def diff_sites(
     return rows
 
 
-def dump_pid(dump: Path) -> int | None:
-    """The target's pid: from the sidecar, else from the file name heapspy gave it."""
-    try:
-        sidecar = read_sidecar(sidecar_path(dump))
-    except DumpError:
-        sidecar = None
-    pid = sidecar.get("pid") if sidecar else None
-    if isinstance(pid, int):
-        return pid
-    match = PATTERN.match(dump.name)
-    return int(match[1]) if match else None
-
-
-def comparison_notes(
-    base_path: Path, base: DecodedProfile, new_path: Path, new: DecodedProfile
-) -> list[str]:
+def comparison_notes(base_dump: Dump, new_dump: Dump) -> list[str]:
     """What makes this diff something other than one process's growth over time."""
     notes = []
-    pids = dump_pid(base_path), dump_pid(new_path)
+    base, new = base_dump.profile, new_dump.profile
+    pids = base_dump.pid, new_dump.pid
     if None not in pids and pids[0] != pids[1]:
         notes.append(
             f"The dumps are of different processes (pid {pids[0]} and pid {pids[1]}): the "
@@ -158,16 +146,16 @@ def comparison_notes(
 
 def build_diff(config: DiffConfig) -> Diff:
     """Read both dumps and compare them site by site on one sample type."""
-    base = read_profile(config.base)
-    new = read_profile(config.new)
+    base_dump, new_dump = Dump.load(config.base), Dump.load(config.new)
+    base, new = base_dump.profile, new_dump.profile
     if not config.sample_index and (
         base.sample_types[base.default_index()] != new.sample_types[new.default_index()]
     ):
         raise UsageError(
             "The two dumps have different default sample types; choose one with --sample-index."
         )
-    base_index = resolve_sample_index(base, config.sample_index, config.base)
-    new_index = resolve_sample_index(new, config.sample_index, config.new)
+    base_index = base_dump.sample_index(config.sample_index)
+    new_index = new_dump.sample_index(config.sample_index)
     name, unit = new.sample_types[new_index]
     functions = diff_sites(aggregate_sites(base, base_index), aggregate_sites(new, new_index))
     lines = diff_sites(
@@ -185,7 +173,7 @@ def build_diff(config: DiffConfig) -> Diff:
         lines_changed=len(lines),
         functions=tuple(functions[: config.top]),
         lines=tuple(lines[: config.top]),
-        notes=tuple(comparison_notes(config.base, base, config.new, new)),
+        notes=tuple(comparison_notes(base_dump, new_dump)),
     )
 
 
@@ -205,6 +193,7 @@ def _table(rows: tuple[DiffRow, ...], unit: str) -> list[str]:
 
 
 def render_text(diff: Diff) -> str:
+    """The diff for people."""
     unit = diff.unit
     lines = [
         f"Base: {diff.base}",
@@ -257,10 +246,3 @@ def diff_to_json(diff: Diff) -> dict[str, Any]:
         "functions": [_row_json(row) for row in diff.functions],
         "lines": [_row_json(row) for row in diff.lines],
     }
-
-
-def render_diff(diff: Diff, output_format: str) -> str:
-    """The diff as text for people or JSON for scripts."""
-    if check_format(output_format) == "json":
-        return json.dumps(diff_to_json(diff), indent=2) + "\n"
-    return render_text(diff)

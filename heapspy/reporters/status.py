@@ -4,17 +4,21 @@ Every session keeps a lock file and a control socket in the runtime directory
 (``registry``); a lock file whose owner is gone is stale and skipped. Each live owner is
 asked for its status over its control socket, with a short timeout, so one slow or
 stuck owner shows as "not answering" instead of hanging the listing.
+
+``Status`` renders them: a table for people, a list of objects (sorted keys) for scripts.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from heapspy import control
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.registry import Holder, read_holder, runtime_dir
+from heapspy.reporters.base import Rendering
 from heapspy.units import format_age, format_bytes, size_text
 
 
@@ -53,6 +57,29 @@ def list_sessions(pids: list[int] | None = None) -> list[SessionStatus]:
     return found
 
 
+@dataclass(frozen=True)
+class Status(Rendering):
+    """The live sessions asked for (``heapspy status [PID]``)."""
+
+    sort_keys: ClassVar[bool] = True
+
+    sessions: tuple[SessionStatus, ...]
+
+    def text(self) -> str:
+        return render_text(self.sessions)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return to_json(self.sessions)
+
+
+def build_status(pid: int | None = None) -> Status:
+    """Every live session of this user, or the one holding ``pid`` (NoSession if none)."""
+    sessions = list_sessions(None if pid is None else [pid])
+    if pid is not None and not sessions:
+        raise NoSession(f"No heapspy session holds process {pid}.")
+    return Status(tuple(sessions))
+
+
 def _rate(st: dict[str, Any]) -> str:
     if st.get("mode") == "exact":
         return "exact"
@@ -62,7 +89,7 @@ def _rate(st: dict[str, Any]) -> str:
     return size_text(rate) if isinstance(rate, int) else "?"
 
 
-def render_text(sessions: list[SessionStatus], now: float | None = None) -> str:
+def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> str:
     if not sessions:
         return "No heapspy sessions (for this user).\n"
     now = time.time() if now is None else now
@@ -100,7 +127,7 @@ def render_text(sessions: list[SessionStatus], now: float | None = None) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def to_json(sessions: list[SessionStatus]) -> list[dict[str, Any]]:
+def to_json(sessions: Sequence[SessionStatus]) -> list[dict[str, Any]]:
     out = []
     for s in sessions:
         item: dict[str, Any] = {"target_pid": s.target_pid, **s.status}

@@ -1,5 +1,5 @@
 // heapspy flame graph: draws the JSON document in the element #data (its layout is
-// described in heapspy/flamegraph.py). Inlined into each page; no libraries, no network.
+// described in heapspy/reporters/flamegraph.py). Inlined into each page; no libraries, no network.
 //
 // The graph is an icicle: the root ("all") on top, callees below their callers, each
 // frame as wide as its share of the zoomed frame. Frames are absolutely positioned divs

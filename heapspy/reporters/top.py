@@ -1,44 +1,21 @@
-"""Terminal output: a spinner that stays quiet when stderr is not a terminal, the
-end-of-session table and the screens of ``heapspy top``."""
+"""The screens of ``heapspy top`` and the end-of-session table of ``attach`` and ``demo``.
+
+Both render ``TopRow``s: a ``TopView`` from a session of this process or from another one
+over its control socket (``heapspy.top``), or the aggregator's rows at detach.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from heapspy.model import TopRow
-from heapspy.printable import printable
+from heapspy.reporters.base import Rendering
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
 from heapspy.units import format_bytes, size_text
-
-
-class Spinner:
-    FRAMES = "|/-\\"
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.enabled = sys.stderr.isatty() and not quiet
-        self._i = 0
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, what: str, elapsed: float) -> None:
-        if not self.enabled or elapsed < 0.3 or time.monotonic() - self._last < 0.1:
-            return
-        self._last = time.monotonic()
-        self._i += 1
-        line = f"{self.FRAMES[self._i % 4]} waiting for the agent ({elapsed:.1f} s): {what}"
-        sys.stderr.write("\r\033[K" + printable(line[:200]))  # names the target's functions
-        sys.stderr.flush()
-        self._shown = True
-
-    def clear(self) -> None:
-        if self._shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            self._shown = False
 
 
 def _error(value: int, variance: float | None) -> str:
@@ -47,9 +24,19 @@ def _error(value: int, variance: float | None) -> str:
     return f" {text:>5}"
 
 
-def top_table(rows: Sequence[TopRow], sampled: bool = False) -> str:
+@dataclass(frozen=True)
+class TopTable(Rendering):
     """The end-of-session table of live bytes by function; ``sampled`` adds each
     estimate's 95% sampling error (``±95%``)."""
+
+    rows: Sequence[TopRow]
+    sampled: bool = False
+
+    def text(self) -> str:
+        return top_table(self.rows, self.sampled)
+
+
+def top_table(rows: Sequence[TopRow], sampled: bool = False) -> str:
     if not rows:
         return "  (no live allocations recorded)"
     error = f" {'±95%':>5}" if sampled else ""
@@ -67,13 +54,27 @@ def _signed(n: int) -> str:
     return ("+" if n > 0 else "-") + format_bytes(abs(n))
 
 
-def top_screen(
-    pid: int, view: TopView, first: TopView, prev: TopView | None, order: str, shown: int
-) -> str:
+@dataclass(frozen=True)
+class TopScreen(Rendering):
     """One refresh of ``heapspy top``: the target's numbers, then a line per function (the
     first ``shown``) with its growth since the first view and since the previous one. The
     views hold more functions than are shown, so that a function climbing into the
     table is compared with what it had, not called new."""
+
+    pid: int
+    view: TopView
+    first: TopView
+    prev: TopView | None
+    order: str
+    shown: int
+
+    def text(self) -> str:
+        return top_screen(self.pid, self.view, self.first, self.prev, self.order, self.shown)
+
+
+def top_screen(
+    pid: int, view: TopView, first: TopView, prev: TopView | None, order: str, shown: int
+) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(view.time))
     how = "exact (tracemalloc)" if view.mode == "exact" else f"sampled every {size_text(view.rate)}"
     if view.mode != "exact" and view.rate == 0:

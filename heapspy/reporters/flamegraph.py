@@ -49,23 +49,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from heapspy.dumps import PATTERN, sidecar_path
+from heapspy.dumps import PATTERN
 from heapspy.errors import DumpError
 from heapspy.model import Frame
-from heapspy.pprof import DecodedProfile, read_profile
-from heapspy.report import (
-    SIDECAR_FOUND,
-    SIDECAR_NO_TOTALS,
-    check_sample_index,
-    complete_totals,
-    describe_sampling,
-    format_bytes,
-    format_time,
-    read_sidecar,
-    resolve_sample_index,
-    sidecar_totals,
-)
+from heapspy.pprof import DecodedProfile
+from heapspy.reporters.base import describe_sampling, format_time
+from heapspy.reporters.dump import Dump
+from heapspy.reporters.sites import check_sample_index
+from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
 from heapspy.scaling import format_error
+from heapspy.units import format_bytes
 
 FLAMEGRAPH_SCHEMA = "heapspy-flamegraph/1"
 
@@ -168,8 +161,8 @@ def build_tree(profile: DecodedProfile) -> Tree:
     """Merge the profile's stacks into one tree of functions (see the module docstring)."""
     samples = [sample for sample in profile.samples if any(sample.values)]
     width = len(profile.sample_types)
-    # Decoded frames are shared per location: number them by identity (as report.py's
-    # aggregate_sites does). Everything below works on plain ints, in flat lists and
+    # Decoded frames are shared per location: number them by identity (as
+    # sites.aggregate_sites does). Everything below works on plain ints, in flat lists and
     # int-keyed dicts, because a profile of 100,000 unrelated stacks makes ~2 million
     # nodes, and millions of small tuples or lists would keep the garbage collector busy.
     distinct: dict[int, Frame] = {}
@@ -283,14 +276,13 @@ def _int_value(document: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def header_facts(
-    dump: Path, profile: DecodedProfile, sidecar: dict[str, Any] | None
-) -> list[tuple[str, str]]:
+def header_facts(loaded: Dump) -> list[tuple[str, str]]:
     """The page's header as (label, text) pairs: process, sampling, time, totals.
 
     Everything but the totals is informational: a sidecar field of the wrong type is
     left out rather than refused. Broken totals are an error, as in ``heapspy report``.
     """
+    dump, profile, sidecar = loaded.path, loaded.profile, loaded.sidecar
     side = sidecar or {}
     facts: list[tuple[str, str]] = []
     pid = _int_value(side, "pid")
@@ -322,9 +314,7 @@ def header_facts(
         over = f", over {duration:.1f} s" if profile.duration_nanos else ""
         facts.append(("Time", f"{format_time(profile.time_nanos)}{over}"))
 
-    path = sidecar_path(dump)
-    status, exact = sidecar_totals(sidecar, path) if sidecar is not None else ("", None)
-    totals = complete_totals(profile, exact)
+    status, totals = loaded.sidecar_status, loaded.totals
     if status == SIDECAR_FOUND:
         source = "exact, from the sidecar"
     elif status == SIDECAR_NO_TOTALS:
@@ -348,15 +338,14 @@ def header_facts(
     return facts
 
 
-def build_document(
-    dump: Path, profile: DecodedProfile, sidecar: dict[str, Any] | None, sample_index: int
-) -> dict[str, Any]:
+def build_document(loaded: Dump, sample_index: int) -> dict[str, Any]:
     """The JSON document the page draws (its layout is in the module docstring)."""
+    dump, profile = loaded.path, loaded.profile
     tree = build_tree(profile)
     return {
         "schema": FLAMEGRAPH_SCHEMA,
         "title": dump.name,
-        "header": [list(fact) for fact in header_facts(dump, profile, sidecar)],
+        "header": [list(fact) for fact in header_facts(loaded)],
         "comments": list(profile.comments),
         "sample_types": [list(pair) for pair in profile.sample_types],
         "default": profile.sample_types[sample_index][0],
@@ -378,7 +367,7 @@ def script_json(document: dict[str, Any]) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("heapspy").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("heapspy.reporters").joinpath(name).read_text(encoding="utf-8")
 
 
 def _csp_hash(text: str) -> str:
@@ -446,10 +435,10 @@ def write_flamegraph(config: FlamegraphConfig) -> Flamegraph:
     """Read the dump (and its sidecar) and write its flame graph page."""
     output = config.output_path()
     _check_output(output)
-    profile = read_profile(config.dump)
-    index = resolve_sample_index(profile, config.sample_index, config.dump)
-    sidecar = read_sidecar(sidecar_path(config.dump))
-    document = build_document(config.dump, profile, sidecar, index)
+    loaded = Dump.load(config.dump)
+    profile = loaded.profile
+    index = loaded.sample_index(config.sample_index)
+    document = build_document(loaded, index)
     # The page shows what the dump and its sidecar hold (command line, file names): it
     # gets the dump's permissions, 0600 for the dumps heapspy writes.
     mode = config.dump.stat().st_mode & 0o777
