@@ -21,10 +21,11 @@ from typing import Callable
 
 import pytest
 from interpreters import Interpreter, interpreter_params, py314
-from support import Target, wait_for
+from support import Target, heapspy_dirs_in_tmp, wait_for
 from test_daemon import FAST, Daemon, _finals, _ptrace_interp, _tag, _watch, daemon  # noqa: F401
 
 from heapspy.config import AttachConfig
+from heapspy.errors import AgentTimeout
 from heapspy.session import Session
 
 Spawn = Callable[..., Target]
@@ -103,6 +104,32 @@ def test_the_agent_waits_for_the_targets_import(
     finally:
         session.detach()
     assert session.aggregator.intervals > 0
+    _check_no_violations(target)
+
+
+@pytest.mark.parametrize(
+    "pick",
+    [
+        pytest.param(_ptrace_interp, id="ptrace"),
+        pytest.param(py314, id="pep768", marks=pytest.mark.py314),
+    ],
+)
+def test_an_import_that_outlasts_the_attach_leaves_the_target_alone(
+    pick: Callable[[], Interpreter], spawn: Spawn, tmp_path: Path
+) -> None:
+    """The attach times out (exit 11); the bootstrap gives up at the same deadline without
+    importing anything and deletes its files; the target's import then completes."""
+    interp = pick()
+    release = tmp_path / "release"
+    target = spawn(interp, "import_gate.py", str(release))
+    config = AttachConfig(dump_dir=tmp_path, attach_timeout=3)
+    with pytest.raises(AgentTimeout) as timed_out:
+        Session.attach(target.pid, config)
+    assert timed_out.value.exit_code == 11
+    assert wait_for(lambda: heapspy_dirs_in_tmp(target.pid) == [], 60), "files left behind"
+    assert wait_for(lambda: _threads(target.pid) == 1, 60), "the bootstrap's thread stayed"
+    release.write_text("")
+    _check_whole(target)
     _check_no_violations(target)
 
 

@@ -81,10 +81,33 @@ def _heapspy_report(exc):
     s.close()
 
 
+def _heapspy_forget(sys):
+    # The target was still importing when heapspy gave up: delete the files as the agent
+    # would have (not the socket, heapspy's), with posix, loaded at every start.
+    posix = sys.modules["posix"]
+    d = {dir!r}
+    for sub in (d + "/heapspy_agent", d):
+        try:
+            names = posix.listdir(sub)
+        except OSError:
+            continue
+        for name in names:
+            if name != "agent.sock":
+                try:
+                    posix.unlink(sub + "/" + name)
+                except OSError:
+                    pass
+        try:
+            posix.rmdir(sub)
+        except OSError:
+            pass
+
+
 def _heapspy_locked(sys, work):
     # work(sys) under the global import lock once no import is under way; None if the
     # target was still importing at the deadline
     if not _heapspy_quiet_imports(sys):
+        _heapspy_forget(sys)
         return None
     try:
         return work(sys)
