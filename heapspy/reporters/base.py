@@ -3,8 +3,10 @@ and the one way text reaches a terminal.
 
 A renderer builds a frozen value from its inputs (a ``Dump``, a ``TopView``, the live
 sessions) that subclasses ``Rendering``: ``text()`` for people, ``to_json()`` for scripts.
-``Rendering.output`` is what the CLI prints, escaped by ``printable`` because function
-names, file names and command lines in it come from a target heapspy does not trust.
+Function names, file names and whatever else a target sent are escaped by ``printable``
+where a renderer lays them out (one field, one line: a newline in a name cannot forge a
+row); ``Rendering.output``, what the CLI prints, escapes any other control character
+once more and keeps heapspy's own line breaks.
 """
 
 from __future__ import annotations

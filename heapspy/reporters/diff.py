@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from heapspy.errors import UsageError
+from heapspy.printable import printable
 from heapspy.reporters.base import (
     Rendering,
     check_top,
@@ -187,7 +188,7 @@ def _table(rows: tuple[DiffRow, ...], unit: str) -> list[str]:
         lines.append(
             f"{value(row.flat_delta, True):>12} {value(row.cum_delta, True):>12} "
             f"{value(row.base_flat):>12} {value(row.new_flat):>12}  "
-            f"{row.site.describe()}{marker}"
+            f"{printable(row.site.describe())}{marker}"
         )
     return lines
 

@@ -53,7 +53,7 @@ from heapspy.dumps import PATTERN
 from heapspy.errors import DumpError
 from heapspy.model import Frame
 from heapspy.pprof import DecodedProfile
-from heapspy.reporters.base import describe_sampling, format_time
+from heapspy.reporters.base import Rendering, describe_sampling, format_time
 from heapspy.reporters.dump import Dump
 from heapspy.reporters.sites import check_sample_index
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
@@ -393,6 +393,20 @@ def render_html(document: dict[str, Any]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Page(Rendering):
+    """One dump's flame graph: ``text()`` is the HTML page, ``to_json()`` the document
+    it embeds and draws."""
+
+    document: dict[str, Any]
+
+    def text(self) -> str:
+        return render_html(self.document)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.document
+
+
 def _check_output(output: Path) -> None:
     """Refuse an output path that cannot be written, before the dump is read.
 
@@ -438,15 +452,15 @@ def write_flamegraph(config: FlamegraphConfig) -> Flamegraph:
     loaded = Dump.load(config.dump)
     profile = loaded.profile
     index = loaded.sample_index(config.sample_index)
-    document = build_document(loaded, index)
+    page = Page(build_document(loaded, index))
     # The page shows what the dump and its sidecar hold (command line, file names): it
     # gets the dump's permissions, 0600 for the dumps heapspy writes.
     mode = config.dump.stat().st_mode & 0o777
-    size = write_atomically(output, render_html(document), mode)
+    size = write_atomically(output, page.text(), mode)
     return Flamegraph(
         output=output,
         size=size,
-        nodes=len(document["nodes"]["depth"]),
+        nodes=len(page.document["nodes"]["depth"]),
         samples=len(profile.samples),
         sample_index=profile.sample_types[index][0],
     )

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heapspy.printable import printable
 from heapspy.reporters.base import (
     Rendering,
     check_top,
@@ -240,7 +241,7 @@ def table_lines(rows: Iterable[SiteRow], unit: str, *, errors: bool = False) -> 
         lines.append(
             f"{format_value(row.flat, unit):>12}{flat_err} {row.flat_pct:6.2f}% "
             f"{row.sum_pct:6.2f}% {format_value(row.cum, unit):>12}{cum_err} "
-            f"{row.cum_pct:6.2f}%  {row.site.describe()}"
+            f"{row.cum_pct:6.2f}%  {printable(row.site.describe())}"
         )
     return lines
 
@@ -253,7 +254,7 @@ def render_text(report: Report) -> str:
         duration = f", over {report.duration_nanos / 1e9:.1f} s" if report.duration_nanos else ""
         lines.append(f"Time: {format_time(report.time_nanos)}{duration}")
     lines.append(f"Sampling: {describe_sampling(report.period)}")
-    lines.extend(f"Comment: {comment}" for comment in report.comments)
+    lines.extend(f"Comment: {printable(comment)}" for comment in report.comments)
     if report.runtime is not None and report.runtime.line():
         lines.append(f"Runtime: {report.runtime.line()}")
     lines.append("")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from heapspy import control
 from heapspy.errors import HeapspyError, NoSession
+from heapspy.printable import printable
 from heapspy.registry import Holder, read_holder, runtime_dir
 from heapspy.reporters.base import Rendering
 from heapspy.units import format_age, format_bytes, size_text
@@ -115,8 +116,9 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
                 f"{st.get('dumps', 0)} in {st.get('dump_dir', '?')}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    cells = [[printable(cell) for cell in row] for row in rows]  # one line, whatever it holds
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in cells]
     for s in sessions:  # what a session could not keep of what its agent sent
         dropped = s.status.get("dropped_stacks")
         if isinstance(dropped, int) and dropped > 0:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heapspy.model import TopRow
+from heapspy.printable import printable
 from heapspy.reporters.base import Rendering
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
@@ -44,7 +45,7 @@ def top_table(rows: Sequence[TopRow], sampled: bool = False) -> str:
     for r in rows:
         error = _error(r.inuse_bytes, r.inuse_bytes_var) if sampled else ""
         size = format_bytes(r.inuse_bytes)
-        lines.append(f"  {size:>12}{error}  {r.inuse_objects:>9}  {r.function}")
+        lines.append(f"  {size:>12}{error}  {r.inuse_objects:>9}  {printable(r.function)}")
     return "\n".join(lines)
 
 
@@ -112,6 +113,7 @@ def top_screen(
         lines.append(
             f"  {format_bytes(value):>10}{error}  "
             f"{_signed(value - v0) if v0 is not None else 'new':>11}  "
-            f"{_signed(value - v1) if v1 is not None else 'new':>10}  {objects:>9}  {r.function}"
+            f"{_signed(value - v1) if v1 is not None else 'new':>10}  {objects:>9}  "
+            f"{printable(r.function)}"
         )
     return "\n".join([*lines, "", *footer])
