@@ -216,13 +216,18 @@ def gunzip_capped(data: bytes, cap: int = MAX_PROFILE) -> bytes:
             raise zlib.error("trailing data after the last gzip member")
         member = zlib.decompressobj(wbits=31)
         pending = rest
-        while pending:
-            chunk = member.decompress(pending, cap + 1 - total)  # never 0: unlimited
+        while not member.eof:
+            # 1 MiB at a time (never 0, which means unlimited): zlib grows one buffer
+            # for a larger request, copying it as it goes
+            limit = min(1 << 20, cap + 1 - total)
+            chunk = member.decompress(pending, limit)
             out.append(chunk)
             total += len(chunk)
             if total > cap:
                 raise TooLarge(f"it decompresses to more than {cap >> 20} MiB")
             pending = member.unconsumed_tail
+            if not pending and len(chunk) < limit:
+                break  # all input used and nothing held back: the stream is cut short
         if not member.eof:
             raise EOFError("the gzip stream ends before its end-of-stream marker")
         rest = member.unused_data

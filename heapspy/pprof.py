@@ -361,7 +361,7 @@ def decode_profile(data: bytes) -> DecodedProfile:
 # empty sample), so millions of them in a small file are the memory bomb, not its size.
 # heapspy's own dumps hold up to a few hundred thousand (samples, locations, functions,
 # strings, lines, labels).
-MAX_MESSAGES = 4_000_000
+MAX_MESSAGES = 2_000_000
 _NESTED = {2: 3, 4: 4}  # Profile.sample -> Sample.label, Profile.location -> Location.line
 
 
@@ -379,26 +379,35 @@ def _varint(raw: bytes, pos: int) -> tuple[int, int]:
 
 
 def _count_fields(raw: bytes, start: int, end: int, nested: dict[int, int], budget: int) -> int:
-    """How many fields lie in raw[start:end] (and in the submessages ``nested`` names:
-    field number -> the one field of that submessage counted too), stopping past
-    ``budget``. Malformed data is left to the real parser."""
+    """How many fields lie in raw[start:end], plus the ``nested`` ones (field number ->
+    the one field of that submessage counted too), stopping past ``budget``. Malformed
+    data is left to the real parser. One-byte keys and lengths (nearly all of a crafted
+    file of tiny messages) take the inline path: this loop is the scan's whole cost."""
     count = 0
     pos = start
     while pos < end and count <= budget:
-        key, pos = _varint(raw, pos)
+        key = raw[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(raw, pos)
         wire = key & 7
-        if wire == 0:
+        if wire == 2:
+            length = raw[pos] if pos < end else 0
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(raw, pos)
+            inner = nested.get(key >> 3)
+            if inner is not None and length:
+                count += _count_inner(raw, pos, min(pos + length, end), inner, budget - count)
+            pos += length
+        elif wire == 0:
             _, pos = _varint(raw, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
-        elif wire == 2:
-            length, pos = _varint(raw, pos)
-            inner = nested.get(key >> 3)
-            if inner is not None:
-                count += _count_inner(raw, pos, min(pos + length, end), inner, budget - count)
-            pos += length
         else:
             return count
         count += 1
@@ -406,21 +415,30 @@ def _count_fields(raw: bytes, start: int, end: int, nested: dict[int, int], budg
 
 
 def _count_inner(raw: bytes, start: int, end: int, field: int, budget: int) -> int:
-    """How many ``field`` entries lie in the submessage raw[start:end]."""
+    """How many ``field`` entries lie in the submessage raw[start:end] (inline paths as
+    in :func:`_count_fields`)."""
     count = 0
     pos = start
     while pos < end and count <= budget:
-        key, pos = _varint(raw, pos)
+        key = raw[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(raw, pos)
         wire = key & 7
-        if wire == 0:
+        if wire == 2:
+            length = raw[pos] if pos < end else 0
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(raw, pos)
+            pos += length
+        elif wire == 0:
             _, pos = _varint(raw, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
-        elif wire == 2:
-            length, pos = _varint(raw, pos)
-            pos += length
         else:
             return count
         if key >> 3 == field:

@@ -194,7 +194,7 @@ def test_unsafe_tmp_is_refused(mount: str, why: str, tmp_path: Path) -> None:
     inner = (
         f"mount -t tmpfs -o {mount},size=1m heapspy-hostile-tmp /tmp && "
         f"exec {' '.join(as_hostile())} {PY311.argv[0]} -I -c "
-        "'import time; print(\"READY\", __import__(\"os\").getpid(), flush=True); "
+        '\'import time; print("READY", __import__("os").getpid(), flush=True); '
         "[time.sleep(0.01) for _ in iter(int, 1)]'"
     )
     target = Hostile(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner])
@@ -369,6 +369,7 @@ def test_daemon_kills_a_session_that_does_not_attach_in_time(tmp_path: Path) -> 
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
+
         def session_process() -> psutil.Process | None:
             kids = psutil.Process(daemon.pid).children()
             return kids[0] if kids else None
@@ -378,8 +379,10 @@ def test_daemon_kills_a_session_that_does_not_attach_in_time(tmp_path: Path) -> 
         assert child is not None
         # stopped once its bootstrap is queued and the target let go (never mid-ptrace)
         assert wait_for(
-            lambda: bool(list(Path("/tmp").glob(f"heapspy-{target.pid}-*")))
-            and _tracer_of(target.pid) == 0,
+            lambda: (
+                bool(list(Path("/tmp").glob(f"heapspy-{target.pid}-*")))
+                and _tracer_of(target.pid) == 0
+            ),
             30,
         )
         child.send_signal(signal.SIGSTOP)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
 import sys
-import threading
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 USER = "heapspy-hostile"
 
@@ -47,44 +50,45 @@ class Measured:
     timed_out: bool
 
 
+# Runs its arguments and writes "<exit status> <peak RSS in KiB>" to the file in argv[1].
+# The peak is measured from this small fresh interpreter: a child forked straight from
+# pytest would count pytest's own pages (shared until exec) in its ru_maxrss.
+_MEASURE = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[2:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(f'{rc} {peak}')\n"
+)
+
+
 def run_heapspy_measured(*args: str, timeout: float = 120) -> Measured:
-    """``python -m heapspy ARGS`` to completion, with its own peak RSS (wait4's rusage).
+    """``python -m heapspy ARGS`` to completion, with its own peak RSS.
 
     Killed (``timed_out``) after ``timeout`` seconds: a hang is a result, not a stuck test.
     """
-    import time
-
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heapspy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out: dict[str, str] = {}
-
-    def drain(name: str) -> None:
-        stream = getattr(proc, name)
-        out[name] = stream.read()
-        stream.close()
-
-    readers = [threading.Thread(target=drain, args=(n,)) for n in ("stdout", "stderr")]
-    for reader in readers:
-        reader.start()
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        killer.cancel()
-        for reader in readers:
-            reader.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile(prefix="heapspy-measure-", suffix=".txt") as result:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, result.name, sys.executable, "-m", "heapspy", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            timed_out = True
+        words = Path(result.name).read_text().split()
+    returncode, peak = (int(words[0]), int(words[1])) if len(words) == 2 else (-9, 0)
     return Measured(
-        returncode=proc.returncode,
-        stdout=out.get("stdout", ""),
-        stderr=out.get("stderr", ""),
-        max_rss=usage.ru_maxrss * 1024,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        max_rss=peak * 1024,
         seconds=time.monotonic() - start,
-        timed_out=time.monotonic() - start >= timeout,
+        timed_out=timed_out,
     )
