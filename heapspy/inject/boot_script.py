@@ -6,6 +6,8 @@ files there (``bootstrap.py``) are separate concerns with separate threats.
 
 from __future__ import annotations
 
+from heapspy_agent import protocol
+
 _BOOT = """\
 # heapspy bootstrap: imports the agent heapspy placed beside this file; the agent then
 # deletes these files. Nothing may escape into the target, so every error is caught.
@@ -73,11 +75,11 @@ def _heapspy_report(exc):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(2.0)
     s.connect({sock!r})
-    for kind, body in ((1, {{"version": 1, "token": {token!r}, "pid": os.getpid()}}),
-                       (5, {{"code": "boot", "message": "%s: %s" % (type(exc).__name__, exc),
+    for kind, body in (({hello}, {{"version": {version}, "token": {token!r}, "pid": os.getpid()}}),
+                       ({error}, {{"code": "boot", "message": "%s: %s" % (type(exc).__name__, exc),
                             "traceback": traceback.format_exc()}})):
         data = json.dumps(body).encode()
-        s.sendall(struct.pack(">IB", len(data), kind) + data)
+        s.sendall(struct.pack({header!r}, len(data), kind) + data)
     s.close()
 
 
@@ -143,4 +145,13 @@ def boot_source(
     ``deadline``: the session's (``time.time()``) deadline; a target still importing
     then is left alone (None: 30 s after the bootstrap runs).
     """
-    return _BOOT.format(dir=target_dir, token=token, sock=socket_path, deadline=deadline)
+    return _BOOT.format(
+        dir=target_dir,
+        token=token,
+        sock=socket_path,
+        deadline=deadline,
+        hello=protocol.HELLO,
+        error=protocol.ERROR,
+        version=protocol.VERSION,
+        header=protocol.HEADER.format,
+    )
