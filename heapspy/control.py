@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from heapspy_agent import protocol
@@ -44,6 +45,19 @@ def listen(pid: int) -> socket.socket:
 
 def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
     """Send one command to the session holding ``pid`` and return its reply."""
+    return stream(pid, cmd, None, timeout, **args)
+
+
+def stream(
+    pid: int,
+    cmd: str,
+    on_frame: Callable[[dict[str, Any]], bool] | None,
+    timeout: float = 30.0,
+    **args: Any,
+) -> dict[str, Any]:
+    """Send one command and return its last reply: ``on_frame`` sees each reply and
+    returns True while more are due (a census sends progress first). A Ctrl-C while
+    they come sends ``stop`` and goes on reading: the session answers with what it has."""
     path = control_path(pid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -64,10 +78,21 @@ def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str,
         except (ConnectionResetError, BrokenPipeError):
             raise NoSession(f"The heapspy session for process {pid} is closing.") from None
         reader = protocol.FrameReader(max_frame=CONTROL_MAX_FRAME)
-        try:
-            msg = protocol.recv_one(sock, reader, [])
-        except (ConnectionResetError, BrokenPipeError):
-            msg = None
+        pending: list[protocol.Message] = []
+        stopped = False
+        while True:
+            try:
+                msg = protocol.recv_one(sock, reader, pending)
+            except (ConnectionResetError, BrokenPipeError):
+                msg = None
+            except KeyboardInterrupt:
+                if stopped or on_frame is None:
+                    raise
+                stopped = True
+                sock.sendall(protocol.encode(protocol.COMMAND, {"cmd": "stop"}))
+                continue
+            if msg is None or on_frame is None or not on_frame(msg[1]):
+                break
     if msg is None:
         raise NoSession(f"The heapspy session for process {pid} closed without answering.")
     return msg[1]

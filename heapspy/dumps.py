@@ -52,6 +52,12 @@ def dump_name(pid: int, rule: str, when: float | None = None) -> str:
     return f"heap-{pid}-{stamp}-{safe}.pb.gz"
 
 
+def census_name(pid: int, when: float) -> str:
+    """``census-<pid>-<UTC time>.pb.gz``: a heap census (``heapspy.census``)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+    return f"census-{pid}-{stamp}.pb.gz"
+
+
 def sidecar_path(dump: Path) -> Path:
     """The sidecar next to ``dump``: ``x.pb.gz`` → ``x.json`` (any other name: ``.json``)."""
     name = dump.name
@@ -96,9 +102,17 @@ class DumpWriter:
         from heapspy.pprof import encode_profile
 
         data = encode_profile(profile)
-        path = self.directory / dump_name(pid, rule, profile.time_ns / 1e9)
         side = dict(sidecar)
-        side.update(rule=rule, pid=pid, dump=path.name)
+        side.update(rule=rule, pid=pid)
+        path = self.write_file(data, dump_name(pid, rule, profile.time_ns / 1e9), side)
+        self.prune()
+        return path
+
+    def write_file(self, data: bytes, name: str, sidecar: dict[str, Any]) -> Path:
+        """Write an encoded profile as ``name`` with its sidecar (no retention)."""
+        path = self.directory / name
+        side = dict(sidecar)
+        side.update(dump=path.name)
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             # sidecar first: a dump that exists always has its sidecar
@@ -113,7 +127,6 @@ class DumpWriter:
             raise DumpError(
                 f"Could not write a heap dump to {self.directory}: {exc.strerror}."
             ) from None
-        self.prune()
         return path
 
     def dumps(self) -> list[Path]:

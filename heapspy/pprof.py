@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,15 +105,20 @@ class _ProfileBuilder:
             self._string_table.append(value)
         return index
 
-    def header(self, profile: HeapProfile) -> None:
+    def header(
+        self,
+        profile: HeapProfile,
+        sample_types: tuple[tuple[str, str], ...] = SAMPLE_TYPES,
+        default: str = DEFAULT_SAMPLE_TYPE,
+    ) -> None:
         message = self._message
-        for name, unit in SAMPLE_TYPES:
+        for name, unit in sample_types:
             message.sample_type.add(type=self.string(name), unit=self.string(unit))
         message.period_type.type = self.string(PERIOD_TYPE[0])
         message.period_type.unit = self.string(PERIOD_TYPE[1])
         # pprof shows period 0 as "unset"; an exact profile samples every byte.
         message.period = max(profile.rate, 1)
-        message.default_sample_type = self.string(DEFAULT_SAMPLE_TYPE)
+        message.default_sample_type = self.string(default)
         message.time_nanos = profile.time_ns
         message.duration_nanos = profile.duration_ns
         message.comment.extend(self.string(comment) for comment in profile.comments)
@@ -170,6 +175,10 @@ class _ProfileBuilder:
             avg_size = site.size // site.objects if site.objects else 0
             if avg_size:
                 sample.label.add(key=label_key, num=avg_size, num_unit=label_unit)
+
+    @property
+    def message(self) -> pb.Profile:
+        return self._message
 
     def finish(self) -> pb.Profile:
         self._message.string_table.extend(self._string_table)
@@ -257,6 +266,39 @@ def build_profile(profile: HeapProfile) -> pb.Profile:
             previous.add(site)
     builder.samples(merged)
     return builder.finish()
+
+
+def encode_samples(
+    sample_types: tuple[tuple[str, str], ...],
+    default: str,
+    samples: Sequence[tuple[Stack, tuple[int, ...]]],
+    time_ns: int,
+    duration_ns: int,
+    comments: tuple[str, ...] = (),
+) -> bytes:
+    """A gzipped pprof profile of plain samples with other sample types than a heap
+    dump's four (a heap census: ``objects``, ``space``); same interning, same
+    determinism. One value per sample type; stacks root first, as in the model."""
+    header = HeapProfile(rate=1, time_ns=time_ns, duration_ns=duration_ns, comments=comments)
+    builder = _ProfileBuilder()
+    builder.header(header, sample_types, default)
+    distinct: dict[int, Frame] = {}
+    for stack, _ in samples:
+        distinct.update(zip(map(id, stack), stack))
+    builder.frames(distinct)
+    merged: dict[tuple[int, ...], list[int]] = {}
+    for stack, values in samples:
+        key = builder.location_ids(stack)
+        previous = merged.get(key)
+        if previous is None:
+            merged[key] = list(values)
+        else:
+            for i, value in enumerate(values):
+                previous[i] += value
+    message = builder.message
+    for key in sorted(merged):
+        message.sample.add(location_id=key, value=merged[key])
+    return gzip_bytes(builder.finish().SerializeToString())
 
 
 def gzip_bytes(data: bytes) -> bytes:

@@ -22,6 +22,8 @@ import psutil
 from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator, ProcessFacts
+from heapspy.census import CensusCollector, CensusOptions, CensusResult, ProgressSink
+from heapspy.census import serve_client as census_for_client
 from heapspy.config import AttachConfig
 from heapspy.control import encode_reply
 from heapspy.control import listen as control_listen
@@ -182,6 +184,8 @@ class Session:
         self.hello: dict[str, Any] = {}
         self._cmdline = _cmdline(target.pid)  # an exec() changes it
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
+        self._census: CensusCollector | None = None  # the census under way, if any
+        self._census_sink: ProgressSink | None = None
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -508,6 +512,12 @@ class Session:
                 )
                 for rule in self.rules.observe(obs, growing):
                     self._dump(rule.name, rule.text)
+        elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
+            if self._census is not None:  # else a census nobody waits for: dropped
+                if kind == protocol.CENSUS:
+                    self._census.add(body)
+                elif self._census_sink is not None:
+                    self._census_sink(self._census.progress(body))
         elif kind == protocol.REPLY:
             if body.get("id") == self._cmd_id:  # kept only while a call waits for it
                 self._replies[self._cmd_id] = body
@@ -588,6 +598,11 @@ class Session:
             sock.close()
             return
         for _kind, body in frames:
+            if body.get("cmd") == "census":  # streams progress, then its own reply
+                sock.setblocking(True)
+                census_for_client(self, sock, body)
+                sock.setblocking(False)
+                continue
             try:
                 reply = self._control_command(body)
             except (ValueError, TypeError, OverflowError) as exc:  # e.g. "rate": "lots"
@@ -654,6 +669,44 @@ class Session:
             self.aggregator.rate = rate
             self.rate_changes.append((time.time(), rate))
         return reply
+
+    def census(
+        self,
+        options: CensusOptions,
+        on_progress: ProgressSink | None = None,
+        should_stop: Callable[[], str] | None = None,
+    ) -> CensusResult:
+        """Run a heap census in the target (``heapspy.census``), serving the agent
+        meanwhile. ``should_stop`` returns why to stop ("" to go on): the agent then
+        sends what it has counted, a partial census."""
+        collector = CensusCollector(self.target.pid)
+        self._census, self._census_sink = collector, on_progress
+        try:
+            reply = self._agent_call("census", slice=options.slice, pause=options.pause)
+            if not reply.get("ok"):
+                raise AgentFailed(
+                    f"The agent in process {self.target.pid} did not start a census: "
+                    f"{reply.get('error')}."
+                )
+            assert self.conn is not None
+            while collector.result is None:
+                why = should_stop() if should_stop is not None and not collector.stopped_why else ""
+                if why:
+                    collector.stopped_why = why
+                    self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
+                ready, _, _ = select.select([self.conn.sock], [], [], 0.1)
+                now = time.monotonic()
+                if (ready and not self._read_agent()) or now - self._last_rx > AGENT_TIMEOUT:
+                    raise AgentFailed(
+                        f"The census of process {self.target.pid} did not finish: "
+                        f"{self.end_reason or 'the agent stopped answering'}."
+                    )
+                if now >= self._next_beat:
+                    self._send_agent(protocol.HEARTBEAT, {})
+                    self._next_beat = now + HEARTBEAT
+        finally:
+            self._census = self._census_sink = None
+        return collector.result
 
     def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
         """Send a command to the agent and wait for its reply, handling other frames."""

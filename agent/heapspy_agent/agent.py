@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 # the bootstrap's import lock: the files are deleted right after, and once it runs the
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
 from heapspy_agent import memstats, protocol, runtime, schema
+from heapspy_agent.census import Census
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
@@ -40,6 +41,12 @@ EXIT_COLLECT_MAX = 0.25
 # tools, some servers do) would otherwise be killed by our first write after heapspy
 # died, instead of us noticing EPIPE and switching off.
 NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+# A heap census works in slices of at most CENSUS_SLICE seconds, each followed by
+# CENSUS_PAUSE seconds of rest (the target runs; the agent serves heapspy): at most a
+# quarter of one core. heapspy may ask for others (attach/census --slice, --pause).
+CENSUS_SLICE = 0.02
+CENSUS_PAUSE = 0.06
+CENSUS_PROGRESS_EVERY = 0.25
 
 _active: "Optional[Agent]" = None
 
@@ -100,6 +107,11 @@ class Agent:
         self.shim_problem = ""
         self._gc_base = gc.get_stats()
         self.gc_timer = runtime.GcTimer()
+        self.census: Optional[Census] = None
+        self.census_slice = CENSUS_SLICE
+        self.census_pause = CENSUS_PAUSE
+        self.census_next = 0.0  # when the next slice of the census is due
+        self.census_told = 0.0  # when progress was last sent
 
     # --- life cycle -------------------------------------------------------------
     def run(self) -> None:
@@ -206,7 +218,10 @@ class Agent:
         self._pending = []
         while not self.stopping.is_set():
             now = time.monotonic()
-            wait = max(0.0, min(next_beat, next_sample) - now)
+            due = min(next_beat, next_sample)
+            if self.census is not None:
+                due = min(due, self.census_next)
+            wait = max(0.0, due - now)
             ready, _, _ = select.select([sock], [], [], wait)
             now = time.monotonic()
             if ready:
@@ -228,6 +243,8 @@ class Agent:
             if now >= next_beat:
                 self._send(protocol.HEARTBEAT, {})
                 next_beat = now + HEARTBEAT
+            if self.census is not None and now >= self.census_next:
+                self._census_step()
 
     def _handle(self, kind: int, body: Dict[str, Any]) -> None:
         if kind != protocol.COMMAND:
@@ -253,6 +270,15 @@ class Agent:
         elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first
             reply["collected"] = gc.collect()
             self._send_samples()
+        elif cmd == "census":
+            if self.census is not None:
+                reply = {"id": body.get("id"), "ok": False, "error": "a census is running"}
+            else:
+                self._census_start(body)
+        elif cmd == "census_stop":
+            if self.census is not None:
+                self.census.stop()
+                self._census_finish()
         elif cmd == "rate":
             if not hasattr(self.collector, "set_rate"):
                 reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no rate"}
@@ -262,6 +288,38 @@ class Agent:
         else:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)
+
+    # --- heap census (heapspy_agent.census) ---------------------------------------
+    def _census_start(self, body: Dict[str, Any]) -> None:
+        self.census_slice = float(body.get("slice", CENSUS_SLICE))
+        self.census_pause = float(body.get("pause", CENSUS_PAUSE))
+        own: List[Any] = [
+            module.__dict__
+            for name, module in list(sys.modules.items())
+            if name == "heapspy_agent" or name.startswith("heapspy_agent.")
+        ]
+        own.append(self)
+        self.census = Census(own, threading.get_ident())
+        self.census_next = self.census_told = time.monotonic()
+
+    def _census_step(self) -> None:
+        census = self.census
+        assert census is not None
+        done = census.step(self.census_slice)
+        now = time.monotonic()
+        self.census_next = now + self.census_pause
+        if done:
+            self._census_finish()
+        elif now - self.census_told >= CENSUS_PROGRESS_EVERY:
+            self.census_told = now
+            self._send(protocol.CENSUS_PROGRESS, census.progress())
+
+    def _census_finish(self) -> None:
+        census, self.census = self.census, None
+        if census is None:
+            return
+        for part in census.result_frames(schema.MAX_CENSUS_SITES_PER_FRAME):
+            self._send(protocol.CENSUS, part)
 
     def _at_exit(self) -> None:
         """The target is exiting (its atexit callbacks run): send what it holds now, which

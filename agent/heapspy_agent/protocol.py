@@ -33,6 +33,8 @@ BYE = 4
 ERROR = 5
 REPLY = 6  # answer to a COMMAND
 STACKS = 7  # new stacks that did not fit in the SAMPLES frame that follows
+CENSUS_PROGRESS = 8  # how far a heap census has got
+CENSUS = 9  # a heap census's results (several frames; the last one says done)
 # heapspy -> agent
 WELCOME = 16
 COMMAND = 17

@@ -37,6 +37,9 @@ MAX_GC_GENERATIONS = 8
 MAX_THREAD_NAMES = 64
 MAX_THREAD_NAME = 200
 MAX_LOOPS = 16
+MAX_CENSUS_SITES_PER_FRAME = 1000  # the agent sends a census in frames of this many paths
+MAX_CENSUS_DEPTH = 8  # frames of one retention path: root, containers, type
+MAX_CENSUS_NAME = 1024
 # Stacks are split off into STACKS frames when their estimated size passes this share of
 # the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
 STACK_BUDGET = protocol.MAX_FRAME // 2
@@ -258,7 +261,34 @@ def _define() -> dict[int, Record]:
         },
     )
 
+    CENSUS_STATE: dict[str, Field] = {
+        "objects": COUNT,
+        "bytes": COUNT,
+        "elapsed": Num(0.0, 1e9),  # seconds since the census started
+        "cpu": Num(0.0, 1e9),  # seconds of the agent thread's CPU it took
+        "longest_slice": Num(0.0, 1e9),  # the longest slice of work, seconds
+        "phase": Str(32),
+        "bookkeeping": COUNT,  # bytes of the walk's own visited bitmap
+    }
+    CENSUS_SITE = Tuple_(ListOf(Str(MAX_CENSUS_NAME), MAX_CENSUS_DEPTH), COUNT, COUNT)
+
     return {
+        # A heap census (COMMAND census): progress now and then, then its results in
+        # CENSUS frames of at most MAX_CENSUS_SITES_PER_FRAME paths each (root first,
+        # the type last; (objects, bytes)); the last frame says done, with the totals.
+        protocol.CENSUS_PROGRESS: Record("CENSUS_PROGRESS", CENSUS_STATE),
+        protocol.CENSUS: Record(
+            "CENSUS",
+            dict(
+                CENSUS_STATE,
+                sites=ListOf(CENSUS_SITE, MAX_CENSUS_SITES_PER_FRAME),
+                done=Bool(),
+                partial=Bool(),  # stopped before the end: what was counted so far
+                folded_paths=COUNT,  # paths folded into ([other], type)
+                notes=ListOf(Str(MAX_TEXT), MAX_NOTES),
+            ),
+            required=("sites", "done"),
+        ),
         # agent -> heapspy. First frame: who is calling (token: the session's secret).
         protocol.HELLO: Record(
             "HELLO",
@@ -385,9 +415,15 @@ def _define() -> dict[int, Record]:
             "COMMAND",
             {
                 "id": Int(0, 2**63),
-                "cmd": Str(32, ("detach", "sample", "rate", "gc", "memstats", "trim")),
+                "cmd": Str(
+                    32,
+                    ("detach", "sample", "rate", "gc", "memstats", "trim", "census", "census_stop"),
+                ),
                 "glibc": Bool(),
                 "rate": COUNT,
+                # census: seconds of work per slice, seconds of rest between slices
+                "slice": Num(0.001, 1.0),
+                "pause": Num(0.0, 10.0),
             },
             required=("id", "cmd"),
         ),
@@ -409,6 +445,8 @@ FROM_AGENT = frozenset(
         protocol.READY,
         protocol.SAMPLES,
         protocol.STACKS,
+        protocol.CENSUS_PROGRESS,
+        protocol.CENSUS,
         protocol.BYE,
         protocol.ERROR,
         protocol.REPLY,

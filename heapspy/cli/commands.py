@@ -11,6 +11,7 @@ COMMAND_MODULES = (  # in the order --help lists them: live sessions, then dumps
     "heapspy.cli.attach",
     "heapspy.cli.top",
     "heapspy.cli.dump",
+    "heapspy.cli.census",
     "heapspy.cli.rate",
     "heapspy.cli.status",
     "heapspy.cli.detach",

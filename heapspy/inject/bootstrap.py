@@ -47,6 +47,7 @@ AGENT_FILES = (
     "shim.py",
     "runtime.py",
     "memstats.py",
+    "census.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"

@@ -1,0 +1,578 @@
+"""A census of the live Python objects: who holds what, walked inside the target.
+
+The walk runs in the agent thread, a slice at a time (``Census.step``): the agent's loop
+gives it at most ``slice`` seconds of work, then sleeps ``pause`` seconds so that the
+target runs, and serves heapspy meanwhile. Every other thread may also take the GIL
+inside a slice (CPython's switch interval), so a slice is a CPU budget, not a stop.
+
+Roots, in this fixed order; each is walked to its end before the next starts, so an
+object belongs to the first root that reaches it (a cheap approximation of a dominator
+tree, not the real one: an object two roots share goes to the earlier one):
+
+1. module globals, modules sorted by name, globals in dict order: ``module.NAME``; a
+   class defined in its module is a root of its own (``module.Class``) and each of its
+   attributes one more (``module.Class.attr``);
+2. threads' frame locals, outermost frame first: ``thread <name>: function``;
+3. what the gc tracks and no root reached, split by reference counts into
+   ``held outside Python roots`` (referred to by C code, the interpreter, or a running
+   frame's temporaries) and ``unreachable (cyclic garbage)``.
+
+Modules, module dicts and classes are boundaries: a walk never goes through one (a
+function's ``__globals__`` would otherwise hand a whole module to whoever holds the
+function). Everything reached is counted once, including what the gc does not track
+(str, bytes, int, float inside containers). Nothing of the target's code runs: objects are
+opened with ``gc.get_referents`` (their C ``tp_traverse``), typed with ``type()``, and
+sized by the C ``__sizeof__`` found in the type's MRO (a Python ``__sizeof__`` is skipped
+for the next C one down, ultimately ``object.__sizeof__``: basic size + item size x
+length), plus the gc header as ``sys.getsizeof`` adds it. Attributes are read only
+through the C getters of ``type`` itself, never by attribute lookup on a target object.
+
+Bookkeeping is bounded: the visited objects are bits in a two-level bitmap (1 MiB of
+address space per ``bytearray`` of 8 KiB; objects are at least 16 bytes apart), paths are
+interned and capped at ``max_paths`` (the rest fold into ``[other]``).
+"""
+
+import gc
+import sys
+import threading
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # type comments: the agent imports nothing it does not need
+    from typing import Any, Dict, List, Set, Tuple  # noqa: F401
+
+MAX_PATHS = 100000  # distinct paths kept while walking; beyond, (OTHER, type) absorbs them
+SEND_PATHS = 10000  # the largest paths sent; the rest folded into (OTHER, type)
+MAX_DEPTH = 3  # container frames kept between a root and the leaf type
+MAX_NAME = 200  # characters of one frame name
+OTHER = "[other]"
+HELD_OUTSIDE = "held outside Python roots"
+GARBAGE = "unreachable (cyclic garbage)"
+CHECK_EVERY = 128  # objects between two looks at the clock
+
+_HEAPTYPE = 1 << 9
+_HAVE_GC = 1 << 14
+_TYPE_SUBCLASS = 1 << 31  # instances are classes (isinstance would read __class__)
+_PREHEADER = (1 << 3) | (1 << 4)  # 3.11+: managed weakref / managed dict
+
+_type_dict = type.__dict__["__dict__"].__get__  # C getters of type: no metaclass involved
+_type_mro = type.__dict__["__mro__"].__get__
+_type_name = type.__dict__["__name__"].__get__
+_type_module = type.__dict__["__module__"].__get__
+_type_flags = type.__dict__["__flags__"].__get__
+_C_METHOD = type(object.__dict__["__sizeof__"])
+_object_sizeof = object.__dict__["__sizeof__"]
+_ModuleType = type(sys)
+_module_dict = _ModuleType.__dict__["__dict__"].__get__  # type: ignore[index]
+_FrameType = type(sys._getframe())
+
+
+class _Probe:
+    pass
+
+
+class Bitmap:
+    """Visited object addresses: one bit per 16 bytes, in 1 MiB chunks made on demand."""
+
+    CHUNK_SHIFT = 20
+
+    def __init__(self):  # type: () -> None
+        self.chunks = {}  # type: Dict[int, bytearray]
+
+    def add(self, address):  # type: (int) -> bool
+        """Mark ``address``; False when it was marked already."""
+        chunks = self.chunks
+        key = address >> 20
+        chunk = chunks.get(key)
+        if chunk is None:
+            chunk = chunks[key] = bytearray(8192)
+        offset = (address & 0xFFFFF) >> 4
+        byte = offset >> 3
+        bit = 1 << (offset & 7)
+        old = chunk[byte]
+        if old & bit:
+            return False
+        chunk[byte] = old | bit
+        return True
+
+    def __contains__(self, address):  # type: (int) -> bool
+        chunk = self.chunks.get(address >> 20)
+        if chunk is None:
+            return False
+        offset = (address & 0xFFFFF) >> 4
+        return bool(chunk[offset >> 3] & (1 << (offset & 7)))
+
+    def memory(self):  # type: () -> int
+        return len(self.chunks) * (8192 + 100)
+
+
+def _is_class(obj):  # type: (Any) -> bool
+    return bool(_type_flags(type(obj)) & _TYPE_SUBCLASS)
+
+
+_module_types = {}  # type: Dict[type, bool]
+
+
+def _is_module(tp):  # type: (type) -> bool
+    known = _module_types.get(tp)
+    if known is None:
+        try:
+            known = _ModuleType in _type_mro(tp)
+        except Exception:  # noqa: BLE001
+            known = False
+        _module_types[tp] = known
+    return known
+
+
+def _own_class(cls, module):  # type: (Any, str) -> bool
+    try:
+        return bool(_type_module(cls) == module)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _agent_class(cls):  # type: (Any) -> bool
+    try:
+        module = _type_module(cls)
+    except Exception:  # noqa: BLE001
+        return False
+    return type(module) is str and module.startswith("heapspy_agent")
+
+
+def _dotted(owner, key):  # type: (str, Any) -> str
+    return _clip(owner + "." + key) if type(key) is str else owner + ".?"
+
+
+def _clip(text):  # type: (Any) -> str
+    if type(text) is not str:  # str() of a target's object could run its code
+        return "?"
+    return text if len(text) <= MAX_NAME else text[: MAX_NAME - 3] + "..."
+
+
+class Census:
+    """One walk of the heap, advanced by ``step``; results in ``sites``."""
+
+    def __init__(self, exclude, skip_thread, max_paths=MAX_PATHS):
+        # type: (List[Any], int, int) -> None
+        self.visited = Bitmap()
+        self.skip_thread = skip_thread
+        self.max_paths = max_paths
+        self.sites = {}  # type: Dict[Tuple[str, ...], List[int]]
+        self.folded_paths = 0
+        self.objects = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.cpu = 0.0
+        self.longest = 0.0  # the longest slice, seconds of this thread's CPU
+        self.wall_longest = 0.0
+        self.longest_phase = ""
+        self.slices = 0
+        self.partial = False
+        self.done = False
+        self.phase = "modules"
+        self.notes = []  # type: List[str]
+        self._sizers = {}  # type: Dict[type, Any]
+        self._names = {}  # type: Dict[type, str]
+        self._gc_head = sys.getsizeof([]) - list.__sizeof__([])
+        probe = _Probe()
+        self._preheader = sys.getsizeof(probe) - _object_sizeof(probe) - self._gc_head
+        self._boundary = set()  # type: Set[int]
+        self._stack = []  # type: List[Any]
+        self._roots = self._root_source(exclude)
+        self.visited.add(id(self._roots))
+        self._exclude = exclude
+        for obj in (
+            self,
+            self.__dict__,
+            self.visited,
+            self.visited.__dict__,
+            self.visited.chunks,
+            self.sites,
+            self._stack,
+            self._boundary,
+            self._sizers,
+            self._names,
+            self.notes,
+        ):
+            self.visited.add(id(obj))
+
+    # --- sizes and names: C code only --------------------------------------------------
+    def _sizer(self, tp):  # type: (type) -> Any
+        """The C ``__sizeof__`` that ``sys.getsizeof`` would reach for instances of
+        ``tp`` (skipping one written in Python), and what getsizeof adds to it."""
+        found = self._sizers.get(tp)
+        if found is not None:
+            return found
+        method = _object_sizeof
+        try:
+            for base in _type_mro(tp):
+                attr = _type_dict(base).get("__sizeof__")
+                if attr is not None and type(attr) is _C_METHOD:
+                    method = attr
+                    break
+        except Exception:  # noqa: BLE001 - an odd type: object.__sizeof__ it is
+            method = _object_sizeof
+        flags = _type_flags(tp)
+        extra = self._gc_head if flags & _HAVE_GC else 0
+        if flags & _PREHEADER and sys.version_info >= (3, 11):
+            extra += self._preheader
+        found = (method, extra)
+        self._sizers[tp] = found
+        return found
+
+    def size(self, obj):  # type: (Any) -> int
+        method, extra = self._sizer(type(obj))
+        try:
+            size = method(obj)
+        except Exception:  # noqa: BLE001
+            try:
+                size = _object_sizeof(obj)
+            except Exception:  # noqa: BLE001
+                size = 0
+        return int(size) + int(extra) if type(size) is int else int(extra)
+
+    def type_name(self, tp):  # type: (type) -> str
+        name = self._names.get(tp)
+        if name is None:
+            try:
+                module = _type_module(tp)
+                short = _type_name(tp)
+                if type(module) is not str or module == "builtins":
+                    name = short
+                else:
+                    name = module + "." + short
+            except Exception:  # noqa: BLE001
+                name = "?"
+            name = self._names[tp] = _clip(name)
+        return name
+
+    # --- roots -------------------------------------------------------------------------
+    def _root_source(self, exclude):  # type: (List[Any]) -> Any
+        """(label, object, is_class) for every root, in the documented order."""
+        modules = []
+        for name, module in list(sys.modules.items()):
+            if type(name) is not str or not _is_module(type(module)):
+                continue
+            if name == "heapspy_agent" or name.startswith("heapspy_agent."):
+                continue
+            modules.append((name, module))
+        modules.sort(key=lambda item: item[0])
+        namespaces = []
+        for name, module in modules:
+            self._boundary.add(id(module))
+            try:
+                namespace = _module_dict(module)  # ModuleType's own getter
+            except Exception:  # noqa: BLE001
+                continue
+            if type(namespace) is not dict:
+                continue
+            self._boundary.add(id(namespace))
+            namespaces.append((name, module, namespace))
+            # a class defined here is a root of its own: never entered from elsewhere
+            for value in list(namespace.values()):
+                if _is_class(value) and _own_class(value, name):
+                    self._boundary.add(id(value))
+        del modules
+        yield None  # boundaries known: the walk may start
+        for name, module, namespace in namespaces:
+            self._count(module, (name, "module"))
+            self._count(namespace, (name, "dict"))
+            for key, value in list(namespace.items()):
+                label = _dotted(name, key)
+                own = _is_class(value) and _own_class(value, name)
+                yield label, value, own
+        del namespaces
+        self.phase = "threads"
+        frames = sys._current_frames()
+        names = {t.ident: t.name for t in threading.enumerate()}
+        order = sorted((names.get(i) != "MainThread", i) for i in frames)
+        for _, ident in order:
+            if ident == self.skip_thread:
+                continue
+            chain = []  # type: List[Any]
+            frame = frames[ident]  # type: Any
+            while frame is not None and len(chain) < 1000:
+                chain.append(frame)
+                frame = frame.f_back
+            thread = _clip(names.get(ident, "%d" % ident))
+            for frame in reversed(chain):
+                label = "thread %s: %s" % (thread, _clip(frame.f_code.co_name))
+                for value in self._frame_locals(frame):
+                    yield label, value, False
+            del chain, frame
+        del frames, names, order
+        self.phase = "excluded"
+        yield "", exclude, False  # walked without counting: the agent's own objects
+        self.phase = "unowned"
+        unowned = self._unowned()
+        self.visited.add(id(unowned))
+        for label, obj in unowned:
+            yield label, obj, False
+
+    def _frame_locals(self, frame):  # type: (Any) -> List[Any]
+        """The values of a running frame's locals, read as CPython itself offers them:
+        its tp_traverse before 3.11 (the fast locals), ``f_locals`` after (3.13: a
+        read-through proxy; 3.11-3.12: the frame's own snapshot dict, as a debugger
+        reads it)."""
+        code = frame.f_code
+        if not code.co_flags & 0x1:  # not CO_OPTIMIZED: module or class body
+            return []
+        if sys.version_info < (3, 11):
+            skip = (frame.f_back, code, frame.f_globals, frame.f_builtins)
+            return [v for v in gc.get_referents(frame) if not any(v is s for s in skip)]
+        try:
+            return list(frame.f_locals.values())
+        except Exception:  # noqa: BLE001
+            return []
+
+    def _unowned(self):  # type: () -> Any
+        """What the gc tracks and no root reached. An object referred to from outside
+        that set (its reference count says so) is held by C code, the interpreter or a
+        running frame's temporaries, with all it reaches; the rest is garbage waiting
+        for a collection. Yields (None, None) now and then: a place to end a slice."""
+        visited = self.visited
+        rest = [[]]  # type: List[Any]  # rest[0]: a sentinel whose count calibrates
+        visited.add(id(rest))
+        visited.add(id(rest[0]))
+        own = []  # the agent thread's frames (tracked objects before 3.11)
+        frame = sys._getframe()  # type: Any
+        while frame is not None:
+            own.append(frame)
+            frame = frame.f_back
+        self._exclude_walk(own)
+        del own, frame
+        n = 0
+        for table in (self.sites, self._sizers):  # the walk's own keys and values
+            for key, value in list(table.items()):
+                visited.add(id(key))
+                visited.add(id(value))
+                n += 1
+                if not n & 2047:
+                    yield None, None
+        for generation in range(3):
+            found = gc.get_objects(generation)
+            visited.add(id(found))
+            for i in range(len(found)):
+                if id(found[i]) not in visited:
+                    rest.append(found[i])
+                if not i & 4095:
+                    yield None, None
+            del found
+        ids = {id(rest[i]): i for i in range(len(rest))}
+        inner = [0] * len(rest)
+        for n in range(len(rest)):
+            for ref in gc.get_referents(rest[n]):
+                at = ids.get(id(ref))
+                if at is not None:
+                    inner[at] += 1
+            if not n & 1023:
+                yield None, None
+        del ids
+        getrefcount = sys.getrefcount
+        base = 0
+        held = []  # type: List[Any]
+        for i in range(len(rest)):
+            obj = rest[i]
+            count = getrefcount(obj)
+            if i == 0:
+                base = count
+            elif count - base - inner[i] > 0:
+                held.append(obj)
+            del obj
+        del inner
+        garbage = rest[1:]
+        del rest
+        for obj in held:
+            yield HELD_OUTSIDE, obj
+        del held
+        for obj in garbage:
+            yield GARBAGE, obj
+
+    # --- the walk ----------------------------------------------------------------------
+    def _count(self, obj, path):  # type: (Any, Tuple[str, ...]) -> None
+        if not self.visited.add(id(obj)):
+            return
+        self._record(path, self.size(obj))
+
+    def _record(self, path, nbytes):  # type: (Tuple[str, ...], int) -> None
+        self.objects += 1
+        self.bytes += nbytes
+        site = self.sites.get(path)
+        if site is None:
+            if len(self.sites) >= self.max_paths:
+                self.folded_paths += 1
+                path = (OTHER, path[-1])  # the type is kept: -top stays right
+                site = self.sites.get(path)
+            if site is None:
+                site = self.sites[path] = [0, 0]
+        site[0] += 1
+        site[1] += nbytes
+
+    def step(self, budget):  # type: (float) -> bool
+        """Walk for at most ``budget`` seconds; True once the census is complete."""
+        if self.done:
+            return True
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        try:
+            self._walk(t0 + budget)
+        finally:
+            self.wall_longest = max(self.wall_longest, time.perf_counter() - t0)
+            spent = time.thread_time() - c0  # the OS and other threads may delay a slice
+            self.cpu += spent
+            self.slices += 1
+            if spent > self.longest:
+                self.longest = spent
+                self.longest_phase = self.phase
+        return self.done
+
+    def stop(self):  # type: () -> None
+        """End here: what was counted so far is the (partial) census."""
+        if not self.done:
+            self.partial = True
+            self.done = True
+        self._release()
+
+    def _release(self):  # type: () -> None
+        self._stack = []
+        self._roots = iter(())
+        self._exclude = []
+
+    def _walk(self, deadline):  # type: (float) -> None
+        stack = self._stack
+        visited = self.visited
+        boundary = self._boundary
+        get_referents = gc.get_referents
+        clock = time.perf_counter
+        n = 0
+        while True:
+            if not stack:
+                try:
+                    root = next(self._roots)
+                except StopIteration:
+                    self.done = True
+                    self._release()
+                    return
+                if root is None or root[0] is None:
+                    if clock() >= deadline:
+                        return
+                    continue
+                label, obj, is_class = root
+                if label == "":  # the agent's own objects: marked, not counted
+                    stack.append([list(obj), 0, None])
+                    del obj, root
+                    continue
+                if is_class:
+                    if not visited.add(id(obj)):
+                        del obj, root
+                        continue  # the same class under a second name
+                    self._record((label, "type"), self.size(obj))
+                    try:
+                        attrs = list(_type_dict(obj).items())
+                        namespace = get_referents(_type_dict(obj))  # the dict inside
+                    except Exception:  # noqa: BLE001
+                        attrs, namespace = [], []
+                    for inner in namespace:
+                        if type(inner) is dict and visited.add(id(inner)):
+                            self._record((label, "dict"), self.size(inner))
+                    # the rest of the class (its mro, bases, ...) after its attributes
+                    stack.append([get_referents(obj), 0, (label, "type")])
+                    for key, value in reversed(attrs):
+                        if key not in ("__dict__", "__weakref__"):
+                            stack.append([[value], 0, (_dotted(label, key),)])
+                    del attrs, namespace, obj, root
+                    continue
+                stack.append([[obj], 0, (label,)])
+                del obj, root
+            entry = stack[-1]
+            items, pos, path = entry
+            if pos >= len(items):
+                stack.pop()
+                continue
+            obj = items[pos]
+            entry[1] = pos + 1
+            address = id(obj)
+            if address in boundary or not visited.add(address):
+                continue
+            tp = type(obj)
+            if path is None:  # excluded: marked as seen, not counted
+                if _is_module(tp) or (_type_flags(tp) & _TYPE_SUBCLASS and not _agent_class(obj)):
+                    continue
+                stack.append([get_referents(obj), 0, None])
+                del obj
+                continue
+            name = self.type_name(tp)
+            self._record(path + (name,), self.size(obj))
+            if _is_module(tp):
+                continue  # a module outside sys.modules: its globals are not ours
+            children = get_referents(obj)
+            if children:
+                if tp is _FrameType:
+                    children = [c for c in children if id(c) not in boundary]
+                child_path = path + (name,) if len(path) <= MAX_DEPTH else path
+                stack.append([children, 0, child_path])
+            del obj, children
+            n += 1
+            if n >= CHECK_EVERY:
+                n = 0
+                if clock() >= deadline:
+                    return
+
+    def _exclude_walk(self, roots):  # type: (List[Any]) -> None
+        """Mark everything the agent's own objects reach (short of the boundaries) as
+        seen, without counting it: what is left unreached after this is the target's."""
+        todo = list(roots)
+        visited = self.visited
+        boundary = self._boundary
+        while todo:
+            obj = todo.pop()
+            address = id(obj)
+            if address in boundary or not visited.add(address):
+                continue
+            tp = type(obj)
+            if _is_module(tp):
+                continue
+            if _type_flags(tp) & _TYPE_SUBCLASS and not _agent_class(obj):
+                continue
+            todo.extend(gc.get_referents(obj))
+
+    def progress(self):  # type: () -> Dict[str, Any]
+        return {
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "elapsed": time.monotonic() - self.started,
+            "cpu": self.cpu,
+            "longest_slice": self.longest,
+            "phase": self.phase,
+            "bookkeeping": self.visited.memory(),
+        }
+
+    def result_frames(self, per_frame, keep=SEND_PATHS):
+        # type: (int, int) -> List[Dict[str, Any]]
+        """The census as CENSUS bodies of at most ``per_frame`` paths; the last one says
+        ``done`` and carries the totals. The ``keep`` largest paths by bytes are sent
+        as they are, the rest folded into (``[other]``, their type)."""
+        ranked = sorted(self.sites.items(), key=lambda item: -item[1][1])
+        merged = {}  # type: Dict[Tuple[str, ...], List[int]]
+        for path, (objects, nbytes) in ranked[keep:]:
+            key = (OTHER, path[-1])
+            site = merged.get(key)
+            if site is None:
+                site = merged[key] = [0, 0]
+            site[0] += objects
+            site[1] += nbytes
+            if path[0] != OTHER:
+                self.folded_paths += 1
+        sites = [[list(path), v[0], v[1]] for path, v in ranked[:keep]]
+        sites.extend([list(path), v[0], v[1]] for path, v in merged.items())
+        bodies = [
+            {"sites": sites[start : start + per_frame], "done": False}
+            for start in range(0, max(len(sites), 1), per_frame)
+        ]  # type: List[Dict[str, Any]]
+        last = bodies[-1]
+        last.update(self.progress())
+        last["done"] = True
+        last["partial"] = self.partial
+        last["folded_paths"] = self.folded_paths
+        last["notes"] = self.notes[:16]
+        return bodies
