@@ -38,7 +38,7 @@ CENSUS_DEFAULT = "space"
 MAX_SITES = 50_000
 DEFAULT_SLICE = 0.02  # seconds of work per slice in the target
 DEFAULT_PAUSE = 0.06  # seconds of rest between slices: at most 25 % of one core
-CENSUS_FILENAME = "<census>"  # the "file" of every frame: pprof wants one
+CENSUS_FILENAME = ""  # frames are names (roots, containers, types), not code
 
 
 @dataclass(frozen=True)

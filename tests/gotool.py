@@ -92,9 +92,10 @@ class TopRow:
     name: str
 
 
+_PCT = r"-?[\d.]+(?:e[-+]?\d+)?"  # pprof writes tiny shares as 8.5e-05%
 _ROW = re.compile(
-    r"^\s*(?P<flat>-?\d+)B?\s+(?P<flat_pct>-?[\d.]+)%\s+(?P<sum_pct>-?[\d.]+)%"
-    r"\s+(?P<cum>-?\d+)B?\s+(?P<cum_pct>-?[\d.]+)%\s+(?P<name>.+?)\s*$"
+    rf"^\s*(?P<flat>-?\d+)B?\s+(?P<flat_pct>{_PCT})%\s+(?P<sum_pct>{_PCT})%"
+    rf"\s+(?P<cum>-?\d+)B?\s+(?P<cum_pct>{_PCT})%\s+(?P<name>.+?)\s*$"
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -25,6 +25,7 @@ class ProgressLine:
     def __init__(self, quiet: bool) -> None:
         self.enabled = sys.stderr.isatty() and not quiet
         self.shown = False
+        self.told = False  # the line saying a census is under way was printed
 
     def __call__(self, p: CensusProgress) -> None:
         if not self.enabled:
@@ -87,9 +88,14 @@ def census(
         pause=_seconds(pause, "--pause", 0.0, 10.0),
     )
     line = ProgressLine(quiet)
+    say = None if quiet else _say
     try:
         reply = control.stream(
-            pid, "census", lambda body: _on_reply(body, line), slice=opts.slice, pause=opts.pause
+            pid,
+            "census",
+            lambda body: _on_reply(body, line, say, pid),
+            slice=opts.slice,
+            pause=opts.pause,
         )
     except NoSession:
         config = AttachConfig(
@@ -98,7 +104,7 @@ def census(
             attach_timeout=options.duration(attach_timeout, "attach timeout") or 10.0,
             thread=thread,
         )
-        found = _standalone(pid, config, opts, line)
+        found = _standalone(pid, config, opts, line, say)
     else:
         line.clear()
         if not reply.get("ok"):
@@ -113,22 +119,37 @@ def census(
         print(printable(render_summary(found), keep_newlines=True), file=sys.stderr)
 
 
-def _on_reply(body: dict[str, Any], line: ProgressLine) -> bool:
+def _say(text: str) -> None:
+    print(f"heapspy: {printable(text)}", file=sys.stderr, flush=True)
+
+
+def _on_reply(
+    body: dict[str, Any], line: ProgressLine, say: Callable[[str], None] | None, pid: int
+) -> bool:
     progress = body.get("progress")
     if body.get("ok") and isinstance(progress, dict):
+        if say is not None and not line.told:
+            say(f"the session holding {pid} is taking a census (Ctrl-C stops it)")
+            line.told = True
         line(CensusProgress.of(progress))
         return True
     return False
 
 
 def _standalone(
-    pid: int, config: AttachConfig, opts: CensusOptions, line: ProgressLine
+    pid: int,
+    config: AttachConfig,
+    opts: CensusOptions,
+    line: ProgressLine,
+    say: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Attach, take the census, detach: the target is left as it was."""
     with SignalRequests(dumps=False) as requests:
         session = Session.attach(pid, config)
         try:
             requests.follow(session)
+            if say is not None:
+                say(f"attached to {pid}; taking a census (Ctrl-C stops it, keeping what it has)")
             result, path = take_census(
                 session,
                 opts,

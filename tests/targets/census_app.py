@@ -63,3 +63,57 @@ def truth():
         "census_app.HANDLER": walk([cells[0].cell_contents]),
         "census_app.ARRAY": walk([ARRAY]) if ARRAY is not None else None,
     }
+
+
+CALLS = []  # any code of ours the census runs lands here: it must stay empty
+
+
+class Trap:
+    """Everything a careless walk would trip: attribute hooks, a property, a Python
+    __sizeof__, a finalizer, and __slots__."""
+
+    __slots__ = ("a", "b", "__weakref__")
+
+    def __init__(self):
+        object.__setattr__(self, "a", "slot-a " * 20)
+        object.__setattr__(self, "b", list(range(100)))
+
+    def __getattribute__(self, name):
+        CALLS.append("getattribute " + name)
+        return object.__getattribute__(self, name)
+
+    def __getattr__(self, name):
+        CALLS.append("getattr " + name)
+        raise AttributeError(name)
+
+    def __sizeof__(self):
+        CALLS.append("sizeof")
+        return 10**9
+
+    def __del__(self):
+        CALLS.append("del")
+
+    @property
+    def __class__(self):
+        CALLS.append("__class__")
+        return dict
+
+    def __repr__(self):
+        CALLS.append("repr")
+        return "Trap"
+
+
+class TrapDict(dict):
+    """A builtin subclass with a Python __sizeof__ and __class__."""
+
+    def __sizeof__(self):
+        CALLS.append("dict sizeof")
+        return 10**9
+
+    @property
+    def __class__(self):
+        CALLS.append("dict __class__")
+        return list
+
+
+TRAPS = [Trap() for _ in range(10)] + [TrapDict(k=1) for _ in range(10)]

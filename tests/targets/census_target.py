@@ -4,7 +4,8 @@ gc.disable(); and a latency probe that measures the longest pause the census cau
 
 Usage: census_target.py [N_CACHE]
 Prints "READY <pid>", then "TRUTH <json>" (the target's own sys.getsizeof walk of each
-root). On SIGUSR1 prints "LATENCY <longest pause in ms> <probes>".
+root). On SIGUSR1 prints "LATENCY <longest pause in ms> <probes>" and "CALLS <json>" (the target's
+code that ran on a census_app.Trap: none may).
 """
 
 import gc
@@ -52,6 +53,7 @@ def probe():
 
 def report(_signum, _frame):
     print("LATENCY %.3f %d" % (longest[0] * 1000, longest[1]), flush=True)
+    print("CALLS " + json.dumps(census_app.CALLS), flush=True)
 
 
 signal.signal(signal.SIGUSR1, report)

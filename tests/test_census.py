@@ -1,0 +1,184 @@
+"""`heapspy census` on real targets: roots, types and garbage named as the target itself
+counts them, through go tool pprof and the sidecar; no code of the target's run; a
+live session's census; Ctrl-C leaves a partial census."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from gotool import top
+from interpreters import Interpreter, install_numpy, interpreter_params
+from support import Target, run_heapspy
+
+from heapspy.pprof import read_profile
+
+Spawn = Callable[..., Target]
+NAME = re.compile(r"^census-(\d+)-\d{8}T\d{6}\.\d{3}Z\.pb\.gz$")
+GARBAGE = "unreachable (cyclic garbage)"
+ROOTS = ("census_app.CACHE", "census_app.Registry.items", "census_app.HANDLER")
+
+
+def _start(spawn: Spawn, interp: Interpreter | None, env: dict[str, str] | None = None) -> Any:
+    """The census target and its own count of what each root holds (TRUTH line)."""
+    target = spawn(interp, "census_target.py", "20000", env=env)
+    line = target.proc.stdout.readline()
+    assert line.startswith("TRUTH "), line
+    return target, json.loads(line[len("TRUTH ") :])
+
+
+def _signal_report(target: Target) -> tuple[float, int, list[str]]:
+    """The target's longest pause (ms), how many probes measured it, and the target's
+    code that ran on its traps."""
+    target.proc.send_signal(signal.SIGUSR1)
+    latency = target.proc.stdout.readline().split()
+    calls = target.proc.stdout.readline()
+    assert latency[0] == "LATENCY" and calls.startswith("CALLS "), (latency, calls)
+    return float(latency[1]), int(latency[2]), json.loads(calls[len("CALLS ") :])
+
+
+def _by_root_and_type(path: Path) -> dict[tuple[str, str], list[int]]:
+    profile = read_profile(path)
+    assert profile.sample_type_names == ("objects", "space")
+    totals: dict[tuple[str, str], list[int]] = {}
+    for sample in profile.samples:
+        key = (sample.stack[0].function, sample.stack[-1].function)
+        entry = totals.setdefault(key, [0, 0])
+        entry[0] += sample.values[0]
+        entry[1] += sample.values[1]
+    return totals
+
+
+def _numpy_env(interp: Interpreter) -> dict[str, str]:
+    site, _why = install_numpy(interp.version)
+    return {"PYTHONPATH": str(site)} if site is not None else {}
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_census_names_roots_types_and_garbage(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target, truth = _start(spawn, interp, env=_numpy_env(interp))
+    out = run_heapspy(
+        "census", str(target.pid), "--dump-dir", str(tmp_path), "--pause", "5ms", timeout=180
+    )
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip())
+    assert path.parent == tmp_path and NAME.match(path.name), path
+    side = json.loads(path.with_name(path.name.replace(".pb.gz", ".json")).read_text())
+    assert side["kind"] == "census" and side["pid"] == target.pid and not side["partial"]
+    # the root holding the most is named first
+    assert side["roots"][0][0] == "census_app.CACHE", side["roots"][:5]
+
+    # per type, within 10 % of the target's own sys.getsizeof walk of each root
+    found = _by_root_and_type(path)
+    for root in (*ROOTS, "census_app.ARRAY"):
+        if truth.get(root) is None:
+            continue  # no NumPy for this interpreter
+        for kind, (objects, nbytes) in truth[root].items():
+            got = found.get((root, kind), [0, 0])
+            assert abs(got[1] - nbytes) <= 0.1 * nbytes, (root, kind, got, nbytes)
+            assert abs(got[0] - objects) <= 0.1 * objects, (root, kind, got, objects)
+    worker = "thread census-worker: work"
+    assert found[(worker, "float")][0] == 7000, found.get((worker, "float"))
+    assert found[(worker, "list")][0] >= 1
+
+    # the cycles nobody refers to (gc disabled) are garbage, not a root's
+    garbage_bytes = found.get((GARBAGE, "bytes"), [0, 0])
+    assert garbage_bytes[0] >= 500 and garbage_bytes[1] >= 500 * 1000, garbage_bytes
+    assert (GARBAGE, "dict") in found and (GARBAGE, "list") in found
+
+    # a Python __sizeof__ is never called: the traps are sized by their C layout
+    traps = [v for (root, _kind), v in found.items() if root == "census_app.TRAPS"]
+    assert traps and sum(v[1] for v in traps) < 10**6, traps
+    longest, probes, calls = _signal_report(target)
+    assert calls == [], calls  # no __getattr__, __del__, property or __sizeof__ ran
+    assert probes > 0 and longest >= 0.0
+    assert side["longest_slice"] > 0 and side["elapsed"] > 0
+
+    # go tool pprof: -top ranks types by bytes, -top -cum ranks the roots
+    rows = top(path)
+    assert rows[0].name == "dict", rows[:3]
+    cum = top(path, "-cum")
+    roots = [r for r in cum if r.name.startswith("census_app.")]
+    assert roots[0].name == "census_app.CACHE", roots[:3]
+    cache_bytes = sum(v[1] for (root, _k), v in found.items() if root == "census_app.CACHE")
+    assert roots[0].cum == cache_bytes
+
+
+def test_census_under_debug_allocator(spawn: Spawn, tmp_path: Path) -> None:
+    target, truth = _start(spawn, None, env={"PYTHONMALLOC": "debug"})
+    out = run_heapspy("census", str(target.pid), "--dump-dir", str(tmp_path), "--pause", "5ms")
+    assert out.returncode == 0, out.stderr
+    found = _by_root_and_type(Path(out.stdout.strip()))
+    want = truth["census_app.CACHE"]["dict"]
+    got = found[("census_app.CACHE", "dict")]
+    assert abs(got[1] - want[1]) <= 0.1 * want[1], (got, want)
+
+
+def test_census_through_a_live_session_reads_like_any_dump(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    target, _truth = _start(spawn, None)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir",
+         str(tmp_path), "--no-final-dump"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stderr is not None
+        assert "attached to" in holder.stderr.readline()
+        out = run_heapspy("census", str(target.pid), "--pause", "5ms", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert f"census taken by the session holding {target.pid}" in out.stderr
+        path = Path(out.stdout.strip())
+        assert path.parent == tmp_path and NAME.match(path.name)
+        holder.terminate()
+        assert holder.wait(timeout=15) == 0
+    finally:
+        holder.kill()
+        holder.communicate()
+
+    report = run_heapspy("report", str(path), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    body = json.loads(report.stdout)
+    assert body["sample_index"] == "space"
+    html = tmp_path / "census.html"
+    graph = run_heapspy("flamegraph", str(path), "-o", str(html))
+    assert graph.returncode == 0, graph.stderr
+    assert "census_app.CACHE" in html.read_text()
+    diff = run_heapspy("diff", str(path), str(path))
+    assert diff.returncode == 0, diff.stderr
+    assert "No site changed" in diff.stdout
+
+
+def test_ctrl_c_leaves_a_partial_census(spawn: Spawn, tmp_path: Path) -> None:
+    target, _truth = _start(spawn, None)
+    census = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "census", str(target.pid), "--dump-dir",
+         str(tmp_path), "--slice", "1ms", "--pause", "1s"],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert census.stderr is not None
+        line = census.stderr.readline()
+        assert "taking a census" in line, line
+        census.send_signal(signal.SIGINT)
+        out, err = census.communicate(timeout=60)
+    finally:
+        census.kill()
+    assert census.returncode == 0, err
+    path = Path(out.strip())
+    side = json.loads(path.with_name(path.name.replace(".pb.gz", ".json")).read_text())
+    assert side["partial"] is True and "interrupted" in side["stopped"]
+    assert "PARTIAL" in err
+    assert read_profile(path).comments[-1].startswith("partial census")
+    assert target.proc.poll() is None  # the target runs on
+    assert not [n for n in os.listdir("/tmp") if n.startswith(f"heapspy-{target.pid}-")]
