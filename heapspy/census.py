@@ -58,6 +58,7 @@ class CensusProgress:
     longest_slice: float
     phase: str
     bookkeeping: int
+    longest_slice_wall: float = 0.0
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> CensusProgress:
@@ -69,6 +70,7 @@ class CensusProgress:
             longest_slice=float(body.get("longest_slice", 0.0)),
             phase=str(body.get("phase", "")),
             bookkeeping=int(body.get("bookkeeping", 0)),
+            longest_slice_wall=float(body.get("longest_slice_wall", 0.0)),
         )
 
 
@@ -194,6 +196,7 @@ def census_sidecar(result: CensusResult, facts: dict[str, Any]) -> dict[str, Any
         elapsed=p.elapsed,
         cpu=p.cpu,
         longest_slice=p.longest_slice,
+        longest_slice_wall=p.longest_slice_wall,
         bookkeeping_bytes=p.bookkeeping,
         folded_paths=result.folded_paths,
         dropped_sites=result.dropped_sites,
@@ -255,6 +258,7 @@ def summary(result: CensusResult, path: Path | None = None) -> dict[str, Any]:
         "elapsed": p.elapsed,
         "cpu": p.cpu,
         "longest_slice": p.longest_slice,
+        "longest_slice_wall": p.longest_slice_wall,
         "bookkeeping": p.bookkeeping,
         "roots": [list(r) for r in result.by_root()[:10]],
         "types": [list(r) for r in result.by_type()[:10]],

@@ -543,6 +543,7 @@ class Census:
             "elapsed": time.monotonic() - self.started,
             "cpu": self.cpu,
             "longest_slice": self.longest,
+            "longest_slice_wall": self.wall_longest,
             "phase": self.phase,
             "bookkeeping": self.visited.memory(),
         }

@@ -266,7 +266,8 @@ def _define() -> dict[int, Record]:
         "bytes": COUNT,
         "elapsed": Num(0.0, 1e9),  # seconds since the census started
         "cpu": Num(0.0, 1e9),  # seconds of the agent thread's CPU it took
-        "longest_slice": Num(0.0, 1e9),  # the longest slice of work, seconds
+        "longest_slice": Num(0.0, 1e9),  # the longest slice of work, seconds of CPU
+        "longest_slice_wall": Num(0.0, 1e9),  # the same in wall time (the OS may delay it)
         "phase": Str(32),
         "bookkeeping": COUNT,  # bytes of the walk's own visited bitmap
     }

@@ -5,7 +5,8 @@ gc.disable(); and a latency probe that measures the longest pause the census cau
 Usage: census_target.py [N_CACHE]
 Prints "READY <pid>", then "TRUTH <json>" (the target's own sys.getsizeof walk of each
 root). On SIGUSR1 prints "LATENCY <longest pause in ms> <probes>" and "CALLS <json>" (the target's
-code that ran on a census_app.Trap: none may).
+code that ran on a census_app.Trap: none may); on SIGUSR2 forgets the longest pause so far
+and prints "RESET" (a benchmark measures the census alone, not the attach before it).
 """
 
 import gc
@@ -56,7 +57,14 @@ def report(_signum, _frame):
     print("CALLS " + json.dumps(census_app.CALLS), flush=True)
 
 
+def reset(_signum, _frame):
+    longest[0] = 0.0
+    longest[1] = 0
+    print("RESET", flush=True)
+
+
 signal.signal(signal.SIGUSR1, report)
+signal.signal(signal.SIGUSR2, reset)
 threading.Thread(target=work, name="census-worker", daemon=True).start()
 started.wait()
 truth = census_app.truth()
