@@ -139,10 +139,10 @@ def main() -> None:
     log(
         f"{interp.label}: {p.objects:,} objects, {format_bytes(p.bytes)}: {wall:.1f} s wall, "
         f"target CPU {cpu / wall:.0%} of a core ({p.cpu:.1f} s in the agent), longest slice "
-        f"{p.longest_slice * 1000:.1f} ms CPU ({p.longest_slice_wall * 1000:.0f} ms wall), longest pause seen by the target {pause:.1f} ms "
-        f"(idle: {idle_pause:.1f} ms), bitmap {format_bytes(p.bookkeeping)} "
-        f"({p.bookkeeping / max(p.bytes, 1):.2%} of the heap), peak RSS +"
-        f"{format_bytes((peak - rss) * 1024)}"
+        f"{p.longest_slice * 1000:.1f} ms CPU ({p.longest_slice_wall * 1000:.0f} ms wall), "
+        f"longest pause seen by the target {pause:.1f} ms (idle: {idle_pause:.1f} ms), "
+        f"bitmap {format_bytes(p.bookkeeping)} ({p.bookkeeping / max(p.bytes, 1):.2%} of the "
+        f"heap), peak RSS +{format_bytes((peak - rss) * 1024)}"
     )
     print(json.dumps(figures))
 
