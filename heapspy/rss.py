@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from heapspy.printable import printable
+from heapspy.units import format_bytes
+
 MAX_SMAPS = 64 * 1024 * 1024  # ~300 bytes a mapping: 200,000 mappings
 HEAP_MAX = 64 * 1024 * 1024  # glibc's HEAP_MAX_SIZE on 64-bit: non-main arena heaps
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$")
@@ -332,19 +335,51 @@ def read_maps(pid: int) -> tuple[list[Mapping], list[int], int]:
     return maps, sps, threads
 
 
-def format_breakdown(b: Breakdown, format_bytes: Any) -> list[str]:
-    """Lines for people: one per category, with its share of RSS."""
-    lines = [f"RSS {format_bytes(b.rss)} (C allocator: {b.allocator}):"]
-    for c in b.categories:
-        share = 100.0 * c.bytes / b.rss if b.rss else 0.0
-        lines.append(f"  {format_bytes(c.bytes):>11} {share:5.1f}%  {c.name}  ({c.detail})")
-    share = 100.0 * b.unexplained / b.rss if b.rss else 0.0
-    lines.append(f"  {format_bytes(b.unexplained):>11} {share:5.1f}%  unexplained")
-    if b.trim_estimate is not None:
-        lines.append(
-            f"  malloc_trim would likely give back ~{format_bytes(b.trim_estimate)} "
-            "(`heapspy trim PID`)"
+FRAGMENTED_SHARE = 0.30  # free-but-held share of an allocator's memory called fragmented
+FRAGMENTED_RSS = 0.10  # ... when it is also this share of RSS
+
+
+def verdict(b: Breakdown, heap_growth: int | None = None) -> str:
+    """Fragmented (allocators hold much free memory) or leaking (the live heap grows)?"""
+    free = b.category("C allocator: free") + b.category("pymalloc: free")
+    held = free / b.rss if b.rss else 0.0
+    shares = b.fragmentation.values()
+    fragmented = held >= FRAGMENTED_RSS and any(s >= FRAGMENTED_SHARE for s in shares)
+    growing = heap_growth is not None and heap_growth > 0.05 * b.rss
+    parts = []
+    if fragmented:
+        parts.append(
+            f"looks fragmented: {format_bytes(free)} ({held:.0%} of RSS) is memory the "
+            "allocators hold free"
+            + (
+                f"; malloc_trim would likely give back ~{format_bytes(b.trim_estimate)}"
+                if b.trim_estimate
+                else ""
+            )
         )
+    if growing:
+        assert heap_growth is not None
+        parts.append(
+            f"looks like a leak: the live Python heap grew by {format_bytes(heap_growth)} "
+            "during the session"
+        )
+    if not parts:
+        parts.append("neither fragmented nor growing")
+    return "; ".join(parts)
+
+
+def format_breakdown(b: Breakdown, heap_growth: int | None = None) -> list[str]:
+    """Lines for people: one per category, with its share of RSS, then the verdict."""
+    lines = [f"RSS {format_bytes(b.rss)} (C allocator: {b.allocator}):"]
+    rows = [
+        *((c.bytes, c.name, c.detail) for c in b.categories),
+        (b.unexplained, "unexplained", ""),
+    ]
+    for nbytes, name, detail in rows:
+        share = 100.0 * nbytes / b.rss if b.rss else 0.0
+        more = f"  ({printable(detail)})" if detail else ""
+        lines.append(f"  {format_bytes(nbytes):>11} {share:5.1f}%  {name}{more}")
+    lines.append(f"  Verdict: {verdict(b, heap_growth)}")
     return lines
 
 
@@ -367,3 +402,25 @@ def measure(pid: int, agent_call: AgentCall | None) -> Breakdown | None:
             pymalloc = reply.get("pymalloc") or None
             glibc = reply.get("glibc") or None
     return breakdown(maps, sps, threads, allocator, pymalloc, glibc)
+
+
+def memory_of(sidecar: dict[str, Any] | None) -> Breakdown | None:
+    """The breakdown a dump's sidecar carries (None: none, or from an older heapspy)."""
+    body = (sidecar or {}).get("memory")
+    if not isinstance(body, dict):
+        return None
+    try:
+        return Breakdown.from_json(body)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def heap_growth_of(sidecar: dict[str, Any] | None) -> int | None:
+    """How much the live heap grew over the sidecar's series (first to last point)."""
+    doc = sidecar or {}
+    columns, series = doc.get("series_columns"), doc.get("rss_series")
+    if not isinstance(columns, list) or "heap" not in columns or not isinstance(series, list):
+        return None
+    i = columns.index("heap")
+    values = [r[i] for r in series if isinstance(r, list) and len(r) > i and isinstance(r[i], int)]
+    return values[-1] - values[0] if len(values) >= 2 else None

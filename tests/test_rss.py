@@ -114,13 +114,15 @@ def test_every_resident_byte_is_accounted_and_trim_gives_back_what_was_predicted
                 "1",
                 "--dump-dir",
                 str(tmp_path),
-                "--quiet",
             ],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert out.returncode == 0, out.stderr
+        # the final table says where the RSS is, and what it looks like
+        assert "C allocator: free but held" in out.stdout, out.stdout
+        assert "Verdict: looks fragmented" in out.stdout, out.stdout
         (sidecar,) = tmp_path.glob("heap-*-final.json")
         memory = json.loads(sidecar.read_text())["memory"]
         assert memory["allocator"] == "glibc"
@@ -142,6 +144,23 @@ def test_every_resident_byte_is_accounted_and_trim_gives_back_what_was_predicted
         stacks = next(c for c in memory["categories"] if c["name"] == "thread stacks")
         assert stacks["bytes"] > 0 and stacks["detail"] == f"{known['threads'] + 2} threads"
         assert abs(memory["unexplained"]) <= 0.05 * rss, detail
+        report = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "heapspy",
+                "report",
+                str(sidecar.with_suffix(".pb.gz")),
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert report.returncode == 0, report.stderr
+        shown = json.loads(report.stdout)["memory"]
+        assert shown["rss"] == rss and shown["verdict"].startswith("looks fragmented"), shown
         predicted = memory["trim_estimate"]
         assert predicted >= 0.9 * known["freed_bytes"], detail
         trimmed = subprocess.run(
@@ -186,5 +205,58 @@ def test_trim_refuses_a_process_without_glibc_malloc(tmp_path: Path) -> None:
         )
         assert out.returncode == 19 and "jemalloc's malloc, not glibc's" in out.stderr, out.stderr
     finally:
+        target.kill()
+        target.communicate()
+
+
+def test_status_of_one_session_shows_where_its_rss_is(tmp_path: Path) -> None:
+    found = [p.values[0] for p in interpreter_params() if p.values[0].version == (3, 11)]
+    if not found:
+        pytest.skip("no CPython 3.11")
+    python: Interpreter = found[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    target = subprocess.Popen(
+        [*python.argv, str(TARGET)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    holder = None
+    try:
+        assert target.stdout is not None and target.stdout.readline().startswith("READY")
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "heapspy",
+                "attach",
+                str(target.pid),
+                "--dump-dir",
+                str(tmp_path),
+                "--no-final-dump",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stderr is not None and "attached to" in holder.stderr.readline()
+        out = subprocess.run(
+            [sys.executable, "-m", "heapspy", "status", str(target.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "(C allocator: glibc):" in out.stdout and "shared memory" in out.stdout, out.stdout
+        assert "Verdict: looks fragmented" in out.stdout, out.stdout
+        as_json = subprocess.run(
+            [sys.executable, "-m", "heapspy", "status", str(target.pid), "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        (item,) = json.loads(as_json.stdout)
+        assert item["memory"]["allocator"] == "glibc"
+    finally:
+        if holder is not None:
+            holder.terminate()
+            holder.communicate(timeout=60)
         target.kill()
         target.communicate()

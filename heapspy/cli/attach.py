@@ -13,6 +13,7 @@ from heapspy.cli.spinner import Spinner
 from heapspy.config import AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
 from heapspy.reporters.top import TopTable
+from heapspy.rss import format_breakdown
 from heapspy.rules import parse_rule
 from heapspy.serve.access import parse_listen, read_token
 from heapspy.serve.http import ServeOptions, serve
@@ -184,6 +185,8 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     if not quiet:
         table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampled)
         print(table.output())
+        if session.last_memory is not None:  # what the rest of RSS is, as it was at the end
+            print("\n".join(format_breakdown(session.last_memory)))
         final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
         if final:  # what to do with it, as a first-time user would not know
             print(f"Read the final dump with: heapspy report {final[-1]}")

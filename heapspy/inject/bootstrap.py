@@ -125,6 +125,7 @@ def _rmdir_at(parent_fd: int, name: str, made_fd: int) -> None:
     except OSError:
         pass
 
+
 @dataclass
 class Placement:
     """One session's files in the target, held by descriptors; paths as the target sees them."""

@@ -76,6 +76,7 @@ from heapspy.reporters.sites import (
     site_variances,
 )
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS, Totals
+from heapspy.rss import Breakdown, format_breakdown, heap_growth_of, memory_of, verdict
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.units import format_bytes
@@ -141,6 +142,8 @@ class Report(Rendering):
     top: tuple[SiteRow, ...]
     sampled: bool = False  # the values are estimates with errors: see is_sampled
     runtime: RuntimeStats | None = None  # the target's GC, threads, tasks at dump time
+    memory: Breakdown | None = None  # where the target's RSS was at dump time
+    heap_growth: int | None = None  # the live heap's growth over the sidecar's series
 
     def text(self) -> str:
         return render_text(self)
@@ -213,6 +216,8 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         top=top_rows(sites, total, config.top, variances),
         sampled=sampled,
         runtime=runtime,
+        memory=memory_of(dump.sidecar),
+        heap_growth=heap_growth_of(dump.sidecar),
     )
 
 
@@ -297,6 +302,11 @@ def render_text(report: Report) -> str:
     lines.extend(table_lines(report.top, report.unit, errors=report.sampled))
     if report.sampled:
         lines.append("±95%: sampling error (half-width of the value's 95% confidence interval)")
+    if report.memory is not None:
+        lines.append("")
+        lines.append("Memory at dump time (where the RSS is; `heapspy trim PID` gives back what")
+        lines.append("glibc holds free):")
+        lines.extend(format_breakdown(report.memory, report.heap_growth))
     return "\n".join(lines) + "\n"
 
 
@@ -338,6 +348,9 @@ def report_to_json(report: Report) -> dict[str, Any]:
             for k, count in totals.size_classes
         ],
         "runtime": None if report.runtime is None else report.runtime.to_json(),
+        "memory": None
+        if report.memory is None
+        else {**report.memory.to_json(), "verdict": verdict(report.memory, report.heap_growth)},
         "total": report.total,
         "functions": report.functions,
         "top": [

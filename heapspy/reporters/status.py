@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from heapspy import control
@@ -20,6 +20,7 @@ from heapspy.errors import HeapspyError, NoSession
 from heapspy.printable import printable
 from heapspy.registry import Holder, read_holder, runtime_dir
 from heapspy.reporters.base import Rendering
+from heapspy.rss import Breakdown, format_breakdown, memory_of
 from heapspy.units import format_age, format_bytes, size_text
 
 
@@ -31,6 +32,7 @@ class SessionStatus:
     holder: Holder | None
     status: dict[str, Any]
     error: str = ""
+    memory: Breakdown | None = None  # asked for one PID only: it costs the target a walk
 
 
 def _targets() -> list[int]:
@@ -78,7 +80,18 @@ def build_status(pid: int | None = None) -> Status:
     sessions = list_sessions(None if pid is None else [pid])
     if pid is not None and not sessions:
         raise NoSession(f"No heapspy session holds process {pid}.")
+    if pid is not None and not sessions[0].error:
+        sessions = [replace(sessions[0], memory=_memory(pid))]
     return Status(tuple(sessions))
+
+
+def _memory(pid: int) -> Breakdown | None:
+    """Where the target's RSS is now, from its session (None if it cannot say)."""
+    try:
+        reply = control.request(pid, "memory", timeout=10.0)
+    except (OSError, HeapspyError):
+        return None
+    return memory_of(reply) if reply.get("ok") else None
 
 
 def _rate(st: dict[str, Any]) -> str:
@@ -126,6 +139,9 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
                 f"{s.target_pid}: {dropped} stacks dropped, beyond the session's limits "
                 "(heapspy/aggregate.py)"
             )
+    for s in sessions:
+        if s.memory is not None:
+            lines.extend(format_breakdown(s.memory))
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
@@ -138,5 +154,7 @@ def to_json(sessions: Sequence[SessionStatus]) -> list[dict[str, Any]]:
             item["holder_command"] = s.holder.command
         if s.error:
             item["error"] = s.error
+        if s.memory is not None:
+            item["memory"] = s.memory.to_json()
         out.append(item)
     return out
