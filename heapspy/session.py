@@ -630,7 +630,7 @@ class Session:
             if order not in ORDERS:
                 return {"ok": False, "error": f"unknown order {order!r}"}
             view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order)
-            return {"ok": True, "view": view.to_json()}
+            return {"ok": True, "view": {**view.to_json(), "memory": self.memory_for_view()}}
         if cmd == "dump":
             try:
                 path = self.write_dump(str(body.get("rule", "on-demand")), "heapspy dump")
@@ -830,6 +830,14 @@ class Session:
             self._memory_at = now
             self.memory()
         return self.last_memory
+
+    def memory_for_view(self) -> dict[str, Any] | None:
+        """The RSS breakdown for `heapspy top`: measured at most every MEMORY_EVERY s."""
+        now = time.time()
+        if now - self._memory_at >= MEMORY_EVERY:
+            self._memory_at = now
+            self.memory()
+        return self.last_memory.to_json() if self.last_memory is not None else None
 
     def trim(self) -> dict[str, Any]:
         """glibc's malloc_trim(0) in the target, with RSS before and after."""

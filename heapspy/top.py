@@ -9,7 +9,7 @@ views it has seen, which keeps sessions free of per-viewer state.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from heapspy import control
@@ -33,6 +33,7 @@ class TopView:
     rss: int | None
     rows: tuple[TopRow, ...]
     runtime: dict[str, Any] | None = None  # the agent's latest runtime facts
+    memory: dict[str, Any] | None = None  # where the RSS is (heapspy/rss.py), <= 10 s old
 
     @property
     def sampled(self) -> bool:
@@ -56,6 +57,7 @@ class TopView:
             rss=None if body.get("rss") is None else int(body["rss"]),
             rows=rows,
             runtime=body["runtime"] if isinstance(body.get("runtime"), dict) else None,
+            memory=body["memory"] if isinstance(body.get("memory"), dict) else None,
         )
 
 
@@ -68,6 +70,8 @@ class Running(Protocol):
     def aggregator(self) -> Aggregator: ...
 
     def run(self, duration: float | None = None) -> str: ...
+
+    def memory_for_view(self) -> dict[str, Any] | None: ...
 
 
 def check_order(name: str) -> str:
@@ -127,6 +131,6 @@ def watch_session(
         if left is not None and left <= 0:
             return "duration elapsed"
         reason = session.run(every if left is None else min(every, left))
-        show(top_view(session.aggregator, n, order))
+        show(replace(top_view(session.aggregator, n, order), memory=session.memory_for_view()))
         if reason != "duration elapsed":
             return reason

@@ -209,7 +209,7 @@ def test_trim_refuses_a_process_without_glibc_malloc(tmp_path: Path) -> None:
         target.communicate()
 
 
-def test_status_of_one_session_shows_where_its_rss_is(tmp_path: Path) -> None:
+def test_status_and_top_of_a_session_show_where_its_rss_is(tmp_path: Path) -> None:
     found = [p.values[0] for p in interpreter_params() if p.values[0].version == (3, 11)]
     if not found:
         pytest.skip("no CPython 3.11")
@@ -246,6 +246,24 @@ def test_status_of_one_session_shows_where_its_rss_is(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert "(C allocator: glibc):" in out.stdout and "shared memory" in out.stdout, out.stdout
         assert "Verdict: looks fragmented" in out.stdout, out.stdout
+        top = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "heapspy",
+                "top",
+                str(target.pid),
+                "--every",
+                "0.5s",
+                "--duration",
+                "1.2s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert top.returncode == 0, top.stderr
+        assert "C allocator: free but held" in top.stdout, top.stdout
         as_json = subprocess.run(
             [sys.executable, "-m", "heapspy", "status", str(target.pid), "--format", "json"],
             capture_output=True,

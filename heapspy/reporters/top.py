@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from heapspy.model import TopRow
 from heapspy.printable import printable
 from heapspy.reporters.base import Rendering
+from heapspy.rss import format_breakdown, memory_of
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
@@ -90,6 +91,9 @@ def top_screen(
     # the target's GC, threads and tasks go last: the table's place stays the same
     runtime = RuntimeStats.from_facts(view.runtime)
     footer = [runtime.line(), ""] if runtime is not None and runtime.line() else []
+    memory = memory_of({"memory": view.memory})
+    if memory is not None:  # where the rest of RSS is (refreshed every 10 s at most)
+        footer += [*format_breakdown(memory), ""]
     if not view.rows:
         return "\n".join([*lines, "  (nothing recorded yet)", "", *footer])
     before = {r.function: r for r in first.rows}
