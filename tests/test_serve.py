@@ -266,6 +266,21 @@ def test_go_tool_pprof_reads_the_live_heap_over_http(served: Served, tmp_path: P
     assert status == 200 and _profile(data).sample
 
 
+def test_census_over_http_names_what_holds_the_memory(served: Served, tmp_path: Path) -> None:
+    """/debug/pprof/census: a census of the worker, types at the leaves, roots first."""
+    census = f"{served.url}/debug/pprof/census?pid={served.pid}"
+    status, data, ctype = _get(census, timeout=180)
+    assert status == 200 and ctype == "application/octet-stream", data[:300]
+    message = _profile(data)
+    types = {message.string_table[t.type] for t in message.sample_type}
+    assert {"objects", "space"} <= types
+    out = _pprof_url("-top", "-sample_index=space", census, cwd=tmp_path)
+    assert re.search(r"\bbytes\b", out), out  # the worker keeps its lines as bytes
+    # within a minute the same census is served again, not a new walk of the heap
+    again = _get(census, timeout=60)[1]
+    assert again == data
+
+
 def test_metrics_index_and_bad_requests(served: Served) -> None:
     rss = re.compile(rf'heapspy_rss_bytes{{pid="{served.pid}",watch=""}} \d+')
     # the worker's figures arrive with the session's first interval

@@ -101,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._metrics(caller)
             if url.path in ("/debug/pprof", "/debug/pprof/"):
                 return self._index(caller)
+            if url.path == "/debug/pprof/census":
+                return self._census(caller, query)
             if url.path in ("/debug/pprof/heap", "/debug/pprof/allocs"):
                 kind = "alloc_space" if url.path.endswith("allocs") else "inuse_space"
                 return self._profile(caller, query, kind)
@@ -134,7 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
             except workers_mod.WorkerGone:
                 pass
             links = " ".join(
-                f'<a href="/debug/pprof/{p}?pid={w.pid}">{p}</a>' for p in ("heap", "allocs")
+                f'<a href="/debug/pprof/{p}?pid={w.pid}">{p}</a>'
+                for p in ("heap", "allocs", "census")
             )
             rows.append(
                 f"<tr><td>{w.pid}</td><td>{html.escape(watch)}</td>"
@@ -147,7 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
             + "".join(rows)
             + "</table><p>Profiles are Go heap profiles: <code>go tool pprof "
             "http://HOST:PORT/debug/pprof/heap?pid=N</code>; <code>seconds=S</code> gives a "
-            "delta over S seconds; <code>gc=1</code> runs a garbage collection first. "
+            "delta over S seconds; <code>gc=1</code> runs a garbage collection first; "
+            "<code>census</code> is what holds the memory, by type and by root (a walk of "
+            "every object: one a minute at most). "
             "<a href='/metrics'>/metrics</a> is Prometheus' text format.</p></body></html>"
         )
         self._send(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8")
@@ -174,6 +179,22 @@ class _Handler(BaseHTTPRequestHandler):
             HTTPStatus.BAD_REQUEST, f"heapspy: several workers; add ?pid=N, one of {choices}"
         )
         return None
+
+    def _census(self, caller: Caller, query: dict[str, str]) -> None:
+        worker = self._choose(caller, query)
+        if worker is None:
+            return
+        try:
+            data = workers_mod.census(worker.pid)
+        except workers_mod.WorkerGone as exc:
+            self._text(HTTPStatus.SERVICE_UNAVAILABLE, f"heapspy: pid {worker.pid}: {exc}")
+            return
+        self._send(
+            HTTPStatus.OK,
+            data,
+            PPROF_TYPE,
+            {"Content-Disposition": f'attachment; filename="census-{worker.pid}.pb.gz"'},
+        )
 
     def _profile(self, caller: Caller, query: dict[str, str], kind: str) -> None:
         worker = self._choose(caller, query)

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from heapspy import control
+from heapspy.dumps import read_dump_file
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.registry import read_holder, runtime_dir
 
@@ -76,3 +80,38 @@ def metrics(pid: int) -> dict[str, Any]:
 def profile(pid: int, gc: bool = False) -> bytes:
     reply = ask(pid, "profile", timeout=40.0 if gc else REQUEST_TIMEOUT, gc=gc)
     return base64.b64decode(str(reply.get("profile", "")))
+
+
+# A census walks every object of the worker (seconds of its CPU on a big heap): one a
+# minute at most per worker, whatever scrapes; within that, the last one is served again.
+CENSUS_EVERY = 60.0
+_censuses: dict[int, tuple[float, Path]] = {}
+_census_lock = threading.Lock()
+
+
+def census(pid: int, now: float | None = None) -> bytes:
+    """A census of the worker (``heapspy.census``): the session takes it and writes it
+    into its dump directory; the file is read back, bounded, as any dump."""
+    now = time.monotonic() if now is None else now
+    with _census_lock:  # two scrapes at once wait for one census, not two
+        last = _censuses.get(pid)
+        if last is None or now - last[0] >= CENSUS_EVERY or not last[1].exists():
+
+            def more(body: dict[str, Any]) -> bool:
+                return bool(body.get("ok")) and not body.get("done")
+
+            try:
+                reply = control.stream(pid, "census", more, timeout=120.0)
+            except (NoSession, OSError, HeapspyError) as exc:
+                raise WorkerGone(str(exc)) from None
+            found = reply.get("census") if reply.get("ok") else None
+            if not isinstance(found, dict) or not found.get("path"):
+                raise WorkerGone(str(reply.get("error") or "no census was written"))
+            last = _censuses[pid] = (now, Path(str(found["path"])))
+    try:
+        return read_dump_file(last[1], "census")
+    except HeapspyError as exc:
+        raise WorkerGone(exc.message) from None
+    except OSError as exc:  # removed meanwhile (retention)
+        _censuses.pop(pid, None)
+        raise WorkerGone(f"the census file went away: {exc.strerror}") from None
