@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from interpreters import Interpreter, interpreter_params
+from support import run_heapspy
 
 from heapspy.rss import HEAP_MAX, Breakdown, Mapping, breakdown, detect_allocator, parse_smaps
 
@@ -103,21 +104,8 @@ def test_every_resident_byte_is_accounted_and_trim_gives_back_what_was_predicted
         line = target.stdout.readline()
         assert line.startswith("READY"), line
         known = json.loads(line.split(" ", 2)[2])
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "heapspy",
-                "attach",
-                str(target.pid),
-                "--duration",
-                "1",
-                "--dump-dir",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        out = run_heapspy(
+            "attach", str(target.pid), "--duration", "1", "--dump-dir", str(tmp_path), timeout=120
         )
         assert out.returncode == 0, out.stderr
         # the final table says where the RSS is, and what it looks like
@@ -144,31 +132,15 @@ def test_every_resident_byte_is_accounted_and_trim_gives_back_what_was_predicted
         stacks = next(c for c in memory["categories"] if c["name"] == "thread stacks")
         assert stacks["bytes"] > 0 and stacks["detail"] == f"{known['threads'] + 2} threads"
         assert abs(memory["unexplained"]) <= 0.05 * rss, detail
-        report = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "heapspy",
-                "report",
-                str(sidecar.with_suffix(".pb.gz")),
-                "--format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        report = run_heapspy(
+            "report", str(sidecar.with_suffix(".pb.gz")), "--format", "json", timeout=60
         )
         assert report.returncode == 0, report.stderr
         shown = json.loads(report.stdout)["memory"]
         assert shown["rss"] == rss and shown["verdict"].startswith("looks fragmented"), shown
         predicted = memory["trim_estimate"]
         assert predicted >= 0.9 * known["freed_bytes"], detail
-        trimmed = subprocess.run(
-            [sys.executable, "-m", "heapspy", "trim", str(target.pid)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        trimmed = run_heapspy("trim", str(target.pid), timeout=120)
         assert trimmed.returncode == 0, trimmed.stderr
         m = re.search(r"RSS .* \((-[\d.]+) MiB\); predicted ~([\d.]+) MiB", trimmed.stdout)
         assert m, trimmed.stdout
@@ -197,12 +169,7 @@ def test_trim_refuses_a_process_without_glibc_malloc(tmp_path: Path) -> None:
     )
     try:
         assert target.stdout is not None and target.stdout.readline().startswith("READY")
-        out = subprocess.run(
-            [sys.executable, "-m", "heapspy", "trim", str(target.pid)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_heapspy("trim", str(target.pid), timeout=120)
         assert out.returncode == 19 and "jemalloc's malloc, not glibc's" in out.stderr, out.stderr
     finally:
         target.kill()
@@ -237,39 +204,16 @@ def test_status_and_top_of_a_session_show_where_its_rss_is(tmp_path: Path) -> No
             text=True,
         )
         assert holder.stderr is not None and "attached to" in holder.stderr.readline()
-        out = subprocess.run(
-            [sys.executable, "-m", "heapspy", "status", str(target.pid)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_heapspy("status", str(target.pid), timeout=60)
         assert out.returncode == 0, out.stderr
         assert "(C allocator: glibc):" in out.stdout and "shared memory" in out.stdout, out.stdout
         assert "Verdict: looks fragmented" in out.stdout, out.stdout
-        top = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "heapspy",
-                "top",
-                str(target.pid),
-                "--every",
-                "0.5s",
-                "--duration",
-                "1.2s",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        top = run_heapspy(
+            "top", str(target.pid), "--every", "0.5s", "--duration", "1.2s", timeout=60
         )
         assert top.returncode == 0, top.stderr
         assert "C allocator: free but held" in top.stdout, top.stdout
-        as_json = subprocess.run(
-            [sys.executable, "-m", "heapspy", "status", str(target.pid), "--format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        as_json = run_heapspy("status", str(target.pid), "--format", "json", timeout=60)
         (item,) = json.loads(as_json.stdout)
         assert item["memory"]["allocator"] == "glibc"
     finally:

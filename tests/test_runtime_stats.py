@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from interpreters import Interpreter, interpreter_params
+from support import run_heapspy
 
 from heapspy.runtime_stats import RuntimeStats
 
@@ -31,23 +31,16 @@ def test_gc_threads_and_tasks_reach_the_sidecar_and_report(
     try:
         assert target.stdout is not None
         assert target.stdout.readline().startswith("READY")
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "heapspy",
-                "attach",
-                str(target.pid),
-                "--duration",
-                "3",
-                "--interval",
-                "0.5",
-                "--dump-dir",
-                str(tmp_path),
-                "--quiet",
-            ],
-            capture_output=True,
-            text=True,
+        out = run_heapspy(
+            "attach",
+            str(target.pid),
+            "--duration",
+            "3",
+            "--interval",
+            "0.5",
+            "--dump-dir",
+            str(tmp_path),
+            "--quiet",
             timeout=120,
         )
         assert out.returncode == 0, out.stderr
@@ -62,12 +55,7 @@ def test_gc_threads_and_tasks_reach_the_sidecar_and_report(
         assert sum(stats.gc_collections) > 0 and stats.gc_collected and sum(stats.gc_collected) > 0
         assert stats.gc_seconds is not None and stats.gc_seconds > 0
         assert stats.asyncio_tasks == (8,), facts  # 7 waiting + the main task of asyncio.run
-        report = subprocess.run(
-            [sys.executable, "-m", "heapspy", "report", str(sidecar.with_suffix(".pb.gz"))],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        report = run_heapspy("report", str(sidecar.with_suffix(".pb.gz")), timeout=60)
         assert report.returncode == 0, report.stderr
         assert "Runtime: GC " in report.stdout and "8 asyncio tasks in 1 loop" in report.stdout
         series = json.loads(sidecar.read_text())

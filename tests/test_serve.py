@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from gotool import _env, require_go
 from interpreters import Interpreter, find_interpreters
-from support import LEAKY_WORKER, wait_for
+from support import LEAKY_WORKER, run_heapspy, wait_for
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import UsageError
@@ -349,12 +349,7 @@ def test_refusals_before_serving(tmp_path: Path) -> None:
         (["--listen", "127.0.0.1:0", "--listen-token-file", str(token)], "can be read by others"),
         (["--listen", "nowhere"], "HOST:PORT"),
     ):
-        out = subprocess.run(
-            [sys.executable, "-m", "heapspy", "attach", str(os.getpid()), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_heapspy("attach", str(os.getpid()), *args, timeout=60)
         assert out.returncode == 2 and words in out.stderr, out.stderr
 
 

@@ -23,22 +23,36 @@ if TYPE_CHECKING:
 _SIZE_T = ctypes.c_size_t
 
 
+# glibc's struct mallinfo2 (size_t fields) and struct mallinfo (int fields), in order
+MALLINFO_FIELDS = (
+    "arena",
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",
+    "usmblks",
+    "fsmblks",
+    "uordblks",
+    "fordblks",
+    "keepcost",
+)
+# what glibc() reports: the struct's fields, whether they are exact, and the arena count
+GLIBC_KEYS = ("exact", *MALLINFO_FIELDS, "arenas")
+# what pymalloc() reports
+PYMALLOC_KEYS = (
+    "arenas",
+    "arena_size",
+    "allocated_bytes",
+    "available_bytes",
+    "unused_pools_bytes",
+    "overhead_bytes",
+    "map_bytes",
+    "blocks",
+)
+
+
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, _SIZE_T)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
+    _fields_ = [(name, _SIZE_T) for name in MALLINFO_FIELDS]
 
 
 class _Mallinfo(ctypes.Structure):

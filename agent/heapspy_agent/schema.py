@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from heapspy_agent import protocol
+from heapspy_agent import memstats, protocol
 from heapspy_agent.protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -356,42 +356,8 @@ def _define() -> dict[int, Record]:
                 "collected": COUNT,  # gc: what gc.collect() returned
                 "trimmed": Int(0, 1),  # trim: malloc_trim(0)'s answer
                 "seconds": Num(0.0, 1e6),  # memstats: how long it held the target's GIL
-                "pymalloc": Record(
-                    "pymalloc",
-                    dict.fromkeys(
-                        (
-                            "arenas",
-                            "arena_size",
-                            "allocated_bytes",
-                            "available_bytes",
-                            "unused_pools_bytes",
-                            "overhead_bytes",
-                            "map_bytes",
-                            "blocks",
-                        ),
-                        COUNT,
-                    ),
-                ),
-                "glibc": Record(
-                    "glibc",
-                    dict.fromkeys(
-                        (
-                            "exact",
-                            "arena",
-                            "ordblks",
-                            "smblks",
-                            "hblks",
-                            "hblkhd",
-                            "usmblks",
-                            "fsmblks",
-                            "uordblks",
-                            "fordblks",
-                            "keepcost",
-                            "arenas",
-                        ),
-                        COUNT,
-                    ),
-                ),
+                "pymalloc": Record("pymalloc", dict.fromkeys(memstats.PYMALLOC_KEYS, COUNT)),
+                "glibc": Record("glibc", dict.fromkeys(memstats.GLIBC_KEYS, COUNT)),
             },
             required=("ok",),
         ),
