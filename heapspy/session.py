@@ -46,7 +46,7 @@ from heapspy.rss import Breakdown, measure
 from heapspy.rules import Observation, RuleEngine
 from heapspy.serve.snapshot import metrics_of, profile_of
 from heapspy.symbolize import Symbolizer
-from heapspy.target.process import PythonTarget, inspect_target
+from heapspy.target.process import PythonTarget, has_exited, inspect_target
 from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
@@ -71,14 +71,6 @@ class AttachInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie waiting to be reaped."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
 def _cmdline(pid: int) -> list[str] | None:
     try:
         return list(psutil.Process(pid).cmdline())
@@ -90,7 +82,7 @@ def _exits_soon(pid: int, within: float = 1.0) -> bool:
     """Whether the target is exiting: a socket reset by an exiting process comes before
     the process shows as a zombie."""
     deadline = time.monotonic() + within
-    while not _exited(pid):
+    while not has_exited(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
@@ -323,7 +315,7 @@ class Session:
                     continue
                 self._agent_ran = True
                 return sock
-            if _exited(self.target.pid):
+            if has_exited(self.target.pid):
                 raise TargetExited(f"Process {self.target.pid} exited before the agent started.")
             if progress is not None:
                 progress(self.injection.waiting_for(), time.monotonic() - t0)
@@ -349,7 +341,7 @@ class Session:
                 not self._agent_ran
                 and self.injection is not None
                 and self.injection.still_pending()
-                and not _exited(self.target.pid)
+                and not has_exited(self.target.pid)
             ):
                 # The bootstrap may still run later: leave its files so that it can find
                 # them, clean up after itself and unmap its page; the deadline in the

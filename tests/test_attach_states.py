@@ -15,8 +15,8 @@ from interpreters import Interpreter, interpreter_params, py314
 from support import Target, heapspy_dirs_in_tmp, run_heapspy, wait_for
 
 from heapspy.config import AttachConfig
-from heapspy.inject.ptrace import main_thread_activity
 from heapspy.session import Session
+from heapspy.target.threads import main_thread_activity
 
 Spawn = Callable[..., Target]
 

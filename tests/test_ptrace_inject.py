@@ -33,17 +33,13 @@ from heapspy.errors import (
     TracerAttached,
     UnrecognisedPython,
 )
+from heapspy.inject import plan as inject_plan
 from heapspy.inject import ptrace
-from heapspy.inject.ptrace import (
-    describe_main_thread,
-    disarm_pending_call,
-    inject_pending_call,
-    main_thread_activity,
-    unmap_page,
-)
+from heapspy.inject.ptrace import disarm_pending_call, inject_pending_call, unmap_page
 from heapspy.target.elf import ElfImage
 from heapspy.target.maps import read_maps
 from heapspy.target.process import PythonTarget, inspect_target
+from heapspy.target.threads import describe_main_thread, main_thread_activity
 
 _libc = ctypes.CDLL(None, use_errno=True)
 TARGETS = Path(__file__).resolve().parent / "targets"
@@ -530,11 +526,11 @@ def _finish_busy(t: Target, tmp_path: Path) -> None:
 
 
 def test_fault_in_injected_call_is_undone(busy: Target, tmp_path: Path) -> None:
-    plan = ptrace._plan(busy.python())
-    bad = ptrace._Plan(plan.pid, plan.arch, plan.syscall_insn, 0x10, plan.run_simple_string)
+    plan = inject_plan.plan_pending_call(busy.python())
+    bad = inject_plan.Plan(plan.pid, plan.arch, plan.syscall_insn, 0x10, plan.run_simple_string)
     before = map_count(busy.pid)
     with pytest.raises(InjectionFailed, match="SIGSEGV"):
-        ptrace._Injector(bad).inject(lambda page: b"pass\n", nudge=True, timeout=5.0, hook=None)
+        ptrace.Injector(bad).inject(lambda page: b"pass\n", nudge=True, timeout=5.0, hook=None)
     assert busy.proc.poll() is None  # and the injection below shows it still runs Python
     assert map_count(busy.pid) <= before + 1  # the page stays: the call may have queued it
     out = tmp_path / "out.jsonl"
@@ -545,14 +541,14 @@ def test_fault_in_injected_call_is_undone(busy: Target, tmp_path: Path) -> None:
 
 def test_hung_call_times_out_and_is_undone(busy: Target, tmp_path: Path) -> None:
     """A call that never returns (here: pause(), all signals blocked) is taken back."""
-    plan = ptrace._plan(busy.python())
+    plan = inject_plan.plan_pending_call(busy.python())
     maps = read_maps(busy.pid)
     libc = next(m.path for m in maps if os.path.basename(m.path).startswith("libc.so"))
     pause = ElfImage(busy.pid, maps, libc).symbol("pause")
     assert pause is not None
-    hung = ptrace._Plan(plan.pid, plan.arch, plan.syscall_insn, pause, 0)
+    hung = inject_plan.Plan(plan.pid, plan.arch, plan.syscall_insn, pause, 0)
     with pytest.raises(InjectionFailed, match="Py_AddPendingCall"):
-        ptrace._Injector(hung).inject(lambda page: b"pass\n", nudge=False, timeout=0.5, hook=None)
+        ptrace.Injector(hung).inject(lambda page: b"pass\n", nudge=False, timeout=0.5, hook=None)
     # a poke left queued would kill it with SIGTRAP as it runs on: it runs Python again,
     # and exits 0 when told
     out = tmp_path / "out.jsonl"

@@ -7,8 +7,7 @@ from typing import Callable
 
 from support import Target, wait_for
 
-from heapspy.inject.ptrace import main_thread_activity
-from heapspy.target.threads import busy_threads, thread_ids
+from heapspy.target.threads import busy_threads, main_thread_activity, thread_ids
 
 Spawn = Callable[..., Target]
 

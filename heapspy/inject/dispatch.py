@@ -7,8 +7,9 @@ from typing import Protocol
 from heapspy.config import AttachConfig
 from heapspy.errors import HeapspyError, UsageError
 from heapspy.inject.bootstrap import Placement
-from heapspy.pyspy import BackgroundDump
 from heapspy.target.process import PythonTarget
+from heapspy.target.pyspy import BackgroundDump
+from heapspy.target.threads import describe_main_thread, main_thread_activity
 
 
 class Injection(Protocol):
@@ -29,8 +30,6 @@ class Injection(Protocol):
 
 
 def _main_thread_activity(pid: int, spy: BackgroundDump) -> str:
-    from heapspy.inject.ptrace import describe_main_thread
-
     states = spy.get(timeout=0.0)
     where = ""
     if states:
@@ -112,8 +111,6 @@ class Pep768Injection:
             hint += f" Thread {busy[0]} is running Python: try --thread {busy[0]}."
         else:
             hint += " Use --thread TID to aim at another thread that runs Python."
-        from heapspy.inject.ptrace import main_thread_activity
-
         if main_thread_activity(self.pid).kind == "futex":
             how = "--method ptrace" if self.nudge else "--method ptrace without --no-nudge"
             hint += (
@@ -168,8 +165,6 @@ def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachCon
     takes it, ptrace with its futex nudge (the wait goes on afterwards) serves a lock wait.
     Anything else blocked (sleep, accept, read) keeps the main thread, served on return.
     """
-    from heapspy.inject.ptrace import main_thread_activity
-
     activity = main_thread_activity(target.pid)
     if activity.kind in _SERVED_SOON:
         return Pep768Injection(target, placement, config)

@@ -19,6 +19,9 @@ restart logic runs after them; the code below always detaches from one of those.
 All ptrace requests for one injection come from one short-lived worker thread while the
 caller keeps the time: if the main thread never stops (uninterruptible sleep), the caller
 gives up and the worker lets the thread go untouched as soon as it does stop.
+
+The ptrace and waitpid requests themselves are in ``ptrace_sys.py``; which addresses to
+use, and how the mapped page is laid out, is decided beforehand in ``plan.py``.
 """
 
 from __future__ import annotations
@@ -32,49 +35,25 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from heapspy.errors import (
-    HeapspyError,
-    InjectionFailed,
-    NoSuchProcess,
-    PermissionDenied,
-    TargetExited,
-    TracerAttached,
-    UnrecognisedPython,
+from heapspy.errors import InjectionFailed, NoSuchProcess, TargetExited
+from heapspy.inject import ptrace_sys as ptsys
+from heapspy.inject.arch import Arch
+from heapspy.inject.plan import (
+    SOURCE_OFFSET,
+    WIDEST_ADDRESS,
+    Plan,
+    check_source,
+    landing_pad,
+    page_size_for,
+    plan_pending_call,
+    plan_syscall_only,
 )
-from heapspy.inject.arch import NT_PRSTATUS, Arch, current_arch
-from heapspy.target.elf import ElfImage
-from heapspy.target.maps import Mapping, read_maps
-from heapspy.target.memory import RemoteMemory
-from heapspy.target.privilege import has_cap_sys_ptrace
-from heapspy.target.process import PythonTarget, check_no_tracer, check_same_process
+from heapspy.target.privilege import ptrace_refused
+from heapspy.target.process import PythonTarget, check_same_process, dying, tracer_error
+from heapspy.target.threads import is_futex_wait_op
 
-PAGE = 4096
-SOURCE_OFFSET = 16  # the landing pad (one trap instruction, padded) comes first
 DEFAULT_TIMEOUT = 5.0
 
-# <sys/ptrace.h>, <linux/ptrace.h>
-PTRACE_CONT = 7
-PTRACE_DETACH = 17
-PTRACE_SYSCALL = 24
-PTRACE_GETSIGINFO = 0x4202
-PTRACE_GETREGSET = 0x4204
-PTRACE_SETREGSET = 0x4205
-PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
-PTRACE_GETSIGMASK = 0x420A
-PTRACE_SETSIGMASK = 0x420B
-PTRACE_O_TRACESYSGOOD = 1
-PTRACE_EVENT_STOP = 128
-WALL = 0x40000000  # __WALL: threads are not "children" for plain waitpid
-
-PROT_READ, PROT_EXEC = 1, 4
-MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
-
-ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
-_RESTARTS = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
-FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_CMD_MASK = 0, 9, 0x7F  # cmd = op & ~(PRIVATE|CLOCK_RT)
-
-_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 # Left unblocked while we hold the thread: blocking a fault makes the kernel reset its
 # handler to SIG_DFL when it is forced, and our own int3 must reach us.
 _SYNC_SIGNALS = (
@@ -85,20 +64,6 @@ _SYNC_SIGNALS = (
     signal.SIGSEGV,
     signal.SIGSYS,
 )
-SI_TKILL = -6
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_ptrace = _libc.ptrace
-_ptrace.restype = ctypes.c_long
-_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_tgkill = getattr(_libc, "tgkill", None)
-if _tgkill is not None:
-    _tgkill.restype = ctypes.c_int
-    _tgkill.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-
-
-class _IOVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
 @dataclass(frozen=True)
@@ -114,18 +79,6 @@ class InjectionReport:
     syscall: int | None  # the syscall it was interrupted in, if any
     nudged: bool  # a futex wait was turned into EINTR so the call runs promptly
     redelivered_signals: tuple[int, ...]  # unblockable signals held back, re-sent after
-
-
-@dataclass(frozen=True)
-class MainThreadActivity:
-    """What a thread is doing, read from /proc without stopping it."""
-
-    kind: str  # running, futex, sleep, io, poll, child, stopped, exited, syscall, unknown
-    syscall: int | None
-    description: str
-
-    def __str__(self) -> str:
-        return self.description
 
 
 # --- public API --------------------------------------------------------------------------
@@ -157,21 +110,10 @@ def inject_pending_call(
     left running as it was and a ``HeapspyError`` says why.
     """
     render = source if callable(source) else (lambda page: source)
-    _check_source(render(_WIDEST_ADDRESS))
-    plan = _plan(target)
-    injector = _Injector(plan, lambda: check_same_process(target))
+    check_source(render(WIDEST_ADDRESS))
+    plan = plan_pending_call(target)
+    injector = Injector(plan, lambda: check_same_process(target))
     return injector.inject(render, nudge=nudge, timeout=timeout, hook=on_stopped)
-
-
-_WIDEST_ADDRESS = 0x7FFF_FFFF_F000  # for sizing a source that embeds its page address
-_SLACK = 64  # room for a rendering that comes out a little longer than the sample
-
-
-def _check_source(text: bytes) -> None:
-    if not isinstance(text, bytes):
-        raise TypeError(f"the source must be bytes, not {type(text).__name__}")
-    if b"\0" in text:
-        raise ValueError("the source must not contain NUL bytes")
 
 
 def unmap_page(pid: int, addr: int, size: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -181,7 +123,7 @@ def unmap_page(pid: int, addr: int, size: int, *, timeout: float = DEFAULT_TIMEO
     would crash the target when it runs later. ``disarm_pending_call`` is the safe way to
     withdraw a call that has not run yet.
     """
-    _Injector(_plan_syscall_only(pid)).unmap(addr, size, timeout=timeout)
+    Injector(plan_syscall_only(pid)).unmap(addr, size, timeout=timeout)
 
 
 def disarm_pending_call(report: InjectionReport) -> None:
@@ -204,268 +146,14 @@ def disarm_pending_call(report: InjectionReport) -> None:
         os.close(fd)
 
 
-def describe_main_thread(pid: int) -> str:
-    """What the main thread is blocked in, in words, without stopping it."""
-    return main_thread_activity(pid).description
-
-
-def main_thread_activity(pid: int) -> MainThreadActivity:
-    """Classify the main thread from /proc/PID/{stat,syscall,wchan}; never stops it."""
-    arch = current_arch()
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return MainThreadActivity("exited", None, "exited")
-    if state in ("Z", "X"):
-        return MainThreadActivity("exited", None, "exited")
-    if state in ("T", "t"):
-        return MainThreadActivity("stopped", None, "stopped (SIGSTOP, Ctrl-Z or a debugger)")
-    try:
-        with open(f"/proc/{pid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        fields = []
-    if not fields:
-        return MainThreadActivity("unknown", None, "in an unknown state")
-    if fields[0] == "running":
-        return MainThreadActivity("running", None, "running")
-    nr = int(fields[0])
-    if nr < 0:
-        return MainThreadActivity("running", None, "running (blocked outside a syscall)")
-    args = [int(a, 16) for a in fields[1:7]]
-    return _classify_syscall(arch, nr, args, _wchan(pid))
-
-
-# --- errors ------------------------------------------------------------------------------
-
-
-def _permission_denied(pid: int, what: str) -> PermissionDenied:
-    """Why ptrace (or reading memory) is refused, with the fix, as precisely as /proc tells."""
-    target_uid: int | None = None
-    owner: int | None = None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    target_uid = int(line.split()[2])  # effective uid
-        owner = os.stat(f"/proc/{pid}/status").st_uid  # root's when not dumpable
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            scope = int(f.read().strip())
-    except (OSError, ValueError):
-        scope = 0
-    euid = os.geteuid()
-    has_cap = has_cap_sys_ptrace()
-    grant = "grant heapspy CAP_SYS_PTRACE (sudo; in a container --cap-add SYS_PTRACE)"
-    if scope >= 3:
-        why = "Yama ptrace_scope is 3, which disables ptrace until reboot"
-        fix = "use a Python 3.14+ target (no ptrace needed) or reboot with a lower ptrace_scope"
-    elif owner == 0 and target_uid not in (None, 0) and not has_cap:
-        why = (
-            "it is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0)), so only a tracer "
-            "with CAP_SYS_PTRACE may attach"
-        )
-        fix = grant
-    elif target_uid is not None and target_uid != euid and not has_cap:
-        why = f"it runs as uid {target_uid} and heapspy as uid {euid}"
-        if euid == 0:
-            why += " without CAP_SYS_PTRACE"
-            fix = grant
-        else:
-            fix = f"run heapspy as that user (sudo -u '#{target_uid}' heapspy ...) or {grant}"
-    elif scope in (1, 2) and not has_cap:
-        rule = "only a parent may attach" if scope == 1 else "admin only"
-        why = f"Yama ptrace_scope is {scope} ({rule})"
-        fix = grant
-        if scope == 1:
-            fix += ", or `echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`"
-    else:
-        why = "the kernel or a security module (SELinux, AppArmor, seccomp) refused"
-        fix = f"run heapspy as the target's user or {grant}; check the audit log"
-    return PermissionDenied(f"Not allowed to {what} process {pid}: {why}.", hint=f"Fix: {fix}.")
-
-
-def _tracer_attached(pid: int) -> TracerAttached | None:
-    try:
-        check_no_tracer(pid)
-    except TracerAttached as exc:
-        return exc
-    except HeapspyError:
-        return None
-    return None
-
-
-def _gone(pid: int, wait: float = 1.0) -> bool:
-    """Whether the process died (a SIGKILL takes a moment to finish the job)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state in ("Z", "X") or _sigkill_pending(pid):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-
-
-def _sigkill_pending(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("SigPnd:", "ShdPnd:")):
-                    if int(line.split()[1], 16) >> (signal.SIGKILL - 1) & 1:
-                        return True
-    except (OSError, ValueError):
-        return True
-    return False
-
-
-def _resend(pid: int, sig: int, to_thread: bool) -> None:
-    """Send again a signal held back while the thread was ours (its siginfo is lost)."""
-    try:
-        if to_thread and _tgkill is not None:
-            _tgkill(pid, pid, sig)
-        else:
-            os.kill(pid, sig)
-    except OSError:
-        pass  # it exited: nobody is left to miss the signal
-
-
-def _exited(pid: int) -> TargetExited:
-    return TargetExited(f"Process {pid} exited while heapspy was injecting into it.")
-
-
-# --- what to inject and where ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Plan:
-    pid: int
-    arch: Arch
-    syscall_insn: int  # address of an existing syscall instruction in the target
-    add_pending_call: int
-    run_simple_string: int
-
-
-def _plan(target: PythonTarget) -> _Plan:
-    pid = target.pid
-    arch = current_arch()
-    try:
-        maps = read_maps(pid)
-        image = ElfImage(pid, maps, target.image_path)
-        memory = RemoteMemory(pid)
-        add = image.symbol("Py_AddPendingCall")
-        run = image.symbol("PyRun_SimpleString")
-        if add is None or run is None:
-            pairs = (("Py_AddPendingCall", add), ("PyRun_SimpleString", run))
-            missing = " or ".join(name for name, addr in pairs if addr is None)
-            raise UnrecognisedPython(
-                f"{target.image_path} in process {pid} does not export {missing} "
-                "(neither in .dynsym nor in .symtab).",
-                hint="heapspy needs an unstripped CPython or one whose .dynsym lists the C API.",
-            )
-        image.check_build_id(memory)
-        insn = _find_syscall_insn(arch, maps, memory, target.image_path)
-    except (PermissionDenied, PermissionError):
-        tracer = _tracer_attached(pid)
-        raise tracer or _permission_denied(pid, "read the memory of") from None
-    except StopIteration:  # ElfImage: the image is no longer mapped
-        raise TargetExited(f"Process {pid} exited or unmapped {target.image_path}.") from None
-    return _Plan(pid, arch, insn, add, run)
-
-
-def _plan_syscall_only(pid: int) -> _Plan:
-    arch = current_arch()
-    try:
-        maps = read_maps(pid)
-        insn = _find_syscall_insn(arch, maps, RemoteMemory(pid), None)
-    except (PermissionDenied, PermissionError):
-        raise _permission_denied(pid, "read the memory of") from None
-    return _Plan(pid, arch, insn, 0, 0)
-
-
-def _find_syscall_insn(
-    arch: Arch, maps: list[Mapping], memory: RemoteMemory, image: str | None
-) -> int:
-    """An existing syscall instruction in executable file-backed text, libc's first."""
-
-    def rank(m: Mapping) -> int:
-        base = os.path.basename(m.path)
-        if base.startswith(("libc.so", "libc-")):
-            return 0
-        return 1 if m.path == image else 2
-
-    candidates = sorted(
-        (m for m in maps if m.executable and m.path.startswith("/") and m.inode), key=rank
-    )
-    chunk = 64 * 1024
-    for m in candidates:
-        for start in range(m.start, m.end, chunk):
-            try:
-                data = memory.read(start, min(chunk, m.end - start))
-            except OSError:
-                break
-            at = data.find(arch.syscall_insn)
-            while at >= 0 and (start + at) % len(arch.syscall_insn) and len(arch.syscall_insn) > 2:
-                at = data.find(arch.syscall_insn, at + 1)  # aligned ISAs: aarch64's svc
-            if at >= 0:
-                return start + at
-    raise InjectionFailed(
-        f"No syscall instruction found in the executable mappings of process {memory.pid}."
-    )
-
-
 # --- the tracer --------------------------------------------------------------------------
 
 _T = TypeVar("_T")
 GRACE = 3.0  # after a timeout: time to interrupt the thread and put it back
 
 
-class _PtraceError(OSError):
-    pass
-
-
 class _Timeout(Exception):
     pass
-
-
-class _Exited(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class _Stop:
-    status: int
-
-    @property
-    def sig(self) -> int:
-        return (self.status >> 8) & 0xFF
-
-    @property
-    def event(self) -> int:
-        return self.status >> 16
-
-    @property
-    def is_syscall(self) -> bool:
-        return self.event == 0 and self.sig == (signal.SIGTRAP | 0x80)
-
-    @property
-    def is_interrupt(self) -> bool:
-        return self.event == PTRACE_EVENT_STOP and self.sig not in _STOP_SIGNALS
-
-    @property
-    def is_group_stop(self) -> bool:
-        return self.event == PTRACE_EVENT_STOP and self.sig in _STOP_SIGNALS
-
-    @property
-    def is_signal(self) -> bool:
-        return self.event == 0 and not self.is_syscall
 
 
 # Where the tracee is. Only at a _SIGNAL_STOP (interrupt, signal or group stop: all inside
@@ -483,7 +171,7 @@ _TIMEOUT_HINTS = {
 }
 
 
-class _Injector:
+class Injector:
     """One ptrace session on a target's main thread.
 
     All ptrace requests and waits happen in one worker thread (a tracee belongs to the
@@ -494,7 +182,7 @@ class _Injector:
     always consumes before detaching (delivered for real, it would kill the target).
     """
 
-    def __init__(self, plan: _Plan, same: Callable[[], None] | None = None) -> None:
+    def __init__(self, plan: Plan, same: Callable[[], None] | None = None) -> None:
         self.plan = plan
         # raises unless the pid still names the process inspected (pid reuse)
         self.same = same or (lambda: None)
@@ -559,18 +247,12 @@ class _Injector:
                 return
             self.timed_out = True
             if self.seized and self.stopped_once and self.where == _RUNNING and not self.poked:
-                if _tgkill is not None and _tgkill(self.pid, self.pid, signal.SIGTRAP) == 0:
+                if ptsys.tgkill(self.pid, self.pid, signal.SIGTRAP):
                     self.poked = True
 
     # ptrace and waitpid ---------------------------------------------------------------------
     def _ptrace(self, request: int, addr: int | None = 0, data: int | None = 0) -> int:
-        ctypes.set_errno(0)
-        result = int(_ptrace(request, self.pid, addr, data))
-        if result == -1:
-            err = ctypes.get_errno()
-            if err:
-                raise _PtraceError(err, f"ptrace({request:#x}) on {self.pid}: {os.strerror(err)}")
-        return result
+        return ptsys.ptrace(request, self.pid, addr, data)
 
     def _resume(self, request: int, sig: int = 0) -> None:
         with self.lock:
@@ -580,25 +262,25 @@ class _Injector:
             self.resumed_from = self.where
             self.where = _RUNNING
 
-    def _wait(self) -> _Stop:
+    def _wait(self) -> ptsys.Stop:
         """The tracee's next stop (blocking); raises _Timeout once the watchdog fired."""
         try:
-            _, status = os.waitpid(self.pid, WALL)
+            _, status = os.waitpid(self.pid, ptsys.WALL)
         except ChildProcessError:
             self.where = _GONE
-            raise _Exited() from None
+            raise ptsys.Exited() from None
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.where = _GONE
             self.seized = False
-            raise _Exited()
-        stop = _Stop(status)
+            raise ptsys.Exited()
+        stop = ptsys.Stop(status)
         if stop.is_syscall:
             self.where = _SYSCALL_EXIT if self.resumed_from == _SYSCALL_ENTRY else _SYSCALL_ENTRY
         else:
             self.where = _SIGNAL_STOP
         if self.poked and not self.poke_seen and stop.is_signal and stop.sig == signal.SIGTRAP:
             code, sender = self._siginfo()
-            if code == SI_TKILL and sender == os.getpid():
+            if code == ptsys.SI_TKILL and sender == os.getpid():
                 self.poke_seen = True
                 raise _Timeout()
         if self.timed_out and not self.recovering:
@@ -606,42 +288,26 @@ class _Injector:
         return stop
 
     def _siginfo(self) -> tuple[int, int]:
-        """si_code and, for kill/tkill, the sender's pid of the signal being delivered."""
-        info = ctypes.create_string_buffer(128)
-        self._ptrace(PTRACE_GETSIGINFO, 0, ctypes.addressof(info))
-        code = int.from_bytes(info.raw[8:12], "little", signed=True)
-        return code, int.from_bytes(info.raw[16:20], "little", signed=True)
+        return ptsys.siginfo(self.pid)
 
     # registers --------------------------------------------------------------------------
     def _get_regs(self) -> ctypes.Structure:
-        regs = self.arch.regs_type()
-        iov = _IOVec(ctypes.addressof(regs), ctypes.sizeof(regs))
-        self._ptrace(PTRACE_GETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
-        return regs
+        return ptsys.get_regs(self.pid, self.arch)
 
     def _set_regs(self, regs: ctypes.Structure) -> None:
-        iov = _IOVec(ctypes.addressof(regs), ctypes.sizeof(regs))
-        self._ptrace(PTRACE_SETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
+        ptsys.set_regs(self.pid, regs)
 
     def _get_fp(self) -> bytes:
-        buf = ctypes.create_string_buffer(self.arch.fp_regset_max)
-        iov = _IOVec(ctypes.addressof(buf), len(buf))
-        self._ptrace(PTRACE_GETREGSET, self.arch.fp_regset, ctypes.addressof(iov))
-        return buf.raw[: iov.iov_len]
+        return ptsys.get_fp(self.pid, self.arch)
 
     def _set_fp(self, data: bytes) -> None:
-        buf = ctypes.create_string_buffer(data, len(data))
-        iov = _IOVec(ctypes.addressof(buf), len(data))
-        self._ptrace(PTRACE_SETREGSET, self.arch.fp_regset, ctypes.addressof(iov))
+        ptsys.set_fp(self.pid, self.arch, data)
 
     def _get_mask(self) -> int:
-        mask = ctypes.c_uint64()
-        self._ptrace(PTRACE_GETSIGMASK, 8, ctypes.addressof(mask))
-        return int(mask.value)
+        return ptsys.get_sigmask(self.pid)
 
     def _set_mask(self, value: int) -> None:
-        mask = ctypes.c_uint64(value)
-        self._ptrace(PTRACE_SETSIGMASK, 8, ctypes.addressof(mask))
+        ptsys.set_sigmask(self.pid, value)
 
     def _write(self, addr: int, data: bytes) -> None:
         if self.mem_fd < 0:
@@ -651,7 +317,7 @@ class _Injector:
             raise OSError(errno.EIO, f"short write at {addr:#x} in process {self.pid}")
 
     # stops ------------------------------------------------------------------------------
-    def _foreign(self, stop: _Stop, request: int) -> None:
+    def _foreign(self, stop: ptsys.Stop, request: int) -> None:
         """A stop that is not the one awaited: note what it carries, resume as before."""
         if stop.is_signal:
             code, _ = self._siginfo()
@@ -661,11 +327,11 @@ class _Injector:
                     f"Process {self.pid} faulted ({signal.Signals(stop.sig).name}) in code "
                     "heapspy made it run; its state was restored."
                 )
-            self.held.append((stop.sig, code == SI_TKILL))
+            self.held.append((stop.sig, code == ptsys.SI_TKILL))
         # group stops: go on; the kernel re-stops the thread when we detach.
         self._resume(request, 0)
 
-    def _await(self, want: Callable[[_Stop], bool], request: int) -> _Stop:
+    def _await(self, want: Callable[[ptsys.Stop], bool], request: int) -> ptsys.Stop:
         while True:
             stop = self._wait()
             if want(stop):
@@ -676,10 +342,10 @@ class _Injector:
     def _seize(self) -> float:
         self.same()
         try:
-            self._ptrace(PTRACE_SEIZE, 0, PTRACE_O_TRACESYSGOOD)
-        except _PtraceError as exc:
+            self._ptrace(ptsys.PTRACE_SEIZE, 0, ptsys.PTRACE_O_TRACESYSGOOD)
+        except ptsys.PtraceError as exc:
             if exc.errno == errno.EPERM:
-                raise _tracer_attached(self.pid) or _permission_denied(self.pid, "ptrace") from None
+                raise tracer_error(self.pid) or ptrace_refused(self.pid, "ptrace") from None
             if exc.errno == errno.ESRCH:
                 raise NoSuchProcess(f"No process with pid {self.pid}.") from None
             raise
@@ -690,7 +356,7 @@ class _Injector:
         # again here, it closes the gap between the check above and the seize. A
         # newcomer is let go untouched (_recover: nothing was saved, only detached).
         self.same()
-        self._ptrace(PTRACE_INTERRUPT)
+        self._ptrace(ptsys.PTRACE_INTERRUPT)
         while True:
             stop = self._wait()
             if stop.is_interrupt:
@@ -702,7 +368,7 @@ class _Injector:
                     hint=f"Resume it with `kill -CONT {self.pid}` and try again.",
                 )
             # a signal it was taking as we came: let it have it, nothing is changed yet
-            self._resume(PTRACE_CONT, stop.sig if stop.is_signal else 0)
+            self._resume(ptsys.PTRACE_CONT, stop.sig if stop.is_signal else 0)
         stopped_at = time.monotonic()
         with self.lock:
             self.stopped_once = True
@@ -722,16 +388,16 @@ class _Injector:
         regs = self.arch.copy(self.saved_regs)
         self.arch.prepare_syscall(regs, self.plan.syscall_insn, nr, args)
         self._set_regs(regs)
-        self._resume(PTRACE_SYSCALL)
-        self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+        self._resume(ptsys.PTRACE_SYSCALL)
+        self._await(lambda s: s.is_syscall, ptsys.PTRACE_SYSCALL)
         entry = self._get_regs()
         if self.where != _SYSCALL_ENTRY or self.arch.interrupted_syscall(entry) != nr:
             raise InjectionFailed(
                 f"Process {self.pid} stopped in an unexpected syscall "
                 f"({self.arch.interrupted_syscall(entry)}, wanted {nr})."
             )
-        self._resume(PTRACE_SYSCALL)
-        self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+        self._resume(ptsys.PTRACE_SYSCALL)
+        self._await(lambda s: s.is_syscall, ptsys.PTRACE_SYSCALL)
         return self.arch.syscall_return(self._get_regs())
 
     def _to_signal_stop(self) -> None:
@@ -740,14 +406,14 @@ class _Injector:
             regs = self._get_regs()
             self.arch.skip_syscall(regs)
             self._set_regs(regs)
-            self._resume(PTRACE_SYSCALL)
-            self._await(lambda s: s.is_syscall, PTRACE_SYSCALL)
+            self._resume(ptsys.PTRACE_SYSCALL)
+            self._await(lambda s: s.is_syscall, ptsys.PTRACE_SYSCALL)
         if self.where in (_SYSCALL_EXIT, _RUNNING):
             # The interrupt is taken on the way back to user mode, before any instruction.
-            self._ptrace(PTRACE_INTERRUPT)
+            self._ptrace(ptsys.PTRACE_INTERRUPT)
             if self.where == _SYSCALL_EXIT:
-                self._resume(PTRACE_CONT)
-            self._await(lambda s: s.is_interrupt or s.is_group_stop, PTRACE_CONT)
+                self._resume(ptsys.PTRACE_CONT)
+            self._await(lambda s: s.is_interrupt or s.is_group_stop, ptsys.PTRACE_CONT)
 
     def _call(self, func: int, args: tuple[int, ...], pad: int) -> int:
         assert self.saved_regs is not None
@@ -756,7 +422,7 @@ class _Injector:
         for addr, data in self.arch.prepare_call(regs, func, args, pad):
             self._write(addr, data)
         self._set_regs(regs)
-        self._resume(PTRACE_CONT)
+        self._resume(ptsys.PTRACE_CONT)
         landing = self.arch.pc_after_trap(pad)
         while True:
             stop = self._wait()
@@ -764,7 +430,7 @@ class _Injector:
                 done = self._get_regs()
                 if self.arch.pc(done) == landing:
                     return self.arch.call_return_int(done)
-            self._foreign(stop, PTRACE_CONT)
+            self._foreign(stop, ptsys.PTRACE_CONT)
 
     def _restore_and_detach(self, nudge: bool = False) -> tuple[bool, float]:
         """Put everything back and let go; returns (futex wait nudged, time of release)."""
@@ -783,22 +449,22 @@ class _Injector:
                 # Still queued: take it now. Resuming from here dequeues it inside the
                 # same get_signal call, before any instruction runs.
                 self.recovering = True
-                self._ptrace(PTRACE_CONT, 0, 0)
+                self._ptrace(ptsys.PTRACE_CONT, 0, 0)
                 self.resumed_from, self.where = self.where, _RUNNING
                 while not self.poke_seen:
                     try:
                         stop = self._wait()
                     except _Timeout:
                         break  # that was it
-                    self._foreign(stop, PTRACE_CONT)
+                    self._foreign(stop, ptsys.PTRACE_CONT)
             if self.saved_mask is not None:
                 self._set_mask(self.saved_mask)
             released = time.monotonic()
-            self._ptrace(PTRACE_DETACH, 0, 0)
+            self._ptrace(ptsys.PTRACE_DETACH, 0, 0)
             self.seized = False
             self.where = _GONE
         for sig, to_thread in self.held:
-            _resend(self.pid, sig, to_thread)
+            ptsys.resend(self.pid, sig, to_thread)
         return nudged, released
 
     def _recover(self) -> None:
@@ -816,7 +482,7 @@ class _Injector:
                 continue  # the poke, seen on the way: we are at a signal stop now
             except InjectionFailed:
                 continue  # a fault on the way is a signal stop too
-            except (_PtraceError, _Exited):
+            except (ptsys.PtraceError, ptsys.Exited):
                 return  # gone; or the worker's exit detaches it
 
     def _run(self, timeout: float, body: Callable[[float], _T]) -> _T:
@@ -825,19 +491,21 @@ class _Injector:
             return body(stopped_at)
         except BaseException as exc:
             self._recover()
-            if isinstance(exc, _Exited) or (
+            if isinstance(exc, ptsys.Exited) or (
                 isinstance(exc, OSError)
                 and exc.errno in (errno.ESRCH, errno.EIO)
-                and _gone(self.pid)
+                and dying(self.pid)
             ):
-                raise _exited(self.pid) from None
+                raise TargetExited(
+                    f"Process {self.pid} exited while heapspy was injecting into it."
+                ) from None
             if isinstance(exc, _Timeout):
                 raise InjectionFailed(
                     f"Process {self.pid}'s main thread did not finish {self.phase} within "
                     f"{timeout:g} s; it was put back as it was and left running.",
                     hint=_TIMEOUT_HINTS.get(self.phase),
                 ) from None
-            if isinstance(exc, _PtraceError):
+            if isinstance(exc, ptsys.PtraceError):
                 raise InjectionFailed(f"ptrace failed on process {self.pid}: {exc}.") from None
             raise
         finally:
@@ -853,11 +521,11 @@ class _Injector:
         timeout: float,
         hook: Callable[[], None] | None,
     ) -> InjectionReport:
-        sample = render(_WIDEST_ADDRESS)
-        size = -(-(SOURCE_OFFSET + len(sample) + 1 + _SLACK) // PAGE) * PAGE
-        pad = self.arch.trap_insn * (SOURCE_OFFSET // len(self.arch.trap_insn))
+        sample = render(WIDEST_ADDRESS)
+        size = page_size_for(sample)
+        pad = landing_pad(self.arch)
         mmap_nr = self.arch.syscall_numbers["mmap"]
-        prot, flags = PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS
+        prot, flags = ptsys.PROT_READ | ptsys.PROT_EXEC, ptsys.MAP_PRIVATE | ptsys.MAP_ANONYMOUS
 
         def body(stopped_at: float) -> InjectionReport:
             assert self.saved_regs is not None
@@ -871,7 +539,7 @@ class _Injector:
                 raise InjectionFailed(f"mmap failed in process {self.pid}: {os.strerror(-page)}.")
             try:
                 source = render(page)
-                _check_source(source)
+                check_source(source)
                 if SOURCE_OFFSET + len(source) + 1 > size:
                     raise ValueError(f"the source grew to {len(source)} bytes for page {page:#x}")
                 self._write(page, pad + source + b"\0")
@@ -931,14 +599,14 @@ def _in_syscall(arch: Arch, regs: ctypes.Structure) -> bool:
     if arch.interrupted_syscall(regs) is None:
         return False
     result = -arch.syscall_return(regs)
-    return result in _RESTARTS or result == errno.EINTR
+    return result in ptsys.RESTARTS or result == errno.EINTR
 
 
 def _is_futex_wait(arch: Arch, regs: ctypes.Structure) -> bool:
     futex = arch.syscall_numbers["futex"]
     if not _in_syscall(arch, regs) or arch.interrupted_syscall(regs) != futex:
         return False
-    return arch.syscall_args(regs)[1] & FUTEX_CMD_MASK in (FUTEX_WAIT, FUTEX_WAIT_BITSET)
+    return is_futex_wait_op(arch.syscall_args(regs)[1])
 
 
 def _state_name(arch: Arch, regs: ctypes.Structure) -> str:
@@ -951,53 +619,11 @@ def _state_name(arch: Arch, regs: ctypes.Structure) -> str:
     return arch.syscall_name(nr)
 
 
-def _wchan(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            value = f.read().strip()
-    except OSError:
-        return ""
-    return "" if value in ("0", "") else value
-
-
-_IO_CALLS = frozenset(
-    "accept accept4 read readv recvfrom recvmsg recvmmsg connect msgrcv flock fcntl semop "
-    "semtimedop".split()
-)
-_POLL_CALLS = frozenset(
-    "select pselect6 poll ppoll epoll_wait epoll_pwait epoll_pwait2 io_getevents "
-    "io_uring_enter".split()
-)
-
-
-def _classify_syscall(arch: Arch, nr: int, args: list[int], wchan: str) -> MainThreadActivity:
-    name = arch.syscall_name(nr)
-    if name == "futex":
-        if (args[1] if len(args) > 1 else 0) & FUTEX_CMD_MASK in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
-            return MainThreadActivity(
-                "futex", nr, "waiting on a futex (a lock, join(), Event.wait() or the GIL)"
-            )
-        return MainThreadActivity("futex", nr, "in a futex call")
-    if name in ("nanosleep", "clock_nanosleep", "pause"):
-        return MainThreadActivity("sleep", nr, f"sleeping in {name}")
-    if name in ("select", "pselect6") and args and args[0] == 0:
-        return MainThreadActivity("sleep", nr, f"sleeping in {name}")  # time.sleep before 3.11
-    if name in _IO_CALLS:
-        return MainThreadActivity("io", nr, f"blocked in {name}")
-    if name in _POLL_CALLS:
-        return MainThreadActivity("poll", nr, f"blocked in {name}")
-    if name in ("wait4", "waitid"):
-        return MainThreadActivity("child", nr, f"waiting for a child process ({name})")
-    where = f" ({wchan})" if wchan else ""
-    return MainThreadActivity("syscall", nr, f"in {name}{where}")
-
-
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "InjectionReport",
-    "MainThreadActivity",
-    "describe_main_thread",
+    "Injector",
     "disarm_pending_call",
     "inject_pending_call",
-    "main_thread_activity",
     "unmap_page",
 ]

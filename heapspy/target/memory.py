@@ -14,7 +14,9 @@ import struct
 from heapspy.errors import PermissionDenied, TargetExited
 
 
-class _IOVec(ctypes.Structure):
+class IOVec(ctypes.Structure):
+    """``struct iovec`` (<sys/uio.h>): process_vm_readv/writev and PTRACE_GETREGSET."""
+
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
@@ -23,9 +25,9 @@ _readv = _libc.process_vm_readv
 _readv.restype = ctypes.c_ssize_t
 _readv.argtypes = [
     ctypes.c_int,
-    ctypes.POINTER(_IOVec),
+    ctypes.POINTER(IOVec),
     ctypes.c_ulong,
-    ctypes.POINTER(_IOVec),
+    ctypes.POINTER(IOVec),
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
@@ -57,8 +59,8 @@ class RemoteMemory:
 
     def read(self, addr: int, size: int) -> bytes:
         buf = ctypes.create_string_buffer(size)
-        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
-        remote = _IOVec(addr, size)
+        local = IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = IOVec(addr, size)
         n = _readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if n < 0:
             _raise_for(self.pid, ctypes.get_errno(), "reading memory of")
@@ -68,8 +70,8 @@ class RemoteMemory:
 
     def write(self, addr: int, data: bytes) -> None:
         buf = ctypes.create_string_buffer(data, len(data))
-        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-        remote = _IOVec(addr, len(data))
+        local = IOVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+        remote = IOVec(addr, len(data))
         n = _writev(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if n < 0:
             _raise_for(self.pid, ctypes.get_errno(), "writing memory of")

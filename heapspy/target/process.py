@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import re
 import select
+import signal
 import struct
+import time
 import weakref
 from dataclasses import dataclass, field
 
 from heapspy.errors import (
+    HeapspyError,
     NoSuchProcess,
     NotPython,
     TargetExited,
@@ -127,6 +130,52 @@ def check_no_tracer(pid: int) -> None:
             f"Process {pid} is already being traced by pid {tracer} ({name}).",
             hint="Detach that debugger or tracer (gdb, strace, py-spy) and try again.",
         )
+
+
+def tracer_error(pid: int) -> TracerAttached | None:
+    """The error to give when another tracer holds ``pid`` (why a ptrace was refused), or
+    None when none does or it cannot be told."""
+    try:
+        check_no_tracer(pid)
+    except TracerAttached as exc:
+        return exc
+    except HeapspyError:
+        return None
+    return None
+
+
+def has_exited(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def dying(pid: int, wait: float = 1.0) -> bool:
+    """Whether the process died or is dying: a SIGKILL takes a moment to finish the job,
+    so a pending one counts, and a process still running is watched for ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        if has_exited(pid) or _sigkill_pending(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _sigkill_pending(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")):
+                    if int(line.split()[1], 16) >> (signal.SIGKILL - 1) & 1:
+                        return True
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def _find_image(maps: list[Mapping]) -> tuple[str, int, int, bool] | None:
