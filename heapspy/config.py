@@ -63,13 +63,13 @@ def check_duration(text: str | None, what: str = "duration") -> float | None:
     return value
 
 
-def check_frames(value: int, what: str = "--frames") -> int:
+def check_frames(value: int, what: str) -> int:
     if not 1 <= value <= 512:
         raise UsageError(f"{what} must be between 1 and 512, got {value}.")
     return value
 
 
-def check_max_bytes(text: str | None, what: str = "--max-bytes") -> int | None:
+def check_max_bytes(text: str | None, what: str) -> int | None:
     """A retention cap in bytes, positive (``None`` passes through: no cap). 0 would keep
     nothing, not even the dump just written: the CLI and the daemon refuse it alike."""
     if text is None:
@@ -80,7 +80,7 @@ def check_max_bytes(text: str | None, what: str = "--max-bytes") -> int | None:
     return value
 
 
-def check_keep(value: int | None, what: str = "--keep") -> int | None:
+def check_keep(value: int | None, what: str) -> int | None:
     if value is not None and value < 1:
         raise UsageError(f"{what} must be at least 1, got {value}.")
     return value
@@ -89,7 +89,7 @@ def check_keep(value: int | None, what: str = "--keep") -> int | None:
 METHODS = ("auto", "pep768", "ptrace")
 
 
-def check_method(value: str, what: str = "--method") -> str:
+def check_method(value: str, what: str) -> str:
     if value not in METHODS:
         raise UsageError(f"{what} must be one of {', '.join(METHODS)}, got {value!r}.")
     return value

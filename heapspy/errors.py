@@ -2,24 +2,131 @@
 
 Every failure a user can meet is a subclass carrying a one-sentence message and a
 distinct exit code, so scripts (and the daemon) can tell them apart; the CLI entry point
-catches ``HeapspyError`` once, prints ``message`` to stderr and exits with ``exit_code``.
+catches ``HeapspyError`` once, prints it to stderr and exits with ``exit_code``.
+
+Core errors say what happened and never name a command-line flag: heapspy is driven by
+flags (``heapspy attach``) and by config keys (the daemon), and the same error reaches
+both. What the user could change is carried as facts instead: ``subject`` (the setting an
+error is about) and ``remedies`` (settings that would get past it, with the values that
+matter, such as the thread that runs Python). Each front end words them in its own terms
+(``heapspy/cli/hints.py`` with flags, ``heapspy/daemon/hints.py`` with config keys);
+``str()`` words them plainly.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+RemedyKind = Literal[
+    "thread",  # aim the PEP 768 request at another thread (``thread``: one that runs Python)
+    "ptrace_wakes_lock",  # the main thread waits on a lock: ptrace with the nudge wakes it
+    "attach_timeout",  # wait longer for the agent to start
+    "pep768",  # inject with PEP 768 (no ptrace) on a 3.14+ target
+    "no_require_sampling",  # allow the fallback to tracemalloc
+    "format_text",  # ask for text output
+    "sample_index",  # choose which sample type to compare
+    "listen_example",  # what a listening address looks like
+    "listen_token",  # give a token file, or listen on loopback / a Unix socket
+]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A setting the user could change to get past an error, as facts, not words."""
+
+    kind: RemedyKind
+    thread: int | None = None  # "thread": a native TID seen running Python, if any
+    nudge: bool = True  # "ptrace_wakes_lock": whether the nudge is on already
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The setting an error is about (an ``AttachConfig`` field), and its value if any."""
+
+    name: Literal["thread", "method", "top"]
+    value: str | None = None
+
+
+# How one front end words settings: the subject of a message, and each remedy (None: it
+# has nothing to offer for that one).
+SubjectWords = Callable[[Setting], str]
+RemedyWords = Callable[[Remedy], "str | None"]
+
+
+def plain_subject(setting: Setting) -> str:
+    return setting.name if setting.value is None else f"{setting.name} {setting.value}"
+
+
+def plain_remedy(remedy: Remedy) -> str | None:
+    """Remedies in words that name no flag and no config key (``str()`` of an error)."""
+    if remedy.kind == "thread":
+        if remedy.thread is not None:
+            return f"Thread {remedy.thread} is running Python: aim the request at it."
+        return "Aim the request at another thread that runs Python."
+    if remedy.kind == "ptrace_wakes_lock":
+        how = "ptrace injection" + ("" if remedy.nudge else " with the nudge on")
+        return (
+            f"Its main thread waits on a lock: {how} wakes such a wait harmlessly so that "
+            "the agent starts."
+        )
+    if remedy.kind == "attach_timeout":
+        return "Try again when the process is busy, or allow a longer attach timeout."
+    if remedy.kind == "pep768":
+        return "On CPython 3.14+ targets use PEP 768 injection, which needs no ptrace."
+    if remedy.kind == "no_require_sampling":
+        return "Allow the fallback to tracemalloc (exact, slower)."
+    if remedy.kind == "format_text":
+        return "Ask for text output."
+    if remedy.kind == "sample_index":
+        return "Choose the sample type to compare."
+    if remedy.kind == "listen_example":
+        return "For example 127.0.0.1:9465 or /run/heapspy/http.sock."
+    return "Give a token file, or listen on 127.0.0.1 / a Unix socket."
+
 
 class HeapspyError(Exception):
-    """Base of all user-facing errors."""
+    """Base of all user-facing errors.
+
+    ``message`` says what happened; with a ``subject`` it is ``predicate`` after the
+    subject's plain name. ``hint`` is advice that holds for every front end.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        remedies: tuple[Remedy, ...] = (),
+        subject: Setting | None = None,
+    ) -> None:
+        self.predicate = message
+        self.subject = subject
         self.hint = hint
+        self.remedies = remedies
+        self.message = message if subject is None else f"{plain_subject(subject)} {message}"
+        super().__init__(self.message)
+
+    def words(
+        self, subject: SubjectWords = plain_subject, remedy: RemedyWords = plain_remedy
+    ) -> str:
+        """The whole error, its settings worded by one front end."""
+        message = (
+            self.message if self.subject is None else f"{subject(self.subject)} {self.predicate}"
+        )
+        advice = self.advice(remedy)
+        return message if not advice else f"{message}\n{advice}"
+
+    def advice(self, remedy: RemedyWords = plain_remedy) -> str | None:
+        """The hint and the remedies, worded by one front end (None: nothing to advise)."""
+        parts = [self.hint] if self.hint else []
+        parts += [text for r in self.remedies if (text := remedy(r))]
+        return " ".join(parts) or None
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+        return self.words()
 
 
 class UsageError(HeapspyError):
@@ -99,7 +206,8 @@ class DumpError(HeapspyError):
 
 
 class SamplingUnavailable(HeapspyError):
-    """--require-sampling was given and the shim cannot run in the target."""
+    """Sampling was required (no fallback to tracemalloc) and the shim cannot run in the
+    target."""
 
     exit_code = 17
 

@@ -35,6 +35,7 @@ from heapspy.errors import (
     DumpError,
     HeapspyError,
     ProtocolViolation,
+    Remedy,
     SamplingUnavailable,
     TargetExited,
 )
@@ -118,7 +119,7 @@ def _agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
     if body.get("code") == "no_sampling":
         return SamplingUnavailable(
             f"Sampling cannot run in process {pid}: {body.get('message')}.",
-            hint="Drop --require-sampling to fall back to tracemalloc (exact, slower).",
+            remedies=(Remedy("no_require_sampling"),),
         )
     if body.get("code") == "already_attached":
         holder = body.get("holder_pid")
@@ -323,10 +324,12 @@ class Session:
     def _timeout_error(self) -> HeapspyError:
         assert self.injection is not None
         what = self.injection.waiting_for()
+        hint, remedies = self.injection.advice()
         return AgentTimeout(
             f"The agent did not start in process {self.target.pid} within "
             f"{self.config.attach_timeout:g} s: its main thread is {what}.",
-            hint=self.injection.advice(),
+            hint=hint,
+            remedies=remedies,
         )
 
     def _abandon(self) -> None:

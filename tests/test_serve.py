@@ -33,16 +33,18 @@ TOKEN = "s3cret-token-for-scrapers-0123456789"
 
 
 def test_listen_addresses() -> None:
-    assert parse_listen("127.0.0.1:9465") == ListenAddress("127.0.0.1", 9465)
-    assert parse_listen("[::1]:9465") == ListenAddress("::1", 9465)
-    assert parse_listen(":9465") == ListenAddress("127.0.0.1", 9465)
-    assert parse_listen("/run/heapspy/http.sock") == ListenAddress(path="/run/heapspy/http.sock")
-    assert parse_listen("unix:/tmp/x.sock").path == "/tmp/x.sock"
-    assert not parse_listen("0.0.0.0:9465").loopback
-    assert parse_listen("127.0.0.2:1").loopback
+    assert parse_listen("127.0.0.1:9465", "--listen") == ListenAddress("127.0.0.1", 9465)
+    assert parse_listen("[::1]:9465", "--listen") == ListenAddress("::1", 9465)
+    assert parse_listen(":9465", "--listen") == ListenAddress("127.0.0.1", 9465)
+    assert parse_listen("/run/heapspy/http.sock", "--listen") == ListenAddress(
+        path="/run/heapspy/http.sock"
+    )
+    assert parse_listen("unix:/tmp/x.sock", "--listen").path == "/tmp/x.sock"
+    assert not parse_listen("0.0.0.0:9465", "--listen").loopback
+    assert parse_listen("127.0.0.2:1", "--listen").loopback
     for bad in ("9465", "127.0.0.1:http", "127.0.0.1:70000", "example.com:80"):
         with pytest.raises(UsageError):
-            parse_listen(bad)
+            parse_listen(bad, "--listen")
 
 
 def test_loopback_callers_are_known_by_uid() -> None:

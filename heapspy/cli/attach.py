@@ -148,19 +148,19 @@ def attach(
         attach_timeout=options.duration(attach_timeout, "attach timeout") or 10.0,
         thread=thread,
         nudge=nudge,
-        method=check_method(method),
+        method=check_method(method, "--method"),
         dump_dir=dump_dir,
         final_dump=final_dump,
         last_chance=last_chance,
         dump_on=tuple(parse_rule(r) for r in dump_on),
         keep=options.keep(keep),
         require_sampling=require_sampling,
-        max_bytes=check_max_bytes(max_bytes),
+        max_bytes=check_max_bytes(max_bytes, "--max-bytes"),
         allow_gc=not no_gc,
     )
     endpoint = None
     if listen is not None:
-        address = parse_listen(listen)
+        address = parse_listen(listen, "--listen")
         token = read_token(listen_token_file)
         endpoint = serve(
             address,

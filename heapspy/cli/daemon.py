@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import typer
 
-from heapspy.daemon import logs
+from heapspy.daemon import hints, logs
 from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DEFAULT_PATH, DaemonConfig, Watch, load_config
 from heapspy.daemon.discover import Found, scan
@@ -65,12 +65,15 @@ def daemon(
 
       systemctl reload heapspy     # after editing the file
     """
-    cfg = load_config(config)
-    if check:
-        print(printable(check_report(cfg), keep_newlines=True))  # command lines
-        return
-    logs.configure()
-    code = run_daemon(cfg)
+    try:
+        cfg = load_config(config)
+        if check:
+            print(printable(check_report(cfg), keep_newlines=True))  # command lines
+            return
+        logs.configure()
+        code = run_daemon(cfg)
+    except HeapspyError as exc:  # its settings are the file's keys, not flags
+        raise hints.worded(exc) from exc
     if code:
         raise typer.Exit(code)
 

@@ -8,6 +8,7 @@ import traceback
 
 import typer
 
+from heapspy.cli import hints
 from heapspy.errors import HeapspyError
 from heapspy.printable import PrintableFormatter, printable
 
@@ -52,7 +53,7 @@ def run() -> None:
     except HeapspyError as exc:
         if _verbose or "-v" in sys.argv or "--verbose" in sys.argv:
             traceback.print_exc()
-        print(f"heapspy: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
+        print(f"heapspy: {printable(hints.render(exc), keep_newlines=True)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

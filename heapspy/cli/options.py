@@ -18,8 +18,8 @@ def duration(text: str | None, what: str = "duration") -> float | None:
 
 
 def frames(value: int) -> int:
-    return check_frames(value)
+    return check_frames(value, "--frames")
 
 
 def keep(value: int | None) -> int | None:
-    return check_keep(value)
+    return check_keep(value, "--keep")

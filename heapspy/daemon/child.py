@@ -40,6 +40,7 @@ import traceback
 from typing import Callable, NoReturn
 
 from heapspy.config import AttachConfig
+from heapspy.daemon import hints
 from heapspy.daemon.sdnotify import PRIVATE_ENV
 from heapspy.errors import HeapspyError
 from heapspy.foreground import run_foreground
@@ -157,7 +158,7 @@ def _child_main(
         run_foreground(target, config, events=_send_event, start_time=start_time)
         code = 0
     except HeapspyError as exc:
-        print(f"heapspy: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
+        print(f"heapspy: {printable(hints.render(exc), keep_newlines=True)}", file=sys.stderr)
         code = exc.exit_code
     except BaseException:  # noqa: BLE001 - a child must never return into the daemon
         traceback.print_exc()

@@ -44,6 +44,7 @@ from heapspy.config import (
     check_method,
     check_rate,
 )
+from heapspy.daemon.hints import key_remedy
 from heapspy.daemon.regex import RegexError, compile_watch_regex
 from heapspy.errors import UsageError
 from heapspy.rules import parse_rule
@@ -200,7 +201,7 @@ class _Table:
         try:
             return check()
         except UsageError as exc:
-            raise self.error(key, exc.message, exc.hint) from None
+            raise self.error(key, exc.message, exc.advice(key_remedy)) from None
 
     def string(self, key: str, what: str) -> str | None:
         value = self.data.get(key)

@@ -16,7 +16,7 @@ import platform
 import struct
 from typing import ClassVar
 
-from heapspy.errors import InjectionFailed
+from heapspy.errors import InjectionFailed, Remedy
 
 NT_PRSTATUS = 1  # the general registers, as PTRACE_GETREGSET calls them on every arch
 
@@ -238,6 +238,6 @@ def current_arch() -> Arch:
     if arch is None:
         raise InjectionFailed(
             f"heapspy's ptrace injector does not support {machine} yet (x86_64 only).",
-            hint="On CPython 3.14+ targets use --method pep768, which needs no ptrace.",
+            remedies=(Remedy("pep768"),),
         )
     return arch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from heapspy.config import AttachConfig
-from heapspy.errors import HeapspyError, UsageError
+from heapspy.errors import HeapspyError, Remedy, Setting, UsageError
 from heapspy.inject.bootstrap import Placement
 from heapspy.target.process import PythonTarget
 from heapspy.target.pyspy import BackgroundDump
@@ -19,8 +19,9 @@ class Injection(Protocol):
     def waiting_for(self) -> str:
         """What the bootstrap is waiting on, in words, for the spinner and errors."""
 
-    def advice(self) -> str:
-        """What the user can do when the agent does not start."""
+    def advice(self) -> tuple[str, tuple[Remedy, ...]]:
+        """What the user can do when the agent does not start: advice that holds for
+        every front end, and the settings that could help (worded by each front end)."""
 
     def cancel(self) -> None:
         """Withdraw the request if the target has not consumed it yet."""
@@ -48,8 +49,9 @@ class PtraceInjection:
 
         if config.thread is not None:
             raise UsageError(
-                "--thread needs a Python 3.14+ target; on older versions the agent always "
-                "starts in the main thread."
+                "needs a Python 3.14+ target; on older versions the agent always starts in "
+                "the main thread.",
+                subject=Setting("thread"),
             )
         self.pid = target.pid
         self.spy = BackgroundDump(target.pid)
@@ -58,12 +60,12 @@ class PtraceInjection:
     def waiting_for(self) -> str:
         return _main_thread_activity(self.pid, self.spy)
 
-    def advice(self) -> str:
+    def advice(self) -> tuple[str, tuple[Remedy, ...]]:
         return (
             "A pending call runs only when the main thread executes Python bytecode: a main "
             "thread blocked in sleep, accept, read or select starts the agent when that call "
-            "returns. Try again when the process is busy, or raise --attach-timeout. The "
-            "queued bootstrap will clean up after itself if it runs later."
+            "returns. The queued bootstrap will clean up after itself if it runs later.",
+            (Remedy("attach_timeout"),),
         )
 
     def cancel(self) -> None:
@@ -100,24 +102,17 @@ class Pep768Injection:
             return f"thread {self.thread}: not yet at a bytecode boundary"
         return _main_thread_activity(self.pid, self.spy)
 
-    def advice(self) -> str:
+    def advice(self) -> tuple[str, tuple[Remedy, ...]]:
         busy = _running_python_threads(self.target)
         hint = (
             "The request runs when the chosen thread next executes Python bytecode; a main "
             "thread blocked in sleep, accept, read or select only gets there when that call "
             "returns."
         )
-        if busy:
-            hint += f" Thread {busy[0]} is running Python: try --thread {busy[0]}."
-        else:
-            hint += " Use --thread TID to aim at another thread that runs Python."
+        remedies = [Remedy("thread", thread=busy[0] if busy else None)]
         if main_thread_activity(self.pid).kind == "futex":
-            how = "--method ptrace" if self.nudge else "--method ptrace without --no-nudge"
-            hint += (
-                f" Its main thread waits on a lock: {how} wakes such a wait harmlessly so that"
-                " the agent starts."
-            )
-        return hint
+            remedies.append(Remedy("ptrace_wakes_lock", nudge=self.nudge))
+        return hint, tuple(remedies)
 
     def cancel(self) -> None:
         self.request.cancel()
@@ -135,8 +130,8 @@ def start_injection(target: PythonTarget, placement: Placement, config: AttachCo
     if method == "pep768":
         if target.version < (3, 14):
             raise UsageError(
-                f"--method pep768 needs Python 3.14+; process {target.pid} runs "
-                f"{target.version_text}."
+                f"needs Python 3.14+; process {target.pid} runs {target.version_text}.",
+                subject=Setting("method", "pep768"),
             )
         return Pep768Injection(target, placement, config)
     if method == "ptrace":
@@ -157,7 +152,7 @@ _SERVED_SOON = ("running", "unknown", "stopped", "exited")  # activities that ne
 
 
 def _choose_on_314(target: PythonTarget, placement: Placement, config: AttachConfig) -> Injection:
-    """``--method auto`` on 3.14+: pick what starts the agent soonest.
+    """Method "auto" on 3.14+: pick what starts the agent soonest.
 
     The main thread gets the PEP 768 request unless it is blocked. A blocked main thread
     reaches an eval breaker only when its call returns, and one waiting on a lock or in

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from heapspy.errors import (
     HeapspyError,
     InjectionFailed,
+    Remedy,
     RemoteDebugDisabled,
     TargetExited,
     UnrecognisedPython,
@@ -323,7 +324,7 @@ def _tid_list(threads: list[ThreadState], main: ThreadState | None) -> str:
 def python_thread_ids(target: PythonTarget) -> list[int]:
     """Native TIDs of the main interpreter's Python threads, main thread first.
 
-    These are the TIDs accepted by ``request_exec(..., thread_id=)`` (``--thread``).
+    These are the TIDs accepted by ``request_exec(..., thread_id=)`` (``AttachConfig.thread``).
     """
     runtime = RemoteRuntime(target)
     interp = runtime.main_interpreter()
@@ -505,7 +506,8 @@ def request_exec(
         raise InjectionFailed(
             f"Process {target.pid}: another debugger request is pending in thread "
             f"{tstate.native_thread_id} (not yet taken by the target).",
-            hint="Wait for it to run, or aim at another thread with --thread.",
+            hint="Wait for it to run.",
+            remedies=(Remedy("thread"),),
         )
     check_same_process(target)  # the pid may name a newcomer by now: write nothing then
     try:

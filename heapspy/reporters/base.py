@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from heapspy.errors import UsageError
+from heapspy.errors import Remedy, Setting, UsageError
 from heapspy.printable import printable
 from heapspy.units import format_bytes
 
@@ -33,7 +33,7 @@ def check_format(output_format: str) -> str:
 
 def check_top(top: int) -> int:
     if top < 1:
-        raise UsageError(f"--top must be at least 1, got {top}.")
+        raise UsageError(f"must be at least 1, got {top}.", subject=Setting("top"))
     return top
 
 
@@ -49,7 +49,9 @@ class Rendering(ABC):
     def text(self) -> str: ...
 
     def to_json(self) -> Any:
-        raise UsageError(f"{type(self).__name__} has no JSON output; use --format text.")
+        raise UsageError(
+            f"{type(self).__name__} has no JSON output.", remedies=(Remedy("format_text"),)
+        )
 
     def render(self, output_format: str = "text") -> str:
         """The rendering in ``output_format`` (text or json), as it is printed."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heapspy.errors import UsageError
+from heapspy.errors import Remedy, UsageError
 from heapspy.printable import printable
 from heapspy.reporters.base import (
     Rendering,
@@ -153,7 +153,8 @@ def build_diff(config: DiffConfig) -> Diff:
         base.sample_types[base.default_index()] != new.sample_types[new.default_index()]
     ):
         raise UsageError(
-            "The two dumps have different default sample types; choose one with --sample-index."
+            "The two dumps have different default sample types.",
+            remedies=(Remedy("sample_index"),),
         )
     base_index = base_dump.sample_index(config.sample_index)
     new_index = new_dump.sample_index(config.sample_index)

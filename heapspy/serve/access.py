@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from heapspy.errors import UsageError
+from heapspy.errors import Remedy, UsageError
 
 MAX_TOKEN = 4096
 
@@ -53,7 +53,7 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
-def parse_listen(text: str, what: str = "--listen") -> ListenAddress:
+def parse_listen(text: str, what: str) -> ListenAddress:
     """``127.0.0.1:9465``, ``[::1]:9465``, ``:9465`` (loopback), or a Unix socket path."""
     text = text.strip()
     if text.startswith("unix:"):
@@ -64,7 +64,7 @@ def parse_listen(text: str, what: str = "--listen") -> ListenAddress:
     if not sep:
         raise UsageError(
             f"{what} must be HOST:PORT or a Unix socket path, got {text!r}.",
-            hint="For example --listen 127.0.0.1:9465 or --listen /run/heapspy/http.sock",
+            remedies=(Remedy("listen_example"),),
         )
     host = host.strip("[]") or "127.0.0.1"
     if not port_text.isdigit() or not 0 <= int(port_text) < 65536:

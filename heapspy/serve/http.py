@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from heapspy.errors import UsageError
+from heapspy.errors import Remedy, UsageError
 from heapspy.serve import workers as workers_mod
 from heapspy.serve.access import (
     Caller,
@@ -307,8 +307,7 @@ def serve(address: ListenAddress, options: ServeOptions) -> Endpoint:
         raise UsageError(
             f"Refusing to serve heap profiles on {address}, which is not loopback, without a "
             "token: a remote caller's user cannot be checked.",
-            hint="Give --listen-token-file FILE (daemon: listen_token_file), or listen on "
-            "127.0.0.1 / a Unix socket.",
+            remedies=(Remedy("listen_token"),),
         )
     server = _Server(address, options)
     try:

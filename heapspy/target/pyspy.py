@@ -2,7 +2,7 @@
 
 ``py-spy dump --nonblocking`` reads the target's memory without stopping it (no ptrace),
 so it can run beside our own injection; it costs ~30 ms and is only consulted when the
-agent is slow to start, or to name the threads a ``--thread`` option may choose.
+agent is slow to start, or to name the threads a request may be aimed at.
 """
 
 from __future__ import annotations
