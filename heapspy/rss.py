@@ -339,8 +339,9 @@ FRAGMENTED_SHARE = 0.30  # free-but-held share of an allocator's memory called f
 FRAGMENTED_RSS = 0.10  # ... when it is also this share of RSS
 
 
-def verdict(b: Breakdown, heap_growth: int | None = None) -> str:
-    """Fragmented (allocators hold much free memory) or leaking (the live heap grows)?"""
+def verdict(b: Breakdown, heap_growth: int | None = None, rss_growth: int | None = None) -> str:
+    """Fragmented (allocators hold much free memory), leaking Python objects (the live
+    heap grows), or growing outside Python's objects (RSS grows, the live heap does not)?"""
     free = b.category("C allocator: free") + b.category("pymalloc: free")
     held = free / b.rss if b.rss else 0.0
     shares = b.fragmentation.values()
@@ -363,12 +364,24 @@ def verdict(b: Breakdown, heap_growth: int | None = None) -> str:
             f"looks like a leak: the live Python heap grew by {format_bytes(heap_growth)} "
             "during the session"
         )
+    native = rss_growth is not None and rss_growth > 0.05 * b.rss
+    if native and (heap_growth is None or heap_growth < 0.5 * (rss_growth or 0)):
+        assert rss_growth is not None
+        grew = format_bytes(heap_growth) if heap_growth is not None else "?"
+        parts.append(
+            f"grows outside Python's objects: RSS grew by {format_bytes(rss_growth)} during "
+            f"the session, the live Python heap by {grew}; see the C allocator's in use "
+            "(extensions' memory, Python objects over 512 B, which the allocation view "
+            "counts only from Python's allocators) and other anonymous mappings"
+        )
     if not parts:
         parts.append("neither fragmented nor growing")
     return "; ".join(parts)
 
 
-def format_breakdown(b: Breakdown, heap_growth: int | None = None) -> list[str]:
+def format_breakdown(
+    b: Breakdown, heap_growth: int | None = None, rss_growth: int | None = None
+) -> list[str]:
     """Lines for people: one per category, with its share of RSS, then the verdict."""
     lines = [f"RSS {format_bytes(b.rss)} (C allocator: {b.allocator}):"]
     rows = [
@@ -379,7 +392,7 @@ def format_breakdown(b: Breakdown, heap_growth: int | None = None) -> list[str]:
         share = 100.0 * nbytes / b.rss if b.rss else 0.0
         more = f"  ({printable(detail)})" if detail else ""
         lines.append(f"  {format_bytes(nbytes):>11} {share:5.1f}%  {name}{more}")
-    lines.append(f"  Verdict: {verdict(b, heap_growth)}")
+    lines.append(f"  Verdict: {verdict(b, heap_growth, rss_growth)}")
     return lines
 
 
@@ -415,12 +428,12 @@ def memory_of(sidecar: dict[str, Any] | None) -> Breakdown | None:
         return None
 
 
-def heap_growth_of(sidecar: dict[str, Any] | None) -> int | None:
-    """How much the live heap grew over the sidecar's series (first to last point)."""
+def growth_of(sidecar: dict[str, Any] | None, column: str) -> int | None:
+    """How much ``column`` (heap, rss) grew over the sidecar's series (first to last)."""
     doc = sidecar or {}
     columns, series = doc.get("series_columns"), doc.get("rss_series")
-    if not isinstance(columns, list) or "heap" not in columns or not isinstance(series, list):
+    if not isinstance(columns, list) or column not in columns or not isinstance(series, list):
         return None
-    i = columns.index("heap")
+    i = columns.index(column)
     values = [r[i] for r in series if isinstance(r, list) and len(r) > i and isinstance(r[i], int)]
     return values[-1] - values[0] if len(values) >= 2 else None

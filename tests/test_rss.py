@@ -222,3 +222,39 @@ def test_status_and_top_of_a_session_show_where_its_rss_is(tmp_path: Path) -> No
             holder.communicate(timeout=60)
         target.kill()
         target.communicate()
+
+
+def test_native_growth_is_told_apart_from_a_python_leak(tmp_path: Path) -> None:
+    """RSS grows through an extension's malloc while the Python heap stays flat: the
+    native> rule fires (the breakdown is measured every 10 s: at the first interval and
+    ~10 s later, when 1 MiB / 50 ms has passed 100 MiB) and the verdict says where to look."""
+    found = [p.values[0] for p in interpreter_params() if p.values[0].version == (3, 11)]
+    if not found:
+        pytest.skip("no CPython 3.11")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = Path(__file__).parent / "targets" / "native_grow.py"
+    target = subprocess.Popen(
+        [*found[0].argv, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert target.stdout is not None and target.stdout.readline().startswith("READY")
+        out = run_heapspy(
+            "attach",
+            str(target.pid),
+            "--duration",
+            "12",
+            "--dump-dir",
+            str(tmp_path),
+            "--dump-on",
+            "native>100MiB",
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "grows outside Python's objects" in out.stdout, out.stdout
+        (fired,) = tmp_path.glob("heap-*-native_100MiB.pb.gz")
+        report = run_heapspy("report", str(fired), "--format", "json", timeout=60)
+        memory = json.loads(report.stdout)["memory"]
+        assert _category(memory, "C allocator: in use") > 100 * MiB, memory
+    finally:
+        target.kill()
+        target.communicate()

@@ -186,7 +186,11 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
         table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampled)
         print(table.output())
         if session.last_memory is not None:  # what the rest of RSS is, as it was at the end
-            print("\n".join(format_breakdown(session.last_memory)))
+            series = [p for p in session.aggregator.series if p.rss is not None]
+            rss_growth = series[-1].rss - series[0].rss if len(series) >= 2 else None  # type: ignore[operator]
+            heap_growth = series[-1].heap - series[0].heap if len(series) >= 2 else None
+            lines = format_breakdown(session.last_memory, heap_growth, rss_growth)
+            print("\n".join(lines))
         final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
         if final:  # what to do with it, as a first-time user would not know
             print(f"Read the final dump with: heapspy report {final[-1]}")

@@ -76,7 +76,7 @@ from heapspy.reporters.sites import (
     site_variances,
 )
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS, Totals
-from heapspy.rss import Breakdown, format_breakdown, heap_growth_of, memory_of, verdict
+from heapspy.rss import Breakdown, format_breakdown, growth_of, memory_of, verdict
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import format_error, relative_error
 from heapspy.units import format_bytes
@@ -144,6 +144,7 @@ class Report(Rendering):
     runtime: RuntimeStats | None = None  # the target's GC, threads, tasks at dump time
     memory: Breakdown | None = None  # where the target's RSS was at dump time
     heap_growth: int | None = None  # the live heap's growth over the sidecar's series
+    rss_growth: int | None = None  # and RSS's
 
     def text(self) -> str:
         return render_text(self)
@@ -217,7 +218,8 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         sampled=sampled,
         runtime=runtime,
         memory=memory_of(dump.sidecar),
-        heap_growth=heap_growth_of(dump.sidecar),
+        heap_growth=growth_of(dump.sidecar, "heap"),
+        rss_growth=growth_of(dump.sidecar, "rss"),
     )
 
 
@@ -306,7 +308,7 @@ def render_text(report: Report) -> str:
         lines.append("")
         lines.append("Memory at dump time (where the RSS is; `heapspy trim PID` gives back what")
         lines.append("glibc holds free):")
-        lines.extend(format_breakdown(report.memory, report.heap_growth))
+        lines.extend(format_breakdown(report.memory, report.heap_growth, report.rss_growth))
     return "\n".join(lines) + "\n"
 
 
@@ -350,7 +352,10 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "runtime": None if report.runtime is None else report.runtime.to_json(),
         "memory": None
         if report.memory is None
-        else {**report.memory.to_json(), "verdict": verdict(report.memory, report.heap_growth)},
+        else {
+            **report.memory.to_json(),
+            "verdict": verdict(report.memory, report.heap_growth, report.rss_growth),
+        },
         "total": report.total,
         "functions": report.functions,
         "top": [
