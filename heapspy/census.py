@@ -12,6 +12,7 @@ profile a stack is the retention path, root first, so ``go tool pprof -top`` ran
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import time
@@ -27,9 +28,12 @@ from heapspy.dumps import DumpWriter, census_name
 from heapspy.errors import HeapspyError
 from heapspy.model import Frame
 from heapspy.pprof import encode_samples
+from heapspy.units import format_bytes
 
 if TYPE_CHECKING:
     from heapspy.session import Session
+
+log = logging.getLogger("heapspy")
 
 CENSUS_SAMPLE_TYPES = (("objects", "count"), ("space", "bytes"))
 CENSUS_DEFAULT = "space"
@@ -244,6 +248,42 @@ def take_census(
     """Run a census through ``session`` and write it into ``directory``."""
     result = session.census(options, on_progress, should_stop)
     return result, write_census(result, directory, target_facts(session))
+
+
+def record_census(session: Session, result: CensusResult) -> dict[str, Any] | None:
+    """Write the census a session took at attach, say so; its summary (None if it could
+    not be written: the session goes on)."""
+    try:
+        path = write_census(result, session.config.dump_dir, target_facts(session))
+    except HeapspyError as exc:
+        log.error("%s", exc)
+        return None
+    p = result.progress
+    log.info(
+        "census of the heap at attach%s: %s in %s objects (%.1f s): %s",
+        " (partial)" if result.partial else "",
+        format_bytes(p.bytes),
+        f"{p.objects:,}",
+        p.elapsed,
+        path,
+    )
+    return summary(result, path)
+
+
+def census_note(found: dict[str, Any], since: int) -> str:
+    """One line on the heap before the attach (a census summary) beside the samples'
+    live heap since: a dump's comment and ``heapspy status``."""
+    if found.get("running"):
+        return (
+            f"census of the heap at attach under way: {found.get('objects', 0):,} objects, "
+            f"{format_bytes(int(found.get('bytes', 0)))} so far"
+        )
+    partial = " (partial)" if found.get("partial") else ""
+    return (
+        f"heap at attach (census{partial}): {format_bytes(int(found.get('bytes', 0)))} in "
+        f"{found.get('objects', 0):,} objects, {found.get('path')}; live heap allocated "
+        f"since attach (samples): {format_bytes(since)}"
+    )
 
 
 def summary(result: CensusResult, path: Path | None = None) -> dict[str, Any]:

@@ -26,6 +26,9 @@ class AttachConfig:
     dump_dir: Path = Path("heapspy-dumps")
     final_dump: bool = True
     final_rule: str = "final"  # the rule named in the final dump's file name
+    # a heap census at the start (heapspy.census): what the heap held before the attach;
+    # `heapspy attach` asks for one unless --no-census, the daemon and others do not
+    census: bool = False
     require_sampling: bool = False
     # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)
     last_chance: bool = True

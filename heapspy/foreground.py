@@ -14,6 +14,7 @@ import sys
 from types import FrameType
 from typing import Any, Callable
 
+from heapspy.census import CensusOptions
 from heapspy.config import AttachConfig
 from heapspy.errors import ProtocolViolation
 from heapspy.printable import printable
@@ -116,15 +117,19 @@ def run_foreground(
             for note in info.notes:
                 say(f"note: {note}")
         requests.follow(session)
+        if config.census and session.start_census(CensusOptions()) and not quiet:
+            say("taking a census of the heap at attach in the background (--no-census skips it)")
         try:
             reason = session.run(config.duration)
         finally:
             session.detach()
     if not quiet:
         agg = session.aggregator
+        found = session.census_summary
+        before = "" if found is None else f"; heap at attach {format_bytes(found['bytes'])}"
         say(
             f"detached from {pid} ({reason or session.end_reason}); live heap "
-            f"{format_bytes(agg.heap_estimate())} over {agg.intervals} intervals"
+            f"{format_bytes(agg.heap_estimate())} over {agg.intervals} intervals{before}"
         )
     if events is not None:
         events(

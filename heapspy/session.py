@@ -22,7 +22,14 @@ import psutil
 from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator, ProcessFacts
-from heapspy.census import CensusCollector, CensusOptions, CensusResult, ProgressSink
+from heapspy.census import (
+    CensusCollector,
+    CensusOptions,
+    CensusResult,
+    ProgressSink,
+    census_note,
+    record_census,
+)
 from heapspy.census import serve_client as census_for_client
 from heapspy.config import AttachConfig
 from heapspy.control import encode_reply
@@ -179,6 +186,8 @@ class Session:
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
         self._census: CensusCollector | None = None  # the census under way, if any
         self._census_sink: ProgressSink | None = None
+        self._census_background = False  # written by the session when done (attach)
+        self.census_summary: dict[str, Any] | None = None  # the heap at attach, once known
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -508,11 +517,15 @@ class Session:
                 for rule in self.rules.observe(obs, growing):
                     self._dump(rule.name, rule.text)
         elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
-            if self._census is not None:  # else a census nobody waits for: dropped
-                if kind == protocol.CENSUS:
-                    self._census.add(body)
-                elif self._census_sink is not None:
-                    self._census_sink(self._census.progress(body))
+            collector = self._census
+            if collector is not None:  # else a census nobody waits for: dropped
+                if kind == protocol.CENSUS_PROGRESS:
+                    progress = collector.progress(body)
+                    if self._census_sink is not None:
+                        self._census_sink(progress)
+                elif (done := collector.add(body)) is not None and self._census_background:
+                    self._census, self._census_background = None, False
+                    self.census_summary = record_census(self, done)
         elif kind == protocol.REPLY:
             if body.get("id") == self._cmd_id:  # kept only while a call waits for it
                 self._replies[self._cmd_id] = body
@@ -674,6 +687,8 @@ class Session:
         """Run a heap census in the target (``heapspy.census``), serving the agent
         meanwhile. ``should_stop`` returns why to stop ("" to go on): the agent then
         sends what it has counted, a partial census."""
+        if self._census is not None:
+            raise AgentFailed(f"A census of process {self.target.pid} is already under way.")
         collector = CensusCollector(self.target.pid)
         self._census, self._census_sink = collector, on_progress
         try:
@@ -702,6 +717,28 @@ class Session:
         finally:
             self._census = self._census_sink = None
         return collector.result
+
+    def start_census(self, options: CensusOptions) -> bool:
+        """Start a census that runs while the session does (``attach``): the session
+        writes it once the agent has sent it (``census_summary``); a detach first asks
+        the agent for what it has (a partial census)."""
+        if self._census is not None:
+            return False
+        self._census, self._census_background = CensusCollector(self.target.pid), True
+        reply = self._agent_call("census", slice=options.slice, pause=options.pause)
+        if not reply.get("ok"):
+            self._census, self._census_background = None, False
+            log.warning("no census of the heap at attach: %s", reply.get("error"))
+            return False
+        return True
+
+    def census_progress(self) -> dict[str, Any] | None:
+        """The heap at attach as status shows it: the census, or how far it has got."""
+        if self.census_summary is not None:
+            return self.census_summary
+        if self._census_background and self._census is not None and self._census.last:
+            return {"running": True, **asdict(self._census.last)}
+        return None
 
     def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
         """Send a command to the agent and wait for its reply, handling other frames."""
@@ -787,10 +824,14 @@ class Session:
             # what this session did not keep of what the agent sent (limits in aggregate.py)
             "dropped": {"stacks": agg.dropped_stacks, "agent_sites": agg.agent_dropped},
             "protocol_violation": self.violation or None,
+            # the heap as it was at attach (heapspy census), beside the samples since
+            "census": self.census_progress(),
         }
 
     def write_dump(self, rule: str, why: str = "") -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
+        if self.census_summary is not None:  # "live heap 0 B" must not hide a full heap
+            notes.append(census_note(self.census_summary, self.aggregator.heap_estimate()))
         if rule == self.config.final_rule and "OOM killer" in self.end_reason:
             notes.append(f"the session ended: {self.end_reason}")
         if rule.startswith("leak"):
@@ -872,6 +913,7 @@ class Session:
         info["dumps"] = len(self.dumps)
         info["dropped_stacks"] = self.aggregator.dropped_stacks
         info["last_dump"] = self.dumps[-1] if self.dumps else None
+        info["census"] = self.census_progress()
         return info
 
     # --- closing ---------------------------------------------------------------
@@ -881,6 +923,11 @@ class Session:
             if self.conn is not None and self.config.final_dump and self.info is not None:
                 self.memory()  # the allocators' account, for the final dump
             if self.conn is not None:
+                collector = self._census
+                if self._census_background and collector is not None:
+                    # its partial result comes before the end
+                    collector.stopped_why = self.end_reason or "detached"
+                    self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
                 self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "detach"})
                 deadline = time.monotonic() + 3.0
                 sock = self.conn.sock

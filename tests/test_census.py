@@ -182,3 +182,57 @@ def test_ctrl_c_leaves_a_partial_census(spawn: Spawn, tmp_path: Path) -> None:
     assert read_profile(path).comments[-1].startswith("partial census")
     assert target.proc.poll() is None  # the target runs on
     assert not [n for n in os.listdir("/tmp") if n.startswith(f"heapspy-{target.pid}-")]
+
+
+def test_attach_takes_a_census_first_and_says_what_the_heap_held(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    target, _truth = _start(spawn, None)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir",
+         str(tmp_path)],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stderr is not None
+        lines = []
+        while not any("census of the heap at attach:" in line for line in lines):
+            lines.append(holder.stderr.readline())
+            assert lines[-1], "".join(lines)
+        status = run_heapspy("status", str(target.pid))
+        assert status.returncode == 0, status.stderr
+        assert f"{target.pid}: heap at attach (census): " in status.stdout, status.stdout
+        holder.send_signal(signal.SIGINT)
+        out, err = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 0, err
+    (census,) = tmp_path.glob("census-*.pb.gz")
+    side = json.loads(census.with_name(census.name.replace(".pb.gz", ".json")).read_text())
+    assert side["roots"][0][0] == "census_app.CACHE" and not side["partial"]
+    assert "; heap at attach " in err and "heap at attach (census): " in out
+    (final,) = tmp_path.glob("heap-*-final.pb.gz")
+    final_side = json.loads(final.with_name(final.name.replace(".pb.gz", ".json")).read_text())
+    assert final_side["census"]["path"] == str(census)
+    assert any(c.startswith("heap at attach (census)") for c in read_profile(final).comments)
+
+
+def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    target, _truth = _start(spawn, None)
+    early = tmp_path / "early"
+    out = run_heapspy(
+        "attach", str(target.pid), "--duration", "1s", "--dump-dir", str(early), timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    (census,) = early.glob("census-*.pb.gz")
+    side = json.loads(census.with_name(census.name.replace(".pb.gz", ".json")).read_text())
+    assert side["partial"] is True, side
+    skipped = tmp_path / "skipped"
+    out = run_heapspy(
+        "attach", str(target.pid), "--duration", "1s", "--dump-dir", str(skipped), "--no-census"
+    )
+    assert out.returncode == 0, out.stderr
+    assert not list(skipped.glob("census-*")) and list(skipped.glob("heap-*-final.pb.gz"))
+    assert "census" not in out.stderr

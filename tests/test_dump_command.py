@@ -51,7 +51,7 @@ def test_dump_through_a_live_session_and_on_sigusr1(spawn: Spawn, tmp_path: Path
     finally:
         holder.kill()
         holder.communicate()
-    assert len(list(tmp_path.glob("*.pb.gz"))) == 2  # --no-final-dump honoured
+    assert len(list(tmp_path.glob("heap-*.pb.gz"))) == 2  # --no-final-dump honoured
 
 
 def test_dump_without_a_session_attaches_briefly(spawn: Spawn, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from heapspy.census import census_note
 from heapspy.cli import options
 from heapspy.cli.spinner import Spinner
 from heapspy.config import AttachConfig, check_max_bytes, check_method
@@ -123,6 +124,12 @@ def attach(
     no_gc: bool = typer.Option(
         False, "--no-scrape-gc", help="Refuse a scraper's gc=1 (a gc.collect() in the target)."
     ),
+    census: bool = typer.Option(
+        True,
+        "--census/--no-census",
+        help="Take a census of the heap at attach (what it held before, by type and root; "
+        "see `heapspy census`), written as its own dump.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
 ) -> None:
     """Attach to a running Python process and profile its heap.
@@ -157,6 +164,7 @@ def attach(
         require_sampling=require_sampling,
         max_bytes=check_max_bytes(max_bytes, "--max-bytes"),
         allow_gc=not no_gc,
+        census=census,
     )
     endpoint = None
     if listen is not None:
@@ -191,6 +199,10 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
             heap_growth = series[-1].heap - series[0].heap if len(series) >= 2 else None
             lines = format_breakdown(session.last_memory, heap_growth, rss_growth)
             print("\n".join(lines))
+        found = session.census_summary
+        if found is not None:  # what the table of samples since attach cannot show
+            print(census_note(found, session.aggregator.heap_estimate()))
+            print(f"Read the census with: go tool pprof -top {found['path']}")
         final = [d for d in session.dumps if d.endswith("-final.pb.gz")]
         if final:  # what to do with it, as a first-time user would not know
             print(f"Read the final dump with: heapspy report {final[-1]}")

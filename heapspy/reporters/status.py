@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from heapspy import control
+from heapspy.census import census_note
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.printable import printable
 from heapspy.registry import Holder, read_holder, runtime_dir
@@ -132,6 +133,11 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
     cells = [[printable(cell) for cell in row] for row in rows]  # one line, whatever it holds
     widths = [max(len(r[i]) for r in cells) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in cells]
+    for s in sessions:  # the heap before the attach (heapspy census), beside the samples
+        found = s.status.get("census")
+        if isinstance(found, dict):
+            since = s.status.get("heap_estimate")
+            lines.append(f"{s.target_pid}: " + printable(census_note(found, int(since or 0))))
     for s in sessions:  # what a session could not keep of what its agent sent
         dropped = s.status.get("dropped_stacks")
         if isinstance(dropped, int) and dropped > 0:
