@@ -290,6 +290,13 @@ class Agent:
         self._send(protocol.REPLY, reply)
 
     # --- heap census (heapspy_agent.census) ---------------------------------------
+    def _drop_census(self) -> None:
+        """End a census under way: its walk state refers back to the agent (a cycle the
+        target's gc would have to find), so it is taken apart here."""
+        census, self.census = self.census, None
+        if census is not None:
+            census.stop()
+
     def _census_start(self, body: Dict[str, Any]) -> None:
         self.census_slice = float(body.get("slice", CENSUS_SLICE))
         self.census_pause = float(body.get("pause", CENSUS_PAUSE))
@@ -394,6 +401,7 @@ class Agent:
         global _active
         self._forget_exit_hook()
         self.gc_timer.remove()
+        self._drop_census()
         if self.collector is not None:
             try:
                 self.collector.stop()
@@ -462,6 +470,7 @@ def _after_fork_in_child() -> None:
         return
     _active = None
     agent._forget_exit_hook()  # the child's copy of our atexit entry
+    agent._drop_census()  # the child's copy of a census under way: no lock involved
     agent.gc_timer.remove()  # and of our gc.callbacks entry (a list: no lock to take)
     shim = agent.shim
     if shim is not None:
