@@ -337,18 +337,21 @@ def serve_client(session: Session, sock: socket.socket, body: dict[str, Any]) ->
         slice=_bounded(body.get("slice"), DEFAULT_SLICE, 0.001, 1.0),
         pause=_bounded(body.get("pause"), DEFAULT_PAUSE, 0.0, 10.0),
     )
+    def progress(p: CensusProgress) -> None:
+        send({"ok": True, "progress": asdict(p)})
+
     try:
-        result, path = take_census(
-            session,
-            options,
-            session.config.dump_dir,
-            lambda p: send({"ok": True, "progress": asdict(p)}),
-            client_says,
-        )
+        # the census at attach, if it is still under way, is the one to wait for
+        found = session.census_at_attach(progress, client_says)
+        if found is None:
+            result, path = take_census(
+                session, options, session.config.dump_dir, progress, client_says
+            )
+            found = summary(result, path)
     except HeapspyError as exc:
         send({"ok": False, "error": exc.message})
         return
-    send({"ok": True, "done": True, "census": summary(result, path)})
+    send({"ok": True, "done": True, "census": found})
 
 
 def _bounded(value: Any, default: float, lo: float, hi: float) -> float:

@@ -698,25 +698,46 @@ class Session:
                     f"The agent in process {self.target.pid} did not start a census: "
                     f"{reply.get('error')}."
                 )
-            assert self.conn is not None
-            while collector.result is None:
-                why = should_stop() if should_stop is not None and not collector.stopped_why else ""
-                if why:
-                    collector.stopped_why = why
-                    self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-                ready, _, _ = select.select([self.conn.sock], [], [], 0.1)
-                now = time.monotonic()
-                if (ready and not self._read_agent()) or now - self._last_rx > AGENT_TIMEOUT:
-                    raise AgentFailed(
-                        f"The census of process {self.target.pid} did not finish: "
-                        f"{self.end_reason or 'the agent stopped answering'}."
-                    )
-                if now >= self._next_beat:
-                    self._send_agent(protocol.HEARTBEAT, {})
-                    self._next_beat = now + HEARTBEAT
+            self._await_census(collector, should_stop)
         finally:
             self._census = self._census_sink = None
+        assert collector.result is not None
         return collector.result
+
+    def census_at_attach(
+        self, on_progress: ProgressSink | None, should_stop: Callable[[], str] | None
+    ) -> dict[str, Any] | None:
+        """Wait for the census at attach while it runs (a `heapspy census` asked for
+        one meanwhile: it gets this one); its summary, None when none runs."""
+        collector = self._census
+        if not self._census_background or collector is None:
+            return None
+        self._census_sink = on_progress
+        try:
+            self._await_census(collector, should_stop)
+        finally:
+            self._census_sink = None
+        return self.census_summary
+
+    def _await_census(
+        self, collector: CensusCollector, should_stop: Callable[[], str] | None
+    ) -> None:
+        assert self.conn is not None
+        while collector.result is None:
+            why = should_stop() if should_stop is not None and not collector.stopped_why else ""
+            if why:
+                collector.stopped_why = why
+                self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
+            ready, _, _ = select.select([self.conn.sock], [], [], 0.1)
+            now = time.monotonic()
+            if (ready and not self._read_agent()) or now - self._last_rx > AGENT_TIMEOUT:
+                raise AgentFailed(
+                    f"The census of process {self.target.pid} did not finish: "
+                    f"{self.end_reason or 'the agent stopped answering'}."
+                )
+            if now >= self._next_beat:
+                self._send_agent(protocol.HEARTBEAT, {})
+                self._next_beat = now + HEARTBEAT
 
     def start_census(self, options: CensusOptions) -> bool:
         """Start a census that runs while the session does (``attach``): the session
