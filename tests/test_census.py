@@ -150,6 +150,10 @@ def test_census_through_a_live_session_reads_like_any_dump(
     assert report.returncode == 0, report.stderr
     body = json.loads(report.stdout)
     assert body["sample_index"] == "space"
+    assert body["census"]["objects"] > 0 and body["census"]["partial"] is False
+    text = run_heapspy("report", str(path))
+    assert text.returncode == 0 and "\nCensus: " in text.stdout, text.stderr
+    assert "Total Allocated Memory" not in text.stdout
     html = tmp_path / "census.html"
     graph = run_heapspy("flamegraph", str(path), "-o", str(html))
     assert graph.returncode == 0, graph.stderr

@@ -38,6 +38,9 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
         "gc_uncollectable": [0, 0, 0], "gc_seconds": 0.012,          # per generation
         "threads": 5, "thread_names": ["MainThread", "..."],
         "asyncio_tasks": [8]},               # unfinished tasks per running loop
+      "census": null,                        # a heap census's walk (heapspy census):
+                                             # objects, bytes, elapsed, cpu,
+                                             # longest_slice, partial, stopped
       "total": 9988180,                      # sum of sample_index over all samples
       "functions": 3,                        # how many functions have a non-zero cum
       "top": [{"function": "leaky", "filename": "/app/app.py",
@@ -145,6 +148,7 @@ class Report(Rendering):
     memory: Breakdown | None = None  # where the target's RSS was at dump time
     heap_growth: int | None = None  # the live heap's growth over the sidecar's series
     rss_growth: int | None = None  # and RSS's
+    census: dict[str, Any] | None = None  # a heap census (heapspy.census): how the walk went
 
     def text(self) -> str:
         return render_text(self)
@@ -220,7 +224,39 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         memory=memory_of(dump.sidecar),
         heap_growth=growth_of(dump.sidecar, "heap"),
         rss_growth=growth_of(dump.sidecar, "rss"),
+        census=census_of(dump.sidecar),
     )
+
+
+def census_of(sidecar: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a census's walk went, from its sidecar (``"kind": "census"``), each field
+    checked: a sidecar may come from anywhere."""
+    if not isinstance(sidecar, dict) or sidecar.get("kind") != "census":
+        return None
+    out: dict[str, Any] = {}
+    for key in ("objects", "bytes", "elapsed", "cpu", "longest_slice"):
+        value = sidecar.get(key)
+        out[key] = value if type(value) in (int, float) else 0
+    out["partial"] = sidecar.get("partial") is True
+    stopped = sidecar.get("stopped")
+    out["stopped"] = stopped[:200] if isinstance(stopped, str) else None
+    return out
+
+
+def census_lines(census: dict[str, Any]) -> list[str]:
+    """What a census report says instead of a dump's allocation totals."""
+    head = (
+        f"Census: {int(census['objects']):,} objects, {format_bytes(int(census['bytes']))}, "
+        f"walked in {float(census['elapsed']):.1f} s (CPU {float(census['cpu']):.1f} s, "
+        f"longest slice {float(census['longest_slice']) * 1000:.0f} ms)"
+    )
+    if census["partial"]:
+        head += f"; PARTIAL: {printable(census['stopped'] or 'stopped before its end')}"
+    return [
+        head,
+        "Stacks are retention paths: the root first, containers on the way, the object's",
+        "type as leaf; flat ranks types, cum ranks roots (see `heapspy census --help`).",
+    ]
 
 
 def _size_class_lines(classes: Iterable[tuple[int, int]]) -> list[str]:
@@ -260,6 +296,16 @@ def render_text(report: Report) -> str:
     if report.time_nanos:
         duration = f", over {report.duration_nanos / 1e9:.1f} s" if report.duration_nanos else ""
         lines.append(f"Time: {format_time(report.time_nanos)}{duration}")
+    if report.census is not None:
+        lines.extend(f"Comment: {printable(comment)}" for comment in report.comments)
+        lines.extend(census_lines(report.census))
+        lines.append("")
+        lines.append(
+            f"Top {len(report.top)} of {report.functions} frames by {report.sample_index} "
+            f"(total {format_value(report.total, report.unit)}):"
+        )
+        lines.extend(table_lines(report.top, report.unit))
+        return "\n".join(lines) + "\n"
     lines.append(f"Sampling: {describe_sampling(report.period)}")
     lines.extend(f"Comment: {printable(comment)}" for comment in report.comments)
     if report.runtime is not None and report.runtime.line():
@@ -350,6 +396,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             for k, count in totals.size_classes
         ],
         "runtime": None if report.runtime is None else report.runtime.to_json(),
+        "census": report.census,  # a heap census: objects, bytes, elapsed, partial, ...
         "memory": None
         if report.memory is None
         else {
