@@ -232,8 +232,9 @@ def test_json_structure(tmp_path: Path) -> None:
     assert set(document) == {
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
         "time_nanos", "duration_nanos", "comments", "totals", "size_classes", "total",
-        "functions", "top", "runtime",
+        "functions", "top", "runtime", "memory", "census",
     }  # fmt: skip
+    assert document["census"] is None  # a heap dump, not a census
     assert document["totals"] == {
         "source": "sidecar",
         "allocated_bytes": 128,
