@@ -173,6 +173,7 @@ class Census:
         self.notes = []  # type: List[str]
         self._sizers = {}  # type: Dict[type, Any]
         self._names = {}  # type: Dict[type, str]
+        self._types = {}  # type: Dict[type, Tuple[str, Any, int, bool]]
         self._gc_head = sys.getsizeof([]) - list.__sizeof__([])
         probe = _Probe()
         self._preheader = sys.getsizeof(probe) - _object_sizeof(probe) - self._gc_head
@@ -192,6 +193,7 @@ class Census:
             self._boundary,
             self._sizers,
             self._names,
+            self._types,
             self.notes,
         ):
             self.visited.add(id(obj))
@@ -219,6 +221,13 @@ class Census:
         found = (method, extra)
         self._sizers[tp] = found
         return found
+
+    def _type_info(self, tp):  # type: (type) -> Tuple[str, Any, int, bool]
+        """What the walk needs of a type, once: its name, sizer, header, module-ness."""
+        method, extra = self._sizer(tp)
+        info = (self.type_name(tp), method, extra, _is_module(tp))
+        self._types[tp] = info
+        return info
 
     def size(self, obj):  # type: (Any) -> int
         method, extra = self._sizer(type(obj))
@@ -342,7 +351,7 @@ class Census:
         self._exclude_walk(own)
         del own, frame
         n = 0
-        for table in (self.sites, self._sizers):  # the walk's own keys and values
+        for table in (self.sites, self._sizers, self._types):  # the walk's own entries
             for key, value in list(table.items()):
                 visited.add(id(key))
                 visited.add(id(value))
@@ -441,7 +450,10 @@ class Census:
     def _walk(self, deadline):  # type: (float) -> None
         stack = self._stack
         visited = self.visited
+        chunks = visited.chunks
         boundary = self._boundary
+        types = self._types
+        sites = self.sites
         get_referents = gc.get_referents
         clock = time.perf_counter
         n = 0
@@ -492,8 +504,18 @@ class Census:
             obj = items[pos]
             entry[1] = pos + 1
             address = id(obj)
-            if address in boundary or not visited.add(address):
+            if address in boundary:
                 continue
+            # visited.add, inlined: this loop runs once per object of the heap
+            chunk = chunks.get(address >> 20)
+            if chunk is None:
+                chunk = chunks[address >> 20] = bytearray(8192)
+            offset = (address & 0xFFFFF) >> 4
+            bit = 1 << (offset & 7)
+            offset >>= 3
+            if chunk[offset] & bit:
+                continue
+            chunk[offset] |= bit
             tp = type(obj)
             if path is None:  # excluded: marked as seen, not counted
                 if _is_module(tp) or (_type_flags(tp) & _TYPE_SUBCLASS and not _agent_class(obj)):
@@ -501,16 +523,30 @@ class Census:
                 stack.append([get_referents(obj), 0, None])
                 del obj
                 continue
-            name = self.type_name(tp)
-            self._record(path + (name,), self.size(obj))
-            if _is_module(tp):
+            info = types.get(tp)
+            if info is None:
+                info = self._type_info(tp)
+            name, method, extra, is_module = info
+            try:
+                size = method(obj) + extra
+            except Exception:  # noqa: BLE001 - sized as object.__sizeof__ would
+                size = self.size(obj)
+            leaf = path + (name,)
+            site = sites.get(leaf)
+            if site is None:
+                self._record(leaf, size)
+            else:
+                self.objects += 1
+                self.bytes += size
+                site[0] += 1
+                site[1] += size
+            if is_module:
                 continue  # a module outside sys.modules: its globals are not ours
             children = get_referents(obj)
             if children:
                 if tp is _FrameType:
                     children = [c for c in children if id(c) not in boundary]
-                child_path = path + (name,) if len(path) <= MAX_DEPTH else path
-                stack.append([children, 0, child_path])
+                stack.append([children, 0, leaf if len(path) <= MAX_DEPTH else path])
             del obj, children
             n += 1
             if n >= CHECK_EVERY:
