@@ -27,7 +27,8 @@ class AttachConfig:
     final_dump: bool = True
     final_rule: str = "final"  # the rule named in the final dump's file name
     # a heap census at the start (heapspy.census): what the heap held before the attach;
-    # `heapspy attach` asks for one unless --no-census, the daemon and others do not
+    # `heapspy attach` and the daemon's watches take one unless told not to; a Session
+    # made in code does only when asked
     census: bool = False
     require_sampling: bool = False
     # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)

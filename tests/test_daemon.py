@@ -171,7 +171,7 @@ def test_attach_command_reads_back_the_same_config(
         'rate = "1536KiB"\nframes = 17\ninterval = "250ms"\nattach_timeout = "90s"\n'
         'method = "ptrace"\nnudge = false\ndump_on = ["rss>1.5GiB", "every 15m", "leak:3"]\n'
         'dump_dir = "/srv/d"\nkeep = 7\nmax_bytes = 1000\nrequire_sampling = true\n'
-        "final_dump = false\n"
+        "final_dump = false\ncensus = false\n"
     )
     for body in (text, WATCH + "rate = 1\n"):
         watch = _load(tmp_path, body).watches[0]

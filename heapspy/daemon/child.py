@@ -77,6 +77,7 @@ def attach_argv(pid: int, config: AttachConfig, python: str | None = None) -> li
         "--dump-dir", str(config.dump_dir),
         "--final-dump" if config.final_dump else "--no-final-dump",
         "--nudge" if config.nudge else "--no-nudge",
+        "--census" if config.census else "--no-census",
     ]  # fmt: skip
     for rule in config.dump_on:
         argv += ["--dump-on", rule.text]

@@ -141,6 +141,7 @@ ATTACH_KEYS = (
     "require_sampling",
     "final_dump",
     "last_chance",
+    "census",
 )
 WATCH_KEYS = ("name", *SELECTOR_KEYS, *ATTACH_KEYS)
 
@@ -357,6 +358,7 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         require_sampling=table.boolean("require_sampling", False),
         final_dump=table.boolean("final_dump", True),
         last_chance=table.boolean("last_chance", True),
+        census=table.boolean("census", True),  # of the heap at attach, as `heapspy attach`
         watch=name,
     )
     return Watch(name, selectors, attach)
