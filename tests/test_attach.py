@@ -157,13 +157,17 @@ def test_agent_switches_off_when_heapspy_is_killed(
 
 
 def _signal_while_attached(
-    target: Target, config: AttachConfig, after: float
+    target: Target, config: AttachConfig, after: float, sampled: bool = False
 ) -> tuple[Session, str]:
-    """Attach, send SIGUSR1 (the probe target's cue) ``after`` seconds in, run until the
-    session ends (20 s at most), detach; the session and why its run ended."""
+    """Attach, send SIGUSR1 (the probe target's cue) ``after`` seconds in (and, with
+    ``sampled``, once the session holds a stack: a loaded machine may take longer), run
+    until the session ends (20 s at most), detach; the session and why its run ended."""
     session = Session.attach(target.pid, config)
     try:
         session.run(duration=after)
+        deadline = time.monotonic() + 60
+        while sampled and not session.aggregator.sites and time.monotonic() < deadline:
+            session.run(duration=0.2)
         os.kill(target.pid, signal.SIGUSR1)
         reason = session.run(duration=20)
     finally:
@@ -209,7 +213,7 @@ def test_a_target_that_execs_another_program_ends_the_session_saying_so(
 ) -> None:
     target = spawn(interp, "probe_target.py", "exec")
     config = AttachConfig(dump_dir=tmp_path, interval=0.2)
-    session, reason = _signal_while_attached(target, config, after=0.5)
+    session, reason = _signal_while_attached(target, config, after=0.5, sampled=True)
     assert reason == "the process replaced its program: exec sleep 30"
     assert psutil.Process(target.pid).cmdline() == ["sleep", "30"]  # still running
     (dump,) = session.dumps  # what was collected before the exec
