@@ -147,7 +147,8 @@ def test_defaults_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     api, b = cfg.watches
     assert api.selectors.unit == "gunicorn.service"  # a bare name is a service, as systemctl
     assert api.selectors.user == 33
-    assert api.attach == AttachConfig(dump_dir=default_dump_root() / "api")
+    # a watch takes a census at attach by default, as `heapspy attach` does
+    assert api.attach == AttachConfig(dump_dir=default_dump_root() / "api", census=True)
     assert b.attach.dump_dir == tmp_path / "rel" / "dumps"  # relative to the config file
     assert (cfg.scan_interval, cfg.settle, cfg.stop_timeout) == (2.0, 2.0, 20.0)
     expected = Path("/var/lib/heapspy/dumps") if os.geteuid() == 0 else tmp_path / "heapspy-dumps"
