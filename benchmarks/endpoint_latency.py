@@ -43,7 +43,10 @@ while not os.path.exists(go):
 for i in range(n):
     ns["f%d" % i](KEEP)
 print("DONE", flush=True)
-while True:
+churn = []
+while True:  # a little churn: every interval changes something, so nothing is cached
+    ns["f0"](churn)
+    churn.clear()
     time.sleep(0.01)
 """
 
@@ -101,6 +104,7 @@ def one_session(python: list[str], stacks: int, requests: int, work: Path) -> No
             "--dump-dir",
             str(work),
             "--quiet",
+            "--no-census",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -125,7 +129,20 @@ def one_session(python: list[str], stacks: int, requests: int, work: Path) -> No
             previous = size
         _timed_get(f"{url}/debug/pprof/heap")
         heap = [_timed_get(f"{url}/debug/pprof/heap") for _ in range(requests)]
-        _report(f"/debug/pprof/heap, {stacks} stacks", [t for t, _ in heap], heap[-1][1])
+        _report(
+            f"/debug/pprof/heap, {stacks} stacks, within one interval (encoded once, shared)",
+            [t for t, _ in heap],
+            heap[-1][1],
+        )
+        fresh = []
+        for _ in range(max(5, requests // 3)):
+            time.sleep(1.1)  # a new interval: the profile is encoded again
+            fresh.append(_timed_get(f"{url}/debug/pprof/heap"))
+        _report(
+            f"/debug/pprof/heap, {stacks} stacks, each after a new interval (encoded afresh)",
+            [t for t, _ in fresh],
+            fresh[-1][1],
+        )
         metrics = [_timed_get(f"{url}/metrics") for _ in range(requests)]
         _report("/metrics, one worker", [t for t, _ in metrics], metrics[-1][1])
     finally:
