@@ -33,6 +33,7 @@ interned and capped at ``max_paths`` (the rest fold into ``[other]``).
 """
 
 import gc
+import itertools
 import sys
 import threading
 import time
@@ -49,10 +50,15 @@ OTHER = "[other]"
 HELD_OUTSIDE = "held outside Python roots"
 GARBAGE = "unreachable (cyclic garbage)"
 CHECK_EVERY = 128  # objects between two looks at the clock
+# A list, tuple or dict larger than this is opened a chunk at a time: its referents in one
+# gc.get_referents call would hold the GIL (and a copy of them) as long as they are many.
+CHUNK = 32768
 
 _HEAPTYPE = 1 << 9
 _HAVE_GC = 1 << 14
 _TYPE_SUBCLASS = 1 << 31  # instances are classes (isinstance would read __class__)
+_DICT_SUBCLASS = 1 << 29
+_dict_keys = dict.keys  # the C method, whatever a subclass defines
 _PREHEADER = (1 << 3) | (1 << 4)  # 3.11+: managed weakref / managed dict
 
 _type_dict = type.__dict__["__dict__"].__get__  # C getters of type: no metaclass involved
@@ -139,6 +145,33 @@ def _agent_class(cls):  # type: (Any) -> bool
     return type(module) is str and module.startswith("heapspy_agent")
 
 
+_CHUNKED = (list, tuple, dict)  # exactly these: their slicing and iteration are C code
+
+
+def _chunks(obj, tp):  # type: (Any, type) -> Any
+    """The referents of a big list, tuple or dict, CHUNK at a time (an iterator of
+    lists). A dict that changes size meanwhile ends its iteration early: an estimate."""
+    if tp is dict:
+        pairs = iter(obj.items())
+        while True:
+            try:
+                chunk = [x for kv in itertools.islice(pairs, CHUNK // 2) for x in kv]
+            except RuntimeError:  # it changed size between two slices
+                return
+            if not chunk:
+                return
+            yield chunk
+    else:
+        for start in range(0, len(obj), CHUNK):
+            yield obj[start : start + CHUNK]
+
+
+def _next_chunk(chunks):  # type: (Any) -> List[Any]
+    for chunk in chunks:
+        return chunk  # type: ignore[no-any-return]
+    return []
+
+
 def _dotted(owner, key):  # type: (str, Any) -> str
     return _clip(owner + "." + key) if type(key) is str else owner + ".?"
 
@@ -173,7 +206,7 @@ class Census:
         self.notes = []  # type: List[str]
         self._sizers = {}  # type: Dict[type, Any]
         self._names = {}  # type: Dict[type, str]
-        self._types = {}  # type: Dict[type, Tuple[str, Any, int, bool]]
+        self._types = {}  # type: Dict[type, Tuple[str, Any, int, bool, bool]]
         self._gc_head = sys.getsizeof([]) - list.__sizeof__([])
         probe = _Probe()
         self._preheader = sys.getsizeof(probe) - _object_sizeof(probe) - self._gc_head
@@ -222,10 +255,12 @@ class Census:
         self._sizers[tp] = found
         return found
 
-    def _type_info(self, tp):  # type: (type) -> Tuple[str, Any, int, bool]
-        """What the walk needs of a type, once: its name, sizer, header, module-ness."""
+    def _type_info(self, tp):  # type: (type) -> Tuple[str, Any, int, bool, bool]
+        """What the walk needs of a type, once: its name, sizer, header, module-ness,
+        dict-ness."""
         method, extra = self._sizer(tp)
-        info = (self.type_name(tp), method, extra, _is_module(tp))
+        is_dict = bool(_type_flags(tp) & _DICT_SUBCLASS)
+        info = (self.type_name(tp), method, extra, _is_module(tp), is_dict)
         self._types[tp] = info
         return info
 
@@ -497,8 +532,12 @@ class Census:
                 stack.append([[obj], 0, (label,)])
                 del obj, root
             entry = stack[-1]
-            items, pos, path = entry
+            items, pos, path = entry[0], entry[1], entry[2]
             if pos >= len(items):
+                if len(entry) > 3:  # a big container: its next chunk, if any
+                    entry[0], entry[1] = _next_chunk(entry[3]), 0
+                    if entry[0]:
+                        continue
                 stack.pop()
                 continue
             obj = items[pos]
@@ -526,7 +565,7 @@ class Census:
             info = types.get(tp)
             if info is None:
                 info = self._type_info(tp)
-            name, method, extra, is_module = info
+            name, method, extra, is_module = info[:4]
             try:
                 size = method(obj) + extra
             except Exception:  # noqa: BLE001 - sized as object.__sizeof__ would
@@ -542,11 +581,18 @@ class Census:
                 site[1] += size
             if is_module:
                 continue  # a module outside sys.modules: its globals are not ours
+            child_path = leaf if len(path) <= MAX_DEPTH else path
+            if tp in _CHUNKED and len(obj) > CHUNK:
+                stack.append([[], 0, child_path, _chunks(obj, tp)])
+                del obj
+                continue
             children = get_referents(obj)
+            if info[4]:  # a dict: tp_traverse skips keys that are all str, which count
+                children.extend(_dict_keys(obj))
             if children:
                 if tp is _FrameType:
                     children = [c for c in children if id(c) not in boundary]
-                stack.append([children, 0, leaf if len(path) <= MAX_DEPTH else path])
+                stack.append([children, 0, child_path])
             del obj, children
             n += 1
             if n >= CHECK_EVERY:

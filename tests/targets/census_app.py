@@ -54,6 +54,8 @@ def truth():
             entry[1] += sys.getsizeof(obj)
             if isinstance(obj, (dict, list, tuple)):
                 todo.extend(gc.get_referents(obj))
+            if isinstance(obj, dict):  # str keys: not among a dict's referents
+                todo.extend(obj.keys())
         return by_type
 
     cells = HANDLER.__closure__

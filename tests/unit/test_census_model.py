@@ -125,3 +125,33 @@ def test_sizes_are_getsizeof_without_running_python_code() -> None:
     assert census.size(_Slots()) == sys.getsizeof(_PlainSlots())
     assert census.size(_SubDict(a=1)) == sys.getsizeof(_PlainSubDict(a=1))
     assert census.type_name(_Slots) == f"{__name__}._Slots" and census.type_name(dict) == "dict"
+
+
+def test_big_containers_are_opened_a_chunk_at_a_time_with_the_same_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dict or list beyond CHUNK is walked in pieces (no GIL held for one huge
+    gc.get_referents): what its root holds is counted as when it is opened at once."""
+    import threading
+    import types
+
+    import heapspy_agent.census as census_mod
+
+    module = types.ModuleType("census_chunk_probe")
+    module.BIG_DICT = {f"k{i}": [i] * 3 for i in range(3000)}  # type: ignore[attr-defined]
+    module.BIG_LIST = [f"v{i}" * 2 for i in range(5000)]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "census_chunk_probe", module)
+
+    def held(chunk: int) -> dict[tuple[str, ...], list[int]]:
+        monkeypatch.setattr(census_mod, "CHUNK", chunk)
+        census = Census([], threading.get_ident())
+        while not census.step(1.0):
+            pass
+        return {p: v for p, v in census.sites.items() if p[0].startswith("census_chunk_probe.")}
+
+    whole, chunked = held(10**9), held(100)
+    assert chunked == whole
+    assert whole[("census_chunk_probe.BIG_DICT", "dict", "list")][0] == 3000
+    # its str keys too, which a dict's tp_traverse leaves out
+    assert whole[("census_chunk_probe.BIG_DICT", "dict", "str")][0] == 3000
+    assert whole[("census_chunk_probe.BIG_LIST", "list", "str")][0] == 5000
