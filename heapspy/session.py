@@ -436,7 +436,11 @@ class Session:
         try:
             self.conn.pending.extend(self.conn.reader.feed(data))
         except protocol.ProtocolError as exc:
-            return self._violated(exc)
+            # frames read before this one (with READY, say, while a command waited for its
+            # reply) were sent legitimately: they count before the session ends
+            if self._take_pending():
+                return self._violated(exc)
+            return False
         return self._take_pending()
 
     def _take_pending(self) -> bool:
