@@ -77,7 +77,7 @@ def measure(python: str, rate: int, seconds: float) -> None:
             session.detach()
         live = totals.get("live_samples", "n/a")
         per = (cpu1 - cpu0) / max(1, intervals)
-        mode = session.aggregator.mode
+        mode = session.aggregator.sampling.mode
         print(
             f"{mode:>8} rate={rate:<7} live samples={live!s:>6} heap~{heap / 2**20:.0f} MiB "
             f"intervals={intervals:>3} "

@@ -12,10 +12,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from heapspy_agent.schema import EXACT, Sampling
+
 from heapspy.frame_names import from_source
 from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
 from heapspy.runtime_stats import RuntimeStats
-from heapspy.scaling import is_estimate, sampling_variance, scale
+from heapspy.scaling import sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
 # What one session keeps of what its agent sends, whatever the agent sends: stacks past
@@ -85,8 +87,9 @@ class ProcessFacts:
 
 @dataclass
 class Aggregator:
-    rate: int
-    mode: str = "exact"
+    # what the session asked for until the agent's READY says what it does, then that
+    # (and after each `heapspy rate`, the agent's answer)
+    sampling: Sampling
     symbolizer: Symbolizer = field(default_factory=Symbolizer)
     started: float = field(default_factory=time.time)
     history: int = 3600
@@ -106,7 +109,7 @@ class Aggregator:
 
     def add_stacks(self, stacks: list[dict[str, Any]]) -> None:
         """Keep new stacks (from a checked SAMPLES or STACKS frame), within the limits."""
-        exact = self.mode == "exact"
+        exact = self.sampling.mode == EXACT
         for stack in stacks:
             sid, raw = int(stack["id"]), stack["frames"]
             if sid in self.sites:
@@ -150,7 +153,7 @@ class Aggregator:
 
     def apply(self, body: dict[str, Any]) -> None:
         """Fold one checked SAMPLES body in (``heapspy_agent.schema``)."""
-        exact = self.mode == "exact"
+        exact = self.sampling.mode == EXACT
         self.add_stacks(body.get("stacks", []))
         self.agent_dropped += int(body.get("dropped", 0))
         streaks: dict[int, int] = {}
@@ -226,14 +229,9 @@ class Aggregator:
             self.series.popleft()
         return point
 
-    @property
-    def sampled(self) -> bool:
-        """Whether the figures are estimates from sampling (and so have sampling errors)."""
-        return is_estimate(self.mode, self.rate)
-
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
-        return int(sum(site.live(self.rate)[1] for site in self.sites.values()))
+        return int(sum(site.live(self.sampling.period)[1] for site in self.sites.values()))
 
     def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
         sampled: list[tuple[Stack, SiteCounts]] = []
@@ -250,14 +248,14 @@ class Aggregator:
             )
             (exact if site.exact else sampled).append((site.stack, counts))
         notes = list(comments)
-        if self.mode == "exact":
+        if self.sampling.mode == EXACT:
             notes.append(
                 "exact mode (tracemalloc): alloc_* counts only growth seen live at "
                 "each interval, not every allocation"
             )
         now = time.time()
         return HeapProfile(
-            rate=self.rate if self.mode != "exact" else 1,
+            rate=self.sampling.period,
             time_ns=int(now * 1e9),
             duration_ns=int((now - self.started) * 1e9),
             sampled=tuple(sampled),
@@ -290,16 +288,16 @@ class Aggregator:
                 continue
             leaf = site.stack[-1]
             name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
-            objs, size = site.live(self.rate)
-            a_objs, a_size = site.allocated(self.rate)
+            objs, size = site.live(self.sampling.period)
+            a_objs, a_size = site.allocated(self.sampling.period)
             acc = by_func.setdefault(name, [0.0] * 6)
             acc[0] += size
             acc[1] += objs
             acc[2] += a_size
             acc[3] += a_objs
             if not site.exact:
-                acc[4] += sampling_variance(objs, size, self.rate)[1]
-                acc[5] += sampling_variance(a_objs, a_size, self.rate)[1]
+                acc[4] += sampling_variance(objs, size, self.sampling.period)[1]
+                acc[5] += sampling_variance(a_objs, a_size, self.sampling.period)[1]
         key = 0 if order == "inuse_space" else 2
         ranked = sorted(
             ((name, v) for name, v in by_func.items() if round(v[key])),

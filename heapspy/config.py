@@ -6,15 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heapspy_agent.schema import Sampling
+
 from heapspy.errors import UsageError
 from heapspy.rules import Rule
-from heapspy.units import parse_duration, parse_size
+from heapspy.units import parse_duration, parse_size, size_text
 
 DEFAULT_RATE = 512 * 1024
+DEFAULT_RATE_TEXT = size_text(DEFAULT_RATE)  # "512KiB", each command's --rate default
 
 
 @dataclass(frozen=True)
 class AttachConfig:
+    # the sampling as the user spells it (--rate, the daemon's rate): read through
+    # ``sampling``, never compared here and there
     rate: int = DEFAULT_RATE  # mean bytes between samples; 1 = exact (tracemalloc); 0 = totals
     frames: int = 64
     interval: float = 1.0
@@ -42,6 +47,11 @@ class AttachConfig:
     max_bytes: int | None = None  # retention: at most this many bytes of dumps
     # share of one core the agent may spend collecting; beyond it the interval stretches
     collect_budget: float = 0.02
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling asked for (the agent answers with what it does)."""
+        return Sampling.of_rate(self.rate, self.frames)
 
 
 # --- validation shared by the command line and the daemon's config file -------------

@@ -63,8 +63,9 @@ def run_demo(config: AttachConfig) -> DemoResult:
             kept = _kept(worker)
         finally:
             session.detach()
-        top = tuple(session.aggregator.top_sites(8))
-        return DemoResult(worker.pid, tuple(session.dumps), top, session.aggregator.sampled, kept)
+        agg = session.aggregator
+        top = tuple(agg.top_sites(8))
+        return DemoResult(worker.pid, tuple(session.dumps), top, agg.sampling.estimates, kept)
     finally:
         worker.kill()
         worker.wait()

@@ -22,12 +22,6 @@ def scale(count: int, size: int, rate: int) -> tuple[float, float]:
     return count * factor, size * factor
 
 
-def is_estimate(mode: str, rate: int) -> bool:
-    """Whether a session's figures are upscaled samples, which have sampling errors:
-    exact mode (tracemalloc, and the fallback) and rate 1 record every block."""
-    return mode != "exact" and rate > 1
-
-
 def sampling_variance(objects: float, nbytes: float, rate: int) -> tuple[float, float]:
     """Variance of one stack's upscaled (objects, bytes) estimate, from the estimate itself.
 

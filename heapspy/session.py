@@ -154,7 +154,7 @@ class Session:
         self.clients: dict[socket.socket, _Conn] = {}
         self.info: AttachInfo | None = None
         self.aggregator = Aggregator(
-            rate=config.rate,
+            sampling=config.sampling,
             symbolizer=Symbolizer.of_process(target.pid),
             qualify=target.version < (3, 11),
         )
@@ -212,9 +212,10 @@ class Session:
         return session
 
     def _settings(self) -> dict[str, Any]:
+        """What WELCOME tells the agent (the placed config file only says how to reach
+        heapspy: the settings travel once, here)."""
         return {
-            "rate": self.config.rate,
-            "frames": self.config.frames,
+            "sampling": self.config.sampling.to_json(),
             "interval": self.config.interval,
             "collect_budget": self.config.collect_budget,
             "require_sampling": self.config.require_sampling,
@@ -223,7 +224,7 @@ class Session:
     def _open(self, t0: float, progress: Progress | None) -> None:
         cfg = self.config
         deadline = time.time() + cfg.attach_timeout
-        placement = place_agent(self.target, self._settings(), deadline)
+        placement = place_agent(self.target, {}, deadline)
         self.placement = placement
         self.injection = start_injection(self.target, placement, cfg)
         sock = self._wait_for_agent(t0, progress)
@@ -288,12 +289,13 @@ class Session:
         ready = msg[1]
         self.hello = hello
         self.conn = conn
-        self.aggregator.mode = str(ready.get("mode", "exact"))
+        # the agent's answer is the truth (without the shim, sampled became exact)
+        self.aggregator.sampling = schema.Sampling.from_json(ready["sampling"])
         self.info = AttachInfo(
             pid=self.target.pid,
             python=str(hello.get("python") or self.target.version_text),
             method=self.injection.method,
-            mode=self.aggregator.mode,
+            mode=self.aggregator.sampling.mode,
             latency_ms=(time.monotonic() - t0) * 1000,
             notes=[n for n in (self.injection.chosen,) if n] + list(ready.get("notes", [])),
         )
@@ -671,15 +673,23 @@ class Session:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def set_rate(self, rate: int) -> dict[str, Any]:
-        """Change the sampling rate of the live session (sampled mode only)."""
-        if self.aggregator.mode != "sampled":
-            return {"ok": False, "error": f"the session runs in {self.aggregator.mode} mode"}
-        if rate < 0 or rate == 1:
-            return {"ok": False, "error": "a live session takes rates of 0 or 2 bytes and up"}
+        """Change the sampling rate of the live session (the shim's modes: sampled and
+        totals; exact mode is tracemalloc, which has no rate)."""
+        now = self.aggregator.sampling
+        if now.mode == schema.EXACT:
+            return {"ok": False, "error": f"the session runs in {now.mode} mode"}
+        try:
+            now.with_rate(rate)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
         reply = self._agent_call("rate", rate=rate)
         if reply.get("ok"):
-            self.aggregator.rate = rate
-            self.rate_changes.append((time.time(), rate))
+            try:  # what the agent now does, as it says
+                self.aggregator.sampling = schema.Sampling.from_json(reply["sampling"])
+            except (KeyError, protocol.ProtocolError) as exc:
+                self._violated(protocol.ProtocolError(f"rate reply: {exc}"))
+                return {"ok": False, "error": "the agent's reply broke the protocol"}
+            self.rate_changes.append((time.time(), self.aggregator.sampling.rate))
         return reply
 
     def census(
@@ -801,12 +811,15 @@ class Session:
             "command_line": self.hello.get("argv") or [],
             "executable": self.hello.get("executable"),
             "python": self.info.python if self.info else self.target.version_text,
-            "mode": agg.mode,
+            # how the figures were recorded: heapspy.sampling.read_sampling reads it
+            # back; mode, rate and frames repeat it for readers of older heapspy
+            "sampling": agg.sampling.to_json(),
+            "mode": agg.sampling.mode,
             # the rate now, as the dump's period; earlier samples were taken at the rates
             # before each change (their estimates are upscaled with those rates)
-            "rate": agg.rate if agg.mode != "exact" else 1,
+            "rate": agg.sampling.rate,
             "rate_changes": [[when, rate] for when, rate in self.rate_changes],
-            "frames": self.config.frames,
+            "frames": agg.sampling.frames,
             "rule": rule,
             "heap_estimate": agg.heap_estimate(),
             "series_columns": [
@@ -928,8 +941,11 @@ class Session:
         info["heap_estimate"] = self.aggregator.heap_estimate()
         info["intervals"] = self.aggregator.intervals
         info["holder_pid"] = os.getpid()
-        info["rate"] = self.aggregator.rate  # as now, after any `heapspy rate`
-        info["frames"] = self.config.frames
+        sampling = self.aggregator.sampling  # as now, after any `heapspy rate`
+        info["mode"] = sampling.mode
+        info["rate"] = sampling.rate
+        info["frames"] = sampling.frames
+        info["sampling"] = sampling.to_json()
         info["interval"] = float(self.aggregator.facts.get("interval") or self.config.interval)
         info["started"] = self.aggregator.started
         last = self.aggregator.series[-1] if self.aggregator.series else None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from heapspy import control
 from heapspy.errors import NoSession, UsageError
 from heapspy.model import TopRow
-from heapspy.scaling import is_estimate
+from heapspy.sampling import Sampling, read_sampling
 
 if TYPE_CHECKING:
     from heapspy.aggregate import Aggregator
@@ -26,8 +26,7 @@ ORDERS = ("inuse_space", "alloc_space")
 @dataclass(frozen=True)
 class TopView:
     time: float
-    mode: str
-    rate: int
+    sampling: Sampling
     intervals: int
     heap: int  # estimated live Python heap
     rss: int | None
@@ -38,10 +37,10 @@ class TopView:
     @property
     def sampled(self) -> bool:
         """Estimates with sampling errors, not exact values."""
-        return is_estimate(self.mode, self.rate)
+        return self.sampling.estimates
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "sampling": self.sampling.to_json()}
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> TopView:
@@ -50,8 +49,7 @@ class TopView:
         rows = tuple(TopRow(**{k: r[k] for k in fields if k in r}) for r in body["rows"])
         return cls(
             time=float(body["time"]),
-            mode=str(body["mode"]),
-            rate=int(body["rate"]),
+            sampling=read_sampling(body),
             intervals=int(body["intervals"]),
             heap=int(body["heap"]),
             rss=None if body.get("rss") is None else int(body["rss"]),
@@ -84,8 +82,7 @@ def top_view(agg: Aggregator, n: int, order: str = "inuse_space") -> TopView:
     last = agg.series[-1] if agg.series else None
     return TopView(
         time=time.time(),
-        mode=agg.mode,
-        rate=agg.rate if agg.mode != "exact" else 1,
+        sampling=agg.sampling,
         intervals=agg.intervals,
         heap=agg.heap_estimate(),
         rss=last.rss if last else None,

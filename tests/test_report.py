@@ -231,10 +231,12 @@ def test_json_structure(tmp_path: Path) -> None:
     assert document["schema"] == "heapspy-report/1"
     assert set(document) == {
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
-        "time_nanos", "duration_nanos", "comments", "totals", "size_classes", "total",
-        "functions", "top", "runtime", "memory", "census",
+        "sampling", "time_nanos", "duration_nanos", "comments", "totals", "size_classes",
+        "total", "functions", "top", "runtime", "memory", "census",
     }  # fmt: skip
     assert document["census"] is None  # a heap dump, not a census
+    # no mode in this sidecar: the period (1) says
+    assert document["sampling"] == {"mode": "exact", "rate": 1, "frames": 64}
     assert document["totals"] == {
         "source": "sidecar",
         "allocated_bytes": 128,

@@ -20,6 +20,8 @@ from heapspy.config import AttachConfig
 from heapspy.dumps import sidecar_path
 from heapspy.errors import SamplingUnavailable
 from heapspy.pprof import read_profile
+from heapspy.reporters.report import ReportConfig, build_report
+from heapspy.sampling import Sampling
 from heapspy.session import Session
 
 Spawn = Callable[..., Target]
@@ -36,11 +38,16 @@ def test_rate_zero_keeps_exact_totals_only(
         session.run(duration=1.2)
     finally:
         session.detach()
-    assert session.aggregator.mode == "sampled"
+    assert session.aggregator.sampling == Sampling("totals", 0)
+    assert session.info is not None and session.info.mode == "totals"
     assert all(not s.alloc_objects for s in session.aggregator.sites.values())
     totals = session.aggregator.totals
     assert totals["allocations"] > 1000 and totals["allocated_bytes"] > 100_000
     assert totals["sampled_count"] == 0
+    # its dump's period is 1, as an exact dump's: the sidecar tells them apart
+    (dump,) = tmp_path.glob("*-final.pb.gz")
+    report = build_report(ReportConfig(dump=dump)).text()
+    assert "Sampling: totals only" in report and "Sampling: exact" not in report
 
 
 @pytest.mark.parametrize("interp", PAIR)
@@ -51,7 +58,7 @@ def test_exact_mode_has_totals_and_names(interp: Interpreter, spawn: Spawn, tmp_
         session.run(duration=1.2)
     finally:
         session.detach()
-    assert session.aggregator.mode == "exact"
+    assert session.aggregator.sampling == Sampling("exact", 1)
     assert session.aggregator.totals["allocations"] > 1000
     top = session.aggregator.top(1)[0][0]
     assert top.startswith("retain_blocks (probe_target.py:")  # named from the source
@@ -162,10 +169,10 @@ def test_numpy_arrays_are_counted_and_the_handler_restored(
         session.run(duration=1.0)  # two more intervals after the build
     finally:
         session.detach()
-    assert session.aggregator.mode == ("exact" if rate == 1 else "sampled")
+    assert session.aggregator.sampling == Sampling.of_rate(rate)
     assert not any("NumPy" in n for n in (session.info.notes if session.info else []))
     held = sum(
-        site.live(session.aggregator.rate)[1]
+        site.live(session.aggregator.sampling.period)[1]
         for site in session.aggregator.sites.values()
         if any(f.function == "hold_arrays" for f in site.stack)
     )

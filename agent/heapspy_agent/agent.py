@@ -167,8 +167,7 @@ class Agent:
         self._send(
             protocol.READY,
             {
-                "mode": self.collector.mode,
-                "frames": self.collector.frames,
+                "sampling": self.collector.sampling().to_json(),
                 "notes": [schema.clip_text(n) for n in self.notes[: schema.MAX_NOTES]],
                 "tracemalloc_owned": getattr(self.collector, "owned", None),
             },
@@ -177,17 +176,17 @@ class Agent:
         self._exit_hook = True
 
     def _make_collector(self) -> Any:
-        rate = int(self.config.get("rate", 1))
-        frames = int(self.config.get("frames", 64))
+        asked = schema.Sampling.from_json(self.config["sampling"])
+        frames = asked.frames
         problem = self.shim_problem
-        if rate != 1 and self.shim is not None:
+        if asked.mode != schema.EXACT and self.shim is not None:
             try:
-                sampled = ShimCollector(self.shim, rate, frames, self.directory)
+                sampled = ShimCollector(self.shim, asked.shim_rate, frames, self.directory)
                 self.notes.extend(sampled.notes)
                 return sampled
             except ShimError as exc:
                 problem = "the sampling shim refused to start: %s" % exc
-        if rate != 1:
+        if asked.mode != schema.EXACT:
             if self.config.get("require_sampling"):
                 raise RequirementError(problem)
             self.notes.append(
@@ -284,7 +283,7 @@ class Agent:
                 reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no rate"}
             else:
                 self.collector.set_rate(int(body["rate"]))
-                reply["rate"] = self.collector.rate
+                reply["sampling"] = self.collector.sampling().to_json()
         else:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)

@@ -8,12 +8,12 @@ the source on its own side, never in the target.
 import tracemalloc
 from typing import Any, Dict, List, Tuple
 
+from heapspy_agent.schema import EXACT, Sampling
+
 FrameKey = Tuple[str, int]
 
 
 class TracemallocCollector:
-    mode = "exact"
-
     def __init__(self, frames: int, exclude_dir: str, totals_source: Any = None) -> None:
         # A target that already traces keeps its own tracemalloc: we read it and, at
         # detach, leave it running exactly as we found it.
@@ -28,6 +28,9 @@ class TracemallocCollector:
         self.totals_source = totals_source
         self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
         self._last: Dict[int, Tuple[int, int]] = {}
+
+    def sampling(self) -> Sampling:
+        return Sampling(EXACT, 1, self.frames)
 
     def collect(self) -> Dict[str, Any]:
         new_stacks: List[Dict[str, Any]] = []

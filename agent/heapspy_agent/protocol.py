@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Any, Dict, List, Optional, Tuple
 
-VERSION = 1
+VERSION = 2  # 2: WELCOME and READY carry one sampling record (schema.Sampling)
 HEADER = struct.Struct(">IB")
 # No legitimate frame comes near this: the agent splits large collections (STACKS frames
 # before their SAMPLES) so that one frame stays well below it. heapspy refuses anything

@@ -10,12 +10,11 @@ import glob
 import os
 from typing import Any, Dict, List, Optional, Set
 
+from heapspy_agent.schema import SAMPLED, TOTALS, Sampling
 from heapspy_agent.shim import LIBRARY_GLOB, NOT_IMPORTED, Shim, ShimError
 
 
 class ShimCollector:
-    mode = "sampled"
-
     def __init__(self, shim: Shim, rate: int, frames: int, exclude_dir: str) -> None:
         self.shim = shim
         self.frames = frames
@@ -30,6 +29,11 @@ class ShimCollector:
         self.numpy = shim.hook_numpy()
         if self.numpy and self.numpy != NOT_IMPORTED:
             self.notes.append("NumPy array data is not counted: %s" % self.numpy)
+
+    def sampling(self) -> Sampling:
+        """What this collector does: sampled at ``rate``, or every allocation counted
+        without stacks at rate 0."""
+        return Sampling(SAMPLED if self.rate else TOTALS, self.rate, self.frames)
 
     def set_rate(self, rate: int) -> None:
         self.shim.set_rate(rate)

@@ -50,6 +50,98 @@ U64 = ID
 PID = (0, 2**31 - 1)
 
 
+# --- the sampling mode: one value, decoded here for both ends ------------------------
+SAMPLED = "sampled"  # the shim records one allocation per ~rate bytes, with its stack
+EXACT = "exact"  # tracemalloc records every live block (--rate 1, and the fallback)
+TOTALS = "totals"  # the shim counts every allocation, keeps no stack (--rate 0)
+MODES = (SAMPLED, EXACT, TOTALS)
+DEFAULT_FRAMES = 64
+
+
+class Sampling:
+    """How allocations are recorded: the mode, the mean bytes between samples and the
+    frames kept per stack.
+
+    People spell it as one number (``--rate``, the daemon's ``rate``): 0 totals only, 1
+    exact, more the mean gap of sampled mode. ``of_rate`` reads that spelling, and is
+    the only place that does; everything else asks this value (``estimates``,
+    ``period``, ``shim_rate``). heapspy sends it once, in WELCOME; the agent answers in
+    READY with what it really does (without the shim, sampled becomes exact), and that
+    answer is what the session, its dumps and its reports go by. A live ``heapspy
+    rate`` makes a new value (``with_rate``).
+
+    ``rate`` keeps the command line's spelling in every mode (1 exact, 0 totals), so a
+    sidecar's or a status reply's ``rate`` reads as the user typed it. A plain class:
+    this module is imported inside the target (see the module's docstring).
+    """
+
+    __slots__ = ("mode", "rate", "frames")
+
+    def __init__(self, mode: str, rate: int, frames: int = DEFAULT_FRAMES) -> None:
+        if mode not in MODES:
+            raise ValueError("unknown sampling mode %r" % (mode,))
+        if mode == SAMPLED and rate < 2:
+            raise ValueError("sampled mode takes a rate of 2 bytes or more, not %d" % rate)
+        self.mode = mode
+        self.rate = rate if mode == SAMPLED else (1 if mode == EXACT else 0)
+        self.frames = frames
+
+    @classmethod
+    def of_rate(cls, rate: int, frames: int = DEFAULT_FRAMES) -> Sampling:
+        """The command line's spelling: 0 totals only, 1 exact, >= 2 sampled."""
+        if rate < 0:
+            raise ValueError("a sampling rate cannot be negative")
+        mode = TOTALS if rate == 0 else EXACT if rate == 1 else SAMPLED
+        return cls(mode, rate, frames)
+
+    def with_rate(self, rate: int) -> Sampling:
+        """A live change of rate (``heapspy rate``): the shim keeps running, so 0 stops
+        taking stacks (totals) and >= 2 samples; exact mode has no rate to change."""
+        if self.mode == EXACT or rate == 1 or rate < 0:
+            raise ValueError("a live session takes rates of 0 or 2 bytes and up")
+        return Sampling(TOTALS if rate == 0 else SAMPLED, rate, self.frames)
+
+    @property
+    def estimates(self) -> bool:
+        """Whether the figures are upscaled samples, with sampling errors: exact mode
+        and totals record every block (and totals keep no stacks to estimate)."""
+        return self.mode == SAMPLED
+
+    @property
+    def period(self) -> int:
+        """The pprof period and the rate the estimators take: 1 where nothing is
+        upscaled."""
+        return self.rate if self.mode == SAMPLED else 1
+
+    @property
+    def shim_rate(self) -> int:
+        """What the C shim's ``rate`` means: the mean gap, or 0 for totals only."""
+        return self.rate if self.mode == SAMPLED else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "rate": self.rate, "frames": self.frames}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Sampling:
+        """From a checked SAMPLING record (or a sidecar's copy of one); a combination
+        no agent makes (sampled at rate 1) is a ProtocolError."""
+        try:
+            return cls(str(body["mode"]), int(body["rate"]), int(body["frames"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError("sampling: %s" % exc) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sampling):
+            return NotImplemented
+        return (self.mode, self.rate, self.frames) == (other.mode, other.rate, other.frames)
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.rate, self.frames))
+
+    def __repr__(self) -> str:
+        return "Sampling(%r, %d, %d)" % (self.mode, self.rate, self.frames)
+
+
 class Field:
     """One typed, bounded value; ``check`` returns it, or a copy where keys had to be
     dropped (``copies``): a frame of plain values is checked in place, not duplicated."""
@@ -221,6 +313,12 @@ def _define() -> dict[int, Record]:
         required=("id", "frames"),
     )
     STACKS_FIELD = ListOf(STACK, MAX_STACKS_PER_FRAME)
+    # a Sampling (above): the mode, its rate as the command line spells it, frames
+    SAMPLING = Record(
+        "sampling",
+        {"mode": Str(16, MODES), "rate": COUNT, "frames": Int(1, MAX_FRAMES_PER_STACK)},
+        required=("mode", "rate", "frames"),
+    )
     TOTALS = Record(
         "totals",
         {
@@ -309,12 +407,11 @@ def _define() -> dict[int, Record]:
         protocol.READY: Record(
             "READY",
             {
-                "mode": Str(16, ("exact", "sampled")),
-                "frames": Int(0, MAX_FRAMES_PER_STACK),
+                "sampling": SAMPLING,  # what it does, which may not be what was asked
                 "notes": ListOf(Str(MAX_TEXT), MAX_NOTES),
                 "tracemalloc_owned": Opt(Bool()),
             },
-            required=("mode",),
+            required=("sampling",),
         ),
         # One collection: new stacks (each sent once), then per-site absolute numbers.
         # inuse: live (objects, bytes); alloc: allocated since attach (sampled mode);
@@ -352,7 +449,7 @@ def _define() -> dict[int, Record]:
                 "id": Opt(Int(0, 2**63)),
                 "ok": Bool(),
                 "error": Str(MAX_TEXT),
-                "rate": COUNT,
+                "sampling": SAMPLING,  # rate: the agent's sampling after the change
                 "collected": COUNT,  # gc: what gc.collect() returned
                 "trimmed": Int(0, 1),  # trim: malloc_trim(0)'s answer
                 "seconds": Num(0.0, 1e6),  # memstats: how long it held the target's GIL
@@ -369,8 +466,7 @@ def _define() -> dict[int, Record]:
                 "config": Record(
                     "config",
                     {
-                        "rate": COUNT,
-                        "frames": Int(1, MAX_FRAMES_PER_STACK),
+                        "sampling": SAMPLING,
                         "interval": Num(0.0, 1e9),
                         "collect_budget": Num(0.0, 1.0),
                         "require_sampling": Bool(),

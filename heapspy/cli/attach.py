@@ -11,7 +11,7 @@ import typer
 from heapspy.census import census_note
 from heapspy.cli import options
 from heapspy.cli.spinner import Spinner
-from heapspy.config import AttachConfig, check_max_bytes, check_method
+from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
 from heapspy.reporters.top import TopTable
 from heapspy.rss import format_breakdown
@@ -34,7 +34,7 @@ def attach(
         help="Detach after this long (e.g. 30s, 5m). Default: until Ctrl-C.",
     ),
     rate: str = typer.Option(
-        "512KiB",
+        DEFAULT_RATE_TEXT,
         "--rate",
         "-r",
         metavar="SIZE",
@@ -191,7 +191,7 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
     session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
     if not quiet:
-        table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampled)
+        table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampling.estimates)
         print(table.output())
         if session.last_memory is not None:  # what the rest of RSS is, as it was at the end
             series = [p for p in session.aggregator.series if p.rss is not None]

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from heapspy.cli import options
+from heapspy.config import DEFAULT_RATE_TEXT
 from heapspy.demo import LEAK_FUNCTION, DemoResult, default_config, run_demo
 from heapspy.reporters.flamegraph import FlamegraphConfig, write_flamegraph
 from heapspy.reporters.report import ReportConfig, build_report
@@ -22,7 +23,7 @@ def demo(
         Path("heapspy-dumps"), "--dump-dir", help="Where the demo's dump is written."
     ),
     rate: str = typer.Option(
-        "512KiB",
+        DEFAULT_RATE_TEXT,
         "--rate",
         "-r",
         metavar="SIZE",

@@ -11,7 +11,7 @@ import typer
 from heapspy import control
 from heapspy.cli import options
 from heapspy.cli.attach import run_attach
-from heapspy.config import AttachConfig
+from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig
 from heapspy.errors import DumpError, NoSession
 
 
@@ -20,7 +20,7 @@ def dump(
     duration: str = typer.Option(
         "10s", "--duration", "-d", help="With no live session: how long to gather first."
     ),
-    rate: str = typer.Option("512KiB", "--rate", "-r", help="Sampling rate (see attach)."),
+    rate: str = typer.Option(DEFAULT_RATE_TEXT, "--rate", "-r", help="Sampling rate (see attach)."),
     frames: int = typer.Option(64, "--frames", metavar="N", help="Stack depth (see attach)."),
     dump_dir: Path = typer.Option(Path("heapspy-dumps"), "--dump-dir", help="Where to write."),
     thread: Optional[int] = typer.Option(None, "--thread", help="See attach (3.14+)."),

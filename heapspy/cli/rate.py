@@ -9,6 +9,7 @@ import typer
 from heapspy import control
 from heapspy.cli import options
 from heapspy.errors import UsageError
+from heapspy.sampling import TOTALS, read_sampling
 from heapspy.units import format_bytes
 
 
@@ -30,7 +31,12 @@ def rate(
     reply = control.request(pid, "rate", rate=value)
     if not reply.get("ok"):
         raise UsageError(f"The session for {pid} did not change its rate: {reply.get('error')}.")
-    print(f"heapspy: {pid} now samples every {format_bytes(value)} on average", file=sys.stderr)
+    now = read_sampling(reply, value)
+    if now.mode == TOTALS:
+        print(f"heapspy: {pid} now counts totals only (no stacks)", file=sys.stderr)
+    else:
+        every = format_bytes(now.rate)
+        print(f"heapspy: {pid} now samples every {every} on average", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ import typer
 from heapspy import control
 from heapspy.cli import options
 from heapspy.cli.spinner import Spinner
-from heapspy.config import AttachConfig
+from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig
 from heapspy.errors import NoSession
 from heapspy.foreground import SignalRequests
 from heapspy.reporters.top import TopScreen
@@ -29,7 +29,7 @@ def top(
         None, "--duration", "-d", metavar="DURATION", help="Stop after this long."
     ),
     rate: str = typer.Option(
-        "512KiB", "--rate", "-r", help="With no live session: sampling rate (see attach)."
+        DEFAULT_RATE_TEXT, "--rate", "-r", help="With no live session: sampling rate (see attach)."
     ),
     frames: int = typer.Option(64, "--frames", metavar="N", help="Stack depth (see attach)."),
     thread: Optional[int] = typer.Option(None, "--thread", help="See attach (3.14+)."),

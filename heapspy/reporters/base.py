@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from heapspy.errors import Remedy, Setting, UsageError
 from heapspy.printable import printable
+from heapspy.sampling import SAMPLED, TOTALS, Sampling
 from heapspy.units import format_bytes
 
 OUTPUT_FORMATS = ("text", "json")
@@ -78,8 +79,10 @@ def format_time(nanos: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-def describe_sampling(period: int) -> str:
-    """What a profile's period means: the mean bytes between samples, or exact."""
-    if period > 1:
-        return f"one sample every {format_bytes(period)} on average"
+def describe_sampling(sampling: Sampling) -> str:
+    """How a dump's figures were recorded, in words."""
+    if sampling.mode == SAMPLED:
+        return f"one sample every {format_bytes(sampling.rate)} on average"
+    if sampling.mode == TOTALS:
+        return "totals only (every allocation counted, no stacks recorded)"
     return "exact (every allocation recorded)"

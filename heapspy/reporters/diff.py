@@ -132,10 +132,11 @@ def comparison_notes(base_dump: Dump, new_dump: Dump) -> list[str]:
             f"The dumps are of different processes (pid {pids[0]} and pid {pids[1]}): the "
             "deltas compare two heaps, not one heap's growth."
         )
-    if base.period != new.period:
+    if base_dump.sampling.period != new_dump.sampling.period:
         notes.append(
-            f"The dumps were sampled differently (base: {describe_sampling(base.period)}; "
-            f"new: {describe_sampling(new.period)}): small deltas may be sampling noise."
+            f"The dumps were sampled differently (base: {describe_sampling(base_dump.sampling)}"
+            f"; new: {describe_sampling(new_dump.sampling)}): small deltas may be sampling "
+            "noise."
         )
     if base.time_nanos and new.time_nanos and new.time_nanos < base.time_nanos:
         notes.append(

@@ -26,6 +26,7 @@ from heapspy.reporters.totals import (
     sidecar_totals,
 )
 from heapspy.runtime_stats import RuntimeStats
+from heapspy.sampling import Sampling, read_sampling
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -101,6 +102,12 @@ class Dump:
     def totals(self) -> Totals:
         """The sidecar's exact totals, completed (or replaced) by the profile's estimates."""
         return complete_totals(self.profile, self.sidecar_totals[1])
+
+    @property
+    def sampling(self) -> Sampling:
+        """How the figures were recorded: the sidecar says (it tells totals only from
+        exact, which share period 1), else the profile's period."""
+        return read_sampling(self.sidecar_document, self.profile.period)
 
     @property
     def runtime(self) -> RuntimeStats | None:

@@ -302,9 +302,10 @@ def header_facts(loaded: Dump) -> list[tuple[str, str]]:
         both = f"{python} ({executable})" if python and executable else python or executable
         facts.append(("Python", str(both)))
     mode = _text_field(side, "mode")
-    sampling = describe_sampling(profile.period)
-    if mode and profile.period > 1:
-        sampling += f" ({mode} mode)"
+    recorded = loaded.sampling
+    sampling = describe_sampling(recorded)
+    if mode and recorded.estimates:
+        sampling += f" ({recorded.mode} mode)"
     facts.append(("Sampling", sampling))
     rule = _text_field(side, "rule") or (match[3] if match else None)
     if rule:

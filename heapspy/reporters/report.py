@@ -21,6 +21,8 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
       "sample_index": "inuse_space",
       "unit": "bytes",                       # or "count" for *_objects
       "period": 524288,                      # mean bytes between samples; 1 = exact
+      "sampling": {"mode": "sampled", "rate": 524288, "frames": 64},
+                                             # mode "exact" (rate 1) or "totals" (rate 0)
       "time_nanos": 0, "duration_nanos": 0,
       "comments": ["..."],
       "totals": {
@@ -81,6 +83,7 @@ from heapspy.reporters.sites import (
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS, Totals
 from heapspy.rss import Breakdown, format_breakdown, growth_of, memory_of, verdict
 from heapspy.runtime_stats import RuntimeStats
+from heapspy.sampling import Sampling
 from heapspy.scaling import format_error, relative_error
 from heapspy.units import format_bytes
 
@@ -136,6 +139,7 @@ class Report(Rendering):
     sample_index: str
     unit: str
     period: int
+    sampling: Sampling  # how the figures were recorded (the sidecar's, else the period's)
     time_nanos: int
     duration_nanos: int
     comments: tuple[str, ...]
@@ -212,6 +216,7 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         sample_index=name,
         unit=unit,
         period=profile.period,
+        sampling=dump.sampling,
         time_nanos=profile.time_nanos,
         duration_nanos=profile.duration_nanos,
         comments=profile.comments,
@@ -306,7 +311,7 @@ def render_text(report: Report) -> str:
         )
         lines.extend(table_lines(report.top, report.unit))
         return "\n".join(lines) + "\n"
-    lines.append(f"Sampling: {describe_sampling(report.period)}")
+    lines.append(f"Sampling: {describe_sampling(report.sampling)}")
     lines.extend(f"Comment: {printable(comment)}" for comment in report.comments)
     if report.runtime is not None and report.runtime.line():
         lines.append(f"Runtime: {report.runtime.line()}")
@@ -373,6 +378,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "sample_index": report.sample_index,
         "unit": report.unit,
         "period": report.period,
+        "sampling": report.sampling.to_json(),
         "time_nanos": report.time_nanos,
         "duration_nanos": report.duration_nanos,
         "comments": list(report.comments),

@@ -22,6 +22,7 @@ from heapspy.printable import printable
 from heapspy.registry import Holder, read_holder, runtime_dir
 from heapspy.reporters.base import Rendering
 from heapspy.rss import Breakdown, format_breakdown, memory_of
+from heapspy.sampling import SAMPLED, read_sampling
 from heapspy.units import format_age, format_bytes, size_text
 
 
@@ -96,12 +97,10 @@ def _memory(pid: int) -> Breakdown | None:
 
 
 def _rate(st: dict[str, Any]) -> str:
-    if st.get("mode") == "exact":
-        return "exact"
-    rate = st.get("rate")
-    if rate == 0:
-        return "totals"
-    return size_text(rate) if isinstance(rate, int) else "?"
+    sampling = read_sampling(st)
+    if sampling.mode != SAMPLED:
+        return sampling.mode  # exact, totals
+    return size_text(sampling.rate)
 
 
 def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> str:

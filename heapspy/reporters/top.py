@@ -15,6 +15,7 @@ from heapspy.printable import printable
 from heapspy.reporters.base import Rendering
 from heapspy.rss import format_breakdown, memory_of
 from heapspy.runtime_stats import RuntimeStats
+from heapspy.sampling import EXACT, SAMPLED, TOTALS
 from heapspy.scaling import format_error, relative_error
 from heapspy.top import TopView
 from heapspy.units import format_bytes, size_text
@@ -78,9 +79,11 @@ def top_screen(
     pid: int, view: TopView, first: TopView, prev: TopView | None, order: str, shown: int
 ) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(view.time))
-    how = "exact (tracemalloc)" if view.mode == "exact" else f"sampled every {size_text(view.rate)}"
-    if view.mode != "exact" and view.rate == 0:
-        how = "totals only (no stacks at rate 0)"
+    how = {
+        SAMPLED: f"sampled every {size_text(view.sampling.rate)}",
+        EXACT: "exact (tracemalloc)",
+        TOTALS: "totals only (no stacks at rate 0)",
+    }[view.sampling.mode]
     rss = format_bytes(view.rss) if view.rss is not None else "?"
     lines = [
         f"heapspy top  pid {pid}  {when}  {how}  intervals {view.intervals}",

@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from heapspy.pprof import encode_profile
-from heapspy.scaling import is_estimate, sampling_variance
+from heapspy.scaling import sampling_variance
 
 if TYPE_CHECKING:
     from heapspy.session import Session
@@ -21,14 +21,15 @@ if TYPE_CHECKING:
 def live_heap_error(session: Session) -> float:
     """Half-width of the 95 % interval of the live heap estimate (0 when exact)."""
     agg = session.aggregator
-    if not is_estimate(agg.mode, agg.rate):
+    if not agg.sampling.estimates:
         return 0.0
+    rate = agg.sampling.period
     variance = 0.0
     for site in agg.sites.values():
         if site.exact:
             continue
-        objects, nbytes = site.live(agg.rate)
-        variance += sampling_variance(objects, nbytes, agg.rate)[1]
+        objects, nbytes = site.live(rate)
+        variance += sampling_variance(objects, nbytes, rate)[1]
     return 1.96 * math.sqrt(variance)
 
 
@@ -45,8 +46,8 @@ def metrics_of(session: Session) -> dict[str, Any]:
     return {
         "pid": session.target.pid,
         "watch": session.config.watch,
-        "mode": agg.mode,
-        "rate": agg.rate if agg.mode != "exact" else 1,
+        "mode": agg.sampling.mode,
+        "rate": agg.sampling.rate,
         "started": agg.started,
         "rss": last.rss if last else None,
         "fds": last.fds if last else None,
@@ -79,7 +80,7 @@ def profile_of(session: Session) -> dict[str, Any]:
     changes when the agent reports (once an interval): scrapes within one interval
     (several scrapers, a retry) share one encoding."""
     agg = session.aggregator
-    key = (agg.intervals, agg.rate, agg.mode, len(agg.sites))
+    key = (agg.intervals, agg.sampling, len(agg.sites))
     cached = session.served_profile
     if cached is None or cached[0] != key:
         data = encode_profile(agg.profile(("heapspy live profile",)))

@@ -83,7 +83,7 @@ def run(config):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(config["socket"])
     token = config["token"] if scenario != "forged-token" else "0" * len(config["token"])
-    hello = frame(1, {"version": 1, "token": token, "pid": os.getpid(),
+    hello = frame(1, {"version": 2, "token": token, "pid": os.getpid(),
                       "python": "3.11\x1b]0;pwned\x07", "argv": ["worker\x1b[2J"]})
     if scenario == "refuse":  # as a second heapspy's agent refuses: no wait for WELCOME
         s.sendall(hello + frame(5, {"code": "already_attached", "message": "held",
@@ -93,7 +93,8 @@ def run(config):
     s.sendall(hello)
     length, _kind = H.unpack(recv_exact(s, 5))
     recv_exact(s, length)  # WELCOME
-    ready = frame(2, {"mode": "sampled", "frames": 64, "notes": ["note \x1b[31mred\x1b[0m"]})
+    ready = frame(2, {"sampling": {"mode": "sampled", "rate": 524288, "frames": 64},
+                      "notes": ["note \x1b[31mred\x1b[0m"]})
     sample = frame(3, {"seq": 1,
                        "stacks": [{"id": 1, "frames": [[EVIL, "/app/x.py", 3]]}],
                        "inuse": {"1": [10, 1 << 20]}, "alloc": {"1": [10, 1 << 20]}})

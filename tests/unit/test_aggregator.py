@@ -15,6 +15,7 @@ from heapspy_agent import protocol, schema
 from heapspy import aggregate
 from heapspy.aggregate import Aggregator, ProcessFacts
 from heapspy.model import Frame
+from heapspy.sampling import Sampling
 from heapspy.scaling import sampling_variance, scale
 from heapspy.symbolize import Symbolizer
 
@@ -35,7 +36,7 @@ def stack(sid: int, *frames: list[Any]) -> dict[str, Any]:
 
 
 def sampled() -> Aggregator:
-    return Aggregator(rate=RATE, mode="sampled")
+    return Aggregator(Sampling("sampled", RATE))
 
 
 def test_stacks_are_sent_once_and_numbers_are_absolute() -> None:
@@ -75,18 +76,18 @@ def test_sampled_heap_is_upscaled_and_the_agents_estimate_wins() -> None:
     upscaled = scale(2, 2048, RATE)[1]
     assert upscaled > 2048  # small samples stand for many more bytes
     assert agg.heap_estimate() == int(upscaled + 3e6)
-    assert agg.sampled
+    assert agg.sampling.estimates
 
 
 def test_exact_mode_counts_growth_seen_live_as_allocations() -> None:
-    agg = Aggregator(rate=1, mode="exact")
+    agg = Aggregator(Sampling("exact", 1))
     agg.apply(samples(stacks=[stack(1, MAIN, LEAK)], inuse={"1": [2, 200]}))
     agg.apply(samples(inuse={"1": [1, 100]}))  # freed: allocations never go down
     agg.apply(samples(inuse={"1": [3, 300]}))
     site = agg.sites[1]
     assert (site.alloc_objects, site.alloc_bytes) == (4, 400)
     assert agg.heap_estimate() == 300  # exact: not upscaled
-    assert not agg.sampled
+    assert not agg.sampling.estimates
 
 
 def test_growth_streaks() -> None:
@@ -131,7 +132,7 @@ def test_profile_splits_exact_and_sampled_sites_and_keeps_the_rate() -> None:
     assert profile.rate == RATE and profile.exact == ()
     assert [s[-1].function for s, _ in profile.sampled] == ["leak_cache"]  # empty site left out
     assert profile.comments == ("why",)
-    exact = Aggregator(rate=RATE, mode="exact")
+    exact = Aggregator(Sampling("exact", RATE))
     exact.apply(samples(stacks=[stack(1, MAIN, LEAK)], inuse={"1": [2, 2048]}))
     profile = exact.profile()
     assert profile.rate == 1 and profile.sampled == () and len(profile.exact) == 1
@@ -167,7 +168,7 @@ def test_frames_without_names_are_named_from_the_source(tmp_path: Path) -> None:
     the qualified name, used when it ends in the name sent."""
     source = tmp_path / "shipper.py"
     source.write_text("class Shipper:\n    def buffer_line(self):\n        return []\n")
-    agg = Aggregator(rate=1, mode="exact", symbolizer=Symbolizer(), qualify=True)
+    agg = Aggregator(Sampling("exact", 1), symbolizer=Symbolizer(), qualify=True)
     agg.apply(samples(stacks=[stack(1, ["", str(source), 3]),
                               stack(2, ["buffer_line", str(source), 3]),
                               stack(3, ["other", str(source), 3])]))  # fmt: skip

@@ -19,6 +19,7 @@ from heapspy.aggregate import MAX_SITES, Aggregator
 from heapspy.inject.boot_script import boot_source
 from heapspy.printable import printable
 from heapspy.reporters.status import SessionStatus, render_text
+from heapspy.sampling import Sampling
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -169,7 +170,7 @@ def test_fuzz_a_mutated_samples_frame_is_checked_then_folds_without_error(
         checked = schema.check(protocol.SAMPLES, protocol.decode(json.dumps(body).encode()))
     except ProtocolError:
         return
-    agg = Aggregator(rate=512 * 1024, mode="sampled")
+    agg = Aggregator(Sampling("sampled", 512 * 1024))
     agg.apply(checked)
     agg.profile()
     agg.top_sites(5)
@@ -197,7 +198,8 @@ def test_what_the_agent_sends_passes_the_schema() -> None:
         (protocol.SAMPLES, {"seq": 1, "totals": {"numpy": 3}}, "expected a string"),
         (protocol.HELLO, {"version": 1}, "token is missing"),
         (protocol.HELLO, {"version": 1, "token": "t", "argv": ["x" * 5000]}, "at most 4096"),
-        (protocol.READY, {"mode": "turbo"}, "not one of"),
+        (protocol.READY, {"sampling": {"mode": "turbo", "rate": 1, "frames": 1}}, "not one of"),
+        (protocol.READY, {"mode": "sampled"}, "sampling is missing"),
         (protocol.REPLY, {"ok": 1}, "true or false"),
         (99, {}, "unknown frame kind 99"),
         (protocol.WELCOME, {}, "unknown frame kind"),  # heapspy's own kinds never come back
@@ -274,7 +276,7 @@ def test_the_bootstraps_error_report_speaks_this_protocol(tmp_path: Path) -> Non
 
 # --- what heapspy keeps -----------------------------------------------------------------
 def test_the_aggregator_keeps_a_bounded_table_and_counts_what_it_drops() -> None:
-    agg = Aggregator(rate=512 * 1024, mode="sampled")
+    agg = Aggregator(Sampling("sampled", 512 * 1024))
     stacks = [{"id": i, "frames": [["f", "m.py", i % 1000]]} for i in range(MAX_SITES + 500)]
     agg.add_stacks(stacks)
     agg.add_stacks(stacks[:10])  # a repeated id changes nothing

@@ -13,6 +13,7 @@ from heapspy.aggregate import Aggregator, ProcessFacts
 from heapspy.errors import UsageError
 from heapspy.model import TopRow
 from heapspy.reporters.top import top_screen
+from heapspy.sampling import Sampling
 from heapspy.top import TopView, check_order, top_view
 
 RATE = 64 * 1024
@@ -23,7 +24,7 @@ MAIN = ["main", "/app/app.py", 40]
 
 def fed(mode: str, rate: int, *inuse: tuple[int, int]) -> Aggregator:
     """An aggregator that received one SAMPLES body: site i+1 ends in LEAK, PARSE, ..."""
-    agg = Aggregator(rate=rate, mode=mode)
+    agg = Aggregator(Sampling(mode, rate))
     leaves = [LEAK, PARSE]
     body: dict[str, Any] = {
         "seq": 0,
@@ -39,8 +40,11 @@ def test_view_of_an_exact_session() -> None:
     agg = fed("exact", RATE, (3, 3000), (1, 5000))
     agg.record(ProcessFacts(rss=50 << 20))
     view = top_view(agg, 10)
-    assert (view.mode, view.rate, view.intervals, view.heap, view.rss) == (
-        "exact", 1, 1, 8000, 50 << 20  # exact: the rate is 1 whatever was asked
+    assert (view.sampling, view.intervals, view.heap, view.rss) == (
+        Sampling("exact", 1),
+        1,
+        8000,
+        50 << 20,  # exact: the rate is 1 whatever was asked
     )
     assert [(r.function, r.inuse_bytes, r.inuse_objects) for r in view.rows] == [
         ("parse (parse.py:7)", 5000, 1),
@@ -53,10 +57,11 @@ def test_view_of_an_exact_session() -> None:
 def test_view_of_a_sampled_session_is_an_estimate_with_errors() -> None:
     agg = fed("sampled", RATE, (2, 2048))
     view = top_view(agg, 10)
-    assert view.sampled and view.rate == RATE and view.rss is None  # no point recorded yet
+    assert view.sampled and view.sampling.rate == RATE and view.rss is None  # no point yet
     (row,) = view.rows
     assert row.inuse_bytes > 2048 and row.inuse_bytes_var is not None and row.inuse_bytes_var > 0
-    assert not replace(view, rate=0).sampled  # rate 0: totals only, nothing to estimate
+    # rate 0: totals only, nothing to estimate
+    assert not replace(view, sampling=Sampling.of_rate(0)).sampled
 
 
 def test_view_survives_the_control_socket() -> None:
@@ -79,7 +84,8 @@ def test_check_order() -> None:
 
 
 def _view(heap: int, *rows: TopRow, mode: str = "exact") -> TopView:
-    return TopView(time=0.0, mode=mode, rate=1, intervals=2, heap=heap, rss=None, rows=rows)
+    sampling = Sampling(mode, RATE if mode == "sampled" else 1)
+    return TopView(time=0.0, sampling=sampling, intervals=2, heap=heap, rss=None, rows=rows)
 
 
 def test_screen_shows_growth_since_start_and_since_last() -> None:
