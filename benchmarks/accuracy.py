@@ -130,9 +130,9 @@ def run_once(
             names = set(cases)
             estimate: dict[str, float] = dict.fromkeys([*cases, OTHER], 0.0)
             for site in agg.sites.values():
-                _objs, nbytes = site.live(agg.rate)
+                _objs, nbytes = site.live(agg.sampling.period)
                 estimate[attribute(site.stack, names)] += nbytes
-            run = Run(rate, agg.mode, 0.0, float(done["build_s"]), done["truth"], estimate)
+            run = Run(rate, agg.sampling.mode, 0.0, float(done["build_s"]), done["truth"], estimate)
             run.totals = dict(agg.totals)
         finally:
             session.detach()
