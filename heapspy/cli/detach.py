@@ -33,6 +33,8 @@ def detach(
         except NoSession:
             print(f"heapspy: detached from {pid}", file=sys.stderr)
             return
+        except TimeoutError:
+            pass  # its loop has ended: it is writing the final dump, its socket still open
         time.sleep(0.05)
     print(f"heapspy: asked the session for {pid} to detach; it is still closing", file=sys.stderr)
 
