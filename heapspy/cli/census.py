@@ -34,7 +34,7 @@ class ProgressLine:
             f"census: {p.objects:,} objects, {format_bytes(p.bytes)}, {p.elapsed:.1f} s, "
             f"longest slice {p.longest_slice * 1000:.0f} ms ({p.phase}); Ctrl-C stops it"
         )
-        sys.stderr.write("\r\033[K" + line[:200])
+        sys.stderr.write("\r\033[K" + printable(line[:200]))  # phase: the agent's text
         sys.stderr.flush()
         self.shown = True
 
