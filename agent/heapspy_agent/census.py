@@ -565,7 +565,7 @@ class Census:
             info = types.get(tp)
             if info is None:
                 info = self._type_info(tp)
-            name, method, extra, is_module = info[:4]
+            name, method, extra, is_module, is_dict = info
             try:
                 size = method(obj) + extra
             except Exception:  # noqa: BLE001 - sized as object.__sizeof__ would
@@ -587,7 +587,7 @@ class Census:
                 del obj
                 continue
             children = get_referents(obj)
-            if info[4]:  # a dict: tp_traverse skips keys that are all str, which count
+            if is_dict:  # tp_traverse skips the keys of an all-str dict, which count
                 children.extend(_dict_keys(obj))
             if children:
                 if tp is _FrameType:
