@@ -108,7 +108,9 @@ def run_once(
             else:
                 stream(session, target)
             rep = report(target, session)
-            result = Result(label, agg.sampling.mode, 0.0, rep, dict(agg.totals), agg.heap_estimate())
+            result = Result(
+                label, agg.sampling.mode, 0.0, rep, dict(agg.totals), agg.heap_estimate()
+            )
         finally:
             t_detach = time.monotonic()
             session.detach()
