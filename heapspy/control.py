@@ -1,4 +1,9 @@
-"""The control socket of a live session: how other heapspy commands reach its owner."""
+"""The control socket of a live session: how other heapspy commands reach its owner.
+
+Both ends live here: ``ControlServer`` is the session's (it listens, checks who
+connects, and hands each command to the session), ``request`` and ``stream`` are the
+clients' (``heapspy status``, ``dump``, ``rate``, ``top``, ``census``, the daemon's
+HTTP endpoint)."""
 
 from __future__ import annotations
 
@@ -41,6 +46,96 @@ def listen(pid: int) -> socket.socket:
     sock.listen(8)
     sock.setblocking(False)
     return sock
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# a command that answers with several frames on the client's socket (a census streams
+# its progress, then its reply): it writes them itself
+Streamer = Callable[[socket.socket, dict[str, Any]], None]
+
+
+class ControlServer:
+    """The session's end of the control socket: accepts clients of the same user (or
+    root), reads their commands and answers each with ``handle``'s reply, or lets a
+    ``streams`` command write its own frames. A client that breaks the framing is hung
+    up on, alone; one that stops reading cannot hold the session up for long."""
+
+    def __init__(self, pid: int, handle: Handler, streams: dict[str, Streamer]) -> None:
+        self.listener = listen(pid)
+        self.handle = handle
+        self.streams = streams
+        self.clients: dict[socket.socket, protocol.FrameReader] = {}
+
+    def sockets(self) -> list[socket.socket]:
+        """What to wait on: the listener and every client."""
+        return [self.listener, *self.clients]
+
+    def owns(self, sock: socket.socket) -> bool:
+        return sock is self.listener or sock in self.clients
+
+    def ready(self, sock: socket.socket) -> None:
+        """``sock`` (one of ``sockets()``) is readable: accept, or serve that client."""
+        if sock is self.listener:
+            self._accept()
+        else:
+            self._serve(sock)
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        peer = socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        uid = int.from_bytes(peer[4:8], "little")
+        if uid not in (0, os.geteuid()):
+            sock.close()
+            return
+        sock.setblocking(False)
+        self.clients[sock] = protocol.FrameReader()
+
+    def _hang_up(self, sock: socket.socket) -> None:
+        del self.clients[sock]
+        sock.close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._hang_up(sock)
+            return
+        try:
+            frames = self.clients[sock].feed(data)
+        except protocol.ProtocolError:  # a broken client: hang up on it, only it
+            self._hang_up(sock)
+            return
+        for _kind, body in frames:
+            streamer = self.streams.get(str(body.get("cmd")))
+            if streamer is not None:  # streams progress, then its own reply
+                sock.setblocking(True)
+                streamer(sock, body)
+                sock.setblocking(False)
+                continue
+            try:
+                reply = self.handle(body)
+            except (ValueError, TypeError, OverflowError) as exc:  # e.g. "rate": "lots"
+                reply = {"ok": False, "error": f"malformed command: {exc}"}
+            # a client that stops reading a large reply must not hold the session up
+            sock.settimeout(10.0)
+            try:
+                sock.sendall(encode_reply(reply))
+            except OSError:
+                pass
+            sock.setblocking(False)
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        self.clients.clear()
+        self.listener.close()
 
 
 def request(pid: int, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:

@@ -1,27 +1,31 @@
 """One attached target: inject, handshake, stream, detach.
 
-``Session.open`` returns only once the agent has acknowledged ("attached" means the
+``Session.attach`` returns only once the agent has acknowledged ("attached" means the
 agent said so, not that memory was written). ``run`` then multiplexes the agent socket
 and the session's control socket in one thread; signal handlers only set flags.
+
+The session coordinates; each concept lives in its own module: the connection to the
+agent (handshake, framed socket, calls) in ``heapspy.channel``, the control socket's
+server beside its client in ``heapspy.control``, when and where dumps are written in
+``heapspy.dump_policy`` (their sidecar's layout in ``heapspy.sidecar``), what psutil
+sees of the target in ``heapspy.target.outside``, the heap figures in
+``heapspy.aggregate``, what a scraper is served in ``heapspy.serve.snapshot``.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import select
-import shlex
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psutil
 from heapspy_agent import protocol, schema
 
-from heapspy.aggregate import Aggregator, ProcessFacts
+from heapspy.aggregate import Aggregator
 from heapspy.census import (
     CensusCollector,
     CensusOptions,
@@ -31,19 +35,15 @@ from heapspy.census import (
     record_census,
 )
 from heapspy.census import serve_client as census_for_client
+from heapspy.channel import AgentChannel, FramedSocket, handshake, violation_error
 from heapspy.config import AttachConfig
-from heapspy.control import encode_reply
-from heapspy.control import listen as control_listen
-from heapspy.dumps import DumpWriter, Retention
+from heapspy.control import ControlServer
+from heapspy.dump_policy import DumpPolicy, leak_note
 from heapspy.errors import (
     AgentFailed,
     AgentTimeout,
-    AlreadyAttached,
     DumpError,
     HeapspyError,
-    ProtocolViolation,
-    Remedy,
-    SamplingUnavailable,
     TargetExited,
 )
 from heapspy.inject.bootstrap import Placement, place_agent
@@ -51,20 +51,16 @@ from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
-from heapspy.rules import Observation, RuleEngine
-from heapspy.serve.snapshot import metrics_of, profile_of
+from heapspy.rules import Observation
+from heapspy.serve.snapshot import ServedProfile, metrics_of
+from heapspy.sidecar import Sidecar
 from heapspy.symbolize import Symbolizer
+from heapspy.target.outside import Outside, exits_soon
 from heapspy.target.process import PythonTarget, has_exited, inspect_target
 from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
 
-HEARTBEAT = 0.5
-# An agent that died closes its socket (seen at once). Silence alone only means busy: a
-# tracemalloc snapshot of a large heap holds the agent for seconds, and a target starved
-# of CPU delays it further. So wait long before giving up on a silent agent.
-AGENT_TIMEOUT = 120.0
-HANDSHAKE_TIMEOUT = 5.0
 MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplained> rules
 Progress = Callable[[str, float], None]
 
@@ -79,69 +75,6 @@ class AttachInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        return list(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return None
-
-
-def _exits_soon(pid: int, within: float = 1.0) -> bool:
-    """Whether the target is exiting: a socket reset by an exiting process comes before
-    the process shows as a zombie."""
-    deadline = time.monotonic() + within
-    while not has_exited(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-class _Conn:
-    """A framed socket with a reader and a send helper."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = protocol.FrameReader()
-        self.pending: list[protocol.Message] = []
-
-    def send(self, kind: int, body: dict[str, Any]) -> None:
-        self.sock.sendall(protocol.encode(kind, body))
-
-    def recv(self, timeout: float) -> protocol.Message | None:
-        self.sock.settimeout(timeout)
-        return protocol.recv_one(self.sock, self.reader, self.pending)
-
-
-def _checked(msg: protocol.Message | None) -> protocol.Message | None:
-    """A handshake frame checked against its message (``heapspy_agent.schema``)."""
-    return None if msg is None else (msg[0], schema.check(msg[0], msg[1]))
-
-
-def _readable(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
-
-
-def _agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
-    if body.get("code") == "no_sampling":
-        return SamplingUnavailable(
-            f"Sampling cannot run in process {pid}: {body.get('message')}.",
-            remedies=(Remedy("no_require_sampling"),),
-        )
-    if body.get("code") == "already_attached":
-        holder = body.get("holder_pid")
-        return AlreadyAttached(
-            f"Process {pid} already has a heapspy agent, held by heapspy pid {holder}.",
-            hint=f"End that session first (`heapspy detach {pid}`).",
-        )
-    detail = body.get("message", "unknown error")
-    tb = body.get("traceback")
-    return AgentFailed(
-        f"The agent failed to start in process {pid}: {detail}",
-        hint=tb.rstrip() if isinstance(tb, str) else None,
-    )
-
-
 class Session:
     def __init__(self, target: PythonTarget, config: AttachConfig) -> None:
         self.target = target
@@ -149,9 +82,8 @@ class Session:
         self.lock = SessionLock(target.pid)
         self.placement: Placement | None = None
         self.injection: Injection | None = None
-        self.conn: _Conn | None = None
-        self.control: socket.socket | None = None
-        self.clients: dict[socket.socket, _Conn] = {}
+        self.channel: AgentChannel | None = None  # from the handshake to the detach
+        self.control: ControlServer | None = None
         self.info: AttachInfo | None = None
         self.aggregator = Aggregator(
             sampling=config.sampling,
@@ -162,32 +94,32 @@ class Session:
         self.violation = ""  # how the agent broke the protocol, if it did: the session ended
         self.detached_by_user = False  # `heapspy detach` ended it (not anything the agent said)
         self._stop = False
-        self._dump_requests: list[str] = []
-        self._last_rx = 0.0
         self._agent_ran = False
-        self._cmd_id = 0
-        self._replies: dict[int, dict[str, Any]] = {}  # agent replies by command id
-        self._next_beat = 0.0
-        self._facts_count = 0
         self._stretch_shown = 0.0  # the stretched interval last reported, 0: none
-        self._proc: psutil.Process | None = None
         self.on_samples: Callable[[Session], None] | None = None
-        self.writer = DumpWriter(config.dump_dir, Retention(config.keep, config.max_bytes))
-        self.rules = RuleEngine(config.dump_on, time.time())
-        self.dumps: list[str] = []
-        self.dump_rules: list[str] = []  # the rule of each dump written, for /metrics
+        self.policy = DumpPolicy.of(config, time.time())
         # the last profile served over HTTP, keyed by the aggregator's state (snapshot.py)
-        self.served_profile: tuple[tuple[Any, ...], str] | None = None
+        self.served_profile = ServedProfile()
         self.last_memory: Breakdown | None = None  # the last RSS breakdown with the agent's
         self._memory_at = 0.0
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
-        self._cmdline = _cmdline(target.pid)  # an exec() changes it
+        self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
         self._census: CensusCollector | None = None  # the census under way, if any
         self._census_sink: ProgressSink | None = None
         self._census_background = False  # written by the session when done (attach)
         self.census_summary: dict[str, Any] | None = None  # the heap at attach, once known
+
+    @property
+    def dumps(self) -> list[str]:
+        """Each dump written, oldest first."""
+        return self.policy.paths
+
+    @property
+    def dump_rules(self) -> list[str]:
+        """The rule of each dump written, for /metrics."""
+        return self.policy.rules_written
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -229,14 +161,14 @@ class Session:
         self.injection = start_injection(self.target, placement, cfg)
         sock = self._wait_for_agent(t0, progress)
         try:
-            self._handshake(_Conn(sock), t0)
+            self._handshake(FramedSocket(sock), t0)
         except protocol.ProtocolError as exc:
             sock.close()
-            raise self._violation_error(str(exc)) from None
+            raise violation_error(self.target.pid, str(exc)) from None
         except (AgentFailed, OSError) as exc:
             sock.close()
             # an agent cut off mid-handshake is most often a target that is exiting
-            if _exits_soon(self.target.pid):
+            if exits_soon(self.target.pid):
                 raise TargetExited(
                     f"Process {self.target.pid} exited while the agent was starting."
                 ) from None
@@ -250,62 +182,29 @@ class Session:
             sock.close()
             raise
 
-    def _handshake(self, conn: _Conn, t0: float) -> None:
+    def _handshake(self, conn: FramedSocket, t0: float) -> None:
         assert self.placement is not None and self.injection is not None
         placement = self.placement
-        msg = _checked(conn.recv(HANDSHAKE_TIMEOUT))
-        if msg is not None and msg[0] == protocol.ERROR:
-            raise _agent_error(self.target.pid, msg[1])
-        if msg is None:
-            raise AgentFailed(
-                f"The agent in process {self.target.pid} hung up during the handshake."
-            )
-        if msg[0] != protocol.HELLO:
-            raise protocol.ProtocolError(f"frame kind {msg[0]} where HELLO was due")
-        hello = msg[1]
-        if not hmac.compare_digest(hello["token"].encode(), placement.token.encode()):
-            raise protocol.ProtocolError("HELLO without the session token")
-        if hello.get("version") != protocol.VERSION:
-            raise AgentFailed(
-                f"Agent protocol version {hello.get('version')} is not {protocol.VERSION}."
-            )
-        # A refusal (already attached, boot failure) follows the hello at once, and the
-        # refusing agent does not wait for WELCOME: writing it can then fail (EPIPE)
-        # while the refusal is already here to be read, and the refusal is the answer.
-        try:
-            conn.send(protocol.WELCOME, {"config": self._settings()})
-        except OSError as exc:
-            if not conn.pending and not _readable(conn.sock):
-                raise AgentFailed(
-                    f"The agent in process {self.target.pid} closed during the handshake: {exc}."
-                ) from None
-        msg = _checked(conn.recv(HANDSHAKE_TIMEOUT))
-        if msg is None:
-            raise AgentFailed(f"The agent in process {self.target.pid} closed before it was ready.")
-        if msg[0] == protocol.ERROR:
-            raise _agent_error(self.target.pid, msg[1])
-        if msg[0] != protocol.READY:
-            raise protocol.ProtocolError(f"frame kind {msg[0]} where READY was due")
-        ready = msg[1]
-        self.hello = hello
-        self.conn = conn
+        greeting = handshake(conn, self.target.pid, placement.token, self._settings())
+        hello, ready = greeting.hello, greeting.ready
         # the agent's answer is the truth (without the shim, sampled became exact)
-        self.aggregator.sampling = schema.Sampling.from_json(ready["sampling"])
+        sampling = schema.Sampling.from_json(ready["sampling"])
+        self.hello = hello
+        self.channel = AgentChannel(conn, self._on_agent_frame, self._violated, self._agent_gone)
+        self.aggregator.sampling = sampling
         self.info = AttachInfo(
             pid=self.target.pid,
             python=str(hello.get("python") or self.target.version_text),
             method=self.injection.method,
-            mode=self.aggregator.sampling.mode,
+            mode=sampling.mode,
             latency_ms=(time.monotonic() - t0) * 1000,
             notes=[n for n in (self.injection.chosen,) if n] + list(ready.get("notes", [])),
         )
         placement.cleanup()  # the socket path and directory are no longer needed
-        self.control = control_listen(self.target.pid)
-        self._last_rx = time.monotonic()
-        try:
-            self._proc = psutil.Process(self.target.pid)
-        except psutil.Error:
-            self._proc = None
+        self.control = ControlServer(
+            self.target.pid, self._control_command, {"census": self._census_for_client}
+        )
+        self.outside.start()
 
     def _wait_for_agent(self, t0: float, progress: Progress | None) -> socket.socket:
         assert self.placement is not None and self.injection is not None
@@ -364,8 +263,8 @@ class Session:
                 self.placement.leave_for_bootstrap(self.target)
             else:
                 self.placement.cleanup()
-        if self.conn is not None:
-            self.conn.sock.close()
+        if self.channel is not None:
+            self.channel.close()
         self.lock.release()
 
     # --- running ---------------------------------------------------------------
@@ -375,125 +274,55 @@ class Session:
         self._stop = True
 
     def request_dump(self, reason: str = "on-demand") -> None:
-        self._dump_requests.append(reason)
+        self.policy.requests.append(reason)
 
     def run(self, duration: float | None = None) -> str:
         """Stream until detached, the duration passes, or the agent goes away."""
-        assert self.conn is not None and self.control is not None
+        assert self.channel is not None and self.control is not None
+        channel, control = self.channel, self.control
         start = time.monotonic()
-        agent = self.conn.sock
+        agent = channel.sock
         agent.setblocking(False)
-        if not self._take_pending():
+        if not channel.take_pending():
             return self.end_reason
         while not self._stop:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 return "duration elapsed"
-            waits = [agent, self.control, *self.clients]
-            ready, _, _ = select.select(waits, [], [], 0.1)
+            ready, _, _ = select.select([agent, *control.sockets()], [], [], 0.1)
             for sock in ready:
                 if sock is agent:
-                    if not self._read_agent():
+                    if not channel.read():
                         return self.end_reason
-                elif sock is self.control:
-                    self._accept_control()
-                else:
-                    self._serve_control(sock)
+                elif control.owns(sock):  # a client served earlier in this round may be gone
+                    control.ready(sock)
             now = time.monotonic()
-            if now - self._last_rx > AGENT_TIMEOUT:
+            if channel.silent(now):
                 self.end_reason = "agent stopped answering"
                 return self.end_reason
-            if now >= self._next_beat:  # kept across run() calls, however short
-                self._send_agent(protocol.HEARTBEAT, {})
-                self._next_beat = now + HEARTBEAT
-            while self._dump_requests:
-                self._dump(self._dump_requests.pop(0))
+            channel.beat(now)
+            while self.policy.requests:
+                self._dump(self.policy.requests.pop(0))
             if self.memcg is not None and (why := self.memcg.poll(now)):
                 self._dump("last-chance", why)
         return self.end_reason
 
-    def _send_agent(self, kind: int, body: dict[str, Any]) -> None:
-        assert self.conn is not None
-        try:
-            self.conn.sock.setblocking(True)
-            self.conn.sock.settimeout(2.0)
-            self.conn.send(kind, body)
-        except OSError:
-            pass
-        finally:
-            self.conn.sock.setblocking(False)
+    def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+        """Send a command to the agent and wait for its reply, handling other frames."""
+        assert self.channel is not None
+        return self.channel.call(cmd, timeout, **args)
 
-    def _read_agent(self) -> bool:
-        assert self.conn is not None
-        try:
-            data = self.conn.sock.recv(1 << 20)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            self.end_reason = self.end_reason or self._why_gone()
-            return False
-        self._last_rx = time.monotonic()
-        try:
-            self.conn.pending.extend(self.conn.reader.feed(data))
-        except protocol.ProtocolError as exc:
-            # frames read before this one (with READY, say, while a command waited for its
-            # reply) were sent legitimately: they count before the session ends
-            if self._take_pending():
-                return self._violated(exc)
-            return False
-        return self._take_pending()
+    def _agent_gone(self) -> None:
+        """The agent's end closed: say why, once."""
+        self.end_reason = self.end_reason or self.outside.why_gone(self.memcg)
 
-    def _take_pending(self) -> bool:
-        """Handle the frames read so far (the handshake may have read some with READY),
-        checking each; False once the agent broke the protocol."""
-        assert self.conn is not None
-        try:
-            while self.conn.pending:
-                kind, body = self.conn.pending.pop(0)
-                self._on_agent_frame(kind, schema.check(kind, body))
-            if self.conn.reader.error is not None:
-                raise self.conn.reader.error
-        except protocol.ProtocolError as exc:
-            return self._violated(exc)
-        return True
-
-    def _violated(self, exc: protocol.ProtocolError) -> bool:
+    def _violated(self, exc: protocol.ProtocolError) -> None:
         """End the session on a protocol violation; what was collected stays for the
         final dump."""
-        assert self.conn is not None
-        self.conn.pending.clear()
         if not self.violation:
             self.violation = str(exc)
             self.end_reason = f"protocol violation: {exc}"
         self._stop = True
-        return False
-
-    def _violation_error(self, what: str) -> ProtocolViolation:
-        return ProtocolViolation(
-            f"The agent in process {self.target.pid} broke the protocol ({what}); "
-            "heapspy ended the session."
-        )
-
-    def _why_gone(self) -> str:
-        # a dying process closes its sockets (and empties its cmdline) a moment before it
-        # shows as a zombie: give it that moment before calling it an exec
-        if _exits_soon(self.target.pid, within=0.5):
-            kills = self.memcg.oom_kills() if self.memcg is not None else 0
-            if kills:
-                assert self.memcg is not None
-                return (
-                    f"target exited: killed by the kernel's OOM killer (cgroup "
-                    f"{self.memcg.cgroup.name}: {kills} OOM kill(s) while attached)"
-                )
-            return "target exited"
-        # exec() closes the agent's socket (close-on-exec) after switching the program,
-        # so by the time the end of the stream arrives the new program shows
-        argv = _cmdline(self.target.pid)
-        if argv and self._cmdline is not None and argv != self._cmdline:
-            return f"the process replaced its program: exec {shlex.join(argv)[:120]}"
-        return "agent closed the connection"
 
     def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:
         """One checked frame of the running session."""
@@ -503,11 +332,10 @@ class Session:
             agg = self.aggregator
             agg.apply(body)
             self._note_stretch(agg.facts)
-            point = agg.record(self._outside_facts())
+            point = agg.record(self.outside.facts())
             if self.on_samples is not None:
                 self.on_samples(self)
-            if self.rules.rules and not self._stop:
-                growing = agg.growing(self.rules.leak_intervals)
+            if self.policy.rules.rules and not self._stop:
                 memory = self.memcg.state if self.memcg is not None else None
                 account = self._memory_for_rules(point.time)
                 obs = Observation(
@@ -520,7 +348,7 @@ class Session:
                     native=account.native_in_use if account else None,
                     unexplained=account.unexplained if account else None,
                 )
-                for rule in self.rules.observe(obs, growing):
+                for rule in self.policy.observe(obs, agg):
                     self._dump(rule.name, rule.text)
         elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
             collector = self._census
@@ -532,9 +360,6 @@ class Session:
                 elif (done := collector.add(body)) is not None and self._census_background:
                     self._census, self._census_background = None, False
                     self.census_summary = record_census(self, done)
-        elif kind == protocol.REPLY:
-            if body.get("id") == self._cmd_id:  # kept only while a call waits for it
-                self._replies[self._cmd_id] = body
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
@@ -562,72 +387,9 @@ class Session:
             log.info("collecting is cheap again: every %g s", self.config.interval)
             self._stretch_shown = 0.0
 
-    def _outside_facts(self) -> ProcessFacts:
-        proc = self._proc
-        if proc is None:
-            return ProcessFacts()
-        try:
-            with proc.oneshot():
-                rss = int(proc.memory_info().rss)
-                cpu = float(proc.cpu_percent(interval=None))
-                fds = int(proc.num_fds())
-            uss = None
-            self._facts_count += 1
-            if self._facts_count % 10 == 1:  # smaps_rollup walks page tables: not every time
-                uss = int(proc.memory_full_info().uss)
-            return ProcessFacts(rss, cpu, fds, uss)
-        except psutil.Error:
-            return ProcessFacts()
-
-    def _accept_control(self) -> None:
-        assert self.control is not None
-        try:
-            sock, _ = self.control.accept()
-        except BlockingIOError:
-            return
-        peer = socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        uid = int.from_bytes(peer[4:8], "little")
-        if uid not in (0, os.geteuid()):
-            sock.close()
-            return
-        sock.setblocking(False)
-        self.clients[sock] = _Conn(sock)
-
-    def _serve_control(self, sock: socket.socket) -> None:
-        conn = self.clients[sock]
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            del self.clients[sock]
-            sock.close()
-            return
-        try:
-            frames = conn.reader.feed(data)
-        except protocol.ProtocolError:  # a broken client: hang up on it, only it
-            del self.clients[sock]
-            sock.close()
-            return
-        for _kind, body in frames:
-            if body.get("cmd") == "census":  # streams progress, then its own reply
-                sock.setblocking(True)
-                census_for_client(self, sock, body)
-                sock.setblocking(False)
-                continue
-            try:
-                reply = self._control_command(body)
-            except (ValueError, TypeError, OverflowError) as exc:  # e.g. "rate": "lots"
-                reply = {"ok": False, "error": f"malformed command: {exc}"}
-            # a client that stops reading a large reply must not hold the session up
-            sock.settimeout(10.0)
-            try:
-                sock.sendall(encode_reply(reply))
-            except OSError:
-                pass
-            sock.setblocking(False)
+    def _census_for_client(self, sock: socket.socket, body: dict[str, Any]) -> None:
+        """`heapspy census` through the control socket: progress frames, then its reply."""
+        census_for_client(self, sock, body)
 
     def _control_command(self, body: dict[str, Any]) -> dict[str, Any]:
         cmd = body.get("cmd")
@@ -650,8 +412,7 @@ class Session:
                 path = self.write_dump(str(body.get("rule", "on-demand")), "heapspy dump")
             except DumpError as exc:
                 return {"ok": False, "error": exc.message}
-            self.dumps.append(path)
-            self.dump_rules.append(str(body.get("rule", "on-demand")))
+            self.policy.record(path, str(body.get("rule", "on-demand")))
             return {"ok": True, "path": path}
         if cmd == "memory":
             found = self.memory()
@@ -661,7 +422,10 @@ class Session:
         if cmd == "trim":
             return self.trim()
         if cmd == "metrics":
-            return {"ok": True, "metrics": metrics_of(self)}
+            metrics = metrics_of(
+                self.aggregator, self.target.pid, self.config.watch, self.dump_rules, self.memcg
+            )
+            return {"ok": True, "metrics": metrics}
         if cmd == "profile":
             if body.get("gc"):
                 if not self.config.allow_gc:
@@ -669,7 +433,7 @@ class Session:
                 reply = self._agent_call("gc", timeout=30.0)
                 if not reply.get("ok"):
                     return reply
-            return profile_of(self)
+            return self.served_profile.reply(self.aggregator)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def set_rate(self, rate: int) -> dict[str, Any]:
@@ -736,22 +500,21 @@ class Session:
     def _await_census(
         self, collector: CensusCollector, should_stop: Callable[[], str] | None
     ) -> None:
-        assert self.conn is not None
+        assert self.channel is not None
+        channel = self.channel
         while collector.result is None:
             why = should_stop() if should_stop is not None and not collector.stopped_why else ""
             if why:
                 collector.stopped_why = why
-                self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-            ready, _, _ = select.select([self.conn.sock], [], [], 0.1)
+                channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
+            answered = channel.wait(0.1)
             now = time.monotonic()
-            if (ready and not self._read_agent()) or now - self._last_rx > AGENT_TIMEOUT:
+            if not answered or channel.silent(now):
                 raise AgentFailed(
                     f"The census of process {self.target.pid} did not finish: "
                     f"{self.end_reason or 'the agent stopped answering'}."
                 )
-            if now >= self._next_beat:
-                self._send_agent(protocol.HEARTBEAT, {})
-                self._next_beat = now + HEARTBEAT
+            channel.beat(now)
 
     def start_census(self, options: CensusOptions) -> bool:
         """Start a census that runs while the session does (``attach``): the session
@@ -775,23 +538,6 @@ class Session:
             return {"running": True, **asdict(self._census.last)}
         return None
 
-    def _agent_call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
-        """Send a command to the agent and wait for its reply, handling other frames."""
-        assert self.conn is not None
-        self._cmd_id += 1
-        ident = self._cmd_id
-        self._send_agent(protocol.COMMAND, {"id": ident, "cmd": cmd, **args})
-        deadline = time.monotonic() + timeout
-        sock = self.conn.sock
-        while time.monotonic() < deadline:
-            reply = self._replies.pop(ident, None)
-            if reply is not None:
-                return reply
-            ready, _, _ = select.select([sock], [], [], 0.1)
-            if ready and not self._read_agent():
-                return {"ok": False, "error": "the agent went away"}
-        return {"ok": False, "error": "the agent did not answer"}
-
     def _dump(self, reason: str, why: str = "") -> str | None:
         try:
             path = self.write_dump(reason, why)
@@ -799,72 +545,31 @@ class Session:
             log.error("%s", exc)
             return None
         log.info("wrote %s", path)
-        self.dumps.append(path)
-        self.dump_rules.append(reason)
+        self.policy.record(path, reason)
         return path
 
-    def sidecar(self, rule: str) -> dict[str, Any]:
+    def sidecar(self, rule: str, memory: Breakdown | None = None) -> Sidecar:
         agg = self.aggregator
-        totals = agg.alloc_totals()
-        return {
-            "pid": self.target.pid,
-            "command_line": self.hello.get("argv") or [],
-            "executable": self.hello.get("executable"),
-            "python": self.info.python if self.info else self.target.version_text,
-            # how the figures were recorded: heapspy.sampling.read_sampling reads it
-            # back; mode, rate and frames repeat it for readers of older heapspy
-            "sampling": agg.sampling.to_json(),
-            "mode": agg.sampling.mode,
-            # the rate now, as the dump's period; earlier samples were taken at the rates
-            # before each change (their estimates are upscaled with those rates)
-            "rate": agg.sampling.rate,
-            "rate_changes": [[when, rate] for when, rate in self.rate_changes],
-            "frames": agg.sampling.frames,
-            "rule": rule,
-            "heap_estimate": agg.heap_estimate(),
-            "series_columns": [
-                "time",
-                "rss",
-                "heap",
-                "cpu_percent",
-                "fds",
-                "uss",
-                "gc_seconds",
-                "threads",
-                "asyncio_tasks",
-            ],
-            "rss_series": [
-                [
-                    p.time,
-                    p.rss,
-                    p.heap,
-                    p.cpu,
-                    p.fds,
-                    p.uss,
-                    p.gc_seconds,
-                    p.threads,
-                    p.asyncio_tasks,
-                ]
-                for p in list(agg.series)[-120:]
-            ],
-            "totals": None
-            if totals is None
-            else {
-                "allocated_bytes": totals.allocated_bytes,
-                "allocations": totals.allocations,
-                "freed_bytes": totals.freed_bytes,
-                "frees": totals.frees,
-                "size_classes": [list(c) for c in totals.size_classes],
-            },
-            "agent_totals": agg.totals,
-            "facts": agg.facts,
-            "cgroup": self.memcg.as_json() if self.memcg is not None else None,
-            # what this session did not keep of what the agent sent (limits in aggregate.py)
-            "dropped": {"stacks": agg.dropped_stacks, "agent_sites": agg.agent_dropped},
-            "protocol_violation": self.violation or None,
-            # the heap as it was at attach (heapspy census), beside the samples since
-            "census": self.census_progress(),
-        }
+        return Sidecar(
+            pid=self.target.pid,
+            command_line=self.hello.get("argv") or [],
+            executable=self.hello.get("executable"),
+            python=self.info.python if self.info else self.target.version_text,
+            sampling=agg.sampling,
+            rate_changes=tuple(self.rate_changes),
+            rule=rule,
+            heap_estimate=agg.heap_estimate(),
+            series=tuple(agg.series)[-120:],
+            totals=agg.alloc_totals(),
+            agent_totals=agg.totals,
+            facts=agg.facts,
+            cgroup=self.memcg.as_json() if self.memcg is not None else None,
+            dropped_stacks=agg.dropped_stacks,
+            dropped_agent_sites=agg.agent_dropped,
+            protocol_violation=self.violation or None,
+            census=self.census_progress(),
+            memory=memory.to_json() if memory is not None else None,
+        )
 
     def write_dump(self, rule: str, why: str = "") -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
@@ -872,23 +577,16 @@ class Session:
             notes.append(census_note(self.census_summary, self.aggregator.heap_estimate()))
         if rule == self.config.final_rule and "OOM killer" in self.end_reason:
             notes.append(f"the session ended: {self.end_reason}")
-        if rule.startswith("leak"):
-            found = self.aggregator.longest_growing()
-            if found:
-                stack, streak = found
-                leaf = stack[-1] if stack else None
-                where = f"{leaf.function} ({leaf.filename}:{leaf.line})" if leaf else "?"
-                notes.append(f"leak: {where} grew in each of the last {streak} intervals")
+        if rule.startswith("leak") and (note := leak_note(self.aggregator)):
+            notes.append(note)
         profile = self.aggregator.profile(tuple(notes))
-        side = self.sidecar(rule)
-        memory = self.memory()
-        side["memory"] = memory.to_json() if memory is not None else None
-        return str(self.writer.write(profile, self.target.pid, rule, side))
+        side = self.sidecar(rule, self.memory())
+        return self.policy.write(profile, self.target.pid, rule, side)
 
     def memory(self) -> Breakdown | None:
         """Where the target's RSS is now (heapspy/rss.py); kept for the final dump, which
         is written after the agent has gone."""
-        if self.conn is None:  # detached: the last account with the allocators' side
+        if self.channel is None:  # detached: the last account with the allocators' side
             return self.last_memory or measure(self.target.pid, None)
         found = measure(self.target.pid, self._agent_call)
         if found is not None:
@@ -898,7 +596,7 @@ class Session:
     def _memory_for_rules(self, now: float) -> Breakdown | None:
         """The RSS breakdown for native>/unexplained> rules: measured at most every
         MEMORY_EVERY seconds (pymalloc's walk and mallinfo cost the target a little)."""
-        if not self.rules.needs_memory:
+        if not self.policy.needs_memory:
             return None
         if now - self._memory_at >= MEMORY_EVERY:
             self._memory_at = now
@@ -961,29 +659,25 @@ class Session:
     def detach(self) -> None:
         """Ask the agent to switch off, collect its last samples, release everything."""
         try:
-            if self.conn is not None and self.config.final_dump and self.info is not None:
+            channel = self.channel
+            if channel is not None and self.config.final_dump and self.info is not None:
                 self.memory()  # the allocators' account, for the final dump
-            if self.conn is not None:
+            if channel is not None:
                 collector = self._census
                 if self._census_background and collector is not None:
                     # its partial result comes before the end
                     collector.stopped_why = self.end_reason or "detached"
-                    self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-                self._send_agent(protocol.COMMAND, {"id": 0, "cmd": "detach"})
+                    channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
+                channel.send(protocol.COMMAND, {"id": 0, "cmd": "detach"})
                 deadline = time.monotonic() + 3.0
-                sock = self.conn.sock
                 while time.monotonic() < deadline:
-                    ready, _, _ = select.select([sock], [], [], 0.1)
-                    if ready and not self._read_agent():
+                    if not channel.wait(0.1):
                         break
-                sock.close()
-                self.conn = None
+                channel.close()
+                self.channel = None
             if self.config.final_dump and self.info is not None:
                 self._dump(self.config.final_rule)
         finally:
-            for client in list(self.clients):
-                client.close()
-            self.clients.clear()
             if self.control is not None:
                 self.control.close()
                 self.control = None

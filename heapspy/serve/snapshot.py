@@ -3,24 +3,24 @@
 These run inside the session's process when a control request asks for them
 (``heapspy/session.py`` dispatches ``metrics`` and ``profile`` here), so the HTTP side,
 which may live in another process (the daemon), never touches a session's objects.
+They take the figures they need, not the session: this module does not import it.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
+from heapspy.aggregate import Aggregator
+from heapspy.oomwatch import CgroupWatch
 from heapspy.pprof import encode_profile
 from heapspy.scaling import sampling_variance
 
-if TYPE_CHECKING:
-    from heapspy.session import Session
 
-
-def live_heap_error(session: Session) -> float:
+def live_heap_error(agg: Aggregator) -> float:
     """Half-width of the 95 % interval of the live heap estimate (0 when exact)."""
-    agg = session.aggregator
     if not agg.sampling.estimates:
         return 0.0
     rate = agg.sampling.period
@@ -33,26 +33,32 @@ def live_heap_error(session: Session) -> float:
     return 1.96 * math.sqrt(variance)
 
 
-def metrics_of(session: Session) -> dict[str, Any]:
-    """The figures ``/metrics`` exposes for one worker (None: not known)."""
-    agg = session.aggregator
+def metrics_of(
+    agg: Aggregator,
+    pid: int,
+    watch: str,
+    dump_rules: Sequence[str],
+    memcg: CgroupWatch | None,
+) -> dict[str, Any]:
+    """The figures ``/metrics`` exposes for one worker (None: not known): ``watch`` is
+    the daemon's watch that chose it, ``dump_rules`` the rule of each dump written."""
     last = agg.series[-1] if agg.series else None
     totals = agg.alloc_totals()
     facts = agg.facts
     dumps: dict[str, int] = {}
-    for rule in session.dump_rules:
+    for rule in dump_rules:
         dumps[rule] = dumps.get(rule, 0) + 1
-    memcg = session.memcg.state if session.memcg is not None else None
+    state = memcg.state if memcg is not None else None
     return {
-        "pid": session.target.pid,
-        "watch": session.config.watch,
+        "pid": pid,
+        "watch": watch,
         "mode": agg.sampling.mode,
         "rate": agg.sampling.rate,
         "started": agg.started,
         "rss": last.rss if last else None,
         "fds": last.fds if last else None,
         "live_heap": agg.heap_estimate(),
-        "live_heap_err95": live_heap_error(session),
+        "live_heap_err95": live_heap_error(agg),
         "allocated_bytes": totals.allocated_bytes if totals else None,
         "allocations": totals.allocations if totals else None,
         "freed_bytes": totals.freed_bytes if totals else None,
@@ -65,24 +71,28 @@ def metrics_of(session: Session) -> dict[str, Any]:
         "threads": facts.get("threads"),
         "intervals": agg.intervals,
         "dumps": dumps,
-        "cgroup_working_set": memcg.working_set if memcg else None,
-        "cgroup_usage": memcg.usage if memcg else None,
-        "cgroup_limit": memcg.limit if memcg else None,
-        "cgroup_oom_kills": memcg.events.get("oom_kill") if memcg else None,
-        "psi_some_avg10": memcg.psi_some if memcg else None,
+        "cgroup_working_set": state.working_set if state else None,
+        "cgroup_usage": state.usage if state else None,
+        "cgroup_limit": state.limit if state else None,
+        "cgroup_oom_kills": state.events.get("oom_kill") if state else None,
+        "psi_some_avg10": state.psi_some if state else None,
     }
 
 
-def profile_of(session: Session) -> dict[str, Any]:
+class ServedProfile:
     """The current heap profile, gzipped pprof, base64 for the JSON control channel.
 
     Encoding 10,000 stacks takes a few hundred ms of heapspy's CPU, and the profile only
     changes when the agent reports (once an interval): scrapes within one interval
-    (several scrapers, a retry) share one encoding."""
-    agg = session.aggregator
-    key = (agg.intervals, agg.sampling, len(agg.sites))
-    cached = session.served_profile
-    if cached is None or cached[0] != key:
-        data = encode_profile(agg.profile(("heapspy live profile",)))
-        cached = session.served_profile = (key, base64.b64encode(data).decode("ascii"))
-    return {"ok": True, "profile": cached[1]}
+    (several scrapers, a retry) share one encoding, kept here by the session."""
+
+    def __init__(self) -> None:
+        self.cached: tuple[tuple[Any, ...], str] | None = None
+
+    def reply(self, agg: Aggregator) -> dict[str, Any]:
+        key = (agg.intervals, agg.sampling, len(agg.sites))
+        cached = self.cached
+        if cached is None or cached[0] != key:
+            data = encode_profile(agg.profile(("heapspy live profile",)))
+            cached = self.cached = (key, base64.b64encode(data).decode("ascii"))
+        return {"ok": True, "profile": cached[1]}

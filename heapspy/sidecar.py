@@ -1,0 +1,105 @@
+"""What a dump's sidecar (``<dump>.json``) holds, written by a session and read back by
+the reporters.
+
+The profile keeps what pprof can say; the sidecar keeps the rest: who the target was,
+how it was sampled, the exact totals, the time series, the cgroup, the RSS breakdown,
+the census at attach. ``Sidecar`` is the one definition of its layout (``to_json``);
+the readers take the sampling back through ``heapspy.sampling.read_sampling`` and the
+totals through ``heapspy.reporters.totals``, which check what they read: a sidecar
+may come from a machine heapspy does not trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from heapspy.aggregate import Point
+from heapspy.model import AllocTotals
+from heapspy.sampling import Sampling
+
+SERIES_COLUMNS = (
+    "time",
+    "rss",
+    "heap",
+    "cpu_percent",
+    "fds",
+    "uss",
+    "gc_seconds",
+    "threads",
+    "asyncio_tasks",
+)
+SERIES_KEPT = 120  # the last points of the series a sidecar keeps
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    pid: int
+    command_line: list[str]
+    executable: str | None
+    python: str
+    sampling: Sampling  # as the agent reported it, after any `heapspy rate`
+    rate_changes: tuple[tuple[float, int], ...]  # (unix time, new rate)
+    rule: str
+    heap_estimate: int
+    series: tuple[Point, ...]
+    totals: AllocTotals | None
+    agent_totals: dict[str, Any]
+    facts: dict[str, Any]
+    cgroup: dict[str, object] | None
+    dropped_stacks: int  # what the session did not keep (limits in aggregate.py)
+    dropped_agent_sites: int  # what the agent left out to keep its frames small
+    protocol_violation: str | None
+    census: dict[str, Any] | None  # the heap as it was at attach, beside the samples since
+    memory: dict[str, Any] | None = None  # where the RSS was (heapspy/rss.py)
+
+    def to_json(self) -> dict[str, Any]:
+        totals = self.totals
+        return {
+            "pid": self.pid,
+            "command_line": self.command_line,
+            "executable": self.executable,
+            "python": self.python,
+            # how the figures were recorded: heapspy.sampling.read_sampling reads it
+            # back; mode, rate and frames repeat it for readers of older heapspy
+            "sampling": self.sampling.to_json(),
+            "mode": self.sampling.mode,
+            # the rate now, as the dump's period; earlier samples were taken at the rates
+            # before each change (their estimates are upscaled with those rates)
+            "rate": self.sampling.rate,
+            "rate_changes": [[when, rate] for when, rate in self.rate_changes],
+            "frames": self.sampling.frames,
+            "rule": self.rule,
+            "heap_estimate": self.heap_estimate,
+            "series_columns": list(SERIES_COLUMNS),
+            "rss_series": [
+                [
+                    p.time,
+                    p.rss,
+                    p.heap,
+                    p.cpu,
+                    p.fds,
+                    p.uss,
+                    p.gc_seconds,
+                    p.threads,
+                    p.asyncio_tasks,
+                ]
+                for p in self.series[-SERIES_KEPT:]
+            ],
+            "totals": None
+            if totals is None
+            else {
+                "allocated_bytes": totals.allocated_bytes,
+                "allocations": totals.allocations,
+                "freed_bytes": totals.freed_bytes,
+                "frees": totals.frees,
+                "size_classes": [list(c) for c in totals.size_classes],
+            },
+            "agent_totals": self.agent_totals,
+            "facts": self.facts,
+            "cgroup": self.cgroup,
+            "dropped": {"stacks": self.dropped_stacks, "agent_sites": self.dropped_agent_sites},
+            "protocol_violation": self.protocol_violation,
+            "census": self.census,
+            "memory": self.memory,
+        }
