@@ -19,19 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from heapspy_agent import protocol
 
+from heapspy.config import AttachConfig
 from heapspy.control import encode_reply
 from heapspy.dumps import DumpWriter, census_name
 from heapspy.errors import HeapspyError
 from heapspy.model import Frame
 from heapspy.pprof import encode_samples
 from heapspy.units import format_bytes
-
-if TYPE_CHECKING:
-    from heapspy.session import Session
 
 log = logging.getLogger("heapspy")
 
@@ -228,18 +226,32 @@ ProgressSink = Callable[[CensusProgress], None]
 
 
 # --- running one: through a session, for its own caller or a control client --------
-def target_facts(session: Session) -> dict[str, Any]:
-    """What the sidecar says of the target (as a heap dump's sidecar does)."""
-    info = session.info
-    return {
-        "command_line": session.hello.get("argv") or [],
-        "executable": session.hello.get("executable"),
-        "python": info.python if info else session.target.version_text,
-    }
+class CensusHost(Protocol):
+    """What a census needs of the session holding the target. A protocol, not
+    ``heapspy.session.Session``: the session takes censuses through this module, and
+    the two do not import each other."""
+
+    @property
+    def config(self) -> AttachConfig: ...
+
+    def target_facts(self) -> dict[str, Any]:
+        """What the sidecar says of the target (as a heap dump's sidecar does)."""
+        ...
+
+    def census(
+        self,
+        options: CensusOptions,
+        on_progress: ProgressSink | None = None,
+        should_stop: Callable[[], str] | None = None,
+    ) -> CensusResult: ...
+
+    def census_at_attach(
+        self, on_progress: ProgressSink | None, should_stop: Callable[[], str] | None
+    ) -> dict[str, Any] | None: ...
 
 
 def take_census(
-    session: Session,
+    session: CensusHost,
     options: CensusOptions,
     directory: Path,
     on_progress: ProgressSink | None = None,
@@ -247,14 +259,14 @@ def take_census(
 ) -> tuple[CensusResult, Path]:
     """Run a census through ``session`` and write it into ``directory``."""
     result = session.census(options, on_progress, should_stop)
-    return result, write_census(result, directory, target_facts(session))
+    return result, write_census(result, directory, session.target_facts())
 
 
-def record_census(session: Session, result: CensusResult) -> dict[str, Any] | None:
+def record_census(session: CensusHost, result: CensusResult) -> dict[str, Any] | None:
     """Write the census a session took at attach, say so; its summary (None if it could
     not be written: the session goes on)."""
     try:
-        path = write_census(result, session.config.dump_dir, target_facts(session))
+        path = write_census(result, session.config.dump_dir, session.target_facts())
     except HeapspyError as exc:
         log.error("%s", exc)
         return None
@@ -305,7 +317,7 @@ def summary(result: CensusResult, path: Path | None = None) -> dict[str, Any]:
     }
 
 
-def serve_client(session: Session, sock: socket.socket, body: dict[str, Any]) -> None:
+def serve_client(session: CensusHost, sock: socket.socket, body: dict[str, Any]) -> None:
     """A `heapspy census` asked the session holding the target (control socket): run
     it, sending the client progress frames, then the summary (``done``). The client
     asks for a partial census by sending ``stop`` or hanging up."""

@@ -111,6 +111,15 @@ class Session:
         self._census_background = False  # written by the session when done (attach)
         self.census_summary: dict[str, Any] | None = None  # the heap at attach, once known
 
+    def target_facts(self) -> dict[str, Any]:
+        """What a census's sidecar says of the target (as a heap dump's sidecar does)."""
+        info = self.info
+        return {
+            "command_line": self.hello.get("argv") or [],
+            "executable": self.hello.get("executable"),
+            "python": info.python if info else self.target.version_text,
+        }
+
     @property
     def dumps(self) -> list[str]:
         """Each dump written, oldest first."""
