@@ -4,9 +4,9 @@ the reporters.
 The profile keeps what pprof can say; the sidecar keeps the rest: who the target was,
 how it was sampled, the exact totals, the time series, the cgroup, the RSS breakdown,
 the census at attach. ``Sidecar`` is the one definition of its layout (``to_json``);
-the readers take the sampling back through ``heapspy.sampling.read_sampling`` and the
-totals through ``heapspy.reporters.totals``, which check what they read: a sidecar
-may come from a machine heapspy does not trust.
+the readers take who the target was back through ``Header.read``, the sampling through
+``heapspy.sampling.read_sampling`` and the totals through ``heapspy.reporters.totals``,
+each checking what it reads: a sidecar may come from a machine heapspy does not trust.
 """
 
 from __future__ import annotations
@@ -103,3 +103,44 @@ class Sidecar:
             "census": self.census,
             "memory": self.memory,
         }
+
+
+def _text(document: dict[str, Any], key: str) -> str | None:
+    value = document.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _int(document: dict[str, Any], key: str) -> int | None:
+    value = document.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Header:
+    """Who and what a dump is of, as the readers take it from a sidecar: each field
+    checked, None where it is missing or of the wrong type (informational: a reader
+    leaves it out rather than refusing the dump)."""
+
+    pid: int | None = None
+    command_line: tuple[str, ...] | None = None
+    executable: str | None = None
+    python: str | None = None
+    mode: str | None = None
+    rule: str | None = None
+
+    @classmethod
+    def read(cls, document: dict[str, Any] | None) -> Header:
+        if document is None:
+            return cls()
+        argv = document.get("command_line")
+        command_line: tuple[str, ...] | None = None
+        if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+            command_line = tuple(argv)
+        return cls(
+            pid=_int(document, "pid"),
+            command_line=command_line,
+            executable=_text(document, "executable"),
+            python=_text(document, "python"),
+            mode=_text(document, "mode"),
+            rule=_text(document, "rule"),
+        )

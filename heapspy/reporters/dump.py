@@ -27,6 +27,7 @@ from heapspy.reporters.totals import (
 )
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.sampling import Sampling, read_sampling
+from heapspy.sidecar import Header
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -106,8 +107,13 @@ class Dump:
     @property
     def sampling(self) -> Sampling:
         """How the figures were recorded: the sidecar says (it tells totals only from
-        exact, which share period 1), else the profile's period."""
-        return read_sampling(self.sidecar_document, self.profile.period)
+        exact, which share period 1), else the profile's period. The period is how the
+        profile's values were upscaled: a sidecar that disagrees with it is not taken."""
+        period = self.profile.period
+        recorded = read_sampling(self.sidecar_document, period)
+        if recorded.period != max(period, 1):
+            return read_sampling(None, period)
+        return recorded
 
     @property
     def runtime(self) -> RuntimeStats | None:
@@ -118,8 +124,8 @@ class Dump:
     def pid(self) -> int | None:
         """The target's pid: from the sidecar (even one whose totals are broken), else
         from the file name heapspy gave the dump."""
-        pid = (self.sidecar_document or {}).get("pid")
-        if isinstance(pid, int):
+        pid = Header.read(self.sidecar_document).pid
+        if pid is not None:
             return pid
         match = PATTERN.match(self.path.name)
         return int(match[1]) if match else None

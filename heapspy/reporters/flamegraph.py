@@ -58,6 +58,7 @@ from heapspy.reporters.dump import Dump
 from heapspy.reporters.sites import check_sample_index
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
 from heapspy.scaling import format_error
+from heapspy.sidecar import Header
 from heapspy.units import format_bytes
 
 FLAMEGRAPH_SCHEMA = "heapspy-flamegraph/1"
@@ -266,48 +267,33 @@ def build_tree(profile: DecodedProfile) -> Tree:
     )
 
 
-def _text_field(document: dict[str, Any], key: str) -> str | None:
-    value = document.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-def _int_value(document: dict[str, Any], key: str) -> int | None:
-    value = document.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def header_facts(loaded: Dump) -> list[tuple[str, str]]:
     """The page's header as (label, text) pairs: process, sampling, time, totals.
 
     Everything but the totals is informational: a sidecar field of the wrong type is
     left out rather than refused. Broken totals are an error, as in ``heapspy report``.
     """
-    dump, profile, sidecar = loaded.path, loaded.profile, loaded.sidecar
-    side = sidecar or {}
+    dump, profile = loaded.path, loaded.profile
+    head = Header.read(loaded.sidecar)
     facts: list[tuple[str, str]] = []
-    pid = _int_value(side, "pid")
-    argv = side.get("command_line")
-    command = (
-        " ".join(argv) if isinstance(argv, list) and all(isinstance(a, str) for a in argv) else ""
-    )
+    pid = head.pid
+    command = " ".join(head.command_line or ())
     match = PATTERN.match(dump.name)
     if pid is None and match:
         pid = int(match[1])
     if pid is not None or command:
         process = f"pid {pid}" if pid is not None else ""
         facts.append(("Process", ": ".join(part for part in (process, command) if part)))
-    python = _text_field(side, "python")
-    executable = _text_field(side, "executable")
+    python, executable = head.python, head.executable
     if python or executable:
         both = f"{python} ({executable})" if python and executable else python or executable
         facts.append(("Python", str(both)))
-    mode = _text_field(side, "mode")
     recorded = loaded.sampling
     sampling = describe_sampling(recorded)
-    if mode and recorded.estimates:
+    if head.mode and recorded.estimates:
         sampling += f" ({recorded.mode} mode)"
     facts.append(("Sampling", sampling))
-    rule = _text_field(side, "rule") or (match[3] if match else None)
+    rule = head.rule or (match[3] if match else None)
     if rule:
         facts.append(("Rule", rule))
     if profile.time_nanos:
