@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness import Target, log, pick_interpreters, stream  # noqa: E402
 from interpreters import Interpreter, install_numpy  # noqa: E402
 
-import heapspy.session  # noqa: E402
+import heapspy.channel  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
 from heapspy.model import Stack  # noqa: E402
 from heapspy.scaling import sampling_variance  # noqa: E402
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="heapspy-accuracy-"))
     os.environ.setdefault("HEAPSPY_RUNTIME_DIR", str(work / "run"))
     # Exact mode keeps the agent busy (and silent) for seconds while it snapshots.
-    heapspy.session.AGENT_TIMEOUT = max(heapspy.session.AGENT_TIMEOUT, 60.0)
+    heapspy.channel.AGENT_TIMEOUT = max(heapspy.channel.AGENT_TIMEOUT, 60.0)
     print(
         f"heapspy accuracy: {args.mib:g} MiB per function, {args.runs} run(s) per rate, "
         f"{os.cpu_count()} CPUs",

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness import log, pick_interpreters  # noqa: E402
 from interpreters import Interpreter  # noqa: E402
 
-import heapspy.session  # noqa: E402
+import heapspy.channel  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
 from heapspy.errors import HeapspyError  # noqa: E402
 from heapspy.session import Session  # noqa: E402
@@ -686,16 +686,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} at start",
         flush=True,
     )
-    if args.agent_timeout > heapspy.session.AGENT_TIMEOUT:
+    if args.agent_timeout > heapspy.channel.AGENT_TIMEOUT:
         # Exact mode (tracemalloc, 64 frames) on these workloads leaves the agent silent
         # for 10-25 s at a time, and a session gives up on an agent silent for 5 s: that
         # would cut every exact phase short. The target's cost does not depend on it.
         print(
-            f"(heapspy.session.AGENT_TIMEOUT raised from {heapspy.session.AGENT_TIMEOUT:g} "
+            f"(heapspy.channel.AGENT_TIMEOUT raised from {heapspy.channel.AGENT_TIMEOUT:g} "
             f"to {args.agent_timeout:g} s for this run)",
             flush=True,
         )
-        heapspy.session.AGENT_TIMEOUT = args.agent_timeout
+        heapspy.channel.AGENT_TIMEOUT = args.agent_timeout
     results = []
     t0 = time.monotonic()
     try:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness import Target, log, pick_interpreters, stream  # noqa: E402
 from interpreters import Interpreter  # noqa: E402
 
-import heapspy.session  # noqa: E402
+import heapspy.channel  # noqa: E402
 from heapspy.config import AttachConfig  # noqa: E402
 from heapspy.session import Session  # noqa: E402
 from heapspy.units import parse_size  # noqa: E402
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="heapspy-memory-"))
     os.environ.setdefault("HEAPSPY_RUNTIME_DIR", str(work / "run"))
     # The exact build and the detach snapshot keep the agent silent for a while.
-    heapspy.session.AGENT_TIMEOUT = max(heapspy.session.AGENT_TIMEOUT, 120.0)
+    heapspy.channel.AGENT_TIMEOUT = max(heapspy.channel.AGENT_TIMEOUT, 120.0)
     print(f"heapspy profiler memory: {args.mib:g} MiB heap, {os.cpu_count()} CPUs", flush=True)
     t_all = time.monotonic()
     out = []
