@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-unit lint provision clean bench
+.PHONY: demo test test-fast test-unit soak lint provision clean bench
 
 $(STAMP): pyproject.toml setup.py $(wildcard Cargo-free/*.c Cargo-free/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ provision: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m heapspy demo
 
-# Everything, slow cycle and soak tests included: about 8 minutes on 2 cores.
+# Everything but the soak versions of the stress tests: about 22 minutes on 2 cores.
 test: provision lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not soak' $(PYTEST_ARGS)
 
 # The quick loop while developing: no cycle or soak tests.
 test-fast: provision lint
-	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not slow and not soak' $(PYTEST_ARGS)
+
+# The stress tests at full length (100 racing attaches, 2,100 forks per interpreter...).
+soak: provision lint
+	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 # The pure parts alone (aggregator, top's view, rules, units, the pprof writer): seconds,
 # no process started.

@@ -10,6 +10,7 @@ The build is optional: without a compiler, or off Linux, the install still succe
 with a warning and the agent falls back to tracemalloc.
 """
 
+import glob
 import os
 import sys
 
@@ -17,7 +18,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SHIM = "heapspy_agent._heapspy_shim"
-SOURCE = "Cargo-free/heapspy_shim.c"
+# Every C file of Cargo-free/ goes into the one library (the allocator hooks in
+# heapspy_shim.c, other native helpers beside it); heapspy_shim.h is their ABI.
+SOURCES = sorted(glob.glob("Cargo-free/*.c"))
 
 
 class OptionalShimBuild(build_ext):
@@ -56,8 +59,8 @@ setup(
     ext_modules=[
         Extension(
             SHIM,
-            sources=[SOURCE],
-            depends=["Cargo-free/heapspy_shim.h"],
+            sources=SOURCES,
+            depends=sorted(glob.glob("Cargo-free/*.h")),
             include_dirs=["Cargo-free"],
             extra_compile_args=["-O2", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra"],
             libraries=["m", "dl"],

@@ -76,13 +76,14 @@ def child(args: argparse.Namespace) -> int:
 
 
 def build_forwarding_shim(out: Path) -> Path:
-    """Compile Cargo-free/heapspy_shim.c with -DHS_FORWARD_ONLY, as setup.py builds it."""
+    """Compile Cargo-free/*.c with -DHS_FORWARD_ONLY, as setup.py builds them."""
     so = out / "heapspy_shim_forward.so"
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     subprocess.run(
         [*cc.split(), "-O2", "-std=gnu11", "-fvisibility=hidden", "-shared", "-fPIC",
          "-DHS_FORWARD_ONLY", "-I", str(ROOT / "Cargo-free"),
-         str(ROOT / "Cargo-free" / "heapspy_shim.c"), "-o", str(so), "-lm", "-ldl"],
+         *sorted(str(p) for p in (ROOT / "Cargo-free").glob("*.c")),
+         "-o", str(so), "-lm", "-ldl"],
         check=True,
     )  # fmt: skip
     return so

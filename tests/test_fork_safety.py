@@ -58,12 +58,16 @@ def test_forking_at_4kib_hangs_no_child(interp: Interpreter, spawn: Spawn, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "forks", [pytest.param(200, id="200"), pytest.param(700, id="700", marks=pytest.mark.soak)]
+)
 @pytest.mark.parametrize("interp", interpreter_params())
-def test_two_thousand_forks_in_every_mode_hang_no_child(
-    interp: Interpreter, spawn: Spawn, tmp_path: Path
+def test_thousands_of_forks_in_every_mode_hang_no_child(
+    interp: Interpreter, forks: int, spawn: Spawn, tmp_path: Path
 ) -> None:
-    """2,100 children per interpreter: 700 in each mode, one session after the other on
-    the same target (a fork's cost is the same whichever session came before)."""
-    target = spawn(interp, "forker.py", "700", "gunicorn,gunicorn,gunicorn,mp", "60")
+    """600 children per interpreter (2,100 under `make soak`): ``forks`` in each mode, one
+    session after the other on the same target (a fork's cost is the same whichever
+    session came before)."""
+    target = spawn(interp, "forker.py", str(forks), "gunicorn,gunicorn,gunicorn,mp", "60")
     for _label, rate in MODES:
-        fork_while_attached(target, tmp_path, rate, 700)
+        fork_while_attached(target, tmp_path, rate, forks)

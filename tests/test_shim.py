@@ -24,7 +24,7 @@ from interpreters import Interpreter, interpreter_params, numpy_site
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = REPO / "tests" / "shim_targets"
-SOURCE = REPO / "Cargo-free" / "heapspy_shim.c"
+SOURCES = sorted(str(p) for p in (REPO / "Cargo-free").glob("*.c"))
 # The flags setup.py uses, plus -Werror: the shim must stay warning-clean.
 CFLAGS = ["-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra"]
 KiB = 1024
@@ -40,7 +40,8 @@ def shim_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no C compiler: the shim cannot be built (the agent uses tracemalloc)")
     out = tmp_path_factory.mktemp("shim") / "_heapspy_shim.so"
     proc = subprocess.run(
-        [cc, *CFLAGS, "-Werror", "-o", str(out), str(SOURCE), "-lm", "-ldl"],
+        [cc, *CFLAGS, "-Werror", "-I", str(REPO / "Cargo-free"), "-o", str(out), *SOURCES,
+         "-lm", "-ldl"],
         capture_output=True,
         text=True,
     )
