@@ -13,27 +13,38 @@ Grammar (one rule per ``--dump-on``; an optional ``,cooldown=DURATION`` follows 
     psi-full>PCT%            the same for all tasks stalled at once (the cgroup's, else the host's)
     native>SIZE              the C allocator's in-use bytes (glibc's heaps and mmapped chunks)
     unexplained>SIZE         RSS that no mapping or allocator accounts for (heapspy/rss.py)
+    threads>N                more than N threads (heapspy's agent thread not counted)
+    thread-growth>N/DURATION the thread count grew by more than N within DURATION
+    tasks>N                  more than N pending asyncio tasks, over every loop
+    task-growth>N/DURATION   the same for the pending task count   e.g. task-growth>100/10m
 
 Threshold rules fire when the condition becomes true and then at most once per cooldown
 (default 5m) while it stays true; ``every`` has no cooldown, its period is its own.
+A thread or task rule's dump also holds every thread's stack and every pending task's
+coroutine stack, grouped by identical stack (``heapspy.stack_groups``).
+
+Options follow the rule after commas: ``cooldown=DURATION``, and ``action=log`` to only
+log that the rule fired (and, for a thread or task rule, the stacks), writing no dump.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from heapspy.errors import UsageError
-from heapspy.units import parse_duration, parse_size
+from heapspy.units import format_age, parse_duration, parse_size
 
 GRAMMAR = (
     "Rules: rss>SIZE, heap>SIZE, growth>SIZE/DURATION, heap-growth>SIZE/DURATION, "
     "every DURATION, leak[:K], cgroup>PCT%, psi>PCT%, psi-full>PCT%, native>SIZE, "
-    "unexplained>SIZE; each may end with "
-    ",cooldown=DURATION (e.g. 'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', "
-    "'leak:5', 'cgroup>90%', 'psi>20%')."
+    "unexplained>SIZE, threads>N, thread-growth>N/DURATION, tasks>N, "
+    "task-growth>N/DURATION; each may end with ,cooldown=DURATION and ,action=log (e.g. "
+    "'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', 'leak:5', 'cgroup>90%', "
+    "'psi>20%', 'thread-growth>50/10m', 'tasks>10000,action=log')."
 )
+ACTIONS = ("dump", "log")
 DEFAULT_COOLDOWN = 300.0
 
 _THRESHOLD = re.compile(r"^(rss|heap|native|unexplained)\s*>\s*(\S+)$")
@@ -41,19 +52,30 @@ _GROWTH = re.compile(r"^(growth|heap-growth)\s*>\s*([^/\s]+)\s*/\s*(\S+)$")
 _EVERY = re.compile(r"^every\s+(\S+)$")
 _LEAK = re.compile(r"^leak(?::(\d+))?$")
 _PERCENT = re.compile(r"^(cgroup|psi|psi-full)\s*>\s*([0-9]+(?:\.[0-9]+)?)\s*%?$")
+_COUNT = re.compile(r"^(threads|tasks)\s*>\s*([0-9]+)$")
+_COUNT_GROWTH = re.compile(r"^(thread-growth|task-growth)\s*>\s*([0-9]+)\s*/\s*(\S+)$")
+# the rules whose dump holds every thread's and task's stack, grouped
+STACK_RULES = ("threads", "thread-growth", "tasks", "task-growth")
 
 
 @dataclass(frozen=True)
 class Rule:
     text: str
     # rss | heap | growth | heap-growth | every | leak | cgroup | psi | psi-full | native
-    # | unexplained
+    # | unexplained | threads | thread-growth | tasks | task-growth
     kind: str
     size: int = 0
     window: float = 0.0  # growth window, or the period of `every`
     intervals: int = 0  # leak: K
     percent: float = 0.0  # cgroup, psi, psi-full: the threshold in percent
     cooldown: float = DEFAULT_COOLDOWN
+    count: int = 0  # threads, tasks (and their growth): the threshold
+    action: str = "dump"  # or "log": say that it fired, write nothing
+
+    @property
+    def wants_stacks(self) -> bool:
+        """Whether its dump holds every thread's and task's stack, grouped."""
+        return self.kind in STACK_RULES
 
     @property
     def name(self) -> str:
@@ -65,18 +87,32 @@ def _bad(text: str, why: str) -> UsageError:
     return UsageError(f"Invalid dump rule {text!r}: {why}.", hint=GRAMMAR)
 
 
+def _options(text: str, tail: str) -> tuple[float, str]:
+    """``cooldown=DURATION`` and ``action=dump|log``, comma-separated after the rule."""
+    cooldown, action = DEFAULT_COOLDOWN, "dump"
+    for option in tail.split(","):
+        key, _, value = (part.strip() for part in option.partition("="))
+        if key == "cooldown" and value:
+            try:
+                cooldown = parse_duration(value, "cooldown")
+            except UsageError as exc:
+                raise _bad(text, exc.message.rstrip(".")) from None
+        elif key == "action" and value in ACTIONS:
+            action = value
+        else:
+            raise _bad(text, f"unknown option {option.strip()!r} (cooldown=DURATION, action=log)")
+    return cooldown, action
+
+
 def parse_rule(text: str) -> Rule:
     body, _, tail = text.strip().partition(",")
     body = body.strip()
-    cooldown = DEFAULT_COOLDOWN
-    if tail:
-        key, _, value = tail.partition("=")
-        if key.strip() != "cooldown" or not value:
-            raise _bad(text, f"unknown option {tail.strip()!r} (only cooldown=DURATION)")
-        try:
-            cooldown = parse_duration(value.strip(), "cooldown")
-        except UsageError as exc:
-            raise _bad(text, exc.message.rstrip(".")) from None
+    cooldown, action = _options(text, tail) if tail else (DEFAULT_COOLDOWN, "dump")
+    rule = _parse_body(text, body, cooldown)
+    return replace(rule, action=action) if action != rule.action else rule
+
+
+def _parse_body(text: str, body: str, cooldown: float) -> Rule:
     try:
         if m := _THRESHOLD.match(body):
             size = parse_size(m[2], f"{m[1]} threshold")
@@ -99,6 +135,13 @@ def parse_rule(text: str) -> Rule:
             if not 0 < percent < 100:
                 raise _bad(text, "the threshold must be a percentage between 0 and 100")
             return Rule(text, m[1], percent=percent, cooldown=cooldown)
+        if m := _COUNT.match(body):
+            return Rule(text, m[1], count=int(m[2]), cooldown=cooldown)
+        if m := _COUNT_GROWTH.match(body):
+            window = parse_duration(m[3], "growth window")
+            if int(m[2]) <= 0 or window <= 0:
+                raise _bad(text, "growth and window must be positive")
+            return Rule(text, m[1], count=int(m[2]), window=window, cooldown=cooldown)
         if m := _LEAK.match(body):
             k = int(m[1] or 5)
             if k < 2:
@@ -123,6 +166,8 @@ class Observation:
     psi_full: float | None = None
     native: int | None = None  # C allocator in use (measured every MEMORY_EVERY seconds)
     unexplained: int | None = None
+    threads: int | None = None  # the target's threads, the agent's own not counted
+    tasks: int | None = None  # pending asyncio tasks over every loop (0: no loop)
 
 
 class RuleEngine:
@@ -171,7 +216,11 @@ class RuleEngine:
             return obs.native is not None and obs.native > rule.size
         if rule.kind == "unexplained":
             return obs.unexplained is not None and obs.unexplained > rule.size
-        if rule.kind in ("growth", "heap-growth"):
+        if rule.kind == "threads":
+            return obs.threads is not None and obs.threads > rule.count
+        if rule.kind == "tasks":
+            return obs.tasks is not None and obs.tasks > rule.count
+        if rule.kind in ("growth", "heap-growth", "thread-growth", "task-growth"):
             return self._grew(rule, obs)
         if rule.kind == "cgroup":
             return obs.cgroup_used is not None and obs.cgroup_used * 100 > rule.percent
@@ -184,12 +233,34 @@ class RuleEngine:
         return rule.kind == "every"
 
     def _grew(self, rule: Rule, obs: Observation) -> bool:
-        def value(o: Observation) -> int | None:
-            return o.rss if rule.kind == "growth" else o.heap
+        grown = self.growth(rule, obs)
+        return grown is not None and grown > (rule.count if rule.kind in STACK_RULES else rule.size)
 
+    def growth(self, rule: Rule, obs: Observation) -> int | None:
+        """How much a growth rule's value grew within its window, up to ``obs``."""
+        value = _GROWN[rule.kind]
         now = value(obs)
         if now is None:
-            return False
+            return None
         window = [o for o in self._history if o.time >= obs.time - rule.window]
         lows = [v for v in (value(o) for o in window) if v is not None]
-        return bool(lows) and now - min(lows) > rule.size
+        return now - min(lows) if lows else None
+
+    def explain(self, rule: Rule, obs: Observation) -> str:
+        """What a thread or task rule saw when it fired: ``41 threads (+40 within 10m)``."""
+        if rule.kind not in STACK_RULES:
+            return rule.text
+        what = "threads" if rule.kind.startswith("thread") else "pending tasks"
+        now = obs.threads if what == "threads" else obs.tasks
+        text = f"{now} {what}"
+        if rule.kind.endswith("growth"):
+            text += f" (+{self.growth(rule, obs)} within {format_age(rule.window)})"
+        return text
+
+
+_GROWN: dict[str, Callable[[Observation], int | None]] = {
+    "growth": lambda o: o.rss,
+    "heap-growth": lambda o: o.heap,
+    "thread-growth": lambda o: o.threads,
+    "task-growth": lambda o: o.tasks,
+}

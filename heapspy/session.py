@@ -51,18 +51,34 @@ from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
-from heapspy.rules import Observation
+from heapspy.rules import Observation, Rule
+from heapspy.runtime_stats import RuntimeStats
 from heapspy.serve.snapshot import ServedProfile, metrics_of
 from heapspy.sidecar import Sidecar
+from heapspy.stack_groups import AGENT, StackDump
 from heapspy.symbolize import Symbolizer
 from heapspy.target.outside import Outside, exits_soon
 from heapspy.target.process import PythonTarget, has_exited, inspect_target
+from heapspy.target.pyspy import thread_stacks
 from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
 
 MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplained> rules
+# How long a thread or task rule waits for the agent's stacks before asking py-spy: the
+# agent needs the GIL, which a thread busy in C code may hold for good.
+STACKS_TIMEOUT = 3.0
 Progress = Callable[[str, float], None]
+
+
+def _counts(facts: dict[str, Any]) -> dict[str, int | None]:
+    """The thread and task counts the rules look at: the target's threads without the
+    agent's own, pending tasks over every loop (0 where no loop runs)."""
+    stats = RuntimeStats.from_facts(facts)
+    if stats is None:
+        return {"threads": None, "tasks": None}
+    threads = stats.threads - 1 if stats.threads else None
+    return {"threads": threads, "tasks": sum(stats.asyncio_tasks)}
 
 
 @dataclass
@@ -94,6 +110,7 @@ class Session:
         self.violation = ""  # how the agent broke the protocol, if it did: the session ended
         self.detached_by_user = False  # `heapspy detach` ended it (not anything the agent said)
         self._stop = False
+        self._firing = False  # serving the rules that fired (they call the agent)
         self._agent_ran = False
         self._stretch_shown = 0.0  # the stretched interval last reported, 0: none
         self.on_samples: Callable[[Session], None] | None = None
@@ -344,7 +361,9 @@ class Session:
             point = agg.record(self.outside.facts())
             if self.on_samples is not None:
                 self.on_samples(self)
-            if self.policy.rules.rules and not self._stop:
+            # not while a rule that fired is being served: its calls to the agent handle
+            # the frames that come meanwhile, and rules wait for the next interval
+            if self.policy.rules.rules and not self._stop and not self._firing:
                 memory = self.memcg.state if self.memcg is not None else None
                 account = self._memory_for_rules(point.time)
                 obs = Observation(
@@ -356,9 +375,14 @@ class Session:
                     psi_full=memory.psi_full if memory else None,
                     native=account.native_in_use if account else None,
                     unexplained=account.unexplained if account else None,
+                    **_counts(agg.facts),
                 )
-                for rule in self.policy.observe(obs, agg):
-                    self._dump(rule.name, rule.text)
+                self._firing = True
+                try:
+                    for rule in self.policy.observe(obs, agg):
+                        self._fire(rule, obs)
+                finally:
+                    self._firing = False
         elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
             collector = self._census
             if collector is not None:  # else a census nobody waits for: dropped
@@ -375,6 +399,39 @@ class Session:
             self.end_reason = f"agent error: {body.get('message')}"
         elif kind in (protocol.HELLO, protocol.READY):
             raise protocol.ProtocolError(f"a second {schema.messages()[kind].name} mid-session")
+
+    def _fire(self, rule: Rule, obs: Observation) -> None:
+        """A rule fired: its dump (none with action=log); a thread or task rule's says
+        what every thread and task was doing, and so does the log."""
+        why, stacks, seen = rule.text, None, ""
+        if rule.wants_stacks:
+            seen = self.policy.rules.explain(rule, obs)
+            why = f"{rule.text}: {seen}"
+            stacks = self.stack_dump()
+        if rule.action == "log" or stacks is not None:
+            logged = " (action=log: no dump)" if rule.action == "log" else ""
+            log.warning("rule %s fired%s%s", rule.name, f": {seen}" if seen else "", logged)
+            for line in stacks.headlines() if stacks is not None else ():
+                log.warning("  %s", line)
+        if rule.action == "dump":
+            self._dump(rule.name, why, stacks)
+
+    def stack_dump(self) -> StackDump | None:
+        """Every thread's and pending asyncio task's stack, grouped, from the agent; from
+        py-spy (threads only) when the agent does not answer: another thread holds the
+        GIL, say. None when neither can say."""
+        depth = min(self.aggregator.sampling.frames, schema.MAX_STACK_DEPTH)
+        reply = self._agent_call("stacks", timeout=STACKS_TIMEOUT, depth=depth)
+        if reply.get("ok"):
+            return StackDump.of_reply(reply)
+        why = str(reply.get("error") or "no answer")
+        found = thread_stacks(self.target.pid, depth)
+        if found is None:
+            log.warning("no stacks: the agent did not give them (%s), nor did py-spy", why)
+            return None
+        return StackDump.of_py_spy(
+            found, f"the agent did not answer ({why}): threads read by py-spy; tasks unknown"
+        )
 
     def _note_stretch(self, facts: dict[str, Any]) -> None:
         """Say once, and again when it changes much, that the agent collects less often
@@ -547,9 +604,9 @@ class Session:
             return {"running": True, **asdict(self._census.last)}
         return None
 
-    def _dump(self, reason: str, why: str = "") -> str | None:
+    def _dump(self, reason: str, why: str = "", stacks: StackDump | None = None) -> str | None:
         try:
-            path = self.write_dump(reason, why)
+            path = self.write_dump(reason, why, stacks)
         except DumpError as exc:
             log.error("%s", exc)
             return None
@@ -557,7 +614,9 @@ class Session:
         self.policy.record(path, reason)
         return path
 
-    def sidecar(self, rule: str, memory: Breakdown | None = None) -> Sidecar:
+    def sidecar(
+        self, rule: str, memory: Breakdown | None = None, stacks: StackDump | None = None
+    ) -> Sidecar:
         agg = self.aggregator
         return Sidecar(
             pid=self.target.pid,
@@ -578,9 +637,10 @@ class Session:
             protocol_violation=self.violation or None,
             census=self.census_progress(),
             memory=memory.to_json() if memory is not None else None,
+            stacks=stacks.to_json() if stacks is not None else None,
         )
 
-    def write_dump(self, rule: str, why: str = "") -> str:
+    def write_dump(self, rule: str, why: str = "", stacks: StackDump | None = None) -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
         if self.census_summary is not None:  # "live heap 0 B" must not hide a full heap
             notes.append(census_note(self.census_summary, self.aggregator.heap_estimate()))
@@ -588,8 +648,13 @@ class Session:
             notes.append(f"the session ended: {self.end_reason}")
         if rule.startswith("leak") and (note := leak_note(self.aggregator)):
             notes.append(note)
+        busy = False
+        if stacks is not None:
+            notes.extend(stacks.headlines(limit=2))
+            busy = stacks.source != AGENT  # the agent did not answer: do not wait again
         profile = self.aggregator.profile(tuple(notes))
-        side = self.sidecar(rule, self.memory())
+        memory = measure(self.target.pid, None) if busy else self.memory()
+        side = self.sidecar(rule, memory, stacks)
         return self.policy.write(profile, self.target.pid, rule, side)
 
     def memory(self) -> Breakdown | None:

@@ -52,6 +52,8 @@ class Sidecar:
     protocol_violation: str | None
     census: dict[str, Any] | None  # the heap as it was at attach, beside the samples since
     memory: dict[str, Any] | None = None  # where the RSS was (heapspy/rss.py)
+    # a thread or task rule's dump: threads and tasks grouped by stack (stack_groups.py)
+    stacks: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         totals = self.totals
@@ -102,6 +104,7 @@ class Sidecar:
             "protocol_violation": self.protocol_violation,
             "census": self.census,
             "memory": self.memory,
+            "stacks": self.stacks,
         }
 
 

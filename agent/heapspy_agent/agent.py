@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 # Every agent module, and every module the agent uses, is imported here, at start, under
 # the bootstrap's import lock: the files are deleted right after, and once it runs the
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
-from heapspy_agent import memstats, protocol, runtime, schema
+from heapspy_agent import memstats, protocol, runtime, schema, stacks
 from heapspy_agent.census import Census
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
@@ -264,6 +264,13 @@ class Agent:
             if body.get("glibc"):
                 reply["glibc"] = memstats.glibc()
             reply["seconds"] = time.perf_counter() - began  # what it cost the target
+        elif cmd == "stacks":  # a thread or task rule fired: what every one is doing
+            depth = int(body.get("depth", schema.DEFAULT_STACK_DEPTH))
+            try:
+                reply.update(stacks.stacks_reply(threading.get_ident(), depth))
+            except Exception as exc:  # noqa: BLE001 - the session goes on without them
+                error = schema.clip_text("stacks: %s: %s" % (type(exc).__name__, exc))
+                reply = {"id": body.get("id"), "ok": False, "error": error}
         elif cmd == "trim":  # `heapspy trim`: heapspy checked that this is glibc's malloc
             reply["trimmed"] = memstats.trim()
         elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first

@@ -118,34 +118,44 @@ def _snapshot(collection: "Iterable[object]") -> "list[object]":
     return []
 
 
-def asyncio_tasks() -> "list[int]":
-    """Unfinished asyncio tasks per running loop (empty when asyncio is not in use)."""
+def _pending_by_loop() -> "list[tuple[int, object]]":
+    """(id of its loop, task) for each unfinished asyncio task (none without asyncio)."""
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
         return []
     tasks_mod = sys.modules.get("asyncio.tasks")
     if sys.version_info >= (3, 14):
-        counts = []
+        found = []  # type: list[tuple[int, object]]
         for loop in _running_loops():
             try:
                 tasks = asyncio.all_tasks(loop)
             except Exception:  # noqa: BLE001 - a loop closing under us
                 continue
-            counts.append(len(tasks))
-        return counts
+            found += [(id(loop), task) for task in tasks]
+        return found
     pending = []  # type: list[object]
     if sys.version_info >= (3, 12):
         pending += _snapshot(getattr(tasks_mod, "_scheduled_tasks", ()))
         pending += _snapshot(getattr(tasks_mod, "_eager_tasks", ()))
     else:
         pending += _snapshot(getattr(tasks_mod, "_all_tasks", ()))
-    by_loop = {}  # type: dict[int, int]
+    found = []
     for task in pending:
         # attributes, not done(): a Task subclass may override methods, and we run no
         # code of the target's
-        state = getattr(task, "_state", None)
-        if state != "PENDING":
-            continue
-        key = id(getattr(task, "_loop", None))
+        if getattr(task, "_state", None) == "PENDING":
+            found.append((id(getattr(task, "_loop", None)), task))
+    return found
+
+
+def pending_tasks() -> "list[object]":
+    """Every unfinished asyncio task of every loop (3.14: of every running loop)."""
+    return [task for _, task in _pending_by_loop()]
+
+
+def asyncio_tasks() -> "list[int]":
+    """Unfinished asyncio tasks per running loop (empty when asyncio is not in use)."""
+    by_loop = {}  # type: dict[int, int]
+    for key, _ in _pending_by_loop():
         by_loop[key] = by_loop.get(key, 0) + 1
     return sorted(by_loop.values(), reverse=True)[:MAX_LOOPS]

@@ -40,6 +40,12 @@ MAX_LOOPS = 16
 MAX_CENSUS_SITES_PER_FRAME = 1000  # the agent sends a census in frames of this many paths
 MAX_CENSUS_DEPTH = 8  # frames of one retention path: root, containers, type
 MAX_CENSUS_NAME = 1024
+# COMMAND stacks: threads and tasks grouped by identical stack (heapspy_agent.stacks)
+MAX_STACK_GROUPS = 1000  # groups of each kind in one reply
+MAX_GROUP_NAMES = 8  # the first names of a group's threads or tasks
+MAX_STACK_NAME = 200  # a thread's or a task's name
+MAX_STACK_DEPTH = 128  # frames of one thread or coroutine stack
+DEFAULT_STACK_DEPTH = 64
 # Stacks are split off into STACKS frames when their estimated size passes this share of
 # the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
 STACK_BUDGET = protocol.MAX_FRAME // 2
@@ -369,6 +375,17 @@ def _define() -> dict[int, Record]:
         "phase": Str(32),
         "bookkeeping": COUNT,  # bytes of the walk's own visited bitmap
     }
+    # a group of threads or tasks with the same stack (root first) and awaited type
+    STACK_GROUP = Record(
+        "group",
+        {
+            "count": Int(1, 2**31),
+            "names": ListOf(Str(MAX_STACK_NAME), MAX_GROUP_NAMES),
+            "frames": ListOf(FRAME, MAX_STACK_DEPTH),
+            "awaits": Str(MAX_FUNCTION),
+        },
+        required=("count", "frames"),
+    )
     CENSUS_SITE = Tuple_(ListOf(Str(MAX_CENSUS_NAME), MAX_CENSUS_DEPTH), COUNT, COUNT)
 
     return {
@@ -455,6 +472,13 @@ def _define() -> dict[int, Record]:
                 "seconds": Num(0.0, 1e6),  # memstats: how long it held the target's GIL
                 "pymalloc": Record("pymalloc", dict.fromkeys(memstats.PYMALLOC_KEYS, COUNT)),
                 "glibc": Record("glibc", dict.fromkeys(memstats.GLIBC_KEYS, COUNT)),
+                # stacks: threads and pending asyncio tasks grouped by stack, how many
+                # of each there are, and how many of each the groups sent leave out
+                "threads": ListOf(STACK_GROUP, MAX_STACK_GROUPS),
+                "tasks": ListOf(STACK_GROUP, MAX_STACK_GROUPS),
+                "thread_count": Int(0, 2**31),
+                "task_count": Int(0, 2**31),
+                "left_out": Tuple_(Int(0, 2**31), Int(0, 2**31)),
             },
             required=("ok",),
         ),
@@ -480,13 +504,24 @@ def _define() -> dict[int, Record]:
                 "id": Int(0, 2**63),
                 "cmd": Str(
                     32,
-                    ("detach", "sample", "rate", "gc", "memstats", "trim", "census", "census_stop"),
+                    (
+                        "detach",
+                        "sample",
+                        "rate",
+                        "gc",
+                        "memstats",
+                        "trim",
+                        "census",
+                        "census_stop",
+                        "stacks",
+                    ),
                 ),
                 "glibc": Bool(),
                 "rate": COUNT,
                 # census: seconds of work per slice, seconds of rest between slices
                 "slice": Num(0.001, 1.0),
                 "pause": Num(0.0, 10.0),
+                "depth": Int(1, MAX_STACK_DEPTH),  # stacks: frames kept per stack
             },
             required=("id", "cmd"),
         ),

@@ -48,6 +48,7 @@ AGENT_FILES = (
     "runtime.py",
     "memstats.py",
     "census.py",
+    "stacks.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"

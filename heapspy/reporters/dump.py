@@ -28,6 +28,7 @@ from heapspy.reporters.totals import (
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.sampling import Sampling, read_sampling
 from heapspy.sidecar import Header
+from heapspy.stack_groups import StackDump
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -119,6 +120,11 @@ class Dump:
     def runtime(self) -> RuntimeStats | None:
         """The target's GC, threads and tasks at dump time, from the sidecar."""
         return RuntimeStats.from_facts((self.sidecar or {}).get("facts"))
+
+    @property
+    def stacks(self) -> StackDump | None:
+        """A thread or task rule's dump: every thread and task grouped by stack."""
+        return StackDump.read(self.sidecar)
 
     @property
     def pid(self) -> int | None:

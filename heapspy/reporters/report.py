@@ -40,6 +40,12 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
         "gc_uncollectable": [0, 0, 0], "gc_seconds": 0.012,          # per generation
         "threads": 5, "thread_names": ["MainThread", "..."],
         "asyncio_tasks": [8]},               # unfinished tasks per running loop
+      "stacks": null,                        # a thread or task rule's dump: threads and
+                                             # pending tasks grouped by stack (root
+                                             # first): {"source": "agent" | "py-spy",
+                                             # "threads": {"count", "left_out", "groups":
+                                             # [{"count", "names", "frames", "awaits"}]},
+                                             # "tasks": the same or null, "note"}
       "census": null,                        # a heap census's walk (heapspy census):
                                              # objects, bytes, elapsed, cpu,
                                              # longest_slice, partial, stopped
@@ -85,6 +91,7 @@ from heapspy.rss import Breakdown, format_breakdown, growth_of, memory_of, verdi
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.sampling import Sampling
 from heapspy.scaling import format_error, relative_error
+from heapspy.stack_groups import StackDump
 from heapspy.units import format_bytes
 
 REPORT_SCHEMA = "heapspy-report/1"
@@ -153,6 +160,7 @@ class Report(Rendering):
     heap_growth: int | None = None  # the live heap's growth over the sidecar's series
     rss_growth: int | None = None  # and RSS's
     census: dict[str, Any] | None = None  # a heap census (heapspy.census): how the walk went
+    stacks: StackDump | None = None  # a thread or task rule's dump: threads, tasks by stack
 
     def text(self) -> str:
         return render_text(self)
@@ -230,6 +238,7 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         heap_growth=growth_of(dump.sidecar, "heap"),
         rss_growth=growth_of(dump.sidecar, "rss"),
         census=census_of(dump.sidecar),
+        stacks=dump.stacks,
     )
 
 
@@ -360,6 +369,9 @@ def render_text(report: Report) -> str:
         lines.append("Memory at dump time (where the RSS is; `heapspy trim PID` gives back what")
         lines.append("glibc holds free):")
         lines.extend(format_breakdown(report.memory, report.heap_growth, report.rss_growth))
+    if report.stacks is not None:
+        lines.append("")
+        lines.extend(report.stacks.lines())
     return "\n".join(lines) + "\n"
 
 
@@ -403,6 +415,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         ],
         "runtime": None if report.runtime is None else report.runtime.to_json(),
         "census": report.census,  # a heap census: objects, bytes, elapsed, partial, ...
+        "stacks": None if report.stacks is None else report.stacks.to_json(),
         "memory": None
         if report.memory is None
         else {

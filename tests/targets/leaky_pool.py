@@ -1,0 +1,101 @@
+"""A thread leak and a task leak, for heapspy's thread and task rules.
+
+Usage: leaky_pool.py [--hog]
+
+Prints "READY <pid>". Once heapspy's agent has sent its first samples, it serves LEAKS "requests"
+the wrong way: each starts a thread that is never joined (it blocks forever in
+``handle``), and two asyncio tasks that never finish (``consume`` awaits an empty
+queue's get(), ``wait_for`` a future nobody sets). Then it idles.
+
+--hog: the LEAKS threads only, started at once, and then the main thread holds the GIL
+from the moment the agent starts its first collection: with a switch interval of 1000 s
+it spins in Python for 5 s at a time and lets go only in a sleep(0) in between (which
+the agent takes, and gives back at its first send). Whatever heapspy asks in answer to
+a collection waits seconds for an answer (heapspy then reads the threads with py-spy).
+"""
+
+import asyncio
+import os
+import sys
+import threading
+import time
+
+LEAKS = 60
+EVERY = 0.02
+forever = threading.Event()
+
+
+def agent_collections():
+    """How many collections heapspy's agent has started (0 before it runs)."""
+    agent = getattr(sys.modules.get("heapspy_agent.agent"), "_active", None)
+    return getattr(agent, "seq", 0)
+
+
+def agent_started():
+    """Whether heapspy's agent has sent its first samples: the count before the leak
+    (the growth rules' baseline) has been seen."""
+    return agent_collections() >= 2
+
+
+def handle(n):
+    forever.wait()  # LEAK: thread
+
+
+async def consume(queue):
+    await queue.get()  # LEAK: consume
+
+
+async def wait_for(future):
+    await future  # LEAK: wait_for
+
+
+async def produce(ready):
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+    never = loop.create_future()
+    ready.set()
+    while not agent_started():
+        await asyncio.sleep(0.01)
+    for n in range(LEAKS):
+        threading.Thread(target=handle, args=(n,), name="request-%d" % n, daemon=True).start()
+        loop.create_task(consume(queue), name="consumer-%d" % n)
+        loop.create_task(wait_for(never), name="waiter-%d" % n)
+        await asyncio.sleep(EVERY)
+    await never
+
+
+def spin():
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        pass
+
+
+def hog():
+    # busy, not sleeping: this thread sees the first collection start within one switch
+    # interval (5 ms), before its samples can have reached heapspy and been answered
+    while agent_collections() < 1:
+        pass
+    sys.setswitchinterval(1000.0)
+    while True:
+        spin()  # HOG
+        time.sleep(0)
+
+
+def main():
+    if sys.argv[1:] == ["--hog"]:
+        for n in range(LEAKS):
+            threading.Thread(target=handle, args=(n,), name="request-%d" % n, daemon=True).start()
+        print("READY", os.getpid(), flush=True)
+        hog()
+    ready = threading.Event()
+    threading.Thread(
+        target=lambda: asyncio.run(produce(ready)), name="event-loop", daemon=True
+    ).start()
+    ready.wait()
+    print("READY", os.getpid(), flush=True)
+    while True:
+        time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
