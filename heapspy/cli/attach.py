@@ -86,8 +86,10 @@ def attach(
         metavar="RULE",
         help="Write a dump when a rule fires (repeatable): rss>SIZE, heap>SIZE, "
         "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K], "
-        "cgroup>PCT%, psi>PCT%, psi-full>PCT%; "
-        "append ,cooldown=DURATION (default 5m).",
+        "cgroup>PCT%, psi>PCT%, psi-full>PCT%, native>SIZE, unexplained>SIZE, threads>N, "
+        "thread-growth>N/DURATION, tasks>N, task-growth>N/DURATION (their dumps hold every "
+        "thread's and task's stack, grouped); append ,cooldown=DURATION (default 5m), "
+        ",action=log (log only, no dump).",
     ),
     keep: Optional[int] = typer.Option(
         None,

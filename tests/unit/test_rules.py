@@ -63,3 +63,41 @@ def test_every_and_leak() -> None:
     assert [t for t, k in enumerate(kinds) if "every" in k] == [10, 20]
     assert not any("leak" in k for k in kinds)
     assert [r.kind for r in engine.observe(Observation(22, 0, 0), (2, 1, 1))] == ["leak"]
+
+
+def test_thread_and_task_rules_parse_with_their_options() -> None:
+    r = parse_rule("thread-growth>50/10m,cooldown=1m,action=log")
+    assert (r.kind, r.count, r.window, r.cooldown, r.action) == (
+        "thread-growth",
+        50,
+        600,
+        60,
+        "log",
+    )
+    assert r.name == "thread-growth>50/10m" and r.wants_stacks
+    assert parse_rule("tasks>10000").count == 10000 and parse_rule("threads>8").kind == "threads"
+    assert parse_rule("rss>1GiB,action=log").action == "log"
+    assert not parse_rule("rss>1GiB").wants_stacks
+    for bad, why in (
+        ("task-growth>0/1m", "must be positive"),
+        ("threads>many", "not a rule heapspy knows"),
+        ("tasks>5,action=page", "unknown option"),
+    ):
+        with pytest.raises(UsageError, match=why):
+            parse_rule(bad)
+
+
+def test_count_growth_fires_past_the_window_low_and_says_what_it_saw() -> None:
+    growth = parse_rule("thread-growth>20/1m")
+    engine = RuleEngine([growth, parse_rule("tasks>80")], start=0)
+
+    def obs(t: float, threads: int, tasks: int) -> Observation:
+        return Observation(t, None, 0, threads=threads, tasks=tasks)
+
+    assert not engine.observe(obs(0, 3, 1))
+    assert not engine.observe(obs(10, 23, 50))  # +20 is not more than 20
+    fired = engine.observe(obs(20, 24, 81))
+    assert [r.text for r in fired] == ["thread-growth>20/1m", "tasks>80"]
+    assert engine.explain(growth, obs(20, 24, 81)) == "24 threads (+21 within 60s)"
+    slow = RuleEngine([growth], start=0)
+    assert not any(slow.observe(obs(t, 3 + t // 10, 0)) for t in range(0, 600, 10))
