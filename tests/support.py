@@ -85,6 +85,35 @@ def run_heapspy(
     )
 
 
+def attach_until_sampled(
+    pid: int, *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``heapspy attach PID ARGS`` until its session has sampled a live allocation, then
+    Ctrl-C (it detaches and prints its final table as a user's Ctrl-C makes it): a fixed
+    ``--duration`` can end before a starved target allocates on a loaded machine."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(pid), "--duration", str(timeout), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def sampled() -> bool:
+        if proc.poll() is not None:
+            return True  # ended early (an error): its output says why
+        out = run_heapspy("status", str(pid), "--format", "json")
+        try:
+            return any(s.get("heap_estimate", 0) > 0 for s in json.loads(out.stdout))
+        except ValueError:
+            return False
+
+    wait_for(sampled, timeout)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def heapspy_dirs_in_tmp(pid: int) -> list[str]:
     """Agent directories heapspy placed for ``pid`` that still exist."""
     return sorted(p.name for p in Path("/tmp").glob(f"heapspy-{pid}-*"))

@@ -14,6 +14,7 @@ from heapspy import control
 from heapspy.dumps import read_dump_file
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.registry import read_holder, runtime_dir
+from heapspy.target.privilege import uids
 
 # A profile of 10,000 stacks is ~1 MB; its control reply is base64 in one frame.
 REQUEST_TIMEOUT = 10.0
@@ -31,14 +32,8 @@ class Worker:
 
 
 def _uid_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    ids = uids(pid)
+    return None if ids is None else ids[0]
 
 
 def _command_of(pid: int) -> str:

@@ -24,17 +24,31 @@ def has_cap_sys_ptrace() -> bool:
     return False
 
 
-def ptrace_refused(pid: int, what: str) -> PermissionDenied:
-    """Why ptrace (or reading memory) is refused, with the fix, as precisely as /proc tells."""
-    target_uid: int | None = None
-    owner: int | None = None
+def uids(pid: int) -> tuple[int, int] | None:
+    """The real and effective uid of ``pid`` (None when it is gone or unreadable): the
+    real uid says whose worker it is (who may see its dumps), the effective one who may
+    trace it."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("Uid:"):
-                    target_uid = int(line.split()[2])  # effective uid
+                    fields = line.split()
+                    return int(fields[1]), int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def ptrace_refused(pid: int, what: str) -> PermissionDenied:
+    """Why ptrace (or reading memory) is refused, with the fix, as precisely as /proc tells."""
+    target_uid: int | None = None
+    owner: int | None = None
+    ids = uids(pid)
+    if ids is not None:
+        target_uid = ids[1]  # effective uid
+    try:
         owner = os.stat(f"/proc/{pid}/status").st_uid  # root's when not dumpable
-    except (OSError, ValueError):
+    except OSError:
         pass
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope") as f:
