@@ -41,6 +41,7 @@ MAX_SITES = 50_000
 DEFAULT_SLICE = 0.02  # seconds of work per slice in the target
 DEFAULT_PAUSE = 0.06  # seconds of rest between slices: at most 25 % of one core
 CENSUS_FILENAME = ""  # frames are names (roots, containers, types), not code
+WALKERS = {"native": "native", "python": "python"}  # the agent's walks, by name
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class CensusProgress:
     phase: str
     bookkeeping: int
     longest_slice_wall: float = 0.0
+    walker: str = ""  # "native" (the shim's census_walk.c) or "python" (the fallback)
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> CensusProgress:
@@ -73,6 +75,7 @@ class CensusProgress:
             phase=str(body.get("phase", "")),
             bookkeeping=int(body.get("bookkeeping", 0)),
             longest_slice_wall=float(body.get("longest_slice_wall", 0.0)),
+            walker=WALKERS.get(str(body.get("walker", "")), ""),
         )
 
 
@@ -200,6 +203,7 @@ def census_sidecar(result: CensusResult, facts: dict[str, Any]) -> dict[str, Any
         longest_slice=p.longest_slice,
         longest_slice_wall=p.longest_slice_wall,
         bookkeeping_bytes=p.bookkeeping,
+        walker=p.walker or None,
         folded_paths=result.folded_paths,
         dropped_sites=result.dropped_sites,
         notes=list(result.notes),
@@ -312,6 +316,7 @@ def summary(result: CensusResult, path: Path | None = None) -> dict[str, Any]:
         "longest_slice": p.longest_slice,
         "longest_slice_wall": p.longest_slice_wall,
         "bookkeeping": p.bookkeeping,
+        "walker": p.walker,
         "roots": [list(r) for r in result.by_root()[:10]],
         "types": [list(r) for r in result.by_type()[:10]],
     }

@@ -74,6 +74,7 @@ def test_census_names_roots_types_and_garbage(
     assert path.parent == tmp_path and NAME.match(path.name), path
     side = json.loads(path.with_name(path.name.replace(".pb.gz", ".json")).read_text())
     assert side["kind"] == "census" and side["pid"] == target.pid and not side["partial"]
+    assert side["walker"] == "native"  # the shim's census_walk.c serves every interpreter
     # the root holding the most is named first
     assert side["roots"][0][0] == "census_app.CACHE", side["roots"][:5]
 
@@ -240,3 +241,27 @@ def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
     assert out.returncode == 0, out.stderr
     assert not list(skipped.glob("census-*")) and list(skipped.glob("heap-*-final.pb.gz"))
     assert "census" not in out.stderr
+
+
+@pytest.mark.parametrize("interp", interpreter_params())
+def test_native_and_python_walks_agree(interp: Interpreter) -> None:
+    """The shim's walk and the pure-Python fallback count the same roots the same way;
+    what the target drops while the native walk holds it is freed by the target's main
+    thread, not by the walk."""
+    agent = Path(__file__).resolve().parent.parent / "agent"
+    shim = next((agent / "heapspy_agent").glob("_heapspy_shim*.so"))
+    script = Path(__file__).resolve().parent / "targets" / "census_twin.py"
+    out = subprocess.run(
+        [*interp.argv, str(script), str(agent), str(shim)],
+        capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("TWIN ")]
+    twin = json.loads(line[len("TWIN ") :])
+    assert twin["walkers"] == ["native", "python"]
+    assert twin["python"], twin
+    for key, (objects, nbytes) in twin["python"].items():
+        got = twin["native"].get(key, [0, 0])
+        assert abs(got[1] - nbytes) <= 0.1 * nbytes, (key, got, nbytes)
+        assert abs(got[0] - objects) <= 0.1 * objects, (key, got, objects)
+    assert twin["orphans"] >= 1 and twin["orphan_freed"], twin

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional
 # Every agent module, and every module the agent uses, is imported here, at start, under
 # the bootstrap's import lock: the files are deleted right after, and once it runs the
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
-from heapspy_agent import memstats, protocol, runtime, schema, stacks
-from heapspy_agent.census import Census
+from heapspy_agent import census_walk, memstats, protocol, runtime, schema, stacks
+from heapspy_agent.census import Census, new_census
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
@@ -105,6 +105,7 @@ class Agent:
         self.budget = COLLECT_BUDGET
         self.shim: Optional[Shim] = None
         self.shim_problem = ""
+        self.census_lib: Optional[census_walk.Library] = None  # the census's native walk
         self._gc_base = gc.get_stats()
         self.gc_timer = runtime.GcTimer()
         self.census: Optional[Census] = None
@@ -301,7 +302,7 @@ class Agent:
         target's gc would have to find), so it is taken apart here."""
         census, self.census = self.census, None
         if census is not None:
-            census.stop()
+            census.close()
 
     def _census_start(self, body: Dict[str, Any]) -> None:
         self.census_slice = float(body.get("slice", CENSUS_SLICE))
@@ -312,7 +313,7 @@ class Agent:
             if name == "heapspy_agent" or name.startswith("heapspy_agent.")
         ]
         own.append(self)
-        self.census = Census(own, threading.get_ident())
+        self.census = new_census(own, threading.get_ident(), self.census_lib)
         self.census_next = self.census_told = time.monotonic()
 
     def _census_step(self) -> None:
@@ -331,7 +332,11 @@ class Agent:
         census, self.census = self.census, None
         if census is None:
             return
-        for part in census.result_frames(schema.MAX_CENSUS_SITES_PER_FRAME):
+        try:
+            parts = census.result_frames(schema.MAX_CENSUS_SITES_PER_FRAME)
+        finally:
+            census.close()
+        for part in parts:
             self._send(protocol.CENSUS, part)
 
     def _at_exit(self) -> None:
@@ -408,6 +413,9 @@ class Agent:
         self._forget_exit_hook()
         self.gc_timer.remove()
         self._drop_census()
+        if self.census_lib is not None:
+            self.census_lib.unload()
+            self.census_lib = None
         if self.collector is not None:
             try:
                 self.collector.stop()
@@ -514,9 +522,11 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
     late = time.time() > float(config.get("deadline", 0))
     busy = _active is not None and _active.thread is not None and _active.thread.is_alive()
     shim = None
+    census_lib = None
     shim_problem = ""
     if not late and not busy:
         shim, shim_problem = load_shim(directory)  # dlopen before its file is deleted
+        census_lib = census_walk.load(shim.path) if shim is not None else None
     _remove_tree(directory)
     if page:
         try:
@@ -538,6 +548,7 @@ def start(directory: str, token: str, page: Optional[int] = None) -> None:
         return
     agent = Agent(directory, config)
     agent.shim, agent.shim_problem = shim, shim_problem
+    agent.census_lib = census_lib
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
     thread = threading.Thread(target=agent.run, name="heapspy-agent", daemon=True)

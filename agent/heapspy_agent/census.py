@@ -40,7 +40,9 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # type comments: the agent imports nothing it does not need
-    from typing import Any, Dict, List, Set, Tuple  # noqa: F401
+    from typing import Any, Dict, List, Optional, Set, Tuple  # noqa: F401
+
+    from heapspy_agent import census_walk  # noqa: F401
 
 MAX_PATHS = 100000  # distinct paths kept while walking; beyond, (OTHER, type) absorbs them
 SEND_PATHS = 10000  # the largest paths sent; the rest folded into (OTHER, type)
@@ -185,9 +187,11 @@ def _clip(text):  # type: (Any) -> str
 class Census:
     """One walk of the heap, advanced by ``step``; results in ``sites``."""
 
+    walker = "python"  # which walk: this one, or NativeCensus's
+
     def __init__(self, exclude, skip_thread, max_paths=MAX_PATHS):
         # type: (List[Any], int, int) -> None
-        self.visited = Bitmap()
+        self.visited = self._new_visited()  # type: Any
         self.skip_thread = skip_thread
         self.max_paths = max_paths
         self.sites = {}  # type: Dict[Tuple[str, ...], List[int]]
@@ -220,7 +224,7 @@ class Census:
             self.__dict__,
             self.visited,
             self.visited.__dict__,
-            self.visited.chunks,
+            getattr(self.visited, "chunks", None),
             self.sites,
             self._stack,
             self._boundary,
@@ -230,6 +234,9 @@ class Census:
             self.notes,
         ):
             self.visited.add(id(obj))
+
+    def _new_visited(self):  # type: () -> Any
+        return Bitmap()
 
     # --- sizes and names: C code only --------------------------------------------------
     def _sizer(self, tp):  # type: (type) -> Any
@@ -396,11 +403,8 @@ class Census:
         for generation in range(3):
             found = gc.get_objects(generation)
             visited.add(id(found))
-            for i in range(len(found)):
-                if id(found[i]) not in visited:
-                    rest.append(found[i])
-                if not i & 4095:
-                    yield None, None
+            for _ in self._unvisited(found, rest):
+                yield None, None
             del found
         ids = {id(rest[i]): i for i in range(len(rest))}
         inner = [0] * len(rest)
@@ -432,6 +436,15 @@ class Census:
         for obj in garbage:
             yield GARBAGE, obj
 
+    def _unvisited(self, found, rest):  # type: (List[Any], List[Any]) -> Any
+        """Append the objects of ``found`` not visited to ``rest``; yields now and then."""
+        visited = self.visited
+        for i in range(len(found)):
+            if id(found[i]) not in visited:
+                rest.append(found[i])
+            if not i & 4095:
+                yield None
+
     # --- the walk ----------------------------------------------------------------------
     def _count(self, obj, path):  # type: (Any, Tuple[str, ...]) -> None
         if not self.visited.add(id(obj)):
@@ -458,9 +471,17 @@ class Census:
             return True
         t0 = time.perf_counter()
         c0 = time.thread_time()
+        # No collection inside a slice: the walk's own few allocations would otherwise
+        # start one (a full one takes ~80 ms at 10 M objects) and the slice would last as
+        # long. The target's threads that run meanwhile have theirs after the slice.
+        collecting = gc.isenabled()
+        if collecting:
+            gc.disable()
         try:
             self._walk(t0 + budget)
         finally:
+            if collecting:
+                gc.enable()
             self.wall_longest = max(self.wall_longest, time.perf_counter() - t0)
             spent = time.thread_time() - c0  # the OS and other threads may delay a slice
             self.cpu += spent
@@ -476,6 +497,10 @@ class Census:
             self.partial = True
             self.done = True
         self._release()
+
+    def close(self):  # type: () -> None
+        """Free what the walk holds outside Python (nothing here: see NativeCensus)."""
+        self.stop()
 
     def _release(self):  # type: () -> None
         self._stack = []
@@ -628,6 +653,7 @@ class Census:
             "longest_slice_wall": self.wall_longest,
             "phase": self.phase,
             "bookkeeping": self.visited.memory(),
+            "walker": self.walker,
         }
 
     def result_frames(self, per_frame, keep=SEND_PATHS):
@@ -659,3 +685,232 @@ class Census:
         last["folded_paths"] = self.folded_paths
         last["notes"] = self.notes[:16]
         return bodies
+
+
+MAX_BOOKKEEPING = 64 << 20  # the native walk's own memory: beyond, the census is partial
+
+
+class _Marks:
+    """The native walk's visited set, as the Python walk's Bitmap is used."""
+
+    def __init__(self, walk):  # type: (Any) -> None
+        self._cw = walk
+
+    def add(self, address):  # type: (int) -> bool
+        return self._cw.mark(address)  # type: ignore[no-any-return]
+
+    def __contains__(self, address):  # type: (int) -> bool
+        return self._cw.marked(address)  # type: ignore[no-any-return]
+
+    def memory(self):  # type: () -> int
+        return self._cw.stats()[3]  # type: ignore[no-any-return]
+
+
+class _Bounds:
+    """The native walk's boundaries (modules, their dicts, classes that are roots), as
+    the Python walk's set of ids is filled."""
+
+    def __init__(self, walk):  # type: (Any) -> None
+        self._cw = walk
+
+    def add(self, address):  # type: (int) -> None
+        self._cw.boundary(address)
+
+
+class NativeCensus(Census):
+    """The same census (roots, order, paths, sizes), walked by ``census_walk.c``.
+
+    Python still produces the roots, one at a time, and sizes the few objects it counts
+    itself (modules, their dicts, classes that are roots); the objects a root reaches are
+    marked, sized, counted and opened in C, a slice at a time (``cw_run`` stops at the
+    slice's deadline). The C walk asks ``_classify`` once per type what to call it and
+    how to size it, with the same rules as the Python walk."""
+
+    walker = "native"
+
+    def __init__(self, library, exclude, skip_thread, max_paths=MAX_PATHS):
+        # type: (Any, List[Any], int, int) -> None
+        self._name_list = [OTHER, "?"]  # type: List[str]
+        self._name_ids = {OTHER: 0, "?": 1}  # type: Dict[str, int]
+        self._roots_at = {}  # type: Dict[Tuple[str, ...], int]
+        self._queue = []  # type: List[Tuple[bool, Any, int]]
+        self._busy = False
+        self._deadline = 0.0
+        self._classify_ref = self._classify
+        walk = library.new(
+            self._classify_ref, _agent_class, MAX_DEPTH, max_paths, MAX_BOOKKEEPING, 0, 1
+        )
+        if walk is None:
+            raise MemoryError("census walk")
+        self._cw = walk
+        Census.__init__(self, exclude, skip_thread, max_paths)
+        self._boundary = _Bounds(walk)  # type: Any
+        for obj in (self._name_list, self._name_ids, self._roots_at, self._queue,
+                    self._classify_ref):  # fmt: skip
+            walk.mark(id(obj))
+
+    def _new_visited(self):  # type: () -> Any
+        return _Marks(self._cw)
+
+    def _name_id(self, name):  # type: (str) -> int
+        found = self._name_ids.get(name)
+        if found is None:
+            found = self._name_ids[name] = len(self._name_list)
+            self._name_list.append(name)
+        return found
+
+    def _node(self, path):  # type: (Tuple[str, ...]) -> int
+        node = self._roots_at.get(path)
+        if node is None:
+            node = -1
+            for name in path:
+                node = self._cw.node(node, self._name_id(name))
+            if len(path) == 1:
+                self._roots_at[path] = node
+        return node
+
+    def _classify(self, tp):  # type: (type) -> Tuple[int, Any, int, bool]
+        try:
+            info = self._types.get(tp)
+            if info is None:
+                info = self._type_info(tp)
+            name, method, extra, is_module, _ = info
+            return (self._name_id(name), None if method is _object_sizeof else method,
+                    int(extra), bool(is_module))  # fmt: skip
+        except Exception:  # noqa: BLE001 - the C walk counts it as "?"
+            return (1, None, 0, False)
+
+    def _record(self, path, nbytes):  # type: (Tuple[str, ...], int) -> None
+        self._cw.add(self._node(path), 1, nbytes)
+
+    def _left_ns(self):  # type: () -> int
+        return int((self._deadline - time.perf_counter()) * 1e9)
+
+    def _walk_all(self):  # type: () -> None
+        """Run the walk to its end, whatever the slice (the agent's own few objects)."""
+        while self._cw.run(10**9) == 0:
+            pass
+
+    def _exclude_walk(self, roots):  # type: (List[Any]) -> None
+        for obj in roots:
+            self._cw.visit(obj, -1)
+        self._walk_all()
+
+    def _unvisited(self, found, rest):  # type: (List[Any], List[Any]) -> Any
+        i = 0
+        while i < len(found):
+            i = self._cw.unmarked(found, i, rest, self._left_ns())
+            yield None
+
+    def _walk(self, deadline):  # type: (float) -> None
+        self._deadline = deadline
+        walk = self._cw
+        clock = time.perf_counter
+        while True:
+            if self._busy:
+                left = deadline - clock()
+                if left <= 0:
+                    return
+                rc = walk.run(int(left * 1e9))
+                if rc == 0:
+                    return
+                self._busy = False
+                if rc < 0:
+                    self.notes.append(
+                        "the walk's bookkeeping reached %d MiB: the census stops there"
+                        % (MAX_BOOKKEEPING >> 20)
+                    )
+                    self.stop()
+                    return
+            if self._queue:
+                enter, obj, node = self._queue.pop()
+                if enter:
+                    walk.visit(obj, node)
+                else:
+                    walk.push(obj, node)
+                self._busy = True
+                del obj
+                continue
+            try:
+                root = next(self._roots)
+            except StopIteration:
+                self.done = True
+                self._release()
+                return
+            if root is None or root[0] is None:
+                if clock() >= deadline:
+                    return
+                continue
+            label, obj, is_class = root
+            del root
+            self._busy = True
+            if label == "":  # the agent's own objects: marked, not counted
+                for item in list(obj):
+                    walk.visit(item, -1)
+            elif is_class:
+                self._class_root(label, obj)
+            else:
+                walk.visit(obj, self._node((label,)))
+            del obj
+
+    def _class_root(self, label, cls):  # type: (str, Any) -> None
+        """A class defined in its module: itself, its namespace, then each attribute as
+        a root of its own (first to last), then the rest of what it refers to."""
+        if not self.visited.add(id(cls)):
+            return  # the same class under a second name
+        self._record((label, "type"), self.size(cls))
+        try:
+            attrs = list(_type_dict(cls).items())
+            namespace = gc.get_referents(_type_dict(cls))  # the dict inside
+        except Exception:  # noqa: BLE001
+            attrs, namespace = [], []
+        for inner in namespace:
+            if type(inner) is dict and self.visited.add(id(inner)):
+                self._record((label, "dict"), self.size(inner))
+        self._queue.append((False, cls, self._node((label, "type"))))
+        for key, value in reversed(attrs):
+            if key not in ("__dict__", "__weakref__"):
+                self._queue.append((True, value, self._node((_dotted(label, key),))))
+
+    def _release(self):  # type: () -> None
+        Census._release(self)
+        self._queue = []
+        self._cw.stop()
+
+    def close(self):  # type: () -> None
+        self.stop()
+        self._cw.free()
+
+    def _sync(self):  # type: () -> None
+        objects, nbytes, _paths, _memory, folded, _stack, _orphans = self._cw.stats()
+        self.objects, self.bytes, self.folded_paths = objects, nbytes, folded
+
+    def progress(self):  # type: () -> Dict[str, Any]
+        self._sync()
+        return Census.progress(self)
+
+    def result_frames(self, per_frame, keep=SEND_PATHS):
+        # type: (int, int) -> List[Dict[str, Any]]
+        self._sync()
+        names = self._name_list
+        paths = []  # type: List[Tuple[str, ...]]
+        sites = {}  # type: Dict[Tuple[str, ...], List[int]]
+        for parent, name, objects, nbytes in self._cw.nodes():
+            path = (paths[parent] if parent >= 0 else ()) + (names[name],)
+            paths.append(path)
+            if objects:
+                sites[path] = [objects, nbytes]
+        self.sites = sites
+        return Census.result_frames(self, per_frame, keep)
+
+
+def new_census(exclude, skip_thread, library):
+    # type: (List[Any], int, Optional[census_walk.Library]) -> Census
+    """The native walk where the shim's library serves this interpreter
+    (``census_walk.load``), else the Python one: same roots, order, paths and sizes."""
+    if library is not None:
+        try:
+            return NativeCensus(library, exclude, skip_thread)
+        except MemoryError:
+            pass
+    return Census(exclude, skip_thread)

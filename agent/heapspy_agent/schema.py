@@ -374,6 +374,7 @@ def _define() -> dict[int, Record]:
         "longest_slice_wall": Num(0.0, 1e9),  # the same in wall time (the OS may delay it)
         "phase": Str(32),
         "bookkeeping": COUNT,  # bytes of the walk's own visited bitmap
+        "walker": Str(16),  # "native" (census_walk.c) or "python" (the fallback)
     }
     # a group of threads or tasks with the same stack (root first) and awaited type
     STACK_GROUP = Record(

@@ -49,6 +49,7 @@ AGENT_FILES = (
     "memstats.py",
     "census.py",
     "stacks.py",
+    "census_walk.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"

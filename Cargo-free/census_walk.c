@@ -1,0 +1,1042 @@
+/*
+ * census_walk.c: the heap census's walk, in C (bound by agent/heapspy_agent/census_walk.py;
+ * the roots, their order and the results stay in agent/heapspy_agent/census.py).
+ *
+ * Why C: the same walk in Python costs ~20 us an object (205 s for 10 M); here it is a few
+ * hundred ns. Like heapspy_shim.c it never includes Python.h: the C-API functions it calls
+ * are found with dlsym() in the running process, and the only layouts it reads are an
+ * object's first two words (reference count, type), a variable-size object's ob_size and
+ * the PyTypeObject fields up to tp_is_gc, identical in 3.8-3.14 (checked below).
+ *
+ * What it does, per object reached from a root: test-and-set its bit in the visited set
+ * (a two-level bitmap: one bit per 16 bytes of address space, a 512-byte leaf per 64 KiB
+ * region touched, leaves found through an open-addressing table), size it the way
+ * sys.getsizeof does (the type's C __sizeof__, resolved once per type by the agent, which
+ * never picks a Python one; or object.__sizeof__'s formula, basic size + item size x
+ * ob_size, computed here; plus the gc header the agent says getsizeof adds) and count it
+ * under its retention path (a node: parent path + type name, interned in a table). An
+ * object with referents is pushed on a stack, holding a reference, and opened later:
+ * exact lists and tuples by index, exact dicts with PyDict_Next (keys too: a dict's
+ * tp_traverse leaves out the keys of an all-str dict), anything else through its
+ * tp_traverse, called directly.
+ *
+ * Slices: cw_run works until a deadline, then returns with the stack as it is; the agent
+ * releases the GIL (it sleeps) and calls again. Everything on the stack is held by a
+ * reference, so nothing the walk will open can be freed meanwhile; a container is resumed
+ * at its index (PyDict_Next's position, a list index: if it changed meanwhile the census
+ * is an estimate, never a crash), other objects by skipping the referents already seen.
+ * Objects the target dropped while the walk held them (their count is 1: ours) are not
+ * released by the walk, whose thread must run none of the target's code (a finalizer):
+ * they are handed to the main thread with Py_AddPendingCall, where the target would have
+ * freed them itself.
+ *
+ * No code of the target runs: tp_traverse and the C __sizeof__ of builtins and extension
+ * types are C; the agent's own callbacks (type names, sizers, "is this class the agent's")
+ * run only between traversals, never inside one, since they may allocate and collect.
+ * Every exported function is called with the GIL held (ctypes.PyDLL).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CW_EXPORT __attribute__((visibility("default")))
+#define CW_ABI 1
+
+/* ---- what we need from CPython, declared by hand ---------------------------------- */
+
+typedef struct cw_type cw_type;
+typedef struct {
+    intptr_t refcnt; /* 3.12+: the low 32 bits are the count (immortal: huge) */
+    cw_type *type;
+} cw_object;
+typedef struct {
+    cw_object base;
+    intptr_t size;
+} cw_varobject;
+typedef int (*cw_visitproc)(cw_object *, void *);
+typedef int (*cw_traverseproc)(cw_object *, cw_visitproc, void *);
+typedef int (*cw_inquiry)(cw_object *);
+
+/* PyTypeObject up to tp_is_gc: the same fields at the same offsets in 3.8-3.14 (3.8's
+ * tp_print slot became tp_vectorcall_offset, same size). */
+struct cw_type {
+    cw_varobject base;
+    const char *tp_name;
+    intptr_t tp_basicsize, tp_itemsize;
+    void *tp_slots[15]; /* tp_dealloc .. tp_as_buffer */
+    unsigned long tp_flags;
+    const char *tp_doc;
+    cw_traverseproc tp_traverse;
+    void *tp_clear, *tp_richcompare;
+    intptr_t tp_weaklistoffset;
+    void *tp_iter, *tp_iternext, *tp_methods, *tp_members, *tp_getset;
+    cw_type *tp_base;
+    cw_object *tp_dict;
+    void *tp_descr_get, *tp_descr_set;
+    intptr_t tp_dictoffset;
+    void *tp_init, *tp_alloc, *tp_new, *tp_free;
+    cw_inquiry tp_is_gc;
+};
+_Static_assert(offsetof(struct cw_type, tp_flags) == 168, "PyTypeObject.tp_flags");
+_Static_assert(offsetof(struct cw_type, tp_traverse) == 184, "PyTypeObject.tp_traverse");
+_Static_assert(offsetof(struct cw_type, tp_is_gc) == 328, "PyTypeObject.tp_is_gc");
+
+#define TPFLAGS_HAVE_GC (1UL << 14)
+#define TPFLAGS_DICT_SUBCLASS (1UL << 29)
+#define TPFLAGS_TYPE_SUBCLASS (1UL << 31)
+
+static struct {
+    int resolved, usable;
+    void (*incref)(cw_object *);
+    void (*decref)(cw_object *);
+    intptr_t (*list_size)(cw_object *);
+    cw_object *(*list_get)(cw_object *, intptr_t);
+    intptr_t (*tuple_size)(cw_object *);
+    cw_object *(*tuple_get)(cw_object *, intptr_t);
+    int (*dict_next)(cw_object *, intptr_t *, cw_object **, cw_object **);
+    int (*list_append)(cw_object *, cw_object *);
+    cw_object *(*vectorcall)(cw_object *, cw_object *const *, size_t, cw_object *); /* 3.9+ */
+    cw_object *(*call_objargs)(cw_object *, ...);
+    intptr_t (*long_as_ssize)(cw_object *);
+    long long (*long_as_longlong)(cw_object *);
+    void (*err_clear)(void);
+    void *(*err_occurred)(void);
+    int (*add_pending)(int (*)(void *), void *);
+    int (*is_true)(cw_object *);
+    cw_type *list_type, *tuple_type, *dict_type;
+    cw_object *none;
+} py;
+
+static void *sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+#define RESOLVE(field, name) (*(void **)(&py.field) = sym(name))
+
+static int resolve(void) {
+    if (py.resolved)
+        return py.usable;
+    py.resolved = 1;
+    /* Not usable: free-threaded builds (counts are not one word) and Py_TRACE_REFS builds
+     * (two more words at the head of every object). The pure-Python walk serves them. */
+    if (sym("_Py_DecRefShared") != NULL || sym("_Py_MergeZeroLocalRefcount") != NULL ||
+        sym("_Py_PrintReferences") != NULL)
+        return 0;
+    int ok = 1;
+    ok &= RESOLVE(incref, "Py_IncRef") != NULL;
+    ok &= RESOLVE(decref, "Py_DecRef") != NULL;
+    ok &= RESOLVE(list_size, "PyList_Size") != NULL;
+    ok &= RESOLVE(list_get, "PyList_GetItem") != NULL;
+    ok &= RESOLVE(tuple_size, "PyTuple_Size") != NULL;
+    ok &= RESOLVE(tuple_get, "PyTuple_GetItem") != NULL;
+    ok &= RESOLVE(dict_next, "PyDict_Next") != NULL;
+    ok &= RESOLVE(list_append, "PyList_Append") != NULL;
+    RESOLVE(vectorcall, "PyObject_Vectorcall");
+    ok &= RESOLVE(call_objargs, "PyObject_CallFunctionObjArgs") != NULL;
+    ok &= RESOLVE(long_as_ssize, "PyLong_AsSsize_t") != NULL;
+    ok &= RESOLVE(long_as_longlong, "PyLong_AsLongLong") != NULL;
+    ok &= RESOLVE(err_clear, "PyErr_Clear") != NULL;
+    ok &= RESOLVE(err_occurred, "PyErr_Occurred") != NULL;
+    ok &= RESOLVE(add_pending, "Py_AddPendingCall") != NULL;
+    ok &= RESOLVE(is_true, "PyObject_IsTrue") != NULL;
+    ok &= RESOLVE(list_type, "PyList_Type") != NULL;
+    ok &= RESOLVE(tuple_type, "PyTuple_Type") != NULL;
+    ok &= RESOLVE(dict_type, "PyDict_Type") != NULL;
+    ok &= RESOLVE(none, "_Py_NoneStruct") != NULL;
+    py.usable = ok;
+    return ok;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* ---- state ------------------------------------------------------------------------ */
+
+#define REGION_SHIFT 16                             /* 64 KiB of address space per leaf */
+#define LEAF_BYTES ((1u << REGION_SHIFT) >> 7)      /* 1 bit per 16 bytes: 512 bytes */
+#define LEAVES_PER_SLAB 32 /* 16 KiB */
+#define CHUNK 4096        /* referents opened per turn of a big container before its
+                             children run: bounds the stack */
+#define TICK 256          /* objects between two looks at the clock */
+#define MODE_COUNT 0
+#define MODE_EXCLUDE 1    /* the agent's own objects: marked, not counted */
+
+/* Type flags the walk keeps. */
+#define TI_MODULE 1u
+#define TI_TRAVERSE 2u   /* has referents: HAVE_GC and a tp_traverse */
+#define TI_IS_GC 4u      /* tp_is_gc decides per object (types) */
+#define TI_CLASS 8u      /* instances are classes */
+#define TI_LIST 16u      /* exactly list */
+#define TI_TUPLE 32u     /* exactly tuple */
+#define TI_DICT 64u      /* a dict or a subclass */
+#define TI_DICT_EXACT 128u
+
+typedef struct {
+    cw_type *tp; /* a reference is held: the address cannot be reused for another type */
+    cw_object *method; /* C __sizeof__ (held), or NULL: object.__sizeof__'s formula */
+    int64_t extra;     /* what getsizeof adds: gc header, pre-header */
+    int32_t name;
+    uint32_t flags;
+} cw_tinfo;
+
+typedef struct {
+    cw_object *obj; /* held */
+    int64_t pos;    /* next index / dict position / referents already seen */
+    int32_t path;   /* the path its referents are counted under (-1: excluded) */
+    uint8_t done;
+} cw_entry;
+
+typedef struct {
+    cw_object *obj; /* held */
+    int32_t path;
+    uint8_t mode;
+} cw_later;
+
+typedef struct {
+    /* visited set */
+    uint64_t *region_keys; /* region + 1; 0: empty */
+    uint8_t **region_leaves;
+    size_t region_cap, regions;
+    uint8_t **slabs;
+    size_t nslabs, slab_used;
+    uint64_t last_region;
+    uint8_t *last_leaf;
+    /* boundaries: modules, their dicts, classes that are roots of their own */
+    uint64_t *bound;
+    size_t bound_cap, nbound;
+    /* types */
+    cw_tinfo *types;
+    size_t types_cap, ntypes;
+    /* retention paths */
+    int32_t *node_parent, *node_name;
+    uint8_t *node_depth;
+    uint64_t *node_count, *node_bytes;
+    size_t nodes, nodes_cap, max_nodes;
+    int32_t *node_index;
+    size_t index_cap;
+    uint64_t folded;
+    /* walk */
+    cw_entry *stack;
+    size_t sp, stack_cap, stack_max;
+    cw_later *later; /* reached, not yet sized: the agent must be asked about them */
+    size_t nlater, later_pos, later_cap;
+    cw_object **orphans;
+    size_t norphans, orphans_cap;
+    uint64_t orphans_sent; /* objects handed to the main thread to free, in all */
+    cw_object *classify, *agent_class; /* the agent's callbacks, held */
+    int max_depth;
+    int32_t other_name; /* paths beyond max_nodes fold into (other, type) */
+    int32_t unknown_name;
+    uint64_t objects, bytes;
+    uint64_t deadline, tick;
+    int over;
+    int nomem;
+    size_t max_bytes;
+    /* a tp_traverse under way */
+    int32_t cur_path;
+    uint8_t cur_mode;
+    int64_t cur_skip, cur_seen;
+    size_t cur_taken;
+} cw_census;
+
+static size_t memory(const cw_census *c) {
+    return c->nslabs * (size_t)LEAVES_PER_SLAB * LEAF_BYTES +
+           c->region_cap * (sizeof(uint64_t) + sizeof(uint8_t *)) + c->bound_cap * 8 +
+           c->types_cap * sizeof(cw_tinfo) +
+           c->nodes_cap * (4 + 4 + 1 + 8 + 8) + c->index_cap * 4 +
+           c->stack_cap * sizeof(cw_entry) + c->later_cap * sizeof(cw_later) +
+           c->orphans_cap * sizeof(void *);
+}
+
+static int grow(void **buf, size_t *cap, size_t need, size_t item) {
+    if (need <= *cap)
+        return 1;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*buf, n * item);
+    if (p == NULL)
+        return 0;
+    *buf = p;
+    *cap = n;
+    return 1;
+}
+
+/* ---- visited set -------------------------------------------------------------------- */
+
+static int regions_grow(cw_census *c) {
+    size_t ncap = c->region_cap ? c->region_cap * 2 : 1024;
+    uint64_t *keys = calloc(ncap, sizeof(uint64_t));
+    uint8_t **leaves = calloc(ncap, sizeof(uint8_t *));
+    if (keys == NULL || leaves == NULL) {
+        free(keys);
+        free(leaves);
+        return 0;
+    }
+    for (size_t i = 0; i < c->region_cap; i++) {
+        if (c->region_keys[i] == 0)
+            continue;
+        size_t j = mix(c->region_keys[i]) & (ncap - 1);
+        while (keys[j] != 0)
+            j = (j + 1) & (ncap - 1);
+        keys[j] = c->region_keys[i];
+        leaves[j] = c->region_leaves[i];
+    }
+    free(c->region_keys);
+    free(c->region_leaves);
+    c->region_keys = keys;
+    c->region_leaves = leaves;
+    c->region_cap = ncap;
+    return 1;
+}
+
+static uint8_t *leaf_new(cw_census *c) {
+    if (c->nslabs == 0 || c->slab_used == LEAVES_PER_SLAB) {
+        uint8_t **slabs = realloc(c->slabs, (c->nslabs + 1) * sizeof(void *));
+        if (slabs == NULL)
+            return NULL;
+        c->slabs = slabs;
+        uint8_t *slab = calloc(LEAVES_PER_SLAB, LEAF_BYTES);
+        if (slab == NULL)
+            return NULL;
+        c->slabs[c->nslabs++] = slab;
+        c->slab_used = 0;
+    }
+    return c->slabs[c->nslabs - 1] + (size_t)LEAF_BYTES * c->slab_used++;
+}
+
+/* The leaf of `region`, made when `make`; NULL when absent (or out of memory). */
+static uint8_t *leaf_of(cw_census *c, uint64_t region, int make) {
+    if (region == c->last_region && c->last_leaf != NULL)
+        return c->last_leaf;
+    uint64_t key = region + 1;
+    if (c->region_cap) {
+        size_t j = mix(key) & (c->region_cap - 1);
+        while (c->region_keys[j] != 0) {
+            if (c->region_keys[j] == key) {
+                c->last_region = region;
+                return c->last_leaf = c->region_leaves[j];
+            }
+            j = (j + 1) & (c->region_cap - 1);
+        }
+    }
+    if (!make)
+        return NULL;
+    if (c->max_bytes && memory(c) + LEAF_BYTES * LEAVES_PER_SLAB > c->max_bytes) {
+        c->nomem = 1;
+        return NULL;
+    }
+    if ((c->regions + 1) * 2 > c->region_cap && !regions_grow(c)) {
+        c->nomem = 1;
+        return NULL;
+    }
+    uint8_t *leaf = leaf_new(c);
+    if (leaf == NULL) {
+        c->nomem = 1;
+        return NULL;
+    }
+    size_t j = mix(key) & (c->region_cap - 1);
+    while (c->region_keys[j] != 0)
+        j = (j + 1) & (c->region_cap - 1);
+    c->region_keys[j] = key;
+    c->region_leaves[j] = leaf;
+    c->regions++;
+    c->last_region = region;
+    return c->last_leaf = leaf;
+}
+
+/* 1: newly marked; 0: marked before (or no memory left for the mark: never walked twice) */
+static inline int mark(cw_census *c, uint64_t addr) {
+    uint8_t *leaf = leaf_of(c, addr >> REGION_SHIFT, 1);
+    if (leaf == NULL)
+        return 0;
+    uint64_t bit = (addr & ((1u << REGION_SHIFT) - 1)) >> 4;
+    uint8_t m = (uint8_t)(1u << (bit & 7));
+    if (leaf[bit >> 3] & m)
+        return 0;
+    leaf[bit >> 3] |= m;
+    return 1;
+}
+
+static inline int marked(cw_census *c, uint64_t addr) {
+    uint8_t *leaf = leaf_of(c, addr >> REGION_SHIFT, 0);
+    if (leaf == NULL)
+        return 0;
+    uint64_t bit = (addr & ((1u << REGION_SHIFT) - 1)) >> 4;
+    return (leaf[bit >> 3] >> (bit & 7)) & 1;
+}
+
+/* ---- boundaries ------------------------------------------------------------------- */
+
+static int bound_has(const cw_census *c, uint64_t addr) {
+    if (c->nbound == 0)
+        return 0;
+    size_t j = mix(addr) & (c->bound_cap - 1);
+    while (c->bound[j] != 0) {
+        if (c->bound[j] == addr)
+            return 1;
+        j = (j + 1) & (c->bound_cap - 1);
+    }
+    return 0;
+}
+
+static int bound_add(cw_census *c, uint64_t addr) {
+    if (addr == 0 || bound_has(c, addr))
+        return 1;
+    if ((c->nbound + 1) * 2 > c->bound_cap) {
+        size_t ncap = c->bound_cap ? c->bound_cap * 2 : 1024;
+        uint64_t *b = calloc(ncap, 8);
+        if (b == NULL)
+            return 0;
+        for (size_t i = 0; i < c->bound_cap; i++) {
+            if (c->bound[i] == 0)
+                continue;
+            size_t j = mix(c->bound[i]) & (ncap - 1);
+            while (b[j] != 0)
+                j = (j + 1) & (ncap - 1);
+            b[j] = c->bound[i];
+        }
+        free(c->bound);
+        c->bound = b;
+        c->bound_cap = ncap;
+    }
+    size_t j = mix(addr) & (c->bound_cap - 1);
+    while (c->bound[j] != 0)
+        j = (j + 1) & (c->bound_cap - 1);
+    c->bound[j] = addr;
+    c->nbound++;
+    return 1;
+}
+
+/* ---- retention paths -------------------------------------------------------------- */
+
+static int index_put(cw_census *c, int32_t node) {
+    uint64_t key = ((uint64_t)(uint32_t)c->node_parent[node] << 32) | (uint32_t)c->node_name[node];
+    size_t j = mix(key) & (c->index_cap - 1);
+    while (c->node_index[j] >= 0)
+        j = (j + 1) & (c->index_cap - 1);
+    c->node_index[j] = node;
+    return 1;
+}
+
+static int32_t node_find(cw_census *c, int32_t parent, int32_t name, int make) {
+    uint64_t key = ((uint64_t)(uint32_t)parent << 32) | (uint32_t)name;
+    if (c->index_cap) {
+        size_t j = mix(key) & (c->index_cap - 1);
+        int32_t n;
+        while ((n = c->node_index[j]) >= 0) {
+            if (c->node_parent[n] == parent && c->node_name[n] == name)
+                return n;
+            j = (j + 1) & (c->index_cap - 1);
+        }
+    }
+    if (!make)
+        return -1;
+    if ((c->nodes + 1) * 2 > c->index_cap) {
+        size_t ncap = c->index_cap ? c->index_cap * 2 : 4096;
+        int32_t *idx = malloc(ncap * sizeof(int32_t));
+        if (idx == NULL)
+            return -1;
+        memset(idx, 0xff, ncap * sizeof(int32_t));
+        free(c->node_index);
+        c->node_index = idx;
+        c->index_cap = ncap;
+        for (size_t i = 0; i < c->nodes; i++)
+            index_put(c, (int32_t)i);
+    }
+    if (c->nodes == c->nodes_cap) {
+        size_t ncap = c->nodes_cap ? c->nodes_cap * 2 : 1024;
+        int32_t *p = realloc(c->node_parent, ncap * 4);
+        if (p != NULL)
+            c->node_parent = p;
+        int32_t *nm = realloc(c->node_name, ncap * 4);
+        if (nm != NULL)
+            c->node_name = nm;
+        uint8_t *d = realloc(c->node_depth, ncap);
+        if (d != NULL)
+            c->node_depth = d;
+        uint64_t *cnt = realloc(c->node_count, ncap * 8);
+        if (cnt != NULL)
+            c->node_count = cnt;
+        uint64_t *b = realloc(c->node_bytes, ncap * 8);
+        if (b != NULL)
+            c->node_bytes = b;
+        if (p == NULL || nm == NULL || d == NULL || cnt == NULL || b == NULL)
+            return -1;
+        c->nodes_cap = ncap;
+    }
+    int32_t n = (int32_t)c->nodes++;
+    c->node_parent[n] = parent;
+    c->node_name[n] = name;
+    c->node_depth[n] = parent < 0 ? 1 : (uint8_t)(c->node_depth[parent] + 1);
+    c->node_count[n] = 0;
+    c->node_bytes[n] = 0;
+    index_put(c, n);
+    return n;
+}
+
+/* The leaf (path + type name) an object of type name `name` is counted under. */
+static int32_t leaf_node(cw_census *c, int32_t path, int32_t name) {
+    int32_t n = node_find(c, path, name, c->nodes < c->max_nodes);
+    if (n >= 0)
+        return n;
+    c->folded++;
+    int32_t other = node_find(c, -1, c->other_name, 1);
+    return other < 0 ? -1 : node_find(c, other, name, 1);
+}
+
+/* ---- references ------------------------------------------------------------------ */
+
+static inline uint32_t refcount(const cw_object *o) { return (uint32_t)o->refcnt; }
+
+/* Drop the walk's reference, unless it is the last one: freeing the object could run
+ * the target's code (a finalizer, a weakref callback) in this thread. */
+static void release(cw_census *c, cw_object *o) {
+    if (refcount(o) == 1) {
+        if (grow((void **)&c->orphans, &c->orphans_cap, c->norphans + 1, sizeof(void *))) {
+            c->orphans[c->norphans++] = o;
+            return;
+        }
+        return; /* no memory to remember it: leaked rather than freed here */
+    }
+    py.decref(o);
+}
+
+typedef struct {
+    size_t n;
+    cw_object *objs[];
+} cw_orphans;
+
+/* Pending calls of ours not run yet: the library must stay mapped while any is queued. */
+static int g_pending;
+
+static int free_orphans(void *arg) {
+    cw_orphans *o = arg;
+    g_pending--;
+    for (size_t i = 0; i < o->n; i++)
+        py.decref(o->objs[i]);
+    free(o);
+    return 0;
+}
+
+/* Hand the orphans to the main thread (Py_AddPendingCall): it frees them where the
+ * target would have. If the queue is full they stay for the next call. */
+static void send_orphans(cw_census *c) {
+    if (c->norphans == 0)
+        return;
+    cw_orphans *o = malloc(sizeof(cw_orphans) + c->norphans * sizeof(cw_object *));
+    if (o == NULL)
+        return;
+    o->n = c->norphans;
+    memcpy(o->objs, c->orphans, c->norphans * sizeof(cw_object *));
+    g_pending++;
+    if (py.add_pending(free_orphans, o) != 0) {
+        g_pending--;
+        free(o);
+        return;
+    }
+    c->orphans_sent += c->norphans;
+    c->norphans = 0;
+}
+
+/* ---- types ------------------------------------------------------------------------ */
+
+static cw_tinfo *type_find(cw_census *c, cw_type *tp) {
+    if (c->ntypes == 0)
+        return NULL;
+    size_t j = mix((uint64_t)(uintptr_t)tp) & (c->types_cap - 1);
+    while (c->types[j].tp != NULL) {
+        if (c->types[j].tp == tp)
+            return &c->types[j];
+        j = (j + 1) & (c->types_cap - 1);
+    }
+    return NULL;
+}
+
+static cw_tinfo *type_insert(cw_census *c, const cw_tinfo *info) {
+    if ((c->ntypes + 1) * 2 > c->types_cap) {
+        size_t ncap = c->types_cap ? c->types_cap * 2 : 256;
+        cw_tinfo *t = calloc(ncap, sizeof(cw_tinfo));
+        if (t == NULL)
+            return NULL;
+        for (size_t i = 0; i < c->types_cap; i++) {
+            if (c->types[i].tp == NULL)
+                continue;
+            size_t j = mix((uint64_t)(uintptr_t)c->types[i].tp) & (ncap - 1);
+            while (t[j].tp != NULL)
+                j = (j + 1) & (ncap - 1);
+            t[j] = c->types[i];
+        }
+        free(c->types);
+        c->types = t;
+        c->types_cap = ncap;
+    }
+    size_t j = mix((uint64_t)(uintptr_t)info->tp) & (c->types_cap - 1);
+    while (c->types[j].tp != NULL)
+        j = (j + 1) & (c->types_cap - 1);
+    c->types[j] = *info;
+    c->ntypes++;
+    return &c->types[j];
+}
+
+static cw_object *call1(cw_object *func, cw_object *arg) {
+    if (py.vectorcall != NULL) {
+        cw_object *args[1] = {arg};
+        return py.vectorcall(func, args, 1, NULL);
+    }
+    return py.call_objargs(func, arg, NULL);
+}
+
+/* Ask the agent about a type met for the first time: classify(type) returns
+ * (name id, C __sizeof__ or None, bytes getsizeof adds, is a module type). */
+static cw_tinfo *type_learn(cw_census *c, cw_type *tp) {
+    cw_tinfo info = {.tp = tp, .method = NULL, .extra = 0, .name = c->unknown_name};
+    cw_object *r = call1(c->classify, (cw_object *)tp);
+    if (r != NULL && py.tuple_size(r) == 4) {
+        info.name = (int32_t)py.long_as_longlong(py.tuple_get(r, 0));
+        cw_object *m = py.tuple_get(r, 1);
+        if (m != NULL && m != py.none) {
+            py.incref(m);
+            info.method = m;
+        }
+        info.extra = (int64_t)py.long_as_longlong(py.tuple_get(r, 2));
+        cw_object *mod = py.tuple_get(r, 3);
+        if (mod != NULL && py.is_true(mod) == 1)
+            info.flags |= TI_MODULE;
+    }
+    if (py.err_occurred())
+        py.err_clear();
+    if (r != NULL)
+        py.decref(r);
+    unsigned long f = tp->tp_flags;
+    if ((f & TPFLAGS_HAVE_GC) && tp->tp_traverse != NULL)
+        info.flags |= TI_TRAVERSE;
+    if (tp->tp_is_gc != NULL)
+        info.flags |= TI_IS_GC;
+    if (f & TPFLAGS_TYPE_SUBCLASS)
+        info.flags |= TI_CLASS;
+    if (f & TPFLAGS_DICT_SUBCLASS)
+        info.flags |= TI_DICT;
+    if (tp == py.list_type)
+        info.flags |= TI_LIST;
+    if (tp == py.tuple_type)
+        info.flags |= TI_TUPLE;
+    if (tp == py.dict_type)
+        info.flags |= TI_DICT_EXACT;
+    py.incref((cw_object *)tp);
+    cw_tinfo *t = type_insert(c, &info);
+    if (t == NULL) {
+        c->nomem = 1;
+        py.decref((cw_object *)tp);
+        if (info.method)
+            py.decref(info.method);
+    }
+    return t;
+}
+
+static int64_t size_of(const cw_tinfo *t, cw_object *o) {
+    cw_type *tp = o->type;
+    int64_t size = tp->tp_basicsize;
+    if (tp->tp_itemsize > 0)
+        size += ((cw_varobject *)o)->size * tp->tp_itemsize;
+    if (t->method != NULL) {
+        cw_object *r = call1(t->method, o);
+        if (r != NULL) {
+            intptr_t s = py.long_as_ssize(r);
+            py.decref(r);
+            if (s == -1 && py.err_occurred())
+                py.err_clear();
+            else
+                size = s;
+        } else {
+            py.err_clear();
+        }
+    }
+    return size + t->extra;
+}
+
+/* ---- the walk --------------------------------------------------------------------- */
+
+static int push(cw_census *c, cw_object *o, int32_t path) {
+    if (!grow((void **)&c->stack, &c->stack_cap, c->sp + 1, sizeof(cw_entry))) {
+        c->nomem = 1;
+        return 0;
+    }
+    py.incref(o);
+    c->stack[c->sp++] = (cw_entry){.obj = o, .pos = 0, .path = path, .done = 0};
+    if (c->sp > c->stack_max)
+        c->stack_max = c->sp;
+    return 1;
+}
+
+static int later(cw_census *c, cw_object *o, int32_t path, uint8_t mode) {
+    if (!grow((void **)&c->later, &c->later_cap, c->nlater + 1, sizeof(cw_later))) {
+        c->nomem = 1;
+        return 0;
+    }
+    py.incref(o);
+    c->later[c->nlater++] = (cw_later){.obj = o, .path = path, .mode = mode};
+    return 1;
+}
+
+static inline int has_referents(const cw_tinfo *t, cw_object *o) {
+    if (!(t->flags & TI_TRAVERSE))
+        return 0;
+    return !(t->flags & TI_IS_GC) || o->type->tp_is_gc(o);
+}
+
+/* Count `o` (marked already, type known) under `path` and push it if it has referents. */
+static void take(cw_census *c, cw_object *o, const cw_tinfo *t, int32_t path) {
+    int64_t size = size_of(t, o);
+    int32_t leaf = leaf_node(c, path, t->name);
+    if (leaf >= 0) {
+        c->node_count[leaf]++;
+        c->node_bytes[leaf] += (uint64_t)size;
+    }
+    c->objects++;
+    c->bytes += (uint64_t)size;
+    if (t->flags & TI_MODULE)
+        return; /* a module outside sys.modules: its globals are not ours */
+    if (has_referents(t, o)) {
+        int32_t child = (leaf >= 0 && c->node_depth[path] <= c->max_depth) ? leaf : path;
+        push(c, o, child);
+    }
+}
+
+/* One referent reached: skipped, taken now, or kept for after the traversal. */
+static inline void reach(cw_census *c, cw_object *o, int32_t path, uint8_t mode, int inside) {
+    if (o == NULL)
+        return;
+    uint64_t addr = (uint64_t)(uintptr_t)o;
+    if (c->nbound && bound_has(c, addr))
+        return;
+    if (!mark(c, addr))
+        return;
+    cw_tinfo *t = inside ? NULL : type_find(c, o->type);
+    if (t == NULL || mode == MODE_EXCLUDE) {
+        later(c, o, path, mode);
+        return;
+    }
+    take(c, o, t, path);
+}
+
+static inline void tick(cw_census *c) {
+    if ((++c->tick & (TICK - 1)) == 0 && now_ns() >= c->deadline)
+        c->over = 1;
+}
+
+/* After a traversal: the referents kept for later, with the agent asked what it must be
+ * asked (new types; whether a class is the agent's). Resumable: stops at the deadline. */
+static void run_later(cw_census *c) {
+    while (c->later_pos < c->nlater) {
+        cw_later l = c->later[c->later_pos++];
+        cw_tinfo *t = type_find(c, l.obj->type);
+        if (t == NULL)
+            t = type_learn(c, l.obj->type);
+        if (t != NULL) {
+            if (l.mode == MODE_EXCLUDE) {
+                int enter = !(t->flags & TI_MODULE) && has_referents(t, l.obj);
+                if (enter && (t->flags & TI_CLASS)) {
+                    cw_object *r = call1(c->agent_class, l.obj);
+                    enter = r != NULL && py.is_true(r) == 1;
+                    if (r != NULL)
+                        py.decref(r);
+                    if (py.err_occurred())
+                        py.err_clear();
+                }
+                if (enter)
+                    push(c, l.obj, -1);
+            } else {
+                take(c, l.obj, t, l.path);
+            }
+        }
+        release(c, l.obj);
+        tick(c);
+        if (c->over)
+            break;
+    }
+    if (c->later_pos == c->nlater)
+        c->nlater = c->later_pos = 0;
+}
+
+static int visit(cw_object *o, void *arg) {
+    cw_census *c = arg;
+    if (c->cur_seen++ < c->cur_skip)
+        return 0;
+    /* inside a tp_traverse: nothing that could allocate, everything kept for later */
+    reach(c, o, c->cur_path, c->cur_mode, 1);
+    if (++c->cur_taken >= CHUNK || c->nomem)
+        return 1;
+    return 0;
+}
+
+/* Open the top entry for one turn. */
+static void open_top(cw_census *c) {
+    size_t top = c->sp - 1; /* entries pushed meanwhile go above it */
+    cw_entry *e = &c->stack[top];
+    cw_object *o = e->obj;
+    int32_t path = e->path;
+    uint8_t mode = path < 0 ? MODE_EXCLUDE : MODE_COUNT;
+    cw_tinfo *t = type_find(c, o->type);
+    uint32_t flags = t != NULL ? t->flags : 0;
+    int64_t pos = e->pos;
+    if (flags & (TI_LIST | TI_TUPLE)) {
+        int list = (flags & TI_LIST) != 0;
+        intptr_t n = list ? py.list_size(o) : py.tuple_size(o);
+        int64_t stop = pos + CHUNK;
+        for (; pos < n && pos < stop && !c->over; pos++) {
+            reach(c, list ? py.list_get(o, pos) : py.tuple_get(o, pos), path, mode, 0);
+            tick(c);
+        }
+        if (py.err_occurred())
+            py.err_clear();
+        c->stack[top].pos = pos;
+        if (pos >= n)
+            c->stack[top].done = 1;
+        return;
+    }
+    if (flags & TI_DICT_EXACT) {
+        intptr_t p = (intptr_t)pos;
+        cw_object *k, *v;
+        int more = 1;
+        for (int i = 0; i < CHUNK / 2 && !c->over; i++) {
+            if (!(more = py.dict_next(o, &p, &k, &v)))
+                break;
+            reach(c, k, path, mode, 0);
+            reach(c, v, path, mode, 0);
+            tick(c);
+        }
+        c->stack[top].pos = (int64_t)p;
+        if (!more)
+            c->stack[top].done = 1;
+        return;
+    }
+    /* anything else: its own tp_traverse, resumed by skipping what it visited before */
+    c->cur_path = path;
+    c->cur_mode = mode;
+    c->cur_skip = pos;
+    c->cur_seen = 0;
+    c->cur_taken = 0;
+    int rc = o->type->tp_traverse(o, visit, c);
+    c->stack[top].pos = c->cur_seen;
+    c->tick += c->cur_taken;
+    if (rc == 0) {
+        if (flags & TI_DICT) { /* a dict subclass: its keys too */
+            intptr_t p = 0;
+            cw_object *k, *v;
+            while (py.dict_next(o, &p, &k, &v))
+                reach(c, k, path, mode, 1);
+        }
+        c->stack[top].done = 1;
+    }
+    if (now_ns() >= c->deadline)
+        c->over = 1;
+}
+
+/* ---- exported --------------------------------------------------------------------- */
+
+CW_EXPORT int cw_abi(void) { return CW_ABI; }
+
+CW_EXPORT int cw_usable(void) { return resolve(); }
+
+/* Orphans handed to the main thread and not freed yet: no dlclose while this is not 0. */
+CW_EXPORT int cw_pending(void) { return g_pending; }
+
+CW_EXPORT void *cw_new(cw_object *classify, cw_object *agent_class, int max_depth,
+                       uint64_t max_nodes, uint64_t max_bytes, int32_t other_name,
+                       int32_t unknown_name) {
+    if (!resolve())
+        return NULL;
+    cw_census *c = calloc(1, sizeof(cw_census));
+    if (c == NULL)
+        return NULL;
+    py.incref(classify);
+    py.incref(agent_class);
+    c->classify = classify;
+    c->agent_class = agent_class;
+    c->max_depth = max_depth;
+    c->max_nodes = max_nodes;
+    c->max_bytes = max_bytes;
+    c->other_name = other_name;
+    c->unknown_name = unknown_name;
+    c->last_region = UINT64_MAX;
+    return c;
+}
+
+/* Let go of every reference the walk holds (the results stay readable). */
+CW_EXPORT void cw_stop(void *handle) {
+    cw_census *c = handle;
+    while (c->sp > 0)
+        release(c, c->stack[--c->sp].obj);
+    for (size_t i = c->later_pos; i < c->nlater; i++)
+        release(c, c->later[i].obj);
+    c->nlater = c->later_pos = 0;
+    send_orphans(c);
+}
+
+CW_EXPORT void cw_free(void *handle) {
+    cw_census *c = handle;
+    if (c == NULL)
+        return;
+    cw_stop(c);
+    for (size_t i = 0; i < c->types_cap; i++) {
+        if (c->types[i].tp == NULL)
+            continue;
+        if (c->types[i].method != NULL)
+            release(c, c->types[i].method);
+        release(c, (cw_object *)c->types[i].tp);
+    }
+    release(c, c->classify);
+    release(c, c->agent_class);
+    send_orphans(c); /* if the queue was full, they are leaked: never freed here */
+    for (size_t i = 0; i < c->nslabs; i++)
+        free(c->slabs[i]);
+    free(c->slabs);
+    free(c->region_keys);
+    free(c->region_leaves);
+    free(c->bound);
+    free(c->types);
+    free(c->node_parent);
+    free(c->node_name);
+    free(c->node_depth);
+    free(c->node_count);
+    free(c->node_bytes);
+    free(c->node_index);
+    free(c->stack);
+    free(c->later);
+    free(c->orphans);
+    free(c);
+}
+
+CW_EXPORT int cw_boundary(void *handle, uint64_t addr) { return bound_add(handle, addr); }
+
+CW_EXPORT int cw_mark(void *handle, uint64_t addr) { return mark(handle, addr); }
+
+CW_EXPORT int cw_marked(void *handle, uint64_t addr) { return marked(handle, addr); }
+
+CW_EXPORT int32_t cw_node(void *handle, int32_t parent, int32_t name) {
+    return node_find(handle, parent, name, 1);
+}
+
+/* Count objects the agent sized itself (a class, a module, a module's dict). */
+CW_EXPORT void cw_add(void *handle, int32_t node, uint64_t objects, uint64_t bytes) {
+    cw_census *c = handle;
+    if (node >= 0 && (size_t)node < c->nodes) {
+        c->node_count[node] += objects;
+        c->node_bytes[node] += bytes;
+    }
+    c->objects += objects;
+    c->bytes += bytes;
+}
+
+/* A root object: counted under `path` (a root node), then walked by cw_run; path -1: the
+ * agent's own object, marked with all it reaches, not counted. */
+CW_EXPORT void cw_visit(void *handle, cw_object *o, int32_t path) {
+    cw_census *c = handle;
+    reach(c, o, path, path < 0 ? MODE_EXCLUDE : MODE_COUNT, 1);
+}
+
+/* Walk the referents of `o` (counted already) under `path`. */
+CW_EXPORT int cw_push(void *handle, cw_object *o, int32_t path) {
+    cw_census *c = handle;
+    cw_tinfo *t = type_find(c, o->type);
+    if (t == NULL)
+        t = type_learn(c, o->type);
+    if (t == NULL || !has_referents(t, o))
+        return 0;
+    return push(c, o, path);
+}
+
+/* Walk for at most budget_ns: 1 when nothing is left, 0 when the time is up, -1 when
+ * the bookkeeping limit was reached (the census so far stands, marked partial). */
+CW_EXPORT int cw_run(void *handle, uint64_t budget_ns) {
+    cw_census *c = handle;
+    c->deadline = now_ns() + budget_ns;
+    c->over = 0;
+    c->tick = 0;
+    for (;;) {
+        if (c->nomem)
+            return -1;
+        if (c->later_pos < c->nlater) {
+            run_later(c);
+            if (c->over)
+                break;
+            continue;
+        }
+        if (c->sp == 0)
+            break;
+        cw_entry *e = &c->stack[c->sp - 1];
+        if (e->done) {
+            cw_object *o = e->obj;
+            c->sp--;
+            release(c, o);
+            continue;
+        }
+        open_top(c);
+        if (c->over)
+            break;
+    }
+    send_orphans(c);
+    if (c->nomem)
+        return -1;
+    return c->sp == 0 && c->later_pos >= c->nlater ? 1 : 0;
+}
+
+/* From items[start:] of a list, append the objects not marked to `out`, until the
+ * deadline; the index reached. */
+CW_EXPORT int64_t cw_unmarked(void *handle, cw_object *items, int64_t start, cw_object *out,
+                              uint64_t budget_ns) {
+    cw_census *c = handle;
+    uint64_t deadline = now_ns() + budget_ns;
+    intptr_t n = py.list_size(items);
+    int64_t i = start;
+    for (; i < n; i++) {
+        cw_object *o = py.list_get(items, i);
+        if (o != NULL && !marked(c, (uint64_t)(uintptr_t)o) && py.list_append(out, o) < 0)
+            break;
+        if ((i & 4095) == 4095 && now_ns() >= deadline) {
+            i++;
+            break;
+        }
+    }
+    if (py.err_occurred())
+        py.err_clear();
+    return i;
+}
+
+/* objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects the
+ * target dropped while the walk held them (handed to the main thread to free) */
+CW_EXPORT void cw_stats(void *handle, uint64_t *out) {
+    cw_census *c = handle;
+    out[0] = c->objects;
+    out[1] = c->bytes;
+    out[2] = c->nodes;
+    out[3] = memory(c);
+    out[4] = c->folded;
+    out[5] = c->stack_max;
+    out[6] = c->orphans_sent + c->norphans;
+}
+
+/* The paths: parent node (-1: a root), name id, objects, bytes, as arrays of cw_nodes(). */
+CW_EXPORT uint64_t cw_nodes(void *handle, int32_t **parent, int32_t **name, uint64_t **count,
+                            uint64_t **bytes) {
+    cw_census *c = handle;
+    *parent = c->node_parent;
+    *name = c->node_name;
+    *count = c->node_count;
+    *bytes = c->node_bytes;
+    return c->nodes;
+}

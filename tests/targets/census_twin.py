@@ -1,0 +1,75 @@
+"""The census's two walks side by side in one interpreter: the native one (the shim's
+census_walk.c) and the pure-Python fallback, over census_app's roots, and the native
+walk's handling of objects the target drops while the walk holds them.
+
+Usage: census_twin.py AGENT_DIR SHIM_PATH
+Prints "TWIN <json>": {"native": {"root|type": [objects, bytes]}, "python": {...},
+"walkers": [...], "orphan_freed": bool, "orphans": n}.
+"""
+
+import gc
+import json
+import os
+import sys
+import threading
+import weakref
+
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+SHIM = sys.argv[2]
+sys.argv[1:] = ["2000"]  # census_app's cache size
+import census_app  # noqa: E402, F401 - its roots are what the walks count
+from heapspy_agent import census, census_walk  # noqa: E402
+
+ROOTS = ("census_app.CACHE", "census_app.Registry.items", "census_app.HANDLER")
+
+
+def totals(walk):
+    while not walk.step(0.02):
+        pass
+    out = {}
+    for frame in walk.result_frames(1000):
+        for path, objects, nbytes in frame["sites"]:
+            if path[0] in ROOTS:
+                entry = out.setdefault(path[0] + "|" + path[-1], [0, 0])
+                entry[0] += objects
+                entry[1] += nbytes
+    walker = walk.walker
+    walk.close()
+    return out, walker
+
+
+library = census_walk.load(SHIM)
+native, native_walker = totals(census.new_census([], threading.get_ident(), library))
+python, python_walker = totals(census.new_census([], threading.get_ident(), None))
+
+
+# A container the walk holds on its stack, dropped by the target between two slices:
+# the walk must neither touch freed memory nor free it itself (its finalizer would run
+# in the walk's thread); the main thread frees it (a pending call).
+class Box:
+    pass
+
+
+held = [[Box() for _ in range(50)] for _ in range(2000)]
+probe = weakref.ref(held[-1][0])
+walk = library.new(lambda tp: (1, None, 16, False), lambda cls: False, 3, 1000, 1 << 26, 0, 1)
+walk.visit(held, walk.node(-1, 2))
+walk.run(0)  # one turn: the list and some of its items are on the walk's stack
+del held
+while walk.run(10**9) == 0:
+    pass
+orphans = walk.stats()[6]
+walk.free()
+for _ in range(1000):  # the pending call runs at the main thread's next checks
+    if probe() is None:
+        break
+    gc.collect(0)
+result = {
+    "native": native,
+    "python": python,
+    "walkers": [native_walker, python_walker],
+    "orphan_freed": probe() is None,
+    "orphans": orphans,
+}
+print("TWIN " + json.dumps(result), flush=True)
