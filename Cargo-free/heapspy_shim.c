@@ -229,7 +229,11 @@ static uint32_t g_cset_cap, g_cset_count;
 static void **g_cap_codes;
 static int32_t *g_cap_lines;
 
-/* Pointer map: sampled block -> (stack, size, weight); linear probing, key 0 = empty. */
+/* Pointer map: sampled block -> (stack, size, weight); linear probing, key 0 = empty.
+ * g_mstacks holds the stack id (< HS_MAX_STACKS = 2**24) and, above it, the block's domain
+ * (HS_DOM_*): what hs_live_foreach() reports. */
+#define HS_MAP_DOM_SHIFT 24
+#define HS_MAP_STACK_MASK ((1u << HS_MAP_DOM_SHIFT) - 1)
 static uintptr_t *g_mkeys;
 static uint64_t *g_msizes;
 static uint32_t *g_mstacks;
@@ -647,7 +651,7 @@ static int capture(unsigned *flags) {
 /* Called only in MODE_ACTIVE. While the capture runs, g_until is 0 (the gate: the capture's
  * own allocations, and any other thread's, take the slow path, where the mode decides);
  * the next gap is drawn first and put in place when the capture is over. */
-static __attribute__((noinline)) void sample(void *ptr, size_t size) {
+static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned dom) {
     int64_t next = draw_gap();
     if (g_rate == 0) {
         g_until = next;
@@ -671,7 +675,7 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size) {
     s->alloc_bytes += size;
     s->est[0] += w;
     s->est[1] += w * (double)size;
-    if (map_insert(ptr, id, size, w)) {
+    if (map_insert(ptr, id | (dom << HS_MAP_DOM_SHIFT), size, w)) {
         s->live_count++;
         s->live_bytes += size;
         s->est[2] += w;
@@ -692,13 +696,13 @@ static inline void count_alloc(hs_dom *d, size_t size) {
 /* Go's test, after the allocation: sample when it reaches the countdown. g_until >= 1 when
  * active, so a zero-byte allocation is never sampled. Another thread's allocation made
  * while a capture runs is counted, not sampled. */
-static inline void count_down(void *ptr, size_t size) {
+static inline void count_down(hs_dom *d, void *ptr, size_t size) {
     if (g_mode != MODE_ACTIVE)
         return;
     if (LIKELY(size < (uint64_t)g_until))
         g_until -= (int64_t)size;
     else
-        sample(ptr, size);
+        sample(ptr, size, (unsigned)(d - g_dom));
 }
 
 /* The first probe of the pointer map, inline: an empty slot proves ptr is not sampled.
@@ -710,6 +714,7 @@ static __attribute__((noinline)) void forget(void *ptr) {
     uint64_t size;
     double w;
     if (map_remove(ptr, &id, &size, &w)) {
+        id &= HS_MAP_STACK_MASK;
         hs_stack *s = &g_stacks[id];
         s->live_count--;
         s->live_bytes -= size;
@@ -741,7 +746,7 @@ static __attribute__((noinline)) void *malloc_slow(hs_dom *d, size_t size) {
     if (counting()) {
         count_alloc(d, size);
         if (p != NULL)
-            count_down(p, size);
+            count_down(d, p, size);
     }
     return p;
 }
@@ -771,7 +776,7 @@ static __attribute__((noinline)) void *calloc_slow(hs_dom *d, size_t nelem, size
     if (counting() && !__builtin_mul_overflow(nelem, elsize, &size)) {
         count_alloc(d, size);
         if (p != NULL)
-            count_down(p, size);
+            count_down(d, p, size);
     }
     return p;
 }
@@ -806,7 +811,7 @@ static void *hs_realloc(void *ctx, void *ptr, size_t size) {
     }
     if (counting()) {
         count_alloc(d, size);
-        count_down(p, size);
+        count_down(d, p, size);
     }
     return p;
 }
@@ -875,7 +880,7 @@ static int np_counting(void) { return counting() && api.gil_check() == 1; }
 static void np_account(void *p, size_t size) {
     count_alloc(&g_dom[HS_DOM_NUMPY], size);
     if (p != NULL)
-        count_down(p, size);
+        count_down(&g_dom[HS_DOM_NUMPY], p, size);
 }
 
 static void *hs_np_malloc(void *ctx, size_t size) {
@@ -1074,6 +1079,7 @@ HS_EXPORT const char *hs_strerror(int code) {
         return "an earlier session's hooks are still chained below another allocator";
     case HS_ERR_ARG: return "invalid argument";
     case HS_ERR_HANDLER: return "not NumPy's version-1 default data allocator handler";
+    case HS_ERR_LAYOUT: return "a type object's layout is not the one CPython 3.8-3.14 share";
     case HS_LEFT_INSTALLED:
         return "another allocator replaced the shim's hooks; they stay installed as "
                "pass-throughs and the library must stay loaded";
@@ -1322,4 +1328,72 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     g_drained = g_nstacks;
     out->shim_memory = shim_memory();
     return HS_OK;
+}
+
+/* ---- live sampled blocks -------------------------------------------------------- */
+
+/* Calls fn for every live sampled block, in map order, until it returns nonzero (which is
+ * returned). fn must not allocate through the hooked domains nor release the GIL: the map
+ * could grow under the walk. */
+int hs_live_foreach(int (*fn)(void *arg, const hs_live_block *b), void *arg) {
+    if (g_state != HS_STATE_RUNNING || g_mkeys == NULL)
+        return 0;
+    hs_live_block b;
+    for (uint64_t i = 0; i < g_mcap; i++) {
+        uintptr_t k = g_mkeys[i];
+        if (k == 0 || k == MAP_SENTINEL)
+            continue;
+        b.addr = (uint64_t)k;
+        b.size = g_msizes[i];
+        b.stack = g_mstacks[i] & HS_MAP_STACK_MASK;
+        b.domain = g_mstacks[i] >> HS_MAP_DOM_SHIFT;
+        b.weight = g_mweights[i];
+        int rc = fn(arg, &b);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The live sampled block that starts at addr: 1 and *out filled, else 0. */
+int hs_live_find(uint64_t addr, hs_live_block *out) {
+    if (g_state != HS_STATE_RUNNING || g_mkeys == NULL || addr == 0 || addr == MAP_SENTINEL)
+        return 0;
+    uint64_t mask = g_mcap - 1, i = map_slot((uintptr_t)addr);
+    for (uintptr_t k; (k = g_mkeys[i]) != 0; i = (i + 1) & mask) {
+        if (k == (uintptr_t)addr) {
+            out->addr = addr;
+            out->size = g_msizes[i];
+            out->stack = g_mstacks[i] & HS_MAP_STACK_MASK;
+            out->domain = g_mstacks[i] >> HS_MAP_DOM_SHIFT;
+            out->weight = g_mweights[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Copy up to max live sampled blocks into out, resuming at *cursor (0 to begin; it is a
+ * position in the pointer map, advanced past what was copied). Returns the number copied:
+ * 0 once every block was seen. A sample taken or freed between two calls may be missed
+ * or seen twice; one call under the GIL is a consistent snapshot of what it returns. */
+HS_EXPORT int64_t hs_live_blocks(hs_live_block *out, uint64_t max, uint64_t *cursor) {
+    if (out == NULL || cursor == NULL)
+        return -HS_ERR_ARG;
+    if (g_state != HS_STATE_RUNNING || g_mkeys == NULL)
+        return 0;
+    uint64_t i = *cursor, n = 0;
+    for (; i < g_mcap && n < max; i++) {
+        uintptr_t k = g_mkeys[i];
+        if (k == 0 || k == MAP_SENTINEL)
+            continue;
+        hs_live_block *b = &out[n++];
+        b->addr = (uint64_t)k;
+        b->size = g_msizes[i];
+        b->stack = g_mstacks[i] & HS_MAP_STACK_MASK;
+        b->domain = g_mstacks[i] >> HS_MAP_DOM_SHIFT;
+        b->weight = g_mweights[i];
+    }
+    *cursor = i;
+    return (int64_t)n;
 }

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 3
+#define HS_ABI 4
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -36,6 +36,7 @@
 #define HS_LEFT_INSTALLED 10   /* hs_stop: someone replaced our hooks; they stay installed as
                                   pass-throughs and the library must stay loaded */
 #define HS_ERR_HANDLER 11      /* hs_numpy_hook: not a version-1 default NumPy handler */
+#define HS_ERR_LAYOUT 12       /* hs_types_set: a type's flags are not where 3.8-3.14 keep them */
 
 /* hs_start flags. */
 #define HS_FLAG_FREE_THREADED 1u /* the caller knows the build is free-threaded */
@@ -118,5 +119,25 @@ int hs_numpy_inflight(void);
 /* pymalloc's account of its arenas (CPython's _PyObject_DebugMallocStats) written to `out`,
  * a FILE*; its return value (0: pymalloc not in use). Call with the GIL held. */
 int hs_pymalloc_stats(void *out);
+
+/* One live sampled block: what the pointer map knows of it. */
+typedef struct {
+    uint64_t addr;   /* the pointer the hooked allocator returned (an object's block start) */
+    uint64_t size;   /* requested bytes */
+    uint32_t stack;  /* stack id (as in hs_report) */
+    uint32_t domain; /* HS_DOM_MEM, HS_DOM_OBJ or HS_DOM_NUMPY */
+    double weight;   /* 1 / P(sampled) at the rate in force when it was taken */
+} hs_live_block;
+
+/* Copy up to max live sampled blocks into out, from *cursor (0 to begin); returns how
+ * many were copied (0: done), -HS_ERR_ARG for NULL arguments. See heapspy_shim.c. */
+int64_t hs_live_blocks(hs_live_block *out, uint64_t max, uint64_t *cursor);
+
+/* Not exported, for the other C files of the shim (GIL held, the shim running): */
+/* Call fn on every live sampled block until it returns nonzero; fn must not allocate
+ * through the hooked domains nor release the GIL. */
+int hs_live_foreach(int (*fn)(void *arg, const hs_live_block *b), void *arg);
+/* 1 and *out filled when addr is the start of a live sampled block, else 0. */
+int hs_live_find(uint64_t addr, hs_live_block *out);
 
 #endif

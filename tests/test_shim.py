@@ -360,3 +360,24 @@ def test_pip_builds_the_shim_into_the_package_or_warns(tmp_path: Path, cc: str) 
     else:
         assert not any("_heapspy_shim" in n and n.endswith(".so") for n in names)
         assert "sampling shim was not built" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_object_blocks_and_their_types(interp: Interpreter, shim_so: Path) -> None:
+    """Every allocation sampled: each object made (builtins, a class with and without
+    __slots__, with __weakref__, subclasses of dict/list/bytes/str/int) sits where
+    hs_object_block() says, in a sampled block that the type check gives its own type;
+    a MEM buffer, an OBJ buffer of zeros and a 16-byte OBJ block holding dict's address
+    at ob_type (too small for a dict) get none. The same under PYTHONMALLOC=debug."""
+    for malloc in (None, "debug"):
+        r = run(interp, shim_so, "object_types.py", malloc=malloc)
+        assert r["wrong"] == [], (malloc, r["wrong"])
+        found = r["found"]
+        for name in ("dict", "bytes", "str", "int", "set", "bytearray", "Plain", "Slotted",
+                     "MyDict", "MyList", "MyBytes", "MyStr", "MyInt", "WithWeak"):  # fmt: skip
+            key = name if name[0].islower() else "__main__." + name
+            assert found.get(key, 0) >= 30, (malloc, key, found)
+        assert r["not_objects"] == [-1, -1, -1]
+        assert r["domains"] == r["expect_domains"]
+        for name in ("__main__.Plain", "__main__.Slotted", "__main__.MyDict", "bytes"):
+            assert r["by_type"].get(name, 0) >= 120, (malloc, name, r["by_type"])

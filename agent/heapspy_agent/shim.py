@@ -31,12 +31,15 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 3
+ABI = 4
 """Must match HS_ABI in heapspy_shim.h."""
 
 LIBRARY_GLOB = "_heapspy_shim*.so"
 NCLASSES = 65
 NDOMAINS = 3  # MEM, OBJ, NumPy array data
+DOM_MEM = 0
+DOM_OBJ = 1
+DOM_NUMPY = 2
 
 # Return codes (heapspy_shim.h).
 OK = 0
@@ -51,6 +54,7 @@ ERR_HOOKS_LEFT = 8
 ERR_ARG = 9
 LEFT_INSTALLED = 10
 ERR_HANDLER = 11
+ERR_LAYOUT = 12
 ERR_LOAD = 100  # binding-side: the library could not be found, loaded or unloaded
 
 _FLAG_FREE_THREADED = 1
@@ -153,6 +157,48 @@ class Drain(NamedTuple):
     new_stacks: List[Stack]  # stacks interned since the previous drain
     changed: List[StackCounts]  # stacks whose counters changed since the previous drain
     totals: Totals
+
+
+class LiveBlock(NamedTuple):
+    """One live sampled block (hs_live_block)."""
+
+    address: int  # what the hooked allocator returned
+    size: int  # requested bytes
+    stack_id: int
+    domain: int  # DOM_MEM, DOM_OBJ or DOM_NUMPY
+    weight: float  # 1 / P(sampled) when it was taken
+
+
+class TypedRow(NamedTuple):
+    """The live samples of one (stack, type) (hs_typed_row)."""
+
+    stack_id: int
+    type_index: int  # into the types given to classify_live(); -1: not an object
+    live_count: int
+    live_bytes: int
+    est_live_count: float
+    est_live_bytes: float
+
+
+class _LiveBlock(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("stack", ctypes.c_uint32),
+        ("domain", ctypes.c_uint32),
+        ("weight", ctypes.c_double),
+    ]
+
+
+class _TypedRow(ctypes.Structure):
+    _fields_ = [
+        ("stack", ctypes.c_uint32),
+        ("type", ctypes.c_int32),
+        ("count", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("est_count", ctypes.c_double),
+        ("est_bytes", ctypes.c_double),
+    ]
 
 
 class _Report(ctypes.Structure):
@@ -272,6 +318,26 @@ class Shim:
         lib.hs_numpy_hook.argtypes = [ctypes.c_void_p]
         lib.hs_numpy_inflight.restype = ctypes.c_int
         lib.hs_numpy_inflight.argtypes = []
+        lib.hs_live_blocks.restype = ctypes.c_int64
+        lib.hs_live_blocks.argtypes = [
+            ctypes.POINTER(_LiveBlock),
+            ctypes.c_uint64,
+            ctypes.POINTER(ctypes.c_uint64),
+        ]
+        lib.hs_layout_init.restype = ctypes.c_int
+        lib.hs_layout_init.argtypes = [ctypes.c_int, ctypes.c_uint64]
+        u64s = ctypes.POINTER(ctypes.c_uint64)
+        lib.hs_types_set.restype = ctypes.c_int
+        lib.hs_types_set.argtypes = [u64s, u64s, u64s, ctypes.c_uint64]
+        lib.hs_types_clear.restype = None
+        lib.hs_types_clear.argtypes = []
+        lib.hs_classify_live.restype = ctypes.c_int
+        lib.hs_classify_live.argtypes = [ctypes.POINTER(ctypes.POINTER(_TypedRow)), u64s]
+        lib.hs_block_type.restype = ctypes.c_int64
+        lib.hs_block_type.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint32, u64s]
+        lib.hs_object_block.restype = ctypes.c_uint64
+        lib.hs_object_block.argtypes = [ctypes.c_uint64]
+        self._layout = False
         stats = getattr(lib, "hs_pymalloc_stats", None)  # absent from an older build
         if stats is not None:
             stats.restype = ctypes.c_int
@@ -451,6 +517,80 @@ class Shim:
             ]
             return Drain(stacks, changed, _totals(rep))
 
+    def live_blocks(self, chunk: int = 65536) -> List[LiveBlock]:
+        """Every live sampled block (a copy; blocks freed meanwhile may still be listed)."""
+        out: List[LiveBlock] = []
+        buf = (_LiveBlock * chunk)()
+        cursor = ctypes.c_uint64(0)
+        while True:
+            with self._lock:
+                n = int(self._c().hs_live_blocks(buf, chunk, ctypes.byref(cursor)))
+            if n < 0:
+                self._check(-n)
+            if n <= 0:
+                return out
+            out.extend(LiveBlock(b.addr, b.size, b.stack, b.domain, b.weight) for b in buf[:n])
+
+    def _init_layout(self) -> None:
+        # offsetof(PyObject, ob_type): object's instance is just the PyObject header
+        # (16 bytes, 32 with Py_TRACE_REFS) and ob_type is its last word.
+        if not self._layout:
+            ob_type_off = object.__basicsize__ - ctypes.sizeof(ctypes.c_void_p)
+            self._check(self._c().hs_layout_init(sys.version_info[1], ob_type_off))
+            self._layout = True
+
+    def classify_live(self, types: List[type], min_sizes: List[int]) -> List[TypedRow]:
+        """Every live sampled block's type, summed per (stack, type) in one C call.
+
+        ``types``: the only type objects a block may be recognised as (held here for the
+        call); ``min_sizes[i]``: the fewest bytes an instance of ``types[i]`` has (its
+        ``__basicsize__``, an empty ``str``'s size for ``str``). Blocks that hold none of
+        them come back with ``type_index`` -1. See Cargo-free/object_layout.c.
+        """
+        n = len(types)
+        addrs = (ctypes.c_uint64 * n)(*[id(t) for t in types])
+        flags = (ctypes.c_uint64 * n)(*[_type_flags(t) for t in types])
+        sizes = (ctypes.c_uint64 * n)(*min_sizes)
+        rows = ctypes.POINTER(_TypedRow)()
+        count = ctypes.c_uint64(0)
+        with self._lock:
+            lib = self._c()
+            self._init_layout()
+            self._check(lib.hs_types_set(addrs, flags, sizes, n))
+            try:
+                rc = lib.hs_classify_live(ctypes.byref(rows), ctypes.byref(count))
+                self._check(rc)
+                return [
+                    TypedRow(r.stack, r.type, r.count, r.bytes, r.est_count, r.est_bytes)
+                    for r in rows[: count.value]
+                ]
+            finally:
+                lib.hs_types_clear()
+
+    def block_type(
+        self, address: int, size: int, domain: int, types: List[type], min_sizes: List[int]
+    ) -> int:
+        """The index in ``types`` of the object one block holds, or -1: the check
+        classify_live makes, on one block (for tests)."""
+        n = len(types)
+        addrs = (ctypes.c_uint64 * n)(*[id(t) for t in types])
+        flags = (ctypes.c_uint64 * n)(*[_type_flags(t) for t in types])
+        sizes = (ctypes.c_uint64 * n)(*min_sizes)
+        with self._lock:
+            lib = self._c()
+            self._init_layout()
+            self._check(lib.hs_types_set(addrs, flags, sizes, n))
+            try:
+                return int(lib.hs_block_type(address, size, domain, None))
+            finally:
+                lib.hs_types_clear()
+
+    def object_block(self, obj: object) -> int:
+        """Where the allocation block of a live object starts."""
+        with self._lock:
+            self._init_layout()
+            return int(self._c().hs_object_block(id(obj)))
+
     def _frame(self, code: Any, line: int) -> Frame:
         # Keyed by address: the shim holds a reference to every code object it hands out
         # until stop(), and the cache is cleared there.
@@ -460,6 +600,9 @@ class Shim:
             names = self._names[id(code)] = (str(name), str(code.co_filename))
         return Frame(names[0], names[1], int(line))
 
+
+# C getters of type: no metaclass property can stand in for them.
+_type_flags = type.__dict__["__flags__"].__get__
 
 NOT_IMPORTED = "NumPy is not imported"
 
