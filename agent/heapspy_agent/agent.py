@@ -272,6 +272,16 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - the session goes on without them
                 error = schema.clip_text("stacks: %s: %s" % (type(exc).__name__, exc))
                 reply = {"id": body.get("id"), "ok": False, "error": error}
+        elif cmd == "types":  # a dump, `top --by type`: the live samples' types
+            types = getattr(self.collector, "types", None)
+            if types is None:
+                reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no types"}
+            else:
+                self._send_samples()  # first: heapspy then knows every stack named
+                began = time.perf_counter()
+                with self._lock:
+                    reply.update(types())
+                reply["seconds"] = time.perf_counter() - began
         elif cmd == "trim":  # `heapspy trim`: heapspy checked that this is glibc's malloc
             reply["trimmed"] = memstats.trim()
         elif cmd == "gc":  # a scraper's /debug/pprof/heap?gc=1, as Go's runtime.GC() first

@@ -10,7 +10,15 @@ import glob
 import os
 from typing import Any, Dict, List, Optional, Set
 
-from heapspy_agent.schema import SAMPLED, TOTALS, Sampling
+from heapspy_agent import object_types
+from heapspy_agent.schema import (
+    MAX_TYPED_SITES,
+    MAX_TYPES_PER_SITE,
+    OTHER_TYPES,
+    SAMPLED,
+    TOTALS,
+    Sampling,
+)
 from heapspy_agent.shim import LIBRARY_GLOB, NOT_IMPORTED, Shim, ShimError
 
 
@@ -89,6 +97,29 @@ class ShimCollector:
             "shim_memory": t.shim_memory,
         }
         return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
+
+    def types(self) -> Dict[str, Any]:
+        """The live samples of each stack by type (heapspy asks at a dump, and for `top
+        --by type`): the reply's ``types`` and ``complete`` (schema.py). One pass over the
+        live samples in C; the target's own stacks only."""
+        by_stack = object_types.classify(self.shim, self._own)
+        complete = len(by_stack) <= MAX_TYPED_SITES
+        if not complete:  # keep the stacks holding the most
+            ranked = sorted(by_stack.items(), key=lambda kv: -sum(r[4] for r in kv[1]))
+            by_stack = dict(ranked[:MAX_TYPED_SITES])
+        for sid, rows in by_stack.items():
+            if len(rows) > MAX_TYPES_PER_SITE:
+                rows.sort(key=lambda r: -r[4])
+                rest = rows[MAX_TYPES_PER_SITE - 1 :]
+                other = (
+                    OTHER_TYPES,
+                    sum(r[1] for r in rest),
+                    sum(r[2] for r in rest),
+                    sum(r[3] for r in rest),
+                    sum(r[4] for r in rest),
+                )
+                by_stack[sid] = rows[: MAX_TYPES_PER_SITE - 1] + [other]
+        return {"types": by_stack, "complete": complete}
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop, and unload the library unless something still runs in it (then it stays

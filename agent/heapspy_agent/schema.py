@@ -45,6 +45,10 @@ MAX_STACK_GROUPS = 1000  # groups of each kind in one reply
 MAX_GROUP_NAMES = 8  # the first names of a group's threads or tasks
 MAX_STACK_NAME = 200  # a thread's or a task's name
 MAX_STACK_DEPTH = 128  # frames of one thread or coroutine stack
+MAX_TYPE_NAME = 200  # a type's name (module.Name) in a `types` reply
+MAX_TYPES_PER_SITE = 32  # types of one stack's live samples; the rest sent as OTHER_TYPES
+MAX_TYPED_SITES = 20000  # stacks in one `types` reply (the most live bytes first)
+OTHER_TYPES = "(other types)"
 DEFAULT_STACK_DEPTH = 64
 # Stacks are split off into STACKS frames when their estimated size passes this share of
 # the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
@@ -312,6 +316,7 @@ def _define() -> dict[int, Record]:
     in the target."""
     COUNT = Int(*I64)
     PAIR = Tuple_(Int(*U64), Int(*U64))  # (objects, bytes): never negative
+    EST = Num(0.0, 1e30)  # an upscaled count or size
     FRAME = Tuple_(Str(MAX_FUNCTION), Str(MAX_TEXT), Int(0, 2**31 - 1))  # function, file, line
     STACK = Record(
         "stack",
@@ -480,6 +485,17 @@ def _define() -> dict[int, Record]:
                 "thread_count": Int(0, 2**31),
                 "task_count": Int(0, 2**31),
                 "left_out": Tuple_(Int(0, 2**31), Int(0, 2**31)),
+                # types: per stack id, its live samples by type name ("": not an object):
+                # (name, objects, bytes, estimated objects, estimated bytes); complete:
+                # every stack with live samples is in it (none left out to fit)
+                "types": SiteMap(
+                    ListOf(
+                        Tuple_(Str(MAX_TYPE_NAME), Int(*U64), Int(*U64), EST, EST),
+                        MAX_TYPES_PER_SITE,
+                    ),
+                    MAX_TYPED_SITES,
+                ),
+                "complete": Bool(),
             },
             required=("ok",),
         ),
