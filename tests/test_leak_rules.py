@@ -136,6 +136,7 @@ def test_growth_rules_fire_and_the_sidecar_groups_the_stuck_stacks(
     lines = session.wait_for(
         lambda ls: _wrote("thread-growth_20_1m")(ls) and _wrote("tasks_80")(ls)
     )
+    target.proc.kill()  # the session then ends at once, with no detach to wait for
     session.stop()
     text = "\n".join(lines)
     # attach says what fired and prints the most common stacks of each kind
@@ -190,6 +191,7 @@ def test_py_spy_reads_the_threads_when_the_agent_cannot_answer(
     target = spawn(interp, "leaky_pool.py", "--hog")
     session = attach(target.proc.pid, tmp_path, "--dump-on", "threads>60")
     lines = session.wait_for(_wrote("threads_60"))
+    target.proc.kill()  # the agent cannot take a detach for seconds: end it this way
     session.stop()
     assert any("60 threads (request-" in line for line in lines), lines
     (dump,) = tmp_path.glob("*threads_60.pb.gz")

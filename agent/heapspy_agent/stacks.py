@@ -103,12 +103,19 @@ class _Groups:
         return out, self.total - shown
 
 
+def _attrs(obj: "object") -> "Dict[str, Any]":
+    """The instance's own attributes, without its class's ``__getattribute__``."""
+    try:
+        attrs = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+    return attrs if type(attrs) is dict else {}
+
+
 def _thread_names() -> "Dict[int, str]":
     names = {}  # type: Dict[int, str]
     for ident, thread in list(getattr(threading, "_active", {}).items()):
-        attrs = getattr(thread, "__dict__", None)
-        if type(attrs) is dict:
-            names[ident] = _text(attrs.get("_name"), schema.MAX_STACK_NAME)
+        names[ident] = _text(_attrs(thread).get("_name"), schema.MAX_STACK_NAME)
     return names
 
 
@@ -131,12 +138,11 @@ def thread_groups(skip: int, depth: int) -> "_Groups":
 
 
 def _task_parts(task: "Any", ctask: "Any") -> "Tuple[Any, Any]":
-    """A task's coroutine and name, without calling anything the task's class defines."""
-    if ctask is not None and isinstance(task, ctask):
+    """A task's coroutine and name, without calling anything the task's class defines
+    (``isinstance`` would read a ``__class__`` it may define: the type is asked)."""
+    if ctask is not None and issubclass(type(task), ctask):
         return ctask.get_coro(task), ctask.get_name(task)
-    attrs = getattr(task, "__dict__", None)
-    if type(attrs) is not dict:
-        return None, None
+    attrs = _attrs(task)
     return attrs.get("_coro"), attrs.get("_name")
 
 

@@ -7,11 +7,12 @@ the wrong way: each starts a thread that is never joined (it blocks forever in
 ``handle``), and two asyncio tasks that never finish (``consume`` awaits an empty
 queue's get(), ``wait_for`` a future nobody sets). Then it idles.
 
---hog: the LEAKS threads only, started at once, and then the main thread holds the GIL
-from the moment the agent starts its first collection: with a switch interval of 1000 s
-it spins in Python for 5 s at a time and lets go only in a sleep(0) in between (which
-the agent takes, and gives back at its first send). Whatever heapspy asks in answer to
-a collection waits seconds for an answer (heapspy then reads the threads with py-spy).
+--hog: the LEAKS threads only, started at once; then, as soon as the agent has sent its
+first samples, the main thread holds the GIL: with a switch interval of 1000 s it spins
+in Python for 30 s at a time. A profile hook in the agent's thread (the target's own,
+as any target may set) holds the agent right after that send until the main thread
+spins, so whatever heapspy asks in answer to those samples waits 30 s (heapspy then
+reads the threads with py-spy), however slow the machine.
 """
 
 import asyncio
@@ -25,10 +26,14 @@ EVERY = 0.02
 forever = threading.Event()
 
 
+def agent():
+    """heapspy's agent, once it runs here (None before)."""
+    return getattr(sys.modules.get("heapspy_agent.agent"), "_active", None)
+
+
 def agent_collections():
     """How many collections heapspy's agent has started (0 before it runs)."""
-    agent = getattr(sys.modules.get("heapspy_agent.agent"), "_active", None)
-    return getattr(agent, "seq", 0)
+    return getattr(agent(), "seq", 0)
 
 
 def agent_started():
@@ -65,17 +70,28 @@ async def produce(ready):
 
 
 def spin():
-    end = time.monotonic() + 5.0
+    end = time.monotonic() + 30.0
     while time.monotonic() < end:
         pass
 
 
 def hog():
-    # busy, not sleeping: this thread sees the first collection start within one switch
-    # interval (5 ms), before its samples can have reached heapspy and been answered
-    while agent_collections() < 1:
+    go, hogging = threading.Event(), threading.Event()
+
+    def after_first_samples(frame, event, arg):
+        # in the agent's thread: once its first SAMPLES frame (kind 3) is sent, wait
+        # until the main thread holds the GIL for good
+        if event == "return" and frame.f_code.co_name == "_send" and not go.is_set():
+            if frame.f_locals.get("kind") == 3:
+                go.set()
+                hogging.wait()
+
+    threading.setprofile(after_first_samples)
+    print("READY", os.getpid(), flush=True)
+    while not go.wait(0.01):  # timed: a pending call (heapspy's attach) runs meanwhile
         pass
     sys.setswitchinterval(1000.0)
+    hogging.set()
     while True:
         spin()  # HOG
         time.sleep(0)
@@ -85,7 +101,6 @@ def main():
     if sys.argv[1:] == ["--hog"]:
         for n in range(LEAKS):
             threading.Thread(target=handle, args=(n,), name="request-%d" % n, daemon=True).start()
-        print("READY", os.getpid(), flush=True)
         hog()
     ready = threading.Event()
     threading.Thread(
