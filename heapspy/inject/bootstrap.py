@@ -50,6 +50,7 @@ AGENT_FILES = (
     "census.py",
     "stacks.py",
     "census_walk.py",
+    "object_types.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"
