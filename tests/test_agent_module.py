@@ -30,6 +30,9 @@ def test_every_agent_module_is_shipped() -> None:
     shipped = set(AGENT_FILES)
     present = {p.name for p in agent_source_dir().glob("*.py")}
     assert present <= shipped, f"agent modules not copied into targets: {present - shipped}"
+    # each once: the bootstrap creates each file exclusively (O_EXCL), and a name listed
+    # twice (two branches adding the same module) fails every attach
+    assert len(AGENT_FILES) == len(shipped), sorted(AGENT_FILES)
 
 
 def test_frames_round_trip_in_pieces() -> None:
