@@ -170,7 +170,8 @@ def test_attach_command_reads_back_the_same_config(
     """What a child is told on its command line is exactly the watch's AttachConfig."""
     text = WATCH + (
         'rate = "1536KiB"\nframes = 17\ninterval = "250ms"\nattach_timeout = "90s"\n'
-        'method = "ptrace"\nnudge = false\ndump_on = ["rss>1.5GiB", "every 15m", "leak:3"]\n'
+        'method = "ptrace"\nnudge = false\ndump_on = ["rss>1.5GiB", "every 15m", "leak:3", '
+        '"thread-growth>50/10m,action=log", "tasks>1000,cooldown=1m"]\n'
         'dump_dir = "/srv/d"\nkeep = 7\nmax_bytes = 1000\nrequire_sampling = true\n'
         "final_dump = false\ncensus = false\n"
     )
