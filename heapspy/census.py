@@ -38,8 +38,8 @@ CENSUS_DEFAULT = "space"
 # What heapspy keeps of one census: a genuine agent sends at most ~5,000 paths plus one
 # per type folded into [other]; beyond this the rest is dropped and counted.
 MAX_SITES = 50_000
-DEFAULT_SLICE = 0.02  # seconds of work per slice in the target
-DEFAULT_PAUSE = 0.06  # seconds of rest between slices: at most 25 % of one core
+DEFAULT_SLICE = 0.01  # seconds of work per slice in the target
+DEFAULT_PAUSE = 0.03  # seconds of rest between slices: at most 25 % of one core
 CENSUS_FILENAME = ""  # frames are names (roots, containers, types), not code
 WALKERS = {"native": "native", "python": "python"}  # the agent's walks, by name
 
@@ -292,7 +292,14 @@ def census_note(found: dict[str, Any], since: int) -> str:
     if found.get("running"):
         return (
             f"census of the heap at attach under way: {found.get('objects', 0):,} objects, "
-            f"{format_bytes(int(found.get('bytes', 0)))} so far"
+            f"{format_bytes(int(found.get('bytes', 0)))} so far; live heap allocated since "
+            f"attach (samples): {format_bytes(since)}"
+        )
+    if found.get("skipped"):
+        return (
+            f"heap at attach not counted ({found['skipped']}): the live heap, "
+            f"{format_bytes(since)}, is only what was allocated since attach (samples); "
+            "`heapspy census PID` counts what the process holds"
         )
     partial = " (partial)" if found.get("partial") else ""
     return (

@@ -14,7 +14,7 @@ import sys
 from types import FrameType
 from typing import Any, Callable
 
-from heapspy.census import CensusOptions
+from heapspy.census import CensusOptions, ProgressSink
 from heapspy.config import AttachConfig
 from heapspy.errors import ProtocolViolation
 from heapspy.printable import printable
@@ -81,13 +81,16 @@ def run_foreground(
     say: Callable[[str], None] = _say,
     events: Events | None = None,
     start_time: int | None = None,
+    census_progress: ProgressSink | None = None,
+    census_end: Callable[[], None] | None = None,
 ) -> Session:
     """Attach, run until ``config.duration``, a signal or the agent's end, and detach.
 
     ``attached`` runs once the agent has acknowledged (the CLI clears its spinner there).
     ``events`` hears of the attach and the end as data (see ``Events``). A session the
     agent ended by breaking the protocol raises ``ProtocolViolation`` after its detach
-    (final dump included). ``start_time``: see ``Session.attach``.
+    (final dump included). ``start_time``: see ``Session.attach``. ``census_progress``
+    hears how the census at attach goes, ``census_end`` that it ended.
     """
 
     def early(why: str) -> None:
@@ -117,8 +120,13 @@ def run_foreground(
             for note in info.notes:
                 say(f"note: {note}")
         requests.follow(session)
-        if config.census and session.start_census(CensusOptions()) and not quiet:
-            say("taking a census of the heap at attach in the background (--no-census skips it)")
+        if not config.census:
+            session.skip_census("attached with --no-census")
+        elif session.start_census(CensusOptions(), census_progress, census_end) and not quiet:
+            say(
+                "taking a census of the heap at attach in the background (--no-census skips "
+                "it; Ctrl-C ends the session, keeping what it has counted)"
+            )
         try:
             reason = session.run(config.duration)
         finally:

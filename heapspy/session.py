@@ -126,6 +126,8 @@ class Session:
         self._census: CensusCollector | None = None  # the census under way, if any
         self._census_sink: ProgressSink | None = None
         self._census_background = False  # written by the session when done (attach)
+        self._census_end: Callable[[], None] | None = None  # attach's progress line goes
+        self._census_skipped = ""  # why no census of the heap at attach was taken
         self.census_summary: dict[str, Any] | None = None  # the heap at attach, once known
 
     def target_facts(self) -> dict[str, Any]:
@@ -392,6 +394,7 @@ class Session:
                         self._census_sink(progress)
                 elif (done := collector.add(body)) is not None and self._census_background:
                     self._census, self._census_background = None, False
+                    self._end_census_line()
                     self.census_summary = record_census(self, done)
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
@@ -582,26 +585,49 @@ class Session:
                 )
             channel.beat(now)
 
-    def start_census(self, options: CensusOptions) -> bool:
+    def start_census(
+        self,
+        options: CensusOptions,
+        on_progress: ProgressSink | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> bool:
         """Start a census that runs while the session does (``attach``): the session
         writes it once the agent has sent it (``census_summary``); a detach first asks
-        the agent for what it has (a partial census)."""
+        the agent for what it has (a partial census). ``on_progress`` hears how far it
+        has got, ``on_end`` that it ended (before the session says so)."""
         if self._census is not None:
             return False
         self._census, self._census_background = CensusCollector(self.target.pid), True
+        self._census_sink, self._census_end = on_progress, on_end
         reply = self._agent_call("census", slice=options.slice, pause=options.pause)
         if not reply.get("ok"):
             self._census, self._census_background = None, False
+            self._census_sink = self._census_end = None
+            self._census_skipped = f"the census could not start: {reply.get('error')}"
             log.warning("no census of the heap at attach: %s", reply.get("error"))
             return False
         return True
+
+    def skip_census(self, why: str) -> None:
+        """No census at attach (``--no-census``): dumps and status say the live heap
+        counts only what was allocated since."""
+        self._census_skipped = why
+
+    def _end_census_line(self) -> None:
+        end, self._census_end = self._census_end, None
+        self._census_sink = None
+        if end is not None:
+            end()
 
     def census_progress(self) -> dict[str, Any] | None:
         """The heap at attach as status shows it: the census, or how far it has got."""
         if self.census_summary is not None:
             return self.census_summary
-        if self._census_background and self._census is not None and self._census.last:
-            return {"running": True, **asdict(self._census.last)}
+        if self._census_background and self._census is not None:
+            last = asdict(self._census.last) if self._census.last else {}
+            return {"running": True, **last}
+        if self._census_skipped:
+            return {"skipped": self._census_skipped}
         return None
 
     def _dump(self, reason: str, why: str = "", stacks: StackDump | None = None) -> str | None:
@@ -642,8 +668,9 @@ class Session:
 
     def write_dump(self, rule: str, why: str = "", stacks: StackDump | None = None) -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
-        if self.census_summary is not None:  # "live heap 0 B" must not hide a full heap
-            notes.append(census_note(self.census_summary, self.aggregator.heap_estimate()))
+        found = self.census_progress()
+        if found is not None:  # "live heap 0 B" must not hide a full heap
+            notes.append(census_note(found, self.aggregator.heap_estimate()))
         if rule == self.config.final_rule and "OOM killer" in self.end_reason:
             notes.append(f"the session ended: {self.end_reason}")
         if rule.startswith("leak") and (note := leak_note(self.aggregator)):
@@ -742,6 +769,7 @@ class Session:
                     # its partial result comes before the end
                     collector.stopped_why = self.end_reason or "detached"
                     channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
+                    self._end_census_line()
                 channel.send(protocol.COMMAND, {"id": 0, "cmd": "detach"})
                 deadline = time.monotonic() + 3.0
                 while time.monotonic() < deadline:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -239,8 +241,42 @@ def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
         "attach", str(target.pid), "--duration", "1s", "--dump-dir", str(skipped), "--no-census"
     )
     assert out.returncode == 0, out.stderr
-    assert not list(skipped.glob("census-*")) and list(skipped.glob("heap-*-final.pb.gz"))
+    assert not list(skipped.glob("census-*"))
+    (final,) = skipped.glob("heap-*-final.pb.gz")
     assert "census" not in out.stderr
+    # the dump says its live heap is only what was allocated since the attach
+    notes = read_profile(final).comments
+    skipped_note = "heap at attach not counted (attached with --no-census)"
+    assert any(n.startswith(skipped_note) for n in notes), notes
+
+
+def test_attach_shows_the_census_progress_and_ctrl_c_keeps_it_partial(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    target, _truth = _start(spawn, None)  # its census takes over 1 s (see above)
+    master, slave = pty.openpty()  # a terminal: the progress line is for people
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir",
+         str(tmp_path)],
+        stderr=slave, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        while not re.search(rb"census: [\d,]+ objects, .* target paused at most \d+ ms", seen):
+            ready = select.select([master], [], [], 60)[0]
+            assert ready, seen
+            seen += os.read(master, 4096)
+        holder.send_signal(signal.SIGINT)
+        out, _ = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+        os.close(master)
+    assert holder.returncode == 0, seen
+    (census,) = tmp_path.glob("census-*.pb.gz")
+    side = json.loads(census.with_name(census.name.replace(".pb.gz", ".json")).read_text())
+    assert side["partial"] is True and side["stopped"].startswith("interrupted"), side
+    assert "heap at attach (census (partial)): " in out, out
 
 
 @pytest.mark.parametrize("interp", interpreter_params())

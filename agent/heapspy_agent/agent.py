@@ -44,8 +44,8 @@ NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 # A heap census works in slices of at most CENSUS_SLICE seconds, each followed by
 # CENSUS_PAUSE seconds of rest (the target runs; the agent serves heapspy): at most a
 # quarter of one core. heapspy may ask for others (attach/census --slice, --pause).
-CENSUS_SLICE = 0.02
-CENSUS_PAUSE = 0.06
+CENSUS_SLICE = 0.01
+CENSUS_PAUSE = 0.03
 CENSUS_PROGRESS_EVERY = 0.25
 
 _active: "Optional[Agent]" = None

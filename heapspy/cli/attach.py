@@ -10,7 +10,7 @@ import typer
 
 from heapspy.census import census_note
 from heapspy.cli import options
-from heapspy.cli.spinner import Spinner
+from heapspy.cli.spinner import CensusLine, Spinner
 from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
 from heapspy.reporters.top import TopTable
@@ -191,7 +191,16 @@ def attach(
 
 def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     spinner = Spinner(quiet)
-    session = run_foreground(pid, config, progress=spinner, attached=spinner.clear, quiet=quiet)
+    line = CensusLine(quiet)
+    session = run_foreground(
+        pid,
+        config,
+        progress=spinner,
+        attached=spinner.clear,
+        quiet=quiet,
+        census_progress=line,
+        census_end=line.clear,
+    )
     if not quiet:
         table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampling.estimates)
         print(table.output())

@@ -11,6 +11,7 @@ import typer
 from heapspy import control
 from heapspy.census import CensusOptions, CensusProgress, summary, take_census
 from heapspy.cli import options
+from heapspy.cli.spinner import CensusLine
 from heapspy.config import AttachConfig
 from heapspy.errors import AgentFailed, NoSession, UsageError
 from heapspy.foreground import SignalRequests
@@ -19,45 +20,19 @@ from heapspy.session import Session
 from heapspy.units import format_bytes, parse_duration
 
 
-class ProgressLine:
-    """One line on a terminal, rewritten as the census goes (nothing elsewhere)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.enabled = sys.stderr.isatty() and not quiet
-        self.shown = False
-        self.told = False  # the line saying a census is under way was printed
-
-    def __call__(self, p: CensusProgress) -> None:
-        if not self.enabled:
-            return
-        line = (
-            f"census: {p.objects:,} objects, {format_bytes(p.bytes)}, {p.elapsed:.1f} s, "
-            f"longest slice {p.longest_slice * 1000:.0f} ms ({p.phase}); Ctrl-C stops it"
-        )
-        sys.stderr.write("\r\033[K" + printable(line[:200]))  # phase: the agent's text
-        sys.stderr.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            self.shown = False
-
-
 def census(
     pid: int = typer.Argument(..., metavar="PID", help="Process id of the target."),
     dump_dir: Path = typer.Option(
         Path("heapspy-dumps"), "--dump-dir", metavar="DIR", help="Where to write (see dump)."
     ),
     slice_: str = typer.Option(
-        "20ms",
+        "10ms",
         "--slice",
         metavar="DURATION",
         help="Work at most this long at a time in the target (1ms-1s).",
     ),
     pause: str = typer.Option(
-        "60ms",
+        "30ms",
         "--pause",
         metavar="DURATION",
         help="Rest this long between slices, so the target runs (default: 25% of a core).",
@@ -87,7 +62,7 @@ def census(
         slice=_seconds(slice_, "--slice", 0.001, 1.0),
         pause=_seconds(pause, "--pause", 0.0, 10.0),
     )
-    line = ProgressLine(quiet)
+    line = CensusLine(quiet)
     say = None if quiet else _say
     try:
         reply = control.stream(
@@ -124,7 +99,7 @@ def _say(text: str) -> None:
 
 
 def _on_reply(
-    body: dict[str, Any], line: ProgressLine, say: Callable[[str], None] | None, pid: int
+    body: dict[str, Any], line: CensusLine, say: Callable[[str], None] | None, pid: int
 ) -> bool:
     progress = body.get("progress")
     if body.get("ok") and isinstance(progress, dict):
@@ -140,7 +115,7 @@ def _standalone(
     pid: int,
     config: AttachConfig,
     opts: CensusOptions,
-    line: ProgressLine,
+    line: CensusLine,
     say: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Attach, take the census, detach: the target is left as it was."""
