@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "heapspy_shim.h"
+#include "native_hooks.h"
 
 #define HS_EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -960,6 +961,63 @@ static int is_ours(const py_allocator *a, hs_dom *d) {
            a->realloc == hs_realloc && a->free == hs_free;
 }
 
+/* ---- native allocations (native_hooks.c), folded into the same stack table --------- */
+
+uint64_t hs__rate(void) { return __atomic_load_n(&g_rate, __ATOMIC_RELAXED); }
+
+int hs__capture_stack(uint32_t *id) {
+    if (g_mode != MODE_ACTIVE || g_stacks == NULL)
+        return 0;
+    unsigned flags = 0;
+    int64_t until = g_until;
+    g_until = 0;
+    g_mode |= MODE_CAPTURING;
+    t_guard = 1;
+    int n = capture(&flags);
+    *id = intern(g_cap_codes, g_cap_lines, n, flags);
+    t_guard = 0;
+    g_mode &= ~MODE_CAPTURING;
+    if (g_mode == MODE_ACTIVE)
+        g_until = until;
+    return 1;
+}
+
+uint32_t hs__native_stack(void) { return intern(NULL, NULL, 0, HS_STACK_NATIVE); }
+
+void hs__stack_event(uint32_t id, uint64_t size, double w, int kind) {
+    if (id >= g_nstacks)
+        return;
+    hs_stack *s = &g_stacks[id];
+    if (kind == HS_EV_UNALLOC) {
+        s->alloc_count--;
+        s->alloc_bytes -= size;
+        s->est[0] -= w;
+        s->est[1] -= w * (double)size;
+    } else if (kind == HS_EV_ALLOC) {
+        s->alloc_count++;
+        s->alloc_bytes += size;
+        s->est[0] += w;
+        s->est[1] += w * (double)size;
+        s->live_count++;
+        s->live_bytes += size;
+        s->est[2] += w;
+        s->est[3] += w * (double)size;
+    } else if (s->live_count > 0) {
+        s->live_count--;
+        s->live_bytes -= size;
+        if (s->live_count == 0) {
+            s->est[2] = 0.0;
+            s->est[3] = 0.0;
+        } else {
+            s->est[2] -= w;
+            s->est[3] -= w * (double)size;
+        }
+    }
+    mark_dirty(id);
+}
+
+void *hs__dom_prev(int i) { return (i == 0 || i == 1) && g_dom[i].installed ? &g_dom[i].prev : NULL; }
+
 /* ---- tables' lifetime ----------------------------------------------------------- */
 
 static uint64_t shim_memory(void) {
@@ -1214,6 +1272,7 @@ HS_EXPORT int hs_set_rate(uint64_t rate) {
 HS_EXPORT int hs_stop(void) {
     if (g_state == HS_STATE_IDLE)
         return HS_ERR_NOT_RUNNING;
+    hs__native_on_stop(); /* first: the MEM/OBJ hooks chain through it */
     g_mode = 0;
     g_until = 0; /* closes the fast paths */
     g_fkeys = g_closed;
@@ -1257,6 +1316,8 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     if (out == NULL)
         return HS_ERR_ARG;
     memset(out, 0, sizeof *out);
+    if (drain && g_state == HS_STATE_RUNNING)
+        hs__native_merge();
     out->abi = HS_ABI;
     out->state = (uint64_t)g_state;
     out->rate = g_rate;

@@ -182,7 +182,13 @@ class Agent:
         problem = self.shim_problem
         if asked.mode != schema.EXACT and self.shim is not None:
             try:
-                sampled = ShimCollector(self.shim, asked.shim_rate, frames, self.directory)
+                sampled = ShimCollector(
+                    self.shim,
+                    asked.shim_rate,
+                    frames,
+                    self.directory,
+                    native=bool(self.config.get("native", False)),
+                )
                 self.notes.extend(sampled.notes)
                 return sampled
             except ShimError as exc:

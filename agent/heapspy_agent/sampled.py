@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from heapspy_agent import object_types
 from heapspy_agent.schema import (
+    MAX_LIBRARIES,
     MAX_TYPED_SITES,
     MAX_TYPES_PER_SITE,
     OTHER_TYPES,
@@ -19,11 +20,22 @@ from heapspy_agent.schema import (
     TOTALS,
     Sampling,
 )
-from heapspy_agent.shim import LIBRARY_GLOB, NOT_IMPORTED, Shim, ShimError
+from heapspy_agent.shim import (
+    LIBRARY_GLOB,
+    NOT_IMPORTED,
+    STACK_NATIVE,
+    NativeLibraries,
+    Shim,
+    ShimError,
+)
+
+NO_PYTHON_STACK = "[native, no Python stack]"
 
 
 class ShimCollector:
-    def __init__(self, shim: Shim, rate: int, frames: int, exclude_dir: str) -> None:
+    def __init__(
+        self, shim: Shim, rate: int, frames: int, exclude_dir: str, native: bool = False
+    ) -> None:
         self.shim = shim
         self.frames = frames
         self.rate = rate
@@ -37,6 +49,17 @@ class ShimCollector:
         self.numpy = shim.hook_numpy()
         if self.numpy and self.numpy != NOT_IMPORTED:
             self.notes.append("NumPy array data is not counted: %s" % self.numpy)
+        # Native allocations: the RAW domain and the libraries' malloc & co.
+        self.native = False
+        self._native_sent: Optional[Dict[str, Any]] = None
+        if native and rate:
+            try:
+                shim.native_start()
+                self.native = True
+            except ShimError as exc:
+                self.notes.append("native allocations are not sampled: %s" % exc)
+            else:
+                self.notes.extend(shim.native_libraries().notes)
 
     def sampling(self) -> Sampling:
         """What this collector does: sampled at ``rate``, or every allocation counted
@@ -51,6 +74,8 @@ class ShimCollector:
         if self.numpy == NOT_IMPORTED:
             # Arrays made between NumPy's import and this interval are not seen.
             self.numpy = self.shim.hook_numpy()
+        if self.native:
+            self.shim.native_rescan()  # libraries loaded since the last interval
         drain = self.shim.drain()
         stacks = []
         for st in drain.new_stacks:
@@ -59,7 +84,8 @@ class ShimCollector:
                 continue
             frames = [[f.function, f.filename, f.line] for f in st.frames]
             if not frames:
-                frames = [["<no Python frame>", "", 0]]
+                name = NO_PYTHON_STACK if st.flags & STACK_NATIVE else "<no Python frame>"
+                frames = [[name, "", 0]]
             stacks.append({"id": st.stack_id, "frames": frames})
         inuse: Dict[str, List[int]] = {}
         alloc: Dict[str, List[int]] = {}
@@ -76,17 +102,24 @@ class ShimCollector:
         classes = [
             [k, sum(counts)] for k, counts in enumerate(zip(*(d.size_classes for d in doms)))
         ]
+        domains = {
+            "mem": [t.mem.alloc_count, t.mem.alloc_bytes, t.mem.free_count],
+            "obj": [t.obj.alloc_count, t.obj.alloc_bytes, t.obj.free_count],
+            "numpy": [t.numpy.alloc_count, t.numpy.alloc_bytes, t.numpy.free_count],
+        }
+        nt = self.shim.native_totals() if self.native else None
+        if nt is not None:  # size classes: Python's domains only (native keeps none)
+            doms = doms + (nt.raw, nt.malloc, nt.mmap)
+            domains["raw"] = [nt.raw.alloc_count, nt.raw.alloc_bytes, nt.raw.free_count]
+            domains["native"] = [nt.malloc.alloc_count, nt.malloc.alloc_bytes, nt.malloc.free_count]
+            domains["mmap"] = [nt.mmap.alloc_count, nt.mmap.alloc_bytes, nt.mmap.free_count]
         totals = {
             "allocated_bytes": sum(d.alloc_bytes for d in doms),
             "allocations": sum(d.alloc_count for d in doms),
             "frees": sum(d.free_count for d in doms),
             "reallocs": sum(d.realloc_count for d in doms),
             "size_classes": [c for c in classes if c[1]],
-            "domains": {
-                "mem": [t.mem.alloc_count, t.mem.alloc_bytes, t.mem.free_count],
-                "obj": [t.obj.alloc_count, t.obj.alloc_bytes, t.obj.free_count],
-                "numpy": [t.numpy.alloc_count, t.numpy.alloc_bytes, t.numpy.free_count],
-            },
+            "domains": domains,
             "numpy": "hooked" if t.numpy_hooked else self.numpy,
             "rate": t.rate,
             "sampled_count": t.sampled_count,
@@ -94,8 +127,16 @@ class ShimCollector:
             "dropped_samples": t.dropped_samples,
             "overflow_samples": t.overflow_samples,
             "stacks": t.stacks,
-            "shim_memory": t.shim_memory,
+            "shim_memory": t.shim_memory + (nt.shim_memory if nt is not None else 0),
         }
+        if nt is not None:
+            totals["sampled_count"] += nt.sampled_count
+            totals["live_samples"] += nt.live_samples
+            totals["dropped_samples"] += nt.dropped_samples
+            status = self._native_status(self.shim.native_libraries())
+            if status != self._native_sent:  # sent when it changes (aggregator keeps it)
+                self._native_sent = status
+                totals["native"] = status
         return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
 
     def types(self) -> Dict[str, Any]:
@@ -120,6 +161,16 @@ class ShimCollector:
                 )
                 by_stack[sid] = rows[: MAX_TYPES_PER_SITE - 1] + [other]
         return {"types": by_stack, "complete": complete}
+
+    @staticmethod
+    def _native_status(libs: NativeLibraries) -> Dict[str, Any]:
+        return {
+            "redirected": [path for path, _ in libs.redirected[:MAX_LIBRARIES]],
+            "skipped": [[path, why] for path, why in libs.skipped[:MAX_LIBRARIES]],
+            "more": max(0, len(libs.redirected) - MAX_LIBRARIES)
+            + max(0, len(libs.skipped) - MAX_LIBRARIES),
+            "notes": libs.notes[:8],
+        }
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop, and unload the library unless something still runs in it (then it stays

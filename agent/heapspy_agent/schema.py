@@ -29,6 +29,7 @@ MAX_FUNCTION = 1024  # a (qualified) function name
 MAX_TRACEBACK = 64 * 1024
 MAX_ARGV = 256
 MAX_NOTES = 32
+MAX_LIBRARIES = 200  # libraries listed in the native status, redirected and skipped each
 MAX_STACKS_PER_FRAME = 20000
 MAX_FRAMES_PER_STACK = 512  # the most --frames allows
 MAX_SITES_PER_FRAME = 100000  # entries of inuse / alloc / est in one SAMPLES frame
@@ -339,8 +340,25 @@ def _define() -> dict[int, Record]:
             "frees": Opt(COUNT),
             "reallocs": COUNT,
             "size_classes": ListOf(PAIR, MAX_SIZE_CLASSES),
+            # (allocations, bytes, frees) per domain; raw, native (malloc & co of the
+            # redirected libraries) and mmap only when native allocations are sampled
             "domains": Record(
-                "domains", {d: Tuple_(COUNT, COUNT, COUNT) for d in ("mem", "obj", "numpy")}
+                "domains",
+                {
+                    d: Tuple_(COUNT, COUNT, COUNT)
+                    for d in ("mem", "obj", "numpy", "raw", "native", "mmap")
+                },
+            ),
+            # which libraries' allocator entries were redirected, which not and why;
+            # sent when it changes
+            "native": Record(
+                "native",
+                {
+                    "redirected": ListOf(Str(MAX_TEXT), MAX_LIBRARIES),
+                    "skipped": ListOf(Tuple_(Str(MAX_TEXT), Str(MAX_TEXT)), MAX_LIBRARIES),
+                    "more": COUNT,
+                    "notes": ListOf(Str(MAX_TEXT), MAX_NOTES),
+                },
             ),
             "numpy": Str(100),
             "rate": COUNT,
@@ -511,6 +529,7 @@ def _define() -> dict[int, Record]:
                         "interval": Num(0.0, 1e9),
                         "collect_budget": Num(0.0, 1.0),
                         "require_sampling": Bool(),
+                        "native": Bool(),  # sample native allocations too
                     },
                 )
             },

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 ABI = 4
 """Must match HS_ABI in heapspy_shim.h."""
+NATIVE_ABI = 1
+"""Must match HS_NATIVE_ABI in native_hooks.h."""
 
 LIBRARY_GLOB = "_heapspy_shim*.so"
 NCLASSES = 65
@@ -62,6 +64,10 @@ _FLAG_FREE_THREADED = 1
 STACK_TRUNCATED = 1
 STACK_OVERFLOW = 2
 STACK_FOREIGN = 4
+STACK_NATIVE = 8  # native samples without a Python stack (native_hooks.h)
+
+NATIVE_RAW = 1  # hs_native_start flags: hook the RAW domain
+NATIVE_GOT = 2  # redirect the allocator entries of loaded libraries
 
 STATE_IDLE = 0
 STATE_RUNNING = 1
@@ -153,6 +159,36 @@ class Totals(NamedTuple):
     numpy_hooked: bool
 
 
+class NativeTotals(NamedTuple):
+    """Exact counts of the native domains (hs_native_report), and their samples.
+
+    ``raw``: direct PyMem_RawMalloc & co (not what pymalloc forwards: MEM/OBJ saw those);
+    ``malloc``: malloc & co called by redirected libraries; ``mmap``: their anonymous
+    mappings. Failed calls are not counted. Size classes are not kept (all zero).
+    """
+
+    active: int  # bit 0: RAW hooked, bit 1: GOT entries redirected
+    raw: DomainTotals
+    malloc: DomainTotals
+    mmap: DomainTotals
+    sampled_count: int
+    sampled_bytes: int
+    live_samples: int
+    live_sampled_bytes: int
+    nogil_samples: int  # taken without a Python stack
+    dropped_samples: int
+    libraries: int  # libraries with redirected entries
+    entries: int
+    threads: int  # threads that allocated natively this session
+    shim_memory: int
+
+
+class NativeLibraries(NamedTuple):
+    redirected: List[Tuple[str, int]]  # (path, entries redirected)
+    skipped: List[Tuple[str, str]]  # (path, why)
+    notes: List[str]  # process-wide
+
+
 class Drain(NamedTuple):
     new_stacks: List[Stack]  # stacks interned since the previous drain
     changed: List[StackCounts]  # stacks whose counters changed since the previous drain
@@ -233,6 +269,32 @@ class _Report(ctypes.Structure):
         ("n_changed", ctypes.c_uint64),
         ("changed", ctypes.c_uint64),
         ("changed_est", ctypes.c_uint64),
+    ]
+
+
+_NATIVE_DOMAINS = 3
+
+
+class _NativeReport(ctypes.Structure):
+    """hs_native_report in native_hooks.h."""
+
+    _fields_ = [
+        ("abi", ctypes.c_uint64),
+        ("active", ctypes.c_uint64),
+        ("alloc_count", ctypes.c_uint64 * _NATIVE_DOMAINS),
+        ("alloc_bytes", ctypes.c_uint64 * _NATIVE_DOMAINS),
+        ("free_count", ctypes.c_uint64 * _NATIVE_DOMAINS),
+        ("realloc_count", ctypes.c_uint64 * _NATIVE_DOMAINS),
+        ("sampled_count", ctypes.c_uint64),
+        ("sampled_bytes", ctypes.c_uint64),
+        ("live_samples", ctypes.c_uint64),
+        ("live_sampled_bytes", ctypes.c_uint64),
+        ("nogil_samples", ctypes.c_uint64),
+        ("dropped_samples", ctypes.c_uint64),
+        ("libraries", ctypes.c_uint64),
+        ("entries", ctypes.c_uint64),
+        ("threads", ctypes.c_uint64),
+        ("shim_memory", ctypes.c_uint64),
     ]
 
 
@@ -338,6 +400,28 @@ class Shim:
         lib.hs_object_block.restype = ctypes.c_uint64
         lib.hs_object_block.argtypes = [ctypes.c_uint64]
         self._layout = False
+        self.native = False  # this build has native hooks of our ABI
+        if getattr(lib, "hs_native_abi", None) is not None:
+            lib.hs_native_abi.restype = ctypes.c_int
+            lib.hs_native_abi.argtypes = []
+            lib.hs_native_report_size.restype = ctypes.c_int
+            lib.hs_native_report_size.argtypes = []
+            self.native = (
+                lib.hs_native_abi() == NATIVE_ABI
+                and lib.hs_native_report_size() == ctypes.sizeof(_NativeReport)
+            )
+        if self.native:
+            for name, res, args in (
+                ("hs_native_start", ctypes.c_int, [ctypes.c_uint]),
+                ("hs_native_rescan", ctypes.c_int, []),
+                ("hs_native_stop", ctypes.c_int, []),
+                ("hs_native_read", ctypes.c_int, [ctypes.POINTER(_NativeReport)]),
+                ("hs_native_libraries", ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
+                ("hs_native_pinned", ctypes.c_int, []),
+            ):
+                fn = getattr(lib, name)
+                fn.restype = res
+                fn.argtypes = args
         stats = getattr(lib, "hs_pymalloc_stats", None)  # absent from an older build
         if stats is not None:
             stats.restype = ctypes.c_int
@@ -456,6 +540,72 @@ class Shim:
             msg = self._c().hs_strerror(rc)
             return msg.decode() if msg else f"error {rc}"
 
+    def native_start(self, raw: bool = True, got: bool = True) -> None:
+        """Sample native allocations too (after ``start()``): the RAW domain and/or the
+        allocator entries of the loaded libraries. ``stop()`` takes them out again.
+        From then on the library stays loaded for the life of the process (see
+        ``pinned``). What was redirected and skipped: ``native_libraries()``."""
+        if not self.native:
+            raise ShimError("this shim build has no native hooks", ERR_LOAD)
+        flags = (NATIVE_RAW if raw else 0) | (NATIVE_GOT if got else 0)
+        with self._lock:
+            self._check(self._c().hs_native_start(flags))
+
+    def native_rescan(self) -> None:
+        """Redirect the libraries loaded since the last scan (a late import, dlopen)."""
+        if self.native:
+            with self._lock:
+                self._c().hs_native_rescan()
+
+    def native_totals(self) -> Optional[NativeTotals]:
+        """The native domains' exact counts; None from a build without native hooks."""
+        if not self.native:
+            return None
+        with self._lock:
+            rep = _NativeReport()
+            self._check(self._c().hs_native_read(ctypes.byref(rep)))
+        dom = [
+            DomainTotals(
+                rep.alloc_count[i], rep.alloc_bytes[i], rep.free_count[i],
+                rep.realloc_count[i], (0,) * NCLASSES,
+            )
+            for i in range(_NATIVE_DOMAINS)
+        ]
+        return NativeTotals(
+            rep.active, dom[0], dom[1], dom[2], rep.sampled_count, rep.sampled_bytes,
+            rep.live_samples, rep.live_sampled_bytes, rep.nogil_samples, rep.dropped_samples,
+            rep.libraries, rep.entries, rep.threads, rep.shim_memory,
+        )
+
+    def native_libraries(self) -> NativeLibraries:
+        """Which libraries had their allocator entries redirected, which not and why."""
+        out = NativeLibraries([], [], [])
+        if not self.native:
+            return out
+        with self._lock:
+            lib = self._c()
+            need = int(lib.hs_native_libraries(None, 0))
+            buf = ctypes.create_string_buffer(need + 1)
+            lib.hs_native_libraries(buf, need + 1)
+        for line in buf.value.decode("utf-8", "replace").splitlines():
+            parts = line.split("\t", 2)
+            if len(parts) != 3:
+                continue
+            kind, path, rest = parts
+            if kind == "R":
+                out.redirected.append((path, int(rest) if rest.isdigit() else 0))
+            elif kind == "S":
+                out.skipped.append((path, rest))
+            elif kind == "N":
+                out.notes.append(rest)
+        return out
+
+    @property
+    def pinned(self) -> bool:
+        """Native hooks were installed in this process once: never dlclose the library
+        (a thread without the GIL may be inside one, another tool may chain to one)."""
+        return self.native and bool(self._c().hs_native_pinned())
+
     def unload(self, wait: float = 5.0) -> None:
         """dlclose the library. Only after a clean stop: nothing of it stays mapped.
 
@@ -481,6 +631,8 @@ class Shim:
                 )
             handle = lib._handle
             self._lib = None
+            if self.native and lib.hs_native_pinned():
+                return  # stays loaded: its hooks pass straight through from now on
             del lib
             _ctypes.dlclose(handle)
 

@@ -1,0 +1,996 @@
+/*
+ * native_hooks.c: native allocations, sampled with the same Poisson process and rate as
+ * the Python domains of heapspy_shim.c, and folded into its stack table.
+ *
+ * Two sources (native_hooks.h): the RAW domain (PyMem_RawMalloc & co, which zlib, lzma,
+ * bz2 give their libraries) and the C allocator entries of the target's extension modules
+ * and shared libraries, redirected in their GOT by native_got.c.
+ *
+ * RAW without counting twice: pymalloc forwards big MEM/OBJ requests to RAW, and those
+ * were already seen by the MEM/OBJ hooks at their requested size. While native mode runs,
+ * the MEM/OBJ hooks chain to small wrappers (pym_*) instead of pymalloc itself; around a
+ * call that may reach RAW, a wrapper writes its thread's identity into g_pym_owner, and
+ * the RAW hooks ignore calls made by the thread named there. Only the GIL holder calls
+ * MEM/OBJ, so one word suffices, and its readers without the GIL compare it with their own
+ * identity, which it can hold only while they write it themselves. When native mode is
+ * off the MEM/OBJ hooks chain to pymalloc directly, exactly as before.
+ *
+ * Without the GIL: RAW and libc's allocator are called from any thread, holding the GIL
+ * or not, and from threads native code created. Nothing here takes the GIL. Each thread
+ * has a slot in a fixed table found by hashing its thread pointer (no TLS lookup on the
+ * fast path): its sampling countdown, its random state and its exact counters, written
+ * only by that thread and summed when read. A thread that finds no slot uses a shared one
+ * updated atomically. A sample is taken by the thread that allocated: with the calling
+ * thread's Python stack when it holds the GIL (its stack is then safe to read, under the
+ * same rules as the MEM/OBJ hooks' captures), else attributed to the "[native, no Python
+ * stack]" stack. The sampled pointer goes into a map shared by every thread and the
+ * per-stack change into an event buffer, both under a small spinlock, taken only when
+ * sampling or freeing a block the map may hold; heapspy_shim.c folds the events into the
+ * stack table when it is read (hs_read, GIL held).
+ *
+ * Safety: the fast paths take no lock and call nothing but the real allocator; the slow
+ * paths are guarded per thread (a signal handler or our own capture allocating on the same
+ * thread passes straight through), check the process id before taking the lock (a forked
+ * child switches native mode off instead of waiting on a lock a vanished thread held), and
+ * allocate only from libc directly (this library's own GOT is never rewritten). Once any
+ * hook was installed the library is pinned (hs_native_pinned): a thread may be inside one,
+ * or another tool may have saved one as its "original" and chain to it; hooks reached
+ * after detach pass straight through.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "heapspy_shim.h"
+#include "native_hooks.h"
+#include "native_internal.h"
+
+#define HS_EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---- CPython, declared by hand (see heapspy_shim.c) ------------------------------ */
+
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr);
+} py_allocator;
+
+static struct {
+    int resolved;
+    void (*mem_get)(int, py_allocator *);
+    void (*mem_set)(int, py_allocator *);
+    void *(*tstate_unchecked)(void);
+    void *(*gilstate_this)(void);
+} py;
+
+static int py_resolve(void) {
+    if (py.resolved)
+        return 1;
+    *(void **)&py.mem_get = dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+    *(void **)&py.mem_set = dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
+    *(void **)&py.tstate_unchecked = dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked");
+    if (py.tstate_unchecked == NULL)
+        *(void **)&py.tstate_unchecked = dlsym(RTLD_DEFAULT, "_PyThreadState_UncheckedGet");
+    *(void **)&py.gilstate_this = dlsym(RTLD_DEFAULT, "PyGILState_GetThisThreadState");
+    py.resolved = py.mem_get && py.mem_set && py.tstate_unchecked && py.gilstate_this;
+    return py.resolved;
+}
+
+/* Does the calling thread hold the GIL? The thread state CPython calls current is the GIL
+ * holder's (a global before 3.12, a thread-local set only while attached since); only
+ * this thread can make it equal to this thread's own state. Reads no lock, allocates
+ * nothing (pthread_getspecific). */
+static int holds_gil(void) {
+    void *ts = py.tstate_unchecked();
+    return ts != NULL && ts == py.gilstate_this();
+}
+
+/* ---- state ---------------------------------------------------------------------- */
+
+static volatile int g_on;         /* hooks account (else pass straight through) */
+static int g_raw_installed;       /* our RAW hooks went in and were not taken out by us */
+static int g_pym_installed;       /* MEM/OBJ chain through pym_* */
+static int g_got_active;          /* GOT entries redirected */
+static int g_pinned;
+static pid_t g_pid;               /* the process native mode was started in */
+static uint32_t g_nostack;        /* stack id of samples without a Python stack */
+static uint64_t g_seed;
+static char g_notes[1024];
+
+static py_allocator g_raw_prev;   /* what RAW chained to before us */
+static py_allocator g_pym_orig[2]; /* what MEM/OBJ's hooks chained to before the wrappers */
+static uintptr_t g_pym_owner;     /* thread inside a pymalloc call that may reach RAW */
+
+nat_real_fns nat_real;
+
+static inline uintptr_t self_tp(void) {
+#if defined(__x86_64__)
+    uintptr_t tp;
+    __asm__("mov %%fs:0, %0" : "=r"(tp));
+    return tp;
+#elif defined(__aarch64__)
+    uintptr_t tp;
+    __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tp));
+    return tp;
+#else
+    return (uintptr_t)pthread_self();
+#endif
+}
+
+/* Per-thread slots. */
+enum { C_ALLOC, C_BYTES, C_FREE, C_REALLOC, C_N };
+#define NAT_PENDING 8
+typedef struct {
+    uintptr_t owner; /* thread pointer of the owning thread, 0: free */
+    int64_t until;   /* bytes left before this thread's next sample */
+    uint64_t rng;
+    uint32_t npending; /* samples taken without the GIL by a thread that has a Python */
+    uint32_t pad;      /* state: given its stack when it takes the GIL back */
+    uint64_t c[HS_NNDOMAINS][C_N];
+    uintptr_t pending[NAT_PENDING];
+} nat_thread;
+
+#define NAT_TBITS 10
+#define NAT_THREADS (1u << NAT_TBITS)
+#define NAT_PROBES 16
+static nat_thread g_threads[NAT_THREADS];
+static nat_thread g_shared; /* threads without a slot: updated atomically */
+static uint64_t g_nthreads;
+
+static __thread int t_guard; /* this thread is in a slow path of ours: pass through */
+
+/* Sampled blocks: pointer -> (stack, size, weight). Linear probing, at most a quarter
+ * full. Readers without the lock probe only the home slot of a pointer they are about
+ * to free (empty: not sampled), so a map that is replaced by a bigger one stays
+ * allocated until the next start (g_retired). */
+typedef struct nat_map {
+    uint64_t cap, count;
+    unsigned shift;
+    uintptr_t *keys;
+    uint32_t *ids;
+    uint64_t *sizes;
+    double *ws;
+    struct nat_map *retired; /* the maps this one replaced */
+} nat_map;
+
+#define NAT_MAP_MIN (1u << 10)
+#define NAT_MAP_MAX (1u << 22)
+static nat_map *volatile g_map;
+
+/* Changes to fold into the stack table under the GIL. */
+typedef struct {
+    uint32_t id;
+    uint32_t kind; /* HS_EV_* (native_hooks.h) */
+    uint64_t size;
+    double w;
+} nat_event;
+#define NAT_EVENTS_MAX (1u << 20)
+static nat_event *g_events;
+static uint32_t g_nevents, g_cap_events;
+
+static uint64_t g_sampled_count, g_sampled_bytes, g_live_samples, g_live_bytes;
+static uint64_t g_nogil_samples, g_dropped; /* under the lock */
+
+static volatile int g_lock;
+int nat_restore_hooked;
+
+static inline void lock(void) {
+    while (__atomic_exchange_n(&g_lock, 1, __ATOMIC_ACQUIRE)) {
+        for (int i = 0; __atomic_load_n(&g_lock, __ATOMIC_RELAXED); i++)
+            if (i > 64)
+                sched_yield();
+    }
+}
+
+static inline void unlock(void) { __atomic_store_n(&g_lock, 0, __ATOMIC_RELEASE); }
+
+/* ---- sampling ------------------------------------------------------------------- */
+
+static uint64_t rng_step(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+/* As heapspy_shim.c's draw_gap, with this thread's random state. */
+static int64_t draw_gap(uint64_t *s) {
+    uint64_t rate = hs__rate();
+    if (rate == 0)
+        return INT64_MAX;
+    if (rate == 1)
+        return 1;
+    double u = (double)((rng_step(s) >> 11) + 1) * 0x1p-53;
+    double gap = -log(u) * (double)rate;
+    if (gap >= 0x1p62)
+        return (int64_t)1 << 62;
+    return (int64_t)gap + 1;
+}
+
+static double weight(uint64_t size) {
+    uint64_t rate = hs__rate();
+    if (rate <= 1)
+        return 1.0;
+    double p = -expm1(-(double)size / (double)rate);
+    return p > 0.0 ? 1.0 / p : 1.0;
+}
+
+static nat_thread *thread_claim(uintptr_t tp, uint32_t home) {
+    for (uint32_t k = 0; k < NAT_PROBES; k++) {
+        nat_thread *t = &g_threads[(home + k) & (NAT_THREADS - 1)];
+        uintptr_t owner = __atomic_load_n(&t->owner, __ATOMIC_ACQUIRE);
+        if (owner == tp)
+            return t;
+        if (owner == 0) {
+            uint64_t s = g_seed ^ (tp * 0x9E3779B97F4A7C15ULL);
+            t->rng = s ? s : 1;
+            t->until = draw_gap(&t->rng);
+            memset(t->c, 0, sizeof t->c);
+            uintptr_t expected = 0;
+            if (__atomic_compare_exchange_n(&t->owner, &expected, tp, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                __atomic_add_fetch(&g_nthreads, 1, __ATOMIC_RELAXED);
+                return t;
+            }
+            if (expected == tp)
+                return t;
+        }
+    }
+    return &g_shared;
+}
+
+static inline nat_thread *thread_slot(void) {
+    uintptr_t tp = self_tp();
+    uint32_t home = (uint32_t)((tp * 0x9E3779B97F4A7C15ULL) >> (64 - NAT_TBITS));
+    nat_thread *t = &g_threads[home];
+    if (LIKELY(t->owner == tp))
+        return t;
+    return thread_claim(tp, home);
+}
+
+static inline uint64_t map_slot(const nat_map *m, uintptr_t p) {
+    return ((uint64_t)p * 0x9E3779B97F4A7C15ULL) >> m->shift;
+}
+
+static nat_map *map_new(uint64_t cap) {
+    nat_map *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return NULL;
+    m->cap = cap;
+    m->shift = 64u - (unsigned)__builtin_ctzll(cap);
+    m->keys = calloc(cap, sizeof *m->keys);
+    m->ids = malloc(cap * sizeof *m->ids);
+    m->sizes = malloc(cap * sizeof *m->sizes);
+    m->ws = malloc(cap * sizeof *m->ws);
+    if (!m->keys || !m->ids || !m->sizes || !m->ws) {
+        free(m->keys);
+        free(m->ids);
+        free(m->sizes);
+        free(m->ws);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void map_free_all(nat_map *m) {
+    while (m != NULL) {
+        nat_map *next = m->retired;
+        free(m->keys);
+        free(m->ids);
+        free(m->sizes);
+        free(m->ws);
+        free(m);
+        m = next;
+    }
+}
+
+static void map_put(nat_map *m, uintptr_t key, uint32_t id, uint64_t size, double w) {
+    uint64_t mask = m->cap - 1, i = map_slot(m, key);
+    while (m->keys[i] != 0 && m->keys[i] != key)
+        i = (i + 1) & mask;
+    if (m->keys[i] == 0)
+        m->count++;
+    m->ids[i] = id;
+    m->sizes[i] = size;
+    m->ws[i] = w;
+    __atomic_store_n(&m->keys[i], key, __ATOMIC_RELEASE);
+}
+
+/* Under the lock. */
+static int map_insert(uintptr_t key, uint32_t id, uint64_t size, double w) {
+    nat_map *m = g_map;
+    if ((m->count + 1) * 4 > m->cap) {
+        if (m->cap >= NAT_MAP_MAX)
+            return 0;
+        nat_map *n = map_new(m->cap * 2);
+        if (n == NULL)
+            return 0;
+        for (uint64_t i = 0; i < m->cap; i++)
+            if (m->keys[i])
+                map_put(n, m->keys[i], m->ids[i], m->sizes[i], m->ws[i]);
+        n->retired = m;
+        __atomic_store_n(&g_map, n, __ATOMIC_RELEASE);
+        m = n;
+    }
+    map_put(m, key, id, size, w);
+    return 1;
+}
+
+/* Under the lock; backward-shift deletion (no tombstones, so an empty home slot stays
+ * proof of absence for the lock-free probe). */
+static int map_remove(uintptr_t key, uint32_t *id, uint64_t *size, double *w) {
+    nat_map *m = g_map;
+    uint64_t mask = m->cap - 1, i = map_slot(m, key);
+    for (;;) {
+        uintptr_t k = m->keys[i];
+        if (k == 0)
+            return 0;
+        if (k == key)
+            break;
+        i = (i + 1) & mask;
+    }
+    *id = m->ids[i];
+    *size = m->sizes[i];
+    *w = m->ws[i];
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        uintptr_t k = m->keys[j];
+        if (k == 0)
+            break;
+        uint64_t h = map_slot(m, k);
+        int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            m->ids[i] = m->ids[j];
+            m->sizes[i] = m->sizes[j];
+            m->ws[i] = m->ws[j];
+            __atomic_store_n(&m->keys[i], k, __ATOMIC_RELEASE);
+            i = j;
+        }
+    }
+    __atomic_store_n(&m->keys[i], 0, __ATOMIC_RELEASE);
+    m->count--;
+    return 1;
+}
+
+/* Under the lock. */
+static int push_event(uint32_t id, int kind, uint64_t size, double w) {
+    if (g_nevents == g_cap_events) {
+        uint32_t ncap = g_cap_events ? g_cap_events * 2 : 256;
+        if (ncap > NAT_EVENTS_MAX)
+            return 0;
+        nat_event *n = realloc(g_events, (size_t)ncap * sizeof *n);
+        if (n == NULL)
+            return 0;
+        g_events = n;
+        g_cap_events = ncap;
+    }
+    g_events[g_nevents++] = (nat_event){id, (uint32_t)kind, size, w};
+    return 1;
+}
+
+/* A forked child must not take a lock another (vanished) thread of the parent held. */
+static int same_process(void) {
+    if (LIKELY(getpid() == g_pid))
+        return 1;
+    g_on = 0;
+    return 0;
+}
+
+static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t size) {
+    if (t != &g_shared)
+        t->until = draw_gap(&t->rng);
+    else
+        __atomic_store_n(&g_shared.until, (int64_t)hs__rate(), __ATOMIC_RELAXED);
+    if (t_guard || !g_on || !same_process())
+        return;
+    t_guard = 1;
+    uint32_t id = g_nostack;
+    int gil = holds_gil();
+    int with_stack = gil && hs__capture_stack(&id);
+    /* Without the GIL, a thread with a Python state released it around this C call: its
+     * Python stack cannot change before it takes the GIL back, where the hook of
+     * PyEval_RestoreThread gives the sample that stack. */
+    int defer = !gil && t != &g_shared && t->npending < NAT_PENDING &&
+                py.gilstate_this() != NULL && nat_restore_hooked;
+    double w = weight(size);
+    lock();
+    if (g_on) {
+        if (map_insert((uintptr_t)p, id, size, w) && push_event(id, HS_EV_ALLOC, size, w)) {
+            g_sampled_count++;
+            g_sampled_bytes += size;
+            g_live_samples++;
+            g_live_bytes += size;
+            if (!with_stack)
+                g_nogil_samples++;
+            if (defer)
+                t->pending[t->npending++] = (uintptr_t)p;
+        } else {
+            uint32_t i2;
+            uint64_t s2;
+            double w2;
+            map_remove((uintptr_t)p, &i2, &s2, &w2); /* no half-recorded sample */
+            g_dropped++;
+        }
+    }
+    unlock();
+    t_guard = 0;
+}
+
+static inline void account(int dom, void *p, size_t size) {
+    nat_thread *t = thread_slot();
+    if (UNLIKELY(t == &g_shared)) {
+        __atomic_add_fetch(&t->c[dom][C_ALLOC], 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&t->c[dom][C_BYTES], size, __ATOMIC_RELAXED);
+        if (p != NULL && __atomic_sub_fetch(&t->until, (int64_t)size, __ATOMIC_RELAXED) <= 0)
+            take_sample(t, p, size);
+        return;
+    }
+    t->c[dom][C_ALLOC]++;
+    t->c[dom][C_BYTES] += size;
+    if (LIKELY(size < (uint64_t)t->until))
+        t->until -= (int64_t)size;
+    else if (p != NULL && size != 0)
+        take_sample(t, p, size);
+}
+
+static inline void count(int dom, int what) {
+    nat_thread *t = thread_slot();
+    if (UNLIKELY(t == &g_shared))
+        __atomic_add_fetch(&t->c[dom][what], 1, __ATOMIC_RELAXED);
+    else
+        t->c[dom][what]++;
+}
+
+/* May ptr be a sampled block? One lock-free probe of its home slot. */
+static inline int maybe_sampled(void *ptr) {
+    nat_map *m = __atomic_load_n(&g_map, __ATOMIC_ACQUIRE);
+    return m != NULL && __atomic_load_n(&m->keys[map_slot(m, (uintptr_t)ptr)], __ATOMIC_ACQUIRE) != 0;
+}
+
+typedef struct {
+    int found;
+    uint32_t id;
+    uint64_t size;
+    double w;
+} nat_entry;
+
+/* Take ptr out of the map before the block is released: once released, its address may
+ * come back from another thread's allocation and be sampled again. */
+static __attribute__((noinline)) nat_entry forget(void *ptr) {
+    nat_entry e = {0, 0, 0, 0.0};
+    if (t_guard || !same_process())
+        return e;
+    t_guard = 1;
+    lock();
+    if (g_on && map_remove((uintptr_t)ptr, &e.id, &e.size, &e.w))
+        e.found = 1;
+    unlock();
+    t_guard = 0;
+    return e;
+}
+
+/* The block is gone: account its free. */
+static __attribute__((noinline)) void forgotten(nat_entry e) {
+    if (!e.found || t_guard)
+        return;
+    t_guard = 1;
+    lock();
+    if (g_on) {
+        if (!push_event(e.id, HS_EV_FREE, e.size, e.w))
+            g_dropped++;
+        g_live_samples--;
+        g_live_bytes -= e.size;
+    }
+    unlock();
+    t_guard = 0;
+}
+
+/* A realloc failed: the old block and its sample stay. */
+static __attribute__((noinline)) void remember(void *ptr, nat_entry e) {
+    if (!e.found || t_guard)
+        return;
+    t_guard = 1;
+    lock();
+    if (g_on && !map_insert((uintptr_t)ptr, e.id, e.size, e.w))
+        g_dropped++;
+    unlock();
+    t_guard = 0;
+}
+
+static inline void on_free(int dom, void *ptr) {
+    count(dom, C_FREE);
+    if (UNLIKELY(maybe_sampled(ptr)))
+        forgotten(forget(ptr));
+}
+
+/* ---- RAW domain ----------------------------------------------------------------- */
+
+static inline int raw_counts(void) {
+    return g_on && __atomic_load_n(&g_pym_owner, __ATOMIC_RELAXED) != self_tp();
+}
+
+static void *raw_malloc(void *ctx, size_t size) {
+    (void)ctx;
+    void *p = g_raw_prev.malloc(g_raw_prev.ctx, size);
+    if (raw_counts() && p != NULL)
+        account(HS_NDOM_RAW, p, size);
+    return p;
+}
+
+static void *raw_calloc(void *ctx, size_t nelem, size_t elsize) {
+    (void)ctx;
+    size_t size;
+    void *p = g_raw_prev.calloc(g_raw_prev.ctx, nelem, elsize);
+    if (raw_counts() && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
+        account(HS_NDOM_RAW, p, size);
+    return p;
+}
+
+static void *raw_realloc(void *ctx, void *ptr, size_t size) {
+    (void)ctx;
+    if (!raw_counts())
+        return g_raw_prev.realloc(g_raw_prev.ctx, ptr, size);
+    nat_entry e = {0, 0, 0, 0.0};
+    if (ptr != NULL && maybe_sampled(ptr))
+        e = forget(ptr);
+    void *p = g_raw_prev.realloc(g_raw_prev.ctx, ptr, size);
+    if (p == NULL) {
+        remember(ptr, e);
+        return p;
+    }
+    if (ptr != NULL) {
+        count(HS_NDOM_RAW, C_FREE);
+        count(HS_NDOM_RAW, C_REALLOC);
+        forgotten(e);
+    }
+    account(HS_NDOM_RAW, p, size);
+    return p;
+}
+
+static void raw_free(void *ctx, void *ptr) {
+    (void)ctx;
+    if (ptr != NULL && raw_counts())
+        on_free(HS_NDOM_RAW, ptr);
+    g_raw_prev.free(g_raw_prev.ctx, ptr);
+}
+
+/* Between the MEM/OBJ hooks and pymalloc while native mode runs: mark the calls that may
+ * reach RAW (pymalloc forwards requests above 512 bytes, less the debug hooks' 32 bytes
+ * of padding, and size 0; any realloc or free may). ctx: the saved original allocator. */
+#define PYM_SMALL 448
+
+static inline uintptr_t pym_enter(void) {
+    uintptr_t old = g_pym_owner;
+    __atomic_store_n(&g_pym_owner, self_tp(), __ATOMIC_RELAXED);
+    return old;
+}
+
+static inline void pym_leave(uintptr_t old) { __atomic_store_n(&g_pym_owner, old, __ATOMIC_RELAXED); }
+
+static void *pym_malloc(void *ctx, size_t size) {
+    py_allocator *a = ctx;
+    if (size - 1 < PYM_SMALL)
+        return a->malloc(a->ctx, size);
+    uintptr_t old = pym_enter();
+    void *p = a->malloc(a->ctx, size);
+    pym_leave(old);
+    return p;
+}
+
+static void *pym_calloc(void *ctx, size_t nelem, size_t elsize) {
+    py_allocator *a = ctx;
+    size_t size;
+    if (!__builtin_mul_overflow(nelem, elsize, &size) && size - 1 < PYM_SMALL)
+        return a->calloc(a->ctx, nelem, elsize);
+    uintptr_t old = pym_enter();
+    void *p = a->calloc(a->ctx, nelem, elsize);
+    pym_leave(old);
+    return p;
+}
+
+static void *pym_realloc(void *ctx, void *ptr, size_t size) {
+    py_allocator *a = ctx;
+    uintptr_t old = pym_enter();
+    void *p = a->realloc(a->ctx, ptr, size);
+    pym_leave(old);
+    return p;
+}
+
+static void pym_free(void *ctx, void *ptr) {
+    py_allocator *a = ctx;
+    uintptr_t old = pym_enter();
+    a->free(a->ctx, ptr);
+    pym_leave(old);
+}
+
+/* ---- the GOT hooks -------------------------------------------------------------- */
+
+static void *ng_malloc(size_t size) {
+    void *p = nat_real.malloc(size);
+    if (g_on && p != NULL)
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+static void *ng_calloc(size_t nelem, size_t elsize) {
+    size_t size;
+    void *p = nat_real.calloc(nelem, elsize);
+    if (g_on && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+static void *realloc_common(void *ptr, size_t size, void *(*call)(void *, size_t, size_t),
+                            size_t n1, size_t n2) {
+    nat_entry e = {0, 0, 0, 0.0};
+    if (ptr != NULL && maybe_sampled(ptr))
+        e = forget(ptr);
+    void *p = call(ptr, n1, n2);
+    if (p == NULL && (size != 0 || ptr == NULL)) {
+        remember(ptr, e); /* failed: the old block stays */
+        return p;
+    }
+    if (ptr != NULL) {
+        count(HS_NDOM_MALLOC, C_FREE);
+        count(HS_NDOM_MALLOC, C_REALLOC);
+        forgotten(e);
+    }
+    if (p != NULL)
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+static void *call_realloc(void *ptr, size_t size, size_t unused) {
+    (void)unused;
+    return nat_real.realloc(ptr, size);
+}
+
+static void *call_reallocarray(void *ptr, size_t n, size_t m) {
+    return nat_real.reallocarray(ptr, n, m);
+}
+
+static void *ng_realloc(void *ptr, size_t size) {
+    if (!g_on)
+        return nat_real.realloc(ptr, size);
+    return realloc_common(ptr, size, call_realloc, size, 0);
+}
+
+static void *ng_reallocarray(void *ptr, size_t n, size_t m) {
+    size_t size;
+    if (!g_on || __builtin_mul_overflow(n, m, &size))
+        return nat_real.reallocarray(ptr, n, m);
+    return realloc_common(ptr, size, call_reallocarray, n, m);
+}
+
+static void ng_free(void *ptr) {
+    if (g_on && ptr != NULL)
+        on_free(HS_NDOM_MALLOC, ptr);
+    nat_real.free(ptr);
+}
+
+static int ng_posix_memalign(void **out, size_t align, size_t size) {
+    int rc = nat_real.posix_memalign(out, align, size);
+    if (g_on && rc == 0)
+        account(HS_NDOM_MALLOC, *out, size);
+    return rc;
+}
+
+static void *ng_aligned_alloc(size_t align, size_t size) {
+    void *p = nat_real.aligned_alloc(align, size);
+    if (g_on && p != NULL)
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+static void *ng_memalign(size_t align, size_t size) {
+    void *p = nat_real.memalign(align, size);
+    if (g_on && p != NULL)
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+static void *ng_valloc(size_t size) {
+    void *p = nat_real.valloc(size);
+    if (g_on && p != NULL)
+        account(HS_NDOM_MALLOC, p, size);
+    return p;
+}
+
+/* Anonymous mappings only: a file mapping is not heap. A munmap is matched by its start
+ * address (the whole sampled size counts as freed, even for a partial unmap). */
+static void *ng_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    void *p = nat_real.mmap(addr, len, prot, flags, fd, off);
+    if (g_on && p != MAP_FAILED && (flags & MAP_ANONYMOUS))
+        account(HS_NDOM_MMAP, p, len);
+    return p;
+}
+
+static int ng_munmap(void *addr, size_t len) {
+    if (g_on && addr != NULL)
+        on_free(HS_NDOM_MMAP, addr);
+    return nat_real.munmap(addr, len);
+}
+
+/* ctypes finds C functions with dlsym and calls them through the pointer, which no GOT
+ * entry covers: its dlsym hands out our hook for an allocator function. */
+static void *ng_dlsym(void *handle, const char *name) {
+    void *p = nat_real.dlsym(handle, name);
+    if (g_on && p != NULL) {
+        void *hook = nat_got_hook_for(p);
+        if (hook != NULL)
+            return hook;
+    }
+    return p;
+}
+
+/* The thread holds the GIL again, and its Python stack is still the one it left with:
+ * give the samples it took meanwhile that stack (moved off the no-stack stack). A block
+ * freed meanwhile is moved too, as an allocation and its free. */
+static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
+    if (t_guard || !same_process()) {
+        t->npending = 0;
+        return;
+    }
+    t_guard = 1;
+    uint32_t id;
+    if (!hs__capture_stack(&id)) {
+        t->npending = 0;
+        t_guard = 0;
+        return;
+    }
+    lock();
+    nat_map *m = g_map;
+    for (uint32_t k = 0; g_on && k < t->npending; k++) {
+        uintptr_t key = t->pending[k];
+        uint64_t mask = m->cap - 1, i = map_slot(m, key);
+        while (m->keys[i] != 0 && m->keys[i] != key)
+            i = (i + 1) & mask;
+        if (m->keys[i] != key || m->ids[i] != g_nostack)
+            continue; /* freed and not sampled again, or not ours to move: leave it */
+        uint64_t size = m->sizes[i];
+        double w = m->ws[i];
+        if (push_event(g_nostack, HS_EV_UNALLOC, size, w) &&
+            push_event(g_nostack, HS_EV_FREE, size, w) &&
+            push_event(id, HS_EV_ALLOC, size, w)) {
+            m->ids[i] = id;
+            g_nogil_samples--;
+        }
+    }
+    t->npending = 0;
+    unlock();
+    t_guard = 0;
+}
+
+static void (*g_real_restore)(void *);
+
+void nat_restore_hook(void *tstate) {
+    g_real_restore(tstate);
+    if (g_on) {
+        nat_thread *t = thread_slot();
+        if (UNLIKELY(t->npending != 0))
+            attribute_pending(t);
+    }
+}
+
+const nat_fn nat_fns[] = {
+    {"malloc", (void *)ng_malloc, (void **)&nat_real.malloc, 0},
+    {"calloc", (void *)ng_calloc, (void **)&nat_real.calloc, 0},
+    {"realloc", (void *)ng_realloc, (void **)&nat_real.realloc, 0},
+    {"free", (void *)ng_free, (void **)&nat_real.free, 0},
+    {"posix_memalign", (void *)ng_posix_memalign, (void **)&nat_real.posix_memalign, 0},
+    {"aligned_alloc", (void *)ng_aligned_alloc, (void **)&nat_real.aligned_alloc, 0},
+    {"memalign", (void *)ng_memalign, (void **)&nat_real.memalign, 0},
+    {"valloc", (void *)ng_valloc, (void **)&nat_real.valloc, 0},
+    {"reallocarray", (void *)ng_reallocarray, (void **)&nat_real.reallocarray, 0},
+    {"mmap", (void *)ng_mmap, (void **)&nat_real.mmap, 0},
+    {"mmap64", (void *)ng_mmap, (void **)&nat_real.mmap, 0},
+    {"munmap", (void *)ng_munmap, (void **)&nat_real.munmap, 0},
+    {"dlsym", (void *)ng_dlsym, (void **)&nat_real.dlsym, 1},
+    {"PyEval_RestoreThread", (void *)nat_restore_hook, (void **)&g_real_restore, 2},
+};
+const int nat_nfns = (int)(sizeof nat_fns / sizeof nat_fns[0]);
+
+/* ---- life cycle ----------------------------------------------------------------- */
+
+void nat_note(const char *text) {
+    size_t used = strlen(g_notes);
+    snprintf(g_notes + used, sizeof g_notes - used, "N\t\t%s\n", text);
+}
+
+static void reset_session(void) {
+    memset(g_threads, 0, sizeof g_threads);
+    memset(&g_shared, 0, sizeof g_shared);
+    g_nthreads = 0;
+    map_free_all(g_map); /* stopped long ago: no thread probes it any more */
+    g_map = NULL;
+    free(g_events);
+    g_events = NULL;
+    g_nevents = g_cap_events = 0;
+    g_sampled_count = g_sampled_bytes = g_live_samples = g_live_bytes = 0;
+    g_nogil_samples = g_dropped = 0;
+    nat_restore_hooked = 0;
+    g_notes[0] = '\0';
+}
+
+HS_EXPORT int hs_native_abi(void) { return HS_NATIVE_ABI; }
+
+HS_EXPORT int hs_native_report_size(void) { return (int)sizeof(hs_native_report); }
+
+HS_EXPORT int hs_native_pinned(void) { return g_pinned; }
+
+static int is_ours_raw(const py_allocator *a) {
+    return a->malloc == raw_malloc && a->calloc == raw_calloc && a->realloc == raw_realloc &&
+           a->free == raw_free;
+}
+
+HS_EXPORT int hs_native_start(unsigned flags) {
+    if (hs_state() != HS_STATE_RUNNING)
+        return HS_ERR_NOT_RUNNING;
+    if (g_on || g_raw_installed || g_pym_installed || g_got_active)
+        return HS_ERR_RUNNING;
+    if (!py_resolve())
+        return HS_ERR_SYMBOLS;
+    reset_session();
+    g_map = map_new(NAT_MAP_MIN);
+    if (g_map == NULL)
+        return HS_ERR_NOMEM;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    g_seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
+    g_pid = getpid();
+    g_nostack = hs__native_stack();
+    if (flags & HS_NATIVE_RAW) {
+        /* Our hooks take the previous context as theirs: CPython copies the allocator
+         * struct field by field while other threads may call it without the GIL, and a
+         * call mixing our function with its context, or its function with ours, then
+         * still works (ours ignore the context). */
+        py.mem_get(0, &g_raw_prev);
+        py_allocator ours = {g_raw_prev.ctx, raw_malloc, raw_calloc, raw_realloc, raw_free};
+        for (int i = 0; i < 2; i++) {
+            py_allocator *prev = hs__dom_prev(i);
+            if (prev == NULL)
+                continue;
+            g_pym_orig[i] = *prev;
+            py_allocator wrap = {&g_pym_orig[i], pym_malloc, pym_calloc, pym_realloc, pym_free};
+            *prev = wrap; /* GIL held: no MEM/OBJ call runs meanwhile */
+        }
+        g_pym_installed = 1;
+        g_pinned = 1;
+        py.mem_set(0, &ours);
+        g_raw_installed = 1;
+    }
+    if (flags & HS_NATIVE_GOT) {
+#if defined(__x86_64__)
+        char why[256];
+        if (nat_got_resolve(why, sizeof why)) {
+            g_pinned = 1;
+            g_got_active = 1;
+            nat_got_scan();
+        } else {
+            nat_note(why);
+        }
+#else
+        nat_note("native allocations of libraries are not sampled: GOT rewriting is "
+                 "implemented for x86_64 only");
+#endif
+    }
+    __atomic_store_n(&g_on, 1, __ATOMIC_RELEASE);
+    return HS_OK;
+}
+
+HS_EXPORT int hs_native_rescan(void) {
+    if (!g_on || !g_got_active)
+        return HS_ERR_NOT_RUNNING;
+    if (!same_process())
+        return HS_ERR_NOT_RUNNING;
+    nat_got_scan();
+    return HS_OK;
+}
+
+/* Take everything out: hooks that are still ours are restored, those someone replaced
+ * since are left (they pass straight through from now on). GIL held. */
+HS_EXPORT int hs_native_stop(void) {
+    int left = 0;
+    __atomic_store_n(&g_on, 0, __ATOMIC_RELEASE);
+    if (g_got_active) {
+        left |= nat_got_restore();
+        g_got_active = 0;
+    }
+    if (g_raw_installed) {
+        py_allocator cur;
+        py.mem_get(0, &cur);
+        if (is_ours_raw(&cur))
+            py.mem_set(0, &g_raw_prev);
+        else
+            left = 1;
+        g_raw_installed = 0;
+    }
+    if (g_pym_installed) {
+        for (int i = 0; i < 2; i++) {
+            py_allocator *prev = hs__dom_prev(i);
+            if (prev != NULL && prev->malloc == pym_malloc)
+                *prev = g_pym_orig[i];
+        }
+        g_pym_installed = 0;
+    }
+    lock();
+    g_nevents = 0;
+    unlock();
+    return left;
+}
+
+void hs__native_on_stop(void) {
+    if (g_on || g_raw_installed || g_pym_installed || g_got_active)
+        hs_native_stop();
+}
+
+/* Fold the events into the stack table (GIL held, from hs_read). */
+void hs__native_merge(void) {
+    if (g_events == NULL || !same_process())
+        return;
+    lock();
+    for (uint32_t i = 0; i < g_nevents; i++) {
+        nat_event *e = &g_events[i];
+        hs__stack_event(e->id, e->size, e->w, (int)e->kind);
+    }
+    g_nevents = 0;
+    unlock();
+}
+
+HS_EXPORT int hs_native_read(hs_native_report *out) {
+    if (out == NULL)
+        return HS_ERR_ARG;
+    memset(out, 0, sizeof *out);
+    out->abi = HS_NATIVE_ABI;
+    out->active = (uint64_t)(g_raw_installed ? 1 : 0) | (uint64_t)(g_got_active ? 2 : 0);
+    for (uint32_t k = 0; k <= NAT_THREADS; k++) {
+        nat_thread *t = k < NAT_THREADS ? &g_threads[k] : &g_shared;
+        if (k < NAT_THREADS && __atomic_load_n(&t->owner, __ATOMIC_ACQUIRE) == 0)
+            continue;
+        for (int d = 0; d < HS_NNDOMAINS; d++) {
+            out->alloc_count[d] += __atomic_load_n(&t->c[d][C_ALLOC], __ATOMIC_RELAXED);
+            out->alloc_bytes[d] += __atomic_load_n(&t->c[d][C_BYTES], __ATOMIC_RELAXED);
+            out->free_count[d] += __atomic_load_n(&t->c[d][C_FREE], __ATOMIC_RELAXED);
+            out->realloc_count[d] += __atomic_load_n(&t->c[d][C_REALLOC], __ATOMIC_RELAXED);
+        }
+    }
+    lock();
+    out->sampled_count = g_sampled_count;
+    out->sampled_bytes = g_sampled_bytes;
+    out->live_samples = g_live_samples;
+    out->live_sampled_bytes = g_live_bytes;
+    out->nogil_samples = g_nogil_samples;
+    out->dropped_samples = g_dropped;
+    uint64_t mem = (uint64_t)g_cap_events * sizeof *g_events;
+    for (nat_map *m = g_map; m != NULL; m = m->retired)
+        mem += m->cap * (sizeof *m->keys + sizeof *m->ids + sizeof *m->sizes + sizeof *m->ws);
+    unlock();
+    nat_got_counts(&out->libraries, &out->entries);
+    out->threads = __atomic_load_n(&g_nthreads, __ATOMIC_RELAXED);
+    out->shim_memory = mem + nat_got_memory();
+    return HS_OK;
+}
+
+HS_EXPORT size_t hs_native_libraries(char *buf, size_t len) {
+    size_t notes = strlen(g_notes);
+    if (buf != NULL && len > 0) {
+        snprintf(buf, len, "%s", g_notes);
+        size_t used = notes < len ? notes : len - 1;
+        return notes + nat_got_describe(buf + used, len - used);
+    }
+    return notes + nat_got_describe(NULL, 0);
+}
