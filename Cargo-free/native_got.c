@@ -52,6 +52,28 @@ static size_t g_nlibs, g_cap_libs;
 static unsigned long long g_adds = ~0ULL, g_subs = ~0ULL;
 static uintptr_t g_self_base;
 static int g_resolved;
+/* What the process resolves each name to, when not the C library's own address: a
+ * non-PIE executable that takes a function's address makes its own PLT stub the canonical
+ * address, and every library's GOT then holds that stub (which jumps to libc's). */
+static void *g_canon[32];
+
+static int in_first_object(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    uintptr_t *addr = data;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = (uintptr_t)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && addr[0] >= start && addr[0] < start + ph->p_memsz)
+            addr[1] = 1;
+    }
+    return 1; /* the first object is the executable */
+}
+
+static int in_executable(void *p) {
+    uintptr_t arg[2] = {(uintptr_t)p, 0};
+    dl_iterate_phdr(in_first_object, arg);
+    return (int)arg[1];
+}
 
 /* ---- the C library's functions ---------------------------------------------------- */
 
@@ -89,7 +111,9 @@ int nat_got_resolve(char *why, size_t whylen) {
             return 0;
         }
         void *seen = dlsym(RTLD_DEFAULT, nat_fns[i].name);
-        if (seen != real && i < 4) {
+        if (seen != real && seen != NULL && in_executable(seen) && i < 32) {
+            g_canon[i] = seen; /* the executable's canonical PLT stub */
+        } else if (seen != real && i < 4) {
             Dl_info who;
             const char *lib = dladdr(seen, &who) && who.dli_fname ? who.dli_fname : "?";
             snprintf(why, whylen,
@@ -110,7 +134,8 @@ int nat_got_resolve(char *why, size_t whylen) {
 
 void *nat_got_hook_for(void *real) {
     for (int i = 0; i < nat_nfns; i++)
-        if (nat_fns[i].only == 0 && real == *nat_fns[i].real)
+        if (nat_fns[i].only == 0 && (real == *nat_fns[i].real || (i < 32 && g_canon[i] != NULL &&
+                                                                  real == g_canon[i])))
             return nat_fns[i].hook;
     return NULL;
 }
@@ -296,7 +321,8 @@ static void redirect(const struct dl_phdr_info *info, got_lib *lib) {
                 uintptr_t slot = lib->base + rel->r_offset;
                 void *cur = *(void **)slot;
                 int stub = (uintptr_t)cur >= l.load_start && (uintptr_t)cur < l.load_end;
-                if (cur != *nat_fns[f].real && !stub && cur != nat_fns[f].hook) {
+                int canon = f < 32 && g_canon[f] != NULL && cur == g_canon[f];
+                if (cur != *nat_fns[f].real && !stub && !canon && cur != nat_fns[f].hook) {
                     Dl_info who;
                     const char *other = dladdr(cur, &who) && who.dli_fname ? who.dli_fname : "?";
                     char why[512];

@@ -36,6 +36,9 @@ class AttachConfig:
     # made in code does only when asked
     census: bool = False
     require_sampling: bool = False
+    # sample native allocations too: the RAW domain and the malloc & co of the target's
+    # extension modules and libraries (agent/heapspy_agent/shim.py, Cargo-free/native_*.c)
+    native: bool = False
     # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)
     last_chance: bool = True
     # the daemon's watch that chose this target: labels its metrics, changes nothing in

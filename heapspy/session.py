@@ -179,6 +179,7 @@ class Session:
             "interval": self.config.interval,
             "collect_budget": self.config.collect_budget,
             "require_sampling": self.config.require_sampling,
+            "native": self.config.native,
         }
 
     def _open(self, t0: float, progress: Progress | None) -> None:
@@ -754,6 +755,8 @@ class Session:
         info["dropped_stacks"] = self.aggregator.dropped_stacks
         info["last_dump"] = self.dumps[-1] if self.dumps else None
         info["census"] = self.census_progress()
+        native = self.aggregator.totals.get("native")
+        info["native"] = native if isinstance(native, dict) else None
         return info
 
     # --- closing ---------------------------------------------------------------

@@ -8,7 +8,7 @@ allocations, not the target's: they are left out.
 
 import glob
 import os
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from heapspy_agent import object_types
 from heapspy_agent.schema import (
@@ -24,6 +24,7 @@ from heapspy_agent.shim import (
     LIBRARY_GLOB,
     NOT_IMPORTED,
     STACK_NATIVE,
+    DomainTotals,
     NativeLibraries,
     Shim,
     ShimError,
@@ -98,7 +99,7 @@ class ShimCollector:
             alloc[key] = [c.alloc_count, c.alloc_bytes]
             est[key] = [c.est_alloc_count, c.est_alloc_bytes, c.est_live_count, c.est_live_bytes]
         t = drain.totals
-        doms = (t.mem, t.obj, t.numpy)
+        doms: Tuple[DomainTotals, ...] = (t.mem, t.obj, t.numpy)
         classes = [
             [k, sum(counts)] for k, counts in enumerate(zip(*(d.size_classes for d in doms)))
         ]
@@ -113,7 +114,7 @@ class ShimCollector:
             domains["raw"] = [nt.raw.alloc_count, nt.raw.alloc_bytes, nt.raw.free_count]
             domains["native"] = [nt.malloc.alloc_count, nt.malloc.alloc_bytes, nt.malloc.free_count]
             domains["mmap"] = [nt.mmap.alloc_count, nt.mmap.alloc_bytes, nt.mmap.free_count]
-        totals = {
+        totals: Dict[str, Any] = {
             "allocated_bytes": sum(d.alloc_bytes for d in doms),
             "allocations": sum(d.alloc_count for d in doms),
             "frees": sum(d.free_count for d in doms),

@@ -566,15 +566,29 @@ class Shim:
             self._check(self._c().hs_native_read(ctypes.byref(rep)))
         dom = [
             DomainTotals(
-                rep.alloc_count[i], rep.alloc_bytes[i], rep.free_count[i],
-                rep.realloc_count[i], (0,) * NCLASSES,
+                rep.alloc_count[i],
+                rep.alloc_bytes[i],
+                rep.free_count[i],
+                rep.realloc_count[i],
+                (0,) * NCLASSES,
             )
             for i in range(_NATIVE_DOMAINS)
         ]
         return NativeTotals(
-            rep.active, dom[0], dom[1], dom[2], rep.sampled_count, rep.sampled_bytes,
-            rep.live_samples, rep.live_sampled_bytes, rep.nogil_samples, rep.dropped_samples,
-            rep.libraries, rep.entries, rep.threads, rep.shim_memory,
+            rep.active,
+            dom[0],
+            dom[1],
+            dom[2],
+            rep.sampled_count,
+            rep.sampled_bytes,
+            rep.live_samples,
+            rep.live_sampled_bytes,
+            rep.nogil_samples,
+            rep.dropped_samples,
+            rep.libraries,
+            rep.entries,
+            rep.threads,
+            rep.shim_memory,
         )
 
     def native_libraries(self) -> NativeLibraries:

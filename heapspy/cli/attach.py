@@ -126,6 +126,13 @@ def attach(
     no_gc: bool = typer.Option(
         False, "--no-scrape-gc", help="Refuse a scraper's gc=1 (a gc.collect() in the target)."
     ),
+    native: bool = typer.Option(
+        False,
+        "--native/--no-native",
+        help="Also sample native allocations: PyMem_RawMalloc and the malloc, calloc, "
+        "realloc, mmap... of the target's extension modules and libraries, attributed to "
+        "the Python line that called them (`heapspy status PID` lists the libraries).",
+    ),
     census: bool = typer.Option(
         True,
         "--census/--no-census",
@@ -167,6 +174,7 @@ def attach(
         max_bytes=check_max_bytes(max_bytes, "--max-bytes"),
         allow_gc=not no_gc,
         census=census,
+        native=native,
     )
     endpoint = None
     if listen is not None:

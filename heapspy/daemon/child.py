@@ -78,6 +78,7 @@ def attach_argv(pid: int, config: AttachConfig, python: str | None = None) -> li
         "--final-dump" if config.final_dump else "--no-final-dump",
         "--nudge" if config.nudge else "--no-nudge",
         "--census" if config.census else "--no-census",
+        "--native" if config.native else "--no-native",
     ]  # fmt: skip
     for rule in config.dump_on:
         argv += ["--dump-on", rule.text]

@@ -142,6 +142,7 @@ ATTACH_KEYS = (
     "final_dump",
     "last_chance",
     "census",
+    "native",
 )
 WATCH_KEYS = ("name", *SELECTOR_KEYS, *ATTACH_KEYS)
 
@@ -359,6 +360,7 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         final_dump=table.boolean("final_dump", True),
         last_chance=table.boolean("last_chance", True),
         census=table.boolean("census", True),  # of the heap at attach, as `heapspy attach`
+        native=table.boolean("native", False),
         watch=name,
     )
     return Watch(name, selectors, attach)

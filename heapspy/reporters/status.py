@@ -103,6 +103,32 @@ def _rate(st: dict[str, Any]) -> str:
     return size_text(sampling.rate)
 
 
+NO_ALLOCATOR = "calls no allocator function"  # Cargo-free/native_got.c's reason
+
+
+def _native_lines(pid: int, native: Any) -> list[str]:
+    """What native mode redirected and skipped (the agent's list, checked by the schema)."""
+    if not isinstance(native, dict):
+        return []
+    redirected = native.get("redirected") or []
+    skipped = native.get("skipped") or []
+    lines = [
+        f"{pid}: native allocations: {len(redirected)} libraries redirected, "
+        f"{len(skipped)} skipped" + (f", {native['more']} more" if native.get("more") else "")
+    ]
+    lines += [f"{pid}:   redirected {printable(path)}" for path in redirected]
+    quiet = [path for path, why in skipped if why == NO_ALLOCATOR]  # most extension modules
+    lines += [
+        f"{pid}:   skipped {printable(path)}: {printable(why)}"
+        for path, why in skipped
+        if why != NO_ALLOCATOR
+    ]
+    if quiet:
+        lines.append(f"{pid}:   {len(quiet)} more call no allocator function (--format json)")
+    lines += [f"{pid}:   note: {printable(note)}" for note in native.get("notes") or []]
+    return lines
+
+
 def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> str:
     if not sessions:
         return "No heapspy sessions (for this user).\n"
@@ -137,6 +163,8 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
         if isinstance(found, dict):
             since = s.status.get("heap_estimate")
             lines.append(f"{s.target_pid}: " + printable(census_note(found, int(since or 0))))
+    for s in sessions:  # native allocations: which libraries' entries were redirected
+        lines.extend(_native_lines(s.target_pid, s.status.get("native")))
     for s in sessions:  # what a session could not keep of what its agent sent
         dropped = s.status.get("dropped_stacks")
         if isinstance(dropped, int) and dropped > 0:
