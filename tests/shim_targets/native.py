@@ -48,7 +48,7 @@ def base_of(path):
             parts = line.split()
             if len(parts) >= 6 and parts[5] == real and int(parts[2], 16) == 0:
                 return int(parts[0].split("-")[0], 16)
-    raise RuntimeError("%s is not mapped" % path)
+    raise RuntimeError(path + " is not mapped")
 
 
 def got(path):
