@@ -122,9 +122,7 @@ def main():
     drain = shim.drain()
     lines = marker_lines(__file__)
     ids = {
-        st.stack_id
-        for st in drain.new_stacks
-        if st.frames and st.frames[-1].line == lines["leak"]
+        st.stack_id for st in drain.new_stacks if st.frames and st.frames[-1].line == lines["leak"]
     }
     out["leak_sites"] = [
         [c.live_count, c.live_bytes, c.est_live_count, c.est_live_bytes]
