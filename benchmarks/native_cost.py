@@ -1,0 +1,173 @@
+"""What sampling native allocations costs, on allocation-heavy native workloads.
+
+    .venv/bin/python benchmarks/native_cost.py [--interpreters 3.11,3.14] [--rounds 20]
+        [--block 0.05] [--rate 512KiB] [--json results.json]
+
+Paired inside one process per interpreter, as ``shim_overhead.py`` does (this machine's
+speed swings by +-20 % over seconds): for each workload a block of N calls runs with the
+shim sampling Python's domains only (A), then with native sampling too (B: the RAW
+domain hooked, the libraries' allocator entries redirected), in ABBA / BAAB order, every
+round. The shim is started and stopped around each block (outside its timing); the
+``none`` column pairs A with A: the method's own noise. Printed: throughput B / A per
+workload (geometric mean over rounds), the geometric mean over workloads and its 95 %
+interval from the per-round geometric means. 1.000 = no cost; the goal is >= 0.97.
+
+Workloads: ``json`` (the C accelerator: dumps and loads of a nested document), ``zlib``
+(compress objects made and used: their state through PyMem_RawMalloc), ``sqlite3``
+(an in-memory database: inserts, an index, a query; libsqlite3's malloc without the
+GIL), ``etree`` (xml.etree's C parser on a 200 KB document: expat's malloc), and
+``python`` (lists, dicts and strings only: what the MEM/OBJ wrappers add).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from shim_overhead import _block, _calls_for, geomean, summarise  # noqa: E402
+
+NONE = "none"
+NATIVE = "native"
+
+
+def workloads() -> dict[str, Callable[[], object]]:
+    import sqlite3  # noqa: PLC0415 - only inside the measured interpreter
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    doc = {"items": [{"id": i, "name": f"item{i}", "tags": ["a", "b"], "v": i * 0.5}
+                     for i in range(300)]}  # fmt: skip
+    text = json.dumps(doc)
+    payload = bytes(range(256)) * 400
+    xml = "<root>" + "".join(f'<e k="{i}">t{i}</e>' for i in range(6000)) + "</root>"
+
+    def json_work() -> object:
+        return json.loads(json.dumps(json.loads(text)))
+
+    def zlib_work() -> object:
+        c = zlib.compressobj(6)
+        data = c.compress(payload) + c.flush()
+        d = zlib.decompressobj()
+        return d.decompress(data)
+
+    def sqlite_work() -> object:
+        db = sqlite3.connect(":memory:")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, blob BLOB)")
+        db.executemany("INSERT INTO t (name, blob) VALUES (?, ?)",
+                       ((f"n{i}", b"x" * 200) for i in range(300)))  # fmt: skip
+        db.execute("CREATE INDEX i ON t (name)")
+        rows = db.execute("SELECT name FROM t WHERE id % 7 = 0").fetchall()
+        db.close()
+        return rows
+
+    def etree_work() -> object:
+        return len(ET.fromstring(xml))
+
+    def python_work() -> object:
+        return [{"k": str(i), "v": [i, i + 1]} for i in range(2000)]
+
+    return {"json": json_work, "zlib": zlib_work, "sqlite3": sqlite_work,
+            "etree": etree_work, "python": python_work}  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> int:
+    sys.path[:0] = [str(ROOT / "agent")]
+    from heapspy_agent.shim import Shim  # noqa: PLC0415
+
+    shim = Shim.load(args.shim or None)
+    bodies = workloads()
+    calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
+    ratios: dict[str, dict[str, list[float]]] = {NONE: {}, NATIVE: {}}
+    samples = {NONE: 0, NATIVE: 0}
+    for rnd in range(args.rounds):
+        order = (False, True, True, False) if rnd % 2 == 0 else (True, False, False, True)
+        for name, body in bodies.items():
+            for col in (NONE, NATIVE):
+                off = on = 0.0
+                for b in order:
+                    shim.start(args.rate)
+                    if b and col == NATIVE:
+                        shim.native_start()
+                    _block(body, max(1, calls[name] // 4))  # warm, untimed
+                    elapsed = _block(body, calls[name])
+                    native = shim.native_totals()
+                    if b and native is not None:
+                        samples[col] += native.sampled_count
+                    shim.stop()
+                    if b:
+                        on += elapsed
+                    else:
+                        off += elapsed
+                ratios[col].setdefault(name, []).append(off / on)
+    json.dump({"calls": calls, "ratios": ratios, "samples": samples}, sys.stdout)
+    return 0
+
+
+def render(label: str, result: dict[str, Any], rounds: int, block: float) -> str:
+    cols = list(result["ratios"])
+    names = sorted(next(iter(result["ratios"].values())))
+    lines = [
+        f"== {label}: throughput native on / off (Python domains sampled in both), "
+        f"paired ABBA/BAAB blocks of ~{block * 1000:.0f} ms, {rounds} rounds ==",
+        f"{'workload':14s}" + "".join(f"{c:>12s}" for c in cols),
+    ]
+    lines += [
+        f"{w:14s}" + "".join(f"{geomean(result['ratios'][c][w]):12.3f}" for c in cols)
+        for w in names
+    ]
+    sums = {c: summarise(result["ratios"][c]) for c in cols}
+    lines.append(f"{'geomean':14s}" + "".join(f"{sums[c][0]:12.3f}" for c in cols))
+    lines.append(f"{'95% interval':14s}" + "".join(
+        f"{f'{lo:.3f}-{hi:.3f}':>12s}" for _, lo, hi in (sums[c] for c in cols)))  # fmt: skip
+    lines.append(f"{'native samples':14s}" + "".join(f"{result['samples'][c]:12d}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--interpreters", default="3.11,3.14")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--block", type=float, default=0.05)
+    parser.add_argument("--rate", default="512KiB")
+    parser.add_argument("--shim", default="")
+    parser.add_argument("--json", default="")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    from heapspy.units import parse_size  # noqa: PLC0415
+
+    args.rate = parse_size(str(args.rate), "--rate")
+    if args.child:
+        return child(args)
+    from harness import log, pick_interpreters  # noqa: PLC0415
+
+    results = {}
+    for interp in pick_interpreters(args.interpreters.split(",")):
+        log(f"{interp.label}: {args.rounds} rounds")
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [*interp.argv, __file__, "--child", "--rounds", str(args.rounds),
+             "--block", str(args.block), "--rate", str(args.rate), "--shim", args.shim],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = json.loads(out.stdout)
+        results[interp.label] = result
+        print(render(interp.label, result, args.rounds, args.block))
+        log(f"{interp.label}: {time.monotonic() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    finite = all(math.isfinite(summarise(r["ratios"][NATIVE])[0]) for r in results.values())
+    return 0 if finite else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
