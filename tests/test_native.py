@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -177,6 +178,11 @@ def test_native_leaks_are_the_top_sites(
              "--no-census", "--dump-dir", str(tmp_path), "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        # DONE comes once the agent samples; a heapspy that fails first ends the wait
+        ready: list[Any] = []
+        while not ready and heapspy.poll() is None:
+            ready, _, _ = select.select([target.stdout], [], [], 0.5)
+        assert ready, heapspy.communicate()[1]
         done = target.stdout.readline()
         assert done.startswith("DONE"), done
         truths = {k: int(v) for k, v in (item.split("=") for item in done.split()[1:])}
