@@ -1,8 +1,10 @@
 """Leaks outside Python's allocator domains, once heapspy's agent is sampling.
 
-Usage: native_leak.py LIBRARY
-Three leaks, one after the other, each of about 20 MB, from its own line:
+Usage: native_leak.py LIBRARY [EXTENSION_DIR]
+Leaks one after the other, each of about 20 MB, from its own line:
   ctypes  LIBRARY's leak() (tests/native_lib/leak.c) through ctypes: 64 KiB blocks
+  extension  the same through a compiled extension (leakext, in EXTENSION_DIR) that keeps
+          the GIL
   zlib    zlib compress objects kept alive (their state: PyMem_RawMalloc)
   sqlite  an in-memory sqlite3 database that keeps growing (libsqlite3's malloc, called
           with the GIL released)
@@ -42,6 +44,11 @@ def in_use():
 lib = ctypes.CDLL(sys.argv[1])
 lib.leak.restype = ctypes.c_void_p
 lib.leak.argtypes = [ctypes.c_size_t]
+if len(sys.argv) > 2:
+    sys.path.insert(0, sys.argv[2])
+    import leakext
+else:
+    leakext = None
 db = sqlite3.connect(":memory:")
 db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
 
@@ -49,6 +56,12 @@ db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
 def leak_ctypes():
     for _ in range(64):
         lib.leak(64 * 1024)  # LINE: ctypes
+    return 64 * 64 * 1024
+
+
+def leak_extension():
+    for _ in range(64):
+        leakext.leak(64 * 1024)  # LINE: extension
     return 64 * 64 * 1024
 
 
@@ -80,7 +93,8 @@ def main():
     while not collecting():
         time.sleep(0.01)
     done = []
-    for mode in ("ctypes", "zlib", "sqlite"):
+    modes = ("ctypes", "zlib", "sqlite") + (("extension",) if leakext else ())
+    for mode in modes:
         leak = globals()["leak_" + mode]
         before = in_use()
         exact = 0
