@@ -196,6 +196,16 @@ static inline void lock(void) {
 
 static inline void unlock(void) { __atomic_store_n(&g_lock, 0, __ATOMIC_RELEASE); }
 
+static int same_process(void);
+
+/* For the exported functions (GIL held): in a forked child the lock may be held by a
+ * parent thread that does not exist here; the child is alone with its one thread. */
+static void lock_here(void) {
+    if (!same_process())
+        __atomic_store_n(&g_lock, 0, __ATOMIC_RELEASE);
+    lock();
+}
+
 /* ---- sampling ------------------------------------------------------------------- */
 
 static uint64_t rng_step(uint64_t *s) {
@@ -384,6 +394,8 @@ static int push_event(uint32_t id, int kind, uint64_t size, double w) {
 
 /* A forked child must not take a lock another (vanished) thread of the parent held. */
 static int same_process(void) {
+    if (g_pid == 0)
+        return 1; /* never started */
     if (LIKELY(getpid() == g_pid))
         return 1;
     g_on = 0;
@@ -927,7 +939,7 @@ HS_EXPORT int hs_native_stop(void) {
         }
         g_pym_installed = 0;
     }
-    lock();
+    lock_here();
     g_nevents = 0;
     unlock();
     return left;
@@ -968,7 +980,7 @@ HS_EXPORT int hs_native_read(hs_native_report *out) {
             out->realloc_count[d] += __atomic_load_n(&t->c[d][C_REALLOC], __ATOMIC_RELAXED);
         }
     }
-    lock();
+    lock_here();
     out->sampled_count = g_sampled_count;
     out->sampled_bytes = g_sampled_bytes;
     out->live_samples = g_live_samples;
