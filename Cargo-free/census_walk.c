@@ -107,6 +107,8 @@ static struct {
     void *(*err_occurred)(void);
     int (*add_pending)(int (*)(void *), void *);
     int (*is_true)(cw_object *);
+    /* 3.12+: every object the gc tracks, without building a list */
+    void (*gc_visit_objects)(int (*)(cw_object *, void *), void *);
     cw_type *list_type, *tuple_type, *dict_type;
     cw_object *none;
 } py;
@@ -140,6 +142,7 @@ static int resolve(void) {
     ok &= RESOLVE(err_occurred, "PyErr_Occurred") != NULL;
     ok &= RESOLVE(add_pending, "Py_AddPendingCall") != NULL;
     ok &= RESOLVE(is_true, "PyObject_IsTrue") != NULL;
+    RESOLVE(gc_visit_objects, "PyUnstable_GC_VisitObjects");
     ok &= RESOLVE(list_type, "PyList_Type") != NULL;
     ok &= RESOLVE(tuple_type, "PyTuple_Type") != NULL;
     ok &= RESOLVE(dict_type, "PyDict_Type") != NULL;
@@ -245,6 +248,7 @@ typedef struct {
     int over;
     int nomem;
     size_t max_bytes;
+    cw_object *gc_out; /* cw_gc_unmarked's list */
     /* a tp_traverse under way */
     int32_t cur_path;
     uint8_t cur_mode;
@@ -1015,6 +1019,32 @@ CW_EXPORT int64_t cw_unmarked(void *handle, cw_object *items, int64_t start, cw_
     if (py.err_occurred())
         py.err_clear();
     return i;
+}
+
+static int gc_visit(cw_object *o, void *arg) {
+    cw_census *c = arg;
+    if (!marked(c, (uint64_t)(uintptr_t)o) && py.list_append(c->gc_out, o) < 0) {
+        py.err_clear();
+        c->nomem = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* 3.12+: append the objects the gc tracks and the walk has not marked to `out`: 1, or -1
+ * where the interpreter has no PyUnstable_GC_VisitObjects (the agent lists them with
+ * gc.get_objects instead) or memory ran out. One pass, in one pause: the gc's lists have
+ * no cursor a later call could resume from (skipping what an earlier call saw costs as
+ * much as seeing it: measured 25-45 ms a call at 2.5 M tracked objects). It costs ~20 ns
+ * a tracked object, and builds no list of them all as gc.get_objects does. */
+CW_EXPORT int cw_gc_unmarked(void *handle, cw_object *out) {
+    cw_census *c = handle;
+    if (py.gc_visit_objects == NULL)
+        return -1;
+    c->gc_out = out;
+    py.gc_visit_objects(gc_visit, c);
+    c->gc_out = NULL;
+    return c->nomem ? -1 : 1;
 }
 
 /* objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects the

@@ -400,12 +400,8 @@ class Census:
                 n += 1
                 if not n & 2047:
                     yield None, None
-        for generation in range(3):
-            found = gc.get_objects(generation)
-            visited.add(id(found))
-            for _ in self._unvisited(found, rest):
-                yield None, None
-            del found
+        for _ in self._tracked_unvisited(rest):
+            yield None, None
         ids = {id(rest[i]): i for i in range(len(rest))}
         inner = [0] * len(rest)
         for n in range(len(rest)):
@@ -435,6 +431,17 @@ class Census:
         del held
         for obj in garbage:
             yield GARBAGE, obj
+
+    def _tracked_unvisited(self, rest):  # type: (List[Any]) -> Any
+        """Append what the gc tracks and the walk did not visit to ``rest``; yields now
+        and then. ``gc.get_objects`` lists a generation in one call (a pause as long as
+        the generation: ~30 ms per million objects)."""
+        for generation in range(3):
+            found = gc.get_objects(generation)
+            self.visited.add(id(found))
+            for _ in self._unvisited(found, rest):
+                yield None
+            del found
 
     def _unvisited(self, found, rest):  # type: (List[Any], List[Any]) -> Any
         """Append the objects of ``found`` not visited to ``rest``; yields now and then."""
@@ -795,6 +802,14 @@ class NativeCensus(Census):
         for obj in roots:
             self._cw.visit(obj, -1)
         self._walk_all()
+
+    def _tracked_unvisited(self, rest):  # type: (List[Any]) -> Any
+        """3.12+: one pass of PyUnstable_GC_VisitObjects, which lists nothing (its
+        pause: ~20 ns a tracked object); before 3.12, as the Python walk does."""
+        if self._cw.gc_unmarked(rest):
+            yield None
+            return
+        yield from Census._tracked_unvisited(self, rest)
 
     def _unvisited(self, found, rest):  # type: (List[Any], List[Any]) -> Any
         i = 0

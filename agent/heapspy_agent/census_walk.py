@@ -68,6 +68,11 @@ class Walker:
         runs out; the index reached."""
         return int(self._lib.cw_unmarked(self._handle(), items, start, out, max(0, budget_ns)))
 
+    def gc_unmarked(self, out: List[Any]) -> bool:
+        """3.12+: append the objects the gc tracks that are not marked to ``out``, in one
+        pass; False where this interpreter cannot (then nothing was appended)."""
+        return int(self._lib.cw_gc_unmarked(self._handle(), out)) == 1
+
     def stats(self) -> Tuple[int, int, int, int, int, int, int]:
         """objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects
         left to the main thread to free"""
@@ -126,6 +131,7 @@ class Library:
             ("cw_push", ctypes.c_int, [vp, obj, i32]),
             ("cw_run", ctypes.c_int, [vp, u64]),
             ("cw_unmarked", ctypes.c_int64, [vp, obj, ctypes.c_int64, obj, u64]),
+            ("cw_gc_unmarked", ctypes.c_int, [vp, obj]),
             ("cw_stats", None, [vp, _U64P]),
             ("cw_nodes", u64, [vp, ctypes.POINTER(_I32P), ctypes.POINTER(_I32P),
                                ctypes.POINTER(_U64P), ctypes.POINTER(_U64P)]),
