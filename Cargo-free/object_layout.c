@@ -188,8 +188,7 @@ static int rows_index_rebuild(uint64_t cap) {
     return 1;
 }
 
-static int classify_one(void *arg, const hs_live_block *b) {
-    (void)arg;
+static int add_row(const hs_live_block *b) {
     int32_t type = (int32_t)hs_block_type(b->addr, b->size, b->domain, NULL);
     uint64_t key = ((uint64_t)b->stack << 32) | (uint32_t)type;
     uint64_t j = addr_slot(key << 4, g_row_index_cap);
@@ -229,6 +228,27 @@ static int classify_one(void *arg, const hs_live_block *b) {
     return 0;
 }
 
+/* The blocks are scattered over the heap: a cache miss each. A small ring lets the block
+ * read RING visits later be fetched while the others are classified. */
+#define RING 16
+typedef struct {
+    hs_live_block ring[RING];
+    unsigned count;
+} prefetch_ring;
+
+static int classify_one(void *arg, const hs_live_block *b) {
+    prefetch_ring *r = arg;
+    hs_live_block *slot = &r->ring[r->count % RING];
+    int rc = 0;
+    if (r->count >= RING)
+        rc = add_row(slot);
+    *slot = *b;
+    r->count++;
+    if (b->domain == HS_DOM_OBJ)
+        __builtin_prefetch((const void *)(uintptr_t)b->addr);
+    return rc;
+}
+
 HS_EXPORT int hs_classify_live(hs_typed_row **rows, uint64_t *n) {
     if (rows == NULL || n == NULL)
         return HS_ERR_ARG;
@@ -244,7 +264,12 @@ HS_EXPORT int hs_classify_live(hs_typed_row **rows, uint64_t *n) {
     } else {
         memset(g_row_index, 0, g_row_index_cap * sizeof *g_row_index);
     }
-    int rc = hs_live_foreach(classify_one, NULL);
+    prefetch_ring ring;
+    ring.count = 0;
+    int rc = hs_live_foreach(classify_one, &ring);
+    unsigned left = ring.count < RING ? ring.count : RING;
+    for (unsigned k = 0; rc == 0 && k < left; k++)
+        rc = add_row(&ring.ring[k]); /* all RING slots once it wrapped */
     if (rc != 0)
         return rc;
     *rows = g_rows;
