@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "heapspy_labels.h"
 #include "heapspy_shim.h"
 #include "native_hooks.h"
 
@@ -172,6 +173,7 @@ typedef struct {
     uint16_t nframes;
     uint8_t flags;
     uint8_t dirty;
+    uint32_t label; /* label set (heapspy_labels.h): part of the stack's key */
     uint64_t alloc_count, alloc_bytes, live_count, live_bytes; /* raw sampled values */
     double est[4]; /* estimated alloc count, alloc bytes, live count, live bytes */
 } hs_stack;
@@ -506,8 +508,9 @@ static inline void mark_dirty(uint32_t id) {
     }
 }
 
-static uint64_t stack_hash(void *const *codes, const int32_t *lines, int n, unsigned flags) {
-    uint64_t h = mix64(((uint64_t)n << 8) | flags);
+static uint64_t stack_hash(void *const *codes, const int32_t *lines, int n, unsigned flags,
+                           uint32_t label) {
+    uint64_t h = mix64(((uint64_t)label << 32) | ((uint64_t)n << 8) | flags);
     for (int i = 0; i < n; i++)
         h = mix64(h ^ (uint64_t)(uintptr_t)codes[i]) + (uint64_t)(uint32_t)lines[i];
     return h | 1; /* never 0 */
@@ -531,12 +534,13 @@ static int index_rebuild(uint32_t cap) {
 
 /* The id of the stack (codes, lines) leaf first, interned with a reference to each code
  * object; 0 (the overflow stack) when the tables are full. */
-static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned flags) {
-    uint64_t h = stack_hash(codes, lines, n, flags);
+static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned flags,
+                       uint32_t label) {
+    uint64_t h = stack_hash(codes, lines, n, flags, label);
     uint32_t mask = g_index_cap - 1, i = (uint32_t)h & mask;
     for (uint32_t v; (v = g_index[i]) != 0; i = (i + 1) & mask) {
         hs_stack *s = &g_stacks[v - 1];
-        if (s->hash == h && s->nframes == n && s->flags == flags &&
+        if (s->hash == h && s->nframes == n && s->flags == flags && s->label == label &&
             (n == 0 || (memcmp(&g_codes[s->off], codes, (size_t)n * sizeof *codes) == 0 &&
                         memcmp(&g_lines[s->off], lines, (size_t)n * sizeof *lines) == 0)))
             return v - 1;
@@ -573,6 +577,7 @@ static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned
     s->off = g_nframes;
     s->nframes = (uint16_t)n;
     s->flags = (uint8_t)flags;
+    s->label = label;
     for (int k = 0; k < n; k++) {
         g_codes[g_nframes + (uint32_t)k] = codes[k];
         g_lines[g_nframes + (uint32_t)k] = lines[k];
@@ -604,6 +609,7 @@ static int capture(unsigned *flags) {
         char *f = api.eval_get_frame();
         for (; f != NULL && n < max; f = *(char **)(f + api.off_f_back)) {
             g_cap_codes[n] = *(void **)(f + api.off_f_code);
+            hs_cap_frames[n] = f;
             g_cap_lines[n] = api.frame_get_line(f);
             n++;
         }
@@ -627,6 +633,7 @@ static int capture(unsigned *flags) {
     while (f != NULL && n < max) {
         void *code = api.frame_get_code(f);
         g_cap_codes[n] = code;
+        hs_cap_frames[n] = f;
         g_cap_lines[n] = frame_line(f, code);
         n++;
         api.decref(code);
@@ -665,7 +672,7 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned do
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
-    uint32_t id = intern(g_cap_codes, g_cap_lines, n, flags);
+    uint32_t id = intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n));
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
@@ -689,9 +696,17 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned do
     mark_dirty(id);
 }
 
-static inline void count_alloc(hs_dom *d, size_t size) {
+/* The fast paths count only while the thread that allocated last allocates again
+ * (hs_same_thread); the slow paths first credit the last thread's run (heapspy_labels.h). */
+static inline void count_alloc_same_thread(hs_dom *d, size_t size) {
     d->alloc_bytes += size;
     d->size_classes[size_class(size)]++;
+}
+
+static inline void count_alloc(hs_dom *d, size_t size) {
+    if (UNLIKELY(!hs_same_thread()))
+        hs_thr_switch(g_dom[0].alloc_bytes + g_dom[1].alloc_bytes + g_dom[2].alloc_bytes);
+    count_alloc_same_thread(d, size);
 }
 
 /* Go's test, after the allocation: sample when it reaches the countdown. g_until >= 1 when
@@ -763,9 +778,9 @@ static __attribute__((noinline)) void *malloc_slow(hs_dom *d, size_t size) {
 static void *hs_malloc(void *ctx, size_t size) {
     hs_dom *d = ctx;
     FORWARD_ONLY(d->prev.malloc(d->prev.ctx, size));
-    if (LIKELY(size < (uint64_t)g_until)) { /* implies MODE_ACTIVE */
+    if (LIKELY(size < (uint64_t)g_until) && LIKELY(hs_same_thread())) { /* MODE_ACTIVE */
         g_until -= (int64_t)size;
-        count_alloc(d, size);
+        count_alloc_same_thread(d, size);
         return d->prev.malloc(d->prev.ctx, size);
     }
     return malloc_slow(d, size);
@@ -787,9 +802,10 @@ static void *hs_calloc(void *ctx, size_t nelem, size_t elsize) {
     FORWARD_ONLY(d->prev.calloc(d->prev.ctx, nelem, elsize));
     size_t size;
     /* nelem * elsize overflowing goes to the slow path, which does not count it. */
-    if (!__builtin_mul_overflow(nelem, elsize, &size) && LIKELY(size < (uint64_t)g_until)) {
+    if (!__builtin_mul_overflow(nelem, elsize, &size) && LIKELY(size < (uint64_t)g_until) &&
+        LIKELY(hs_same_thread())) {
         g_until -= (int64_t)size;
-        count_alloc(d, size);
+        count_alloc_same_thread(d, size);
         return d->prev.calloc(d->prev.ctx, nelem, elsize);
     }
     return calloc_slow(d, nelem, elsize);
@@ -974,7 +990,7 @@ int hs__capture_stack(uint32_t *id) {
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
-    *id = intern(g_cap_codes, g_cap_lines, n, flags);
+    *id = intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n));
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
@@ -982,7 +998,7 @@ int hs__capture_stack(uint32_t *id) {
     return 1;
 }
 
-uint32_t hs__native_stack(void) { return intern(NULL, NULL, 0, HS_STACK_NATIVE); }
+uint32_t hs__native_stack(void) { return intern(NULL, NULL, 0, HS_STACK_NATIVE, 0); }
 
 void hs__stack_event(uint32_t id, uint64_t size, double w, int kind) {
     if (id >= g_nstacks)
@@ -1026,10 +1042,11 @@ static uint64_t shim_memory(void) {
            (uint64_t)g_cap_frames * (sizeof *g_codes + sizeof *g_lines) +
            (g_cap_codes ? (uint64_t)g_max_frames * (sizeof *g_cap_codes + sizeof *g_cap_lines) : 0) +
            g_mcap * (sizeof *g_mkeys + sizeof *g_msizes + sizeof *g_mstacks + sizeof *g_mweights) +
-           g_out_new_cap * 3 * sizeof(uint64_t) +
+           g_out_new_cap * 4 * sizeof(uint64_t) +
            g_out_codes_cap * sizeof *g_out_codes + g_out_lines_cap * sizeof *g_out_lines +
            g_out_changed_cap * 5 * sizeof(uint64_t) + g_out_est_cap * 4 * sizeof(double) +
-           (g_lcache ? HS_LINE_CACHE * sizeof *g_lcache : 0) + (uint64_t)g_cset_cap * sizeof *g_cset;
+           (g_lcache ? HS_LINE_CACHE * sizeof *g_lcache : 0) + (uint64_t)g_cset_cap * sizeof *g_cset +
+           hs_labels_memory();
 }
 
 static void free_out_buffers(void) {
@@ -1064,6 +1081,7 @@ static void release_tables(void) {
     free(g_lcache);
     free(g_cset);
     free_out_buffers();
+    hs_labels_stop();
     g_stacks = NULL;
     g_index = NULL;
     g_codes = NULL;
@@ -1098,7 +1116,8 @@ static int alloc_tables(int max_frames, uint32_t max_stacks) {
     g_cap_codes = malloc((size_t)max_frames * sizeof *g_cap_codes);
     g_cap_lines = malloc((size_t)max_frames * sizeof *g_cap_lines);
     uint32_t cap = 0;
-    int ok = g_cap_codes && g_cap_lines && map_alloc(HS_MAP_MIN) &&
+    int ok = g_cap_codes && g_cap_lines && hs_labels_start(max_frames) == HS_OK &&
+             map_alloc(HS_MAP_MIN) &&
              grow((void **)&g_stacks, sizeof *g_stacks, &g_cap_stacks, 1, max_stacks) &&
              grow((void **)&g_dirty, sizeof *g_dirty, &cap, g_cap_stacks, g_cap_stacks) &&
              index_rebuild(256);
@@ -1343,13 +1362,17 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->frames = g_nframes;
     out->map_entries = g_mcount;
     out->numpy_hooked = g_np != NULL;
+    int rc = hs_labels_read(out, drain && g_state == HS_STATE_RUNNING,
+                            g_dom[0].alloc_bytes + g_dom[1].alloc_bytes + g_dom[2].alloc_bytes);
+    if (rc != HS_OK)
+        return rc;
     if (!drain || g_state != HS_STATE_RUNNING) {
         out->shim_memory = shim_memory();
         return HS_OK;
     }
     uint32_t first = g_drained, nnew = g_nstacks - first;
     uint32_t f0 = nnew ? g_stacks[first].off : 0, nf = g_nframes - f0;
-    if (!out_reserve((void **)&g_out_new, &g_out_new_cap, nnew, 3 * sizeof(uint64_t)) ||
+    if (!out_reserve((void **)&g_out_new, &g_out_new_cap, nnew, 4 * sizeof(uint64_t)) ||
         !out_reserve((void **)&g_out_codes, &g_out_codes_cap, nf, sizeof *g_out_codes) ||
         !out_reserve((void **)&g_out_lines, &g_out_lines_cap, nf, sizeof *g_out_lines) ||
         !out_reserve((void **)&g_out_changed, &g_out_changed_cap, g_ndirty, 5 * sizeof(uint64_t)) ||
@@ -1357,9 +1380,10 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
         return HS_ERR_NOMEM;
     for (uint32_t k = 0; k < nnew; k++) {
         hs_stack *s = &g_stacks[first + k];
-        g_out_new[3 * k] = first + k;
-        g_out_new[3 * k + 1] = s->nframes;
-        g_out_new[3 * k + 2] = s->flags;
+        g_out_new[4 * k] = first + k;
+        g_out_new[4 * k + 1] = s->nframes;
+        g_out_new[4 * k + 2] = s->flags;
+        g_out_new[4 * k + 3] = s->label;
     }
     for (uint32_t k = 0; k < nf; k++) {
         g_out_codes[k] = (uint64_t)(uintptr_t)g_codes[f0 + k];

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 4
+#define HS_ABI 5
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -58,9 +58,11 @@
  * before it is made, to keep the common path a tail call). The address fields
  * point into buffers owned by the shim, valid until the next hs_read(drain=1) or hs_stop().
  *
- *   new_stacks:  n_new records of 3 uint64: (stack id, number of frames, flags). Stack ids
- *                are dense, start at 0 and stay valid until hs_stop(); stack 0 is the
- *                overflow stack. Their frames are consecutive in new_codes/new_lines.
+ *   new_stacks:  n_new records of 4 uint64: (stack id, number of frames, flags, label set
+ *                id). Stack ids are dense, start at 0 and stay valid until hs_stop(); stack
+ *                0 is the overflow stack. Their frames are consecutive in new_codes/new_lines.
+ *                A stack is interned with the label set of its samples: the same frames
+ *                under two label sets are two stacks (heapspy_labels.h).
  *   new_codes:   n_new_frames code objects (PyObject *), leaf frame first (leaf -> root).
  *                The shim holds a reference to each until hs_stop().
  *   new_lines:   n_new_frames int64 line numbers, parallel to new_codes (-1: unknown).
@@ -70,6 +72,15 @@
  *   changed_est: n_changed records of 4 doubles, parallel to changed: the same four values
  *                upscaled. Each sample of n bytes weighs 1 / (1 - exp(-n / rate)), Go's
  *                scale for one allocation, with the rate in force when it was taken.
+ *   new_labels:  n_new_labels records of 3 uint64, the label sets interned since the last
+ *                drain: (label set id, native thread id, task slot). Set 0 is the empty set
+ *                (stack 0, and samples once the label table is full); task slot 0: none,
+ *                else what the agent registered with hs_set_tasks.
+ *   new_label_codes: n_new_labels code objects (PyObject *) of the task's coroutine, or
+ *                NULL outside a task; the shim holds a reference until hs_stop().
+ *   threads:     n_threads records of 2 uint64: (native thread id, exact bytes allocated by
+ *                that thread since start, all domains, as alloc_bytes); thread id 0 collects
+ *                the threads beyond HS_MAX_THREADS.
  */
 typedef struct {
     uint64_t abi;
@@ -100,6 +111,12 @@ typedef struct {
     uint64_t n_changed;
     uint64_t changed;
     uint64_t changed_est;
+    uint64_t labels;       /* label sets interned */
+    uint64_t n_new_labels;
+    uint64_t new_labels;
+    uint64_t new_label_codes;
+    uint64_t n_threads;
+    uint64_t threads;
 } hs_report;
 
 int hs_abi(void);
@@ -119,6 +136,14 @@ int hs_numpy_inflight(void);
 /* pymalloc's account of its arenas (CPython's _PyObject_DebugMallocStats) written to `out`,
  * a FILE*; its return value (0: pymalloc not in use). Call with the GIL held. */
 int hs_pymalloc_stats(void *out);
+/* Labels (heapspy_labels.c). The code objects of the frames right below a task's
+ * coroutine (asyncio's Handle._run, a Python Task's step): at most HS_MAX_ANCHORS (8), the
+ * caller keeps them alive. Then the coroutine frames of the tasks alive now, each with
+ * its code object and the slot (>= 1) its name has on the agent's side: replaces the
+ * previous table. Both only while running (HS_ERR_NOT_RUNNING otherwise); hs_stop forgets
+ * them. */
+int hs_set_anchors(void *const *codes, int n);
+int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *codes, const uint32_t *slots);
 
 /* One live sampled block: what the pointer map knows of it. */
 typedef struct {

@@ -12,10 +12,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from heapspy_agent.schema import EXACT, Sampling
+from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, Sampling
 
 from heapspy.frame_names import from_source
-from heapspy.model import AllocTotals, Frame, HeapProfile, SiteCounts, Stack, TopRow
+from heapspy.model import (
+    CORO,
+    NO_LABEL,
+    TASK,
+    THREAD,
+    THREAD_ID,
+    AllocTotals,
+    Frame,
+    HeapProfile,
+    Labels,
+    SiteCounts,
+    Stack,
+    TopRow,
+    label_value,
+)
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.scaling import sampling_variance, scale
 from heapspy.symbolize import Symbolizer
@@ -42,6 +56,7 @@ class _Site:
     alloc_objects: int = 0
     alloc_bytes: int = 0
     estimate: tuple[float, float, float, float] | None = None  # see SiteCounts.estimate
+    label_set: int = 0  # its label set's id (Aggregator.label_sets)
 
     def live(self, rate: int) -> tuple[float, float]:
         """Estimated live (objects, bytes) at this site."""
@@ -76,6 +91,29 @@ class Point:
 
 
 @dataclass(frozen=True)
+class LabelTotals:
+    """What the samples carrying one value of a label add up to (``Aggregator.by_label``):
+    estimates in sampled mode (upscaled per sample, as the stacks'; sampling error as for
+    a site of that size: ``scaling.sampling_variance``), exact in exact mode (where
+    ``alloc_*`` only counts growth seen live between intervals)."""
+
+    alloc_objects: float = 0.0
+    alloc_bytes: float = 0.0  # allocated since attach (freed blocks included)
+    live_objects: float = 0.0
+    live_bytes: float = 0.0  # live now
+
+
+@dataclass(frozen=True)
+class ThreadAlloc:
+    """Exact bytes one thread allocated since attach (every allocation, from the shim's
+    per-thread counters; sampled and totals modes, and exact mode's totals shim)."""
+
+    thread_id: int  # native id; 0: the threads beyond the shim's table (4096)
+    allocated_bytes: int
+    name: str  # its Python name when the agent saw it alive, else "tid N"
+
+
+@dataclass(frozen=True)
 class ProcessFacts:
     """What heapspy sees of the target from outside (psutil)."""
 
@@ -106,6 +144,8 @@ class Aggregator:
     _text: dict[str, str] = field(default_factory=dict)
     _text_size: int = 0
     _frame_refs: int = 0
+    # label set id -> labels, as the agent named them (each id once; see add_labels)
+    label_sets: dict[int, Labels] = field(default_factory=dict)
 
     def add_stacks(self, stacks: list[dict[str, Any]]) -> None:
         """Keep new stacks (from a checked SAMPLES or STACKS frame), within the limits."""
@@ -124,7 +164,8 @@ class Aggregator:
                     break
                 frames.append(frame)
             else:
-                self.sites[sid] = _Site(tuple(frames), exact)
+                site = _Site(tuple(frames), exact, label_set=int(stack.get("labels", 0)))
+                self.sites[sid] = site
                 self._frame_refs += len(frames)
                 continue
             self.dropped_stacks += 1
@@ -151,9 +192,34 @@ class Aggregator:
         self._frames[key] = frame
         return frame
 
+    def add_labels(self, sets: dict[str, dict[str, Any]]) -> None:
+        """Keep the label sets of a checked SAMPLES frame (``heapspy_agent.labels``): each
+        id named once, at most MAX_LABEL_SETS. Values become strings; the coroutine, sent
+        as a frame, is named as stack frames are (qualified before 3.11 too)."""
+        for key, wire in sets.items():
+            lid = int(key)
+            if lid in self.label_sets or len(self.label_sets) >= MAX_LABEL_SETS:
+                continue
+            labels: dict[str, str] = {}
+            if "thread" in wire:
+                labels[THREAD] = wire["thread"]
+            if "thread_id" in wire:
+                labels[THREAD_ID] = str(wire["thread_id"])
+            if "task" in wire:
+                labels[TASK] = wire["task"]
+            if "coro" in wire:
+                frame = self._frame(*wire["coro"])
+                if frame is not None:
+                    labels[CORO] = frame.function
+            self.label_sets[lid] = tuple(sorted(labels.items()))
+
+    def labels_of(self, site: _Site) -> Labels:
+        return self.label_sets.get(site.label_set, ())
+
     def apply(self, body: dict[str, Any]) -> None:
         """Fold one checked SAMPLES body in (``heapspy_agent.schema``)."""
         exact = self.sampling.mode == EXACT
+        self.add_labels(body.get("labels", {}))
         self.add_stacks(body.get("stacks", []))
         self.agent_dropped += int(body.get("dropped", 0))
         streaks: dict[int, int] = {}
@@ -245,6 +311,7 @@ class Aggregator:
                 site.inuse_objects,
                 site.inuse_bytes,
                 site.estimate,
+                self.labels_of(site),
             )
             (exact if site.exact else sampled).append((site.stack, counts))
         notes = list(comments)
@@ -275,9 +342,54 @@ class Aggregator:
             tuple((int(k), int(v)) for k, v in t.get("size_classes", [])),
         )
 
-    def top_sites(self, n: int, order: str = "inuse_space") -> list[TopRow]:
+    def by_label(self, key: str) -> dict[str, LabelTotals]:
+        """Per value of label ``key`` (``model.LABEL_KEYS``: thread, thread_id, task, coro),
+        the samples' allocated and live totals; samples without that label are left out.
+
+        ``by_label("task")["fetch-user"].alloc_bytes`` is what tasks named ``fetch-user``
+        allocated since attach (tasks sharing a name add up; a task's samples taken
+        before the agent first saw it alive carry no ``task``: heapspy_agent.labels).
+        """
+        acc: dict[str, list[float]] = {}
+        period = self.sampling.period
+        for site in self.sites.values():
+            value = label_value(self.labels_of(site), key)
+            if value is None or not (site.inuse_objects or site.alloc_objects):
+                continue
+            a_objs, a_size = site.allocated(period)
+            objs, size = site.live(period)
+            row = acc.setdefault(value, [0.0, 0.0, 0.0, 0.0])
+            row[0] += a_objs
+            row[1] += a_size
+            row[2] += objs
+            row[3] += size
+        return {value: LabelTotals(*row) for value, row in acc.items()}
+
+    def thread_alloc(self) -> list[ThreadAlloc]:
+        """Exact bytes allocated per thread since attach, most first (the agent's latest
+        ``totals.thread_alloc``: its 256 most allocating threads)."""
+        rows = self.totals.get("thread_alloc") or []
+        return [ThreadAlloc(int(tid), int(size), str(name)) for tid, size, name in rows]
+
+    def labels_summary(self, n: int = 10) -> dict[str, Any]:
+        """The sidecar's and status's ``labels``: per label key, its ``n`` values with the
+        most live bytes, ``[value, alloc_bytes, live_bytes]`` (rounded estimates), and
+        ``thread_alloc``: ``[native id, exact allocated bytes, name]``, most first."""
+        out: dict[str, Any] = {}
+        for key in (THREAD, TASK, CORO):
+            totals = self.by_label(key)
+            ranked = sorted(totals.items(), key=lambda kv: (-kv[1].live_bytes, kv[0]))
+            out[key] = [[v, round(t.alloc_bytes), round(t.live_bytes)] for v, t in ranked[:n]]
+        out["thread_alloc"] = [
+            [t.thread_id, t.allocated_bytes, t.name] for t in self.thread_alloc()[:n]
+        ]
+        return out
+
+    def top_sites(self, n: int, order: str = "inuse_space", by: str = "") -> list[TopRow]:
         """The ``n`` leaf functions with the most live (``inuse_space``) or allocated
-        (``alloc_space``) bytes, largest first; functions with none left out.
+        (``alloc_space``) bytes, largest first; functions with none left out. With ``by``
+        a label key (``LABEL_KEYS``), rows are that label's values instead of functions
+        (``NO_LABEL`` for samples without it).
 
         In sampled mode each row also carries the variances of its two byte estimates,
         each site's from its own estimated (objects, bytes) at the session's current rate.
@@ -286,8 +398,11 @@ class Aggregator:
         for site in self.sites.values():
             if not site.stack or not (site.inuse_objects or site.alloc_objects):
                 continue
-            leaf = site.stack[-1]
-            name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
+            if by:
+                name = label_value(self.labels_of(site), by) or NO_LABEL
+            else:
+                leaf = site.stack[-1]
+                name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
             objs, size = site.live(self.sampling.period)
             a_objs, a_size = site.allocated(self.sampling.period)
             acc = by_func.setdefault(name, [0.0] * 6)

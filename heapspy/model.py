@@ -20,6 +20,26 @@ class Frame:
 
 Stack = tuple[Frame, ...]
 
+Labels = tuple[tuple[str, str], ...]
+"""A sample's labels, pprof string labels: (key, value) pairs sorted by key, each key
+once. Written into dumps (``go tool pprof -tags``, ``-tagfocus``) and grouped by with
+``--by KEY``. The keys heapspy writes are ``LABEL_KEYS``."""
+
+THREAD = "thread"  # the allocating thread's Python name (``tid N`` if it ended unseen)
+THREAD_ID = "thread_id"  # its native id (decimal)
+TASK = "task"  # the running asyncio task's name (Task.get_name()), where known
+CORO = "coro"  # that task's coroutine, by qualified name
+LABEL_KEYS: tuple[str, ...] = (THREAD, THREAD_ID, TASK, CORO)
+NO_LABEL = "(none)"  # what grouping by a label shows for samples without it
+
+
+def label_value(labels: Labels, key: str) -> str | None:
+    """The value of ``key`` in ``labels``, or None."""
+    for name, value in labels:
+        if name == key:
+            return value
+    return None
+
 
 @dataclass(frozen=True)
 class SiteCounts:
@@ -38,6 +58,8 @@ class SiteCounts:
     # size and the rate in force. That is Go's formula as Go applies it, per (stack, size)
     # bucket; the per-stack average used otherwise under-estimates stacks of mixed sizes.
     estimate: tuple[float, float, float, float] | None = None
+    # who made these samples (``Labels``): a stack under two label sets is two sites
+    labels: Labels = ()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The output follows Go's heap profile conventions (``runtime/pprof``) so that
 ``go tool pprof`` and every pprof-speaking UI read it like a Go heap dump: four sample
 types ``alloc_objects/count``, ``alloc_space/bytes``, ``inuse_objects/count``,
 ``inuse_space/bytes``; period type ``space/bytes`` with the sampling rate as period;
-``inuse_space`` as default; a numeric label ``bytes`` carrying the average object size.
+``inuse_space`` as default; a numeric label ``bytes`` carrying the average object size,
+and string labels (``model.Labels``: thread, thread_id, task, coro) saying who made the
+samples; one pprof sample per (stack, labels).
 
 Output is deterministic for a given profile, whatever order its sites come in: ids are
 assigned from sorted content and gzip's timestamp is fixed, so a golden-file test can
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from heapspy import profile_pb2 as pb
 from heapspy.dumps import MAX_PROFILE, TooLarge, gunzip_capped, read_dump_file
 from heapspy.errors import DumpError
 from heapspy.frame_names import renamer
-from heapspy.model import Frame, HeapProfile, SiteCounts, Stack
+from heapspy.model import Frame, HeapProfile, Labels, SiteCounts, Stack
 from heapspy.scaling import scale
 
 SAMPLE_TYPES: tuple[tuple[str, str], ...] = (
@@ -165,16 +167,18 @@ class _ProfileBuilder:
         """
         return tuple(map(self._location_ids.__getitem__, map(id, reversed(stack))))
 
-    def samples(self, samples: dict[tuple[int, ...], _Site]) -> None:
+    def samples(self, samples: dict[tuple[tuple[int, ...], Labels], _Site]) -> None:
         message = self._message
         label_key = self.string(SIZE_LABEL)
         label_unit = self.string("bytes")
-        for location_ids in sorted(samples):
-            site = samples[location_ids]
+        for location_ids, labels in sorted(samples):
+            site = samples[location_ids, labels]
             sample = message.sample.add(location_id=location_ids, value=site.values)
             avg_size = site.size // site.objects if site.objects else 0
             if avg_size:
                 sample.label.add(key=label_key, num=avg_size, num_unit=label_unit)
+            for key, value in labels:
+                sample.label.add(key=self.string(key), str=self.string(value))
 
     @property
     def message(self) -> pb.Profile:
@@ -204,7 +208,7 @@ class _Site:
         self.size += other.size
 
 
-def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, _Site]]:
+def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, Labels, _Site]]:
     """Every site with something to show: sampled ones upscaled, exact ones as they are.
 
     The label's average size comes from the raw observations (scaling leaves it as is);
@@ -222,12 +226,12 @@ def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, _Site]]:
             if not any(values):
                 continue
             if counts.alloc_objects:
-                yield stack, _Site(values, counts.alloc_objects, counts.alloc_bytes)
+                yield stack, counts.labels, _Site(values, counts.alloc_objects, counts.alloc_bytes)
             else:
-                yield stack, _Site(values, counts.inuse_objects, counts.inuse_bytes)
+                yield stack, counts.labels, _Site(values, counts.inuse_objects, counts.inuse_bytes)
 
 
-def _distinct_frames(sites: list[tuple[Stack, _Site]]) -> dict[int, Frame]:
+def _distinct_frames(sites: list[tuple[Stack, Labels, _Site]]) -> dict[int, Frame]:
     """Every frame of the sites, keyed by identity.
 
     Frames are compared by identity first: the aggregator shares Frame objects between
@@ -236,7 +240,7 @@ def _distinct_frames(sites: list[tuple[Stack, _Site]]) -> dict[int, Frame]:
     assigned from the sorted distinct values.
     """
     by_identity: dict[int, Frame] = {}
-    for stack, _ in sites:
+    for stack, _, _ in sites:
         by_identity.update(zip(map(id, stack), stack))
     return by_identity
 
@@ -249,19 +253,20 @@ def build_profile(profile: HeapProfile) -> pb.Profile:
     # the stacks that hold one are rebuilt.
     rename = renamer(distinct.values())
     if rename is not None:
-        sites = [(rename(stack), site) for stack, site in sites]
+        sites = [(rename(stack), labels, site) for stack, labels, site in sites]
         distinct = rename.distinct(distinct)
     builder = _ProfileBuilder()
     builder.header(profile)
     builder.frames(distinct)
-    # A stack may come both sampled and exact (blocks an extension reports exactly):
-    # pprof wants one sample per stack, so their values add up.
-    merged: dict[tuple[int, ...], _Site] = {}
-    for stack, site in sites:
-        location_ids = builder.location_ids(stack)
-        previous = merged.get(location_ids)
+    # A stack may come both sampled and exact (blocks an extension reports exactly), or
+    # under two label sets that the agent named alike: pprof wants one sample per stack
+    # and labels, so their values add up.
+    merged: dict[tuple[tuple[int, ...], Labels], _Site] = {}
+    for stack, labels, site in sites:
+        key = (builder.location_ids(stack), labels)
+        previous = merged.get(key)
         if previous is None:
-            merged[location_ids] = site
+            merged[key] = site
         else:
             previous.add(site)
     builder.samples(merged)
@@ -326,6 +331,7 @@ class DecodedSample:
     stack: Stack
     values: tuple[int, ...]
     num_labels: tuple[tuple[str, int], ...] = ()
+    labels: Labels = ()  # string labels, sorted by key (model.Labels)
 
     def label(self, key: str) -> int | None:
         for name, value in self.num_labels:
@@ -544,6 +550,7 @@ def _decode(data: bytes) -> DecodedProfile:
                 )
                 if labels
                 else (),
+                labels=_string_labels(labels, string) if labels else (),
             )
         )
     return DecodedProfile(
@@ -558,6 +565,16 @@ def _decode(data: bytes) -> DecodedProfile:
         duration_nanos=message.duration_nanos,
         comments=tuple(string(index) for index in message.comment),
     )
+
+
+def _string_labels(labels: Iterable[pb.Label], string: Callable[[int], str]) -> Labels:
+    """A sample's string labels as ``model.Labels``: sorted by key, the first value of a
+    key kept (pprof allows several; heapspy writes one)."""
+    found: dict[str, str] = {}
+    for label in labels:
+        if label.str:
+            found.setdefault(string(label.key), string(label.str))
+    return tuple(sorted(found.items()))
 
 
 def read_profile(path: Path) -> DecodedProfile:

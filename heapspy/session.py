@@ -48,6 +48,7 @@ from heapspy.errors import (
 )
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
+from heapspy.model import LABEL_KEYS
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
@@ -475,7 +476,10 @@ class Session:
             order = str(body.get("order", "inuse_space"))
             if order not in ORDERS:
                 return {"ok": False, "error": f"unknown order {order!r}"}
-            view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order)
+            by = str(body.get("by", ""))
+            if by and by not in LABEL_KEYS:
+                return {"ok": False, "error": f"unknown label {by!r}"}
+            view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order, by)
             return {"ok": True, "view": {**view.to_json(), "memory": self.memory_for_view()}}
         if cmd == "dump":
             try:
@@ -665,6 +669,7 @@ class Session:
             census=self.census_progress(),
             memory=memory.to_json() if memory is not None else None,
             stacks=stacks.to_json() if stacks is not None else None,
+            labels=agg.labels_summary(),
         )
 
     def write_dump(self, rule: str, why: str = "", stacks: StackDump | None = None) -> str:
@@ -757,6 +762,7 @@ class Session:
         info["census"] = self.census_progress()
         native = self.aggregator.totals.get("native")
         info["native"] = native if isinstance(native, dict) else None
+        info["labels"] = self.aggregator.labels_summary(3)
         return info
 
     # --- closing ---------------------------------------------------------------

@@ -54,6 +54,7 @@ class Sidecar:
     memory: dict[str, Any] | None = None  # where the RSS was (heapspy/rss.py)
     # a thread or task rule's dump: threads and tasks grouped by stack (stack_groups.py)
     stacks: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None  # who allocated: Aggregator.labels_summary
 
     def to_json(self) -> dict[str, Any]:
         totals = self.totals
@@ -105,6 +106,9 @@ class Sidecar:
             "census": self.census,
             "memory": self.memory,
             "stacks": self.stacks,
+            # per thread, task and coroutine: [value, alloc_bytes, live_bytes] (sampled
+            # estimates), most live first; thread_alloc: [native id, exact bytes, name]
+            "labels": self.labels,
         }
 
 

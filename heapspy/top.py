@@ -33,6 +33,7 @@ class TopView:
     rows: tuple[TopRow, ...]
     runtime: dict[str, Any] | None = None  # the agent's latest runtime facts
     memory: dict[str, Any] | None = None  # where the RSS is (heapspy/rss.py), <= 10 s old
+    by: str = ""  # rows are the values of this label (model.LABEL_KEYS), not functions
 
     @property
     def sampled(self) -> bool:
@@ -56,6 +57,7 @@ class TopView:
             rows=rows,
             runtime=body["runtime"] if isinstance(body.get("runtime"), dict) else None,
             memory=body["memory"] if isinstance(body.get("memory"), dict) else None,
+            by=body["by"] if isinstance(body.get("by"), str) else "",
         )
 
 
@@ -78,7 +80,7 @@ def check_order(name: str) -> str:
     return name
 
 
-def top_view(agg: Aggregator, n: int, order: str = "inuse_space") -> TopView:
+def top_view(agg: Aggregator, n: int, order: str = "inuse_space", by: str = "") -> TopView:
     last = agg.series[-1] if agg.series else None
     return TopView(
         time=time.time(),
@@ -86,14 +88,16 @@ def top_view(agg: Aggregator, n: int, order: str = "inuse_space") -> TopView:
         intervals=agg.intervals,
         heap=agg.heap_estimate(),
         rss=last.rss if last else None,
-        rows=tuple(agg.top_sites(n, order)),
+        rows=tuple(agg.top_sites(n, order, by)),
         runtime=dict(agg.facts),
+        by=by,
     )
 
 
-def remote_view(pid: int, n: int, order: str) -> TopView:
+def remote_view(pid: int, n: int, order: str, by: str = "") -> TopView:
     """The view from the session (of another process) that holds ``pid``."""
-    reply = control.request(pid, "top", timeout=10.0, n=n, order=order)
+    extra = {"by": by} if by else {}  # a session of an older heapspy knows no "by"
+    reply = control.request(pid, "top", timeout=10.0, n=n, order=order, **extra)
     if not reply.get("ok"):
         raise NoSession(f"The session holding {pid} did not answer `top`: {reply.get('error')}")
     return TopView.from_json(reply["view"])
@@ -101,13 +105,13 @@ def remote_view(pid: int, n: int, order: str) -> TopView:
 
 def watch_remote(
     pid: int, n: int, order: str, every: float, show: Callable[[TopView], None],
-    duration: float | None = None, stop: Callable[[], bool] = lambda: False,
+    duration: float | None = None, stop: Callable[[], bool] = lambda: False, by: str = "",
 ) -> None:  # fmt: skip
     """Show the held session's view every ``every`` seconds until ``duration``, ``stop()``
     or the session's end (NoSession)."""
     t0 = time.monotonic()
     while not stop():
-        show(remote_view(pid, n, order))
+        show(remote_view(pid, n, order, by))
         left = None if duration is None else duration - (time.monotonic() - t0)
         if left is not None and left <= 0:
             return
@@ -118,7 +122,7 @@ def watch_remote(
 
 def watch_session(
     session: Running, n: int, order: str, every: float, show: Callable[[TopView], None],
-    duration: float | None = None,
+    duration: float | None = None, by: str = "",
 ) -> str:  # fmt: skip
     """Run a session of this process, showing its view every ``every`` seconds; returns
     why it ended (the session's ``run`` reasons, or "duration elapsed")."""
@@ -128,6 +132,7 @@ def watch_session(
         if left is not None and left <= 0:
             return "duration elapsed"
         reason = session.run(every if left is None else min(every, left))
-        show(replace(top_view(session.aggregator, n, order), memory=session.memory_for_view()))
+        view = top_view(session.aggregator, n, order, by)
+        show(replace(view, memory=session.memory_for_view()))
         if reason != "duration elapsed":
             return reason

@@ -2,12 +2,15 @@
 
 tracemalloc only keeps live blocks and knows frames by file and line, so this collector
 reports live bytes per stack with empty function names; heapspy names the frames from
-the source on its own side, never in the target.
+the source on its own side, never in the target. Of the labels (``heapspy_agent.labels``)
+only ``coro`` can be found in a traceback: each stack carries a label set holding just
+that, ``{"coro": ["", file, line]}``.
 """
 
 import tracemalloc
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
+from heapspy_agent.labels import anchor_lines
 from heapspy_agent.schema import EXACT, Sampling
 
 FrameKey = Tuple[str, int]
@@ -28,11 +31,29 @@ class TracemallocCollector:
         self.totals_source = totals_source
         self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
         self._last: Dict[int, Tuple[int, int]] = {}
+        self._anchors: Set[FrameKey] = set()  # lines of asyncio's task steps
+        self._label_ids: Dict[FrameKey, int] = {}  # a coroutine's frame -> label set
 
     def sampling(self) -> Sampling:
         return Sampling(EXACT, 1, self.frames)
 
+    def _label(self, key: Tuple[FrameKey, ...], labels: Dict[str, Any]) -> int:
+        """The label set of a traceback (oldest first): its coroutine, the frame right
+        after the innermost anchor line; 0 when there is none."""
+        for i in range(len(key) - 2, -1, -1):
+            if key[i] in self._anchors:
+                coro = key[i + 1]
+                lid = self._label_ids.get(coro)
+                if lid is None:
+                    lid = self._label_ids[coro] = len(self._label_ids) + 1
+                    labels[str(lid)] = {"coro": ["", coro[0], coro[1]]}
+                return lid
+        return 0
+
     def collect(self) -> Dict[str, Any]:
+        if not self._anchors:
+            self._anchors = set(anchor_lines())  # once the target has imported asyncio
+        labels: Dict[str, Any] = {}
         new_stacks: List[Dict[str, Any]] = []
         current: Dict[int, Tuple[int, int]] = {}
         own_dir, own_file = self._exclude
@@ -43,7 +64,8 @@ class TracemallocCollector:
             if sid is None:
                 sid = len(self._stack_ids) + 1
                 self._stack_ids[key] = sid
-                new_stacks.append({"id": sid, "frames": [["", fn, ln] for fn, ln in key]})
+                frames = [["", fn, ln] for fn, ln in key]
+                new_stacks.append({"id": sid, "frames": frames, "labels": self._label(key, labels)})
             old_count, old_size = current.get(sid, (0, 0))
             current[sid] = (old_count + count, old_size + size)
         changed: Dict[str, List[int]] = {}
@@ -59,7 +81,10 @@ class TracemallocCollector:
         if self.totals_source is not None:
             totals = self.totals_source.collect()["totals"]
         totals.update(traced_bytes=traced, peak_traced_bytes=peak)
-        return {"stacks": new_stacks, "inuse": changed, "totals": totals}
+        body = {"stacks": new_stacks, "inuse": changed, "totals": totals}
+        if labels:
+            body["labels"] = labels
+        return body
 
     def stop(self, wait: float = 5.0) -> None:
         if self.totals_source is not None:  # its hooks sit on top of tracemalloc's

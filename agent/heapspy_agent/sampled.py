@@ -4,6 +4,12 @@ Per interval it hands over only what changed (new stacks once, then the counters
 stacks that moved), so the work done inside the target follows the allocation activity,
 not the size of the heap. Stacks that run through the agent's own files are the agent's
 allocations, not the target's: they are left out.
+
+Each stack comes with the id of its label set (``heapspy_agent.labels``: thread, task,
+coroutine), and each label set is named once, in the collection that first reports it:
+``{"labels": {"<id>": {"thread": ..., "thread_id": ..., "task": ..., "coro": [...]}}}``.
+``totals.thread_alloc`` holds the exact bytes each thread allocated since attach,
+``[[native id, bytes, name], ...]``, most first.
 """
 
 import glob
@@ -11,8 +17,10 @@ import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from heapspy_agent import object_types
+from heapspy_agent.labels import LabelNamer
 from heapspy_agent.schema import (
     MAX_LIBRARIES,
+    MAX_THREAD_ALLOC,
     MAX_TYPED_SITES,
     MAX_TYPES_PER_SITE,
     OTHER_TYPES,
@@ -45,6 +53,8 @@ class ShimCollector:
         self.owned = True
         self.notes: List[str] = []
         shim.start(rate, max_frames=frames)
+        self.namer = LabelNamer(shim)
+        self.namer.refresh()
         # NumPy's array data bypasses the PyMem domains; hook its default handler now, or
         # at a later interval if the target imports NumPy after we attached.
         self.numpy = shim.hook_numpy()
@@ -87,7 +97,11 @@ class ShimCollector:
             if not frames:
                 name = NO_PYTHON_STACK if st.flags & STACK_NATIVE else "<no Python frame>"
                 frames = [[name, "", 0]]
-            stacks.append({"id": st.stack_id, "frames": frames})
+            stacks.append({"id": st.stack_id, "frames": frames, "labels": st.label})
+        labels = {
+            str(ls.label_id): self.namer.name(ls.thread_id, ls.task, ls.coro)
+            for ls in drain.new_labels
+        }
         inuse: Dict[str, List[int]] = {}
         alloc: Dict[str, List[int]] = {}
         est: Dict[str, List[float]] = {}
@@ -129,6 +143,7 @@ class ShimCollector:
             "overflow_samples": t.overflow_samples,
             "stacks": t.stacks,
             "shim_memory": t.shim_memory + (nt.shim_memory if nt is not None else 0),
+            "thread_alloc": self.namer.thread_alloc(t.threads)[:MAX_THREAD_ALLOC],
         }
         if nt is not None:
             totals["sampled_count"] += nt.sampled_count
@@ -138,7 +153,11 @@ class ShimCollector:
             if status != self._native_sent:  # sent when it changes (aggregator keeps it)
                 self._native_sent = status
                 totals["native"] = status
-        return {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
+        self.namer.refresh()  # the tasks alive now, for the samples of the next interval
+        body = {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
+        if labels:
+            body["labels"] = labels
+        return body
 
     def types(self) -> Dict[str, Any]:
         """The live samples of each stack by type (heapspy asks at a dump, and for `top

@@ -38,6 +38,8 @@ MAX_GC_GENERATIONS = 8
 MAX_THREAD_NAMES = 64
 MAX_THREAD_NAME = 200
 MAX_LOOPS = 16
+MAX_LABEL_SETS = 1 << 14  # HS_MAX_LABELS: label sets one session names
+MAX_THREAD_ALLOC = 256  # threads in totals.thread_alloc (the most allocating)
 MAX_CENSUS_SITES_PER_FRAME = 1000  # the agent sends a census in frames of this many paths
 MAX_CENSUS_DEPTH = 8  # frames of one retention path: root, containers, type
 MAX_CENSUS_NAME = 1024
@@ -267,6 +269,27 @@ class Tuple_(Field):
         ]
 
 
+class LabelMap(Field):
+    """``{"<label set id>": LABELS record}``: the label sets first reported in a frame."""
+
+    copies = True
+
+    def __init__(self, value: Record, max_len: int = MAX_LABEL_SETS) -> None:
+        self.value, self.max_len = value, max_len
+
+    def check(self, value: Any, where: str) -> Any:
+        if type(value) is not dict:
+            raise _fail(where, "an object", value)
+        if len(value) > self.max_len:
+            raise ProtocolError("%s: %d entries (at most %d)" % (where, len(value), self.max_len))
+        out = {}
+        for key, v in value.items():
+            if not (0 < len(key) <= 10 and key.isdigit() and key.isascii()):
+                raise ProtocolError("%s: key %r is not a label set id" % (where, key[:40]))
+            out[key] = self.value.check(v, "%s[%s]" % (where, key))
+        return out
+
+
 class SiteMap(Field):
     """``{"<stack id>": value}``: per-site numbers keyed by the stack's id as text."""
 
@@ -321,8 +344,22 @@ def _define() -> dict[int, Record]:
     FRAME = Tuple_(Str(MAX_FUNCTION), Str(MAX_TEXT), Int(0, 2**31 - 1))  # function, file, line
     STACK = Record(
         "stack",
-        {"id": Int(*ID), "frames": ListOf(FRAME, MAX_FRAMES_PER_STACK)},
+        {
+            "id": Int(*ID),
+            "frames": ListOf(FRAME, MAX_FRAMES_PER_STACK),
+            "labels": Int(0, MAX_LABEL_SETS - 1),  # its label set (LABELS below); 0: none
+        },
         required=("id", "frames"),
+    )
+    # Who made a stack's samples (heapspy_agent.labels): keys left out where unknown.
+    LABELS = Record(
+        "labels",
+        {
+            "thread": Str(MAX_THREAD_NAME),
+            "thread_id": Int(0, 2**32 - 1),  # native id
+            "task": Str(MAX_THREAD_NAME),
+            "coro": FRAME,  # the task's coroutine, as a frame (named like the stacks')
+        },
     )
     STACKS_FIELD = ListOf(STACK, MAX_STACKS_PER_FRAME)
     # a Sampling (above): the mode, its rate as the command line spells it, frames
@@ -370,6 +407,10 @@ def _define() -> dict[int, Record]:
             "shim_memory": COUNT,
             "traced_bytes": COUNT,
             "peak_traced_bytes": COUNT,
+            # exact bytes allocated per thread since attach: [native id, bytes, name]
+            "thread_alloc": ListOf(
+                Tuple_(Int(0, 2**32 - 1), COUNT, Str(MAX_THREAD_NAME)), MAX_THREAD_ALLOC
+            ),
         },
     )
     FACTS = Record(
@@ -465,6 +506,7 @@ def _define() -> dict[int, Record]:
                 "inuse": SiteMap(PAIR),
                 "alloc": SiteMap(PAIR),
                 "est": SiteMap(Tuple_(*(Num(0.0, 1e30) for _ in range(4)))),
+                "labels": LabelMap(LABELS),  # label sets first used by these stacks
                 "totals": TOTALS,
                 "facts": FACTS,
                 "dropped": Int(0, 2**63),  # stacks or sites the agent left out to fit
@@ -616,7 +658,10 @@ def _clip_stack(stack: dict[str, Any]) -> tuple[dict[str, Any], int]:
         func, filename = clip_text(func, MAX_FUNCTION), clip_text(filename)
         size += len(func) + len(filename) + 24
         frames.append([func, filename, line])
-    return {"id": stack["id"], "frames": frames}, size * 2  # x2: escapes, non-ASCII
+    clipped = {"id": stack["id"], "frames": frames}
+    if "labels" in stack:
+        clipped["labels"] = stack["labels"]
+    return clipped, size * 2  # x2: escapes, non-ASCII
 
 
 def fit_samples(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 4
+ABI = 5
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 1
 """Must match HS_NATIVE_ABI in native_hooks.h."""
@@ -74,6 +74,7 @@ STATE_RUNNING = 1
 STATE_LEFT = 2
 
 DEFAULT_MAX_STACKS = 1 << 16
+MAX_ANCHORS = 8  # HS_MAX_ANCHORS
 
 
 class ShimError(Exception):
@@ -94,6 +95,7 @@ class Stack(NamedTuple):
     stack_id: int
     frames: Tuple[Frame, ...]  # root -> leaf; empty: no Python frame (or overflow)
     flags: int  # STACK_* bits
+    label: int = 0  # the label set of its samples (LabelSet.label_id); 0: none
 
     @property
     def truncated(self) -> bool:
@@ -157,6 +159,26 @@ class Totals(NamedTuple):
     frames: int
     shim_memory: int  # bytes of libc memory the shim holds
     numpy_hooked: bool
+    labels: int  # label sets interned
+    # (native thread id, exact bytes it allocated since start), all domains, every
+    # allocation; thread id 0 holds the threads beyond the shim's table (4096)
+    threads: Tuple[Tuple[int, int], ...]
+
+
+class LabelSet(NamedTuple):
+    """Who made the samples of the stacks that carry this id, as the shim saw it.
+
+    ``thread_id`` is the native id of the allocating thread; ``coro`` the code object of
+    the frame right above an anchor (``Shim.set_anchors``: asyncio's ``Handle._run``, a
+    Python Task's step), i.e. the running task's coroutine, None outside a task; ``task``
+    the slot the agent gave that task's coroutine frame in ``Shim.set_tasks``, 0 when it
+    was not registered. Set 0 is the empty set (the label table was full).
+    """
+
+    label_id: int
+    thread_id: int
+    task: int
+    coro: Any  # a code object, or None
 
 
 class NativeTotals(NamedTuple):
@@ -193,6 +215,7 @@ class Drain(NamedTuple):
     new_stacks: List[Stack]  # stacks interned since the previous drain
     changed: List[StackCounts]  # stacks whose counters changed since the previous drain
     totals: Totals
+    new_labels: List[LabelSet]  # label sets interned since the previous drain
 
 
 class LiveBlock(NamedTuple):
@@ -269,6 +292,12 @@ class _Report(ctypes.Structure):
         ("n_changed", ctypes.c_uint64),
         ("changed", ctypes.c_uint64),
         ("changed_est", ctypes.c_uint64),
+        ("labels", ctypes.c_uint64),
+        ("n_new_labels", ctypes.c_uint64),
+        ("new_labels", ctypes.c_uint64),
+        ("new_label_codes", ctypes.c_uint64),
+        ("n_threads", ctypes.c_uint64),
+        ("threads", ctypes.c_uint64),
     ]
 
 
@@ -422,6 +451,15 @@ class Shim:
                 fn = getattr(lib, name)
                 fn.restype = res
                 fn.argtypes = args
+        lib.hs_set_anchors.restype = ctypes.c_int
+        lib.hs_set_anchors.argtypes = [ctypes.POINTER(ctypes.py_object), ctypes.c_int]
+        lib.hs_set_tasks.restype = ctypes.c_int
+        lib.hs_set_tasks.argtypes = [
+            ctypes.c_uint64,
+            ctypes.POINTER(ctypes.c_uint64),  # coroutine frames (addresses)
+            ctypes.POINTER(ctypes.c_uint64),  # their code objects (addresses)
+            ctypes.POINTER(ctypes.c_uint32),  # the slot of each task's name (>= 1)
+        ]
         stats = getattr(lib, "hs_pymalloc_stats", None)  # absent from an older build
         if stats is not None:
             stats.restype = ctypes.c_int
@@ -523,6 +561,25 @@ class Shim:
                 return False
             self._check(rc)
             return True
+
+    def set_anchors(self, codes: List[Any]) -> None:
+        """The code objects right below a task's coroutine frame (at most MAX_ANCHORS);
+        the caller keeps them alive. Only while running; ``stop()`` forgets them."""
+        codes = codes[:MAX_ANCHORS]
+        with self._lock:
+            arr = (ctypes.py_object * max(1, len(codes)))(*codes)
+            self._check(self._c().hs_set_anchors(arr, len(codes)))
+
+    def set_tasks(self, tasks: List[Tuple[int, int, int]]) -> None:
+        """Replace the shim's table of tasks: (``id`` of the coroutine's frame, ``id`` of
+        its code object, the slot (>= 1) of the task's name). A sample whose coroutine
+        frame is in the table gets that slot in its label set (LabelSet.task)."""
+        n = len(tasks)
+        frames = (ctypes.c_uint64 * max(1, n))(*(t[0] for t in tasks))
+        codes = (ctypes.c_uint64 * max(1, n))(*(t[1] for t in tasks))
+        slots = (ctypes.c_uint32 * max(1, n))(*(t[2] for t in tasks))
+        with self._lock:
+            self._check(self._c().hs_set_tasks(n, frames, codes, slots))
 
     def hook_numpy(self) -> str:
         """Route NumPy's array data (default allocator handler) through the shim.
@@ -664,24 +721,37 @@ class Shim:
             self._check(self._c().hs_read(ctypes.byref(rep), 1))
             # Copy out of the shim's buffers now: they live until the next drain/stop.
             n, nf, nc = rep.n_new, rep.n_new_frames, rep.n_changed
-            hdr = _array(ctypes.c_uint64, 3 * n, rep.new_stacks)
+            hdr = _array(ctypes.c_uint64, 4 * n, rep.new_stacks)
             codes = _array(ctypes.py_object, nf, rep.new_codes)
             lines = _array(ctypes.c_int64, nf, rep.new_lines)
             flat = _array(ctypes.c_uint64, 5 * nc, rep.changed)
             est = _array(ctypes.c_double, 4 * nc, rep.changed_est)
             stacks = []
             pos = 0
-            for i in range(0, 3 * n, 3):
+            for i in range(0, 4 * n, 4):
                 depth = hdr[i + 1]
                 frames = tuple(
                     self._frame(codes[j], lines[j]) for j in range(pos + depth - 1, pos - 1, -1)
                 )
-                stacks.append(Stack(hdr[i], frames, hdr[i + 2]))
+                stacks.append(Stack(hdr[i], frames, hdr[i + 2], hdr[i + 3]))
                 pos += depth
+            nl = rep.n_new_labels
+            sets = _array(ctypes.c_uint64, 3 * nl, rep.new_labels)
+            label_codes = _array(ctypes.c_void_p, nl, rep.new_label_codes)
+            labels = [
+                LabelSet(
+                    sets[3 * i],
+                    sets[3 * i + 1],
+                    sets[3 * i + 2],
+                    # the shim holds a reference to each code until stop()
+                    ctypes.cast(label_codes[i], ctypes.py_object).value if label_codes[i] else None,
+                )
+                for i in range(nl)
+            ]
             changed = [
                 StackCounts(*flat[5 * i : 5 * i + 5], *est[4 * i : 4 * i + 4]) for i in range(nc)
             ]
-            return Drain(stacks, changed, _totals(rep))
+            return Drain(stacks, changed, _totals(rep), labels)
 
     def live_blocks(self, chunk: int = 65536) -> List[LiveBlock]:
         """Every live sampled block (a copy; blocks freed meanwhile may still be listed)."""
@@ -852,4 +922,10 @@ def _totals(rep: _Report) -> Totals:
         frames=rep.frames,
         shim_memory=rep.shim_memory,
         numpy_hooked=bool(rep.numpy_hooked),
+        labels=rep.labels,
+        threads=tuple(
+            (flat[i], flat[i + 1])
+            for flat in [_array(ctypes.c_uint64, 2 * rep.n_threads, rep.threads)]
+            for i in range(0, len(flat), 2)
+        ),
     )

@@ -30,6 +30,14 @@ def flamegraph(
         "all four.",
         show_default=False,
     ),
+    by: str = typer.Option(
+        "",
+        "--by",
+        metavar="KEY",
+        help="Group the stacks under one root frame per value of a label: thread, "
+        "thread_id, task or coro.",
+        show_default=False,
+    ),
 ) -> None:
     """Write a dump as an interactive flame graph: one HTML file, no Go needed.
 
@@ -47,8 +55,9 @@ def flamegraph(
 
       heapspy flamegraph heap-4242-20261122T010203.000Z-final.pb.gz
       heapspy flamegraph x.pb.gz --sample-index alloc_space -o churn.html
+      heapspy flamegraph x.pb.gz --by task    # one tower per asyncio task name
     """
-    config = FlamegraphConfig(dump=dump, output=output, sample_index=sample_index)
+    config = FlamegraphConfig(dump=dump, output=output, sample_index=sample_index, by=by)
     print(write_flamegraph(config).output)
 
 

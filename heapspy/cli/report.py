@@ -23,6 +23,14 @@ def report(
         show_default=False,
     ),
     output_format: str = typer.Option("text", "--format", help="text or json."),
+    by: str = typer.Option(
+        "",
+        "--by",
+        metavar="KEY",
+        help="Rank the values of a label instead of functions: thread, thread_id, task "
+        "or coro (who allocated; see `go tool pprof -tags`).",
+        show_default=False,
+    ),
 ) -> None:
     """Show a dump's allocation totals and its top allocation sites by function.
 
@@ -36,9 +44,11 @@ def report(
       heapspy report heap-4242-20261122T010203.000Z-final.pb.gz
       heapspy report x.pb.gz --sample-index alloc_space -n 20    # the churn
       heapspy report x.pb.gz --format json | jq '.top[0]'
+      heapspy report x.pb.gz --by thread    # which thread's allocations are live
+      heapspy report x.pb.gz --by coro --sample-index alloc_space    # per coroutine
     """
     check_format(output_format)
-    config = ReportConfig(dump=dump, top=top, sample_index=sample_index)
+    config = ReportConfig(dump=dump, top=top, sample_index=sample_index, by=by)
     typer.echo(build_report(config).output(output_format), nl=False)
 
 

@@ -13,6 +13,7 @@ from heapspy.cli.spinner import Spinner
 from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig
 from heapspy.errors import NoSession
 from heapspy.foreground import SignalRequests
+from heapspy.reporters.sites import check_by
 from heapspy.reporters.top import TopScreen
 from heapspy.session import Session
 from heapspy.top import TopView, check_order, watch_remote, watch_session
@@ -33,6 +34,14 @@ def top(
     ),
     frames: int = typer.Option(64, "--frames", metavar="N", help="Stack depth (see attach)."),
     thread: Optional[int] = typer.Option(None, "--thread", help="See attach (3.14+)."),
+    by: str = typer.Option(
+        "",
+        "--by",
+        metavar="KEY",
+        help="Rows are the values of a label instead of functions: thread, thread_id, "
+        "task or coro.",
+        show_default=False,
+    ),
 ) -> None:
     """Watch PID's heap live: the functions holding the most memory, and how they grow.
 
@@ -48,9 +57,12 @@ def top(
       heapspy top 4242
 
       heapspy top 4242 --order alloc_space --every 5s -n 40
+
+      heapspy top 4242 --by task    # which asyncio task's allocations are live
     """
     period = options.duration(every, "--every") or 2.0
     check_order(order)
+    check_by(by)
     if count < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--top")
     limit = options.duration(duration)
@@ -75,7 +87,14 @@ def top(
         else:
             try:
                 watch_remote(
-                    pid, fetch, order, period, show, limit, stop=lambda: bool(requests.reason)
+                    pid,
+                    fetch,
+                    order,
+                    period,
+                    show,
+                    limit,
+                    stop=lambda: bool(requests.reason),
+                    by=by,
                 )
             except NoSession:
                 print(f"heapspy: the session holding {pid} has ended", file=sys.stderr)
@@ -93,7 +112,7 @@ def top(
             spinner.clear()
         requests.follow(session)
         try:
-            watch_session(session, fetch, order, period, show, limit)
+            watch_session(session, fetch, order, period, show, limit, by)
         finally:
             session.detach()
 

@@ -46,6 +46,7 @@ AGENT_FILES = (
     "sampled.py",
     "shim.py",
     "runtime.py",
+    "labels.py",
     "memstats.py",
     "census.py",
     "stacks.py",

@@ -55,7 +55,7 @@ from heapspy.model import Frame
 from heapspy.pprof import DecodedProfile
 from heapspy.reporters.base import Rendering, describe_sampling, format_time
 from heapspy.reporters.dump import Dump
-from heapspy.reporters.sites import check_sample_index
+from heapspy.reporters.sites import check_by, check_sample_index, label_rooted
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
 from heapspy.scaling import format_error
 from heapspy.sidecar import Header
@@ -109,9 +109,11 @@ class FlamegraphConfig:
     dump: Path
     output: Path | None = None
     sample_index: str = ""
+    by: str = ""  # a label key (model.LABEL_KEYS): one root frame per value of it
 
     def __post_init__(self) -> None:
         check_sample_index(self.sample_index)
+        check_by(self.by)
 
     def output_path(self) -> Path:
         default = default_output(self.dump)
@@ -325,10 +327,11 @@ def header_facts(loaded: Dump) -> list[tuple[str, str]]:
     return facts
 
 
-def build_document(loaded: Dump, sample_index: int) -> dict[str, Any]:
-    """The JSON document the page draws (its layout is in the module docstring)."""
+def build_document(loaded: Dump, sample_index: int, by: str = "") -> dict[str, Any]:
+    """The JSON document the page draws (its layout is in the module docstring); with
+    ``by`` a label key, the stacks are grouped under one root frame per value of it."""
     dump, profile = loaded.path, loaded.profile
-    tree = build_tree(profile)
+    tree = build_tree(label_rooted(profile, by) if by else profile)
     return {
         "schema": FLAMEGRAPH_SCHEMA,
         "title": dump.name,
@@ -439,7 +442,7 @@ def write_flamegraph(config: FlamegraphConfig) -> Flamegraph:
     loaded = Dump.load(config.dump)
     profile = loaded.profile
     index = loaded.sample_index(config.sample_index)
-    page = Page(build_document(loaded, index))
+    page = Page(build_document(loaded, index, config.by))
     # The page shows what the dump and its sidecar hold (command line, file names): it
     # gets the dump's permissions, 0600 for the dumps heapspy writes.
     mode = config.dump.stat().st_mode & 0o777

@@ -49,6 +49,10 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
       "census": null,                        # a heap census's walk (heapspy census):
                                              # objects, bytes, elapsed, cpu,
                                              # longest_slice, partial, stopped
+      "by": null,                            # --by KEY: a label key (thread, thread_id,
+                                             # task, coro); each row of "top" is then one
+                                             # value of it in "function" ("(none)": no
+                                             # such label), "filename" "", flat == cum
       "total": 9988180,                      # sum of sample_index over all samples
       "functions": 3,                        # how many functions have a non-zero cum
       "top": [{"function": "leaky", "filename": "/app/app.py",
@@ -81,7 +85,9 @@ from heapspy.reporters.base import (
 from heapspy.reporters.dump import Dump
 from heapspy.reporters.sites import (
     Site,
+    aggregate_labels,
     aggregate_sites,
+    check_by,
     check_sample_index,
     is_sampled,
     site_variances,
@@ -130,10 +136,12 @@ class ReportConfig:
     dump: Path
     top: int = 10
     sample_index: str = ""
+    by: str = ""  # a label key (model.LABEL_KEYS): rows are its values, not functions
 
     def __post_init__(self) -> None:
         check_top(self.top)
         check_sample_index(self.sample_index)
+        check_by(self.by)
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,7 @@ class Report(Rendering):
     rss_growth: int | None = None  # and RSS's
     census: dict[str, Any] | None = None  # a heap census (heapspy.census): how the walk went
     stacks: StackDump | None = None  # a thread or task rule's dump: threads, tasks by stack
+    by: str = ""  # rows are the values of this label (model.LABEL_KEYS), not functions
 
     def text(self) -> str:
         return render_text(self)
@@ -208,13 +217,17 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
     status = dump.sidecar_status
     totals = dump.totals
     runtime = dump.runtime
-    sites = aggregate_sites(profile, index)
+    sites = (
+        aggregate_labels(profile, index, config.by)
+        if config.by
+        else aggregate_sites(profile, index)
+    )
     total = sum(sample.values[index] for sample in profile.samples)
     name, unit = profile.sample_types[index]
     sampled = is_sampled(profile, index)
     variances: dict[Site, tuple[float, float]] | None = None
     if sampled:
-        variances = site_variances(profile, index)
+        variances = site_variances(profile, index, config.by)
     elif profile.period <= 1:
         variances = {}  # exact: every value's error is 0
     return Report(
@@ -239,6 +252,7 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         rss_growth=growth_of(dump.sidecar, "rss"),
         census=census_of(dump.sidecar),
         stacks=dump.stacks,
+        by=config.by,
     )
 
 
@@ -357,8 +371,9 @@ def render_text(report: Report) -> str:
     lines.extend(_size_class_lines(totals.size_classes))
     lines.append("")
     shown = len(report.top)
+    rows = f"values of the label {report.by!r}" if report.by else "functions"
     lines.append(
-        f"Top {shown} of {report.functions} functions by {report.sample_index} "
+        f"Top {shown} of {report.functions} {rows} by {report.sample_index} "
         f"(total {format_value(report.total, report.unit)}):"
     )
     lines.extend(table_lines(report.top, report.unit, errors=report.sampled))
@@ -422,6 +437,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             **report.memory.to_json(),
             "verdict": verdict(report.memory, report.heap_growth, report.rss_growth),
         },
+        "by": report.by or None,  # a label key: each row's "function" is its value
         "total": report.total,
         "functions": report.functions,
         "top": [

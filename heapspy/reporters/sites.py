@@ -9,11 +9,12 @@ goes. Report, diff and the flame graph's header all count the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from heapspy.errors import UsageError
-from heapspy.model import Frame
+from heapspy.model import LABEL_KEYS, NO_LABEL, Frame
 from heapspy.pprof import PERIOD_TYPE, SAMPLE_TYPE_NAMES, DecodedProfile, DecodedSample
 from heapspy.scaling import sampling_variance
 
@@ -42,6 +43,51 @@ class Site(NamedTuple):
         if self.line:
             return f"{self.function} {self.filename}:{self.line}"
         return f"{self.function} ({self.filename})" if self.filename else self.function
+
+
+def check_by(key: str) -> str:
+    """Validate a ``--by`` value: "" (by function) or a label key (``model.LABEL_KEYS``)."""
+    if key and key not in LABEL_KEYS:
+        raise UsageError(
+            f"Unknown label {key!r} to group by; choose one of {', '.join(LABEL_KEYS)}."
+        )
+    return key
+
+
+def label_site(value: str | None) -> Site:
+    """The row of a label's value in a table grouped ``--by`` that label."""
+    return Site(value if value is not None else NO_LABEL, "")
+
+
+def _by_label(
+    samples: Sequence[DecodedSample], weights: Sequence[_N], zero: _N, key: str
+) -> dict[Site, tuple[_N, _N]]:
+    totals: dict[Site, _N] = {}
+    for sample, weight in zip(samples, weights):
+        site = label_site(dict(sample.labels).get(key))
+        totals[site] = totals.get(site, zero) + weight
+    return {site: (value, value) for site, value in totals.items()}
+
+
+def label_rooted(profile: DecodedProfile, key: str) -> DecodedProfile:
+    """The profile with each stack under a root frame naming its value of label ``key``
+    (``thread: worker-1``; ``NO_LABEL`` when it has none): a flame graph grouped by it."""
+    roots: dict[str, Frame] = {}
+    samples = []
+    for sample in profile.samples:
+        value = dict(sample.labels).get(key, NO_LABEL)
+        root = roots.get(value)
+        if root is None:
+            root = roots[value] = Frame(f"{key}: {value}", "", 0)
+        samples.append(replace(sample, stack=(root, *sample.stack)))
+    return replace(profile, samples=tuple(samples))
+
+
+def aggregate_labels(profile: DecodedProfile, index: int, key: str) -> dict[Site, tuple[int, int]]:
+    """Totals of sample value ``index`` per value of label ``key`` (as flat and cum alike:
+    every sample has one value, ``NO_LABEL`` when it has none)."""
+    samples = _with_value(profile, index)
+    return _by_label(samples, [sample.values[index] for sample in samples], 0, key)
 
 
 def check_sample_index(name: str) -> str:
@@ -116,13 +162,16 @@ def is_sampled(profile: DecodedProfile, index: int) -> bool:
     )
 
 
-def site_variances(profile: DecodedProfile, index: int) -> dict[Site, tuple[float, float]]:
+def site_variances(
+    profile: DecodedProfile, index: int, by: str = ""
+) -> dict[Site, tuple[float, float]]:
     """Sampling variance of each function's flat and cum value ``index`` (by function).
 
     Each sample is one stack, estimated independently of the others: its variance comes
     from its own (objects, bytes) pair (``scaling.sampling_variance``), flat sums it
     over the stacks a function ends, cum over the stacks it is in, once per stack, like
-    the values. Only for profiles where ``is_sampled`` holds.
+    the values. Only for profiles where ``is_sampled`` holds. With ``by`` a label key,
+    per value of that label (``aggregate_labels``).
     """
     names = profile.sample_type_names
     objects_index, bytes_index = (names.index(name) for name in _ESTIMATE_PAIRS[names[index]])
@@ -133,4 +182,6 @@ def site_variances(profile: DecodedProfile, index: int) -> dict[Site, tuple[floa
         sampling_variance(sample.values[objects_index], sample.values[bytes_index], period)[pick]
         for sample in samples
     ]
+    if by:
+        return _by_label(samples, variances, 0.0, by)
     return _flat_and_cum(samples, variances, 0.0, False)

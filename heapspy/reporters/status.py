@@ -172,10 +172,41 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
                 f"{s.target_pid}: {dropped} stacks dropped, beyond the session's limits "
                 "(heapspy/aggregate.py)"
             )
+    for s in sessions:  # who allocates: the top threads (exact) and tasks (sampled)
+        lines.extend(f"{s.target_pid}: {line}" for line in labels_lines(s.status.get("labels")))
     for s in sessions:
         if s.memory is not None:
             lines.extend(format_breakdown(s.memory))
     return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _named_sizes(rows: Any, name_at: int, size_at: int) -> str:
+    """``name size, ...`` from a status reply's rows, each checked (a holder of another
+    user's session may send anything)."""
+    parts = []
+    for row in rows if isinstance(rows, list) else []:
+        if not (isinstance(row, list) and len(row) > max(name_at, size_at)):
+            continue
+        name, size = row[name_at], row[size_at]
+        if isinstance(name, str) and isinstance(size, int) and size > 0:
+            parts.append(f"{printable(name)} {format_bytes(size)}")
+    return ", ".join(parts)
+
+
+def labels_lines(labels: Any) -> list[str]:
+    """The status lines of ``Aggregator.labels_summary``: the threads that allocated the
+    most (exact), the tasks and coroutines holding the most live memory (estimates)."""
+    if not isinstance(labels, dict):
+        return []
+    lines = []
+    threads = _named_sizes(labels.get("thread_alloc"), 2, 1)
+    if threads:
+        lines.append(f"allocated by thread: {threads}")
+    for key in ("task", "coro"):
+        live = _named_sizes(labels.get(key), 0, 2)
+        if live:
+            lines.append(f"live by {key}: {live}")
+    return lines
 
 
 def to_json(sessions: Sequence[SessionStatus]) -> list[dict[str, Any]]:

@@ -107,7 +107,8 @@ def top_screen(
     sampled = view.sampled
     error = f" {'±95%':>5}" if sampled else ""
     lines.append(
-        f"  {head:>10}{error}  {'since start':>11}  {'since last':>10}  {'objects':>9}  function"
+        f"  {head:>10}{error}  {'since start':>11}  {'since last':>10}  {'objects':>9}  "
+        f"{view.by or 'function'}"
     )
     for r in view.rows[:shown]:
         value = r.alloc_bytes if alloc else r.inuse_bytes

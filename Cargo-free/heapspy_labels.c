@@ -1,0 +1,331 @@
+/*
+ * heapspy_labels.c: label sets of samples and exact allocated bytes per thread (see
+ * heapspy_labels.h for what and why).
+ *
+ * Everything here runs with the GIL held: from the hooks (hs_thr_switch on a thread
+ * change, hs_labels_of_sample inside a sample's capture window) or from the agent's calls
+ * (hs_set_anchors, hs_set_tasks, hs_read). Nothing here runs Python code or reads a
+ * Python object: a code or frame pointer is only compared, and code objects are only
+ * increfed and decrefed (at stop).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "heapspy_labels.h"
+
+#define HS_EXPORT __attribute__((visibility("default")))
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+typedef struct {
+    uint64_t hash;
+    void *code;    /* the task's coroutine code (a reference held), or NULL */
+    uint32_t tid;  /* native thread id */
+    uint32_t task; /* the agent's name slot of the task, 0: none known */
+} hs_labelset;
+
+typedef struct {
+    uint32_t tid;
+    uint64_t bytes;
+} hs_thread_acct;
+
+typedef struct {
+    uintptr_t frame; /* 0: empty */
+    uintptr_t code;
+    uint32_t slot;
+} hs_task;
+
+void *hs_thr_cur;
+void **hs_cap_frames;
+
+static int g_on;
+static void (*p_incref)(void *);
+static void (*p_decref)(void *);
+static __thread uint32_t t_tid;
+
+/* Label sets: records, open-addressing index (id + 1, 0 = empty), drained mark. */
+static hs_labelset *g_sets;
+static uint32_t g_nsets, g_sets_drained;
+static uint32_t *g_sindex;
+#define SINDEX_CAP (2 * HS_MAX_LABELS)
+
+/* Thread accounts: account 0 collects the threads beyond the table. */
+static hs_thread_acct *g_accts;
+static uint32_t g_naccts;
+static uint16_t *g_aindex; /* account + 1 */
+#define AINDEX_CAP (2 * HS_MAX_THREADS)
+static hs_thread_acct *g_acct_cur;
+static uint64_t g_thr_base;
+
+static void *g_anchors[HS_MAX_ANCHORS];
+static int g_nanchors;
+
+static hs_task *g_tasks;
+static uint64_t g_tasks_cap; /* power of two, or 0 */
+
+/* Drain buffers. */
+static uint64_t *g_out_sets, *g_out_codes, *g_out_threads;
+static uint32_t g_out_sets_cap, g_out_codes_cap, g_out_threads_cap;
+
+static inline uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint32_t current_tid(void) {
+    if (UNLIKELY(t_tid == 0))
+        t_tid = (uint32_t)syscall(SYS_gettid);
+    return t_tid;
+}
+
+/* ---- exact bytes per thread ------------------------------------------------------ */
+
+static hs_thread_acct *account(uint32_t tid) {
+    uint32_t i = (uint32_t)(mix(tid) & (AINDEX_CAP - 1));
+    for (uint16_t v; (v = g_aindex[i]) != 0; i = (i + 1) & (AINDEX_CAP - 1))
+        if (g_accts[v - 1].tid == tid)
+            return &g_accts[v - 1];
+    if (g_naccts >= HS_MAX_THREADS)
+        return &g_accts[0];
+    hs_thread_acct *a = &g_accts[g_naccts++];
+    a->tid = tid;
+    a->bytes = 0;
+    g_aindex[i] = (uint16_t)g_naccts;
+    return a;
+}
+
+void hs_thr_switch(uint64_t total) {
+    if (!g_on)
+        return;
+    if (g_acct_cur != NULL)
+        g_acct_cur->bytes += total - g_thr_base;
+    g_thr_base = total;
+    hs_thr_cur = __builtin_thread_pointer();
+    g_acct_cur = account(current_tid());
+}
+
+/* ---- label sets ----------------------------------------------------------------- */
+
+static int is_anchor(void *code) {
+    for (int i = 0; i < g_nanchors; i++)
+        if (g_anchors[i] == code)
+            return 1;
+    return 0;
+}
+
+static uint32_t task_slot(void *frame, void *code) {
+    if (g_tasks_cap == 0)
+        return 0;
+    uint64_t mask = g_tasks_cap - 1, i = mix((uintptr_t)frame) & mask;
+    for (; g_tasks[i].frame != 0; i = (i + 1) & mask)
+        if (g_tasks[i].frame == (uintptr_t)frame)
+            return g_tasks[i].code == (uintptr_t)code ? g_tasks[i].slot : 0;
+    return 0;
+}
+
+uint32_t hs_labels_of_sample(void *const *codes, int n) {
+    if (!g_on)
+        return 0;
+    void *coro = NULL;
+    uint32_t task = 0;
+    /* leaf first: the innermost task's coroutine is the frame right above an anchor */
+    for (int i = 0; g_nanchors && i + 1 < n; i++) {
+        if (is_anchor(codes[i + 1])) {
+            coro = codes[i];
+            task = task_slot(hs_cap_frames[i], coro);
+            break;
+        }
+    }
+    uint32_t tid = current_tid();
+    uint64_t h = mix(mix((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task) | 1;
+    uint32_t i = (uint32_t)h & (SINDEX_CAP - 1);
+    for (uint32_t v; (v = g_sindex[i]) != 0; i = (i + 1) & (SINDEX_CAP - 1)) {
+        hs_labelset *s = &g_sets[v - 1];
+        if (s->hash == h && s->code == coro && s->tid == tid && s->task == task)
+            return v - 1;
+    }
+    if (g_nsets >= HS_MAX_LABELS)
+        return 0;
+    uint32_t id = g_nsets++;
+    hs_labelset *s = &g_sets[id];
+    s->hash = h;
+    s->code = coro;
+    s->tid = tid;
+    s->task = task;
+    if (coro != NULL)
+        p_incref(coro);
+    g_sindex[i] = id + 1;
+    return id;
+}
+
+/* ---- lifetime ------------------------------------------------------------------- */
+
+static void release(void) {
+    for (uint32_t i = 0; i < g_nsets; i++)
+        if (g_sets && g_sets[i].code != NULL)
+            p_decref(g_sets[i].code);
+    free(g_sets);
+    free(g_sindex);
+    free(g_accts);
+    free(g_aindex);
+    free(g_tasks);
+    free(hs_cap_frames);
+    free(g_out_sets);
+    free(g_out_codes);
+    free(g_out_threads);
+    g_sets = NULL;
+    g_sindex = NULL;
+    g_accts = NULL;
+    g_aindex = NULL;
+    g_tasks = NULL;
+    hs_cap_frames = NULL;
+    g_out_sets = g_out_codes = g_out_threads = NULL;
+    g_out_sets_cap = g_out_codes_cap = g_out_threads_cap = 0;
+    g_tasks_cap = 0;
+    g_nsets = g_sets_drained = g_naccts = 0;
+    g_nanchors = 0;
+    g_acct_cur = NULL;
+    hs_thr_cur = NULL;
+    g_thr_base = 0;
+}
+
+int hs_labels_start(int max_frames) {
+    *(void **)(&p_incref) = dlsym(RTLD_DEFAULT, "Py_IncRef");
+    *(void **)(&p_decref) = dlsym(RTLD_DEFAULT, "Py_DecRef");
+    if (p_incref == NULL || p_decref == NULL)
+        return HS_ERR_SYMBOLS;
+    g_sets = malloc(HS_MAX_LABELS * sizeof *g_sets);
+    g_sindex = calloc(SINDEX_CAP, sizeof *g_sindex);
+    g_accts = malloc(HS_MAX_THREADS * sizeof *g_accts);
+    g_aindex = calloc(AINDEX_CAP, sizeof *g_aindex);
+    hs_cap_frames = calloc((size_t)max_frames, sizeof *hs_cap_frames);
+    if (!g_sets || !g_sindex || !g_accts || !g_aindex || !hs_cap_frames) {
+        release();
+        return HS_ERR_NOMEM;
+    }
+    memset(&g_sets[0], 0, sizeof g_sets[0]); /* set 0: no labels */
+    g_nsets = 1;
+    g_accts[0].tid = 0; /* account 0: threads beyond the table */
+    g_accts[0].bytes = 0;
+    g_naccts = 1;
+    g_thr_base = 0;
+    hs_thr_cur = NULL; /* the first allocation switches */
+    g_acct_cur = NULL;
+    g_on = 1;
+    return HS_OK;
+}
+
+void hs_labels_stop(void) {
+    g_on = 0;
+    release();
+}
+
+uint64_t hs_labels_memory(void) {
+    if (!g_on)
+        return 0;
+    return HS_MAX_LABELS * sizeof *g_sets + SINDEX_CAP * sizeof *g_sindex +
+           HS_MAX_THREADS * sizeof *g_accts + AINDEX_CAP * sizeof *g_aindex +
+           g_tasks_cap * sizeof *g_tasks +
+           (uint64_t)(3 * g_out_sets_cap + g_out_codes_cap) * sizeof(uint64_t) +
+           (uint64_t)g_out_threads_cap * 2 * sizeof(uint64_t);
+}
+
+/* ---- the agent's side ----------------------------------------------------------- */
+
+HS_EXPORT int hs_set_anchors(void *const *codes, int n) {
+    if (!g_on)
+        return HS_ERR_NOT_RUNNING;
+    if (n < 0 || n > HS_MAX_ANCHORS || (n > 0 && codes == NULL))
+        return HS_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        g_anchors[i] = codes[i];
+    g_nanchors = n;
+    return HS_OK;
+}
+
+HS_EXPORT int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *codes,
+                           const uint32_t *slots) {
+    if (!g_on)
+        return HS_ERR_NOT_RUNNING;
+    if (n > (1u << 24) || (n > 0 && (frames == NULL || codes == NULL || slots == NULL)))
+        return HS_ERR_ARG;
+    uint64_t cap = 0;
+    hs_task *t = NULL;
+    if (n > 0) {
+        cap = 16;
+        while (cap < 2 * n)
+            cap *= 2;
+        t = calloc(cap, sizeof *t);
+        if (t == NULL)
+            return HS_ERR_NOMEM;
+        for (uint64_t k = 0; k < n; k++) {
+            if (frames[k] == 0 || slots[k] == 0)
+                continue;
+            uint64_t i = mix(frames[k]) & (cap - 1);
+            while (t[i].frame != 0 && t[i].frame != frames[k])
+                i = (i + 1) & (cap - 1);
+            t[i].frame = frames[k];
+            t[i].code = codes[k];
+            t[i].slot = slots[k];
+        }
+    }
+    free(g_tasks);
+    g_tasks = t;
+    g_tasks_cap = cap;
+    return HS_OK;
+}
+
+static int reserve(uint64_t **buf, uint32_t *cap, uint32_t need, size_t elem) {
+    if (need <= *cap)
+        return 1;
+    uint32_t ncap = *cap ? *cap : 64;
+    while (ncap < need)
+        ncap *= 2;
+    void *p = realloc(*buf, (size_t)ncap * elem);
+    if (p == NULL)
+        return 0;
+    *buf = p;
+    *cap = ncap;
+    return 1;
+}
+
+int hs_labels_read(hs_report *out, int drain, uint64_t total) {
+    if (!g_on)
+        return HS_OK;
+    out->labels = g_nsets;
+    /* the caller's thread takes over: what ran before it is credited where it belongs */
+    hs_thr_switch(total);
+    if (!reserve(&g_out_threads, &g_out_threads_cap, g_naccts, 2 * sizeof(uint64_t)))
+        return HS_ERR_NOMEM;
+    for (uint32_t k = 0; k < g_naccts; k++) {
+        g_out_threads[2 * k] = g_accts[k].tid;
+        g_out_threads[2 * k + 1] = g_accts[k].bytes;
+    }
+    out->n_threads = g_naccts;
+    out->threads = (uint64_t)(uintptr_t)g_out_threads;
+    if (!drain)
+        return HS_OK;
+    uint32_t first = g_sets_drained, nnew = g_nsets - first;
+    if (!reserve(&g_out_sets, &g_out_sets_cap, nnew, 3 * sizeof(uint64_t)) ||
+        !reserve(&g_out_codes, &g_out_codes_cap, nnew, sizeof(uint64_t)))
+        return HS_ERR_NOMEM;
+    for (uint32_t k = 0; k < nnew; k++) {
+        hs_labelset *s = &g_sets[first + k];
+        g_out_sets[3 * k] = first + k;
+        g_out_sets[3 * k + 1] = s->tid;
+        g_out_sets[3 * k + 2] = s->task;
+        g_out_codes[k] = (uint64_t)(uintptr_t)s->code;
+    }
+    out->n_new_labels = nnew;
+    out->new_labels = (uint64_t)(uintptr_t)g_out_sets;
+    out->new_label_codes = (uint64_t)(uintptr_t)g_out_codes;
+    g_sets_drained = g_nsets;
+    return HS_OK;
+}
