@@ -232,8 +232,9 @@ def test_json_structure(tmp_path: Path) -> None:
     assert set(document) == {
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
         "sampling", "time_nanos", "duration_nanos", "comments", "totals", "size_classes",
-        "total", "functions", "top", "runtime", "memory", "census",
+        "total", "functions", "top", "runtime", "memory", "census", "by",
     }  # fmt: skip
+    assert document["by"] is None  # by function (--by KEY: a label)
     assert document["census"] is None  # a heap dump, not a census
     # no mode in this sidecar: the period (1) says
     assert document["sampling"] == {"mode": "exact", "rate": 1, "frames": 64}
