@@ -1,31 +1,31 @@
 """A service whose memory belongs to known threads and asyncio tasks (labels, issue 15).
 
 Usage: labelled_service.py
-Prints "READY <pid>". Threads "clean-handler-0" and "-1" free what they allocate at once;
-threads "leaky-handler-0" and "-1" do too until heapspy's agent is loaded in this process,
-then keep ~8 MB/s each (up to 24 MB). The main thread runs an event loop: tasks named
-"churner" (coroutine ``churn``) drop what they make; once the agent is loaded, four tasks
-named "hoarder" (coroutine ``hoard``) each keep ~1 MB of results in HOARD, over ~1 s
-(several agent intervals at the tests' 0.2 s), and end: then "HOARDED" is printed.
-Everything goes on until the process is killed.
+Prints "READY <pid>". Threads "clean-handler-0" and "-1" free what they allocate at once,
+and so do "leaky-handler-0" and "-1" until SIGUSR1; from then on these keep ~8 MB/s each
+(up to 24 MB). The main thread runs an event loop: tasks named "churner" (coroutine
+``churn``) drop what they make. SIGUSR1 also starts four tasks named "hoarder" (coroutine
+``hoard``) that keep ~20 KB each in HOARD every 0.1 s until SIGUSR2; when they have all
+ended, "HOARDED" is printed. Everything goes on until the process is killed.
 """
 
 import asyncio
 import os
-import sys
+import signal
 import threading
 import time
 
 KEPT = []
 HOARD = []
 THREAD_CAP = 24 * 1000 * 1000  # bytes each leaky handler keeps at most
+LEAK = threading.Event()
 
 
 def leaky_handler() -> None:
     kept = 0
     while True:
         block = [bytes(1000) for _ in range(40)]
-        if kept < THREAD_CAP and "heapspy_agent" in sys.modules:
+        if kept < THREAD_CAP and LEAK.is_set():
             KEPT.append(block)
             kept += 40 * 1000
         del block
@@ -39,9 +39,9 @@ def clean_handler() -> None:
         time.sleep(0.005)
 
 
-async def hoard(rounds: int) -> None:
-    for _ in range(rounds):
-        HOARD.append([bytes(1000) for _ in range(100)])
+async def hoard(stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        HOARD.append([bytes(1000) for _ in range(20)])
         await asyncio.sleep(0.1)
 
 
@@ -57,13 +57,19 @@ async def main() -> None:
         for i in range(2):
             threading.Thread(target=target, name="%s-handler-%d" % (kind, i), daemon=True).start()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hoarders = []
+
+    def start() -> None:
+        LEAK.set()
+        hoarders.extend(loop.create_task(hoard(stop), name="hoarder") for _ in range(4))
+
+    loop.add_signal_handler(signal.SIGUSR1, start)
+    loop.add_signal_handler(signal.SIGUSR2, stop.set)
     print("READY", os.getpid(), flush=True)
-    hoarders = None
     announced = False
     while True:
         loop.create_task(churn(), name="churner")
-        if hoarders is None and "heapspy_agent" in sys.modules:
-            hoarders = [loop.create_task(hoard(10), name="hoarder") for _ in range(4)]
         if hoarders and not announced and all(t.done() for t in hoarders):
             print("HOARDED", flush=True)
             announced = True
