@@ -17,11 +17,22 @@ Grammar (one rule per ``--dump-on``; an optional ``,cooldown=DURATION`` follows 
     thread-growth>N/DURATION the thread count grew by more than N within DURATION
     tasks>N                  more than N pending asyncio tasks, over every loop
     task-growth>N/DURATION   the same for the pending task count   e.g. task-growth>100/10m
+    task-alloc>SIZE          one asyncio task allocated more than SIZE since it started
+    task-live>SIZE           one task's allocations still live add up to more than SIZE
+    thread-alloc>SIZE/DURATION  one thread allocated more than SIZE within DURATION
 
 Threshold rules fire when the condition becomes true and then at most once per cooldown
 (default 5m) while it stays true; ``every`` has no cooldown, its period is its own.
 A thread or task rule's dump also holds every thread's stack and every pending task's
 coroutine stack, grouped by identical stack (``heapspy.stack_groups``).
+
+Limits (task-alloc, task-live, thread-alloc) are the per-goroutine limits of Go services,
+from outside: they look at each task (by name, as ``Task.get_name()`` gives it: tasks
+sharing a name count together) or thread (by native id) on its own, and fire for the
+ones beyond the limit, naming them, once per offender per cooldown (task-alloc, which
+only grows, once per offender). The task figures are sampled estimates, upscaled from
+the samples that carry the task's label, each with its 95% error bar; thread-alloc is
+exact (the shim counts every allocation per thread).
 
 Options follow the rule after commas: ``cooldown=DURATION``, and ``action=log`` to only
 log that the rule fired (and, for a thread or task rule, the stacks), writing no dump.
@@ -34,7 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from heapspy.errors import UsageError
-from heapspy.units import format_age, parse_duration, parse_size
+from heapspy.scaling import format_error
+from heapspy.units import format_age, format_bytes, parse_duration, parse_size
 
 GRAMMAR = (
     "Rules: rss>SIZE, heap>SIZE, growth>SIZE/DURATION, heap-growth>SIZE/DURATION, "
@@ -42,7 +54,8 @@ GRAMMAR = (
     "unexplained>SIZE, threads>N, thread-growth>N/DURATION, tasks>N, "
     "task-growth>N/DURATION; each may end with ,cooldown=DURATION and ,action=log (e.g. "
     "'rss>1.5GiB', 'growth>100MiB/10m,cooldown=30m', 'every 15m', 'leak:5', 'cgroup>90%', "
-    "'psi>20%', 'thread-growth>50/10m', 'tasks>10000,action=log')."
+    "'psi>20%', 'thread-growth>50/10m', 'tasks>10000,action=log'); limits per task or "
+    "thread: task-alloc>SIZE, task-live>SIZE (sampled estimates), thread-alloc>SIZE/DURATION."
 )
 ACTIONS = ("dump", "log")
 DEFAULT_COOLDOWN = 300.0
@@ -56,6 +69,10 @@ _COUNT = re.compile(r"^(threads|tasks)\s*>\s*([0-9]+)$")
 _COUNT_GROWTH = re.compile(r"^(thread-growth|task-growth)\s*>\s*([0-9]+)\s*/\s*(\S+)$")
 # the rules whose dump holds every thread's and task's stack, grouped
 STACK_RULES = ("threads", "thread-growth", "tasks", "task-growth")
+_LIMIT = re.compile(r"^(task-alloc|task-live)\s*>\s*(\S+)$")
+_LIMIT_RATE = re.compile(r"^(thread-alloc)\s*>\s*([^/\s]+)\s*/\s*(\S+)$")
+# the rules that look at each task or thread on its own and name the offenders
+LIMIT_RULES = ("task-alloc", "task-live", "thread-alloc")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,11 @@ class Rule:
     cooldown: float = DEFAULT_COOLDOWN
     count: int = 0  # threads, tasks (and their growth): the threshold
     action: str = "dump"  # or "log": say that it fired, write nothing
+
+    @property
+    def is_limit(self) -> bool:
+        """Whether it looks at each task or thread and names the offenders."""
+        return self.kind in LIMIT_RULES
 
     @property
     def wants_stacks(self) -> bool:
@@ -135,6 +157,17 @@ def _parse_body(text: str, body: str, cooldown: float) -> Rule:
             if not 0 < percent < 100:
                 raise _bad(text, "the threshold must be a percentage between 0 and 100")
             return Rule(text, m[1], percent=percent, cooldown=cooldown)
+        if m := _LIMIT.match(body):
+            size = parse_size(m[2], f"{m[1]} limit")
+            if size <= 0:
+                raise _bad(text, "the limit must be positive")
+            return Rule(text, m[1], size=size, cooldown=cooldown)
+        if m := _LIMIT_RATE.match(body):
+            size = parse_size(m[2], "thread-alloc limit")
+            window = parse_duration(m[3], "thread-alloc window")
+            if size <= 0 or window <= 0:
+                raise _bad(text, "the limit and its window must be positive")
+            return Rule(text, m[1], size=size, window=window, cooldown=cooldown)
         if m := _COUNT.match(body):
             return Rule(text, m[1], count=int(m[2]), cooldown=cooldown)
         if m := _COUNT_GROWTH.match(body):
@@ -155,6 +188,26 @@ def _parse_body(text: str, body: str, cooldown: float) -> Rule:
 
 
 @dataclass(frozen=True)
+class Offender:
+    """One task or thread as a limit rule sees it: its name, its figure in bytes and the
+    figure's 95% sampling error as a fraction of it (None: exact)."""
+
+    name: str
+    value: float
+    error: float | None = None
+
+    def describe(self, rule: Rule) -> str:
+        """``task 'import-batch' allocated 300.0 MiB (±4%, sampled) since it started``."""
+        error = f" ({format_error(self.error)}, sampled)" if self.error is not None else ""
+        amount = f"{format_bytes(self.value)}{error}"
+        if rule.kind == "task-alloc":
+            return f"task {self.name!r} allocated {amount} since it started"
+        if rule.kind == "task-live":
+            return f"task {self.name!r} holds {amount} of live allocations"
+        return f"thread {self.name} allocated {amount} within {format_age(rule.window)}"
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the rules look at, once per interval."""
 
@@ -168,6 +221,11 @@ class Observation:
     unexplained: int | None = None
     threads: int | None = None  # the target's threads, the agent's own not counted
     tasks: int | None = None  # pending asyncio tasks over every loop (0: no loop)
+    # per task name: estimated bytes allocated since it started, and live now
+    task_alloc: tuple[Offender, ...] = ()
+    task_live: tuple[Offender, ...] = ()
+    # per thread: exact bytes allocated since attach (the rule takes the growth)
+    thread_alloc: tuple[Offender, ...] = ()
 
 
 class RuleEngine:
@@ -178,6 +236,9 @@ class RuleEngine:
         self._last_fired: dict[Rule, float] = {}
         self._start = start
         self._history: list[Observation] = []
+        # limits: when each (rule, offender) last fired; the offenders of the last round
+        self._offender_fired: dict[tuple[Rule, str], float] = {}
+        self.offenders: dict[Rule, tuple[Offender, ...]] = {}
 
     @property
     def needs_memory(self) -> bool:
@@ -191,15 +252,52 @@ class RuleEngine:
     def observe(self, obs: Observation, growing_sites: Sequence[int] = ()) -> list[Rule]:
         """Record one interval; ``growing_sites[k]`` = sites that grew k+1 intervals running."""
         self._history.append(obs)
-        horizon = max((r.window for r in self.rules if "growth" in r.kind), default=0.0)
+        windowed = [r.window for r in self.rules if "growth" in r.kind or r.kind == "thread-alloc"]
+        horizon = max(windowed, default=0.0)
         while len(self._history) > 2 and self._history[1].time < obs.time - horizon:
             self._history.pop(0)
         fired = []
+        self.offenders = {}
         for rule in self.rules:
+            if rule.is_limit:
+                found = self._offending(rule, obs)
+                if found:
+                    self.offenders[rule] = found
+                    fired.append(rule)
+                continue
             if self._holds(rule, obs, growing_sites) and self._cooled(rule, obs.time):
                 self._last_fired[rule] = obs.time
                 fired.append(rule)
         return fired
+
+    def _offending(self, rule: Rule, obs: Observation) -> tuple[Offender, ...]:
+        """The tasks or threads beyond a limit that have not fired within the cooldown
+        (task-alloc only grows: each fires once), largest first; they are marked fired."""
+        candidates: Sequence[Offender]
+        if rule.kind == "task-alloc":
+            candidates = obs.task_alloc
+        elif rule.kind == "task-live":
+            candidates = obs.task_live
+        else:
+            candidates = self._thread_growth(rule, obs)
+        found = []
+        for offender in sorted(candidates, key=lambda o: (-o.value, o.name)):
+            if offender.value <= rule.size:
+                break
+            key = (rule, offender.name)
+            last = self._offender_fired.get(key)
+            if last is not None and (rule.kind == "task-alloc" or obs.time - last < rule.cooldown):
+                continue
+            self._offender_fired[key] = obs.time
+            found.append(offender)
+        return tuple(found)
+
+    def _thread_growth(self, rule: Rule, obs: Observation) -> list[Offender]:
+        """What each thread allocated within the rule's window: its count now less its
+        count at the window's oldest observation (0 if that one did not list it)."""
+        window = [o for o in self._history if o.time >= obs.time - rule.window]
+        oldest = {o.name: o.value for o in window[0].thread_alloc} if len(window) > 1 else {}
+        return [replace(o, value=o.value - oldest.get(o.name, 0.0)) for o in obs.thread_alloc]
 
     def _cooled(self, rule: Rule, now: float) -> bool:
         last = self._last_fired.get(rule)

@@ -72,14 +72,13 @@ STACKS_TIMEOUT = 3.0
 Progress = Callable[[str, float], None]
 
 
-def _counts(facts: dict[str, Any]) -> dict[str, int | None]:
+def _counts(facts: dict[str, Any]) -> tuple[int | None, int | None]:
     """The thread and task counts the rules look at: the target's threads without the
     agent's own, pending tasks over every loop (0 where no loop runs)."""
     stats = RuntimeStats.from_facts(facts)
     if stats is None:
-        return {"threads": None, "tasks": None}
-    threads = stats.threads - 1 if stats.threads else None
-    return {"threads": threads, "tasks": sum(stats.asyncio_tasks)}
+        return None, None
+    return (stats.threads - 1 if stats.threads else None), sum(stats.asyncio_tasks)
 
 
 @dataclass
@@ -370,6 +369,7 @@ class Session:
             if self.policy.rules.rules and not self._stop and not self._firing:
                 memory = self.memcg.state if self.memcg is not None else None
                 account = self._memory_for_rules(point.time)
+                threads, tasks = _counts(agg.facts)
                 obs = Observation(
                     point.time,
                     point.rss,
@@ -379,7 +379,8 @@ class Session:
                     psi_full=memory.psi_full if memory else None,
                     native=account.native_in_use if account else None,
                     unexplained=account.unexplained if account else None,
-                    **_counts(agg.facts),
+                    threads=threads,
+                    tasks=tasks,
                 )
                 self._firing = True
                 try:

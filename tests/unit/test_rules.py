@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heapspy.errors import UsageError
-from heapspy.rules import GRAMMAR, Observation, RuleEngine, parse_rule
+from heapspy.rules import GRAMMAR, Observation, Offender, RuleEngine, parse_rule
 
 MiB = 1024 * 1024
 
@@ -101,3 +101,58 @@ def test_count_growth_fires_past_the_window_low_and_says_what_it_saw() -> None:
     assert engine.explain(growth, obs(20, 24, 81)) == "24 threads (+21 within 60s)"
     slow = RuleEngine([growth], start=0)
     assert not any(slow.observe(obs(t, 3 + t // 10, 0)) for t in range(0, 600, 10))
+
+
+def test_limit_rules_parse() -> None:
+    r = parse_rule("task-alloc>200MiB")
+    assert (r.kind, r.size, r.is_limit, r.wants_stacks) == ("task-alloc", 200 * MiB, True, False)
+    assert parse_rule("task-live>100MiB,action=log").action == "log"
+    r = parse_rule("thread-alloc>1GiB/1m")
+    assert (r.kind, r.size, r.window) == ("thread-alloc", 1024 * MiB, 60)
+    with pytest.raises(UsageError, match="must be positive"):
+        parse_rule("task-alloc>0")
+    with pytest.raises(UsageError, match="not a rule heapspy knows"):
+        parse_rule("thread-alloc>1GiB")
+
+
+def test_task_alloc_fires_once_per_task_naming_it() -> None:
+    rule = parse_rule("task-alloc>200MiB,cooldown=1s")
+    engine = RuleEngine([rule], start=0)
+
+    def obs(t: float, **alloc: float) -> Observation:
+        tasks = tuple(Offender(name, mib * MiB, 0.05) for name, mib in alloc.items())
+        return Observation(t, None, 0, task_alloc=tasks)
+
+    assert not engine.observe(obs(0, bulk=150, small=1))
+    assert engine.observe(obs(1, bulk=300, small=1)) == [rule]
+    (bulk,) = engine.offenders[rule]
+    assert bulk.name == "bulk"
+    assert bulk.describe(rule) == "task 'bulk' allocated 300.0 MiB (±5%, sampled) since it started"
+    # it only grows: never again for the same task, whatever the cooldown
+    assert not any(engine.observe(obs(t, bulk=400, small=1)) for t in range(2, 20))
+    assert engine.observe(obs(20, bulk=400, other=201, third=250)) == [rule]
+    assert [o.name for o in engine.offenders[rule]] == ["third", "other"]  # largest first
+
+
+def test_task_live_fires_again_after_its_cooldown() -> None:
+    rule = parse_rule("task-live>100MiB,cooldown=10s")
+    engine = RuleEngine([rule], start=0)
+    live = (Offender("cache", 120 * MiB, 0.1),)
+    fired = [t for t in range(25) if engine.observe(Observation(t, None, 0, task_live=live))]
+    assert fired == [0, 10, 20]
+
+
+def test_thread_alloc_is_a_rate_per_thread() -> None:
+    rule = parse_rule("thread-alloc>100MiB/10s,cooldown=1h")
+    engine = RuleEngine([rule], start=0)
+
+    def obs(t: float, busy: float, calm: float) -> Observation:
+        threads = (Offender("busy (tid 7)", busy * MiB), Offender("calm (tid 8)", calm * MiB))
+        return Observation(t, None, 0, thread_alloc=threads)
+
+    # calm allocates 8 MiB/s (80 MiB per 10 s) for a minute: never more than 100 MiB in 10 s
+    assert not any(engine.observe(obs(t, 0, 8 * t)) for t in range(0, 60, 2))
+    assert engine.observe(obs(60, 120, 480)) == [rule]  # busy: 120 MiB within 10 s
+    (busy,) = engine.offenders[rule]
+    assert busy.name == "busy (tid 7)" and busy.value == 120 * MiB and busy.error is None
+    assert busy.describe(rule) == "thread busy (tid 7) allocated 120.0 MiB within 10s"
