@@ -246,6 +246,12 @@ class RuleEngine:
         return any(r.kind in ("native", "unexplained") for r in self.rules)
 
     @property
+    def needs_limits(self) -> bool:
+        """Whether a rule looks at each task or thread (their figures cost a pass over
+        every site each interval)."""
+        return any(r.is_limit for r in self.rules)
+
+    @property
     def leak_intervals(self) -> int:
         return max((r.intervals for r in self.rules if r.kind == "leak"), default=0)
 

@@ -48,11 +48,12 @@ from heapspy.errors import (
 )
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
+from heapspy.limits import offender_json, task_figures, thread_figures
 from heapspy.model import LABEL_KEYS
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
-from heapspy.rules import Observation, Rule
+from heapspy.rules import Observation, Offender, Rule
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.serve.snapshot import ServedProfile, metrics_of
 from heapspy.sidecar import Sidecar
@@ -69,6 +70,9 @@ MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplaine
 # How long a thread or task rule waits for the agent's stacks before asking py-spy: the
 # agent needs the GIL, which a thread busy in C code may hold for good.
 STACKS_TIMEOUT = 3.0
+# A limit rule writes at most this many dumps at once (its largest offenders); the
+# others beyond the limit in the same interval are logged.
+MAX_LIMIT_DUMPS = 3
 Progress = Callable[[str, float], None]
 
 
@@ -370,6 +374,12 @@ class Session:
                 memory = self.memcg.state if self.memcg is not None else None
                 account = self._memory_for_rules(point.time)
                 threads, tasks = _counts(agg.facts)
+                task_alloc: tuple[Offender, ...] = ()
+                task_live: tuple[Offender, ...] = ()
+                thread_alloc: tuple[Offender, ...] = ()
+                if self.policy.rules.needs_limits:
+                    task_alloc, task_live = task_figures(agg)
+                    thread_alloc = thread_figures(agg)
                 obs = Observation(
                     point.time,
                     point.rss,
@@ -381,6 +391,9 @@ class Session:
                     unexplained=account.unexplained if account else None,
                     threads=threads,
                     tasks=tasks,
+                    task_alloc=task_alloc,
+                    task_live=task_live,
+                    thread_alloc=thread_alloc,
                 )
                 self._firing = True
                 try:
@@ -409,6 +422,9 @@ class Session:
     def _fire(self, rule: Rule, obs: Observation) -> None:
         """A rule fired: its dump (none with action=log); a thread or task rule's says
         what every thread and task was doing, and so does the log."""
+        if rule.is_limit:
+            self._fire_limit(rule)
+            return
         why, stacks, seen = rule.text, None, ""
         if rule.wants_stacks:
             seen = self.policy.rules.explain(rule, obs)
@@ -421,6 +437,19 @@ class Session:
                 log.warning("  %s", line)
         if rule.action == "dump":
             self._dump(rule.name, why, stacks)
+
+    def _fire_limit(self, rule: Rule) -> None:
+        """A limit fired: one dump per offender (at most MAX_LIMIT_DUMPS a round, the
+        largest), labelled with its name; each logged."""
+        found = self.policy.rules.offenders.get(rule, ())
+        for n, offender in enumerate(found):
+            what = offender.describe(rule)
+            dumps = rule.action == "dump" and n < MAX_LIMIT_DUMPS
+            logged = "" if dumps else " (no dump)" if rule.action == "dump" else " (action=log)"
+            log.warning("rule %s fired: %s%s", rule.name, what, logged)
+            if dumps:
+                label = f"{rule.name}-{offender.name}"
+                self._dump(label, f"{rule.name}: {what}", offender=offender_json(rule, offender))
 
     def stack_dump(self) -> StackDump | None:
         """Every thread's and pending asyncio task's stack, grouped, from the agent; from
@@ -636,9 +665,15 @@ class Session:
             return {"skipped": self._census_skipped}
         return None
 
-    def _dump(self, reason: str, why: str = "", stacks: StackDump | None = None) -> str | None:
+    def _dump(
+        self,
+        reason: str,
+        why: str = "",
+        stacks: StackDump | None = None,
+        offender: dict[str, Any] | None = None,
+    ) -> str | None:
         try:
-            path = self.write_dump(reason, why, stacks)
+            path = self.write_dump(reason, why, stacks, offender)
         except DumpError as exc:
             log.error("%s", exc)
             return None
@@ -647,7 +682,11 @@ class Session:
         return path
 
     def sidecar(
-        self, rule: str, memory: Breakdown | None = None, stacks: StackDump | None = None
+        self,
+        rule: str,
+        memory: Breakdown | None = None,
+        stacks: StackDump | None = None,
+        offender: dict[str, Any] | None = None,
     ) -> Sidecar:
         agg = self.aggregator
         return Sidecar(
@@ -671,9 +710,16 @@ class Session:
             memory=memory.to_json() if memory is not None else None,
             stacks=stacks.to_json() if stacks is not None else None,
             labels=agg.labels_summary(),
+            offender=offender,
         )
 
-    def write_dump(self, rule: str, why: str = "", stacks: StackDump | None = None) -> str:
+    def write_dump(
+        self,
+        rule: str,
+        why: str = "",
+        stacks: StackDump | None = None,
+        offender: dict[str, Any] | None = None,
+    ) -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
         found = self.census_progress()
         if found is not None:  # "live heap 0 B" must not hide a full heap
@@ -688,7 +734,7 @@ class Session:
             busy = stacks.source != AGENT  # the agent did not answer: do not wait again
         profile = self.aggregator.profile(tuple(notes))
         memory = measure(self.target.pid, None) if busy else self.memory()
-        side = self.sidecar(rule, memory, stacks)
+        side = self.sidecar(rule, memory, stacks, offender)
         return self.policy.write(profile, self.target.pid, rule, side)
 
     def memory(self) -> Breakdown | None:

@@ -55,6 +55,8 @@ class Sidecar:
     # a thread or task rule's dump: threads and tasks grouped by stack (stack_groups.py)
     stacks: dict[str, Any] | None = None
     labels: dict[str, Any] | None = None  # who allocated: Aggregator.labels_summary
+    # a limit rule's dump: the task or thread beyond the limit (heapspy.limits)
+    offender: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         totals = self.totals
@@ -109,6 +111,7 @@ class Sidecar:
             # per thread, task and coroutine: [value, alloc_bytes, live_bytes] (sampled
             # estimates), most live first; thread_alloc: [native id, exact bytes, name]
             "labels": self.labels,
+            "offender": self.offender,
         }
 
 

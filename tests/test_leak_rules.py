@@ -13,6 +13,7 @@ Parametrized over the interpreters where reading tasks differs: 3.8 (no co_qualn
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -201,3 +202,40 @@ def test_py_spy_reads_the_threads_when_the_agent_cannot_answer(
     assert _group(stacks.threads.groups, "handle", _line("LEAK: thread")).count == 60
     hog = _group(stacks.threads.groups, "hog", _line("HOG"))
     assert hog.count == 1 and hog.names == ("MainThread",)
+
+
+def _next_line(target: Target, timeout: float = 90.0) -> str:
+    """The target's next line on stdout, waited for at most ``timeout``."""
+    assert target.proc.stdout is not None
+    ready, _, _ = select.select([target.proc.stdout], [], [], timeout)
+    assert ready, "the target said nothing"
+    return target.proc.stdout.readline().strip()
+
+
+def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
+    spawn: Callable[..., Target], attach: Callable[..., Attach], tmp_path: Path
+) -> None:
+    interp = next(p.values[0] for p in _varied() if p.values[0].version == (3, 12))
+    target = spawn(interp, "bulk_task.py")
+    session = attach(
+        target.proc.pid,
+        tmp_path,
+        "--dump-on", "task-alloc>200MiB,cooldown=1s",
+        "--dump-on", "thread-alloc>200MiB/1m,action=log",
+    )  # fmt: skip
+    assert _next_line(target) == "ALLOCATED"
+    assert _next_line(target) == "SEEN"  # four collections later: chances to fire again
+    lines = session.wait_for(_wrote("task-alloc_200MiB-bulk-import"))
+    target.proc.kill()  # the session ends with it (no detach of a 300 MiB heap to wait for)
+    session.stop()
+    fired = [line for line in lines if "rule task-alloc>200MiB fired" in line]
+    assert len(fired) == 1, lines
+    assert "task 'bulk-import' allocated 300.0 MiB (±<1%, sampled) since it started" in fired[0]
+    (dump,) = tmp_path.glob("*task-alloc*.pb.gz")
+    assert dump.name.endswith("-task-alloc_200MiB-bulk-import.pb.gz")
+    offender = json.loads(dump.with_suffix("").with_suffix(".json").read_text())["offender"]
+    assert offender["name"] == "bulk-import" and offender["kind"] == "task"
+    assert abs(offender["bytes"] - 300 * 2**20) < 2**20 and offender["sampled"]
+    # the same 300 MiB, exact, per thread: the loop's thread, logged only
+    (thread,) = [line for line in lines if "rule thread-alloc>200MiB/1m fired" in line]
+    assert "thread MainThread (tid " in thread and "(action=log)" in thread

@@ -88,7 +88,9 @@ def attach(
         "growth>SIZE/DURATION, heap-growth>SIZE/DURATION, every DURATION, leak[:K], "
         "cgroup>PCT%, psi>PCT%, psi-full>PCT%, native>SIZE, unexplained>SIZE, threads>N, "
         "thread-growth>N/DURATION, tasks>N, task-growth>N/DURATION (their dumps hold every "
-        "thread's and task's stack, grouped); append ,cooldown=DURATION (default 5m), "
+        "thread's and task's stack, grouped), limits per task or thread: task-alloc>SIZE, "
+        "task-live>SIZE (sampled estimates), thread-alloc>SIZE/DURATION (their dumps name "
+        "the offender); append ,cooldown=DURATION (default 5m), "
         ",action=log (log only, no dump).",
     ),
     keep: Optional[int] = typer.Option(

@@ -6,7 +6,7 @@ Prints "READY <pid>". Once heapspy's agent has sent its first samples, it starts
 task "bulk-import" and, beside it, "poller-0".."poller-3", which allocate a few KiB at a
 time. bulk-import waits until the agent has collected twice more (so that heapspy knows
 the task by name: its samples carry its label), then allocates 300 MiB at once, keeps it
-and prints "ALLOCATED"; after eight more collections it prints "SEEN" (heapspy has had
+and prints "ALLOCATED"; after four more collections it prints "SEEN" (heapspy has had
 as many chances to fire the rule again).
 """
 
@@ -32,7 +32,7 @@ async def bulk_import(keep):
     await until(collections() + 2)
     keep.append(bytearray(300 * MiB))  # BULK
     print("ALLOCATED", flush=True)
-    await until(collections() + 8)
+    await until(collections() + 4)
     print("SEEN", flush=True)
     await asyncio.sleep(3600)
 

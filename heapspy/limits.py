@@ -1,0 +1,60 @@
+"""What the limit rules (task-alloc, task-live, thread-alloc: ``heapspy.rules``) see of
+each task and thread, from the session's samples and the shim's per-thread counters
+(``Aggregator.by_label``, ``Aggregator.thread_alloc``), and what a limit's dump says of
+the offender.
+
+Task figures are sampled estimates (each sample carries its task's label and is upscaled
+as the stacks' are), given with their 95% sampling error; exact in exact mode. Tasks are
+told apart by name (``Task.get_name()``): tasks sharing a name count together, and tasks
+left with asyncio's default name (``Task-<n>``) carry no task label (heapspy_agent.labels)
+and are not limited. Thread figures are exact: every allocation, per native thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heapspy.aggregate import Aggregator
+from heapspy.model import TASK
+from heapspy.rules import Offender, Rule
+from heapspy.scaling import relative_error, sampling_variance
+
+
+def task_figures(agg: Aggregator) -> tuple[tuple[Offender, ...], tuple[Offender, ...]]:
+    """Per task name: (bytes allocated since it started, bytes of it live now)."""
+    period = agg.sampling.period
+    sampled = agg.sampling.estimates
+    allocated: list[Offender] = []
+    live: list[Offender] = []
+    for name, t in agg.by_label(TASK).items():
+        for out, objects, nbytes in (
+            (allocated, t.alloc_objects, t.alloc_bytes),
+            (live, t.live_objects, t.live_bytes),
+        ):
+            error = None
+            if sampled:
+                error = relative_error(nbytes, sampling_variance(objects, nbytes, period)[1])
+            out.append(Offender(name, nbytes, error))
+    return tuple(allocated), tuple(live)
+
+
+def thread_figures(agg: Aggregator) -> tuple[Offender, ...]:
+    """Per thread: exact bytes allocated since attach (the rule takes the growth)."""
+    return tuple(
+        Offender(f"{t.name} (tid {t.thread_id})", float(t.allocated_bytes))
+        for t in agg.thread_alloc()
+        if t.thread_id  # 0: the threads beyond the shim's table, together
+    )
+
+
+def offender_json(rule: Rule, offender: Offender) -> dict[str, Any]:
+    """A limit dump's sidecar ``offender``: who, how much, how sure."""
+    return {
+        "rule": rule.text,
+        "kind": "thread" if rule.kind == "thread-alloc" else "task",
+        "name": offender.name,
+        "bytes": round(offender.value),
+        "err95_pct": None if offender.error is None else round(100 * offender.error, 2),
+        "sampled": offender.error is not None,
+        "what": offender.describe(rule),
+    }
