@@ -222,6 +222,7 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
         tmp_path,
         "--dump-on", "task-alloc>200MiB,cooldown=1s",
         "--dump-on", "thread-alloc>200MiB/1m,action=log",
+        "--dump-on", "task-live>200MiB,action=log,cooldown=1h",
     )  # fmt: skip
     assert _next_line(target) == "ALLOCATED"
     assert _next_line(target) == "SEEN"  # four collections later: chances to fire again
@@ -239,3 +240,7 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
     # the same 300 MiB, exact, per thread: the loop's thread, logged only
     (thread,) = [line for line in lines if "rule thread-alloc>200MiB/1m fired" in line]
     assert "thread MainThread (tid " in thread and "(action=log)" in thread
+    # it keeps them: live, as the samples still in use estimate it
+    (live,) = [line for line in lines if "rule task-live>200MiB fired" in line]
+    assert "task 'bulk-import' holds 300.0 MiB (±<1%, sampled) of live allocations" in live
+    assert len(list(tmp_path.glob("*.pb.gz"))) == 1  # action=log writes none
