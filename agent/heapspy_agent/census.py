@@ -895,6 +895,9 @@ class NativeCensus(Census):
     def close(self):  # type: () -> None
         self.stop()
         self._cw.free()
+        # the bound method kept for the C walk refers back to this census: a cycle the
+        # target's gc would only find at its next full collection
+        self._classify_ref = None
 
     def _sync(self):  # type: () -> None
         objects, nbytes, _paths, _memory, folded, _stack, _orphans = self._cw.stats()
