@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from heapspy.model import (
     TASK,
     THREAD,
     THREAD_ID,
+    TYPE,
     AllocTotals,
     Frame,
     HeapProfile,
@@ -57,6 +59,9 @@ class _Site:
     alloc_bytes: int = 0
     estimate: tuple[float, float, float, float] | None = None  # see SiteCounts.estimate
     label_set: int = 0  # its label set's id (Aggregator.label_sets)
+    # its live samples by type, as the agent last classified them (Aggregator.apply_types);
+    # None once the site changed since (its dump samples then carry no type)
+    types: tuple[TypeShare, ...] | None = None
 
     def live(self, rate: int) -> tuple[float, float]:
         """Estimated live (objects, bytes) at this site."""
@@ -73,6 +78,11 @@ class _Site:
         if self.estimate is not None:
             return self.estimate[0], self.estimate[1]
         return scale(self.alloc_objects, self.alloc_bytes, rate)
+
+
+TypeShare = tuple[str, int, int, float, float]
+"""One type's part of a site's live samples: (type name, sampled objects, their bytes,
+estimated objects, estimated bytes); the agent's ``types`` reply (heapspy_agent.schema)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,7 @@ class Aggregator:
                 continue
             if size > site.inuse_bytes:
                 streaks[int(sid)] = self.streaks.get(int(sid), 0) + 1
+            site.types = None  # changed since its samples were classified
             if exact:
                 # tracemalloc keeps only live blocks: growth seen between intervals is the
                 # best lower bound of what was allocated (documented in the dump).
@@ -243,6 +254,7 @@ class Aggregator:
             site = self.sites.get(int(sid))
             if site is not None:
                 site.estimate = (float(a_n), float(a_b), float(l_n), float(l_b))
+                site.types = None
         self.streaks = streaks
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
@@ -295,6 +307,66 @@ class Aggregator:
             self.series.popleft()
         return point
 
+    def apply_types(self, types: dict[str, list[Any]], complete: bool) -> None:
+        """Fold in a checked ``types`` reply: each listed site's live samples by type, at
+        the moment the agent classified them. The site's live values become their sums
+        (the same samples, read a moment later than the last interval's), so a dump
+        splits each stack's ``inuse_*`` by type without changing its totals. ``complete``:
+        every site with live samples is listed, so the others hold none now. A site that
+        changes afterwards drops its split (``apply``) until the next classification."""
+        listed: set[int] = set()
+        for key, rows in types.items():
+            site = self.sites.get(int(key))
+            if site is None or site.exact:
+                continue
+            listed.add(int(key))
+            site.inuse_objects = int(sum(r[1] for r in rows))
+            site.inuse_bytes = int(sum(r[2] for r in rows))
+            a_n, a_b = site.estimate[:2] if site.estimate else (0.0, 0.0)
+            live_n, live_b = sum(float(r[3]) for r in rows), sum(float(r[4]) for r in rows)
+            site.estimate = (a_n, a_b, live_n, live_b)
+            site.types = tuple(
+                (str(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows if r[0]
+            )
+        if not complete:
+            return
+        for sid, site in self.sites.items():
+            if sid not in listed and not site.exact and site.inuse_objects:
+                site.inuse_objects = site.inuse_bytes = 0
+                if site.estimate is not None:
+                    site.estimate = (*site.estimate[:2], 0.0, 0.0)
+                site.types = ()
+
+    def parts(self, site: _Site) -> list[tuple[Labels, _Site]]:
+        """A site as the dump shows it: one part with its labels, allocations and the
+        live samples that hold no object (buffers, item arrays) or were not classified,
+        then one part per type of its live samples with the label ``type`` added (live
+        values only: a freed block has no type). The parts' values sum to the site's."""
+        labels = self.labels_of(site)
+        if not site.types:
+            return [(labels, site)]
+        typed_n = sum(t[1] for t in site.types)
+        typed_b = sum(t[2] for t in site.types)
+        rest_n = max(0, site.inuse_objects - typed_n)
+        est = site.estimate or (0.0, 0.0, 0.0, 0.0)
+        rest_en = max(0.0, est[2] - sum(t[3] for t in site.types)) if rest_n else 0.0
+        rest_eb = max(0.0, est[3] - sum(t[4] for t in site.types)) if rest_n else 0.0
+        rest = _Site(
+            site.stack,
+            site.exact,
+            rest_n,
+            max(0, site.inuse_bytes - typed_b),
+            site.alloc_objects,
+            site.alloc_bytes,
+            (est[0], est[1], rest_en, rest_eb),
+            site.label_set,
+        )
+        out = [(labels, rest)]
+        for name, n, b, en, eb in site.types:
+            typed = _Site(site.stack, site.exact, n, b, 0, 0, (0.0, 0.0, en, eb), site.label_set)
+            out.append((tuple(sorted((*labels, (TYPE, name)))), typed))
+        return out
+
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
         return int(sum(site.live(self.sampling.period)[1] for site in self.sites.values()))
@@ -302,18 +374,21 @@ class Aggregator:
     def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
         sampled: list[tuple[Stack, SiteCounts]] = []
         exact: list[tuple[Stack, SiteCounts]] = []
-        for site in self.sites.values():
-            if not (site.inuse_objects or site.alloc_objects):
+        for whole in self.sites.values():
+            if not (whole.inuse_objects or whole.alloc_objects):
                 continue
-            counts = SiteCounts(
-                site.alloc_objects,
-                site.alloc_bytes,
-                site.inuse_objects,
-                site.inuse_bytes,
-                site.estimate,
-                self.labels_of(site),
-            )
-            (exact if site.exact else sampled).append((site.stack, counts))
+            for labels, site in self.parts(whole):
+                if not (site.inuse_objects or site.alloc_objects):
+                    continue
+                counts = SiteCounts(
+                    site.alloc_objects,
+                    site.alloc_bytes,
+                    site.inuse_objects,
+                    site.inuse_bytes,
+                    site.estimate,
+                    labels,
+                )
+                (exact if site.exact else sampled).append((site.stack, counts))
         notes = list(comments)
         if self.sampling.mode == EXACT:
             notes.append(
@@ -343,7 +418,7 @@ class Aggregator:
         )
 
     def by_label(self, key: str) -> dict[str, LabelTotals]:
-        """Per value of label ``key`` (``model.LABEL_KEYS``: thread, thread_id, task, coro),
+        """Per value of label ``key`` (``model.LABEL_KEYS``: thread, thread_id, task, coro, type),
         the samples' allocated and live totals; samples without that label are left out.
 
         ``by_label("task")["fetch-user"].alloc_bytes`` is what tasks named ``fetch-user``
@@ -352,8 +427,8 @@ class Aggregator:
         """
         acc: dict[str, list[float]] = {}
         period = self.sampling.period
-        for site in self.sites.values():
-            value = label_value(self.labels_of(site), key)
+        for labels, site in self._all_parts():
+            value = label_value(labels, key)
             if value is None or not (site.inuse_objects or site.alloc_objects):
                 continue
             a_objs, a_size = site.allocated(period)
@@ -364,6 +439,14 @@ class Aggregator:
             row[2] += objs
             row[3] += size
         return {value: LabelTotals(*row) for value, row in acc.items()}
+
+    def _all_parts(self) -> Iterator[tuple[Labels, _Site]]:
+        for site in self.sites.values():
+            yield from self.parts(site)
+
+    def _whole_sites(self) -> Iterator[tuple[Labels, _Site]]:
+        for site in self.sites.values():
+            yield (), site
 
     def thread_alloc(self) -> list[ThreadAlloc]:
         """Exact bytes allocated per thread since attach, most first (the agent's latest
@@ -395,11 +478,11 @@ class Aggregator:
         each site's from its own estimated (objects, bytes) at the session's current rate.
         """
         by_func: dict[str, list[float]] = {}
-        for site in self.sites.values():
+        for labels, site in self._all_parts() if by else self._whole_sites():
             if not site.stack or not (site.inuse_objects or site.alloc_objects):
                 continue
             if by:
-                name = label_value(self.labels_of(site), by) or NO_LABEL
+                name = label_value(labels, by) or NO_LABEL
             else:
                 leaf = site.stack[-1]
                 name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"

@@ -29,7 +29,10 @@ THREAD = "thread"  # the allocating thread's Python name (``tid N`` if it ended 
 THREAD_ID = "thread_id"  # its native id (decimal)
 TASK = "task"  # the running asyncio task's name (Task.get_name()), where known
 CORO = "coro"  # that task's coroutine, by qualified name
-LABEL_KEYS: tuple[str, ...] = (THREAD, THREAD_ID, TASK, CORO)
+# the type of the sample's object (``module.Name``, builtins bare), named at the dump
+# (heapspy_agent.object_types): on in-use samples only, a freed block has no type
+TYPE = "type"
+LABEL_KEYS: tuple[str, ...] = (THREAD, THREAD_ID, TASK, CORO, TYPE)
 NO_LABEL = "(none)"  # what grouping by a label shows for samples without it
 
 

@@ -6,7 +6,8 @@ types ``alloc_objects/count``, ``alloc_space/bytes``, ``inuse_objects/count``,
 ``inuse_space/bytes``; period type ``space/bytes`` with the sampling rate as period;
 ``inuse_space`` as default; a numeric label ``bytes`` carrying the average object size,
 and string labels (``model.Labels``: thread, thread_id, task, coro) saying who made the
-samples; one pprof sample per (stack, labels).
+samples, and on in-use values ``type``, what they are; one pprof sample per (stack,
+labels).
 
 Output is deterministic for a given profile, whatever order its sites come in: ids are
 assigned from sorted content and gzip's timestamp is fixed, so a golden-file test can

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heapspy_agent import protocol, schema
+from heapspy_agent.schema import SAMPLED
 
 from heapspy.aggregate import Aggregator
 from heapspy.census import (
@@ -49,7 +50,7 @@ from heapspy.errors import (
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
 from heapspy.limits import offender_json, task_figures, thread_figures
-from heapspy.model import LABEL_KEYS
+from heapspy.model import LABEL_KEYS, TYPE
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
@@ -66,6 +67,8 @@ from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
 
+TYPES_EVERY = 5.0  # seconds between classifications of the live samples for `top --by type`
+TYPES_TIMEOUT = 30.0  # a few hundred ms per 100,000 live samples (benchmarks/type_classify_cost.py)
 MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplained> rules
 # How long a thread or task rule waits for the agent's stacks before asking py-spy: the
 # agent needs the GIL, which a thread busy in C code may hold for good.
@@ -123,6 +126,7 @@ class Session:
         self.served_profile = ServedProfile()
         self.last_memory: Breakdown | None = None  # the last RSS breakdown with the agent's
         self._memory_at = 0.0
+        self._types_at = 0.0  # when the live samples were last classified (classify_types)
         self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
         self.hello: dict[str, Any] = {}
         self.outside = Outside(target.pid)
@@ -509,6 +513,8 @@ class Session:
             by = str(body.get("by", ""))
             if by and by not in LABEL_KEYS:
                 return {"ok": False, "error": f"unknown label {by!r}"}
+            if by == TYPE:
+                self.types_for_view()
             view = top_view(self.aggregator, max(1, min(int(body.get("n", 20)), 500)), order, by)
             return {"ok": True, "view": {**view.to_json(), "memory": self.memory_for_view()}}
         if cmd == "dump":
@@ -732,10 +738,32 @@ class Session:
         if stacks is not None:
             notes.extend(stacks.headlines(limit=2))
             busy = stacks.source != AGENT  # the agent did not answer: do not wait again
+        if not busy:
+            self.classify_types()  # inuse_* by type (the label `type`)
         profile = self.aggregator.profile(tuple(notes))
         memory = measure(self.target.pid, None) if busy else self.memory()
         side = self.sidecar(rule, memory, stacks, offender)
         return self.policy.write(profile, self.target.pid, rule, side)
+
+    def classify_types(self) -> float | None:
+        """Have the agent name the type of every live sample (sampled mode; heapspy_agent.
+        object_types) and fold the answer into the aggregator, for the next dump or view.
+        Returns what it cost the target in seconds, None when it could not be done."""
+        if self.channel is None or self.aggregator.sampling.mode != SAMPLED:
+            return None
+        reply = self._agent_call("types", timeout=TYPES_TIMEOUT)
+        if not reply.get("ok"):
+            log.info("no types for this dump: %s", reply.get("error"))
+            return None
+        self.aggregator.apply_types(reply.get("types", {}), bool(reply.get("complete")))
+        self._types_at = time.time()
+        return float(reply.get("seconds", 0.0))
+
+    def types_for_view(self) -> None:
+        """Types for `top --by type`: classified at most every TYPES_EVERY seconds (it
+        visits every live sample in the target)."""
+        if time.time() - self._types_at >= TYPES_EVERY:
+            self.classify_types()
 
     def memory(self) -> Breakdown | None:
         """Where the target's RSS is now (heapspy/rss.py); kept for the final dump, which
@@ -819,6 +847,7 @@ class Session:
             channel = self.channel
             if channel is not None and self.config.final_dump and self.info is not None:
                 self.memory()  # the allocators' account, for the final dump
+                self.classify_types()  # sites that change before the end lose their split
             if channel is not None:
                 collector = self._census
                 if self._census_background and collector is not None:

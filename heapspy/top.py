@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from heapspy import control
 from heapspy.errors import NoSession, UsageError
-from heapspy.model import TopRow
+from heapspy.model import TYPE, TopRow
 from heapspy.sampling import Sampling, read_sampling
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class Running(Protocol):
     def run(self, duration: float | None = None) -> str: ...
 
     def memory_for_view(self) -> dict[str, Any] | None: ...
+
+    def types_for_view(self) -> None: ...
 
 
 def check_order(name: str) -> str:
@@ -132,6 +134,8 @@ def watch_session(
         if left is not None and left <= 0:
             return "duration elapsed"
         reason = session.run(every if left is None else min(every, left))
+        if by == TYPE:
+            session.types_for_view()
         view = top_view(session.aggregator, n, order, by)
         show(replace(view, memory=session.memory_for_view()))
         if reason != "duration elapsed":

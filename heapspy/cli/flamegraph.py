@@ -35,8 +35,14 @@ def flamegraph(
         "--by",
         metavar="KEY",
         help="Group the stacks under one root frame per value of a label: thread, "
-        "thread_id, task or coro.",
+        "thread_id, task, coro or type.",
         show_default=False,
+    ),
+    types: bool = typer.Option(
+        False,
+        "--types",
+        help="End each live sample's stack in a frame naming the type of its object "
+        "(dict, myapp.Order): what each line keeps, not only how much.",
     ),
 ) -> None:
     """Write a dump as an interactive flame graph: one HTML file, no Go needed.
@@ -56,8 +62,11 @@ def flamegraph(
       heapspy flamegraph heap-4242-20261122T010203.000Z-final.pb.gz
       heapspy flamegraph x.pb.gz --sample-index alloc_space -o churn.html
       heapspy flamegraph x.pb.gz --by task    # one tower per asyncio task name
+      heapspy flamegraph x.pb.gz --types      # what type each line keeps, as leaves
     """
-    config = FlamegraphConfig(dump=dump, output=output, sample_index=sample_index, by=by)
+    config = FlamegraphConfig(
+        dump=dump, output=output, sample_index=sample_index, by=by, types=types
+    )
     print(write_flamegraph(config).output)
 
 

@@ -28,7 +28,8 @@ def report(
         "--by",
         metavar="KEY",
         help="Rank the values of a label instead of functions: thread, thread_id, task "
-        "or coro (who allocated; see `go tool pprof -tags`).",
+        "or coro (who allocated; see `go tool pprof -tags`), or type (what the live "
+        "samples are: dict, myapp.Order; in-use values only).",
         show_default=False,
     ),
 ) -> None:

@@ -39,7 +39,7 @@ def top(
         "--by",
         metavar="KEY",
         help="Rows are the values of a label instead of functions: thread, thread_id, "
-        "task or coro.",
+        "task, coro, or type (the live samples' types, named every 5 s at most).",
         show_default=False,
     ),
 ) -> None:

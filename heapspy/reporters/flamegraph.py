@@ -51,11 +51,11 @@ from typing import Any
 
 from heapspy.dumps import PATTERN
 from heapspy.errors import DumpError
-from heapspy.model import Frame
+from heapspy.model import TYPE, Frame
 from heapspy.pprof import DecodedProfile
 from heapspy.reporters.base import Rendering, describe_sampling, format_time
 from heapspy.reporters.dump import Dump
-from heapspy.reporters.sites import check_by, check_sample_index, label_rooted
+from heapspy.reporters.sites import check_by, check_sample_index, label_leafed, label_rooted
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
 from heapspy.scaling import format_error
 from heapspy.sidecar import Header
@@ -110,6 +110,7 @@ class FlamegraphConfig:
     output: Path | None = None
     sample_index: str = ""
     by: str = ""  # a label key (model.LABEL_KEYS): one root frame per value of it
+    types: bool = False  # the objects' types as leaf frames (the label ``type``)
 
     def __post_init__(self) -> None:
         check_sample_index(self.sample_index)
@@ -327,10 +328,15 @@ def header_facts(loaded: Dump) -> list[tuple[str, str]]:
     return facts
 
 
-def build_document(loaded: Dump, sample_index: int, by: str = "") -> dict[str, Any]:
+def build_document(
+    loaded: Dump, sample_index: int, by: str = "", types: bool = False
+) -> dict[str, Any]:
     """The JSON document the page draws (its layout is in the module docstring); with
-    ``by`` a label key, the stacks are grouped under one root frame per value of it."""
+    ``by`` a label key, the stacks are grouped under one root frame per value of it; with
+    ``types``, live samples of Python objects end in a frame naming their type."""
     dump, profile = loaded.path, loaded.profile
+    if types:
+        profile = label_leafed(profile, TYPE)
     tree = build_tree(label_rooted(profile, by) if by else profile)
     return {
         "schema": FLAMEGRAPH_SCHEMA,
@@ -442,7 +448,7 @@ def write_flamegraph(config: FlamegraphConfig) -> Flamegraph:
     loaded = Dump.load(config.dump)
     profile = loaded.profile
     index = loaded.sample_index(config.sample_index)
-    page = Page(build_document(loaded, index, config.by))
+    page = Page(build_document(loaded, index, config.by, config.types))
     # The page shows what the dump and its sidecar hold (command line, file names): it
     # gets the dump's permissions, 0600 for the dumps heapspy writes.
     mode = config.dump.stat().st_mode & 0o777

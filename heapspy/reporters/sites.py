@@ -69,6 +69,23 @@ def _by_label(
     return {site: (value, value) for site, value in totals.items()}
 
 
+def label_leafed(profile: DecodedProfile, key: str) -> DecodedProfile:
+    """The profile with each sample that has label ``key`` given one more leaf frame
+    named by its value (``--types``: the type of the objects a line keeps, below it, as
+    the census shows types); samples without it unchanged."""
+    leaves: dict[str, Frame] = {}
+    samples = []
+    for sample in profile.samples:
+        value = dict(sample.labels).get(key)
+        if value is not None:
+            leaf = leaves.get(value)
+            if leaf is None:
+                leaf = leaves[value] = Frame(value, "", 0)
+            sample = replace(sample, stack=(*sample.stack, leaf))
+        samples.append(sample)
+    return replace(profile, samples=tuple(samples))
+
+
 def label_rooted(profile: DecodedProfile, key: str) -> DecodedProfile:
     """The profile with each stack under a root frame naming its value of label ``key``
     (``thread: worker-1``; ``NO_LABEL`` when it has none): a flame graph grouped by it."""

@@ -174,3 +174,43 @@ def test_frames_without_names_are_named_from_the_source(tmp_path: Path) -> None:
                               stack(3, ["other", str(source), 3])]))  # fmt: skip
     names = [agg.sites[i].stack[0].function for i in (1, 2, 3)]
     assert names == ["Shipper.buffer_line", "Shipper.buffer_line", "other"]
+
+
+def types_reply(body: dict[str, Any]) -> dict[str, Any]:
+    """A `types` REPLY as the session hands it on: checked by the wire schema."""
+    return schema.check(protocol.REPLY, {"ok": True, **body})
+
+
+def test_types_split_inuse_without_changing_a_stacks_totals() -> None:
+    agg = sampled()
+    est = {"1": [30.0, 30000.0, 20.0, 20000.0], "2": [2.0, 200.0, 1.0, 100.0]}
+    agg.apply(samples(stacks=[stack(1, MAIN, LEAK), stack(2, MAIN, PARSE)],
+                      inuse={"1": [10, 10000], "2": [1, 100]},
+                      alloc={"1": [15, 15000], "2": [2, 200]}, est=est))  # fmt: skip
+    # a moment later: stack 1 holds 12 samples (dicts, bytes, a buffer); stack 2 none
+    reply = types_reply({"complete": True, "types": {"1": [
+        ["dict", 6, 1000, 60.0, 10000.0], ["bytes", 4, 9000, 5.0, 11000.0],
+        ["", 2, 2000, 3.0, 3000.0]]}})  # fmt: skip
+    agg.apply_types(reply["types"], reply["complete"])
+    site = agg.sites[1]
+    assert (site.inuse_objects, site.inuse_bytes) == (12, 12000)  # the classified samples
+    assert site.estimate == (30.0, 30000.0, 68.0, 24000.0)
+    assert agg.sites[2].inuse_objects == 0  # complete: stack 2 holds nothing now
+    profile = agg.profile()
+    parts = [
+        (dict(c.labels).get("type"), c)
+        for s, c in profile.sampled
+        if s[-1].function == "leak_cache"
+    ]
+    assert sorted(t or "" for t, _ in parts) == ["", "bytes", "dict"]
+    assert sum(c.estimate[3] for _, c in parts if c.estimate) == pytest.approx(24000.0)
+    assert sum(c.alloc_objects for _, c in parts) == 15  # allocations: on the untyped part
+    assert sum(c.inuse_bytes for _, c in parts) == 12000
+    rows = {r.function: r.inuse_bytes for r in agg.top_sites(10, by="type")}
+    assert rows == {"bytes": 11000, "dict": 10000, "(none)": 3000}
+    # the site changes: its split is dropped, its totals come from the new numbers
+    agg.apply(samples(inuse={"1": [13, 13000]},
+                      est={"1": [31.0, 31000.0, 70.0, 25000.0]}))  # fmt: skip
+    assert agg.sites[1].types is None
+    leak = [c for s, c in agg.profile().sampled if s[-1].function == "leak_cache"]
+    assert [(dict(c.labels).get("type"), c.inuse_bytes) for c in leak] == [(None, 13000)]
