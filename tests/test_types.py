@@ -122,9 +122,8 @@ def test_types_of_live_samples(
     assert "type: " in tags and "__main__.Slotted" in tags and "bytes" in tags, tags
     focused = top(dump, "-tagfocus=type=__main__.Slotted", cwd=tmp_path)
     assert any(r.name.startswith("keep_slotted") for r in focused[:2]), focused[:4]
-    out = run_heapspy("report", str(dump), "--by", "type", "--format", "json")
-    assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
+    # `heapspy report --by type --format json`, in this process
+    doc = json.loads(build_report(ReportConfig(dump=dump, by=TYPE)).output("json"))
     assert doc["by"] == "type"
     names = [row["function"] for row in doc["top"]]
     assert "bytes" in names[:3] and "__main__.Blob" in names[:3], names
