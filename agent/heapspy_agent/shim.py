@@ -803,11 +803,11 @@ class Shim:
             finally:
                 lib.hs_types_clear()
 
-    def block_type(
-        self, address: int, size: int, domain: int, types: List[type], min_sizes: List[int]
-    ) -> int:
-        """The index in ``types`` of the object one block holds, or -1: the check
-        classify_live makes, on one block (for tests)."""
+    def block_types(
+        self, blocks: List[Tuple[int, int, int]], types: List[type], min_sizes: List[int]
+    ) -> List[int]:
+        """For each (address, size, domain), the index in ``types`` of the object that
+        block holds, or -1: the check classify_live makes, on chosen blocks (for tests)."""
         n = len(types)
         addrs = (ctypes.c_uint64 * n)(*[id(t) for t in types])
         flags = (ctypes.c_uint64 * n)(*[_type_flags(t) for t in types])
@@ -817,7 +817,7 @@ class Shim:
             self._init_layout()
             self._check(lib.hs_types_set(addrs, flags, sizes, n))
             try:
-                return int(lib.hs_block_type(address, size, domain, None))
+                return [int(lib.hs_block_type(a, z, d, None)) for a, z, d in blocks]
             finally:
                 lib.hs_types_clear()
 

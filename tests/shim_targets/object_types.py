@@ -83,17 +83,18 @@ def main():
     index = {id(t): k for k, t in enumerate(types)}
     wrong = []
     found = {}
+    checked = []  # (object, its sampled block)
     for objs in keep:
         for obj in objs:
-            name = type_name(type(obj))
-            block = shim.object_block(obj)
-            b = blocks.get(block)
-            if b is None:  # from a free list (made before start): no block of its own
-                continue
-            got = shim.block_type(b.address, b.size, b.domain, types, sizes)
-            if got != index[id(type(obj))]:
-                wrong.append([name, type_name(types[got]) if got >= 0 else None, b.domain])
-            found[name] = found.get(name, 0) + 1
+            b = blocks.get(shim.object_block(obj))
+            if b is not None:  # else from a free list (made before start): no block of its own
+                checked.append((obj, b))
+    got = shim.block_types([(b.address, b.size, b.domain) for _, b in checked], types, sizes)
+    for (obj, b), k in zip(checked, got):
+        name = type_name(type(obj))
+        if k != index[id(type(obj))]:
+            wrong.append([name, type_name(types[k]) if k >= 0 else None, b.domain])
+        found[name] = found.get(name, 0) + 1
     # Blocks that are not objects: a MEM buffer, an OBJ buffer of zeros, an OBJ buffer
     # whose words are the address of a type but where no object of it could start.
     shim.set_rate(1)
@@ -103,7 +104,9 @@ def main():
     ctypes.memset(raw[1], 0, 64)
     ctypes.c_uint64.from_address(raw[2] + 8).value = id(dict)  # 16 bytes: dict needs 48
     blocks = {b.address: b for b in shim.live_blocks()}
-    not_objects = [shim.block_type(p, blocks[p].size, blocks[p].domain, types, sizes) for p in raw]
+    not_objects = shim.block_types(
+        [(p, blocks[p].size, blocks[p].domain) for p in raw], types, sizes
+    )
     domains = [blocks[p].domain for p in raw]
     by_type = {}
     for rows in classify(shim, set()).values():
