@@ -18,7 +18,8 @@ through the session. Reported:
   thread), as a share of one core;
 - the target's longest pause as its probe saw it (GIL held by the walk, plus the
   machine's own scheduling delays: compare with the idle figure printed first);
-- bookkeeping: the agent's visited bitmap (its own count), and the target's peak RSS
+- bookkeeping: the walk's own memory (its count: the visited bitmap, and for the native
+  walk its paths table and stack too), and the target's peak RSS
   over the census (``VmHWM`` after ``clear_refs``) above its RSS before.
 
 Goals (issue 17): 10 M objects in <= 10 s at <= 25 % of a core, longest pause <= 20 ms,
@@ -136,7 +137,7 @@ def main() -> None:
         "longest_slice_wall_ms": round(p.longest_slice_wall * 1000, 1),
         "longest_pause_ms": pause,
         "idle_longest_pause_ms": idle_pause,
-        "bitmap_bytes": p.bookkeeping,
+        "bookkeeping_bytes": p.bookkeeping,
         "peak_rss_growth": (peak - rss) * 1024,
         "dump": str(path),
     }
@@ -146,7 +147,7 @@ def main() -> None:
         f"target CPU {cpu / wall:.0%} of a core ({p.cpu:.1f} s in the agent), longest slice "
         f"{p.longest_slice * 1000:.1f} ms CPU ({p.longest_slice_wall * 1000:.0f} ms wall), "
         f"longest pause seen by the target {pause:.1f} ms (idle: {idle_pause:.1f} ms), "
-        f"bitmap {format_bytes(p.bookkeeping)} ({p.bookkeeping / max(p.bytes, 1):.2%} of the "
+        f"bookkeeping {format_bytes(p.bookkeeping)} ({p.bookkeeping / max(p.bytes, 1):.2%} of the "
         f"heap), peak RSS +{format_bytes((peak - rss) * 1024)}"
     )
     print(json.dumps(figures))
