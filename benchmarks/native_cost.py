@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/native_cost.py [--interpreters 3.11,3.14] [--rounds 20]
         [--block 0.05] [--rate 512KiB] [--json results.json]
+    .venv/bin/python benchmarks/native_cost.py --instructions [--calls 30]
 
 Paired inside one process per interpreter, as ``shim_overhead.py`` does (this machine's
 speed swings by +-20 % over seconds): for each workload a block of N calls runs with the
@@ -12,6 +13,12 @@ stopped around each block (outside its timing); the
 ``none`` column pairs A with A: the method's own noise. Printed: throughput B / A per
 workload (geometric mean over rounds), the geometric mean over workloads and its 95 %
 interval from the per-round geometric means. 1.000 = no cost; the goal is >= 0.97.
+
+``--instructions`` counts instead of timing (valgrind's cachegrind, deterministic up to
+addresses and hash seeds; this machine's load cannot move it): per workload three runs of
+a fresh interpreter, without the workload (start-up and set-up only), with it and the
+Python domains sampled, with it and native sampling too; printed: the instructions native
+sampling adds, in percent of the workload's own (start-up subtracted).
 
 Workloads: ``json`` (the C accelerator: dumps and loads of a nested document), ``zlib``
 (compress objects made and used: their state through PyMem_RawMalloc), ``sqlite3``
@@ -25,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -124,6 +133,66 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def count_child(args: argparse.Namespace) -> int:
+    """One cachegrind run: ``--calls`` calls of one workload, sampled at ``--rate``."""
+    sys.path[:0] = [str(ROOT / "agent")]
+    from heapspy_agent.shim import Shim  # noqa: PLC0415
+
+    shim = Shim.load(args.shim or None)
+    body = workloads()[args.workload]
+    shim.start(args.rate)
+    if args.native_on:
+        shim.native_start()
+    for _ in range(args.calls):
+        body()
+    shim.stop()
+    return 0
+
+
+_IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def instructions(interp: Any, args: argparse.Namespace, workload: str, calls: int,
+                 native: bool) -> int:  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
+             f"--cachegrind-out-file={tmp}/cg.%p.out", *interp.argv, __file__, "--count-child",
+             "--workload", workload, "--calls", str(calls), "--rate", str(args.rate),
+             "--shim", args.shim, *(["--native-on"] if native else [])],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    found = _IREFS.findall(out.stderr)  # the interpreter's, after any wrapper's
+    assert found, out.stderr[-2000:]
+    return int(found[-1].replace(",", ""))
+
+
+def count_main(args: argparse.Namespace) -> int:
+    from harness import log, pick_interpreters  # noqa: PLC0415
+
+    names = list(workloads())
+    results: dict[str, dict[str, float]] = {}
+    for interp in pick_interpreters(args.interpreters.split(",")):
+        lines = [
+            f"== {interp.label}: instructions native sampling adds, in % of the workload's "
+            f"own ({args.calls} calls, rate {args.rate}; cachegrind) ==",
+            f"{'workload':14s}{'workload Ir':>16s}{'native +Ir':>14s}{'cost':>9s}",
+        ]
+        results[interp.label] = {}
+        for name in names:
+            base = instructions(interp, args, name, 0, False)
+            off = instructions(interp, args, name, args.calls, False)
+            on = instructions(interp, args, name, args.calls, True)
+            cost = 100.0 * (on - off) / max(1, off - base)
+            results[interp.label][name] = cost
+            lines.append(f"{name:14s}{off - base:16,d}{on - off:14,d}{cost:8.2f}%")
+            log(f"{interp.label} {name}: {cost:.2f} %")
+        print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
 def render(label: str, result: dict[str, Any], rounds: int, block: float) -> str:
     cols = list(result["ratios"])
     names = sorted(next(iter(result["ratios"].values())))
@@ -152,13 +221,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", default="512KiB")
     parser.add_argument("--shim", default="")
     parser.add_argument("--json", default="")
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--native-on", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from heapspy.units import parse_size  # noqa: PLC0415
 
     args.rate = parse_size(str(args.rate), "--rate")
     if args.child:
         return child(args)
+    if args.count_child:
+        return count_child(args)
+    if args.instructions:
+        return count_main(args)
     from harness import log, pick_interpreters  # noqa: PLC0415
 
     results = {}
