@@ -15,10 +15,11 @@ workload (geometric mean over rounds), the geometric mean over workloads and its
 interval from the per-round geometric means. 1.000 = no cost; the goal is >= 0.97.
 
 ``--instructions`` counts instead of timing (valgrind's cachegrind, deterministic up to
-addresses and hash seeds; this machine's load cannot move it): per workload three runs of
-a fresh interpreter, without the workload (start-up and set-up only), with it and the
-Python domains sampled, with it and native sampling too; printed: the instructions native
-sampling adds, in percent of the workload's own (start-up subtracted).
+addresses and hash seeds; this machine's load cannot move it): per workload four runs of
+a fresh interpreter, with and without the workload's calls, with the Python domains
+sampled and with native sampling too; printed: the instructions native sampling adds to
+the calls, in percent of the calls' own (start-up, set-up and native mode's start and
+stop, once per session, subtracted).
 
 Workloads: ``json`` (the C accelerator: dumps and loads of a nested document), ``zlib``
 (compress objects made and used: their state through PyMem_RawMalloc), ``sqlite3``
@@ -180,12 +181,16 @@ def count_main(args: argparse.Namespace) -> int:
         ]
         results[interp.label] = {}
         for name in names:
+            # start-up, set-up and the native start and stop themselves (the scan of the
+            # loaded libraries, once per session) are subtracted: runs without calls
             base = instructions(interp, args, name, 0, False)
+            base_on = instructions(interp, args, name, 0, True)
             off = instructions(interp, args, name, args.calls, False)
             on = instructions(interp, args, name, args.calls, True)
-            cost = 100.0 * (on - off) / max(1, off - base)
+            added = (on - base_on) - (off - base)
+            cost = 100.0 * added / max(1, off - base)
             results[interp.label][name] = cost
-            lines.append(f"{name:14s}{off - base:16,d}{on - off:14,d}{cost:8.2f}%")
+            lines.append(f"{name:14s}{off - base:16,d}{added:14,d}{cost:8.2f}%")
             log(f"{interp.label} {name}: {cost:.2f} %")
         print("\n".join(lines))
     if args.json:
