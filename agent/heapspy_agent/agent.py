@@ -202,6 +202,8 @@ class Agent:
                 "--require-sampling to refuse rather than fall back)"
             )
         collector = TracemallocCollector(frames, self.directory)
+        if self.config.get("native"):
+            self.notes.append("native allocations are sampled in sampled mode only, not here")
         if self.shim is not None and not problem:
             try:  # exact totals: the shim at rate 0, chained on top of tracemalloc
                 collector.totals_source = ShimCollector(self.shim, 0, frames, self.directory)

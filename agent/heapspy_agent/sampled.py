@@ -63,7 +63,7 @@ class ShimCollector:
         # Native allocations: the RAW domain and the libraries' malloc & co.
         self.native = False
         self._native_sent: Optional[Dict[str, Any]] = None
-        if native and rate:
+        if native:  # at rate 0 too: exact totals of the native domains, no samples
             try:
                 shim.native_start()
                 self.native = True
