@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/shim_overhead.py [--interpreters 3.11,3.14]
         [--rates 0,64KiB,512KiB] [--rounds 20] [--block 0.04] [--workloads go,chaos]
-        [--frames 64] [--warm 0.5] [--forward] [--json results.json]
+        [--frames 64] [--warm 0.5] [--forward] [--base OTHER.so] [--json results.json]
 
 Why a second overhead benchmark: on this 2-vCPU KVM guest a pure-Python spin loop runs
 at 0.73x-1.18x of its mean speed in regimes lasting seconds (host contention), so
@@ -22,6 +22,10 @@ shim started afresh for a block interns every stack it samples, which a long ses
 does once, so without it short blocks overstate sampling's steady-state cost (measured
 per sample in steady state: 0.3-1.4 us, or 0.6-4 us when the frames are fresh objects
 to make on 3.11+, at depths 5-60).
+
+``--base OTHER.so`` adds a column per rate for another build of the shim (its file
+name must differ from the built one's), measured in the same rounds of the same process:
+the way to compare a change to the hooks on this noisy machine (``base`` columns).
 
 The ``none`` column runs the same pairs with the hooks off in both halves: the method's
 own noise. The ratio printed is time(off) / time(on) for the same calls, i.e. throughput
@@ -83,6 +87,9 @@ def child(args: argparse.Namespace) -> int:
     # (column, library, rate): "none" keeps the hooks off in both halves
     arms: list[tuple[str, Any, int]] = [(NONE, None, 0)]
     arms += [(column(int(r)), shim, int(r)) for r in args.rates.split(",")]  # bytes
+    if args.base:
+        base = Shim.load(args.base)
+        arms += [(column(int(r)) + " base", base, int(r)) for r in args.rates.split(",")]
     if args.forward_shim:
         arms.append((FORWARD, Shim.load(args.forward_shim), 0))
     calls = {name: _calls_for(body, args.block) for name, body in bodies.items()}
@@ -139,19 +146,19 @@ def render(label: str, result: dict[str, Any], rounds: int, block: float, warm: 
     lines = [
         f"== {label}: throughput hooks on / off, paired ABBA/BAAB blocks of "
         f"~{block * 1000:.0f} ms{warm_text}, {rounds} rounds (1.000 = no slowdown) ==",
-        f"{'rate':14s}" + "".join(f"{c:>10s}" for c in cols),
+        f"{'rate':14s}" + "".join(f"{c:>13s}" for c in cols),
     ]
     for w in workloads:
-        cells = "".join(f"{geomean(result['ratios'][c][w]):10.3f}" for c in cols)
+        cells = "".join(f"{geomean(result['ratios'][c][w]):13.3f}" for c in cols)
         lines.append(f"{w:14s}{cells}")
     sums = {c: summarise(result["ratios"][c]) for c in cols}
-    lines.append(f"{'geomean':14s}" + "".join(f"{sums[c][0]:10.3f}" for c in cols))
+    lines.append(f"{'geomean':14s}" + "".join(f"{sums[c][0]:13.3f}" for c in cols))
     lines.append(
         f"{'95% interval':14s}"
-        + "".join(f"{f'{lo:.3f}-{hi:.3f}':>12s}" for _, lo, hi in (sums[c] for c in cols))
+        + "".join(f"{f'{lo:.3f}-{hi:.3f}':>13s}" for _, lo, hi in (sums[c] for c in cols))
     )
     lines.append(
-        f"{'samples':14s}" + "".join(f"{result['samples'].get(c, 0):10d}" for c in cols)
+        f"{'samples':14s}" + "".join(f"{result['samples'].get(c, 0):13d}" for c in cols)
     )
     return "\n".join(lines)
 
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--shim", default="", help="library to load (default: the built one)")
+    parser.add_argument("--base", default="", help="another build of the shim to compare")
     parser.add_argument(
         "--forward",
         action="store_true",
@@ -206,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(Path(__file__).resolve()), "--child", "--bench-dir", str(bench_dir),
                 "--rates", rates, "--rounds", str(args.rounds), "--block",
                 str(args.block), "--frames", str(args.frames), "--workloads", workloads,
-                "--shim", args.shim, "--warm", str(args.warm), "--forward-shim", forward,
+                "--shim", args.shim, "--base", args.base, "--warm", str(args.warm),
+                "--forward-shim", forward,
             ),
             env=dict(os.environ, PYTHONPATH=str(site)),
             capture_output=True,

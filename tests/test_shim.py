@@ -143,6 +143,13 @@ def test_realloc_transitions_and_edge_cases(interp: Interpreter, shim_so: Path) 
 
 
 @pytest.mark.parametrize("interp", INTERPRETERS)
+def test_every_free_of_a_sampled_block_is_seen(interp: Interpreter, shim_so: Path) -> None:
+    """The free path's filter never hides a sampled block (shim_targets/frees.py)."""
+    r = run(interp, shim_so, "frees.py")
+    assert (r["held"], r["half"], r["done"]) == (r["n"], r["n"] // 2, 0)
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_exact_totals_whatever_the_rate(interp: Interpreter, shim_so: Path) -> None:
     r = run(interp, shim_so, "totals.py")
     n_mem, size_mem, n_obj, size_obj = r["known"]
