@@ -1311,6 +1311,35 @@ HS_EXPORT int hs_pymalloc_stats(void *out) {
     return rc;
 }
 
+/* Benchmarks only (benchmarks/session_cost.py): take the hooks out (parked = 1) and put
+ * them back (0) without touching the tables, so that one session can be switched off and
+ * on many times. Frees made while parked are not seen: their entries stay in the map. */
+static int g_parked;
+
+HS_EXPORT int hs_park(int parked) {
+    if (g_state != HS_STATE_RUNNING || !parked == !g_parked)
+        return HS_ERR_NOT_RUNNING;
+    py_allocator cur;
+    for (int i = 0; i < 2 && parked; i++) {
+        api.mem_get(g_dom[i].domain, &cur);
+        if (!g_dom[i].installed || !is_ours(&cur, &g_dom[i]))
+            return HS_ERR_HOOKS_LEFT; /* someone else's hook is on top: leave it all */
+    }
+    for (int i = 0; i < 2; i++) {
+        hs_dom *d = &g_dom[i];
+        if (parked) {
+            api.mem_set(d->domain, &d->prev);
+        } else {
+            api.mem_get(d->domain, &d->prev);
+            py_allocator ours = {d, hs_malloc, hs_calloc, hs_realloc, hs_free};
+            api.mem_set(d->domain, &ours);
+        }
+        d->installed = !parked;
+    }
+    g_parked = parked;
+    return HS_OK;
+}
+
 HS_EXPORT int hs_set_rate(uint64_t rate) {
     if (g_state != HS_STATE_RUNNING)
         return HS_ERR_NOT_RUNNING;
@@ -1348,6 +1377,7 @@ HS_EXPORT int hs_stop(void) {
         }
     }
     g_state = left ? HS_STATE_LEFT : HS_STATE_IDLE;
+    g_parked = 0;
     release_tables();
     return left ? HS_LEFT_INSTALLED : HS_OK;
 }

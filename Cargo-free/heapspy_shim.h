@@ -164,5 +164,8 @@ int64_t hs_live_blocks(hs_live_block *out, uint64_t max, uint64_t *cursor);
 int hs_live_foreach(int (*fn)(void *arg, const hs_live_block *b), void *arg);
 /* 1 and *out filled when addr is the start of a live sampled block, else 0. */
 int hs_live_find(uint64_t addr, hs_live_block *out);
+/* Benchmarks only: hooks out (1) or back in (0), tables kept; HS_ERR_NOT_RUNNING when not
+ * running or already so, HS_ERR_HOOKS_LEFT when another hook is on top of ours. */
+int hs_park(int parked);
 
 #endif

@@ -276,6 +276,8 @@ def test_refusals(interp: Interpreter, shim_so: Path) -> None:
     assert r["bad_frames"] == r["too_many_frames"] == codes["ARG"]
     assert r["missing_library"] == r["not_a_shim"] == codes["LOAD"]
     assert r["twice"] == r["unload_running"] == codes["RUNNING"]
+    assert r["park_idle"] == r["park_twice"] == r["unpark_twice"] == codes["NOT_RUNNING"]
+    assert r["parked_allocs"] < 1000 < 10000 < r["unparked_allocs"]
     if interp.version >= (3, 12):
         assert r["subinterpreter"] == codes["SUBINTERP"]
     else:

@@ -113,6 +113,8 @@ class Agent:
         self.census_pause = CENSUS_PAUSE
         self.census_next = 0.0  # when the next slice of the census is due
         self.census_told = 0.0  # when progress was last sent
+        self.parked = False  # benchmarks only: see park()
+        self.shim_parked = False
 
     # --- life cycle -------------------------------------------------------------
     def run(self) -> None:
@@ -246,7 +248,8 @@ class Agent:
                 self.reason = "heapspy stopped answering"
                 return
             if now >= next_sample:
-                self._send_samples(scheduled=True)
+                if not self.parked:
+                    self._send_samples(scheduled=True)
                 next_sample = now + self.interval
             if now >= next_beat:
                 self._send(protocol.HEARTBEAT, {})
@@ -313,6 +316,26 @@ class Agent:
         else:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
         self._send(protocol.REPLY, reply)
+
+    def park(self, level: str) -> None:
+        """Benchmarks only (benchmarks/session_cost.py, called by the target itself):
+        switch the session's cost off and on in place, many times in one session.
+        "off": the shim's hooks out, no collections, no gc timer; "shim": only the
+        hooks in; "on": everything as in a session. Heartbeats go on throughout (the
+        connection must stay up): a few microseconds every HEARTBEAT seconds."""
+        collector = self.collector
+        if not isinstance(collector, ShimCollector):
+            raise RuntimeError("only a sampled session can be parked")
+        with self._lock:
+            hooked = level != "off"
+            if self.shim_parked == hooked:
+                collector.shim.park(not hooked)
+                self.shim_parked = not hooked
+            if level == "on":
+                self.gc_timer.install()
+            else:
+                self.gc_timer.remove()
+            self.parked = level != "on"
 
     # --- heap census (heapspy_agent.census) ---------------------------------------
     def _drop_census(self) -> None:

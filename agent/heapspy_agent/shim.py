@@ -460,6 +460,10 @@ class Shim:
             ctypes.POINTER(ctypes.c_uint64),  # their code objects (addresses)
             ctypes.POINTER(ctypes.c_uint32),  # the slot of each task's name (>= 1)
         ]
+        park = getattr(lib, "hs_park", None)  # absent from an older build
+        if park is not None:
+            park.restype = ctypes.c_int
+            park.argtypes = [ctypes.c_int]
         stats = getattr(lib, "hs_pymalloc_stats", None)  # absent from an older build
         if stats is not None:
             stats.restype = ctypes.c_int
@@ -545,6 +549,12 @@ class Shim:
             raise ShimError("invalid argument", ERR_ARG)
         with self._lock:
             self._check(self._c().hs_set_rate(rate))
+
+    def park(self, parked: bool) -> None:
+        """Benchmarks only (benchmarks/session_cost.py): take the hooks out or put them
+        back, the session's tables kept. Frees made while parked are not seen."""
+        with self._lock:
+            self._check(self._c().hs_park(1 if parked else 0))
 
     def stop(self) -> bool:
         """Remove the hooks and release every table and code-object reference.

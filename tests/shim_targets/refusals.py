@@ -51,6 +51,25 @@ def subinterpreter_sampling(shim):
     return foreign
 
 
+def park(shim, out):
+    """Benchmarks' park: hooks out (nothing counted), back in (counted), tables kept."""
+
+    def allocs():
+        t = shim.totals()
+        return t.mem.alloc_count + t.obj.alloc_count
+
+    before = allocs()
+    shim.park(True)
+    out["park_twice"] = code_of(lambda: shim.park(True))
+    junk = [str(i) for i in range(10000)]
+    parked = allocs() - before
+    shim.park(False)
+    out["unpark_twice"] = code_of(lambda: shim.park(False))
+    junk = [str(i) for i in range(10000)]
+    del junk
+    return parked, allocs() - before - parked
+
+
 def main():
     shim = load()
     out = {
@@ -66,7 +85,9 @@ def main():
         out["subinterpreter"] = subinterpreter_refusal(shim)
     else:
         out["foreign"] = subinterpreter_sampling(shim)
+    out["park_idle"] = code_of(lambda: shim.park(True))
     shim.start(65536)
+    out["parked_allocs"], out["unparked_allocs"] = park(shim, out)
     out["twice"] = code_of(lambda: shim.start(65536))
     out["unload_running"] = code_of(shim.unload)
     out["stopped"] = shim.stop()
