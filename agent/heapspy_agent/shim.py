@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 5
+ABI = 6
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 1
 """Must match HS_NATIVE_ABI in native_hooks.h."""
