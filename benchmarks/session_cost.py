@@ -16,13 +16,17 @@ shim's hooks out or in with its tables kept, interval collections and the gc tim
 skipped or made), in ABBA order (BAAB every other round). Heartbeats continue in both
 halves (the connection must stay up; a few microseconds every 0.5 s).
 
-Three columns, each a ratio time(off) / time(on) of the same calls, i.e. throughput:
+Three columns, each a ratio time(off) / time(on) of the same calls, i.e. throughput, by
+the wall clock and by the process's CPU time (all threads: the agent's work is in it; a
+loaded machine's waits for a core are not, which makes it the steadier figure here):
 ``null`` switches nothing (off vs off: the method's own noise, which should sit within
 +-1 %), ``shim`` the hooks alone (the agent parked), ``session`` everything. Per workload
 the geometric mean over rounds with a 95 % interval; then the geometric mean over
 workloads, its interval combined from theirs. Measured after ``--settle`` seconds of the
 session running (stacks interned, first collections done): steady state, every interval's
-work included (``collections`` counts those made inside measured blocks).
+work included (``collections`` counts those made inside measured blocks; ``agent ms/s``
+is the agent thread's own CPU time per second of blocks with the session on, and with it
+parked: heartbeats only).
 """
 
 from __future__ import annotations
@@ -55,11 +59,21 @@ def _agent() -> Any:
     return agent if agent.census is None else None
 
 
-def _block(body: Callable[[], object], n: int) -> float:
-    t0 = time.perf_counter()
+def _block(body: Callable[[], object], n: int) -> tuple[float, float]:
+    """Wall time and the process's CPU time (every thread: the agent's work included)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         body()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _thread_cpu(native_id: int) -> float:
+    """Seconds a thread of this process has run on a CPU (Linux's schedstat)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def child(args: argparse.Namespace) -> int:
@@ -88,31 +102,47 @@ def child(args: argparse.Namespace) -> int:
     while time.monotonic() < settle:
         body()
     ratios: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    cpu_ratios: dict[str, list[float]] = {arm: [] for arm in ARMS}
     collections = 0
+    tid = getattr(agent.thread, "native_id", 0) or 0
+    # the agent thread's CPU time and the wall time, in session-on and in off blocks
+    agent_cpu = {"on": 0.0, "off": 0.0}
+    wall = {"on": 0.0, "off": 0.0}
     for rnd in range(args.rounds):
         order = (False, True, True, False) if rnd % 2 == 0 else (True, False, False, True)
         for arm, level in ARMS.items():
-            off = on = 0.0
+            off = on = cpu_off = cpu_on = 0.0
             for hooked in order:
                 agent.park(level if hooked else "off")
                 seq = agent.seq
-                elapsed = _block(body, calls)
+                before = _thread_cpu(tid)
+                elapsed, cpu = _block(body, calls)
+                state = "on" if hooked and arm == "session" else "off" if not hooked else ""
+                if state:
+                    agent_cpu[state] += _thread_cpu(tid) - before
+                    wall[state] += elapsed
                 if hooked:
                     on += elapsed
+                    cpu_on += cpu
                     collections += agent.seq - seq if arm == "session" else 0
                 else:
                     off += elapsed
+                    cpu_off += cpu
             ratios[arm].append(off / on)
+            cpu_ratios[arm].append(cpu_off / cpu_on)
     agent.park("on")
     totals = agent.collector.shim.totals()
     result = {
         "calls": calls,
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
         "collections": collections,
         "stacks": totals.stacks,
         "sampled": totals.sampled_count,
         "interval": agent.interval,
         "collect_cpu": agent._last_collect_cpu,
+        # ms of the agent thread's CPU per second of wall time, session on / parked
+        "agent_ms_per_s": {k: 1000 * agent_cpu[k] / wall[k] if wall[k] else 0.0 for k in wall},
     }
     print("result " + json.dumps(result), flush=True)
     sys.stdin.readline()  # the controller detaches first, then closes our stdin
@@ -129,21 +159,25 @@ def interval(logs: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def render(label: str, results: dict[str, dict[str, Any]], load: str) -> str:
+def render(label: str, results: dict[str, dict[str, Any]], load: str, key: str) -> str:
+    clock = "CPU time of the process" if key == "cpu_ratios" else "wall clock"
     lines = [
-        f"== {label}: throughput session on / off (1.000 = no slowdown), geometric mean "
-        f"and 95 % interval; load average {load} ==",
-        f"{'':12s}" + "".join(f"{arm:>22s}" for arm in ARMS) + f"{'collections':>13s}",
+        f"== {label}: throughput session on / off by the {clock} (1.000 = no slowdown), "
+        f"geometric mean and 95 % interval; load average {load} ==",
+        f"{'':12s}" + "".join(f"{arm:>22s}" for arm in ARMS)
+        + f"{'collections':>13s}{'agent ms/s on, off':>20s}",
     ]
     combined: dict[str, list[tuple[float, float]]] = {arm: [] for arm in ARMS}
     for workload, result in results.items():
         cells = ""
         for arm in ARMS:
-            mean, se = interval([math.log(r) for r in result["ratios"][arm]])
+            mean, se = interval([math.log(r) for r in result[key][arm]])
             combined[arm].append((mean, se))
             lo, hi = math.exp(mean - 1.96 * se), math.exp(mean + 1.96 * se)
             cells += f"{math.exp(mean):10.3f} ({lo:.3f}-{hi:.3f})"
-        lines.append(f"{workload:12s}{cells}{result['collections']:13d}")
+        ms = result.get("agent_ms_per_s", {})
+        agent = f"{ms.get('on', 0.0):10.2f}{ms.get('off', 0.0):10.2f}"
+        lines.append(f"{workload:12s}{cells}{result['collections']:13d}{agent}")
     cells = ""
     for arm in ARMS:
         k = len(combined[arm])
@@ -243,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[workload] = result
             if results:
                 load = f"{before}-{os.getloadavg()[0]:.1f}"
-                print(render(interp.label, results, load) + "\n", flush=True)
+                for key in ("ratios", "cpu_ratios"):
+                    print(render(interp.label, results, load, key) + "\n", flush=True)
                 out[interp.label] = results
     print(f"done in {time.monotonic() - t0:.0f} s")
     if args.json:
