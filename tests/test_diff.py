@@ -173,6 +173,7 @@ def test_json_structure(dumps: tuple[Path, Path]) -> None:
     assert set(document) == {
         "schema", "base", "new", "sample_index", "unit", "base_total", "new_total",
         "delta_total", "functions_changed", "lines_changed", "notes", "functions", "lines",
+        "by",
     }  # fmt: skip
     assert document["notes"] == []  # one process (no pid known), one rate, in order
     row = document["functions"][0]

@@ -26,6 +26,7 @@ from support import Target, run_heapspy
 from heapspy.config import AttachConfig
 from heapspy.model import TYPE
 from heapspy.pprof import read_profile
+from heapspy.reporters.diff import DiffConfig, build_diff
 from heapspy.reporters.report import ReportConfig, build_report
 from heapspy.session import Session
 from heapspy.top import top_view
@@ -50,8 +51,9 @@ def _attach_and_dump(target: Target, tmp_path: Path) -> tuple[Path, dict[str, An
     session = Session.attach(
         target.pid, AttachConfig(rate=RATE, interval=0.2, dump_dir=tmp_path, final_dump=False)
     )
-    (tmp_path / "go").touch()  # the agent samples: the target builds its heap now
     try:
+        base = Path(session.write_dump("before"))  # before the target builds its heap
+        (tmp_path / "go").touch()  # the agent samples: the target builds its heap now
         stdout = target.proc.stdout
         assert stdout is not None
         deadline = time.monotonic() + 120
@@ -66,6 +68,7 @@ def _attach_and_dump(target: Target, tmp_path: Path) -> tuple[Path, dict[str, An
         view = top_view(session.aggregator, 20, "inuse_space", TYPE)
         truth = json.loads(line.split(" ", 1)[1])
         truth["top"] = {row.function: row.inuse_objects for row in view.rows}
+        truth["base"] = str(base)
     finally:
         session.detach()
     return path, truth, session
@@ -127,6 +130,10 @@ def test_types_of_live_samples(
     assert doc["by"] == "type"
     names = [row["function"] for row in doc["top"]]
     assert "bytes" in names[:3] and "__main__.Blob" in names[:3], names
+    # `heapspy diff --by type`: which types grew between the two dumps
+    grew = build_diff(DiffConfig(base=Path(truth["base"]), new=dump, by=TYPE, top=20))
+    deltas = {row.site.function: row.flat_delta for row in grew.functions}
+    assert deltas["__main__.Blob"] == space["__main__.Blob"] > 0, deltas
     html = tmp_path / "types.html"
     out = run_heapspy("flamegraph", str(dump), "--types", "-o", str(html))
     assert out.returncode == 0, out.stderr

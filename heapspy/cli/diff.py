@@ -22,6 +22,14 @@ def diff(
         show_default=False,
     ),
     output_format: str = typer.Option("text", "--format", help="text or json."),
+    by: str = typer.Option(
+        "",
+        "--by",
+        metavar="KEY",
+        help="The first table's rows are the values of a label instead of functions: "
+        "thread, thread_id, task, coro or type (which types grew).",
+        show_default=False,
+    ),
 ) -> None:
     """Show which functions and lines grew between two dumps, largest growth first.
 
@@ -31,9 +39,10 @@ def diff(
 
       heapspy diff before.pb.gz after.pb.gz
       heapspy diff a.pb.gz b.pb.gz --sample-index inuse_objects --format json
+      heapspy diff before.pb.gz after.pb.gz --by type    # which types grew
     """
     check_format(output_format)
-    config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index)
+    config = DiffConfig(base=base, new=new, top=top, sample_index=sample_index, by=by)
     typer.echo(build_diff(config).output(output_format), nl=False)
 
 

@@ -17,6 +17,9 @@ added, and ``schema`` changes if one is removed or changes meaning::
       "base_total": 1048576, "new_total": 5242880, "delta_total": 4194304,
       "functions_changed": 3, "lines_changed": 4,
       "notes": ["The dumps are of different processes (pid 41 and pid 42): ..."],
+      "by": null,                # --by KEY (a label: thread, task, coro, type...): each
+                                 # row of "functions" is then one value of it
+                                 # ("(none)": no such label), flat == cum
       "functions": [{"function": "leaky", "filename": "/app/app.py", "line": 0,
                      "base_flat": 0, "new_flat": 4194304, "flat_delta": 4194304,
                      "base_cum": 0, "new_cum": 4194304, "cum_delta": 4194304}],
@@ -45,7 +48,13 @@ from heapspy.reporters.base import (
     format_value,
 )
 from heapspy.reporters.dump import Dump
-from heapspy.reporters.sites import Site, aggregate_sites, check_sample_index
+from heapspy.reporters.sites import (
+    Site,
+    aggregate_labels,
+    aggregate_sites,
+    check_by,
+    check_sample_index,
+)
 
 DIFF_SCHEMA = "heapspy-diff/1"
 
@@ -58,10 +67,12 @@ class DiffConfig:
     new: Path
     top: int = 10
     sample_index: str = ""
+    by: str = ""  # a label key (model.LABEL_KEYS): the first table's rows are its values
 
     def __post_init__(self) -> None:
         check_top(self.top)
         check_sample_index(self.sample_index)
+        check_by(self.by)
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class Diff(Rendering):
     functions: tuple[DiffRow, ...]
     lines: tuple[DiffRow, ...]
     notes: tuple[str, ...] = ()
+    by: str = ""  # the label the first table is grouped by ("": by function)
 
     @property
     def delta_total(self) -> int:
@@ -160,7 +172,13 @@ def build_diff(config: DiffConfig) -> Diff:
     base_index = base_dump.sample_index(config.sample_index)
     new_index = new_dump.sample_index(config.sample_index)
     name, unit = new.sample_types[new_index]
-    functions = diff_sites(aggregate_sites(base, base_index), aggregate_sites(new, new_index))
+    if config.by:  # e.g. which types grew: --by type
+        functions = diff_sites(
+            aggregate_labels(base, base_index, config.by),
+            aggregate_labels(new, new_index, config.by),
+        )
+    else:
+        functions = diff_sites(aggregate_sites(base, base_index), aggregate_sites(new, new_index))
     lines = diff_sites(
         aggregate_sites(base, base_index, lines=True),
         aggregate_sites(new, new_index, lines=True),
@@ -177,6 +195,7 @@ def build_diff(config: DiffConfig) -> Diff:
         functions=tuple(functions[: config.top]),
         lines=tuple(lines[: config.top]),
         notes=tuple(comparison_notes(base_dump, new_dump)),
+        by=config.by,
     )
 
 
@@ -210,7 +229,8 @@ def render_text(diff: Diff) -> str:
     if not diff.functions_changed:
         lines.append("No site changed.")
         return "\n".join(lines) + "\n"
-    lines.append(f"Growth by function (top {len(diff.functions)} of {diff.functions_changed}):")
+    rows = f"value of the label {diff.by!r}" if diff.by else "function"
+    lines.append(f"Growth by {rows} (top {len(diff.functions)} of {diff.functions_changed}):")
     lines.extend(_table(diff.functions, unit))
     lines.append("")
     lines.append(f"Growth by line (top {len(diff.lines)} of {diff.lines_changed}):")
@@ -246,6 +266,7 @@ def diff_to_json(diff: Diff) -> dict[str, Any]:
         "functions_changed": diff.functions_changed,
         "lines_changed": diff.lines_changed,
         "notes": list(diff.notes),
+        "by": diff.by or None,
         "functions": [_row_json(row) for row in diff.functions],
         "lines": [_row_json(row) for row in diff.lines],
     }
