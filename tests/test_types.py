@@ -29,7 +29,7 @@ from heapspy.pprof import read_profile
 from heapspy.reporters.diff import DiffConfig, build_diff
 from heapspy.reporters.report import ReportConfig, build_report
 from heapspy.session import Session
-from heapspy.top import top_view
+from heapspy.top import TopView
 
 Spawn = Callable[..., Target]
 RATE = 1024  # every ~1 KiB: enough samples of 20,000 small objects for tight error bars
@@ -65,7 +65,9 @@ def _attach_and_dump(target: Target, tmp_path: Path) -> tuple[Path, dict[str, An
         assert line.startswith("BUILT "), line
         session.run(0.3)
         path = Path(session.write_dump("types"))
-        view = top_view(session.aggregator, 20, "inuse_space", TYPE)
+        # what `heapspy top PID --by type` asks the session holding PID
+        reply = session._control_command({"cmd": "top", "n": 20, "by": TYPE})
+        view = TopView.from_json(reply["view"])
         truth = json.loads(line.split(" ", 1)[1])
         truth["top"] = {row.function: row.inuse_objects for row in view.rows}
         truth["base"] = str(base)
