@@ -40,7 +40,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # type comments: the agent imports nothing it does not need
-    from typing import Any, Dict, List, Optional, Set, Tuple  # noqa: F401
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
 
     from heapspy_agent import census_walk  # noqa: F401
 
@@ -743,7 +743,7 @@ class NativeCensus(Census):
         self._queue = []  # type: List[Tuple[bool, Any, int]]
         self._busy = False
         self._deadline = 0.0
-        self._classify_ref = self._classify
+        self._classify_ref = self._classify  # type: Optional[Callable[[type], Tuple[int, Any, int, bool]]]
         walk = library.new(
             self._classify_ref, _agent_class, MAX_DEPTH, max_paths, MAX_BOOKKEEPING, 0, 1
         )
