@@ -232,7 +232,7 @@ def test_json_structure(tmp_path: Path) -> None:
     assert set(document) == {
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
         "sampling", "time_nanos", "duration_nanos", "comments", "totals", "size_classes",
-        "total", "functions", "top", "runtime", "memory", "census", "by",
+        "total", "functions", "top", "runtime", "memory", "census", "by", "stacks",
     }  # fmt: skip
     assert document["by"] is None  # by function (--by KEY: a label)
     assert document["census"] is None  # a heap dump, not a census
