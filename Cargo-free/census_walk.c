@@ -109,7 +109,9 @@ static struct {
     int (*is_true)(cw_object *);
     /* 3.12+: every object the gc tracks, without building a list */
     void (*gc_visit_objects)(int (*)(cw_object *, void *), void *);
-    cw_type *list_type, *tuple_type, *dict_type;
+    cw_object *(*get_iter)(cw_object *);
+    cw_object *(*iter_next)(cw_object *);
+    cw_type *list_type, *tuple_type, *dict_type, *set_type, *frozenset_type;
     cw_object *none;
 } py;
 
@@ -146,6 +148,10 @@ static int resolve(void) {
     ok &= RESOLVE(list_type, "PyList_Type") != NULL;
     ok &= RESOLVE(tuple_type, "PyTuple_Type") != NULL;
     ok &= RESOLVE(dict_type, "PyDict_Type") != NULL;
+    ok &= RESOLVE(set_type, "PySet_Type") != NULL;
+    ok &= RESOLVE(frozenset_type, "PyFrozenSet_Type") != NULL;
+    ok &= RESOLVE(get_iter, "PyObject_GetIter") != NULL;
+    ok &= RESOLVE(iter_next, "PyIter_Next") != NULL;
     ok &= RESOLVE(none, "_Py_NoneStruct") != NULL;
     py.usable = ok;
     return ok;
@@ -186,6 +192,7 @@ static inline uint64_t mix(uint64_t x) {
 #define TI_TUPLE 32u     /* exactly tuple */
 #define TI_DICT 64u      /* a dict or a subclass */
 #define TI_DICT_EXACT 128u
+#define TI_SET_EXACT 256u /* exactly set or frozenset */
 
 typedef struct {
     cw_type *tp; /* a reference is held: the address cannot be reused for another type */
@@ -196,10 +203,12 @@ typedef struct {
 } cw_tinfo;
 
 typedef struct {
-    cw_object *obj; /* held */
-    int64_t pos;    /* next index / dict position / referents already seen */
-    int32_t path;   /* the path its referents are counted under (-1: excluded) */
+    cw_object *obj;  /* held */
+    cw_object *iter; /* an exact set's iterator (held), or NULL */
+    int64_t pos;     /* next index / dict position / referents already seen */
+    int32_t path;    /* the path its referents are counted under (-1: excluded) */
     uint8_t done;
+    uint8_t phase;   /* a dict subclass: 0 its items (PyDict_Next), 1 the rest */
 } cw_entry;
 
 typedef struct {
@@ -640,6 +649,8 @@ static cw_tinfo *type_learn(cw_census *c, cw_type *tp) {
         info.flags |= TI_TUPLE;
     if (tp == py.dict_type)
         info.flags |= TI_DICT_EXACT;
+    if (tp == py.set_type || tp == py.frozenset_type)
+        info.flags |= TI_SET_EXACT;
     py.incref((cw_object *)tp);
     cw_tinfo *t = type_insert(c, &info);
     if (t == NULL) {
@@ -680,7 +691,7 @@ static int push(cw_census *c, cw_object *o, int32_t path) {
         return 0;
     }
     py.incref(o);
-    c->stack[c->sp++] = (cw_entry){.obj = o, .pos = 0, .path = path, .done = 0};
+    c->stack[c->sp++] = (cw_entry){.obj = o, .iter = NULL, .pos = 0, .path = path};
     if (c->sp > c->stack_max)
         c->stack_max = c->sp;
     return 1;
@@ -720,21 +731,22 @@ static void take(cw_census *c, cw_object *o, const cw_tinfo *t, int32_t path) {
     }
 }
 
-/* One referent reached: skipped, taken now, or kept for after the traversal. */
-static inline void reach(cw_census *c, cw_object *o, int32_t path, uint8_t mode, int inside) {
+/* One referent reached: skipped (0), or taken now or kept for after the traversal (1). */
+static inline int reach(cw_census *c, cw_object *o, int32_t path, uint8_t mode, int inside) {
     if (o == NULL)
-        return;
+        return 0;
     uint64_t addr = (uint64_t)(uintptr_t)o;
     if (c->nbound && bound_has(c, addr))
-        return;
+        return 0;
     if (!mark(c, addr))
-        return;
+        return 0;
     cw_tinfo *t = inside ? NULL : type_find(c, o->type);
     if (t == NULL || mode == MODE_EXCLUDE) {
         later(c, o, path, mode);
-        return;
+        return 1;
     }
     take(c, o, t, path);
+    return 1;
 }
 
 static inline void tick(cw_census *c) {
@@ -780,9 +792,9 @@ static int visit(cw_object *o, void *arg) {
     cw_census *c = arg;
     if (c->cur_seen++ < c->cur_skip)
         return 0;
-    /* inside a tp_traverse: nothing that could allocate, everything kept for later */
-    reach(c, o, c->cur_path, c->cur_mode, 1);
-    if (++c->cur_taken >= CHUNK || c->nomem)
+    /* inside a tp_traverse: nothing that could allocate, everything kept for later; a
+     * turn ends after CHUNK new objects (what was seen before costs a look, no more) */
+    if (reach(c, o, c->cur_path, c->cur_mode, 1) && (++c->cur_taken >= CHUNK || c->nomem))
         return 1;
     return 0;
 }
@@ -812,7 +824,35 @@ static void open_top(cw_census *c) {
             c->stack[top].done = 1;
         return;
     }
-    if (flags & TI_DICT_EXACT) {
+    if (flags & TI_SET_EXACT) { /* its iterator: set_traverse cannot be resumed cheaply */
+        cw_object *it = e->iter;
+        if (it == NULL) {
+            it = py.get_iter(o);
+            if (it == NULL) {
+                py.err_clear();
+                c->stack[top].done = 1;
+                return;
+            }
+            c->stack[top].iter = it;
+        }
+        int more = 1;
+        for (int i = 0; i < CHUNK && !c->over; i++) {
+            cw_object *item = py.iter_next(it);
+            if (item == NULL) { /* the end, or the set changed size: an estimate */
+                more = 0;
+                break;
+            }
+            reach(c, item, path, mode, 0);
+            release(c, item);
+            tick(c);
+        }
+        if (py.err_occurred())
+            py.err_clear();
+        if (!more)
+            c->stack[top].done = 1;
+        return;
+    }
+    if ((flags & TI_DICT) && e->phase == 0) { /* a dict's items: keys too, a chunk a turn */
         intptr_t p = (intptr_t)pos;
         cw_object *k, *v;
         int more = 1;
@@ -824,8 +864,14 @@ static void open_top(cw_census *c) {
             tick(c);
         }
         c->stack[top].pos = (int64_t)p;
-        if (!more)
-            c->stack[top].done = 1;
+        if (!more) {
+            if (flags & TI_DICT_EXACT) {
+                c->stack[top].done = 1;
+            } else { /* a subclass: then the rest of it (its __dict__, slots...) */
+                c->stack[top].phase = 1;
+                c->stack[top].pos = 0;
+            }
+        }
         return;
     }
     /* anything else: its own tp_traverse, resumed by skipping what it visited before */
@@ -837,15 +883,8 @@ static void open_top(cw_census *c) {
     int rc = o->type->tp_traverse(o, visit, c);
     c->stack[top].pos = c->cur_seen;
     c->tick += c->cur_taken;
-    if (rc == 0) {
-        if (flags & TI_DICT) { /* a dict subclass: its keys too */
-            intptr_t p = 0;
-            cw_object *k, *v;
-            while (py.dict_next(o, &p, &k, &v))
-                reach(c, k, path, mode, 1);
-        }
+    if (rc == 0)
         c->stack[top].done = 1;
-    }
     if (now_ns() >= c->deadline)
         c->over = 1;
 }
@@ -883,8 +922,12 @@ CW_EXPORT void *cw_new(cw_object *classify, cw_object *agent_class, int max_dept
 /* Let go of every reference the walk holds (the results stay readable). */
 CW_EXPORT void cw_stop(void *handle) {
     cw_census *c = handle;
-    while (c->sp > 0)
-        release(c, c->stack[--c->sp].obj);
+    while (c->sp > 0) {
+        cw_entry *e = &c->stack[--c->sp];
+        if (e->iter != NULL)
+            py.decref(e->iter);
+        release(c, e->obj);
+    }
     for (size_t i = c->later_pos; i < c->nlater; i++)
         release(c, c->later[i].obj);
     c->nlater = c->later_pos = 0;
@@ -984,8 +1027,10 @@ CW_EXPORT int cw_run(void *handle, uint64_t budget_ns) {
             break;
         cw_entry *e = &c->stack[c->sp - 1];
         if (e->done) {
-            cw_object *o = e->obj;
+            cw_object *o = e->obj, *it = e->iter;
             c->sp--;
+            if (it != NULL)
+                py.decref(it); /* ours; it lets go of the set, which we still hold */
             release(c, o);
             continue;
         }

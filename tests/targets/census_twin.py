@@ -7,6 +7,7 @@ Prints "TWIN <json>": {"native": {"root|type": [objects, bytes]}, "python": {...
 "walkers": [...], "orphan_freed": bool, "orphans": n}.
 """
 
+import collections
 import gc
 import json
 import os
@@ -21,7 +22,16 @@ sys.argv[1:] = ["2000"]  # census_app's cache size
 import census_app  # noqa: E402, F401 - its roots are what the walks count
 from heapspy_agent import census, census_walk  # noqa: E402
 
-ROOTS = ("census_app.CACHE", "census_app.Registry.items", "census_app.HANDLER")
+ROOTS = (
+    "census_app.CACHE",
+    "census_app.Registry.items",
+    "census_app.HANDLER",
+    "__main__.SEEN",
+    "__main__.BAG",
+)
+# a set (opened through its iterator) and a dict subclass (its items, then the rest)
+SEEN = {("seen-%d" % i, i * 7) for i in range(3000)}
+BAG = collections.Counter({"bag-%d" % i: i for i in range(3000)})
 
 
 def totals(walk):
