@@ -458,7 +458,7 @@ static int32_t node_find(cw_census *c, int32_t parent, int32_t name, int make) {
     }
     if (!make)
         return -1;
-    if ((c->nodes + 1) * 2 > c->index_cap) {
+    if ((c->nodes + 1) * 4 > c->index_cap * 3) { /* at most three quarters full */
         size_t ncap = c->index_cap ? c->index_cap * 2 : 4096;
         int32_t *idx = malloc(ncap * sizeof(int32_t));
         if (idx == NULL)
@@ -471,7 +471,7 @@ static int32_t node_find(cw_census *c, int32_t parent, int32_t name, int make) {
             index_put(c, (int32_t)i);
     }
     if (c->nodes == c->nodes_cap) {
-        size_t ncap = c->nodes_cap ? c->nodes_cap * 2 : 1024;
+        size_t ncap = c->nodes_cap ? c->nodes_cap + c->nodes_cap / 2 : 1024; /* x1.5 */
         int32_t *p = realloc(c->node_parent, ncap * 4);
         if (p != NULL)
             c->node_parent = p;
