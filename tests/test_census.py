@@ -301,3 +301,4 @@ def test_native_and_python_walks_agree(interp: Interpreter) -> None:
         assert abs(got[1] - nbytes) <= 0.1 * nbytes, (key, got, nbytes)
         assert abs(got[0] - objects) <= 0.1 * objects, (key, got, objects)
     assert twin["orphans"] >= 1 and twin["orphan_freed"], twin
+    assert twin["unloaded"], twin  # not while a walk was alive, then yes

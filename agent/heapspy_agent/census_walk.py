@@ -24,9 +24,11 @@ class Walker:
     """One census's state in C; ``free()`` (or garbage collection) releases it. Free it
     before the library is unloaded."""
 
-    def __init__(self, lib: Any, handle: int) -> None:
+    def __init__(self, lib: Any, handle: int, owner: "Library") -> None:
         self._lib = lib
         self._h: Optional[int] = handle
+        self._owner = owner
+        owner.walkers += 1
 
     def _handle(self) -> int:
         if self._h is None:
@@ -103,6 +105,7 @@ class Walker:
         handle, self._h = self._h, None
         if handle is not None:
             self._lib.cw_free(handle)
+            self._owner.walkers -= 1
 
     def __del__(self) -> None:
         self.free()
@@ -112,7 +115,8 @@ class Library:
     """The loaded library's census functions."""
 
     def __init__(self, lib: Any) -> None:
-        self._lib = lib
+        self._lib: Any = lib
+        self.walkers = 0  # walks not freed yet: the library must stay while any is
         vp, i32, u64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_uint64
         obj = ctypes.py_object
         for name, restype, argtypes in (
@@ -156,16 +160,18 @@ class Library:
         handle = self._lib.cw_new(
             classify, agent_class, max_depth, max_paths, max_bytes, other_name, unknown_name
         )
-        return Walker(self._lib, handle) if handle else None
+        return Walker(self._lib, handle, self) if handle else None
 
     def unload(self) -> bool:
-        """dlclose this handle on the library, unless the main thread has yet to run a
-        call the walk queued (it would jump into unmapped code): then it stays."""
-        lib, self._lib = self._lib, None
+        """dlclose this handle on the library, unless a walk was not freed or the main
+        thread has yet to run a call a walk queued (either would jump into unmapped
+        code): then it stays, and False."""
+        lib = self._lib
         if lib is None:
             return True
-        if lib.cw_pending():
+        if lib.cw_pending() or self.walkers:
             return False
+        self._lib = None
         handle = lib._handle
         del lib
         _ctypes.dlclose(handle)

@@ -4,7 +4,7 @@ walk's handling of objects the target drops while the walk holds them.
 
 Usage: census_twin.py AGENT_DIR SHIM_PATH
 Prints "TWIN <json>": {"native": {"root|type": [objects, bytes]}, "python": {...},
-"walkers": [...], "orphan_freed": bool, "orphans": n}.
+"walkers": [...], "orphan_freed": bool, "orphans": n, "unloaded": bool}.
 """
 
 import collections
@@ -75,11 +75,18 @@ for _ in range(1000):  # the pending call runs at the main thread's next checks
     if probe() is None:
         break
     gc.collect(0)
+# the library stays mapped while a walk is alive (its free would call into it)
+alive = library.new(lambda tp: (1, None, 0, False), lambda cls: False, 3, 10, 1 << 20, 0, 1)
+kept = not library.unload()
+alive.free()
+unloaded = kept and library.unload()
+
 result = {
     "native": native,
     "python": python,
     "walkers": [native_walker, python_walker],
     "orphan_freed": probe() is None,
     "orphans": orphans,
+    "unloaded": unloaded,
 }
 print("TWIN " + json.dumps(result), flush=True)
