@@ -169,14 +169,23 @@ typedef struct {
 
 typedef struct {
     uint64_t hash;
-    uint32_t off; /* first frame in g_codes/g_lines; frames are stored leaf first */
+    /* nframes code objects leaf first, then their nframes int32 lines, in one block of
+     * its own (freed when the stack is evicted); NULL when nframes is 0. */
+    void **codes;
     uint16_t nframes;
     uint8_t flags;
     uint8_t dirty;
-    uint32_t label; /* label set (heapspy_labels.h): part of the stack's key */
+    uint8_t reported; /* a drain handed it out: the caller knows its frames */
+    uint8_t in_use;   /* 0: a free slot, on the free list (next_free) */
+    uint32_t label;   /* label set (heapspy_labels.h): part of the stack's key */
+    uint32_t touched; /* drain epoch of its last change (see hs_evict) */
+    uint32_t next_free;
     uint64_t alloc_count, alloc_bytes, live_count, live_bytes; /* raw sampled values */
     double est[4]; /* estimated alloc count, alloc bytes, live count, live bytes */
+    double var[4]; /* variances of est: a sample of weight w adds w(w-1), w(w-1)size^2 */
 } hs_stack;
+
+static inline int32_t *stack_lines(const hs_stack *s) { return (int32_t *)(s->codes + s->nframes); }
 
 /* The two CPython domains we hook, then NumPy's array data (not a PyMem domain). */
 static hs_dom g_dom[HS_NDOMAINS] = {
@@ -204,28 +213,38 @@ static void *g_main_interp;
 static uint64_t g_sampled_count, g_sampled_bytes, g_live_samples, g_live_bytes;
 static uint64_t g_dropped, g_overflow;
 
-/* Stack table: records, an open-addressing index of ids, frame storage, dirty list. */
+/* Stack table: records, an open-addressing index of ids, dirty list. Ids below g_nstacks
+ * have been used; evicted ones (hs_evict) are free slots, reused first (g_free_head). */
 static hs_stack *g_stacks;
-static uint32_t g_nstacks, g_cap_stacks, g_max_stacks, g_drained;
+static uint32_t g_nstacks, g_cap_stacks, g_max_stacks, g_used_stacks;
+static uint32_t g_free_head; /* id + 1 of the first free slot, 0 = none */
 static uint32_t *g_index; /* id + 1, 0 = empty */
 static uint32_t g_index_cap;
-static void **g_codes;
-static int32_t *g_lines;
-static uint32_t g_nframes, g_cap_frames, g_max_frames_total;
+static uint32_t g_nframes, g_max_frames_total; /* frames held by the stacks in use */
 static uint32_t *g_dirty;
 static uint32_t g_ndirty;
+static uint32_t g_epoch;    /* drains so far */
+static uint64_t g_evicted;  /* stacks evicted so far */
+static int g_evicting;      /* hs_evict is releasing code objects */
+static uint32_t *g_out_evicted;
+static size_t g_out_evicted_cap;
 
 /* Line numbers cost most of a capture (CPython scans the code's line table each time).
  * From 3.11 a frame's instruction offset is public, so lines are cached by (code, offset)
- * for the code objects the stack table holds a reference to (g_cset): their addresses
- * cannot be reused before stop, which clears everything. */
+ * for the code objects the stack table holds a reference to (g_cset, with the number of
+ * frames holding each): their addresses cannot be reused while held; hs_evict clears
+ * the cache when it lets one go, stop clears everything. */
 #define HS_LINE_CACHE 1024
 typedef struct {
     void *code;
     int32_t lasti, line;
 } hs_line;
 static hs_line *g_lcache;
-static void **g_cset; /* open addressing set of interned code objects, NULL = empty */
+typedef struct {
+    void *code;    /* NULL = empty */
+    uint32_t refs; /* frames of stacks in use that hold it */
+} hs_code;
+static hs_code *g_cset; /* open addressing set of interned code objects */
 static uint32_t g_cset_cap, g_cset_count;
 
 /* Capture buffer: captures happen one at a time under the GIL (MODE_CAPTURING). */
@@ -265,8 +284,9 @@ static unsigned g_fshift = 63;
 /* Drain buffers handed to the caller; only hs_read and hs_stop touch them. */
 static uint64_t *g_out_new, *g_out_codes, *g_out_changed;
 static int64_t *g_out_lines;
-static double *g_out_est;
+static double *g_out_est, *g_out_var;
 static size_t g_out_new_cap, g_out_codes_cap, g_out_lines_cap, g_out_changed_cap, g_out_est_cap;
+static size_t g_out_var_cap;
 
 /* ---- small helpers -------------------------------------------------------------- */
 
@@ -473,30 +493,36 @@ static inline uint32_t cset_slot(void *code, uint32_t cap) {
     return (uint32_t)(ptr_hash((uintptr_t)code) >> 32) & (cap - 1);
 }
 
-static int cset_has(void *code) {
+static hs_code *cset_find(void *code) {
     if (g_cset_cap == 0)
-        return 0;
+        return NULL;
     for (uint32_t i = cset_slot(code, g_cset_cap);; i = (i + 1) & (g_cset_cap - 1)) {
-        if (g_cset[i] == code)
-            return 1;
-        if (g_cset[i] == NULL)
-            return 0;
+        if (g_cset[i].code == code)
+            return &g_cset[i];
+        if (g_cset[i].code == NULL)
+            return NULL;
     }
 }
 
-/* Best effort: a code object missing from the set only misses the cache. */
+static int cset_has(void *code) { return cset_find(code) != NULL; }
+
+/* Best effort: a code object missing from the set only misses the cache (a code object
+ * is in the set only while a stack holds a reference to it). */
 static void cset_add(void *code) {
-    if (cset_has(code))
+    hs_code *e = cset_find(code);
+    if (e != NULL) {
+        e->refs++;
         return;
+    }
     if ((g_cset_count + 1) * 2 > g_cset_cap) {
         uint32_t ncap = g_cset_cap ? g_cset_cap * 2 : 256;
-        void **n = calloc(ncap, sizeof *n);
+        hs_code *n = calloc(ncap, sizeof *n);
         if (n == NULL)
             return;
         for (uint32_t i = 0; i < g_cset_cap; i++) {
-            if (g_cset[i] != NULL) {
-                uint32_t j = cset_slot(g_cset[i], ncap);
-                while (n[j] != NULL)
+            if (g_cset[i].code != NULL) {
+                uint32_t j = cset_slot(g_cset[i].code, ncap);
+                while (n[j].code != NULL)
                     j = (j + 1) & (ncap - 1);
                 n[j] = g_cset[i];
             }
@@ -506,10 +532,36 @@ static void cset_add(void *code) {
         g_cset_cap = ncap;
     }
     uint32_t i = cset_slot(code, g_cset_cap);
-    while (g_cset[i] != NULL)
+    while (g_cset[i].code != NULL)
         i = (i + 1) & (g_cset_cap - 1);
-    g_cset[i] = code;
+    g_cset[i].code = code;
+    g_cset[i].refs = 1;
     g_cset_count++;
+}
+
+/* One reference fewer; 1 when the code object left the set (its address may be reused
+ * once the reference is released: the line cache must forget it). Backward-shift
+ * deletion, as the pointer map. */
+static int cset_release(void *code) {
+    hs_code *e = cset_find(code);
+    if (e == NULL || --e->refs > 0)
+        return 0;
+    uint32_t mask = g_cset_cap - 1, i = (uint32_t)(e - g_cset), j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (g_cset[j].code == NULL)
+            break;
+        uint32_t h = cset_slot(g_cset[j].code, g_cset_cap);
+        int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            g_cset[i] = g_cset[j];
+            i = j;
+        }
+    }
+    g_cset[i].code = NULL;
+    g_cset[i].refs = 0;
+    g_cset_count--;
+    return 1;
 }
 
 static int frame_line(void *frame, void *code) {
@@ -535,6 +587,7 @@ static inline void mark_dirty(uint32_t id) {
     hs_stack *s = &g_stacks[id];
     if (!s->dirty) {
         s->dirty = 1;
+        s->touched = g_epoch;
         g_dirty[g_ndirty++] = id; /* g_dirty has g_cap_stacks slots */
     }
 }
@@ -552,6 +605,8 @@ static int index_rebuild(uint32_t cap) {
     if (idx == NULL)
         return 0;
     for (uint32_t id = 1; id < g_nstacks; id++) { /* stack 0 (overflow) is not indexed */
+        if (!g_stacks[id].in_use)
+            continue;
         uint32_t i = (uint32_t)g_stacks[id].hash & (cap - 1);
         while (idx[i])
             i = (i + 1) & (cap - 1);
@@ -572,46 +627,57 @@ static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned
     for (uint32_t v; (v = g_index[i]) != 0; i = (i + 1) & mask) {
         hs_stack *s = &g_stacks[v - 1];
         if (s->hash == h && s->nframes == n && s->flags == flags && s->label == label &&
-            (n == 0 || (memcmp(&g_codes[s->off], codes, (size_t)n * sizeof *codes) == 0 &&
-                        memcmp(&g_lines[s->off], lines, (size_t)n * sizeof *lines) == 0)))
+            (n == 0 || (memcmp(s->codes, codes, (size_t)n * sizeof *codes) == 0 &&
+                        memcmp(stack_lines(s), lines, (size_t)n * sizeof *lines) == 0)))
             return v - 1;
     }
-    if (g_nstacks >= g_max_stacks || (uint64_t)g_nframes + (uint64_t)n > g_max_frames_total)
+    if (g_used_stacks >= g_max_stacks || (uint64_t)g_nframes + (uint64_t)n > g_max_frames_total)
         goto overflow;
-    uint32_t cap = g_cap_stacks;
-    if (!grow((void **)&g_stacks, sizeof *g_stacks, &g_cap_stacks, g_nstacks + 1, g_max_stacks))
-        goto overflow;
-    if (g_cap_stacks != cap &&
-        !grow((void **)&g_dirty, sizeof *g_dirty, &cap, g_cap_stacks, g_cap_stacks)) {
-        g_cap_stacks = cap; /* keep the dirty list big enough for every stack */
-        goto overflow;
+    if (g_free_head == 0) {
+        uint32_t cap = g_cap_stacks;
+        if (!grow((void **)&g_stacks, sizeof *g_stacks, &g_cap_stacks, g_nstacks + 1,
+                  g_max_stacks))
+            goto overflow;
+        if (g_cap_stacks != cap &&
+            !grow((void **)&g_dirty, sizeof *g_dirty, &cap, g_cap_stacks, g_cap_stacks)) {
+            g_cap_stacks = cap; /* keep the dirty list big enough for every stack */
+            goto overflow;
+        }
     }
-    uint32_t fcap = g_cap_frames;
-    if (!grow((void **)&g_codes, sizeof *g_codes, &fcap, g_nframes + (uint32_t)n,
-              g_max_frames_total) ||
-        !grow((void **)&g_lines, sizeof *g_lines, &g_cap_frames, g_nframes + (uint32_t)n,
-              g_max_frames_total) ||
-        fcap != g_cap_frames)
+    void **block = NULL;
+    if (n > 0 && (block = malloc((size_t)n * (sizeof *codes + sizeof *lines))) == NULL)
         goto overflow;
     if ((uint64_t)(g_nstacks + 1) * 2 > g_index_cap) {
-        if (!index_rebuild(g_index_cap * 2))
+        if (!index_rebuild(g_index_cap * 2)) {
+            free(block);
             goto overflow;
+        }
         mask = g_index_cap - 1;
         i = (uint32_t)h & mask;
         while (g_index[i])
             i = (i + 1) & mask;
     }
-    uint32_t id = g_nstacks++;
+    uint32_t id;
+    if (g_free_head != 0) {
+        id = g_free_head - 1;
+        g_free_head = g_stacks[id].next_free;
+    } else {
+        id = g_nstacks++;
+    }
+    g_used_stacks++;
     hs_stack *s = &g_stacks[id];
     memset(s, 0, sizeof *s);
     s->hash = h;
-    s->off = g_nframes;
+    s->codes = block;
     s->nframes = (uint16_t)n;
     s->flags = (uint8_t)flags;
     s->label = label;
+    s->in_use = 1;
+    if (n > 0) {
+        memcpy(block, codes, (size_t)n * sizeof *codes);
+        memcpy(stack_lines(s), lines, (size_t)n * sizeof *lines);
+    }
     for (int k = 0; k < n; k++) {
-        g_codes[g_nframes + (uint32_t)k] = codes[k];
-        g_lines[g_nframes + (uint32_t)k] = lines[k];
         api.incref(codes[k]);
         cset_add(codes[k]);
     }
@@ -708,17 +774,21 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned do
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
         g_until = next;
-    double w = weight(size);
+    double w = weight(size), v = w * (w - 1.0), sz = (double)size;
     hs_stack *s = &g_stacks[id];
     s->alloc_count++;
     s->alloc_bytes += size;
     s->est[0] += w;
-    s->est[1] += w * (double)size;
+    s->est[1] += w * sz;
+    s->var[0] += v;
+    s->var[1] += v * sz * sz;
     if (map_insert(ptr, id | (dom << HS_MAP_DOM_SHIFT), size, w)) {
         s->live_count++;
         s->live_bytes += size;
         s->est[2] += w;
-        s->est[3] += w * (double)size;
+        s->est[3] += w * sz;
+        s->var[2] += v;
+        s->var[3] += v * sz * sz;
         g_live_samples++;
         g_live_bytes += size;
     } else {
@@ -768,11 +838,13 @@ static __attribute__((noinline)) void forget(void *ptr) {
         s->live_count--;
         s->live_bytes -= size;
         if (s->live_count == 0) { /* no rounding residue once nothing is live */
-            s->est[2] = 0.0;
-            s->est[3] = 0.0;
+            s->est[2] = s->est[3] = s->var[2] = s->var[3] = 0.0;
         } else {
+            double v = w * (w - 1.0), sz = (double)size;
             s->est[2] -= w;
-            s->est[3] -= w * (double)size;
+            s->est[3] -= w * sz;
+            s->var[2] -= v;
+            s->var[3] -= v * sz * sz;
         }
         g_live_samples--;
         g_live_bytes -= size;
@@ -1038,29 +1110,37 @@ void hs__stack_event(uint32_t id, uint64_t size, double w, int kind) {
     if (id >= g_nstacks)
         return;
     hs_stack *s = &g_stacks[id];
+    double v = w * (w - 1.0), v2 = v * (double)size * (double)size; /* see sample() */
     if (kind == HS_EV_UNALLOC) {
         s->alloc_count--;
         s->alloc_bytes -= size;
         s->est[0] -= w;
         s->est[1] -= w * (double)size;
+        s->var[0] -= v;
+        s->var[1] -= v2;
     } else if (kind == HS_EV_ALLOC) {
         s->alloc_count++;
         s->alloc_bytes += size;
         s->est[0] += w;
         s->est[1] += w * (double)size;
+        s->var[0] += v;
+        s->var[1] += v2;
         s->live_count++;
         s->live_bytes += size;
         s->est[2] += w;
         s->est[3] += w * (double)size;
+        s->var[2] += v;
+        s->var[3] += v2;
     } else if (s->live_count > 0) {
         s->live_count--;
         s->live_bytes -= size;
         if (s->live_count == 0) {
-            s->est[2] = 0.0;
-            s->est[3] = 0.0;
+            s->est[2] = s->est[3] = s->var[2] = s->var[3] = 0.0;
         } else {
             s->est[2] -= w;
             s->est[3] -= w * (double)size;
+            s->var[2] -= v;
+            s->var[3] -= v2;
         }
     }
     mark_dirty(id);
@@ -1073,13 +1153,14 @@ void *hs__dom_prev(int i) { return (i == 0 || i == 1) && g_dom[i].installed ? &g
 static uint64_t shim_memory(void) {
     return (uint64_t)g_cap_stacks * (sizeof *g_stacks + sizeof *g_dirty) +
            (uint64_t)g_index_cap * sizeof *g_index +
-           (uint64_t)g_cap_frames * (sizeof *g_codes + sizeof *g_lines) +
+           (uint64_t)g_nframes * (sizeof(void *) + sizeof(int32_t)) +
            (g_cap_codes ? (uint64_t)g_max_frames * (sizeof *g_cap_codes + sizeof *g_cap_lines) : 0) +
            g_mcap * (sizeof *g_mkeys + sizeof *g_msizes + sizeof *g_mstacks + sizeof *g_mweights +
                      FILTER_PER_SLOT / 8) +
            g_out_new_cap * 4 * sizeof(uint64_t) +
            g_out_codes_cap * sizeof *g_out_codes + g_out_lines_cap * sizeof *g_out_lines +
            g_out_changed_cap * 5 * sizeof(uint64_t) + g_out_est_cap * 4 * sizeof(double) +
+           g_out_var_cap * 4 * sizeof(double) + g_out_evicted_cap * sizeof *g_out_evicted +
            (g_lcache ? HS_LINE_CACHE * sizeof *g_lcache : 0) + (uint64_t)g_cset_cap * sizeof *g_cset +
            hs_labels_memory();
 }
@@ -1090,10 +1171,14 @@ static void free_out_buffers(void) {
     free(g_out_lines);
     free(g_out_changed);
     free(g_out_est);
+    free(g_out_var);
+    free(g_out_evicted);
     g_out_new = g_out_codes = g_out_changed = NULL;
     g_out_lines = NULL;
-    g_out_est = NULL;
+    g_out_est = g_out_var = NULL;
+    g_out_evicted = NULL;
     g_out_new_cap = g_out_codes_cap = g_out_lines_cap = g_out_changed_cap = g_out_est_cap = 0;
+    g_out_var_cap = g_out_evicted_cap = 0;
 }
 
 /* Drop every table and the references to code objects. Detach first, decref last: a
@@ -1101,11 +1186,11 @@ static void free_out_buffers(void) {
 static void release_tables(void) {
     g_fbits = g_closed; /* before the filter is freed */
     g_fshift = 63;
-    void **codes = g_codes;
-    uint32_t ncodes = g_nframes;
-    free(g_stacks);
+    /* The stack records (and their frame blocks) are kept until every global is reset:
+     * the code objects are released from them last. */
+    hs_stack *stacks = g_stacks;
+    uint32_t nstacks = g_nstacks;
     free(g_index);
-    free(g_lines);
     free(g_dirty);
     free(g_cap_codes);
     free(g_cap_lines);
@@ -1120,8 +1205,6 @@ static void release_tables(void) {
     hs_labels_stop();
     g_stacks = NULL;
     g_index = NULL;
-    g_codes = NULL;
-    g_lines = NULL;
     g_dirty = NULL;
     g_cap_codes = NULL;
     g_cap_lines = NULL;
@@ -1133,14 +1216,22 @@ static void release_tables(void) {
     g_lcache = NULL;
     g_cset = NULL;
     g_cset_cap = g_cset_count = 0;
-    g_nstacks = g_cap_stacks = g_drained = g_index_cap = 0;
-    g_nframes = g_cap_frames = 0;
+    g_nstacks = g_cap_stacks = g_used_stacks = g_free_head = g_index_cap = 0;
+    g_nframes = 0;
     g_ndirty = 0;
+    g_epoch = 0;
+    g_evicted = 0;
     g_mcap = g_mcount = 0;
     g_live_samples = g_live_bytes = 0;
-    for (uint32_t i = 0; i < ncodes; i++)
-        api.decref(codes[i]);
-    free(codes);
+    for (uint32_t id = 0; id < nstacks; id++) {
+        hs_stack *s = &stacks[id];
+        if (!s->in_use || s->codes == NULL)
+            continue;
+        for (uint32_t k = 0; k < s->nframes; k++)
+            api.decref(s->codes[k]);
+        free(s->codes);
+    }
+    free(stacks);
 }
 
 static int alloc_tables(int max_frames, uint32_t max_stacks) {
@@ -1165,7 +1256,8 @@ static int alloc_tables(int max_frames, uint32_t max_stacks) {
     /* Stack 0 collects samples whose stack did not fit. */
     memset(&g_stacks[0], 0, sizeof g_stacks[0]);
     g_stacks[0].flags = HS_STACK_OVERFLOW;
-    g_nstacks = 1;
+    g_stacks[0].in_use = 1;
+    g_nstacks = g_used_stacks = 1;
     return HS_OK;
 }
 
@@ -1425,8 +1517,9 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->live_sampled_bytes = g_live_bytes;
     out->dropped_samples = g_dropped;
     out->overflow_samples = g_overflow;
-    out->stacks = g_nstacks;
+    out->stacks = g_used_stacks;
     out->frames = g_nframes;
+    out->evicted_stacks = g_evicted;
     out->map_entries = g_mcount;
     out->numpy_hooked = g_np != NULL;
     int rc = hs_labels_read(out, drain && g_state == HS_STATE_RUNNING,
@@ -1437,28 +1530,40 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
         out->shim_memory = shim_memory();
         return HS_OK;
     }
-    uint32_t first = g_drained, nnew = g_nstacks - first;
-    uint32_t f0 = nnew ? g_stacks[first].off : 0, nf = g_nframes - f0;
+    /* New stacks are the dirty ones no drain has handed out yet (a stack is dirty from
+     * the sample that interns it). */
+    uint32_t nnew = 0, nf = 0;
+    for (uint32_t k = 0; k < g_ndirty; k++) {
+        hs_stack *s = &g_stacks[g_dirty[k]];
+        if (!s->reported) {
+            nnew++;
+            nf += s->nframes;
+        }
+    }
     if (!out_reserve((void **)&g_out_new, &g_out_new_cap, nnew, 4 * sizeof(uint64_t)) ||
         !out_reserve((void **)&g_out_codes, &g_out_codes_cap, nf, sizeof *g_out_codes) ||
         !out_reserve((void **)&g_out_lines, &g_out_lines_cap, nf, sizeof *g_out_lines) ||
         !out_reserve((void **)&g_out_changed, &g_out_changed_cap, g_ndirty, 5 * sizeof(uint64_t)) ||
-        !out_reserve((void **)&g_out_est, &g_out_est_cap, g_ndirty, 4 * sizeof(double)))
+        !out_reserve((void **)&g_out_est, &g_out_est_cap, g_ndirty, 4 * sizeof(double)) ||
+        !out_reserve((void **)&g_out_var, &g_out_var_cap, g_ndirty, 4 * sizeof(double)))
         return HS_ERR_NOMEM;
-    for (uint32_t k = 0; k < nnew; k++) {
-        hs_stack *s = &g_stacks[first + k];
-        g_out_new[4 * k] = first + k;
-        g_out_new[4 * k + 1] = s->nframes;
-        g_out_new[4 * k + 2] = s->flags;
-        g_out_new[4 * k + 3] = s->label;
-    }
-    for (uint32_t k = 0; k < nf; k++) {
-        g_out_codes[k] = (uint64_t)(uintptr_t)g_codes[f0 + k];
-        g_out_lines[k] = g_lines[f0 + k];
-    }
+    uint32_t knew = 0, f = 0;
     for (uint32_t k = 0; k < g_ndirty; k++) {
         uint32_t id = g_dirty[k];
         hs_stack *s = &g_stacks[id];
+        if (!s->reported) {
+            g_out_new[4 * knew] = id;
+            g_out_new[4 * knew + 1] = s->nframes;
+            g_out_new[4 * knew + 2] = s->flags;
+            g_out_new[4 * knew + 3] = s->label;
+            knew++;
+            const int32_t *lines = stack_lines(s);
+            for (uint32_t j = 0; j < s->nframes; j++, f++) {
+                g_out_codes[f] = (uint64_t)(uintptr_t)s->codes[j];
+                g_out_lines[f] = lines[j];
+            }
+            s->reported = 1;
+        }
         uint64_t *r = &g_out_changed[5 * k];
         r[0] = id;
         r[1] = s->alloc_count;
@@ -1466,6 +1571,7 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
         r[3] = s->live_count;
         r[4] = s->live_bytes;
         memcpy(&g_out_est[4 * k], s->est, sizeof s->est);
+        memcpy(&g_out_var[4 * k], s->var, sizeof s->var);
         s->dirty = 0;
     }
     out->n_new = nnew;
@@ -1476,8 +1582,9 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
     out->n_changed = g_ndirty;
     out->changed = (uint64_t)(uintptr_t)g_out_changed;
     out->changed_est = (uint64_t)(uintptr_t)g_out_est;
+    out->changed_var = (uint64_t)(uintptr_t)g_out_var;
     g_ndirty = 0;
-    g_drained = g_nstacks;
+    g_epoch++;
     out->shim_memory = shim_memory();
     return HS_OK;
 }
@@ -1548,4 +1655,88 @@ HS_EXPORT int64_t hs_live_blocks(hs_live_block *out, uint64_t max, uint64_t *cur
     }
     *cursor = i;
     return (int64_t)n;
+}
+
+/* Evict the stacks that nothing needs any more: not the overflow stack, handed out by a
+ * drain, unchanged since (so the caller has their final counters), nothing live, and
+ * unchanged for at least min_idle further drains (a stack that allocates again soon
+ * would be interned and sent again). Their slots are reused, their frame blocks freed
+ * and their references to code objects released, so that the tables follow what is live
+ * rather than everything ever seen. Called with the GIL held (ctypes.PyDLL), never from
+ * a hook: releasing a code object may run arbitrary code (its deallocation, weakref
+ * callbacks), which may allocate through our hooks; the tables are consistent before the
+ * first release. The ids are left in a buffer valid until the next hs_evict or hs_stop;
+ * the caller must forget them before a drain hands out a stack under one of them again. */
+static int evictable(const hs_stack *s, uint64_t min_idle) {
+    return s->in_use && s->reported && !s->dirty && s->live_count == 0 &&
+           !(s->flags & HS_STACK_NATIVE) && (uint64_t)(g_epoch - s->touched) > min_idle;
+}
+
+HS_EXPORT int hs_evict(uint64_t min_idle, uint64_t *n_out, uint64_t *ids_out) {
+    if (n_out == NULL || ids_out == NULL)
+        return HS_ERR_ARG;
+    *n_out = 0;
+    *ids_out = 0;
+    if (g_state != HS_STATE_RUNNING)
+        return HS_ERR_NOT_RUNNING;
+    if (g_evicting)
+        return HS_ERR_RUNNING;
+    /* Native samples reach the table as events: fold them in first, so that a stack one
+     * of them took since the drain is dirty (native samples taken without the GIL all go
+     * to the no-stack stack, whose id native_hooks.c keeps: never evicted). */
+    hs__native_merge();
+    uint32_t n = 0;
+    uint64_t frames = 0;
+    for (uint32_t id = 1; id < g_nstacks; id++) {
+        if (evictable(&g_stacks[id], min_idle)) {
+            hs_stack *s = &g_stacks[id];
+            n++;
+            frames += s->nframes;
+        }
+    }
+    if (n == 0)
+        return HS_OK;
+    void **release = frames ? malloc((size_t)frames * sizeof *release) : NULL;
+    if ((frames && release == NULL) ||
+        !out_reserve((void **)&g_out_evicted, &g_out_evicted_cap, n, sizeof *g_out_evicted)) {
+        free(release);
+        return HS_ERR_NOMEM;
+    }
+    uint32_t k = 0;
+    size_t r = 0;
+    int forgot_code = 0;
+    for (uint32_t id = 1; id < g_nstacks && k < n; id++) {
+        hs_stack *s = &g_stacks[id];
+        if (!evictable(s, min_idle))
+            continue;
+        for (uint32_t j = 0; j < s->nframes; j++) {
+            forgot_code |= cset_release(s->codes[j]);
+            release[r++] = s->codes[j];
+        }
+        free(s->codes);
+        g_nframes -= s->nframes;
+        memset(s, 0, sizeof *s);
+        s->next_free = g_free_head;
+        g_free_head = id + 1;
+        g_used_stacks--;
+        g_out_evicted[k++] = id;
+    }
+    g_evicted += k;
+    /* A released code object's address may be reused by another: forget its lines. */
+    if (forgot_code && g_lcache != NULL)
+        memset(g_lcache, 0, HS_LINE_CACHE * sizeof *g_lcache);
+    if (!index_rebuild(g_index_cap)) {
+        /* Keep the old index, whose entries may name free slots: fix it in place. */
+        for (uint32_t i = 0; i < g_index_cap; i++)
+            if (g_index[i] && !g_stacks[g_index[i] - 1].in_use)
+                g_index[i] = 0; /* breaks probe chains: only duplicates result, never errors */
+    }
+    *n_out = k;
+    *ids_out = (uint64_t)(uintptr_t)g_out_evicted;
+    g_evicting = 1;
+    for (size_t i = 0; i < r; i++)
+        api.decref(release[i]);
+    g_evicting = 0;
+    free(release);
+    return HS_OK;
 }

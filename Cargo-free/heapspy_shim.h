@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 6
+#define HS_ABI 7
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -59,12 +59,14 @@
  * point into buffers owned by the shim, valid until the next hs_read(drain=1) or hs_stop().
  *
  *   new_stacks:  n_new records of 4 uint64: (stack id, number of frames, flags, label set
- *                id). Stack ids are dense, start at 0 and stay valid until hs_stop(); stack
- *                0 is the overflow stack. Their frames are consecutive in new_codes/new_lines.
- *                A stack is interned with the label set of its samples: the same frames
- *                under two label sets are two stacks (heapspy_labels.h).
+ *                id). Stack 0 is the overflow stack. An id stays valid until hs_evict()
+ *                hands it back; a later drain may then hand out another stack under the
+ *                same id. Their frames are consecutive in new_codes/new_lines. A stack is
+ *                interned with the label set of its samples: the same frames under two
+ *                label sets are two stacks (heapspy_labels.h).
  *   new_codes:   n_new_frames code objects (PyObject *), leaf frame first (leaf -> root).
- *                The shim holds a reference to each until hs_stop().
+ *                The shim holds a reference to each until the stack is evicted or
+ *                hs_stop(): take your own before the next hs_evict().
  *   new_lines:   n_new_frames int64 line numbers, parallel to new_codes (-1: unknown).
  *   changed:     n_changed records of 5 uint64, current absolute values (not deltas) of each
  *                stack whose counters changed since the last drain: (stack id, alloc_count,
@@ -72,6 +74,10 @@
  *   changed_est: n_changed records of 4 doubles, parallel to changed: the same four values
  *                upscaled. Each sample of n bytes weighs 1 / (1 - exp(-n / rate)), Go's
  *                scale for one allocation, with the rate in force when it was taken.
+ *   changed_var: n_changed records of 4 doubles, parallel to changed: the variance of each
+ *                estimate, summed over its samples: a sample of weight w and n bytes adds
+ *                w (w - 1) to the counts' and w (w - 1) n^2 to the bytes' (the unbiased
+ *                Horvitz-Thompson estimate of its variance), at its own rate.
  *   new_labels:  n_new_labels records of 3 uint64, the label sets interned since the last
  *                drain: (label set id, native thread id, task slot). Set 0 is the empty set
  *                (stack 0, and samples once the label table is full); task slot 0: none,
@@ -98,7 +104,7 @@ typedef struct {
     uint64_t live_sampled_bytes; /* their bytes */
     uint64_t dropped_samples;    /* samples not tracked for frees: pointer map full */
     uint64_t overflow_samples;   /* samples attributed to stack 0: stack table full */
-    uint64_t stacks;             /* stacks interned */
+    uint64_t stacks;             /* stacks in the table now (evicted ones left) */
     uint64_t frames;             /* frames stored for them */
     uint64_t map_entries;        /* == live_samples */
     uint64_t shim_memory;        /* bytes of libc memory the shim holds */
@@ -117,6 +123,8 @@ typedef struct {
     uint64_t new_label_codes;
     uint64_t n_threads;
     uint64_t threads;
+    uint64_t changed_var;
+    uint64_t evicted_stacks; /* stacks evicted so far (hs_evict) */
 } hs_report;
 
 int hs_abi(void);
@@ -126,6 +134,9 @@ int hs_set_rate(uint64_t rate);
 int hs_stop(void);
 int hs_state(void);
 int hs_read(hs_report *out, int drain);
+/* Evict stacks with nothing live, already drained and unchanged for more than min_idle
+ * drains; *n_out ids (uint32) at address *ids_out, valid until the next call or hs_stop. */
+int hs_evict(uint64_t min_idle, uint64_t *n_out, uint64_t *ids_out);
 const char *hs_strerror(int code);
 /* NumPy array data (>= 1.22): hook the default PyDataMem_Handler, found by the caller
  * through NumPy's C-API table, in place; hs_stop() restores it. hs_numpy_inflight() is the

@@ -3,6 +3,12 @@
 The agent sends each stack once (interned by id) and afterwards only the sites whose
 numbers changed; this class keeps the running state, names frames that arrive without a
 function name, and produces the ``HeapProfile`` that the dump writer serialises.
+
+The agent evicts stacks that hold nothing live and have gone quiet (so that what it holds
+in the target follows the live heap): their ids are sent, and may come back later as
+other stacks. Their sites are retired here, keyed by their frames and label set, with
+what they allocated; a stack with the same frames and labels that comes back, under any
+id, takes those figures up again, so alloc_* stay cumulative since attach.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, Sampling
+from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, OVERFLOW_FUNCTION, Sampling
 
 from heapspy.frame_names import from_source
 from heapspy.model import (
@@ -33,7 +39,7 @@ from heapspy.model import (
     label_value,
 )
 from heapspy.runtime_stats import RuntimeStats
-from heapspy.scaling import sampling_variance, scale
+from heapspy.scaling import estimate_variance, scale
 from heapspy.symbolize import Symbolizer
 
 # What one session keeps of what its agent sends, whatever the agent sends: stacks past
@@ -62,6 +68,10 @@ class _Site:
     # its live samples by type, as the agent last classified them (Aggregator.apply_types);
     # None once the site changed since (its dump samples then carry no type)
     types: tuple[TypeShare, ...] | None = None
+    variance: tuple[float, float, float, float] | None = None  # see SiteCounts.variance
+    # what this stack's frames allocated under ids since evicted: (objects, bytes, the
+    # estimates of both, their variances), added to what the agent says of this id
+    carried: tuple[int, int, float, float, float, float] = (0, 0, 0.0, 0.0, 0.0, 0.0)
 
     def live(self, rate: int) -> tuple[float, float]:
         """Estimated live (objects, bytes) at this site."""
@@ -78,6 +88,51 @@ class _Site:
         if self.estimate is not None:
             return self.estimate[0], self.estimate[1]
         return scale(self.alloc_objects, self.alloc_bytes, rate)
+
+    def live_variance(self, rate: int) -> float:
+        """Variance of the live bytes estimate (``scaling.estimate_variance``)."""
+        if self.exact:
+            return 0.0
+        recorded = None if self.variance is None else (self.variance[2], self.variance[3])
+        return estimate_variance(*self.live(rate), rate, recorded)[1]
+
+    def alloc_variance(self, rate: int) -> float:
+        """Variance of the allocated bytes estimate."""
+        if self.exact:
+            return 0.0
+        recorded = None if self.variance is None else (self.variance[0], self.variance[1])
+        return estimate_variance(*self.allocated(rate), rate, recorded)[1]
+
+    def retire(self) -> None:
+        """Evicted by the agent: nothing of it is live; what it allocated stays."""
+        self.inuse_objects = self.inuse_bytes = 0
+        if self.estimate is not None:
+            self.estimate = (self.estimate[0], self.estimate[1], 0.0, 0.0)
+        if self.variance is not None:
+            self.variance = (self.variance[0], self.variance[1], 0.0, 0.0)
+
+    def absorb(self, other: _Site) -> None:
+        """Take up what another retired site with the same frames allocated."""
+        self.alloc_objects += other.alloc_objects
+        self.alloc_bytes += other.alloc_bytes
+        if other.estimate is not None:
+            mine = self.estimate or (0.0, 0.0, 0.0, 0.0)
+            self.estimate = (mine[0] + other.estimate[0], mine[1] + other.estimate[1], 0.0, 0.0)
+        if other.variance is not None:
+            mine = self.variance or (0.0, 0.0, 0.0, 0.0)
+            self.variance = (mine[0] + other.variance[0], mine[1] + other.variance[1], 0.0, 0.0)
+
+    def carry(self) -> tuple[int, int, float, float, float, float]:
+        """What a stack with these frames that comes back starts from."""
+        est = self.estimate or (0.0, 0.0, 0.0, 0.0)
+        var = self.variance or (0.0, 0.0, 0.0, 0.0)
+        return (self.alloc_objects, self.alloc_bytes, est[0], est[1], var[0], var[1])
+
+
+def _retired_key(stack: Stack, label_set: int) -> tuple[int, ...]:
+    """An evicted site's key: its label set, and its frames by identity (the aggregator
+    keeps one Frame object per distinct frame, so equal stacks have equal keys)."""
+    return (label_set, *map(id, stack))
 
 
 TypeShare = tuple[str, int, int, float, float]
@@ -98,19 +153,22 @@ class Point:
     gc_seconds: float | None = None  # time in garbage collection since attach
     threads: int | None = None
     asyncio_tasks: int | None = None  # unfinished, over every running loop
+    rate: int | None = None  # the sampling rate in force (it changes with `heapspy rate`)
 
 
 @dataclass(frozen=True)
 class LabelTotals:
     """What the samples carrying one value of a label add up to (``Aggregator.by_label``):
-    estimates in sampled mode (upscaled per sample, as the stacks'; sampling error as for
-    a site of that size: ``scaling.sampling_variance``), exact in exact mode (where
-    ``alloc_*`` only counts growth seen live between intervals)."""
+    estimates in sampled mode (upscaled per sample, as the stacks'; their variances summed
+    over the stacks, ``_Site.live_variance``), exact in exact mode (where ``alloc_*`` only
+    counts growth seen live between intervals)."""
 
     alloc_objects: float = 0.0
     alloc_bytes: float = 0.0  # allocated since attach (freed blocks included)
     live_objects: float = 0.0
     live_bytes: float = 0.0  # live now
+    alloc_bytes_var: float = 0.0  # sampling variance of alloc_bytes (0 when exact)
+    live_bytes_var: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +208,8 @@ class Aggregator:
     qualify: bool = False  # target < 3.11: frame names are co_name only
     dropped_stacks: int = 0  # stacks not kept: beyond the limits above
     agent_dropped: int = 0  # site entries the agent left out to keep its frames small
+    # sites whose stacks the agent evicted, by label set and their (shared) frames
+    retired: dict[tuple[int, ...], _Site] = field(default_factory=dict)
     _frames: dict[tuple[str, str, int], Frame] = field(default_factory=dict)
     _text: dict[str, str] = field(default_factory=dict)
     _text_size: int = 0
@@ -163,9 +223,12 @@ class Aggregator:
         for stack in stacks:
             sid, raw = int(stack["id"]), stack["frames"]
             if sid in self.sites:
-                continue  # ids are sent once; a repeat must not grow anything
-            if len(self.sites) >= MAX_SITES or self._frame_refs + len(raw) > MAX_FRAME_REFS:
-                self.dropped_stacks += 1
+                continue  # ids are sent once (until evicted); a repeat must not grow anything
+            kept = len(self.sites) + len(self.retired)
+            if kept >= MAX_SITES or self._frame_refs + len(raw) > MAX_FRAME_REFS:
+                # a stack retired with these frames may still come back: it is not new
+                if not self._revive(sid, raw, exact, stack.get("labels", 0)):
+                    self.dropped_stacks += 1
                 continue
             frames = []
             for func, fn, ln in raw:
@@ -174,11 +237,57 @@ class Aggregator:
                     break
                 frames.append(frame)
             else:
-                site = _Site(tuple(frames), exact, label_set=int(stack.get("labels", 0)))
-                self.sites[sid] = site
-                self._frame_refs += len(frames)
+                frozen = tuple(frames)
+                label_set = int(stack.get("labels", 0))
+                prior = self.retired.pop(_retired_key(frozen, label_set), None)
+                site = self.sites[sid] = _Site(frozen, exact, label_set=label_set)
+                if prior is not None:
+                    site.carried = prior.carry()
+                    self._absorb_into(site)
+                else:
+                    self._frame_refs += len(frames)
                 continue
             self.dropped_stacks += 1
+
+    def _revive(self, sid: int, raw: list[Any], exact: bool, stack_labels: Any) -> bool:
+        """Past the limits: keep the stack only when it comes back from retirement."""
+        frames = []
+        for func, fn, ln in raw:
+            frame = self._frames.get((func, fn, ln))
+            if frame is None:
+                return False
+            frames.append(frame)
+        label_set = int(stack_labels)
+        prior = self.retired.pop(_retired_key(tuple(frames), label_set), None)
+        if prior is None:
+            return False
+        site = self.sites[sid] = _Site(prior.stack, exact, label_set=label_set)
+        site.carried = prior.carry()
+        self._absorb_into(site)
+        return True
+
+    @staticmethod
+    def _absorb_into(site: _Site) -> None:
+        """A revived site's figures are its carried ones until the agent sends its own."""
+        c = site.carried
+        site.alloc_objects, site.alloc_bytes = c[0], c[1]
+        site.estimate = (c[2], c[3], 0.0, 0.0)
+        site.variance = (c[4], c[5], 0.0, 0.0)
+
+    def evict(self, ids: list[int]) -> None:
+        """Retire the sites of the stacks the agent evicted (after this frame's numbers)."""
+        for sid in ids:
+            site = self.sites.pop(int(sid), None)
+            if site is None:
+                continue
+            self.streaks.pop(int(sid), None)
+            site.retire()
+            key = _retired_key(site.stack, site.label_set)
+            previous = self.retired.get(key)
+            if previous is None:
+                self.retired[key] = site
+            else:  # the same frames under two ids (code compiled twice): one site
+                previous.absorb(site)
 
     def _frame(self, func: str, filename: str, line: int) -> Frame | None:
         """The one Frame object for these values (shared by every stack that has it);
@@ -249,13 +358,21 @@ class Aggregator:
         for sid, (count, size) in body.get("alloc", {}).items():
             site = self.sites.get(int(sid))
             if site is not None:
-                site.alloc_objects, site.alloc_bytes = int(count), int(size)
+                c = site.carried
+                site.alloc_objects, site.alloc_bytes = c[0] + int(count), c[1] + int(size)
         for sid, (a_n, a_b, l_n, l_b) in body.get("est", {}).items():
             site = self.sites.get(int(sid))
             if site is not None:
-                site.estimate = (float(a_n), float(a_b), float(l_n), float(l_b))
+                c = site.carried
+                site.estimate = (c[2] + float(a_n), c[3] + float(a_b), float(l_n), float(l_b))
                 site.types = None
+        for sid, (a_n, a_b, l_n, l_b) in body.get("var", {}).items():
+            site = self.sites.get(int(sid))
+            if site is not None:
+                c = site.carried
+                site.variance = (c[4] + float(a_n), c[5] + float(a_b), float(l_n), float(l_b))
         self.streaks = streaks
+        self.evict(body.get("evicted", []))
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
         self.intervals += 1
@@ -287,7 +404,20 @@ class Aggregator:
         if not self.streaks:
             return None
         sid = max(self.streaks, key=lambda s: (self.streaks[s], self.sites[s].inuse_bytes))
-        return self.sites[sid].stack, self.streaks[sid]
+        return self.shown_stack(self.sites[sid]), self.streaks[sid]
+
+    def all_sites(self) -> list[_Site]:
+        """The sites of the stacks the agent holds, then those it evicted."""
+        return [*self.sites.values(), *self.retired.values()]
+
+    def shown_stack(self, site: _Site) -> Stack:
+        """The stack as reports show it: the shim's overflow stack says how many samples
+        it holds, taken while its stack table was full (their stacks are not known)."""
+        stack = site.stack
+        if len(stack) == 1 and stack[0].function == OVERFLOW_FUNCTION and not stack[0].filename:
+            samples = int(self.totals.get("overflow_samples", 0) or 0)
+            return (Frame(f"[stack table full: {samples} samples]", "", 0),)
+        return stack
 
     def record(self, facts: ProcessFacts) -> Point:
         runtime = RuntimeStats.from_facts(self.facts)
@@ -301,6 +431,7 @@ class Aggregator:
             runtime.gc_seconds if runtime else None,
             runtime.threads if runtime else None,
             sum(runtime.asyncio_tasks) if runtime and runtime.asyncio_tasks else None,
+            self.sampling.rate,
         )
         self.series.append(point)
         while len(self.series) > self.history:
@@ -351,6 +482,20 @@ class Aggregator:
         est = site.estimate or (0.0, 0.0, 0.0, 0.0)
         rest_en = max(0.0, est[2] - sum(t[3] for t in site.types)) if rest_n else 0.0
         rest_eb = max(0.0, est[3] - sum(t[4] for t in site.types)) if rest_n else 0.0
+        # The live variances are the site's, shared out as its estimated live objects and
+        # bytes are (the types reply has none of its own; for blocks small beside the rate
+        # a part's bytes variance is about rate x its bytes, whatever its type).
+        var = site.variance
+
+        def share(objects: float, nbytes: float) -> tuple[float, float] | None:
+            if var is None:
+                return None
+            return (
+                var[2] * objects / est[2] if est[2] else 0.0,
+                var[3] * nbytes / est[3] if est[3] else 0.0,
+            )
+
+        rest_var = share(rest_en, rest_eb)
         rest = _Site(
             site.stack,
             site.exact,
@@ -360,10 +505,22 @@ class Aggregator:
             site.alloc_bytes,
             (est[0], est[1], rest_en, rest_eb),
             site.label_set,
+            variance=None if var is None or rest_var is None else (var[0], var[1], *rest_var),
         )
         out = [(labels, rest)]
         for name, n, b, en, eb in site.types:
-            typed = _Site(site.stack, site.exact, n, b, 0, 0, (0.0, 0.0, en, eb), site.label_set)
+            part_var = share(en, eb)
+            typed = _Site(
+                site.stack,
+                site.exact,
+                n,
+                b,
+                0,
+                0,
+                (0.0, 0.0, en, eb),
+                site.label_set,
+                variance=None if part_var is None else (0.0, 0.0, *part_var),
+            )
             out.append((tuple(sorted((*labels, (TYPE, name)))), typed))
         return out
 
@@ -374,9 +531,10 @@ class Aggregator:
     def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
         sampled: list[tuple[Stack, SiteCounts]] = []
         exact: list[tuple[Stack, SiteCounts]] = []
-        for whole in self.sites.values():
+        for whole in self.all_sites():
             if not (whole.inuse_objects or whole.alloc_objects):
                 continue
+            stack = self.shown_stack(whole)
             for labels, site in self.parts(whole):
                 if not (site.inuse_objects or site.alloc_objects):
                     continue
@@ -387,8 +545,9 @@ class Aggregator:
                     site.inuse_bytes,
                     site.estimate,
                     labels,
+                    site.variance,
                 )
-                (exact if site.exact else sampled).append((site.stack, counts))
+                (exact if site.exact else sampled).append((stack, counts))
         notes = list(comments)
         if self.sampling.mode == EXACT:
             notes.append(
@@ -433,19 +592,21 @@ class Aggregator:
                 continue
             a_objs, a_size = site.allocated(period)
             objs, size = site.live(period)
-            row = acc.setdefault(value, [0.0, 0.0, 0.0, 0.0])
+            row = acc.setdefault(value, [0.0] * 6)
             row[0] += a_objs
             row[1] += a_size
             row[2] += objs
             row[3] += size
+            row[4] += site.alloc_variance(period)
+            row[5] += site.live_variance(period)
         return {value: LabelTotals(*row) for value, row in acc.items()}
 
     def _all_parts(self) -> Iterator[tuple[Labels, _Site]]:
-        for site in self.sites.values():
+        for site in self.all_sites():  # evicted ones too: what they allocated counts
             yield from self.parts(site)
 
     def _whole_sites(self) -> Iterator[tuple[Labels, _Site]]:
-        for site in self.sites.values():
+        for site in self.all_sites():
             yield (), site
 
     def thread_alloc(self) -> list[ThreadAlloc]:
@@ -475,7 +636,7 @@ class Aggregator:
         (``NO_LABEL`` for samples without it).
 
         In sampled mode each row also carries the variances of its two byte estimates,
-        each site's from its own estimated (objects, bytes) at the session's current rate.
+        each site's summed over its samples at their own rates (``_Site.live_variance``).
         """
         by_func: dict[str, list[float]] = {}
         for labels, site in self._all_parts() if by else self._whole_sites():
@@ -484,8 +645,10 @@ class Aggregator:
             if by:
                 name = label_value(labels, by) or NO_LABEL
             else:
-                leaf = site.stack[-1]
-                name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
+                leaf = self.shown_stack(site)[-1]
+                name = leaf.function
+                if leaf.filename:
+                    name = f"{leaf.function} ({leaf.filename.rsplit('/', 1)[-1]}:{leaf.line})"
             objs, size = site.live(self.sampling.period)
             a_objs, a_size = site.allocated(self.sampling.period)
             acc = by_func.setdefault(name, [0.0] * 6)
@@ -493,9 +656,8 @@ class Aggregator:
             acc[1] += objs
             acc[2] += a_size
             acc[3] += a_objs
-            if not site.exact:
-                acc[4] += sampling_variance(objs, size, self.sampling.period)[1]
-                acc[5] += sampling_variance(a_objs, a_size, self.sampling.period)[1]
+            acc[4] += site.live_variance(self.sampling.period)
+            acc[5] += site.alloc_variance(self.sampling.period)
         key = 0 if order == "inuse_space" else 2
         ranked = sorted(
             ((name, v) for name, v in by_func.items() if round(v[key])),

@@ -17,23 +17,20 @@ from typing import Any
 from heapspy.aggregate import Aggregator
 from heapspy.model import TASK
 from heapspy.rules import Offender, Rule
-from heapspy.scaling import relative_error, sampling_variance
+from heapspy.scaling import relative_error
 
 
 def task_figures(agg: Aggregator) -> tuple[tuple[Offender, ...], tuple[Offender, ...]]:
     """Per task name: (bytes allocated since it started, bytes of it live now)."""
-    period = agg.sampling.period
     sampled = agg.sampling.estimates
     allocated: list[Offender] = []
     live: list[Offender] = []
     for name, t in agg.by_label(TASK).items():
-        for out, objects, nbytes in (
-            (allocated, t.alloc_objects, t.alloc_bytes),
-            (live, t.live_objects, t.live_bytes),
+        for out, nbytes, variance in (
+            (allocated, t.alloc_bytes, t.alloc_bytes_var),
+            (live, t.live_bytes, t.live_bytes_var),
         ):
-            error = None
-            if sampled:
-                error = relative_error(nbytes, sampling_variance(objects, nbytes, period)[1])
+            error = relative_error(nbytes, variance) if sampled else None
             out.append(Offender(name, nbytes, error))
     return tuple(allocated), tuple(live)
 

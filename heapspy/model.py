@@ -63,6 +63,9 @@ class SiteCounts:
     estimate: tuple[float, float, float, float] | None = None
     # who made these samples (``Labels``): a stack under two label sets is two sites
     labels: Labels = ()
+    # The variances of those four estimates, summed by the shim over the samples at each
+    # one's own rate (scaling.estimate_variance); None: computed from the estimate.
+    variance: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

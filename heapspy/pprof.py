@@ -7,7 +7,9 @@ types ``alloc_objects/count``, ``alloc_space/bytes``, ``inuse_objects/count``,
 ``inuse_space`` as default; a numeric label ``bytes`` carrying the average object size,
 and string labels (``model.Labels``: thread, thread_id, task, coro) saying who made the
 samples, and on in-use values ``type``, what they are; one pprof sample per (stack,
-labels).
+labels). A sampled stack also carries the variance of each of its four values as numeric
+labels (``VARIANCE_LABELS``, whole numbers), as the shim summed them per sample at the
+rate in force when each was taken: after ``heapspy rate`` the period alone cannot say it.
 
 Output is deterministic for a given profile, whatever order its sites come in: ids are
 assigned from sorted content and gzip's timestamp is fixed, so a golden-file test can
@@ -29,7 +31,7 @@ from heapspy.dumps import MAX_PROFILE, TooLarge, gunzip_capped, read_dump_file
 from heapspy.errors import DumpError
 from heapspy.frame_names import renamer
 from heapspy.model import Frame, HeapProfile, Labels, SiteCounts, Stack
-from heapspy.scaling import scale
+from heapspy.scaling import estimate_variance, scale
 
 SAMPLE_TYPES: tuple[tuple[str, str], ...] = (
     ("alloc_objects", "count"),
@@ -41,6 +43,9 @@ SAMPLE_TYPE_NAMES: tuple[str, ...] = tuple(name for name, _ in SAMPLE_TYPES)
 DEFAULT_SAMPLE_TYPE = "inuse_space"
 PERIOD_TYPE = ("space", "bytes")
 SIZE_LABEL = "bytes"
+# One per sample type, in SAMPLE_TYPES' order: written only by a session that recorded them.
+VARIANCE_LABELS: tuple[str, ...] = tuple(f"{name}_variance" for name in SAMPLE_TYPE_NAMES)
+_MAX_LABEL = 2**63 - 1
 
 # Level 6 is zlib's default: within a few percent of level 9's size at a fraction of its
 # time on large profiles (see benchmarks/pprof_write.py).
@@ -172,6 +177,7 @@ class _ProfileBuilder:
         message = self._message
         label_key = self.string(SIZE_LABEL)
         label_unit = self.string("bytes")
+        variance_keys: list[int] = []  # interned with the first sample that has them
         for location_ids, labels in sorted(samples):
             site = samples[location_ids, labels]
             sample = message.sample.add(location_id=location_ids, value=site.values)
@@ -180,6 +186,10 @@ class _ProfileBuilder:
                 sample.label.add(key=label_key, num=avg_size, num_unit=label_unit)
             for key, value in labels:
                 sample.label.add(key=self.string(key), str=self.string(value))
+            if site.variance is not None:
+                variance_keys = variance_keys or [self.string(k) for k in VARIANCE_LABELS]
+                for index, variance in zip(variance_keys, site.variance):
+                    sample.label.add(key=index, num=min(round(variance), _MAX_LABEL))
 
     @property
     def message(self) -> pb.Profile:
@@ -197,6 +207,7 @@ class _Site:
     values: _Values
     objects: int
     size: int
+    variance: tuple[float, float, float, float] | None = None  # of each value
 
     def add(self, other: _Site) -> None:
         self.values = (
@@ -207,6 +218,15 @@ class _Site:
         )
         self.objects += other.objects
         self.size += other.size
+        if self.variance is not None and other.variance is not None:
+            # stacks are sampled independently: variances add
+            mine, theirs = self.variance, other.variance
+            self.variance = (
+                mine[0] + theirs[0],
+                mine[1] + theirs[1],
+                mine[2] + theirs[2],
+                mine[3] + theirs[3],
+            )
 
 
 def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, Labels, _Site]]:
@@ -216,6 +236,8 @@ def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, Labels, _Site]]:
     allocations count, and in-use blocks stand in when nothing was allocated since attach.
     """
     rate = profile.rate
+    # Variances are written when the session recorded them; then every sample has them.
+    record = any(counts.variance is not None for _, counts in profile.sampled)
     for sites, scaled in ((profile.sampled, True), (profile.exact, False)):
         for stack, counts in sites:
             if not scaled:
@@ -226,10 +248,29 @@ def _sites(profile: HeapProfile) -> Iterator[tuple[Stack, Labels, _Site]]:
                 values = _scaled_values(counts, rate)
             if not any(values):
                 continue
+            variance = None
+            if record:
+                variance = _variance(counts, values, rate) if scaled else (0.0, 0.0, 0.0, 0.0)
             if counts.alloc_objects:
-                yield stack, counts.labels, _Site(values, counts.alloc_objects, counts.alloc_bytes)
+                yield (
+                    stack,
+                    counts.labels,
+                    _Site(values, counts.alloc_objects, counts.alloc_bytes, variance),
+                )
             else:
-                yield stack, counts.labels, _Site(values, counts.inuse_objects, counts.inuse_bytes)
+                yield (
+                    stack,
+                    counts.labels,
+                    _Site(values, counts.inuse_objects, counts.inuse_bytes, variance),
+                )
+
+
+def _variance(counts: SiteCounts, values: _Values, rate: int) -> tuple[float, float, float, float]:
+    """The variances of a sampled stack's four values (``scaling.estimate_variance``)."""
+    v = counts.variance
+    alloc = estimate_variance(values[0], values[1], rate, None if v is None else (v[0], v[1]))
+    inuse = estimate_variance(values[2], values[3], rate, None if v is None else (v[2], v[3]))
+    return alloc[0], alloc[1], inuse[0], inuse[1]
 
 
 def _distinct_frames(sites: list[tuple[Stack, Labels, _Site]]) -> dict[int, Frame]:
@@ -339,6 +380,17 @@ class DecodedSample:
             if name == key:
                 return value
         return None
+
+    def recorded_variance(self, objects_index: int, bytes_index: int) -> tuple[float, float] | None:
+        """The (objects, bytes) variances written beside values ``objects_index`` and
+        ``bytes_index`` (``VARIANCE_LABELS``, a heapspy session's), else None."""
+        if objects_index >= len(VARIANCE_LABELS) or bytes_index >= len(VARIANCE_LABELS):
+            return None
+        objects = self.label(VARIANCE_LABELS[objects_index])
+        nbytes = self.label(VARIANCE_LABELS[bytes_index])
+        if objects is None or nbytes is None or objects < 0 or nbytes < 0:
+            return None
+        return float(objects), float(nbytes)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,25 @@ def sampling_variance(objects: float, nbytes: float, rate: int) -> tuple[float, 
     return objects * odds, objects * size * size * odds
 
 
+def estimate_variance(
+    objects: float, nbytes: float, rate: int, recorded: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The variance of one stack's upscaled (objects, bytes): the one definition every
+    error bar uses (top, report, status, the endpoint, the demo).
+
+    ``recorded`` is the pair the shim summed over the stack's own samples, each at the
+    rate in force when it was taken: a sample of weight ``w = 1/p`` and ``s`` bytes adds
+    ``w (w - 1)`` and ``w (w - 1) s²``, the unbiased estimates of its ``(1-p)/p`` and
+    ``s² (1-p)/p``. That stays right across ``heapspy rate`` changes and for stacks that
+    mix sizes. Without it (a dump or a session of an older heapspy) the variance comes
+    from the estimate itself at ``rate`` (``sampling_variance``), as if every sample had
+    been taken at that rate; for one rate and one size the two agree exactly.
+    """
+    if recorded is None:
+        return sampling_variance(objects, nbytes, rate)
+    return max(recorded[0], 0.0), max(recorded[1], 0.0)
+
+
 def relative_error(value: float, variance: float) -> float | None:
     """Half-width of the 95% confidence interval as a fraction of ``value`` (normal
     approximation); None for a zero value, whose relative error means nothing."""

@@ -130,7 +130,8 @@ class Session:
         self.last_memory: Breakdown | None = None  # the last RSS breakdown with the agent's
         self._memory_at = 0.0
         self._types_at = 0.0  # when the live samples were last classified (classify_types)
-        self.rate_changes: list[tuple[float, int]] = []  # (unix time, new rate): `heapspy rate`
+        # (unix time, rate): the rate at attach, then each `heapspy rate`
+        self.rate_changes: list[tuple[float, int]] = []
         self.hello: dict[str, Any] = {}
         self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
@@ -232,6 +233,7 @@ class Session:
         self.hello = hello
         self.channel = AgentChannel(conn, self._on_agent_frame, self._violated, self._agent_gone)
         self.aggregator.sampling = sampling
+        self.rate_changes = [(time.time(), sampling.rate)]
         self.info = AttachInfo(
             pid=self.target.pid,
             python=str(hello.get("python") or self.target.version_text),
@@ -838,6 +840,9 @@ class Session:
         info["dump_dir"] = str(self.config.dump_dir.resolve())
         info["dumps"] = len(self.dumps)
         info["dropped_stacks"] = self.aggregator.dropped_stacks
+        totals = self.aggregator.totals
+        info["overflow_samples"] = int(totals.get("overflow_samples", 0) or 0)
+        info["evicted_stacks"] = int(totals.get("evicted_stacks", 0) or 0)
         info["last_dump"] = self.dumps[-1] if self.dumps else None
         info["census"] = self.census_progress()
         native = self.aggregator.totals.get("native")

@@ -28,6 +28,7 @@ SERIES_COLUMNS = (
     "gc_seconds",
     "threads",
     "asyncio_tasks",
+    "rate",  # the sampling rate in force at that point (see rate_changes)
 )
 SERIES_KEPT = 120  # the last points of the series a sidecar keeps
 
@@ -39,7 +40,7 @@ class Sidecar:
     executable: str | None
     python: str
     sampling: Sampling  # as the agent reported it, after any `heapspy rate`
-    rate_changes: tuple[tuple[float, int], ...]  # (unix time, new rate)
+    rate_changes: tuple[tuple[float, int], ...]  # (unix time, rate): at attach, then changes
     rule: str
     heap_estimate: int
     series: tuple[Point, ...]
@@ -70,7 +71,7 @@ class Sidecar:
             "sampling": self.sampling.to_json(),
             "mode": self.sampling.mode,
             # the rate now, as the dump's period; earlier samples were taken at the rates
-            # before each change (their estimates are upscaled with those rates)
+            # of rate_changes (their estimates and variances are each at its own rate)
             "rate": self.sampling.rate,
             "rate_changes": [[when, rate] for when, rate in self.rate_changes],
             "frames": self.sampling.frames,
@@ -88,6 +89,7 @@ class Sidecar:
                     p.gc_seconds,
                     p.threads,
                     p.asyncio_tasks,
+                    p.rate,
                 ]
                 for p in self.series[-SERIES_KEPT:]
             ],
@@ -103,7 +105,14 @@ class Sidecar:
             "agent_totals": self.agent_totals,
             "facts": self.facts,
             "cgroup": self.cgroup,
-            "dropped": {"stacks": self.dropped_stacks, "agent_sites": self.dropped_agent_sites},
+            "dropped": {
+                "stacks": self.dropped_stacks,
+                "agent_sites": self.dropped_agent_sites,
+                # samples the shim could not give a stack: its stack table was full
+                "overflow_samples": int(self.agent_totals.get("overflow_samples", 0) or 0),
+            },
+            # stacks the agent evicted (nothing live, quiet): their figures are kept here
+            "evicted_stacks": int(self.agent_totals.get("evicted_stacks", 0) or 0),
             "protocol_violation": self.protocol_violation,
             "census": self.census,
             "memory": self.memory,

@@ -103,7 +103,8 @@ def test_rate_changes_on_a_live_session(spawn: Spawn, tmp_path: Path) -> None:
     assert read_profile(dump).period == 64 * 1024  # the rate in force at the end
     sidecar = json.loads(sidecar_path(dump).read_text())
     assert sidecar["rate"] == 64 * 1024
-    ((when, rate),) = sidecar["rate_changes"]
+    (attached, first), (when, rate) = sidecar["rate_changes"]  # at attach, then the change
+    assert first == 512 * 1024 and attached <= when
     assert rate == 64 * 1024 and abs(when - time.time()) < 60
 
 

@@ -10,6 +10,12 @@ coroutine), and each label set is named once, in the collection that first repor
 ``{"labels": {"<id>": {"thread": ..., "thread_id": ..., "task": ..., "coro": [...]}}}``.
 ``totals.thread_alloc`` holds the exact bytes each thread allocated since attach,
 ``[[native id, bytes, name], ...]``, most first.
+
+After each collection the stacks with nothing live that have not changed for a few
+intervals are evicted from the shim (their code objects released), and their ids sent
+with the collection: what the agent holds in the target follows the live heap, not every
+stack ever seen (code generated per request, as template engines make, would otherwise
+pin every generated code object). heapspy keeps their cumulative figures.
 """
 
 import glob
@@ -24,6 +30,7 @@ from heapspy_agent.schema import (
     MAX_TYPED_SITES,
     MAX_TYPES_PER_SITE,
     OTHER_TYPES,
+    OVERFLOW_FUNCTION,
     SAMPLED,
     TOTALS,
     Sampling,
@@ -39,6 +46,10 @@ from heapspy_agent.shim import (
 )
 
 NO_PYTHON_STACK = "[native, no Python stack]"
+
+# Intervals a freed stack stays unchanged before it is evicted: a site that allocates
+# again soon is not interned and sent again each time.
+EVICT_AFTER = 2
 
 
 class ShimCollector:
@@ -93,8 +104,11 @@ class ShimCollector:
             if any(f.filename.startswith(self._exclude) for f in st.frames):
                 self._own.add(st.stack_id)
                 continue
+            self._own.discard(st.stack_id)  # an evicted id of ours, reused
             frames = [[f.function, f.filename, f.line] for f in st.frames]
-            if not frames:
+            if st.overflow:
+                frames = [[OVERFLOW_FUNCTION, "", 0]]  # heapspy adds how many samples
+            elif not frames:
                 name = NO_PYTHON_STACK if st.flags & STACK_NATIVE else "<no Python frame>"
                 frames = [[name, "", 0]]
             stacks.append({"id": st.stack_id, "frames": frames, "labels": st.label})
@@ -105,6 +119,7 @@ class ShimCollector:
         inuse: Dict[str, List[int]] = {}
         alloc: Dict[str, List[int]] = {}
         est: Dict[str, List[float]] = {}
+        var: Dict[str, List[float]] = {}
         for c in drain.changed:
             if c.stack_id in self._own:
                 continue
@@ -112,6 +127,18 @@ class ShimCollector:
             inuse[key] = [c.live_count, c.live_bytes]
             alloc[key] = [c.alloc_count, c.alloc_bytes]
             est[key] = [c.est_alloc_count, c.est_alloc_bytes, c.est_live_count, c.est_live_bytes]
+            # never below 0: frees subtract what samples added, which may leave a residue
+            var[key] = [
+                max(0.0, v)
+                for v in (c.var_alloc_count, c.var_alloc_bytes, c.var_live_count, c.var_live_bytes)
+            ]
+        evicted = []
+        gone = self.shim.evict(EVICT_AFTER) if self.rate else []  # rate 0: no stacks
+        for sid in gone:
+            if sid in self._own:
+                self._own.discard(sid)
+            else:
+                evicted.append(sid)
         t = drain.totals
         doms: Tuple[DomainTotals, ...] = (t.mem, t.obj, t.numpy)
         classes = [
@@ -141,7 +168,8 @@ class ShimCollector:
             "live_samples": t.live_samples,
             "dropped_samples": t.dropped_samples,
             "overflow_samples": t.overflow_samples,
-            "stacks": t.stacks,
+            "stacks": t.stacks - len(gone),  # in the shim's table now
+            "evicted_stacks": t.evicted_stacks + len(gone),
             "shim_memory": t.shim_memory + (nt.shim_memory if nt is not None else 0),
             "thread_alloc": self.namer.thread_alloc(t.threads)[:MAX_THREAD_ALLOC],
         }
@@ -154,7 +182,15 @@ class ShimCollector:
                 self._native_sent = status
                 totals["native"] = status
         self.namer.refresh()  # the tasks alive now, for the samples of the next interval
-        body = {"stacks": stacks, "inuse": inuse, "alloc": alloc, "est": est, "totals": totals}
+        body = {
+            "stacks": stacks,
+            "inuse": inuse,
+            "alloc": alloc,
+            "est": est,
+            "var": var,
+            "evicted": evicted,
+            "totals": totals,
+        }
         if labels:
             body["labels"] = labels
         return body

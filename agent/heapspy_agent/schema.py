@@ -69,6 +69,9 @@ EXACT = "exact"  # tracemalloc records every live block (--rate 1, and the fallb
 TOTALS = "totals"  # the shim counts every allocation, keeps no stack (--rate 0)
 MODES = (SAMPLED, EXACT, TOTALS)
 DEFAULT_FRAMES = 64
+# The one frame of the shim's overflow stack: samples taken while its stack table was full.
+# heapspy shows it with how many there were ("[stack table full: 12 samples]").
+OVERFLOW_FUNCTION = "[stack table full]"
 
 
 class Sampling:
@@ -403,6 +406,7 @@ def _define() -> dict[int, Record]:
             "live_samples": COUNT,
             "dropped_samples": COUNT,
             "overflow_samples": COUNT,
+            "evicted_stacks": COUNT,
             "stacks": COUNT,
             "shim_memory": COUNT,
             "traced_bytes": COUNT,
@@ -497,7 +501,10 @@ def _define() -> dict[int, Record]:
         ),
         # One collection: new stacks (each sent once), then per-site absolute numbers.
         # inuse: live (objects, bytes); alloc: allocated since attach (sampled mode);
-        # est: the shim's estimates (alloc objects, alloc bytes, live objects, live bytes).
+        # est: the shim's estimates (alloc objects, alloc bytes, live objects, live bytes);
+        # var: their variances, summed per sample at its own rate; evicted: stacks the
+        # agent no longer holds (after the numbers above: their ids may come back as
+        # other stacks in later frames).
         protocol.SAMPLES: Record(
             "SAMPLES",
             {
@@ -507,6 +514,8 @@ def _define() -> dict[int, Record]:
                 "alloc": SiteMap(PAIR),
                 "est": SiteMap(Tuple_(*(Num(0.0, 1e30) for _ in range(4)))),
                 "labels": LabelMap(LABELS),  # label sets first used by these stacks
+                "var": SiteMap(Tuple_(*(Num(0.0, 1e60) for _ in range(4)))),
+                "evicted": ListOf(Int(*ID), MAX_SITES_PER_FRAME),
                 "totals": TOTALS,
                 "facts": FACTS,
                 "dropped": Int(0, 2**63),  # stacks or sites the agent left out to fit
@@ -680,7 +689,7 @@ def fit_samples(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
         used += size
     body["stacks"] = chunk
     dropped = 0
-    for key in ("inuse", "alloc", "est"):
+    for key in ("inuse", "alloc", "est", "var"):
         sites = body.get(key)
         if sites is not None and len(sites) > MAX_SITES_PER_FRAME:
             dropped = max(dropped, len(sites) - MAX_SITES_PER_FRAME)

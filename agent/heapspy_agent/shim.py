@@ -12,13 +12,14 @@ Usage::
     shim.start(rate=512 * 1024, max_frames=64)
     ...
     d = shim.drain()                    # new stacks, changed stacks, totals
+    shim.evict(2)                       # forget stacks freed and idle for 2 drains
     shim.stop()                         # False: hooks replaced by someone else, pinned
     shim.unload()                       # dlclose: nothing of the shim stays mapped
 
 Stacks are returned root -> leaf (the C buffers hold them leaf first). Per-stack values
 come raw and upscaled (``est_*``: Go's scale applied per sample); exact totals are never
-upscaled. Frames are named from the code objects the shim holds until ``stop()``:
-``co_qualname`` on 3.11+, else ``co_name``.
+upscaled. Frames are named from the code objects the shim holds until the stack is
+evicted or ``stop()``: ``co_qualname`` on 3.11+, else ``co_name``.
 """
 
 import _ctypes
@@ -31,7 +32,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 6
+ABI = 7
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 1
 """Must match HS_NATIVE_ABI in native_hooks.h."""
@@ -126,6 +127,12 @@ class StackCounts(NamedTuple):
     est_alloc_bytes: float
     est_live_count: float
     est_live_bytes: float
+    # the variance of each estimate, summed per sample at its own rate: w (w - 1) for the
+    # counts, w (w - 1) size**2 for the bytes, where w is the sample's weight
+    var_alloc_count: float = 0.0
+    var_alloc_bytes: float = 0.0
+    var_live_count: float = 0.0
+    var_live_bytes: float = 0.0
 
 
 class DomainTotals(NamedTuple):
@@ -155,7 +162,7 @@ class Totals(NamedTuple):
     live_sampled_bytes: int
     dropped_samples: int  # pointer map full: counted as allocated, never as live
     overflow_samples: int  # attributed to stack 0
-    stacks: int
+    stacks: int  # in the table now
     frames: int
     shim_memory: int  # bytes of libc memory the shim holds
     numpy_hooked: bool
@@ -163,6 +170,7 @@ class Totals(NamedTuple):
     # (native thread id, exact bytes it allocated since start), all domains, every
     # allocation; thread id 0 holds the threads beyond the shim's table (4096)
     threads: Tuple[Tuple[int, int], ...]
+    evicted_stacks: int = 0  # evicted so far (Shim.evict)
 
 
 class LabelSet(NamedTuple):
@@ -298,6 +306,8 @@ class _Report(ctypes.Structure):
         ("new_label_codes", ctypes.c_uint64),
         ("n_threads", ctypes.c_uint64),
         ("threads", ctypes.c_uint64),
+        ("changed_var", ctypes.c_uint64),
+        ("evicted_stacks", ctypes.c_uint64),
     ]
 
 
@@ -403,6 +413,12 @@ class Shim:
         lib.hs_state.argtypes = []
         lib.hs_read.restype = ctypes.c_int
         lib.hs_read.argtypes = [ctypes.POINTER(_Report), ctypes.c_int]
+        lib.hs_evict.restype = ctypes.c_int
+        lib.hs_evict.argtypes = [
+            ctypes.c_uint64,  # min_idle
+            ctypes.POINTER(ctypes.c_uint64),  # number of ids
+            ctypes.POINTER(ctypes.c_uint64),  # address of the ids (uint32)
+        ]
         lib.hs_strerror.restype = ctypes.c_char_p
         lib.hs_strerror.argtypes = [ctypes.c_int]
         lib.hs_numpy_hook.restype = ctypes.c_int
@@ -736,6 +752,7 @@ class Shim:
             lines = _array(ctypes.c_int64, nf, rep.new_lines)
             flat = _array(ctypes.c_uint64, 5 * nc, rep.changed)
             est = _array(ctypes.c_double, 4 * nc, rep.changed_est)
+            var = _array(ctypes.c_double, 4 * nc, rep.changed_var)
             stacks = []
             pos = 0
             for i in range(0, 4 * n, 4):
@@ -759,7 +776,10 @@ class Shim:
                 for i in range(nl)
             ]
             changed = [
-                StackCounts(*flat[5 * i : 5 * i + 5], *est[4 * i : 4 * i + 4]) for i in range(nc)
+                StackCounts(
+                    *flat[5 * i : 5 * i + 5], *est[4 * i : 4 * i + 4], *var[4 * i : 4 * i + 4]
+                )
+                for i in range(nc)
             ]
             return Drain(stacks, changed, _totals(rep), labels)
 
@@ -837,9 +857,22 @@ class Shim:
             self._init_layout()
             return int(self._c().hs_object_block(id(obj)))
 
+    def evict(self, min_idle: int) -> List[int]:
+        """Evict the stacks with nothing live, already drained, and unchanged for more
+        than ``min_idle`` drains; their ids (reused by later drains' new stacks: forget
+        them first). Drain first: the evicted stacks' last counters come from it."""
+        with self._lock:
+            n, address = ctypes.c_uint64(0), ctypes.c_uint64(0)
+            self._check(self._c().hs_evict(min_idle, ctypes.byref(n), ctypes.byref(address)))
+            ids = _array(ctypes.c_uint32, n.value, address.value)
+            if ids:
+                # their code objects may be gone, and their addresses reused
+                self._names.clear()
+            return ids
+
     def _frame(self, code: Any, line: int) -> Frame:
         # Keyed by address: the shim holds a reference to every code object it hands out
-        # until stop(), and the cache is cleared there.
+        # until the stack is evicted or stop(), and the cache is cleared at both.
         names = self._names.get(id(code))
         if names is None:
             name = code.co_qualname if self._qualname else code.co_name
@@ -938,4 +971,5 @@ def _totals(rep: _Report) -> Totals:
             for flat in [_array(ctypes.c_uint64, 2 * rep.n_threads, rep.threads)]
             for i in range(0, len(flat), 2)
         ),
+        evicted_stacks=rep.evicted_stacks,
     )

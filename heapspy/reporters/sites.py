@@ -16,7 +16,7 @@ from typing import NamedTuple, TypeVar
 from heapspy.errors import UsageError
 from heapspy.model import LABEL_KEYS, NO_LABEL, Frame
 from heapspy.pprof import PERIOD_TYPE, SAMPLE_TYPE_NAMES, DecodedProfile, DecodedSample
-from heapspy.scaling import sampling_variance
+from heapspy.scaling import estimate_variance
 
 # The (objects, bytes) sample types that estimate the same blocks: the sampling variance
 # of either needs both (see scaling.sampling_variance).
@@ -179,13 +179,24 @@ def is_sampled(profile: DecodedProfile, index: int) -> bool:
     )
 
 
+def sample_variance(
+    profile: DecodedProfile, sample: DecodedSample, objects_index: int, bytes_index: int
+) -> tuple[float, float] | None:
+    """The variances a heapspy session recorded for this sample's (objects, bytes), when
+    the profile's sample types are heapspy's own (the labels are named by position)."""
+    if profile.sample_type_names[: len(SAMPLE_TYPE_NAMES)] != SAMPLE_TYPE_NAMES:
+        return None
+    return sample.recorded_variance(objects_index, bytes_index)
+
+
 def site_variances(
     profile: DecodedProfile, index: int, by: str = ""
 ) -> dict[Site, tuple[float, float]]:
     """Sampling variance of each function's flat and cum value ``index`` (by function).
 
     Each sample is one stack, estimated independently of the others: its variance comes
-    from its own (objects, bytes) pair (``scaling.sampling_variance``), flat sums it
+    from its own (objects, bytes) pair and the variances its session recorded
+    (``scaling.estimate_variance``), flat sums it
     over the stacks a function ends, cum over the stacks it is in, once per stack, like
     the values. Only for profiles where ``is_sampled`` holds. With ``by`` a label key,
     per value of that label (``aggregate_labels``).
@@ -196,7 +207,12 @@ def site_variances(
     samples = _with_value(profile, index)
     period = profile.period
     variances = [
-        sampling_variance(sample.values[objects_index], sample.values[bytes_index], period)[pick]
+        estimate_variance(
+            sample.values[objects_index],
+            sample.values[bytes_index],
+            period,
+            sample_variance(profile, sample, objects_index, bytes_index),
+        )[pick]
         for sample in samples
     ]
     if by:

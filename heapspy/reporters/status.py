@@ -174,6 +174,10 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
             )
     for s in sessions:  # who allocates: the top threads (exact) and tasks (sampled)
         lines.extend(f"{s.target_pid}: {line}" for line in labels_lines(s.status.get("labels")))
+    for s in sessions:  # samples the agent could not give a stack (its table was full)
+        overflow = s.status.get("overflow_samples")
+        if isinstance(overflow, int) and overflow > 0:
+            lines.append(f"{s.target_pid}: [stack table full: {overflow} samples]")
     for s in sessions:
         if s.memory is not None:
             lines.extend(format_breakdown(s.memory))

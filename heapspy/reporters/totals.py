@@ -19,8 +19,8 @@ from typing import Any
 
 from heapspy.errors import DumpError
 from heapspy.pprof import SIZE_LABEL, DecodedProfile
-from heapspy.reporters.sites import is_sampled
-from heapspy.scaling import relative_error, sampling_variance
+from heapspy.reporters.sites import is_sampled, sample_variance
+from heapspy.scaling import estimate_variance, relative_error
 
 SIDECAR_FOUND = "found"
 SIDECAR_MISSING = "missing"
@@ -119,7 +119,12 @@ def live_error(profile: DecodedProfile) -> float | None:
         return 0.0 if profile.period <= 1 else None
     objects_index = names.index("inuse_objects")
     variance = sum(
-        sampling_variance(s.values[objects_index], s.values[index], profile.period)[1]
+        estimate_variance(
+            s.values[objects_index],
+            s.values[index],
+            profile.period,
+            sample_variance(profile, s, objects_index, index),
+        )[1]
         for s in profile.samples
     )
     return relative_error(_column(profile, "inuse_space"), variance)

@@ -16,7 +16,6 @@ from typing import Any
 from heapspy.aggregate import Aggregator
 from heapspy.oomwatch import CgroupWatch
 from heapspy.pprof import encode_profile
-from heapspy.scaling import sampling_variance
 
 
 def live_heap_error(agg: Aggregator) -> float:
@@ -24,12 +23,7 @@ def live_heap_error(agg: Aggregator) -> float:
     if not agg.sampling.estimates:
         return 0.0
     rate = agg.sampling.period
-    variance = 0.0
-    for site in agg.sites.values():
-        if site.exact:
-            continue
-        objects, nbytes = site.live(rate)
-        variance += sampling_variance(objects, nbytes, rate)[1]
+    variance = sum(site.live_variance(rate) for site in agg.sites.values())
     return 1.96 * math.sqrt(variance)
 
 

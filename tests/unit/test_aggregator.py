@@ -214,3 +214,38 @@ def test_types_split_inuse_without_changing_a_stacks_totals() -> None:
     assert agg.sites[1].types is None
     leak = [c for s, c in agg.profile().sampled if s[-1].function == "leak_cache"]
     assert [(dict(c.labels).get("type"), c.inuse_bytes) for c in leak] == [(None, 13000)]
+
+
+def test_an_evicted_stack_keeps_its_figures_and_takes_them_up_again() -> None:
+    agg = sampled()
+    # stack 1 allocates and frees everything; the agent then evicts it and, later, hands
+    # its id to another stack; the same frames come back under id 3
+    agg.apply(samples(stacks=[stack(1, MAIN, PARSE), stack(2, MAIN, LEAK)],
+                      inuse={"1": [0, 0], "2": [1, 64]}, alloc={"1": [4, 400], "2": [1, 64]},
+                      est={"1": [40.0, 4000.0, 0.0, 0.0]}, var={"1": [9.0, 90.0, 0.0, 0.0]},
+                      evicted=[1]))  # fmt: skip
+    assert 1 not in agg.sites and len(agg.retired) == 1
+    agg.apply(samples(stacks=[stack(1, SERVE)], alloc={"1": [1, 10]}))  # a new stack, id 1
+    assert agg.sites[1].stack[-1].function == "serve" and agg.sites[1].alloc_objects == 1
+    agg.apply(samples(stacks=[stack(3, MAIN, PARSE)], inuse={"3": [1, 100]},
+                      alloc={"3": [1, 100]}, est={"3": [10.0, 1000.0, 10.0, 1000.0]},
+                      var={"3": [1.0, 10.0, 1.0, 10.0]}))  # fmt: skip
+    assert not agg.retired
+    site = agg.sites[3]
+    assert (site.alloc_objects, site.alloc_bytes) == (5, 500)  # cumulative since attach
+    assert site.estimate == (50.0, 5000.0, 10.0, 1000.0)
+    assert site.variance == (10.0, 100.0, 1.0, 10.0)
+    # evicted again with the same frames as another retired site: one site in the dump
+    agg.apply(samples(inuse={"3": [0, 0]}, evicted=[3]))
+    (parse,) = [c for s, c in agg.profile().sampled if s[-1].function == "parse"]
+    assert (parse.alloc_objects, parse.inuse_objects) == (5, 0)
+
+
+def test_the_overflow_stack_says_how_many_samples_it_holds() -> None:
+    agg = sampled()
+    agg.apply(samples(stacks=[stack(0, [schema.OVERFLOW_FUNCTION, "", 0])],
+                      inuse={"0": [3, 300]}, alloc={"0": [3, 300]},
+                      totals={"overflow_samples": 3}))  # fmt: skip
+    ((shown, _),) = agg.profile().sampled
+    assert shown[-1].function == "[stack table full: 3 samples]"
+    assert agg.top_sites(1)[0].function == "[stack table full: 3 samples]"

@@ -20,9 +20,9 @@ def sidecar(**changes: object) -> Sidecar:
         "rate_changes": ((1.0, 0),),
         "rule": "final",
         "heap_estimate": 0,
-        "series": tuple(Point(float(t), 100, 10) for t in range(200)),
+        "series": tuple(Point(float(t), 100, 10, rate=4096 if t < 150 else 0) for t in range(200)),
         "totals": AllocTotals(128, 4, 64, 2, ((5, 4),)),
-        "agent_totals": {},
+        "agent_totals": {"overflow_samples": 7, "evicted_stacks": 5},
         "facts": {},
         "cgroup": None,
         "dropped_stacks": 0,
@@ -41,7 +41,12 @@ def test_what_a_session_writes_reads_back() -> None:
     assert document["series_columns"] == list(SERIES_COLUMNS)
     assert len(document["rss_series"]) == 120 and document["rss_series"][-1][0] == 199.0
     assert document["totals"]["size_classes"] == [[5, 4]]
-    assert document["dropped"] == {"stacks": 0, "agent_sites": 3}
+    # samples the shim could not give a stack are counted, and stacks it evicted
+    assert document["dropped"] == {"stacks": 0, "agent_sites": 3, "overflow_samples": 7}
+    assert document["evicted_stacks"] == 5
+    # each point says the rate it was taken at (a `heapspy rate` at t=150)
+    rate = document["series_columns"].index("rate")
+    assert document["rss_series"][0][rate] == 4096 and document["rss_series"][-1][rate] == 0
     head = Header.read(document)
     assert head == Header(4242, ("python3", "worker.py"), "/usr/bin/python3.11", "3.11.2",
                           "totals", "final")  # fmt: skip
