@@ -104,3 +104,31 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     out = run_heapspy("report", str(dump), "--by", "task")
     assert out.returncode == 0, out.stderr
     assert "values of the label 'task'" in out.stdout and "hoarder" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize(
+    "interp", [p for p in interpreter_params() if p.values[0].label == "3.12-pyenv"]
+)
+def test_exact_mode_labels_coroutines_and_counts_bytes_per_thread(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    """tracemalloc's tracebacks have no thread and no task: exact mode's samples carry
+    ``coro`` only, found after asyncio's step in each traceback; the totals shim beside
+    tracemalloc still counts every thread's bytes."""
+    target = spawn(interp, "labelled_service.py")
+    session = Session.attach(
+        target.pid, AttachConfig(rate=1, interval=0.2, dump_dir=tmp_path, final_dump=False)
+    )
+    try:
+        os.kill(target.pid, signal.SIGUSR1)
+        agg = session.aggregator
+        deadline = time.monotonic() + 60
+        while "hoard" not in agg.by_label("coro") and time.monotonic() < deadline:
+            session.run(0.2)
+        coros = agg.by_label("coro")
+        assert coros["hoard"].live_bytes > 20_000, coros
+        assert not agg.by_label("task") and not agg.by_label("thread")
+        threads = {t.name: t.allocated_bytes for t in agg.thread_alloc()}
+        assert threads.get("leaky-handler-0", 0) > 0 and threads.get("MainThread", 0) > 0
+    finally:
+        session.detach()

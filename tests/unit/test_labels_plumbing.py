@@ -1,0 +1,101 @@
+"""Labels from the wire to the readers, fed hand-made SAMPLES bodies: no process.
+
+The same stack under two label sets is two sites, one pprof sample each (with string
+labels), merged again where the agent named two sets alike; ``--by`` groups by a label
+in the report, the live view and the flame graph; hostile label sets are refused by
+the wire schema. The real thing runs in tests/test_labels.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from heapspy_agent import protocol, schema
+
+from heapspy.aggregate import Aggregator
+from heapspy.errors import UsageError
+from heapspy.model import NO_LABEL, label_value
+from heapspy.pprof import decode_profile, encode_profile
+from heapspy.reporters.report import ReportConfig, build_report
+from heapspy.reporters.sites import Site, aggregate_labels, check_by, label_rooted
+from heapspy.sampling import Sampling
+
+MAIN = ["main", "/app/app.py", 40]
+LEAK = ["leak_cache", "/app/cache.py", 12]
+WORKER = {"thread": "worker-1", "thread_id": 4242}
+FETCH = {"thread": "MainThread", "thread_id": 7, "task": "fetch", "coro": ["fetch", "/app/a.py", 3]}
+
+
+def samples(**body: Any) -> dict[str, Any]:
+    return schema.check(protocol.SAMPLES, {"seq": 0, **body})
+
+
+def labelled() -> Aggregator:
+    """One stack (main -> leak_cache) under three label sets: a worker thread, a task,
+    and a second set the agent named like the first (another tid's record, same names)."""
+    agg = Aggregator(Sampling("sampled", 2))
+    agg.apply(
+        samples(
+            labels={"1": WORKER, "2": FETCH, "3": dict(WORKER)},
+            stacks=[
+                {"id": 1, "frames": [MAIN, LEAK], "labels": 1},
+                {"id": 2, "frames": [MAIN, LEAK], "labels": 2},
+                {"id": 3, "frames": [MAIN, LEAK], "labels": 3},
+            ],
+            inuse={"1": [1, 1000], "2": [1, 300], "3": [1, 500]},
+            alloc={"1": [1, 1000], "2": [1, 300], "3": [1, 500]},
+            est={"1": [1, 1000, 1, 1000], "2": [1, 300, 1, 300], "3": [1, 500, 1, 500]},
+        )
+    )
+    return agg
+
+
+def test_label_sets_split_sites_and_the_dump_merges_alike_names(tmp_path: Path) -> None:
+    agg = labelled()
+    assert label_value(agg.labels_of(agg.sites[2]), "coro") == "fetch"
+    assert label_value(agg.labels_of(agg.sites[1]), "thread_id") == "4242"
+    live = {value: totals.live_bytes for value, totals in agg.by_label("thread").items()}
+    assert live == {"worker-1": 1500, "MainThread": 300}
+    assert [r.function for r in agg.top_sites(5, by="task")] == [NO_LABEL, "fetch"]
+    summary = agg.labels_summary()
+    assert summary["thread"][0] == ["worker-1", 1500, 1500]
+    assert summary["task"] == [["fetch", 300, 300]]
+
+    profile = decode_profile(encode_profile(agg.profile()))
+    by_labels = {s.labels: s.values[3] for s in profile.samples}
+    assert by_labels == {  # sets 1 and 3 carry the same names: one sample
+        (("thread", "worker-1"), ("thread_id", "4242")): 1500,
+        (
+            ("coro", "fetch"),
+            ("task", "fetch"),
+            ("thread", "MainThread"),
+            ("thread_id", "7"),
+        ): 300,
+    }
+    dump = tmp_path / "heap.pb.gz"
+    dump.write_bytes(encode_profile(agg.profile()))
+    rows = build_report(ReportConfig(dump=dump, by="coro")).top
+    assert [(r.site.function, r.flat) for r in rows] == [(NO_LABEL, 1500), ("fetch", 300)]
+    assert aggregate_labels(profile, 3, "thread")[Site("worker-1", "")] == (1500, 1500)
+    roots = {s.stack[0].function for s in label_rooted(profile, "task").samples}
+    assert roots == {"task: fetch", f"task: {NO_LABEL}"}
+
+
+def test_unknown_keys_and_hostile_label_sets_are_refused() -> None:
+    with pytest.raises(UsageError, match="Unknown label 'colour'"):
+        check_by("colour")
+    assert check_by("") == "" and check_by("task") == "task"
+    for bad in (
+        {"labels": {"x": WORKER}},  # not an id
+        {"labels": {"1": {"thread": 5}}},  # not a string
+        {"labels": {"1": {"thread": "t" * 201}}},  # too long
+        {"labels": {"1": {"coro": ["f", "/a.py"]}}},  # not a frame
+        {"stacks": [{"id": 1, "frames": [MAIN], "labels": 1 << 20}]},  # beyond the table
+    ):
+        with pytest.raises(protocol.ProtocolError):
+            samples(**bad)
+    agg = Aggregator(Sampling("sampled", 2))  # unknown keys of a set are dropped
+    agg.apply(samples(labels={"1": {"thread": "t", "colour": "red"}}))
+    assert agg.label_sets == {1: (("thread", "t"),)}
