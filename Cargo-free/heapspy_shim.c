@@ -1202,7 +1202,6 @@ static void release_tables(void) {
     free(g_lcache);
     free(g_cset);
     free_out_buffers();
-    hs_labels_stop();
     g_stacks = NULL;
     g_index = NULL;
     g_dirty = NULL;
@@ -1232,6 +1231,7 @@ static void release_tables(void) {
         free(s->codes);
     }
     free(stacks);
+    hs_labels_stop(); /* decrefs its coroutines' code objects: last, as above */
 }
 
 static int alloc_tables(int max_frames, uint32_t max_stacks) {
