@@ -20,6 +20,7 @@ from heapspy.model import NO_LABEL, label_value
 from heapspy.pprof import decode_profile, encode_profile
 from heapspy.reporters.report import ReportConfig, build_report
 from heapspy.reporters.sites import Site, aggregate_labels, check_by, label_rooted
+from heapspy.reporters.status import labels_lines
 from heapspy.sampling import Sampling
 
 MAIN = ["main", "/app/app.py", 40]
@@ -99,3 +100,15 @@ def test_unknown_keys_and_hostile_label_sets_are_refused() -> None:
     agg = Aggregator(Sampling("sampled", 2))  # unknown keys of a set are dropped
     agg.apply(samples(labels={"1": {"thread": "t", "colour": "red"}}))
     assert agg.label_sets == {1: (("thread", "t"),)}
+
+
+def test_status_lines_show_the_top_threads_and_tasks() -> None:
+    summary = labelled().labels_summary(3)
+    summary["thread_alloc"] = [[4242, 3 << 20, "worker-1"], [7, 1024, "MainThread"], "junk"]
+    assert labels_lines(summary) == [
+        "allocated by thread: worker-1 3.0 MiB, MainThread 1.0 KiB",
+        "live by task: fetch 300 B",
+        "live by coro: fetch 300 B",
+    ]
+    assert labels_lines({"task": [["\x1b[2J", 1, 5]]}) == ["live by task: \\x1b[2J 5 B"]
+    assert labels_lines(None) == []
