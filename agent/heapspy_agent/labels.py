@@ -154,15 +154,18 @@ class LabelNamer:
         self._names = [""]  # type: List[str]
         self.unnamed_tasks = 0  # names beyond MAX_TASK_NAMES
 
-    def refresh(self) -> None:
-        """At each interval: anchors once asyncio is there, the threads alive now, and the
-        tasks alive now registered for the samples to come."""
+    def refresh(self, tasks: bool = True) -> None:
+        """At each interval: the threads alive now and, with ``tasks`` (a collector that
+        takes samples), anchors once asyncio is there and the tasks alive now registered
+        for the samples to come: O(tasks) in the target, each interval."""
+        self._see_threads()
+        if not tasks:
+            return
         if not self._anchors:
             anchors = anchor_codes()
             if anchors:
                 self.shim.set_anchors(anchors)
                 self._anchors = anchors  # kept alive: the shim compares their addresses
-        self._see_threads()
         if self._anchors:
             self.shim.set_tasks(self._live_tasks())
 

@@ -65,7 +65,7 @@ class ShimCollector:
         self.notes: List[str] = []
         shim.start(rate, max_frames=frames)
         self.namer = LabelNamer(shim)
-        self.namer.refresh()
+        self.namer.refresh(tasks=bool(rate))
         # NumPy's array data bypasses the PyMem domains; hook its default handler now, or
         # at a later interval if the target imports NumPy after we attached.
         self.numpy = shim.hook_numpy()
@@ -181,7 +181,8 @@ class ShimCollector:
             if status != self._native_sent:  # sent when it changes (aggregator keeps it)
                 self._native_sent = status
                 totals["native"] = status
-        self.namer.refresh()  # the tasks alive now, for the samples of the next interval
+        # the tasks alive now, for the samples of the next interval (none at rate 0)
+        self.namer.refresh(tasks=bool(self.rate))
         body = {
             "stacks": stacks,
             "inuse": inuse,
