@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/session_cost.py [--interpreters 3.11,3.14]
         [--workloads deltablue,richards,json_dumps,raytrace,go,deepcopy] [--rounds 30]
-        [--block 0.1] [--settle 3] [--rate 512KiB] [--interval 1] [--json out.json]
+        [--block 0.1] [--settle 3] [--rate 512KiB] [--interval 1]
+        [--arms null,shim,collect,session] [--json out.json]
 
 Why: ``shim_overhead.py`` measures the hooks alone, but a user pays for the whole
 session: the hooks, the agent thread waking every interval to drain the shim, encode and
@@ -43,7 +44,9 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ARMS = {"null": "off", "shim": "shim", "session": "on"}  # column: level of the "on" half
+# column: the agent's level (Agent.park) in the "on" half; --arms picks some
+LEVELS = {"null": "off", "shim": "shim", "collect": "collect", "session": "on"}
+ARMS = {"null": "off", "shim": "shim", "session": "on"}
 DEFAULT_WORKLOADS = "deltablue,richards,json_dumps,raytrace,go,deepcopy"
 
 
@@ -80,6 +83,7 @@ def child(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(HERE))
     import overhead_driver  # noqa: PLC0415 - only inside the measured interpreter
 
+    arms = {arm: LEVELS[arm] for arm in args.arms.split(",")}
     bodies = overhead_driver.prepare(args.bench_dir, [args.workload])
     if not bodies:
         return 3
@@ -101,8 +105,8 @@ def child(args: argparse.Namespace) -> int:
     settle = time.monotonic() + args.settle
     while time.monotonic() < settle:
         body()
-    ratios: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    cpu_ratios: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    ratios: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu_ratios: dict[str, list[float]] = {arm: [] for arm in arms}
     collections = 0
     tid = getattr(agent.thread, "native_id", 0) or 0
     # the agent thread's CPU time and the wall time, in session-on and in off blocks
@@ -110,7 +114,7 @@ def child(args: argparse.Namespace) -> int:
     wall = {"on": 0.0, "off": 0.0}
     for rnd in range(args.rounds):
         order = (False, True, True, False) if rnd % 2 == 0 else (True, False, False, True)
-        for arm, level in ARMS.items():
+        for arm, level in arms.items():
             off = on = cpu_off = cpu_on = 0.0
             for hooked in order:
                 agent.park(level if hooked else "off")
@@ -160,17 +164,18 @@ def interval(logs: list[float]) -> tuple[float, float]:
 
 
 def render(label: str, results: dict[str, dict[str, Any]], load: str, key: str) -> str:
+    arms = list(next(iter(results.values()))[key])
     clock = "CPU time of the process" if key == "cpu_ratios" else "wall clock"
     lines = [
         f"== {label}: throughput session on / off by the {clock} (1.000 = no slowdown), "
         f"geometric mean and 95 % interval; load average {load} ==",
-        f"{'':12s}" + "".join(f"{arm:>22s}" for arm in ARMS)
+        f"{'':12s}" + "".join(f"{arm:>22s}" for arm in arms)
         + f"{'collections':>13s}{'agent ms/s on, off':>20s}",
     ]
-    combined: dict[str, list[tuple[float, float]]] = {arm: [] for arm in ARMS}
+    combined: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
     for workload, result in results.items():
         cells = ""
-        for arm in ARMS:
+        for arm in arms:
             mean, se = interval([math.log(r) for r in result[key][arm]])
             combined[arm].append((mean, se))
             lo, hi = math.exp(mean - 1.96 * se), math.exp(mean + 1.96 * se)
@@ -179,7 +184,7 @@ def render(label: str, results: dict[str, dict[str, Any]], load: str, key: str) 
         agent = f"{ms.get('on', 0.0):10.2f}{ms.get('off', 0.0):10.2f}"
         lines.append(f"{workload:12s}{cells}{result['collections']:13d}{agent}")
     cells = ""
-    for arm in ARMS:
+    for arm in arms:
         k = len(combined[arm])
         mean = sum(m for m, _ in combined[arm]) / k
         se = math.sqrt(sum(s * s for _, s in combined[arm])) / k
@@ -204,7 +209,7 @@ def measure(interp: Any, workload: str, args: argparse.Namespace, site: Path,
         interp.command(
             str(Path(__file__).resolve()), "--child", "--bench-dir", str(bench_dir),
             "--workload", workload, "--rounds", str(args.rounds), "--block", str(args.block),
-            "--settle", str(args.settle),
+            "--settle", str(args.settle), "--arms", args.arms,
         ),
         env=env,
     )  # fmt: skip
@@ -221,7 +226,7 @@ def measure(interp: Any, workload: str, args: argparse.Namespace, site: Path,
         except HeapspyError as exc:
             raise target.failure(f"{workload}: attach failed: {exc.message}") from None
         try:
-            timeout = 60 + args.rounds * len(ARMS) * 4 * args.block * 20
+            timeout = 60 + args.rounds * len(args.arms.split(",")) * 4 * args.block * 20
             line = target.line("result ", timeout, session=session)
         finally:
             session.detach()
@@ -245,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds attached first")
     parser.add_argument("--rate", default="512KiB")
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help="columns among null,shim,collect,session (collect: the hooks and the interval"
+        " collections, no gc timer)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench-dir", default="", help=argparse.SUPPRESS)

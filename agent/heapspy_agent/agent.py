@@ -321,7 +321,8 @@ class Agent:
         """Benchmarks only (benchmarks/session_cost.py, called by the target itself):
         switch the session's cost off and on in place, many times in one session.
         "off": the shim's hooks out, no collections, no gc timer; "shim": only the
-        hooks in; "on": everything as in a session. Heartbeats go on throughout (the
+        hooks in; "collect": the hooks and the interval collections, no gc timer; "on":
+        everything as in a session. Heartbeats go on throughout (the
         connection must stay up): a few microseconds every HEARTBEAT seconds."""
         collector = self.collector
         if not isinstance(collector, ShimCollector):
@@ -335,7 +336,7 @@ class Agent:
                 self.gc_timer.install()
             else:
                 self.gc_timer.remove()
-            self.parked = level != "on"
+            self.parked = level not in ("on", "collect")
 
     # --- heap census (heapspy_agent.census) ---------------------------------------
     def _drop_census(self) -> None:
