@@ -1438,6 +1438,7 @@ HS_EXPORT int hs_set_rate(uint64_t rate) {
     g_rate = rate;
     if (g_mode == MODE_ACTIVE) /* else a capture is under way: it sets the gate after */
         g_until = draw_gap();
+    hs__native_rate_changed();
     return HS_OK;
 }
 

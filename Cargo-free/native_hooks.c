@@ -403,11 +403,14 @@ static int same_process(void) {
 }
 
 static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t size) {
+    uint64_t rate = hs__rate();
+    /* 0 only after hs__native_rate_changed (a drawn countdown stays >= 1): redraw only */
+    int redraw = t != &g_shared && t->until == 0;
     if (t != &g_shared)
         t->until = draw_gap(&t->rng);
-    else
-        __atomic_store_n(&g_shared.until, (int64_t)hs__rate(), __ATOMIC_RELAXED);
-    if (t_guard || !g_on || !same_process())
+    else /* threads beyond the table share one countdown: a fixed gap of the mean */
+        __atomic_store_n(&g_shared.until, rate ? (int64_t)rate : INT64_MAX / 2, __ATOMIC_RELAXED);
+    if (redraw || rate == 0 || t_guard || !g_on || !same_process())
         return;
     t_guard = 1;
     uint32_t id = g_nostack;
@@ -943,6 +946,19 @@ HS_EXPORT int hs_native_stop(void) {
     g_nevents = 0;
     unlock();
     return left;
+}
+
+/* The rate changed (GIL held): every thread draws a fresh gap at its next allocation.
+ * The store races with the owner's own update of its countdown; either value is a valid
+ * countdown, so the race only decides whether the old gap runs out first. */
+void hs__native_rate_changed(void) {
+    if (!g_on)
+        return;
+    for (uint32_t k = 0; k < NAT_THREADS; k++)
+        if (__atomic_load_n(&g_threads[k].owner, __ATOMIC_RELAXED) != 0)
+            __atomic_store_n(&g_threads[k].until, 0, __ATOMIC_RELAXED);
+    uint64_t rate = hs__rate();
+    __atomic_store_n(&g_shared.until, rate ? (int64_t)rate : INT64_MAX / 2, __ATOMIC_RELAXED);
 }
 
 void hs__native_on_stop(void) {

@@ -86,5 +86,6 @@ void *hs__dom_prev(int i);
 /* native_hooks.c provides (called by heapspy_shim.c with the GIL held): */
 void hs__native_merge(void);
 void hs__native_on_stop(void);
+void hs__native_rate_changed(void);
 
 #endif

@@ -98,6 +98,8 @@ def _check(r: dict[str, Any], cycles: int) -> None:
     assert r["storm"] == [16_000, 4 * per_thread, 16_000, 8000]
     assert r["leak"] == [2000, 2000 * 50_000, 0, 0]
     assert r["threads"] >= 5  # the main thread and the storm's four
+    zero, back = r["rate_change_samples"]
+    assert zero == 0 and back > 100, r["rate_change_samples"]  # ~234 expected
     # ctypes called leak() without the GIL: its samples got the calling line's stack
     sites = r["leak_sites"]
     assert len(sites) == 1, sites

@@ -132,6 +132,16 @@ def main():
     nt = shim.native_totals()
     out["nogil_samples"] = nt.nogil_samples
     out["threads"] = nt.threads
+    # a rate change reaches every thread's countdown: none at rate 0, some after
+    before = shim.native_totals().sampled_count
+    shim.set_rate(0)
+    for _ in range(300):
+        lib.leak(100_000)
+    at_zero = shim.native_totals().sampled_count
+    shim.set_rate(RATE)
+    for _ in range(300):
+        lib.leak(100_000)
+    out["rate_change_samples"] = [at_zero - before, shim.native_totals().sampled_count - at_zero]
     lib.release_all()
     late.release_all()
 
