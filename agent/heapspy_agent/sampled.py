@@ -200,6 +200,11 @@ class ShimCollector:
         """The live samples of each stack by type (heapspy asks at a dump, and for `top
         --by type`): the reply's ``types`` and ``complete`` (schema.py). One pass over the
         live samples in C; the target's own stacks only."""
+        if self.native:
+            # Native samples live in their own map, which the classification does not
+            # walk: a split by type would drop them from their sites (a complete reply
+            # zeroes the sites it does not list). No types with --native, for now.
+            return {"types": {}, "complete": False}
         by_stack = object_types.classify(self.shim, self._own)
         complete = len(by_stack) <= MAX_TYPED_SITES
         if not complete:  # keep the stacks holding the most
