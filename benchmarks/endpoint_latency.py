@@ -210,7 +210,8 @@ def main() -> None:
     args = parser.parse_args()
     interp = pick_interpreters([args.python])[0]
     with tempfile.TemporaryDirectory(prefix="heapspy-endpoint-") as tmp:
-        one_session(list(interp.argv), args.stacks, args.requests, Path(tmp))
+        if args.stacks:  # --stacks 0: only the daemon's part
+            one_session(list(interp.argv), args.stacks, args.requests, Path(tmp))
         if args.workers:
             daemon_scrape(list(interp.argv), args.workers, args.requests, Path(tmp))
 

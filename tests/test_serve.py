@@ -26,7 +26,7 @@ from support import LEAKY_WORKER, run_heapspy, wait_for
 
 from heapspy import profile_pb2 as pb
 from heapspy.errors import UsageError
-from heapspy.serve.access import ListenAddress, parse_listen, tcp_peer_uid
+from heapspy.serve.access import ListenAddress, diag_uid, parse_listen, table_uid, tcp_peer_uid
 from heapspy.serve.exposition import Exposition, add_worker
 
 TOKEN = "s3cret-token-for-scrapers-0123456789"
@@ -67,9 +67,14 @@ def test_loopback_callers_are_known_by_uid() -> None:
         conn, peer = server.accept()
         assert client.stdout is not None
         client.stdout.readline()
-        uid = tcp_peer_uid(peer, conn.getsockname())
+        local = conn.getsockname()
+        uid = tcp_peer_uid(peer, local)
         expected = 65534 if as_nobody else os.geteuid()
         assert uid == expected
+        # both ways of asking agree: the kernel's sock_diag and its socket table
+        assert diag_uid(peer[0], peer[1], local[0], local[1]) == expected
+        assert table_uid(peer[0], peer[1], local[0], local[1]) == expected
+        assert diag_uid(peer[0], peer[1], local[0], local[1] ^ 1) is None  # no such socket
         conn.close()
     finally:
         client.kill()

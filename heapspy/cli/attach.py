@@ -18,7 +18,7 @@ from heapspy.rss import format_breakdown
 from heapspy.rules import parse_rule
 from heapspy.serve.access import parse_listen, read_token
 from heapspy.serve.http import ServeOptions, serve
-from heapspy.serve.workers import list_workers
+from heapspy.serve.workers import find_worker, list_workers
 from heapspy.session import Session
 
 
@@ -188,6 +188,7 @@ def attach(
                 token=token,
                 allow_gc=not no_gc,
                 list_workers=lambda: [w for w in list_workers() if w.pid == pid],
+                find_worker=lambda p: find_worker(p) if p == pid else None,
             ),
         )
         # printed even with --quiet: with port 0 it is the only way to learn the port

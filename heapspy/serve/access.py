@@ -3,7 +3,8 @@
 A heap profile names a worker's code and, through its figures, says much about its
 data: nobody may read one who could not have attached to that worker. heapspy knows
 who is calling even over TCP, as long as the call comes over loopback: the kernel lists
-every local TCP socket with its owner's uid in ``/proc/net/tcp`` (and ``tcp6``). So:
+every local TCP socket with its owner's uid (sock_diag over netlink, one socket at a
+time; ``/proc/net/tcp`` and ``tcp6`` where netlink is missing). So:
 
 - a caller running as root, or as the user heapspy runs as, sees every worker;
 - another local user sees the workers that run as that user, nothing else;
@@ -121,6 +122,51 @@ def _hex_endpoint(host: str, port: int) -> tuple[str, str]:
     return text, f"{port:04X}"
 
 
+# sock_diag (netlink): the kernel looks one socket up by its four-tuple, in tens of
+# microseconds, where reading /proc/net/tcp walks every socket of the host (~6 ms for 60
+# sockets here, on every request: 50 profiles in a row paid it 50 times).
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NOCOOKIE = 0xFFFFFFFF
+_NETLINK_SOCK_DIAG = 4  # not in the socket module
+_NLMSG = struct.Struct("=IHHII")
+_DIAG_REQ = struct.Struct("=BBBxI")  # family, protocol, ext, pad, states
+_SOCKID = struct.Struct(">HH16s16s")  # sport, dport, src, dst (network order)
+_SOCKID_TAIL = struct.Struct("=III")  # interface, cookie[2]
+_DIAG_MSG_UID = 4 + _SOCKID.size + _SOCKID_TAIL.size + 12  # family..retrans, id, expires..wqueue
+
+
+def diag_uid(peer_host: str, peer_port: int, local_host: str, local_port: int) -> int | None:
+    """The owner of the TCP socket ``peer`` → ``local``, asked of the kernel (sock_diag);
+    None when it does not answer (no such socket, netlink unavailable)."""
+    try:
+        src = ipaddress.ip_address(peer_host)
+        dst = ipaddress.ip_address(local_host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if src.version == 6 else socket.AF_INET
+    sockid = _SOCKID.pack(
+        peer_port, local_port, src.packed.ljust(16, b"\0"), dst.packed.ljust(16, b"\0")
+    ) + _SOCKID_TAIL.pack(0, _NOCOOKIE, _NOCOOKIE)
+    body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
+    header = _NLMSG.pack(_NLMSG.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(header + body)
+            reply = nl.recv(8192)
+    except (OSError, AttributeError):
+        return None
+    if len(reply) < _NLMSG.size:
+        return None
+    length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(reply)
+    if kind != _SOCK_DIAG_BY_FAMILY or length < _NLMSG.size + _DIAG_MSG_UID + 4:
+        return None  # _NLMSG_ERROR: no such socket
+    (uid,) = struct.unpack_from("=I", reply, _NLMSG.size + _DIAG_MSG_UID)
+    return int(uid)
+
+
 def tcp_peer_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
     """The uid owning the local TCP socket at ``peer`` connected to ``local``: the
     caller of a loopback connection. None when it is not a local socket."""
@@ -129,6 +175,14 @@ def tcp_peer_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
     if peer_host.startswith("::ffff:") and "." in peer_host:
         # an IPv4 caller on a dual-stack socket: its own socket is in /proc/net/tcp
         peer_host, local_host = peer_host[7:], local_host.removeprefix("::ffff:")
+    found = diag_uid(peer_host, peer_port, local_host, local_port)
+    if found is None:  # no netlink (a container may lack it): the socket table
+        found = table_uid(peer_host, peer_port, local_host, local_port)
+    return found
+
+
+def table_uid(peer_host: str, peer_port: int, local_host: str, local_port: int) -> int | None:
+    """``tcp_peer_uid`` read from /proc/net/tcp{,6}."""
     try:
         want_local, want_port = _hex_endpoint(peer_host, peer_port)
         want_remote, want_rport = _hex_endpoint(local_host, local_port)

@@ -46,6 +46,10 @@ class ServeOptions:
     # extra series about the server's owner (the daemon: attach failures, watched count)
     extra_metrics: Callable[[Exposition], None] | None = None
     list_workers: Callable[[], list[workers_mod.Worker]] = field(default=workers_mod.list_workers)
+    # one worker by pid (None: no session on it), for requests that name one
+    find_worker: Callable[[int], workers_mod.Worker | None] = field(
+        default=workers_mod.find_worker
+    )
 
 
 def _metrics_or_none(pid: int) -> dict[str, Any] | None:
@@ -158,17 +162,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8")
 
     def _choose(self, caller: Caller, query: dict[str, str]) -> workers_mod.Worker | None:
-        visible = self._visible(caller)
         if "pid" in query:
             text = query["pid"]
-            if not text.isdigit():
+            if not text.isdigit() or len(text) > 10:
                 self._text(HTTPStatus.BAD_REQUEST, f"heapspy: pid must be a number, got {text!r}")
                 return None
-            found = [w for w in visible if w.pid == int(text)]
-            if not found:
+            found = self.server.options.find_worker(int(text))
+            if found is None or not caller.may_read(found.uid):
                 self._text(HTTPStatus.NOT_FOUND, f"heapspy: no session on pid {text} for you")
                 return None
-            return found[0]
+            return found
+        visible = self._visible(caller)
         if len(visible) == 1:
             return visible[0]
         if not visible:
@@ -271,6 +275,9 @@ class _Server(ThreadingHTTPServer):
         sock.settimeout(MAX_SECONDS + 60)
         if self.address.path:
             return sock, ("unix", 0)
+        # headers and body go out as two writes: without this the body waits for the
+        # client's delayed ACK of the headers (Nagle), up to 40 ms a request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, addr
 
 
