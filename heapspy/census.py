@@ -13,7 +13,6 @@ profile a stack is the retention path, root first, so ``go tool pprof -top`` ran
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 from heapspy_agent import protocol
 
+from heapspy.channel import readable
 from heapspy.config import AttachConfig
 from heapspy.control import encode_reply
 from heapspy.dumps import DumpWriter, census_name
@@ -343,7 +343,7 @@ def serve_client(session: CensusHost, sock: socket.socket, body: dict[str, Any])
             pass
 
     def client_says() -> str:
-        if not select.select([sock], [], [], 0)[0]:
+        if not readable([sock], 0):
             return ""
         try:
             sock.settimeout(0.5)

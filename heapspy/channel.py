@@ -61,8 +61,19 @@ def _checked(msg: protocol.Message | None) -> protocol.Message | None:
     return None if msg is None else (msg[0], schema.check(msg[0], msg[1]))
 
 
+def readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Those of ``socks`` readable within ``timeout`` seconds. poll(), not select(): a
+    daemon holding many sessions in one process has descriptors beyond 1024."""
+    poller = select.poll()
+    by_fd = {}
+    for sock in socks:
+        by_fd[sock.fileno()] = sock
+        poller.register(sock, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(max(0.0, timeout) * 1000) if fd in by_fd]
+
+
 def _readable(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
+    return bool(readable([sock], 0))
 
 
 def agent_error(pid: int, body: dict[str, Any]) -> HeapspyError:
@@ -232,8 +243,7 @@ class AgentChannel:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the agent and handle what came; False as ``read``."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        return not ready or self.read()
+        return not readable([self.sock], timeout) or self.read()
 
     def call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
         """Send a command to the agent and wait for its reply, handling other frames."""

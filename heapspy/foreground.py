@@ -108,29 +108,54 @@ def run_foreground(
         finally:
             if attached is not None:
                 attached()
-        info = session.info
-        assert info is not None
-        if events is not None:
-            events("attached", {"pid": pid, "mode": info.mode, "method": info.method})
-        if not quiet:
-            say(
-                f"attached to {pid} (Python {info.python}) via {info.method} in "
-                f"{info.latency_ms:.0f} ms; {info.mode} mode"
-            )
-            for note in info.notes:
-                say(f"note: {note}")
         requests.follow(session)
-        if not config.census:
-            session.skip_census("attached with --no-census")
-        elif session.start_census(CensusOptions(), census_progress, census_end) and not quiet:
-            say(
-                "taking a census of the heap at attach in the background (--no-census skips "
-                "it; Ctrl-C ends the session, keeping what it has counted)"
-            )
-        try:
-            reason = session.run(config.duration)
-        finally:
-            session.detach()
+        return run_attached(
+            session,
+            config,
+            quiet=quiet,
+            say=say,
+            events=events,
+            census_progress=census_progress,
+            census_end=census_end,
+        )
+
+
+def run_attached(
+    session: Session,
+    config: AttachConfig,
+    *,
+    quiet: bool = False,
+    say: Callable[[str], None] = _say,
+    events: Events | None = None,
+    census_progress: ProgressSink | None = None,
+    census_end: Callable[[], None] | None = None,
+) -> Session:
+    """``run_foreground`` from the attach on: what the daemon runs for a session its
+    attach helper handed over (``heapspy.daemon.handoff``); stop requests come through
+    ``session.request_stop``."""
+    pid = session.target.pid
+    info = session.info
+    assert info is not None
+    if events is not None:
+        events("attached", {"pid": pid, "mode": info.mode, "method": info.method})
+    if not quiet:
+        say(
+            f"attached to {pid} (Python {info.python}) via {info.method} in "
+            f"{info.latency_ms:.0f} ms; {info.mode} mode"
+        )
+        for note in info.notes:
+            say(f"note: {note}")
+    if not config.census:
+        session.skip_census("attached with --no-census")
+    elif session.start_census(CensusOptions(), census_progress, census_end) and not quiet:
+        say(
+            "taking a census of the heap at attach in the background (--no-census skips "
+            "it; Ctrl-C ends the session, keeping what it has counted)"
+        )
+    try:
+        reason = session.run(config.duration)
+    finally:
+        session.detach()
     if not quiet:
         agg = session.aggregator
         found = session.census_summary

@@ -60,6 +60,11 @@ class CgroupWatch:
         used = self.state.used_fraction
         return used is not None and used >= NEAR
 
+    @property
+    def next_poll(self) -> float:
+        """When (``time.monotonic``) the cgroup is read next."""
+        return self._next_poll
+
     def poll(self, now: float) -> str | None:
         """Read the cgroup when due; the reason for a last-chance dump, or None."""
         if now < self._next_poll:

@@ -135,6 +135,15 @@ class SessionLock:
         os.pwrite(fd, body, 0)
         self._fd = fd
 
+    def fileno(self) -> int | None:
+        """The locked file's descriptor while held."""
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """Take over a lock another process acquired and passed on (its ``fd``, which
+        holds the same ``flock``): this process is the holder from now on."""
+        self._claim(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -36,7 +35,14 @@ from heapspy.census import (
     record_census,
 )
 from heapspy.census import serve_client as census_for_client
-from heapspy.channel import AgentChannel, FramedSocket, handshake, violation_error
+from heapspy.channel import (
+    AgentChannel,
+    FramedSocket,
+    Greeting,
+    handshake,
+    readable,
+    violation_error,
+)
 from heapspy.config import AttachConfig
 from heapspy.control import ControlServer
 from heapspy.dump_policy import DumpPolicy, leak_note
@@ -133,6 +139,7 @@ class Session:
         # (unix time, rate): the rate at attach, then each `heapspy rate`
         self.rate_changes: list[tuple[float, int]] = []
         self.hello: dict[str, Any] = {}
+        self.greeting: Greeting | None = None  # the handshake's, until the session moves
         self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
         self._census: CensusCollector | None = None  # the census under way, if any
@@ -169,19 +176,56 @@ class Session:
         config: AttachConfig,
         progress: Progress | None = None,
         start_time: int | None = None,
+        serve: bool = True,
     ) -> Session:
         """``start_time``: the process start time the caller saw (the daemon); another
-        process holding ``pid`` by now is refused as if the target had exited."""
+        process holding ``pid`` by now is refused as if the target had exited.
+        ``serve``: open the control socket now; the daemon's attach helper does not (the
+        session moves into the daemon, which serves it: ``heapspy.daemon.handoff``)."""
         t0 = time.monotonic()
         target = inspect_target(pid, start_time)
         session = cls(target, config)
         session.lock.acquire()
         try:
             session._open(t0, progress)
+            if serve:
+                session.serve()
         except BaseException:
             session._abandon()
             raise
         return session
+
+    @classmethod
+    def resume(
+        cls,
+        target: PythonTarget,
+        config: AttachConfig,
+        lock_fd: int,
+        conn: FramedSocket,
+        greeting: Greeting,
+        info: AttachInfo,
+    ) -> Session:
+        """A session attached by another process (the daemon's attach helper), carried
+        on here: its lock, its agent's connection and what the handshake said."""
+        session = cls(target, config)
+        session.lock.adopt(lock_fd)
+        session._agent_ran = True
+        try:
+            session._greeted(conn, greeting)
+            session.info = info
+            session.serve()
+        except BaseException:
+            session._abandon()
+            raise
+        return session
+
+    def serve(self) -> None:
+        """Open the control socket (``heapspy dump/rate/detach/status PID`` reach the
+        session from now on) and start watching the target from outside."""
+        self.control = ControlServer(
+            self.target.pid, self._control_command, {"census": self._census_for_client}
+        )
+        self.outside.start()
 
     def _settings(self) -> dict[str, Any]:
         """What WELCOME tells the agent (the placed config file only says how to reach
@@ -227,26 +271,28 @@ class Session:
         assert self.placement is not None and self.injection is not None
         placement = self.placement
         greeting = handshake(conn, self.target.pid, placement.token, self._settings())
-        hello, ready = greeting.hello, greeting.ready
-        # the agent's answer is the truth (without the shim, sampled became exact)
-        sampling = schema.Sampling.from_json(ready["sampling"])
-        self.hello = hello
-        self.channel = AgentChannel(conn, self._on_agent_frame, self._violated, self._agent_gone)
-        self.aggregator.sampling = sampling
-        self.rate_changes = [(time.time(), sampling.rate)]
+        self.greeting = greeting
+        sampling = self._greeted(conn, greeting)
         self.info = AttachInfo(
             pid=self.target.pid,
-            python=str(hello.get("python") or self.target.version_text),
+            python=str(greeting.hello.get("python") or self.target.version_text),
             method=self.injection.method,
             mode=sampling.mode,
             latency_ms=(time.monotonic() - t0) * 1000,
-            notes=[n for n in (self.injection.chosen,) if n] + list(ready.get("notes", [])),
+            notes=[n for n in (self.injection.chosen,) if n]
+            + list(greeting.ready.get("notes", [])),
         )
         placement.cleanup()  # the socket path and directory are no longer needed
-        self.control = ControlServer(
-            self.target.pid, self._control_command, {"census": self._census_for_client}
-        )
-        self.outside.start()
+
+    def _greeted(self, conn: FramedSocket, greeting: Greeting) -> schema.Sampling:
+        """The running connection, after the handshake."""
+        # the agent's answer is the truth (without the shim, sampled became exact)
+        sampling = schema.Sampling.from_json(greeting.ready["sampling"])
+        self.hello = greeting.hello
+        self.channel = AgentChannel(conn, self._on_agent_frame, self._violated, self._agent_gone)
+        self.aggregator.sampling = sampling
+        self.rate_changes = [(time.time(), sampling.rate)]
+        return sampling
 
     def _wait_for_agent(self, t0: float, progress: Progress | None) -> socket.socket:
         assert self.placement is not None and self.injection is not None
@@ -256,8 +302,7 @@ class Session:
             now = time.monotonic()
             if now >= limit:
                 raise self._timeout_error()
-            ready, _, _ = select.select([listener], [], [], min(0.05, limit - now))
-            if ready:
+            if readable([listener], min(0.05, limit - now)):
                 try:
                     sock, _ = listener.accept()
                 except BlockingIOError:
@@ -331,8 +376,12 @@ class Session:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 return "duration elapsed"
-            ready, _, _ = select.select([agent, *control.sockets()], [], [], 0.1)
-            for sock in ready:
+            # awake for the agent, a control client, or the next thing due: a heartbeat,
+            # the cgroup's poll, the end of the duration (or a stop request, seen then)
+            due = min(channel.next_beat, self.memcg.next_poll if self.memcg else now + 0.5)
+            if duration is not None:
+                due = min(due, start + duration)
+            for sock in readable([agent, *control.sockets()], min(0.5, due - now)):
                 if sock is agent:
                     if not channel.read():
                         return self.end_reason

@@ -103,6 +103,11 @@ class FrameReader:
         self.max_frame = max_frame
         self.error: Optional[ProtocolError] = None
 
+    def buffered(self) -> bytes:
+        """Bytes read beyond the last whole frame (a session moving to another process
+        takes them along)."""
+        return bytes(self._buf)
+
     def feed(self, data: bytes) -> List[Message]:
         if self.error is not None:
             raise self.error

@@ -1,28 +1,31 @@
-"""One forked child per target, running the same session as ``heapspy attach``.
+"""One forked helper per target attaches to it; the session then runs in the daemon.
 
-A process per target, not a thread: ptrace belongs to the thread that attached, signal
-handling and crashes stay with one target, and each child holds the target's registry
-lock, so ``heapspy dump PID``, ``heapspy rate PID`` and ``heapspy detach PID`` reach a
-daemon-managed session exactly as they reach a hand-started one.
+The helper is a process, not a thread: ptrace belongs to the thread that attached, and
+inspecting the target, placing the agent and injecting it parse and read what the
+target chose (its ELF, its filesystem) and may be held up by it; a crash, a hang or a
+hostile target then costs that helper alone, which the daemon kills when overdue. Once
+the agent has shaken hands, the helper hands the session over to the daemon
+(``heapspy.daemon.handoff``: descriptors and a record over a socketpair) and exits; the
+daemon runs it in a thread (``heapspy.daemon.sessions``) and serves its control socket,
+so ``heapspy dump/rate/detach/status PID`` reach it as they reach a hand-started one.
 
 Forked, not exec'd: a fresh ``python -m heapspy attach`` costs 25-32 MiB of private
-memory (the interpreter, typer, rich, pydantic, protobuf, psutil, pyelftools, all
-imported again), a child forked from the daemon, which has imported all of it already,
-~9 MiB (benchmarks/daemon_memory.py): the rest stays shared with the daemon. The daemon
-runs no other thread, so forking is safe; the child resets the daemon's signal handlers,
-closes every descriptor it does not need, freezes the inherited objects out of its
-garbage collector (so that collections do not write to, and unshare, the daemon's pages)
-and never returns into the daemon's code: it ends with ``os._exit``. Its process name
-(``comm``) is ``heapspy:PID``.
+memory and a second of imports; a child forked from the daemon, which has imported
+everything already, shares all of that. The child resets the daemon's signal handlers,
+closes every descriptor it does not need, gets stdio objects of its own (a daemon thread
+may have held theirs at the fork), freezes the inherited objects out of its garbage
+collector and never returns into the daemon's code: it ends with ``os._exit``. Its
+process name (``comm``) is ``heapspy:PID``.
 
-The daemon learns how a session went from the child's exit status and from JSON events
-the child writes on a pipe of its own (fd 3 in the child): "attached", then "ended" with
-whether `heapspy detach` ended it. Its stderr is only logged, never parsed: it carries
-text from the target (function names, the agent's reasons), and a line forged there must
-not change what the daemon does.
+The daemon learns how an attach went from the child's exit status and from what the
+child sends on a socket of its own (fd 3 in the child): JSON events, and the session.
+Its stderr is only logged, never parsed: it carries text from the target (function
+names, the agent's reasons), and a line forged there must not change what the daemon
+does. A child stopped (SIGTERM) before it could hand over detaches by itself, final
+dump included, as a session process did.
 
 Children die with the daemon: ``PR_SET_PDEATHSIG`` sends each one SIGTERM if the daemon
-is killed, and a child detaches cleanly on SIGTERM (final dump included).
+is killed.
 """
 
 from __future__ import annotations
@@ -34,17 +37,20 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from typing import Callable, NoReturn
 
 from heapspy.config import AttachConfig
-from heapspy.daemon import hints
+from heapspy.daemon import handoff, hints
 from heapspy.daemon.sdnotify import PRIVATE_ENV
+from heapspy.daemon.sessions import SessionThread
 from heapspy.errors import HeapspyError
-from heapspy.foreground import run_foreground
+from heapspy.foreground import SignalRequests, run_attached
 from heapspy.printable import PrintableFormatter, printable
+from heapspy.session import Session
 from heapspy.units import size_text
 
 PR_SET_PDEATHSIG = 1
@@ -122,6 +128,10 @@ def _become_child(parent: int, target: int, stderr_fd: int, events_fd: int) -> N
     os.dup2(stderr_fd, 2)
     os.dup2(events_fd, EVENTS_FD, inheritable=False)
     os.closerange(EVENTS_FD + 1, _max_fd())  # the daemon's pipes and sockets, unused
+    # the daemon's session threads write to stdout/stderr: one may have held an io
+    # object's lock at the fork, which nothing here could ever take again
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the child
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     for name_ in PRIVATE_ENV:  # the children do not speak to systemd in the daemon's name
         os.environ.pop(name_, None)
     root = logging.getLogger()
@@ -146,6 +156,31 @@ def _send_event(event: str, data: dict[str, object]) -> None:
         os.write(EVENTS_FD, line.encode())
 
 
+def _attach_and_hand_over(target: int, config: AttachConfig, start_time: int | None) -> None:
+    """Attach, and send the session to the daemon; or, stopped meanwhile, detach."""
+
+    def early(why: str) -> None:
+        print(
+            f"heapspy: {why}: detaching as soon as the agent has started (within "
+            f"{config.attach_timeout:g} s), which leaves the process as it was",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with SignalRequests(early=early) as requests:
+        session = Session.attach(target, config, start_time=start_time, serve=False)
+        if not requests.reason:
+            channel = socket.socket(fileno=EVENTS_FD)
+            try:
+                handoff.send_session(channel, session)
+            finally:
+                channel.detach()
+            return  # the daemon holds it all now: nothing is undone on the way out
+        requests.follow(session)
+        session.serve()
+        run_attached(session, config, events=_send_event)
+
+
 def _child_main(
     parent: int,
     target: int,
@@ -157,7 +192,7 @@ def _child_main(
     code = 1
     try:
         _become_child(parent, target, stderr_fd, events_fd)
-        run_foreground(target, config, events=_send_event, start_time=start_time)
+        _attach_and_hand_over(target, config, start_time)
         code = 0
     except HeapspyError as exc:
         print(f"heapspy: {printable(hints.render(exc), keep_newlines=True)}", file=sys.stderr)
@@ -172,17 +207,29 @@ def _child_main(
 
 
 class AttachChild:
-    """A forked session for one target; its stderr (for the log) and its events (for
-    decisions) are read without blocking."""
+    """One target's session, from the attach helper's fork to the detach: first the
+    helper process (its stderr, for the log, and its events, for decisions, read without
+    blocking), then the session it handed over, running in a thread of the daemon."""
 
-    def __init__(self, target: int, config: AttachConfig, start_time: int | None = None) -> None:
+    def __init__(
+        self,
+        target: int,
+        config: AttachConfig,
+        start_time: int | None = None,
+        prefix: str = "",
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
         """``start_time``: the target's (``/proc/PID/stat``), as the daemon saw it; the
-        session refuses a process that holds ``target`` with another one (pid reuse)."""
+        session refuses a process that holds ``target`` with another one (pid reuse).
+        ``prefix`` starts the session's log lines; ``wake`` wakes the daemon's loop
+        (called from the session's thread when it ends)."""
         self.target = target
         self.config = config
+        self.prefix = prefix
+        self._wake = wake
         rfd, wfd = os.pipe()
         try:
-            efd_r, efd_w = os.pipe()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError:
             os.close(rfd)
             os.close(wfd)
@@ -193,103 +240,131 @@ class AttachChild:
         try:
             pid = os.fork()
         except OSError:
-            for fd in (rfd, wfd, efd_r, efd_w):
+            for fd in (rfd, wfd):
                 os.close(fd)
+            ours.close()
+            theirs.close()
             raise
         if pid == 0:
-            _child_main(parent, target, config, wfd, efd_w, start_time)
+            _child_main(parent, target, config, wfd, theirs.fileno(), start_time)
         os.close(wfd)
-        os.close(efd_w)
-        self._events_fd: int | None = efd_r
-        os.set_blocking(efd_r, False)
-        self._events_partial = b""
+        theirs.close()
+        ours.setblocking(False)
+        self._events: socket.socket | None = ours
         self._pid = pid
+        self._helper_code: int | None = None  # the helper's exit status, once it exited
         self.returncode: int | None = None
         self._fd = rfd
         os.set_blocking(rfd, False)
         self._partial = b""
         self.eof = False
         self.started = time.monotonic()
-        self.attached_at: float | None = None  # when its "attached" event came
+        self.attached_at: float | None = None  # when the session was handed over
         self.end_reason: str | None = None  # from its "ended" event (for the log)
         self.by_user = False  # its "ended" event: `heapspy detach` ended the session
         self.stop_reason: str | None = None  # why the daemon asked it to stop
         self.early: list[str] = []  # what it said before attaching (the error, if any)
+        self.session: SessionThread | None = None  # once handed over
+        self._released: list[str] = []  # lines to log, released by the hand-over
+        self._lost = False  # it handed a session over that could not be taken over
 
     @property
     def pid(self) -> int:
+        """The attach helper's pid."""
         return self._pid
+
+    @property
+    def in_daemon(self) -> bool:
+        """Whether the session runs in the daemon (handed over), not in its helper."""
+        return self.session is not None
 
     def fileno(self) -> int:
         return self._fd
 
     def filenos(self) -> list[int]:
-        """The pipes still open: stderr and events."""
+        """The helper's stderr and events, while open."""
         fds = [] if self.eof else [self._fd]
-        return fds if self._events_fd is None else [*fds, self._events_fd]
+        return fds if self._events is None else [*fds, self._events.fileno()]
 
-    def _read_events(self) -> list[str]:
-        """Act on the events that came; the lines held until the attach, once it came."""
-        fd = self._events_fd
-        if fd is None:
-            return []
-        done = False
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
+    # --- what the helper says ----------------------------------------------------------
+    def _read_events(self) -> None:
+        """Act on what came on the events socket: events, and the session itself."""
+        sock = self._events
+        while sock is not None:
+            got = handoff.receive(sock)
+            if got is None:
                 break
-            except OSError:
-                data = b""
-            if not data:
-                done = True
+            data, fds = got
+            if not data and not fds:  # the helper is gone
+                sock.close()
+                self._events = sock = None
                 break
-            self._events_partial += data
-            if len(self._events_partial) > 16 * _MAX_LINE:  # never from our own child
-                self._events_partial = b""
-        *complete, self._events_partial = self._events_partial.split(b"\n")
-        if done:
-            os.close(fd)
-            self._events_fd = None
-        released: list[str] = []
-        for raw in complete:
+            if data.startswith(b"S"):
+                self._take_over(data, fds)
+                continue
+            for fd in fds:  # never from our own child: nothing else carries descriptors
+                os.close(fd)
             try:
-                event = json.loads(raw)
+                event = json.loads(data)
             except ValueError:
                 continue
-            if not isinstance(event, dict):
-                continue
-            if event.get("event") == "attached" and self.attached_at is None:
-                self.attached_at = time.monotonic()
-                released, self.early = self.early, []
-            elif event.get("event") == "ended":
-                self.end_reason = str(event.get("reason") or "")
-                self.by_user = event.get("by_user") is True
-        return released
+            if isinstance(event, dict):
+                self._on_event(str(event.get("event")), event)
+
+    def _on_event(self, kind: str, event: dict[str, object]) -> None:
+        if kind == "attached" and self.attached_at is None:
+            self.attached_at = time.monotonic()
+            self._released, self.early = [*self._released, *self.early], []
+        elif kind == "ended":
+            self.end_reason = str(event.get("reason") or "")
+            self.by_user = event.get("by_user") is True
+
+    def _take_over(self, data: bytes, fds: list[int]) -> None:
+        """The helper sent its session: run it here from now on."""
+        try:
+            session = handoff.resume(data, fds, self.config)
+        except Exception as exc:  # noqa: BLE001 - this session fails, the daemon goes on
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.early.append(f"the session could not be taken over from its helper: {exc}")
+            self._lost = True
+            return
+        self._on_event("attached", {})
+        thread = SessionThread(session, self.config, self.prefix, self._thread_event, self._wake)
+        self.session = thread
+        if self.stop_reason is not None:  # asked to stop while it was on its way
+            thread.stop(self.stop_reason)
+        thread.start()
+
+    def _thread_event(self, kind: str, event: dict[str, object]) -> None:
+        if kind == "ended":  # "attached" was the hand-over itself
+            self._on_event(kind, event)
 
     def read_lines(self) -> list[str]:
         """What it said since the last call that is worth logging now, without the
         ``heapspy: `` prefix. Until it has attached its lines are held in ``early``: a
-        failure is then logged once, by the daemon, with its verdict."""
-        if self.eof:
-            return self._read_events()
-        while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self.eof = True
-                break
-            self._partial += data
+        failure is then logged once, by the daemon, with its verdict. (The session's own
+        lines, once it runs here, are logged by its thread.)"""
+        if not self.eof:
+            while True:
+                try:
+                    data = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self.eof = True
+                    break
+                self._partial += data
         *complete, self._partial = self._partial.split(b"\n")
         if len(self._partial) > _MAX_LINE or (self.eof and self._partial):
             complete.append(self._partial)
             self._partial = b""
-        if self.eof:
+        if self.eof and self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1
         out: list[str] = []
         for raw in complete:
             line = raw.decode(errors="replace").rstrip("\r")
@@ -298,19 +373,33 @@ class AttachChild:
                 self.early = [*self.early[-99:], text]
             else:
                 out.append(text)
-        # events after the lines: an "attached" event releases the lines held until then
-        return out + self._read_events()
+        # events after the lines: the hand-over releases the lines held until then
+        self._read_events()
+        released, self._released = self._released, []
+        return out + released
 
+    # --- its end ------------------------------------------------------------------------
     def poll(self) -> int | None:
-        """Its exit status once it has ended (negative: killed by that signal), else None."""
-        if self.returncode is None:
+        """Its exit status once it has ended (negative: killed by that signal), else None:
+        the helper's, unless it handed its session over; then the session's."""
+        if self.returncode is not None:
+            return self.returncode
+        if self._helper_code is None:
             try:
                 pid, status = os.waitpid(self._pid, os.WNOHANG)
             except ChildProcessError:
-                self.returncode = -signal.SIGKILL  # reaped elsewhere: treat as lost
-                return self.returncode
+                pid, status = self._pid, -1
             if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+                self._helper_code = (
+                    -signal.SIGKILL if status == -1 else os.waitstatus_to_exitcode(status)
+                )  # reaped elsewhere: treat as lost
+                # it wrote its events before exiting: the hand-over, if any, is there
+                self._read_events()
+        if self.session is not None:
+            if self._helper_code is not None:  # the helper reaped too: no zombie left
+                self.returncode = self.session.code
+        elif self._helper_code is not None:
+            self.returncode = self._helper_code or (1 if self._lost else 0)
         return self.returncode
 
     def wait(self, timeout: float) -> int | None:
@@ -321,27 +410,38 @@ class AttachChild:
         return code
 
     def finish(self) -> list[str]:
-        """After exit: whatever it still had to say. Closes the pipe."""
+        """After the end: whatever it still had to say. Closes the pipes."""
         lines = self.read_lines()
         if not self.eof:  # a grandchild still holds the pipe: do not wait for it
             self.eof = True
             os.close(self._fd)
-        if self._events_fd is not None:
-            os.close(self._events_fd)
-            self._events_fd = None
+            self._fd = -1
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         return lines
 
     def stop(self, reason: str) -> None:
-        """Ask it to detach (SIGTERM): it writes its final dump and exits."""
+        """Ask it to detach: it writes its final dump and ends."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._signal(signal.SIGTERM)
+        if self.session is not None:
+            self.session.stop(reason)
+        else:
+            self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """End it now: the helper by SIGKILL; a session running here is asked to stop
+        and left to finish in the background (the daemon is exiting, or gives up on it)."""
+        if self.session is not None:
+            self.session.stop(self.stop_reason or "killed")
+            if self.returncode is None:
+                self.returncode = -signal.SIGKILL
+            return
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        if self.poll() is None:
+        if self.poll() is None and self._helper_code is None:
             try:
                 os.kill(self._pid, sig)
             except ProcessLookupError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import TextIO
 
 from heapspy.printable import PrintableFormatter
@@ -33,6 +34,24 @@ class JournalFormatter(PrintableFormatter):
         return f"<{priority}>{super().format(record)}"
 
 
+_context = threading.local()
+
+
+def in_session(prefix: str) -> None:
+    """From now on, this thread's log records are one session's: each line starts with
+    ``prefix`` (``[watch pid]``), as the lines of a session process did."""
+    _context.prefix = prefix
+
+
+def _prefixed(record: logging.LogRecord) -> bool:
+    prefix = getattr(_context, "prefix", None)
+    if prefix is not None and not getattr(record, "heapspy_prefixed", False):
+        record.msg = f"{prefix} {record.getMessage()}"
+        record.args = ()
+        record.heapspy_prefixed = True
+    return True
+
+
 def configure(stream: TextIO | None = None) -> None:
     """Send every log record to ``stream`` (stderr) in the daemon's format."""
     stream = stream or sys.stderr
@@ -44,5 +63,6 @@ def configure(stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler.addFilter(_prefixed)
     root.addHandler(handler)
     root.setLevel(logging.INFO)

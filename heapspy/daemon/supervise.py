@@ -1,13 +1,14 @@
-"""The daemon's loop: scan for workers, fork one session process per target (the session
-``heapspy attach`` runs), read what the children say, decide what to do when one exits,
-and act on signals.
+"""The daemon's loop: scan for workers, fork one attach helper per target, run the
+sessions they hand over (``heapspy.daemon.child``: the session ``heapspy attach`` runs,
+in a thread of the daemon), decide what to do when one ends, and act on signals.
 
 Signal handlers only enqueue (and wake the loop through ``signal.set_wakeup_fd``); the
 loop dispatches them between two steps:
 
-- SIGTERM / SIGINT: drain. Every child gets SIGTERM (it detaches and writes its final
-  dump); after ``stop_timeout`` the stragglers get SIGKILL (their agents switch
-  themselves off when their peer dies). A second SIGTERM / SIGINT kills them at once.
+- SIGTERM / SIGINT: drain. Every session detaches and writes its final dump (a helper
+  still attaching gets SIGTERM and does so itself); after ``stop_timeout`` the daemon
+  exits with the stragglers (their agents switch themselves off when their peer goes;
+  helpers get SIGKILL). A second SIGTERM / SIGINT does so at once.
 - SIGHUP: reload the config file. A broken file is logged and the old config kept;
   sessions whose watch was removed or changed are detached (changed ones are attached
   again with the new settings); unchanged ones keep running.
@@ -17,9 +18,11 @@ The previous handlers and wakeup fd are put back when the loop ends.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
+import resource
 import select
 import signal
 import time
@@ -127,6 +130,7 @@ class Supervisor:
         self._young = 0  # matching processes not yet `settle` old, or not yet started
         self._status = ""
         self.attach_failures = 0  # for /metrics: attaches that failed, since start
+        self._wake_fd = -1  # written to wake the loop (a session's thread ended)
 
     # --- signals: handlers only enqueue ----------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -134,6 +138,11 @@ class Supervisor:
 
     def _on_child(self, _signum: int, _frame: FrameType | None) -> None:
         pass  # the wakeup fd already woke the loop; exits are reaped there
+
+    def _wake(self) -> None:
+        """Wake the loop (from a session's thread, once it has ended)."""
+        with contextlib.suppress(OSError):  # full: it is awake already; -1: stopped
+            os.write(self._wake_fd, b"\0")
 
     def run(self) -> int:
         """Run until stopped by SIGTERM or SIGINT; returns the exit status (0)."""
@@ -146,6 +155,7 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 previous[signum] = signal.signal(signum, self._on_signal)
             previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
+            self._wake_fd = wfd
             return self._loop(rfd)
         except BaseException:
             self._abort()
@@ -154,6 +164,7 @@ class Supervisor:
             for number, handler in previous.items():
                 signal.signal(number, signal.SIG_DFL if handler is None else handler)
             signal.set_wakeup_fd(old_wakeup)
+            self._wake_fd = -1
             os.close(rfd)
             os.close(wfd)
             self.notifier.close()
@@ -312,7 +323,9 @@ class Supervisor:
         # alive(key) after the read: the start time read is that of the scanned process
         entry.overdue = False
         try:
-            entry.child = AttachChild(pid, entry.watch.attach, started)
+            entry.child = AttachChild(
+                pid, entry.watch.attach, started, prefix=entry.prefix, wake=self._wake
+            )
         except OSError as exc:
             log.error("%s cannot start a session process: %s", entry.prefix, exc)
             self._schedule(entry)
@@ -414,12 +427,17 @@ class Supervisor:
         running = self._running()
         for entry in running:
             assert entry.child is not None
+            what = (
+                "leaving it"
+                if entry.child.in_daemon
+                else f"killing its attach helper (pid {entry.child.pid})"
+            )
             log.warning(
-                "%s did not detach within %s: killing its session process (pid %d); the agent "
-                "switches itself off when it loses its peer",
+                "%s did not detach within %s: %s; the agent switches itself off when it "
+                "loses its peer",
                 entry.prefix,
                 _seconds(self.config.stop_timeout),
-                entry.child.pid,
+                what,
             )
             entry.child.kill()
         self._collect(running)
@@ -519,7 +537,7 @@ class Supervisor:
         expo.add(
             "heapspy_daemon_sessions",
             "gauge",
-            "Session processes the daemon runs (attaching or attached).",
+            "Sessions the daemon runs (attaching or attached).",
             [],
             running,
         )
@@ -532,8 +550,18 @@ class Supervisor:
         )
 
 
+def _more_descriptors() -> None:
+    """Every session held here holds a few descriptors (its agent, lock, pidfd, control
+    socket): raise the soft limit to the hard one, as servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_daemon(config: DaemonConfig, notifier: Notifier | None = None) -> int:
     """Watch and attach until SIGTERM / SIGINT; the core of `heapspy daemon`."""
+    _more_descriptors()
     supervisor = Supervisor(config, notifier)
     endpoint = None
     if config.listen is not None:
