@@ -1,114 +1,62 @@
 #!/usr/bin/env python3
-"""Memory the daemon costs per watched worker: private (USS) and proportional (PSS) set
-sizes of the daemon and of each of its session processes, next to one hand-started
-``heapspy attach`` (a fresh interpreter that imports everything itself).
+"""Memory the daemon costs per watched worker: proportional (PSS) and private (USS) set
+sizes of the daemon and of every process it runs (session processes in older versions,
+attach helpers while attaching), for each fleet size given.
 
-    .venv/bin/python benchmarks/daemon_memory.py [--workers 8] [--python 3.11] [--settle 5]
+    .venv/bin/python benchmarks/daemon_memory.py [--workers 8 32 64] [--python 3.11]
+        [--settle 10] [--census] [--tree DIR]
 
-The workers are plain loops that allocate; the figure that matters for a host running
-many of them is the USS per session process (what each extra worker adds) and the
-daemon's own.
+Issue 12's goals: <= 2 MiB PSS per watched worker, <= 40 MiB for the daemon itself.
+``--tree DIR`` measures another checkout's daemon (see daemon_fleet.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psutil
+from daemon_fleet import fleet, load
 from harness import ROOT, log, pick_interpreters
 
-WORKER = (
-    "import sys, time\nwhile True:\n    x = [str(i) for i in range(1000)]\n"
-    "    time.sleep(0.001)\n"
-)
 
-
-def mib(n: int) -> str:
+def mib(n: float) -> str:
     return f"{n / 2**20:6.1f} MiB"
 
 
-def memory(proc: psutil.Process) -> tuple[int, int, int]:
-    m = proc.memory_full_info()
-    return m.uss, m.pss, m.rss
-
-
-def wait_sessions(daemon: psutil.Process, n: int, timeout: float = 60.0) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = [k for k in daemon.children() if k.name().startswith("heapspy:")]
-        if len(kids) >= n:
-            return kids
-        time.sleep(0.2)
-    raise SystemExit(f"only {len(daemon.children())} of {n} sessions started")
+def memory(proc: psutil.Process) -> tuple[int, int]:
+    try:
+        m = proc.memory_full_info()
+    except psutil.Error:  # an attach helper that has just exited
+        return 0, 0
+    return m.uss, m.pss
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--workers", type=int, nargs="+", default=[8, 32, 64])
     ap.add_argument("--python", default="3.11", help="the workers' interpreter")
-    ap.add_argument("--settle", type=float, default=5.0, help="seconds attached before measuring")
+    ap.add_argument("--settle", type=float, default=10.0, help="seconds attached before measuring")
+    ap.add_argument("--census", action="store_true", help="with the census at attach")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose daemon runs")
     args = ap.parse_args()
     [interp] = pick_interpreters([args.python]) or [None]
     if interp is None:
         raise SystemExit(1)
-    tag = f"hs-mem-{uuid.uuid4().hex[:8]}"
-    workers = [
-        subprocess.Popen([*interp.argv, "-c", WORKER, tag]) for _ in range(args.workers)
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "heapspy.toml"
-        config.write_text(
-            '[daemon]\nscan_interval = "0.5s"\nsettle = "0.5s"\n'
-            f'[[watch]]\nname = "w"\ncmdline = "{tag}"\ndump_dir = "{tmp}/dumps"\n'
-            "final_dump = false\n"
-        )
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
-            cwd=ROOT,
-            stderr=subprocess.DEVNULL,
-        )
-        by_hand = None
-        try:
-            kids = wait_sessions(psutil.Process(daemon.pid), args.workers)
-            extra = subprocess.Popen([*interp.argv, "-c", WORKER, "by-hand"])
-            time.sleep(1.0)
-            by_hand = subprocess.Popen(
-                [sys.executable, "-m", "heapspy", "attach", str(extra.pid), "--no-final-dump",
-                 "--quiet", "--dump-dir", f"{tmp}/dumps"],
-                cwd=ROOT, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+    print(f"daemon of {args.tree}; workers: Python {interp.version_text}; census {args.census}")
+    print(f"{'workers':>8}{'daemon PSS':>13}{'daemon USS':>13}{'others':>7}{'others PSS':>13}"
+          f"{'total PSS':>13}{'per worker':>13}{'attached in':>13}  load")  # fmt: skip
+    for n in args.workers:
+        with fleet(list(interp.argv), n, args.tree, census=args.census) as f:
             time.sleep(args.settle)
-            d_uss, d_pss, d_rss = memory(psutil.Process(daemon.pid))
-            rows = [memory(k) for k in kids]
-            h_uss, h_pss, h_rss = memory(psutil.Process(by_hand.pid))
-            n = len(rows)
-            uss = sum(r[0] for r in rows) / n
-            pss = sum(r[1] for r in rows) / n
-            rss = sum(r[2] for r in rows) / n
-            print(f"workers: {n} x Python {interp.version_text}")
-            print(f"{'':28}{'USS':>11}{'PSS':>11}{'RSS':>11}")
-            print(f"{'daemon':28}{mib(d_uss):>11}{mib(d_pss):>11}{mib(d_rss):>11}")
-            print(f"{'session process (mean)':28}{mib(int(uss)):>11}{mib(int(pss)):>11}"
-                  f"{mib(int(rss)):>11}")  # fmt: skip
-            print(f"{'heapspy attach by hand':28}{mib(h_uss):>11}{mib(h_pss):>11}{mib(h_rss):>11}")
-            total = d_pss + sum(r[1] for r in rows)
-            print(f"total PSS for {n} workers: {mib(total)} ({mib(int(total / n))} per worker)")
-            extra.kill()
-        finally:
-            if by_hand is not None:
-                by_hand.terminate()
-                by_hand.wait()
-            daemon.terminate()
-            daemon.wait(timeout=60)
-            for w in workers:
-                w.kill()
-                w.wait()
+            d_uss, d_pss = memory(f.daemon)
+            others = [p for p in f.processes() if p.pid != f.daemon.pid]
+            o_pss = sum(memory(p)[1] for p in others)
+            total = d_pss + o_pss
+            print(f"{n:>8}{mib(d_pss):>13}{mib(d_uss):>13}{len(others):>7}{mib(o_pss):>13}"
+                  f"{mib(total):>13}{mib(total / n):>13}{f.attach_seconds:>11.1f} s  {load()}",
+                  flush=True)  # fmt: skip
     log("done")
 
 

@@ -823,3 +823,49 @@ def test_daemon_follows_recycled_workers_without_leaking(
     log = d.log()
     assert "Traceback" not in log and "attach failed" not in log, log[-3000:]
     assert d.stop() == 0
+
+
+def _storm(n: int, spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """``n`` workers already running when the daemon starts (a host's first scan): every
+    one is attached, never more than ``max_attaching`` attach helpers at a time (each is
+    a forked process: that is what bounds the storm's memory), and every session then
+    runs in the daemon itself, which answers for each and drains them all."""
+    interp = _ptrace_interp()
+    tag = _tag()
+    targets = [spawn(interp, "probe_target.py", "asyncio", tag) for _ in range(n)]
+    extra = 'final_dump = false\ncensus = false\nattach_timeout = "60s"\n'
+    config = FAST + "max_attaching = 4\n" + _watch(tag, tmp_path / "dumps", extra=extra)
+    d = daemon(config)
+    most = 0
+
+    def all_attached() -> bool:
+        nonlocal most
+        with contextlib.suppress(psutil.Error):
+            most = max(most, len(d.children()))
+        return d.count(r"\] attached to \d+ ") >= n
+
+    assert _wait(all_attached, 60 + 10 * n), d.log()[-3000:]
+    assert most <= 4, most
+    for target in targets:
+        d.attached(target.pid)
+    assert _wait(lambda: d.children() == [], 15), d.children()
+    holders = {int(r["holder_pid"]) for r in json.loads(
+        run_heapspy("status", "--format", "json").stdout) if r["target_pid"] in
+        {t.pid for t in targets}}  # fmt: skip
+    assert holders == {d.proc.pid}
+    for target in targets:
+        assert control.request(target.pid, "status", timeout=10)["ok"]
+    assert d.stop() == 0
+    assert "Traceback" not in d.log()
+    assert d.count(r"\] detached from \d+ \(the daemon is stopping\)") == n
+    for target in targets:
+        assert _wait(functools.partial(_free, target.pid))
+
+
+def test_attach_storm(spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    _storm(8, spawn, daemon, tmp_path)
+
+
+@pytest.mark.soak
+def test_attach_storm_64(spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    _storm(64, spawn, daemon, tmp_path)

@@ -24,9 +24,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from untrusted_user import as_untrusted, run_heapspy_measured, untrusted_ids
 
+from heapspy import control
+from heapspy.errors import NoSession
 from heapspy.pprof import read_profile
 
 PYTHON = "/usr/bin/python3.11"  # runnable by another user (pyenv's are under /root, 0700)
@@ -117,6 +120,10 @@ def run(config):
             s.sendall(flood(seq))
         s.sendall(sample + frame(4, {"reason": "flooded"}))
         s.close()
+        return
+    if scenario == "stall":  # says nothing more and reads nothing: heapspy waits alone
+        s.sendall(ready + sample)
+        time.sleep(3600)
         return
     if scenario == "forged-bye":  # what `heapspy detach` makes heapspy say
         s.sendall(ready)
@@ -333,3 +340,106 @@ def test_the_daemon_is_not_fooled_by_what_the_target_says(fake: object, tmp_path
     assert "detached by hand" not in text
     assert "\x1b" not in text and "\x07" not in text
     assert "note \\x1b[31mred" in text
+
+
+REAL_TARGET = """
+import os, sys, time
+print("READY", os.getpid(), flush=True)
+keep = []
+while True:
+    keep.append(bytearray(4096))
+    del keep[:-2000]
+    time.sleep(0.001)
+"""
+
+
+def _intervals(pid: int) -> int:
+    try:
+        return int(control.request(pid, "status", timeout=10)["status"]["intervals"])
+    except (NoSession, OSError):
+        return -1
+
+
+@pytest.mark.parametrize(
+    "scenarios",
+    [
+        pytest.param(("bad-json", "stall", "ready-plus-samples"), id="quick"),
+        # a flood costs the daemon ~30 s of CPU here (bounded, shared with the others)
+        pytest.param(("bad-json", "stall", "ready-plus-samples", "flood"), id="flood",
+                     marks=pytest.mark.soak),
+    ],
+)  # fmt: skip
+def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
+    scenarios: tuple[str, ...], fake: object, shared: Path, tmp_path: Path
+) -> None:
+    """One daemon runs every session in its own process: an agent that breaks the
+    protocol, one that goes silent, one whose first frames came with READY (and, in the
+    soak version, one that floods) each get their own outcome, while a real worker's
+    session beside them goes on collecting and answering, and the daemon drains them."""
+    tag = f"tag{os.getpid()}x{time.monotonic_ns()}"
+    fakes = {s: fake(s, tag) for s in scenarios}  # type: ignore[operator]
+    (shared / "real.py").write_text(REAL_TARGET)
+    (shared / "real.py").chmod(0o644)
+    real = subprocess.Popen(
+        [*as_untrusted(), PYTHON, str(shared / "real.py"), tag], stdout=subprocess.PIPE,
+        text=True, cwd=shared, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    dumps = tmp_path / "dumps"
+    config = tmp_path / "heapspy.toml"
+    config.write_text(
+        '[daemon]\nscan_interval = "0.2s"\nsettle = "0.2s"\nretry_backoff = "2s"\n'
+        'retry_max = "4s"\nstop_timeout = "30s"\n'
+        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\nmethod = "ptrace"\ncensus = false\n'
+        f'dump_dir = "{dumps}"\n'
+    )
+    log = tmp_path / "daemon.log"
+    try:
+        assert real.stdout is not None and real.stdout.readline().startswith("READY")
+        with open(log, "w") as out:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            pid = {s: t.pid for s, t in fakes.items()}  # type: ignore[attr-defined]
+            _daemon_log(log, rf"\[w {pid['bad-json']}\] not profiled \(exit 18\)")
+            if "flood" in pid:
+                _daemon_log(log, rf"\[w {pid['flood']}\] session ended while the process "
+                                 r"runs \(flooded\)", timeout=180)  # fmt: skip
+            _daemon_log(log, rf"\[w {pid['ready-plus-samples']}\] session ended while the "
+                             r"process runs \(done\)")  # fmt: skip
+            _daemon_log(log, rf"\[w {pid['stall']}\] attached to ")
+            _daemon_log(log, rf"\[w {real.pid}\] attached to ")
+            # the real session goes on collecting beside them, and answers
+            first = _intervals(real.pid)
+            deadline = time.monotonic() + 60
+            while _intervals(real.pid) < first + 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _intervals(real.pid) >= first + 3 >= 3
+            assert _intervals(pid["stall"]) >= 0  # silent agent: its session still serves
+            held = json.loads(
+                subprocess.run([sys.executable, "-m", "heapspy", "status", "--format", "json"],
+                               capture_output=True, text=True, check=True).stdout
+            )  # fmt: skip
+            holders = {r["holder_pid"] for r in held if r["target_pid"] in (real.pid, pid["stall"])}
+            assert holders == {daemon.pid}
+            peak = psutil.Process(daemon.pid).memory_full_info().rss
+            with open(f"/proc/{daemon.pid}/status") as f:
+                hwm = [int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM:")]
+            assert max([peak, *hwm]) < RSS_BOUND, f"the daemon peaked at {max(hwm) >> 20} MiB"
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=90) == 0
+    finally:
+        real.kill()
+        real.wait()
+        assert real.stdout is not None
+        real.stdout.close()
+    text = log.read_text(errors="replace")
+    assert "stopped: every session detached" in text
+    assert "Traceback" not in text and "\x1b" not in text and "\x07" not in text
+    # the frames that came with READY crossed the hand-over from helper to daemon
+    finals = sorted(dumps.glob(f"heap-{pid['ready-plus-samples']}-*-final.pb.gz"))
+    assert finals and EVIL in _functions(finals[0])
+    assert sorted(dumps.glob(f"heap-{real.pid}-*-final.pb.gz"))  # drained: final dump
