@@ -3,7 +3,7 @@
 the daemon and of every process it runs, over a window, as a share of one core.
 
     .venv/bin/python benchmarks/daemon_cpu.py [--workers 64] [--window 60] [--settle 10]
-        [--python 3.11] [--tree DIR]
+        [--python 3.11] [--tree DIR] [--scan-interval 2s]
 
 Issue 12's goal: <= 1 % of one core for 64 idle-ish workers. The workers wake 100
 times a second and allocate a little (daemon_fleet.WORKER); the sessions run with the
@@ -41,13 +41,14 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=10.0)
     ap.add_argument("--python", default="3.11")
     ap.add_argument("--tree", type=Path, default=ROOT)
+    ap.add_argument("--scan-interval", default="2s", help="the daemon's (2s: its default)")
     args = ap.parse_args()
     [interp] = pick_interpreters([args.python]) or [None]
     if interp is None:
         raise SystemExit(1)
     print(f"daemon of {args.tree}; workers: Python {interp.version_text}")
     for n in args.workers:
-        with fleet(list(interp.argv), n, args.tree) as f:
+        with fleet(list(interp.argv), n, args.tree, scan_interval=args.scan_interval) as f:
             time.sleep(args.settle)
             procs = f.processes()
             before, load_before = cpu_seconds(procs), load()

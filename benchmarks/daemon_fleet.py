@@ -52,7 +52,7 @@ def fleet(
     n: int,
     tree: Path = ROOT,
     census: bool = False,
-    extra: str = "",
+    scan_interval: str = "0.5s",
     timeout: float = 600.0,
 ) -> Iterator[Fleet]:
     """Start ``n`` workers and a daemon (``tree``'s) watching them; yield once every one
@@ -63,8 +63,7 @@ def fleet(
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "heapspy.toml"
         config.write_text(
-            '[daemon]\nscan_interval = "0.5s"\nsettle = "0.5s"\n'
-            f"{extra}"
+            f'[daemon]\nscan_interval = "{scan_interval}"\nsettle = "0.5s"\n'
             f'[[watch]]\nname = "w"\ncmdline = "{tag}"\ndump_dir = "{tmp}/dumps"\n'
             f'final_dump = false\ncensus = {"true" if census else "false"}\n'
             'attach_timeout = "60s"\n'

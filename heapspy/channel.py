@@ -28,7 +28,7 @@ from heapspy.errors import (
     SamplingUnavailable,
 )
 
-HEARTBEAT = 0.5
+HEARTBEAT = 1.0  # the agent gives up on a silent heapspy after 5 s (its PEER_TIMEOUT)
 # An agent that died closes its socket (seen at once). Silence alone only means busy: a
 # tracemalloc snapshot of a large heap holds the agent for seconds, and a target starved
 # of CPU delays it further. So wait long before giving up on a silent agent.

@@ -32,7 +32,9 @@ PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is g
 # blocks costs seconds of CPU (and the GIL), so exact mode on a big heap collects less
 # often rather than slow the target down. Sampled mode costs ~1-2 ms per interval.
 COLLECT_BUDGET = 0.02
-HEARTBEAT = 0.5
+# Only when nothing else went out for that long: at the default interval the samples say
+# "alive" every second, and a daemon serving many targets wakes once per frame per target.
+HEARTBEAT = 1.0
 PAGE = 4096
 # The target's exit waits for one last collection only if collections are this cheap
 # (sampled mode: ~1-2 ms; exact mode on a big heap: up to ~1 s, then it is skipped).
@@ -97,6 +99,7 @@ class Agent:
         # target's main thread sends the last samples at exit while this thread may be
         # mid-collection, and samples carry absolute values, so they must not cross.
         self._lock = threading.RLock()
+        self._last_tx = 0.0  # when the last frame went to heapspy (time.monotonic)
         self._last_collect_cpu = 0.0
         self._exit_hook = False
         self.thread: Optional[threading.Thread] = None
@@ -252,7 +255,8 @@ class Agent:
                     self._send_samples(scheduled=True)
                 next_sample = now + self.interval
             if now >= next_beat:
-                self._send(protocol.HEARTBEAT, {})
+                if now - self._last_tx >= HEARTBEAT * 0.9:
+                    self._send(protocol.HEARTBEAT, {})
                 next_beat = now + HEARTBEAT
             if self.census is not None and now >= self.census_next:
                 self._census_step()
@@ -439,6 +443,7 @@ class Agent:
         data = protocol.encode(kind, body)
         with self._lock:
             self.sock.sendall(data, NOSIGNAL)
+            self._last_tx = time.monotonic()
 
     def _send_quietly(self, kind: int, body: Dict[str, Any]) -> None:
         try:

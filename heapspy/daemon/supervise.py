@@ -128,6 +128,7 @@ class Supervisor:
         self._forced = False
         self._deadline = 0.0
         self._young = 0  # matching processes not yet `settle` old, or not yet started
+        self._backlog: list[tuple[Key, Found]] = []  # found, held back for want of a slot
         self._status = ""
         self.attach_failures = 0  # for /metrics: attaches that failed, since start
         self._wake_fd = -1  # written to wake the loop (a session's thread ended)
@@ -203,6 +204,8 @@ class Supervisor:
                 if now >= next_scan:
                     self._scan()
                     next_scan = time.monotonic() + self.config.scan_interval
+                else:
+                    self._start_backlog()
             if beat is not None and now >= next_beat:
                 self.notifier.watchdog()
                 next_beat = now + beat
@@ -254,16 +257,20 @@ class Supervisor:
             return
         wall, now = time.time(), time.monotonic()
         young = 0
-        # Attaching costs a Python start-up each: a burst (the first scan on a host with
-        # many workers) is spread over several scans instead of starting all at once.
-        slots = self.config.max_attaching - sum(
-            1 for e in self._running() if e.child and e.child.attached_at is None
-        )
+        # Attaching costs a forked helper each: a burst (the first scan on a host with
+        # many workers) runs max_attaching at a time; those held back wait in the backlog,
+        # started as soon as a helper is done rather than at the next scan.
+        slots = self._free_slots()
+        self._backlog = []
         for key, proc in found.items():
             entry = self.entries.get(key)
             if entry is None:
-                if proc.age(wall) < self.config.settle or slots <= 0:
+                if proc.age(wall) < self.config.settle:
                     young += 1
+                    continue
+                if slots <= 0:
+                    young += 1
+                    self._backlog.append((key, proc))
                     continue
                 watch = self.config.watch(proc.watch)
                 assert watch is not None
@@ -279,6 +286,24 @@ class Supervisor:
             if entry.child is None and key not in found:
                 del self.entries[key]  # gone, or no longer wanted
         self._young = young
+
+    def _free_slots(self) -> int:
+        return self.config.max_attaching - sum(
+            1 for e in self._running() if e.child and e.child.attached_at is None
+        )
+
+    def _start_backlog(self) -> None:
+        """Start what the last scan held back for want of a slot, as slots free up."""
+        slots = self._free_slots()
+        while self._backlog and slots > 0 and not self._draining:
+            key, proc = self._backlog.pop(0)
+            watch = self.config.watch(proc.watch)
+            if key in self.entries or watch is None:
+                continue
+            entry = self.entries[key] = Entry(key, proc, watch)
+            self._young = max(0, self._young - 1)
+            self._start(entry)
+            slots -= 1
 
     def _attach_deadline(self, entry: Entry) -> float:
         assert entry.child is not None
