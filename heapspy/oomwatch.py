@@ -12,6 +12,7 @@ OOM killer struck its cgroup meanwhile, so the final dump can say so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from heapspy.cgroup import MemoryCgroup, MemoryState, locate, read_state
@@ -26,6 +27,27 @@ _PRESSURE_EVENTS = ("max", "oom")
 
 def _fmt(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+# The daemon's sessions often watch workers of one cgroup (a unit's gunicorn workers),
+# each polling it every second: one reading serves every session polling within this
+# long (less than FAST_POLL, so a cgroup near its limit is still read that often).
+SHARED_FOR = 0.2
+_recent: dict[MemoryCgroup, tuple[float, MemoryState | None]] = {}
+_recent_lock = threading.Lock()
+
+
+def _read_shared(cg: MemoryCgroup, now: float) -> MemoryState | None:
+    with _recent_lock:
+        hit = _recent.get(cg)
+    if hit is not None and 0 <= now - hit[0] < SHARED_FOR:
+        return hit[1]
+    fresh = read_state(cg)
+    with _recent_lock:
+        if len(_recent) >= 1024:  # cgroups come and go: never more than a few kept
+            _recent.clear()
+        _recent[cg] = (now, fresh)
+    return fresh
 
 
 @dataclass
@@ -69,7 +91,7 @@ class CgroupWatch:
         """Read the cgroup when due; the reason for a last-chance dump, or None."""
         if now < self._next_poll:
             return None
-        fresh = read_state(self.cgroup)
+        fresh = _read_shared(self.cgroup, now)
         if fresh is None:
             self._next_poll = now + SLOW_POLL
             return None

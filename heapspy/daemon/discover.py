@@ -39,7 +39,9 @@ class Found:
         return (time.time() if now is None else now) - self.create_time
 
 
-def _descends_from(proc: psutil.Process, ancestor: int) -> bool:
+def _descends_from(proc: psutil.Process, ancestor: int, parents: dict[int, int]) -> bool:
+    """``parents``: the parent of each pid looked up so far in this scan (workers share
+    their ancestors: each is read once per scan)."""
     try:
         pid = proc.ppid()
         for _ in range(64):
@@ -47,7 +49,9 @@ def _descends_from(proc: psutil.Process, ancestor: int) -> bool:
                 return True
             if pid <= 1:
                 return False
-            pid = psutil.Process(pid).ppid()
+            if pid not in parents:
+                parents[pid] = psutil.Process(pid).ppid()
+            pid = parents[pid]
     except psutil.Error:
         return False
     return False
@@ -66,6 +70,7 @@ def scan(watches: Sequence[Watch]) -> dict[Key, Found]:
     """Every running process that some watch wants, whatever its age."""
     me = os.getpid()
     found: dict[Key, Found] = {}
+    parents: dict[int, int] = {}
     for proc in psutil.process_iter():
         if proc.pid in (0, 1, me):
             continue
@@ -75,7 +80,7 @@ def scan(watches: Sequence[Watch]) -> dict[Key, Found]:
             if not argv or is_heapspy(argv):  # kernel threads have no command line
                 continue
             watch = next((w for w in watches if matches(w.selectors, facts)), None)
-            if watch is None or _descends_from(proc, me):
+            if watch is None or _descends_from(proc, me, parents):
                 continue
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
