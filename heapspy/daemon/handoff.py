@@ -28,6 +28,8 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
+from heapspy_agent import protocol
+
 from heapspy.channel import FramedSocket, Greeting
 from heapspy.config import AttachConfig
 from heapspy.session import AttachInfo, Session
@@ -48,6 +50,7 @@ class Moved:
     info: AttachInfo
     pending: list[Any]  # frames read with READY, not yet handled
     buffered: bytes  # bytes read beyond the last whole frame
+    broken: str | None = None  # the protocol error met after those frames, if any
 
 
 def send_session(channel: socket.socket, session: Session) -> None:
@@ -62,6 +65,7 @@ def send_session(channel: socket.socket, session: Session) -> None:
         info=session.info,
         pending=list(conn.pending),
         buffered=conn.reader.buffered(),
+        broken=str(conn.reader.error) if conn.reader.error is not None else None,
     )
     fds = [conn.sock.fileno(), lock_fd]
     if session.target.pidfd >= 0:
@@ -98,7 +102,9 @@ def resume(data: bytes, fds: list[int], config: AttachConfig) -> Session:
     sock.setblocking(False)
     conn = FramedSocket(sock)
     conn.pending.extend(moved.pending)
-    if moved.buffered:
+    if moved.broken is not None:  # ends the session once the frames before it are handled
+        conn.reader.error = protocol.ProtocolError(moved.broken)
+    elif moved.buffered:
         conn.pending.extend(conn.reader.feed(moved.buffered))
     target = moved.target
     if len(fds) > 2:
