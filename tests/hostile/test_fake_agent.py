@@ -363,9 +363,10 @@ def _intervals(pid: int) -> int:
 @pytest.mark.parametrize(
     "scenarios",
     [
-        pytest.param(("bad-json", "stall", "ready-plus-samples"), id="quick"),
-        # a flood costs the daemon ~30 s of CPU here (bounded, shared with the others)
-        pytest.param(("bad-json", "stall", "ready-plus-samples", "flood"), id="flood",
+        pytest.param(("bad-json", "ready-plus-samples"), id="quick"),
+        # a flood costs the daemon ~30 s of CPU here (bounded, shared with the others); a
+        # silent agent holds its own drain up to stop_timeout
+        pytest.param(("bad-json", "stall", "ready-plus-samples", "flood"), id="soak",
                      marks=pytest.mark.soak),
     ],
 )  # fmt: skip
@@ -409,7 +410,8 @@ def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
                                  r"runs \(flooded\)", timeout=180)  # fmt: skip
             _daemon_log(log, rf"\[w {pid['ready-plus-samples']}\] session ended while the "
                              r"process runs \(done\)")  # fmt: skip
-            _daemon_log(log, rf"\[w {pid['stall']}\] attached to ")
+            if "stall" in pid:
+                _daemon_log(log, rf"\[w {pid['stall']}\] attached to ")
             _daemon_log(log, rf"\[w {real.pid}\] attached to ")
             # the real session goes on collecting beside them, and answers
             first = _intervals(real.pid)
@@ -417,12 +419,14 @@ def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
             while _intervals(real.pid) < first + 3 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert _intervals(real.pid) >= first + 3 >= 3
-            assert _intervals(pid["stall"]) >= 0  # silent agent: its session still serves
+            if "stall" in pid:
+                assert _intervals(pid["stall"]) >= 0  # silent agent: its session still serves
             held = json.loads(
                 subprocess.run([sys.executable, "-m", "heapspy", "status", "--format", "json"],
                                capture_output=True, text=True, check=True).stdout
             )  # fmt: skip
-            holders = {r["holder_pid"] for r in held if r["target_pid"] in (real.pid, pid["stall"])}
+            mine = (real.pid, pid.get("stall"))
+            holders = {r["holder_pid"] for r in held if r["target_pid"] in mine}
             assert holders == {daemon.pid}
             peak = psutil.Process(daemon.pid).memory_full_info().rss
             with open(f"/proc/{daemon.pid}/status") as f:
@@ -441,8 +445,8 @@ def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
     # final dump waits on calls it never answers); it leaves its lock file, as a killed
     # holder does (the next attach takes it over)
     late = re.findall(r"\[w (\d+)\] did not detach within", text)
-    assert set(late) <= {str(pid["stall"])}, text[-3000:]
-    for left in registry.runtime_dir().glob(f"{pid['stall']}.*"):
+    assert set(late) <= {str(pid.get("stall"))}, text[-3000:]
+    for left in registry.runtime_dir().glob(f"{pid.get('stall')}.*"):
         left.unlink()
     assert "Traceback" not in text and "\x1b" not in text and "\x07" not in text
     # the frames that came with READY crossed the hand-over from helper to daemon
