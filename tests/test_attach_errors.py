@@ -107,16 +107,16 @@ def test_target_exits_during_attach(spawn: Spawn) -> None:
 @pytest.mark.parametrize("interp", interpreter_params(min_version=(3, 12), max_version=(3, 13)))
 def test_agent_timeout_explains_what_main_thread_does(interp: Interpreter, spawn: Spawn) -> None:
     target = spawn(interp, "probe_target.py", "sleep")
-    t0 = time.monotonic()
     out = run_heapspy("attach", str(target.pid), "--attach-timeout", "1s")
     assert out.returncode == 11, out.stderr
-    assert time.monotonic() - t0 < 8
     assert "did not start in process" in out.stderr and "within 1 s" in out.stderr
     assert "clock_nanosleep" in out.stderr or "sleep" in out.stderr
     assert "--attach-timeout" in out.stderr
-    # the queued bootstrap runs when the sleep returns: it must clean up and not start
-    time.sleep(3.5)
-    state = target.state()
+    # The queued bootstrap runs when the sleep returns: it must clean up and not start.
+    # The first probe wakes the main thread from its sleep (the bootstrap may run before
+    # or after the probe's handler); by the second it has run.
+    target.state(timeout=60)
+    state = target.state(timeout=60)
     assert state["modules"] == [] and state["tracing"] is False
     assert heapspy_dirs_in_tmp(target.pid) == []
     assert target.alive()
