@@ -145,8 +145,9 @@ def test_agent_switches_off_when_heapspy_is_killed(
         holder.kill()
         holder.wait()
         killed = time.monotonic()
-        assert _wait(lambda: target.threads() == threads, timeout=2.0)
-        assert time.monotonic() - killed < 2.0
+        # on the socket's end, not PEER_TIMEOUT's 5 s of silence
+        assert _wait(lambda: target.threads() == threads, timeout=4.0)
+        assert time.monotonic() - killed < 4.0
     finally:
         holder.kill()
         holder.communicate()

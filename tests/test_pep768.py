@@ -377,13 +377,11 @@ def test_blocked_main_thread_served_through_another_thread(
     time.sleep(0.3)
     assert stuck.pending()  # main thread sits in time.sleep(5)
     assert stuck.cancel()
-    started = time.monotonic()
     req = request_exec(t.target, str(marker.script), thread_id=t.info["worker_native"])
     assert req.wait_taken(timeout=5)
     runs = marker.wait_runs(1, timeout=5)
-    elapsed = time.monotonic() - started
+    # run by the worker, not by the main thread once its sleep is over
     assert [r["native"] for r in runs] == [t.info["worker_native"]], t.stderr()
-    assert elapsed < 1.0, f"took {elapsed:.3f} s"
 
 
 @pytest.mark.py314
