@@ -28,8 +28,9 @@ from heapspy.errors import (
     SamplingUnavailable,
 )
 
-HEARTBEAT = 0.5  # the agent gives up on a silent heapspy after 5 s (its PEER_TIMEOUT): a
-# daemon whose threads wait long for the GIL (50 censuses at attach at load 50) needs the margin
+# The agent gives up on a silent heapspy after its PEER_TIMEOUT (60 s): a daemon whose
+# threads wait long for the GIL (50 censuses at attach at load 50) needs the margin.
+HEARTBEAT = 0.5
 # An agent that died closes its socket (seen at once). Silence alone only means busy: a
 # tracemalloc snapshot of a large heap holds the agent for seconds, and a target starved
 # of CPU delays it further. So wait long before giving up on a silent agent.

@@ -27,7 +27,11 @@ from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
 
-PEER_TIMEOUT = 5.0  # no frame at all from heapspy for this long: assume it is gone
+# No frame at all from heapspy for this long: assume it is gone. Its end is seen at once
+# (the socket closes); this is for a heapspy that hangs. A daemon holding many sessions
+# in one process can be late with heartbeats on a loaded host (5 s dropped most of 50
+# sessions at load 50), so it is long, as heapspy's own AGENT_TIMEOUT for the agent is.
+PEER_TIMEOUT = 60.0
 # At most this share of one core goes to collecting: a tracemalloc snapshot of a million
 # blocks costs seconds of CPU (and the GIL), so exact mode on a big heap collects less
 # often rather than slow the target down. Sampled mode costs ~1-2 ms per interval.
