@@ -805,8 +805,8 @@ class Session:
         """Have the agent name the type of every live sample (sampled mode; heapspy_agent.
         object_types) and fold the answer into the aggregator, for the next dump or view.
         Returns what it cost the target in seconds, None when it could not be done."""
-        if self.channel is None or self.aggregator.sampling.mode != SAMPLED:
-            return None
+        if self.channel is None or self.violation or self.aggregator.sampling.mode != SAMPLED:
+            return None  # an agent that broke the protocol is asked nothing more
         reply = self._agent_call("types", timeout=TYPES_TIMEOUT)
         if not reply.get("ok"):
             log.info("no types for this dump: %s", reply.get("error"))
@@ -904,7 +904,12 @@ class Session:
         """Ask the agent to switch off, collect its last samples, release everything."""
         try:
             channel = self.channel
-            if channel is not None and self.config.final_dump and self.info is not None:
+            if (
+                channel is not None
+                and self.config.final_dump
+                and self.info is not None
+                and not self.violation  # asked nothing more: each call would wait it out
+            ):
                 self.memory()  # the allocators' account, for the final dump
                 self.classify_types()  # sites that change before the end lose their split
             if channel is not None:
