@@ -28,9 +28,19 @@ GARBAGE = "unreachable (cyclic garbage)"
 ROOTS = ("census_app.CACHE", "census_app.Registry.items", "census_app.HANDLER")
 
 
-def _start(spawn: Spawn, interp: Interpreter | None, env: dict[str, str] | None = None) -> Any:
+# A cache this big keeps even the C walk busy for seconds at its 25 % duty cycle: long
+# enough for a 1 s attach or a Ctrl-C to end the census before it is complete.
+LONG_CENSUS = 500_000
+
+
+def _start(
+    spawn: Spawn,
+    interp: Interpreter | None,
+    env: dict[str, str] | None = None,
+    cache: int = 20_000,
+) -> Any:
     """The census target and its own count of what each root holds (TRUTH line)."""
-    target = spawn(interp, "census_target.py", "20000", env=env)
+    target = spawn(interp, "census_target.py", str(cache), env=env)
     line = target.proc.stdout.readline()
     assert line.startswith("TRUTH "), line
     return target, json.loads(line[len("TRUTH ") :])
@@ -227,7 +237,7 @@ def test_attach_takes_a_census_first_and_says_what_the_heap_held(
 def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
     spawn: Spawn, tmp_path: Path
 ) -> None:
-    target, _truth = _start(spawn, None)
+    target, _truth = _start(spawn, None, cache=LONG_CENSUS)
     early = tmp_path / "early"
     out = run_heapspy(
         "attach", str(target.pid), "--duration", "1s", "--dump-dir", str(early), timeout=120
@@ -253,7 +263,7 @@ def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
 def test_attach_shows_the_census_progress_and_ctrl_c_keeps_it_partial(
     spawn: Spawn, tmp_path: Path
 ) -> None:
-    target, _truth = _start(spawn, None)  # its census takes over 1 s (see above)
+    target, _truth = _start(spawn, None, cache=LONG_CENSUS)
     master, slave = pty.openpty()  # a terminal: the progress line is for people
     holder = subprocess.Popen(
         [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--dump-dir",
