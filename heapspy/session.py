@@ -124,6 +124,9 @@ class Session:
         )
         self.end_reason = ""
         self.violation = ""  # how the agent broke the protocol, if it did: the session ended
+        # what its holder must release when it ends (a daemon's handed-over pidfd): a
+        # long-lived process may keep ended sessions' objects for a while
+        self.closers: list[Callable[[], object]] = []
         self.detached_by_user = False  # `heapspy detach` ended it (not anything the agent said)
         self._stop = False
         self._firing = False  # serving the rules that fired (they call the agent)

@@ -107,10 +107,14 @@ def resume(data: bytes, fds: list[int], config: AttachConfig) -> Session:
     elif moved.buffered:
         conn.pending.extend(conn.reader.feed(moved.buffered))
     target = moved.target
+    closer = None
     if len(fds) > 2:
         target = replace(target, pidfd=fds[2])
-        weakref.finalize(target, _close_quietly, fds[2])
-    return Session.resume(target, config, fds[1], conn, moved.greeting, moved.info)
+        closer = weakref.finalize(target, _close_quietly, fds[2])
+    session = Session.resume(target, config, fds[1], conn, moved.greeting, moved.info)
+    if closer is not None:
+        session.closers.append(closer)  # runs once, at the session's end or the target's
+    return session
 
 
 def _close_quietly(fd: int) -> None:

@@ -83,6 +83,8 @@ class SessionThread:
                 log.error("%s", line)
             self._release()
         finally:
+            for close in self.session.closers:
+                close()
             self.code = code
             self._done()
 
