@@ -62,7 +62,16 @@ def _heapspy_import(sys):
     sys.dont_write_bytecode = True
     sys.path.insert(0, d)
     try:
-        import heapspy_agent.agent
+        for attempt in (1, 2, 3):
+            try:
+                import heapspy_agent.agent
+                break
+            except KeyError:
+                # a module we import was dropped from sys.modules by the target meanwhile
+                # (it needs no import lock to do so: 3.14's ctypes imports ctypes._layout
+                # lazily); what failed was removed from sys.modules, so import it again
+                if attempt == 3:
+                    raise
     finally:
         sys.dont_write_bytecode = saved
         if d in sys.path:
