@@ -134,9 +134,11 @@ def test_every_resident_byte_is_accounted_and_trim_gives_back_what_was_predicted
         # its 32 MiB, the pinned 1 KiB blocks (1/64 of the burst: 1 MiB), and the
         # interpreter's own blocks over 512 B (its lists' arrays, code): a few MiB
         assert known["malloc_bytes"] <= in_use <= known["malloc_bytes"] * 1.25, detail
-        assert _within(_category(memory, "pymalloc: objects in use"), known["pymalloc_bytes"]), (
-            detail
-        )
+        # the agent's own objects are pymalloc blocks too: ~1.7 MiB on 3.11 with its label,
+        # type and stack modules (19.02 MB measured against the target's 17.29 MB)
+        pymalloc = _category(memory, "pymalloc: objects in use")
+        truth = known["pymalloc_bytes"]
+        assert truth * 0.9 <= pymalloc <= truth * 1.1 + 2 * MiB, detail
         stacks = next(c for c in memory["categories"] if c["name"] == "thread stacks")
         assert stacks["bytes"] > 0 and stacks["detail"] == f"{known['threads'] + 2} threads"
         assert abs(memory["unexplained"]) <= 0.05 * rss, detail
