@@ -43,6 +43,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "hs_common.h"
+
 #define CW_EXPORT __attribute__((visibility("default")))
 #define CW_ABI 1
 
@@ -163,14 +165,6 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static inline uint64_t mix(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
 
 /* ---- state ------------------------------------------------------------------------ */
 
@@ -274,19 +268,6 @@ static size_t memory(const cw_census *c) {
            c->orphans_cap * sizeof(void *);
 }
 
-static int grow(void **buf, size_t *cap, size_t need, size_t item) {
-    if (need <= *cap)
-        return 1;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *p = realloc(*buf, n * item);
-    if (p == NULL)
-        return 0;
-    *buf = p;
-    *cap = n;
-    return 1;
-}
 
 /* ---- visited set -------------------------------------------------------------------- */
 
@@ -302,7 +283,7 @@ static int regions_grow(cw_census *c) {
     for (size_t i = 0; i < c->region_cap; i++) {
         if (c->region_keys[i] == 0)
             continue;
-        size_t j = mix(c->region_keys[i]) & (ncap - 1);
+        size_t j = hs_mix64(c->region_keys[i]) & (ncap - 1);
         while (keys[j] != 0)
             j = (j + 1) & (ncap - 1);
         keys[j] = c->region_keys[i];
@@ -337,7 +318,7 @@ static uint8_t *leaf_of(cw_census *c, uint64_t region, int make) {
         return c->last_leaf;
     uint64_t key = region + 1;
     if (c->region_cap) {
-        size_t j = mix(key) & (c->region_cap - 1);
+        size_t j = hs_mix64(key) & (c->region_cap - 1);
         while (c->region_keys[j] != 0) {
             if (c->region_keys[j] == key) {
                 c->last_region = region;
@@ -361,7 +342,7 @@ static uint8_t *leaf_of(cw_census *c, uint64_t region, int make) {
         c->nomem = 1;
         return NULL;
     }
-    size_t j = mix(key) & (c->region_cap - 1);
+    size_t j = hs_mix64(key) & (c->region_cap - 1);
     while (c->region_keys[j] != 0)
         j = (j + 1) & (c->region_cap - 1);
     c->region_keys[j] = key;
@@ -397,7 +378,7 @@ static inline int marked(cw_census *c, uint64_t addr) {
 static int bound_has(const cw_census *c, uint64_t addr) {
     if (c->nbound == 0)
         return 0;
-    size_t j = mix(addr) & (c->bound_cap - 1);
+    size_t j = hs_mix64(addr) & (c->bound_cap - 1);
     while (c->bound[j] != 0) {
         if (c->bound[j] == addr)
             return 1;
@@ -417,7 +398,7 @@ static int bound_add(cw_census *c, uint64_t addr) {
         for (size_t i = 0; i < c->bound_cap; i++) {
             if (c->bound[i] == 0)
                 continue;
-            size_t j = mix(c->bound[i]) & (ncap - 1);
+            size_t j = hs_mix64(c->bound[i]) & (ncap - 1);
             while (b[j] != 0)
                 j = (j + 1) & (ncap - 1);
             b[j] = c->bound[i];
@@ -426,7 +407,7 @@ static int bound_add(cw_census *c, uint64_t addr) {
         c->bound = b;
         c->bound_cap = ncap;
     }
-    size_t j = mix(addr) & (c->bound_cap - 1);
+    size_t j = hs_mix64(addr) & (c->bound_cap - 1);
     while (c->bound[j] != 0)
         j = (j + 1) & (c->bound_cap - 1);
     c->bound[j] = addr;
@@ -438,7 +419,7 @@ static int bound_add(cw_census *c, uint64_t addr) {
 
 static int index_put(cw_census *c, int32_t node) {
     uint64_t key = ((uint64_t)(uint32_t)c->node_parent[node] << 32) | (uint32_t)c->node_name[node];
-    size_t j = mix(key) & (c->index_cap - 1);
+    size_t j = hs_mix64(key) & (c->index_cap - 1);
     while (c->node_index[j] >= 0)
         j = (j + 1) & (c->index_cap - 1);
     c->node_index[j] = node;
@@ -448,7 +429,7 @@ static int index_put(cw_census *c, int32_t node) {
 static int32_t node_find(cw_census *c, int32_t parent, int32_t name, int make) {
     uint64_t key = ((uint64_t)(uint32_t)parent << 32) | (uint32_t)name;
     if (c->index_cap) {
-        size_t j = mix(key) & (c->index_cap - 1);
+        size_t j = hs_mix64(key) & (c->index_cap - 1);
         int32_t n;
         while ((n = c->node_index[j]) >= 0) {
             if (c->node_parent[n] == parent && c->node_name[n] == name)
@@ -519,7 +500,7 @@ static inline uint32_t refcount(const cw_object *o) { return (uint32_t)o->refcnt
  * the target's code (a finalizer, a weakref callback) in this thread. */
 static void release(cw_census *c, cw_object *o) {
     if (refcount(o) == 1) {
-        if (grow((void **)&c->orphans, &c->orphans_cap, c->norphans + 1, sizeof(void *))) {
+        if (hs_reserve((void **)&c->orphans, &c->orphans_cap, c->norphans + 1, sizeof(void *))) {
             c->orphans[c->norphans++] = o;
             return;
         }
@@ -570,7 +551,7 @@ static void send_orphans(cw_census *c) {
 static cw_tinfo *type_find(cw_census *c, cw_type *tp) {
     if (c->ntypes == 0)
         return NULL;
-    size_t j = mix((uint64_t)(uintptr_t)tp) & (c->types_cap - 1);
+    size_t j = hs_mix64((uint64_t)(uintptr_t)tp) & (c->types_cap - 1);
     while (c->types[j].tp != NULL) {
         if (c->types[j].tp == tp)
             return &c->types[j];
@@ -588,7 +569,7 @@ static cw_tinfo *type_insert(cw_census *c, const cw_tinfo *info) {
         for (size_t i = 0; i < c->types_cap; i++) {
             if (c->types[i].tp == NULL)
                 continue;
-            size_t j = mix((uint64_t)(uintptr_t)c->types[i].tp) & (ncap - 1);
+            size_t j = hs_mix64((uint64_t)(uintptr_t)c->types[i].tp) & (ncap - 1);
             while (t[j].tp != NULL)
                 j = (j + 1) & (ncap - 1);
             t[j] = c->types[i];
@@ -597,7 +578,7 @@ static cw_tinfo *type_insert(cw_census *c, const cw_tinfo *info) {
         c->types = t;
         c->types_cap = ncap;
     }
-    size_t j = mix((uint64_t)(uintptr_t)info->tp) & (c->types_cap - 1);
+    size_t j = hs_mix64((uint64_t)(uintptr_t)info->tp) & (c->types_cap - 1);
     while (c->types[j].tp != NULL)
         j = (j + 1) & (c->types_cap - 1);
     c->types[j] = *info;
@@ -686,7 +667,7 @@ static int64_t size_of(const cw_tinfo *t, cw_object *o) {
 /* ---- the walk --------------------------------------------------------------------- */
 
 static int push(cw_census *c, cw_object *o, int32_t path) {
-    if (!grow((void **)&c->stack, &c->stack_cap, c->sp + 1, sizeof(cw_entry))) {
+    if (!hs_reserve((void **)&c->stack, &c->stack_cap, c->sp + 1, sizeof(cw_entry))) {
         c->nomem = 1;
         return 0;
     }
@@ -698,7 +679,7 @@ static int push(cw_census *c, cw_object *o, int32_t path) {
 }
 
 static int later(cw_census *c, cw_object *o, int32_t path, uint8_t mode) {
-    if (!grow((void **)&c->later, &c->later_cap, c->nlater + 1, sizeof(cw_later))) {
+    if (!hs_reserve((void **)&c->later, &c->later_cap, c->nlater + 1, sizeof(cw_later))) {
         c->nomem = 1;
         return 0;
     }

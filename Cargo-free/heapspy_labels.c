@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "heapspy_labels.h"
+#include "hs_common.h"
 
 #define HS_EXPORT __attribute__((visibility("default")))
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -70,14 +71,6 @@ static uint64_t g_tasks_cap; /* power of two, or 0 */
 static uint64_t *g_out_sets, *g_out_codes, *g_out_threads;
 static uint32_t g_out_sets_cap, g_out_codes_cap, g_out_threads_cap;
 
-static inline uint64_t mix(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
 
 static uint32_t current_tid(void) {
     if (UNLIKELY(t_tid == 0))
@@ -88,7 +81,7 @@ static uint32_t current_tid(void) {
 /* ---- exact bytes per thread ------------------------------------------------------ */
 
 static hs_thread_acct *account(uint32_t tid) {
-    uint32_t i = (uint32_t)(mix(tid) & (AINDEX_CAP - 1));
+    uint32_t i = (uint32_t)(hs_mix64(tid) & (AINDEX_CAP - 1));
     for (uint16_t v; (v = g_aindex[i]) != 0; i = (i + 1) & (AINDEX_CAP - 1))
         if (g_accts[v - 1].tid == tid)
             return &g_accts[v - 1];
@@ -123,7 +116,7 @@ static int is_anchor(void *code) {
 static uint32_t task_slot(void *frame, void *code) {
     if (g_tasks_cap == 0)
         return 0;
-    uint64_t mask = g_tasks_cap - 1, i = mix((uintptr_t)frame) & mask;
+    uint64_t mask = g_tasks_cap - 1, i = hs_mix64((uintptr_t)frame) & mask;
     for (; g_tasks[i].frame != 0; i = (i + 1) & mask)
         if (g_tasks[i].frame == (uintptr_t)frame)
             return g_tasks[i].code == (uintptr_t)code ? g_tasks[i].slot : 0;
@@ -144,7 +137,7 @@ uint32_t hs_labels_of_sample(void *const *codes, int n) {
         }
     }
     uint32_t tid = current_tid();
-    uint64_t h = mix(mix((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task) | 1;
+    uint64_t h = hs_mix64(hs_mix64((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task) | 1;
     uint32_t i = (uint32_t)h & (SINDEX_CAP - 1);
     for (uint32_t v; (v = g_sindex[i]) != 0; i = (i + 1) & (SINDEX_CAP - 1)) {
         hs_labelset *s = &g_sets[v - 1];
@@ -268,7 +261,7 @@ HS_EXPORT int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *c
         for (uint64_t k = 0; k < n; k++) {
             if (frames[k] == 0 || slots[k] == 0)
                 continue;
-            uint64_t i = mix(frames[k]) & (cap - 1);
+            uint64_t i = hs_mix64(frames[k]) & (cap - 1);
             while (t[i].frame != 0 && t[i].frame != frames[k])
                 i = (i + 1) & (cap - 1);
             t[i].frame = frames[k];

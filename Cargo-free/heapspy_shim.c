@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "heapspy_labels.h"
+#include "hs_common.h"
 #include "heapspy_shim.h"
 #include "native_hooks.h"
 
@@ -326,14 +327,6 @@ static double weight(uint64_t size) {
     return p > 0.0 ? 1.0 / p : 1.0;
 }
 
-static inline uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
 
 static inline uint64_t ptr_hash(uintptr_t p) { return (uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ULL; }
 
@@ -594,9 +587,9 @@ static inline void mark_dirty(uint32_t id) {
 
 static uint64_t stack_hash(void *const *codes, const int32_t *lines, int n, unsigned flags,
                            uint32_t label) {
-    uint64_t h = mix64(((uint64_t)label << 32) | ((uint64_t)n << 8) | flags);
+    uint64_t h = hs_mix64(((uint64_t)label << 32) | ((uint64_t)n << 8) | flags);
     for (int i = 0; i < n; i++)
-        h = mix64(h ^ (uint64_t)(uintptr_t)codes[i]) + (uint64_t)(uint32_t)lines[i];
+        h = hs_mix64(h ^ (uint64_t)(uintptr_t)codes[i]) + (uint64_t)(uint32_t)lines[i];
     return h | 1; /* never 0 */
 }
 
@@ -1330,7 +1323,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
     if (seed == 0) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^
+        seed = hs_mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^
                      ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&seed);
     }
     g_rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
@@ -1475,19 +1468,6 @@ HS_EXPORT int hs_stop(void) {
     return left ? HS_LEFT_INSTALLED : HS_OK;
 }
 
-static int out_reserve(void **buf, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap)
-        return 1;
-    size_t ncap = *cap ? *cap : 64;
-    while (ncap < need)
-        ncap *= 2;
-    void *p = realloc(*buf, ncap * elem);
-    if (p == NULL)
-        return 0;
-    *buf = p;
-    *cap = ncap;
-    return 1;
-}
 
 /* Totals always; with drain=1 also the stacks interned and the stacks whose counters
  * changed since the previous drain (work proportional to what changed). */
@@ -1541,12 +1521,12 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
             nf += s->nframes;
         }
     }
-    if (!out_reserve((void **)&g_out_new, &g_out_new_cap, nnew, 4 * sizeof(uint64_t)) ||
-        !out_reserve((void **)&g_out_codes, &g_out_codes_cap, nf, sizeof *g_out_codes) ||
-        !out_reserve((void **)&g_out_lines, &g_out_lines_cap, nf, sizeof *g_out_lines) ||
-        !out_reserve((void **)&g_out_changed, &g_out_changed_cap, g_ndirty, 5 * sizeof(uint64_t)) ||
-        !out_reserve((void **)&g_out_est, &g_out_est_cap, g_ndirty, 4 * sizeof(double)) ||
-        !out_reserve((void **)&g_out_var, &g_out_var_cap, g_ndirty, 4 * sizeof(double)))
+    if (!hs_reserve((void **)&g_out_new, &g_out_new_cap, nnew, 4 * sizeof(uint64_t)) ||
+        !hs_reserve((void **)&g_out_codes, &g_out_codes_cap, nf, sizeof *g_out_codes) ||
+        !hs_reserve((void **)&g_out_lines, &g_out_lines_cap, nf, sizeof *g_out_lines) ||
+        !hs_reserve((void **)&g_out_changed, &g_out_changed_cap, g_ndirty, 5 * sizeof(uint64_t)) ||
+        !hs_reserve((void **)&g_out_est, &g_out_est_cap, g_ndirty, 4 * sizeof(double)) ||
+        !hs_reserve((void **)&g_out_var, &g_out_var_cap, g_ndirty, 4 * sizeof(double)))
         return HS_ERR_NOMEM;
     uint32_t knew = 0, f = 0;
     for (uint32_t k = 0; k < g_ndirty; k++) {
@@ -1699,7 +1679,7 @@ HS_EXPORT int hs_evict(uint64_t min_idle, uint64_t *n_out, uint64_t *ids_out) {
         return HS_OK;
     void **release = frames ? malloc((size_t)frames * sizeof *release) : NULL;
     if ((frames && release == NULL) ||
-        !out_reserve((void **)&g_out_evicted, &g_out_evicted_cap, n, sizeof *g_out_evicted)) {
+        !hs_reserve((void **)&g_out_evicted, &g_out_evicted_cap, n, sizeof *g_out_evicted)) {
         free(release);
         return HS_ERR_NOMEM;
     }
