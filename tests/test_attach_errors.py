@@ -21,7 +21,14 @@ from interpreters import (
     interpreter_params,
     old_interpreter_params,
 )
-from support import TARGETS, Target, attach_until_sampled, heapspy_dirs_in_tmp, run_heapspy
+from support import (
+    TARGETS,
+    Target,
+    attach_until_sampled,
+    heapspy_dirs_in_tmp,
+    run_heapspy,
+    wait_for,
+)
 
 Spawn = Callable[..., Target]
 
@@ -114,11 +121,17 @@ def test_agent_timeout_explains_what_main_thread_does(interp: Interpreter, spawn
     assert "--attach-timeout" in out.stderr
     # The queued bootstrap runs when the sleep returns: it must clean up and not start.
     # The first probe wakes the main thread from its sleep (the bootstrap may run before
-    # or after the probe's handler); by the second it has run.
+    # or after the probe's handler); its thread then deletes the files and imports nothing.
     target.state(timeout=60)
-    state = target.state(timeout=60)
-    assert state["modules"] == [] and state["tracing"] is False
-    assert heapspy_dirs_in_tmp(target.pid) == []
+
+    def clean() -> bool:
+        state = target.state(timeout=60)
+        assert state["tracing"] is False
+        assert not any(m.startswith("heapspy_agent") for m in state["modules"]), state
+        return heapspy_dirs_in_tmp(target.pid) == []
+
+    assert wait_for(clean, timeout=60)
+    assert target.state(timeout=60)["modules"] == []
     assert target.alive()
 
 

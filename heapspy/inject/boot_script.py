@@ -38,21 +38,22 @@ def _heapspy_importing(sys, bootstrap):
 
 
 def _heapspy_quiet_imports(sys):
-    # True with the global import lock held once no import is under way; False if the
-    # target was still importing at the deadline (heapspy has given up by then).
+    # True with the global import lock held once no import is under way; False once the
+    # deadline has passed (heapspy has given up by then: a bootstrap that runs late, after
+    # a long sleep of the main thread, imports nothing and only deletes its files).
     modules = sys.modules  # each of these is loaded at every interpreter's start
     imp, bootstrap, time = modules["_imp"], modules["_frozen_importlib"], modules["time"]
     nap = modules["_thread"].allocate_lock()
     nap.acquire()
     deadline = {deadline!r} or time.time() + 30.0
     while True:
+        if time.time() > deadline:  # heapspy gave up: nothing may be imported now
+            return False
         if not _heapspy_importing(sys, bootstrap):
             imp.acquire_lock()
             if not _heapspy_importing(sys, bootstrap):  # none started before we held it
                 return True
             imp.release_lock()
-        if time.time() > deadline:
-            return False
         nap.acquire(True, 0.005)  # a sleep that needs no import
 
 
