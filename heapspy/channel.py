@@ -40,6 +40,9 @@ HANDSHAKE_TIMEOUT = 5.0
 FrameHandler = Callable[[int, dict[str, Any]], None]
 ViolationHandler = Callable[[protocol.ProtocolError], None]
 CloseHandler = Callable[[], None]
+# ``AgentChannel.call`` as the modules that ask the agent something see it: a command,
+# a timeout and its arguments in, the agent's reply (or why there is none) out
+AgentCall = Callable[..., dict[str, Any]]
 
 
 class FramedSocket:

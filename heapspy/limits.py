@@ -12,12 +12,20 @@ and are not limited. Thread figures are exact: every allocation, per native thre
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from heapspy.aggregate import Aggregator
 from heapspy.model import TASK
 from heapspy.rules import Offender, Rule
 from heapspy.scaling import relative_error
+
+log = logging.getLogger("heapspy")
+
+# A limit rule writes at most this many dumps at once (its largest offenders); the
+# others beyond the limit in the same interval are logged.
+MAX_LIMIT_DUMPS = 3
 
 
 def task_figures(agg: Aggregator) -> tuple[tuple[Offender, ...], tuple[Offender, ...]]:
@@ -55,3 +63,32 @@ def offender_json(rule: Rule, offender: Offender) -> dict[str, Any]:
         "sampled": offender.error is not None,
         "what": offender.describe(rule),
     }
+
+
+@dataclass(frozen=True)
+class LimitDump:
+    """One dump a limit that fired asks for: named after its offender."""
+
+    rule: str  # the dump's rule: the limit's name and the offender's
+    why: str
+    offender: dict[str, Any]  # the sidecar's ``offender`` (offender_json)
+
+
+def limit_dumps(rule: Rule, offenders: tuple[Offender, ...]) -> list[LimitDump]:
+    """A limit fired: one dump per offender (at most MAX_LIMIT_DUMPS a round, the
+    largest first, as ``offenders`` come), none with action=log; each offender logged."""
+    out: list[LimitDump] = []
+    for n, offender in enumerate(offenders):
+        what = offender.describe(rule)
+        dumps = rule.action == "dump" and n < MAX_LIMIT_DUMPS
+        logged = "" if dumps else " (no dump)" if rule.action == "dump" else " (action=log)"
+        log.warning("rule %s fired: %s%s", rule.name, what, logged)
+        if dumps:
+            out.append(
+                LimitDump(
+                    f"{rule.name}-{offender.name}",
+                    f"{rule.name}: {what}",
+                    offender_json(rule, offender),
+                )
+            )
+    return out

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from heapspy.channel import AgentCall
 from heapspy.printable import printable
 from heapspy.units import format_bytes
 
@@ -394,9 +394,6 @@ def format_breakdown(
         lines.append(f"  {format_bytes(nbytes):>11} {share:5.1f}%  {name}{more}")
     lines.append(f"  Verdict: {verdict(b, heap_growth, rss_growth)}")
     return lines
-
-
-AgentCall = Callable[..., dict[str, Any]]
 
 
 def measure(pid: int, agent_call: AgentCall | None) -> Breakdown | None:

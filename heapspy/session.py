@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heapspy_agent import protocol, schema
-from heapspy_agent.schema import SAMPLED
 
 from heapspy.aggregate import Aggregator
 from heapspy.census import (
@@ -55,46 +54,27 @@ from heapspy.errors import (
 )
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
-from heapspy.limits import offender_json, task_figures, thread_figures
+from heapspy.leak_stacks import capture_stacks
+from heapspy.limits import limit_dumps
+from heapspy.live_types import TypeClassifier
+from heapspy.memory_account import MemoryAccount
 from heapspy.model import LABEL_KEYS, TYPE
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
 from heapspy.rss import Breakdown, measure
-from heapspy.rules import Observation, Offender, Rule
-from heapspy.runtime_stats import RuntimeStats
+from heapspy.rule_inputs import observation
+from heapspy.rules import Observation, Rule
 from heapspy.serve.snapshot import ServedProfile, metrics_of
 from heapspy.sidecar import Sidecar
 from heapspy.stack_groups import AGENT, StackDump
 from heapspy.symbolize import Symbolizer
 from heapspy.target.outside import Outside, exits_soon
 from heapspy.target.process import PythonTarget, has_exited, inspect_target
-from heapspy.target.pyspy import thread_stacks
 from heapspy.top import ORDERS, top_view
 
 log = logging.getLogger("heapspy")
 
-TYPES_EVERY = 5.0  # seconds between classifications of the live samples for `top --by type`
-TYPES_TIMEOUT = 30.0  # a few hundred ms per 100,000 live samples (benchmarks/type_classify_cost.py)
-MEMORY_EVERY = 10.0  # seconds between RSS breakdowns for the native>/unexplained> rules
-# How long a thread or task rule waits for the agent's stacks before asking py-spy: the
-# agent needs the GIL, which a thread busy in C code may hold for good.
-STACKS_TIMEOUT = 3.0
-# and this much more per pending task: the agent walks them giving the GIL back as it
-# goes (measured under load: 10,000 tasks 0.5-0.7 s, 100,000 tasks 3-8 s)
-STACKS_PER_TASK = 1e-4
-# A limit rule writes at most this many dumps at once (its largest offenders); the
-# others beyond the limit in the same interval are logged.
-MAX_LIMIT_DUMPS = 3
 Progress = Callable[[str, float], None]
-
-
-def _counts(facts: dict[str, Any]) -> tuple[int | None, int | None]:
-    """The thread and task counts the rules look at: the target's threads without the
-    agent's own, pending tasks over every loop (0 where no loop runs)."""
-    stats = RuntimeStats.from_facts(facts)
-    if stats is None:
-        return None, None
-    return (stats.threads - 1 if stats.threads else None), sum(stats.asyncio_tasks)
 
 
 @dataclass
@@ -136,9 +116,8 @@ class Session:
         self.policy = DumpPolicy.of(config, time.time())
         # the last profile served over HTTP, keyed by the aggregator's state (snapshot.py)
         self.served_profile = ServedProfile()
-        self.last_memory: Breakdown | None = None  # the last RSS breakdown with the agent's
-        self._memory_at = 0.0
-        self._types_at = 0.0  # when the live samples were last classified (classify_types)
+        self.memory_account = MemoryAccount(target.pid)  # where its RSS is (rss.py)
+        self.types = TypeClassifier()  # the live samples' types (sampled mode)
         # (unix time, rate): the rate at attach, then each `heapspy rate`
         self.rate_changes: list[tuple[float, int]] = []
         self.hello: dict[str, Any] = {}
@@ -432,29 +411,15 @@ class Session:
             # not while a rule that fired is being served: its calls to the agent handle
             # the frames that come meanwhile, and rules wait for the next interval
             if self.policy.rules.rules and not self._stop and not self._firing:
-                memory = self.memcg.state if self.memcg is not None else None
-                account = self._memory_for_rules(point.time)
-                threads, tasks = _counts(agg.facts)
-                task_alloc: tuple[Offender, ...] = ()
-                task_live: tuple[Offender, ...] = ()
-                thread_alloc: tuple[Offender, ...] = ()
-                if self.policy.rules.needs_limits:
-                    task_alloc, task_live = task_figures(agg)
-                    thread_alloc = thread_figures(agg)
-                obs = Observation(
-                    point.time,
-                    point.rss,
-                    point.heap,
-                    cgroup_used=memory.used_fraction if memory else None,
-                    psi_some=memory.psi_some if memory else None,
-                    psi_full=memory.psi_full if memory else None,
-                    native=account.native_in_use if account else None,
-                    unexplained=account.unexplained if account else None,
-                    threads=threads,
-                    tasks=tasks,
-                    task_alloc=task_alloc,
-                    task_live=task_live,
-                    thread_alloc=thread_alloc,
+                account = None
+                if self.policy.needs_memory:  # native>/unexplained>
+                    account = self.memory_account.recent(point.time, self._agent_call)
+                obs = observation(
+                    point,
+                    agg,
+                    self.memcg.state if self.memcg is not None else None,
+                    account,
+                    self.policy.rules.needs_limits,
                 )
                 self._firing = True
                 try:
@@ -484,13 +449,15 @@ class Session:
         """A rule fired: its dump (none with action=log); a thread or task rule's says
         what every thread and task was doing, and so does the log."""
         if rule.is_limit:
-            self._fire_limit(rule)
+            for limit in limit_dumps(rule, self.policy.rules.offenders.get(rule, ())):
+                self._dump(limit.rule, limit.why, offender=limit.offender)
             return
         why, stacks, seen = rule.text, None, ""
         if rule.wants_stacks:
             seen = self.policy.rules.explain(rule, obs)
             why = f"{rule.text}: {seen}"
-            stacks = self.stack_dump(obs.tasks or 0)
+            frames = self.aggregator.sampling.frames
+            stacks = capture_stacks(self._agent_call, self.target.pid, frames, obs.tasks or 0)
         if rule.action == "log" or stacks is not None:
             logged = " (action=log: no dump)" if rule.action == "log" else ""
             log.warning("rule %s fired%s%s", rule.name, f": {seen}" if seen else "", logged)
@@ -498,38 +465,6 @@ class Session:
                 log.warning("  %s", line)
         if rule.action == "dump":
             self._dump(rule.name, why, stacks)
-
-    def _fire_limit(self, rule: Rule) -> None:
-        """A limit fired: one dump per offender (at most MAX_LIMIT_DUMPS a round, the
-        largest), labelled with its name; each logged."""
-        found = self.policy.rules.offenders.get(rule, ())
-        for n, offender in enumerate(found):
-            what = offender.describe(rule)
-            dumps = rule.action == "dump" and n < MAX_LIMIT_DUMPS
-            logged = "" if dumps else " (no dump)" if rule.action == "dump" else " (action=log)"
-            log.warning("rule %s fired: %s%s", rule.name, what, logged)
-            if dumps:
-                label = f"{rule.name}-{offender.name}"
-                self._dump(label, f"{rule.name}: {what}", offender=offender_json(rule, offender))
-
-    def stack_dump(self, tasks: int = 0) -> StackDump | None:
-        """Every thread's and pending asyncio task's stack, grouped, from the agent; from
-        py-spy (threads only) when the agent does not answer: another thread holds the
-        GIL, say. ``tasks``: how many are pending (the agent's walk takes longer).
-        None when neither can say."""
-        depth = min(self.aggregator.sampling.frames, schema.MAX_STACK_DEPTH)
-        timeout = STACKS_TIMEOUT + STACKS_PER_TASK * tasks
-        reply = self._agent_call("stacks", timeout=timeout, depth=depth)
-        if reply.get("ok"):
-            return StackDump.of_reply(reply)
-        why = str(reply.get("error") or "no answer")
-        found = thread_stacks(self.target.pid, depth)
-        if found is None:
-            log.warning("no stacks: the agent did not give them (%s), nor did py-spy", why)
-            return None
-        return StackDump.of_py_spy(
-            found, f"the agent did not answer ({why}): threads read by py-spy; tasks unknown"
-        )
 
     def _note_stretch(self, facts: dict[str, Any]) -> None:
         """Say once, and again when it changes much, that the agent collects less often
@@ -808,72 +743,29 @@ class Session:
         """Have the agent name the type of every live sample (sampled mode; heapspy_agent.
         object_types) and fold the answer into the aggregator, for the next dump or view.
         Returns what it cost the target in seconds, None when it could not be done."""
-        if self.channel is None or self.violation or self.aggregator.sampling.mode != SAMPLED:
+        if self.channel is None or self.violation:
             return None  # an agent that broke the protocol is asked nothing more
-        reply = self._agent_call("types", timeout=TYPES_TIMEOUT)
-        if not reply.get("ok"):
-            log.info("no types for this dump: %s", reply.get("error"))
-            return None
-        self.aggregator.apply_types(reply.get("types", {}), bool(reply.get("complete")))
-        self._types_at = time.time()
-        return float(reply.get("seconds", 0.0))
+        return self.types.classify(self._agent_call, self.aggregator)
 
     def types_for_view(self) -> None:
         """Types for `top --by type`: classified at most every TYPES_EVERY seconds (it
         visits every live sample in the target)."""
-        if time.time() - self._types_at >= TYPES_EVERY:
+        if self.types.due():
             self.classify_types()
 
     def memory(self) -> Breakdown | None:
         """Where the target's RSS is now (heapspy/rss.py); kept for the final dump, which
         is written after the agent has gone."""
-        if self.channel is None:  # detached: the last account with the allocators' side
-            return self.last_memory or measure(self.target.pid, None)
-        found = measure(self.target.pid, self._agent_call)
-        if found is not None:
-            self.last_memory = found
-        return found or self.last_memory
-
-    def _memory_for_rules(self, now: float) -> Breakdown | None:
-        """The RSS breakdown for native>/unexplained> rules: measured at most every
-        MEMORY_EVERY seconds (pymalloc's walk and mallinfo cost the target a little)."""
-        if not self.policy.needs_memory:
-            return None
-        if now - self._memory_at >= MEMORY_EVERY:
-            self._memory_at = now
-            self.memory()
-        return self.last_memory
+        return self.memory_account.measure(self._agent_call if self.channel else None)
 
     def memory_for_view(self) -> dict[str, Any] | None:
         """The RSS breakdown for `heapspy top`: measured at most every MEMORY_EVERY s."""
-        now = time.time()
-        if now - self._memory_at >= MEMORY_EVERY:
-            self._memory_at = now
-            self.memory()
-        return self.last_memory.to_json() if self.last_memory is not None else None
+        found = self.memory_account.recent(time.time(), self._agent_call if self.channel else None)
+        return found.to_json() if found is not None else None
 
     def trim(self) -> dict[str, Any]:
         """glibc's malloc_trim(0) in the target, with RSS before and after."""
-        before = self.memory()
-        if before is None:
-            return {"ok": False, "error": "the process is gone"}
-        if before.allocator != "glibc":
-            return {
-                "ok": False,
-                "error": f"the process uses {before.allocator}'s malloc, not glibc's: "
-                "malloc_trim is glibc's",
-            }
-        reply = self._agent_call("trim", timeout=30.0)
-        if not reply.get("ok"):
-            return reply
-        after = self.memory()
-        return {
-            "ok": True,
-            "rss_before": before.rss,
-            "rss_after": after.rss if after else None,
-            "predicted": before.trim_estimate,
-            "released": int(reply.get("trimmed", 0)),
-        }
+        return self.memory_account.trim(self._agent_call)
 
     def status(self) -> dict[str, Any]:
         info = asdict(self.info) if self.info else {}

@@ -215,11 +215,11 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     if not quiet:
         table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampling.estimates)
         print(table.output())
-        if session.last_memory is not None:  # what the rest of RSS is, as it was at the end
+        if session.memory_account.last is not None:  # what the rest of RSS is, as it was at the end
             series = [p for p in session.aggregator.series if p.rss is not None]
             rss_growth = series[-1].rss - series[0].rss if len(series) >= 2 else None  # type: ignore[operator]
             heap_growth = series[-1].heap - series[0].heap if len(series) >= 2 else None
-            lines = format_breakdown(session.last_memory, heap_growth, rss_growth)
+            lines = format_breakdown(session.memory_account.last, heap_growth, rss_growth)
             print("\n".join(lines))
         found = session.census_summary
         if found is not None:  # what the table of samples since attach cannot show
