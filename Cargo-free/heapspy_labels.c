@@ -26,6 +26,7 @@ typedef struct {
     void *code;    /* the task's coroutine code (a reference held), or NULL */
     uint32_t tid;  /* native thread id */
     uint32_t task; /* the agent's name slot of the task, 0: none known */
+    void *name;    /* the task's name object read at sample time (a reference held), or NULL */
 } hs_labelset;
 
 typedef struct {
@@ -66,6 +67,19 @@ static int g_nanchors;
 
 static hs_task *g_tasks;
 static uint64_t g_tasks_cap; /* power of two, or 0 */
+
+/* The task probe (hs_set_task_probe): how to go from an anchor frame to the running C
+ * Task's name at sample time. 0 in g_probe.handle_type: off. */
+static struct {
+    int64_t f_frame;   /* PyFrameObject -> its interpreter frame (3.11+), -1: locals inline */
+    int64_t local0;    /* the first local (self) from there */
+    void *handle_type; /* asyncio.events.Handle */
+    int64_t callback;  /* Handle._callback */
+    void *task_type;   /* _asyncio.Task */
+    int64_t name;      /* TaskObj.task_name */
+} g_probe;
+static void *g_wrapper_type; /* _asyncio's TaskStepMethWrapper, once recognised */
+static uint32_t g_named;     /* label sets holding a name */
 
 /* Drain buffers. */
 static uint64_t *g_out_sets, *g_out_codes, *g_out_threads;
@@ -123,47 +137,111 @@ static uint32_t task_slot(void *frame, void *code) {
     return 0;
 }
 
-uint32_t hs_labels_of_sample(void *const *codes, int n) {
-    if (!g_on)
+/* Objects are read as CPython lays them out: ob_type at 8, a type's tp_name at 24 and
+ * tp_basicsize at 32 (3.8-3.14, default builds); the low two bits of a 3.14 stack
+ * reference are tags. */
+#define OB_TYPE(o) (*(void **)((char *)(o) + 8))
+#define FIELD(o, off) (*(void **)((char *)(o) + (off)))
+#define UNTAG(p) ((void *)((uintptr_t)(p) & ~(uintptr_t)3))
+
+static int is_step_wrapper(void *type) {
+    if (type == g_wrapper_type)
+        return 1;
+    const char *name = FIELD(type, 24);
+    if (name == NULL || *(int64_t *)((char *)type + 32) != 32)
         return 0;
-    void *coro = NULL;
-    uint32_t task = 0;
-    /* leaf first: the innermost task's coroutine is the frame right above an anchor */
-    for (int i = 0; g_nanchors && i + 1 < n; i++) {
-        if (is_anchor(codes[i + 1])) {
-            coro = codes[i];
-            task = task_slot(hs_cap_frames[i], coro);
-            break;
-        }
-    }
-    uint32_t tid = current_tid();
-    uint64_t h = hs_mix64(hs_mix64((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task) | 1;
+    if (strncmp(name, "_asyncio.", 9) == 0)
+        name += 9;
+    if (strcmp(name, "TaskStepMethWrapper") != 0)
+        return 0;
+    g_wrapper_type = type;
+    return 1;
+}
+
+/* The name object of the C Task that Handle._run (the anchor frame `frame`) is stepping:
+ * frame's self -> Handle._callback, a TaskStepMethWrapper -> its task (at 16) -> the
+ * task's name (a str, or 3.13+'s int for a default name not asked for yet). Each object
+ * is typechecked before its fields are read; NULL when anything does not fit (a Python
+ * Task, a plain callback, a Task subclass: the interval's table names those). */
+static void *task_name_of(void *frame) {
+    if (g_probe.handle_type == NULL || frame == NULL)
+        return NULL;
+    char *locals = frame;
+    if (g_probe.f_frame >= 0 && (locals = FIELD(frame, g_probe.f_frame)) == NULL)
+        return NULL;
+    void *self = UNTAG(FIELD(locals, g_probe.local0));
+    if (self == NULL || OB_TYPE(self) != g_probe.handle_type)
+        return NULL;
+    void *cb = FIELD(self, g_probe.callback);
+    if (cb == NULL || !is_step_wrapper(OB_TYPE(cb)))
+        return NULL;
+    void *task = FIELD(cb, 16);
+    if (task == NULL || OB_TYPE(task) != g_probe.task_type)
+        return NULL;
+    return FIELD(task, g_probe.name);
+}
+
+static uint32_t find_or_add(uint32_t tid, void *coro, uint32_t task, void *name) {
+    uint64_t h = hs_mix64(hs_mix64((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task ^
+                          ((uint64_t)(uintptr_t)name << 7)) | 1;
     uint32_t i = (uint32_t)h & (SINDEX_CAP - 1);
     for (uint32_t v; (v = g_sindex[i]) != 0; i = (i + 1) & (SINDEX_CAP - 1)) {
         hs_labelset *s = &g_sets[v - 1];
-        if (s->hash == h && s->code == coro && s->tid == tid && s->task == task)
+        if (s->hash == h && s->code == coro && s->tid == tid && s->task == task &&
+            s->name == name)
             return v - 1;
     }
     if (g_nsets >= HS_MAX_LABELS)
-        return 0;
+        return UINT32_MAX;
     uint32_t id = g_nsets++;
     hs_labelset *s = &g_sets[id];
     s->hash = h;
     s->code = coro;
     s->tid = tid;
     s->task = task;
+    s->name = name;
     if (coro != NULL)
         p_incref(coro);
+    if (name != NULL) {
+        p_incref(name);
+        g_named++;
+    }
     g_sindex[i] = id + 1;
     return id;
+}
+
+uint32_t hs_labels_of_sample(void *const *codes, int n) {
+    if (!g_on)
+        return 0;
+    void *coro = NULL, *name = NULL;
+    uint32_t task = 0;
+    /* leaf first: the innermost task's coroutine is the frame right above an anchor */
+    for (int i = 0; g_nanchors && i + 1 < n; i++) {
+        if (is_anchor(codes[i + 1])) {
+            coro = codes[i];
+            /* the name as it is now: a task that ends before the next interval keeps it */
+            name = g_named < HS_MAX_NAMED ? task_name_of(hs_cap_frames[i + 1]) : NULL;
+            if (name == NULL)
+                task = task_slot(hs_cap_frames[i], coro);
+            break;
+        }
+    }
+    uint32_t tid = current_tid();
+    uint32_t id = find_or_add(tid, coro, task, name);
+    if (id == UINT32_MAX && (name != NULL || task != 0)) /* full: keep thread and coro */
+        id = find_or_add(tid, coro, 0, NULL);
+    return id == UINT32_MAX ? 0 : id;
 }
 
 /* ---- lifetime ------------------------------------------------------------------- */
 
 static void release(void) {
-    for (uint32_t i = 0; i < g_nsets; i++)
-        if (g_sets && g_sets[i].code != NULL)
+    for (uint32_t i = 0; g_sets && i < g_nsets; i++) {
+        if (g_sets[i].code != NULL)
             p_decref(g_sets[i].code);
+        if (g_sets[i].name != NULL)
+            p_decref(g_sets[i].name);
+    }
     free(g_sets);
     free(g_sindex);
     free(g_accts);
@@ -184,6 +262,9 @@ static void release(void) {
     g_tasks_cap = 0;
     g_nsets = g_sets_drained = g_naccts = 0;
     g_nanchors = 0;
+    memset(&g_probe, 0, sizeof g_probe);
+    g_wrapper_type = NULL;
+    g_named = 0;
     g_acct_cur = NULL;
     hs_thr_cur = NULL;
     g_thr_base = 0;
@@ -226,7 +307,7 @@ uint64_t hs_labels_memory(void) {
     return HS_MAX_LABELS * sizeof *g_sets + SINDEX_CAP * sizeof *g_sindex +
            HS_MAX_THREADS * sizeof *g_accts + AINDEX_CAP * sizeof *g_aindex +
            g_tasks_cap * sizeof *g_tasks +
-           (uint64_t)(3 * g_out_sets_cap + g_out_codes_cap) * sizeof(uint64_t) +
+           (uint64_t)(4 * g_out_sets_cap + g_out_codes_cap) * sizeof(uint64_t) +
            (uint64_t)g_out_threads_cap * 2 * sizeof(uint64_t);
 }
 
@@ -275,6 +356,26 @@ HS_EXPORT int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *c
     return HS_OK;
 }
 
+HS_EXPORT int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_type,
+                                int64_t callback, void *task_type, int64_t name) {
+    if (!g_on)
+        return HS_ERR_NOT_RUNNING;
+#define BAD_OFF(o) ((o) < 0 || (o) > 4096 || ((o) & 7) != 0)
+    if ((f_frame != -1 && BAD_OFF(f_frame)) || BAD_OFF(local0) || BAD_OFF(callback) ||
+        BAD_OFF(name) || callback < 16 || name < 16 ||
+        (handle_type == NULL) != (task_type == NULL))
+        return HS_ERR_ARG;
+#undef BAD_OFF
+    g_probe.handle_type = NULL; /* off while it changes */
+    g_probe.f_frame = f_frame;
+    g_probe.local0 = local0;
+    g_probe.callback = callback;
+    g_probe.task_type = task_type;
+    g_probe.name = name;
+    g_probe.handle_type = handle_type;
+    return HS_OK;
+}
+
 static int reserve(uint64_t **buf, uint32_t *cap, uint32_t need, size_t elem) {
     if (need <= *cap)
         return 1;
@@ -306,14 +407,15 @@ int hs_labels_read(hs_report *out, int drain, uint64_t total) {
     if (!drain)
         return HS_OK;
     uint32_t first = g_sets_drained, nnew = g_nsets - first;
-    if (!reserve(&g_out_sets, &g_out_sets_cap, nnew, 3 * sizeof(uint64_t)) ||
+    if (!reserve(&g_out_sets, &g_out_sets_cap, nnew, 4 * sizeof(uint64_t)) ||
         !reserve(&g_out_codes, &g_out_codes_cap, nnew, sizeof(uint64_t)))
         return HS_ERR_NOMEM;
     for (uint32_t k = 0; k < nnew; k++) {
         hs_labelset *s = &g_sets[first + k];
-        g_out_sets[3 * k] = first + k;
-        g_out_sets[3 * k + 1] = s->tid;
-        g_out_sets[3 * k + 2] = s->task;
+        g_out_sets[4 * k] = first + k;
+        g_out_sets[4 * k + 1] = s->tid;
+        g_out_sets[4 * k + 2] = s->task;
+        g_out_sets[4 * k + 3] = (uint64_t)(uintptr_t)s->name;
         g_out_codes[k] = (uint64_t)(uintptr_t)s->code;
     }
     out->n_new_labels = nnew;

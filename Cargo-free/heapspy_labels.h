@@ -9,8 +9,13 @@
  *    the task's name slot), so every per-stack counter splits per label set by itself.
  *    The coroutine is found on the frames already captured: the frame right above an
  *    "anchor" (asyncio's Handle._run or a Python Task's step method, whose code objects
- *    the agent hands over); the task's name slot comes from a table of coroutine frames
- *    the agent registers at each interval (hs_set_tasks). Names are the agent's business.
+ *    the agent hands over). The task's name is read at sample time, so that a task that
+ *    ends before the next interval keeps it: for asyncio's C Task, the anchor frame's
+ *    self (a Handle) -> its callback (a TaskStepMethWrapper) -> the task -> its name
+ *    object, each typechecked, at offsets the agent measured (hs_set_task_probe); the
+ *    label set holds a reference to that object. Other tasks (a Python Task, a subclass)
+ *    get a name slot from a table of coroutine frames the agent registers at each
+ *    interval (hs_set_tasks). Rendering names is the agent's business.
  *
  *  - Exact allocated bytes per thread: count_alloc() compares the thread pointer (one
  *    register read) with the thread that allocated last; only on a change does
@@ -28,6 +33,7 @@
 #define HS_MAX_LABELS (1u << 14)  /* label sets per session; then samples get set 0 */
 #define HS_MAX_THREADS 4096       /* thread accounts per session; then account 0 */
 #define HS_MAX_ANCHORS 8
+#define HS_MAX_NAMED 8192         /* label sets holding a task's name; then the slot's */
 
 /* The thread that allocated last (its thread pointer); NULL after start. */
 extern __attribute__((visibility("hidden"))) void *hs_thr_cur;

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 7
+#define HS_ABI 8
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -78,10 +78,12 @@
  *                estimate, summed over its samples: a sample of weight w and n bytes adds
  *                w (w - 1) to the counts' and w (w - 1) n^2 to the bytes' (the unbiased
  *                Horvitz-Thompson estimate of its variance), at its own rate.
- *   new_labels:  n_new_labels records of 3 uint64, the label sets interned since the last
- *                drain: (label set id, native thread id, task slot). Set 0 is the empty set
- *                (stack 0, and samples once the label table is full); task slot 0: none,
- *                else what the agent registered with hs_set_tasks.
+ *   new_labels:  n_new_labels records of 4 uint64, the label sets interned since the last
+ *                drain: (label set id, native thread id, task slot, task name). Set 0 is
+ *                the empty set (stack 0, and samples once the label table is full); task
+ *                slot 0: none, else what the agent registered with hs_set_tasks; task
+ *                name: the name object (PyObject *: a str, or an int for 3.13+'s default
+ *                name) read at sample time, or 0; the shim holds a reference until hs_stop().
  *   new_label_codes: n_new_labels code objects (PyObject *) of the task's coroutine, or
  *                NULL outside a task; the shim holds a reference until hs_stop().
  *   threads:     n_threads records of 2 uint64: (native thread id, exact bytes allocated by
@@ -155,6 +157,12 @@ int hs_pymalloc_stats(void *out);
  * them. */
 int hs_set_anchors(void *const *codes, int n);
 int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *codes, const uint32_t *slots);
+/* How to read the running C Task's name at sample time (heapspy_labels.h): the offset of
+ * a frame object's interpreter frame (-1: locals inline, before 3.11), of the first local
+ * from there, asyncio.events.Handle and the offset of its _callback, _asyncio.Task and
+ * the offset of its name. The caller keeps both types alive. NULL types: off. */
+int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_type, int64_t callback,
+                      void *task_type, int64_t name);
 
 /* One live sampled block: what the pointer map knows of it. */
 typedef struct {

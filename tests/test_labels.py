@@ -3,7 +3,8 @@ by ``--by``, read by ``go tool pprof -tags``, and the exact bytes each thread al
 
 One target per interpreter (tests/targets/labelled_service.py) is checked for all of it:
 a thread type that leaks, a task type that keeps its results and has finished by the
-time of the dump, and their look-alikes that free everything.
+time of the dump, their look-alikes that free everything, and tasks that live one step
+(shorter than an interval, named or not) but keep the name they had at sample time.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     assert session.aggregator.by_label("task")["hoarder"].live_bytes == pytest.approx(
         hoarded, rel=0.01
     )
+
+    # tasks that live one step: every sample of their coroutine names its task, read at
+    # sample time (sprinters by name, the others by asyncio's default name)
+    by_task = session.aggregator.by_label("task")
+    sprinted = session.aggregator.by_label("coro")["sprint"].alloc_bytes
+    default = sum(t.alloc_bytes for name, t in by_task.items() if name.startswith("Task-"))
+    assert by_task["sprinter"].alloc_bytes + default == pytest.approx(sprinted, rel=1e-9)
+    assert by_task["sprinter"].alloc_bytes > sprinted / 5 and default > sprinted / 5, by_task
 
     if interp.label != "3.11-pyenv":
         return  # what differs between interpreters ends here: the readers, once

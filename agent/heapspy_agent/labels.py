@@ -13,19 +13,29 @@ thread, under the GIL, by ordinary Python code:
 - ``coro``: the coroutine's qualified name (``co_name`` before 3.11; heapspy qualifies it
   from the source), as a frame ``[name, file, line]``. Only code flagged as a coroutine
   or generator: a plain callback run by the loop gets no ``coro``.
-- ``task``: ``Task.get_name()`` of the task, for tasks registered at an earlier interval.
-  A task's samples taken before the first interval that sees it alive carry ``coro`` but
-  no ``task``; a task that starts and finishes within one interval never gets one. Tasks
-  with asyncio's default name (``Task-<n>``, one per task) are not registered, so that
-  label sets, and the stacks split by them, stay bounded: their samples carry ``coro``.
+- ``task``: the task's name as it was when the sample was taken. For asyncio's C Task
+  (``asyncio.Task`` itself, the common case) the shim reads the name object at sample
+  time, through offsets measured here once asyncio is imported (``task_probe``), so a
+  task that starts and ends between two intervals keeps its name. Default names are
+  labelled too (``Task-<n>``; 3.13+ keeps an int until someone asks, rendered the same).
+  Each named task is its own label set, up to the shim's HS_MAX_NAMED (8192) label sets
+  holding a name; later ones carry ``coro`` and ``thread`` only. Other tasks (a Python
+  Task, a Task subclass, or before the probe is in place) are named from a table of the
+  tasks alive at each interval: their samples taken before the first interval that sees
+  them alive carry ``coro`` but no ``task``. A 3.12+ eager task's first step runs inside
+  ``create_task`` (no anchor right above it): its samples go to the task that created it.
 
 A label set, once named, keeps its names: samples of a task that has finished keep its
 name (that is how a leaking task is found after it ends).
 
 Exact mode (tracemalloc) keeps a file and line per frame and nothing else: its stacks get
 ``coro`` only, found as the frame after an anchor's line in each traceback (named by
-heapspy from the source, as exact mode's frames are); no ``thread`` or ``task``. The
-exact bytes per thread come from the totals shim that runs beside tracemalloc.
+heapspy from the source, as exact mode's frames are); no ``thread`` or ``task``. Every
+allocation is a trace there, recorded by tracemalloc's own hook, which has no place for a
+label: adding one means a lookup per allocation (what the issue rules out), and matching
+traces to threads or tasks afterwards has nothing to match on (a traceback holds no frame
+or thread identity, and one line runs in many tasks). The exact bytes per thread come
+from the totals shim that runs beside tracemalloc (README: "Labels in exact mode").
 
 The wire form of a label set (``schema``'s LABELS record)::
 
@@ -35,6 +45,7 @@ The wire form of a label set (``schema``'s LABELS record)::
 with keys left out where there is nothing to say. Standard library only, Python 3.8.
 """
 
+import ctypes
 import sys
 import threading
 
@@ -90,6 +101,76 @@ def anchor_lines() -> "List[Tuple[str, int]]":
     """(file, line) of every line of the anchors: exact mode finds a task's coroutine in
     tracemalloc's tracebacks, which have no code objects, as the frame after one."""
     return [(c.co_filename, ln) for c in anchor_codes() for ln in code_lines(c)]
+
+
+def _words(address: int, n: int) -> "Any":
+    return (ctypes.c_uint64 * n).from_address(address)
+
+
+def _find(address: int, n: int, value: int, then: int = 0) -> int:
+    """The offset of the first of n words at address equal to value (and, with then,
+    followed by it), ignoring the low two bits (3.14's stack reference tags); -1."""
+    words = _words(address, n + 1)
+    for k in range(n):
+        if words[k] & ~3 == value and (not then or words[k + 1] & ~3 == then):
+            return 8 * k
+    return -1
+
+
+def _locals_at(frame: "Any", first: "Any", second: "Any") -> "Tuple[int, int]":
+    if sys.version_info < (3, 11):
+        return -1, _find(id(frame), type(frame).__basicsize__ // 8, id(first), id(second))
+    # PyFrameObject: head, f_back, then f_frame, the interpreter frame holding the locals
+    ifr = _words(id(frame), 4)[3]
+    return 24, _find(ifr, 40, id(first), id(second)) if ifr else -1
+
+
+def _self_offset(first: "Any", second: "Any") -> "Tuple[int, int]":
+    return _locals_at(sys._getframe(), first, second)
+
+
+def _slot_offset(obj: "Any", value: "Any") -> int:
+    return _find(id(obj), type(obj).__basicsize__ // 8, id(value))
+
+
+def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int], Any, Any]]":
+    """What the shim needs to read the running C Task's name at sample time: the offsets
+    of a frame's locals (its first is Handle._run's self), of Handle._callback and of the
+    Task's name, each measured on objects made here (a frame of ours, an uninitialised
+    Handle and Task, whose finalizers do nothing), with Handle and the C Task class; None
+    when asyncio is not imported, has no C Task, or any offset is not found."""
+    events = sys.modules.get("asyncio.events")
+    c_asyncio = sys.modules.get("_asyncio")
+    handle_cls = getattr(events, "Handle", None)
+    task_cls = getattr(c_asyncio, "Task", None)
+    if handle_cls is None or task_cls is None:
+        return None
+    try:
+        first, second = object(), object()
+        f_frame, local0 = _self_offset(first, second)
+        handle = handle_cls.__new__(handle_cls)
+        handle._callback = first
+        callback = _slot_offset(handle, first)
+        task = task_cls.__new__(task_cls)
+        name = "heapspy-probe-%d" % id(task)
+        task.set_name(name)
+        name_off = _slot_offset(task, name)
+    except Exception:  # noqa: BLE001 - an asyncio we do not know: no sample-time names
+        return None
+    if min(local0, callback, name_off) < 0:
+        return None
+    return (f_frame, local0, callback, name_off), handle_cls, task_cls
+
+
+def task_name(name: "Any") -> str:
+    """A name object the shim read: a str, or 3.13+'s int for a default name that nobody
+    asked for yet (asyncio renders it ``Task-<n>``); nothing else is rendered (no code of
+    the target's runs here)."""
+    if type(name) is str:
+        return name[:MAX_NAME]
+    if type(name) is int:
+        return "Task-%d" % name
+    return ""
 
 
 def _task_classes() -> "List[Any]":
@@ -149,6 +230,7 @@ class LabelNamer:
     def __init__(self, shim: "Any") -> None:
         self.shim = shim
         self._anchors = []  # type: List[Any]
+        self._probe = None  # type: Optional[Tuple[Any, Any, Any]]
         self._thread_names = {}  # type: Dict[int, str]
         self._slots = {}  # type: Dict[str, int]
         self._names = [""]  # type: List[str]
@@ -166,6 +248,9 @@ class LabelNamer:
             if anchors:
                 self.shim.set_anchors(anchors)
                 self._anchors = anchors  # kept alive: the shim compares their addresses
+                self._probe = task_probe()
+                if self._probe is not None:  # classes kept alive: the shim compares them
+                    self.shim.set_task_probe(*self._probe)
         if self._anchors:
             self.shim.set_tasks(self._live_tasks())
 
@@ -193,8 +278,8 @@ class LabelNamer:
         table = []
         for task in runtime.pending_tasks():
             name, coro = task_name_and_coro(task, classes)
-            if not name or (name.startswith("Task-") and name[5:].isdigit()):
-                continue  # asyncio's default name: one per task
+            if not name:
+                continue
             frame = coro_frame(coro)
             if frame is None:
                 continue
@@ -203,8 +288,11 @@ class LabelNamer:
                 table.append((id(frame), id(frame.f_code), slot))
         return table
 
-    def name(self, thread_id: int, task: int, coro: "Any") -> "Dict[str, Any]":
-        """The wire form of one label set (see the module's docstring)."""
+    def name(
+        self, thread_id: int, task: int, coro: "Any", task_obj: "Any" = None
+    ) -> "Dict[str, Any]":
+        """The wire form of one label set (see the module's docstring); ``task_obj`` is
+        the name object the shim read at sample time, if any."""
         if thread_id and thread_id not in self._thread_names:
             self._see_threads()  # started since the last interval, maybe still alive
         out = {}  # type: Dict[str, Any]
@@ -215,7 +303,10 @@ class LabelNamer:
             frame = code_label(coro)
             if frame is not None:
                 out["coro"] = frame
-                if 0 < task < len(self._names):
+                named = task_name(task_obj) if task_obj is not None else ""
+                if named:
+                    out["task"] = named
+                elif 0 < task < len(self._names):
                     out["task"] = self._names[task]
         return out
 

@@ -113,7 +113,7 @@ class ShimCollector:
                 frames = [[name, "", 0]]
             stacks.append({"id": st.stack_id, "frames": frames, "labels": st.label})
         labels = {
-            str(ls.label_id): self.namer.name(ls.thread_id, ls.task, ls.coro)
+            str(ls.label_id): self.namer.name(ls.thread_id, ls.task, ls.coro, ls.name)
             for ls in drain.new_labels
         }
         inuse: Dict[str, List[int]] = {}

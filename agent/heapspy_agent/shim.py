@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 7
+ABI = 8
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 1
 """Must match HS_NATIVE_ABI in native_hooks.h."""
@@ -180,13 +180,16 @@ class LabelSet(NamedTuple):
     the frame right above an anchor (``Shim.set_anchors``: asyncio's ``Handle._run``, a
     Python Task's step), i.e. the running task's coroutine, None outside a task; ``task``
     the slot the agent gave that task's coroutine frame in ``Shim.set_tasks``, 0 when it
-    was not registered. Set 0 is the empty set (the label table was full).
+    was not registered; ``name`` the C Task's name object read at sample time
+    (``Shim.set_task_probe``: a str, or 3.13+'s int for a default name), None when it could
+    not be read. Set 0 is the empty set (the label table was full).
     """
 
     label_id: int
     thread_id: int
     task: int
     coro: Any  # a code object, or None
+    name: Any = None  # a str or an int, or None
 
 
 class NativeTotals(NamedTuple):
@@ -476,6 +479,15 @@ class Shim:
             ctypes.POINTER(ctypes.c_uint64),  # their code objects (addresses)
             ctypes.POINTER(ctypes.c_uint32),  # the slot of each task's name (>= 1)
         ]
+        lib.hs_set_task_probe.restype = ctypes.c_int
+        lib.hs_set_task_probe.argtypes = [
+            ctypes.c_int64,  # frame object -> interpreter frame, -1: locals inline
+            ctypes.c_int64,  # the first local from there
+            ctypes.py_object,  # asyncio.events.Handle
+            ctypes.c_int64,  # Handle._callback
+            ctypes.py_object,  # _asyncio.Task
+            ctypes.c_int64,  # its name
+        ]
         park = getattr(lib, "hs_park", None)  # absent from an older build
         if park is not None:
             park.restype = ctypes.c_int
@@ -606,6 +618,14 @@ class Shim:
         slots = (ctypes.c_uint32 * max(1, n))(*(t[2] for t in tasks))
         with self._lock:
             self._check(self._c().hs_set_tasks(n, frames, codes, slots))
+
+    def set_task_probe(self, offsets: Tuple[int, int, int, int], handle: Any, task: Any) -> None:
+        """Have the shim read the running C Task's name at every sample (see
+        ``labels.task_probe``: offsets of a frame's interpreter frame, its first local,
+        Handle._callback, the Task's name); the caller keeps both classes alive."""
+        f_frame, local0, callback, name = offsets
+        with self._lock:
+            self._check(self._c().hs_set_task_probe(f_frame, local0, handle, callback, task, name))
 
     def hook_numpy(self) -> str:
         """Route NumPy's array data (default allocator handler) through the shim.
@@ -763,15 +783,16 @@ class Shim:
                 stacks.append(Stack(hdr[i], frames, hdr[i + 2], hdr[i + 3]))
                 pos += depth
             nl = rep.n_new_labels
-            sets = _array(ctypes.c_uint64, 3 * nl, rep.new_labels)
+            sets = _array(ctypes.c_uint64, 4 * nl, rep.new_labels)
             label_codes = _array(ctypes.c_void_p, nl, rep.new_label_codes)
             labels = [
                 LabelSet(
-                    sets[3 * i],
-                    sets[3 * i + 1],
-                    sets[3 * i + 2],
-                    # the shim holds a reference to each code until stop()
+                    sets[4 * i],
+                    sets[4 * i + 1],
+                    sets[4 * i + 2],
+                    # the shim holds a reference to each code and name until stop()
                     ctypes.cast(label_codes[i], ctypes.py_object).value if label_codes[i] else None,
+                    _object_at(sets[4 * i + 3]),
                 )
                 for i in range(nl)
             ]
@@ -936,6 +957,11 @@ def _array(ctype: Any, n: int, address: int) -> List[Any]:
     if n == 0:
         return []
     return list((ctype * n).from_address(address))
+
+
+def _object_at(address: int) -> Any:
+    """The object at address (one the shim holds a reference to), None for 0."""
+    return ctypes.cast(address, ctypes.py_object).value if address else None
 
 
 def _domain(rep: _Report, i: int) -> DomainTotals:

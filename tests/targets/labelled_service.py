@@ -6,7 +6,11 @@ and so do "leaky-handler-0" and "-1" until SIGUSR1; from then on these keep ~8 M
 (up to 24 MB). The main thread runs an event loop: tasks named "churner" (coroutine
 ``churn``) drop what they make. SIGUSR1 also starts four tasks named "hoarder" (coroutine
 ``hoard``) that keep ~20 KB each in HOARD every 0.1 s until SIGUSR2; when they have all
-ended, "HOARDED" is printed. Everything goes on until the process is killed.
+ended, "HOARDED" is printed. From SIGUSR1 on, every loop turn also starts a task named
+"sprinter" and one left with asyncio's default name (``Task-<n>``), both coroutine
+``sprint``: each allocates and drops ~100 KB in its one step and ends, never alive
+across an await (shorter than any interval). Everything goes on until the process is
+killed.
 """
 
 import asyncio
@@ -52,7 +56,13 @@ async def churn() -> None:
         await asyncio.sleep(0.02)
 
 
+async def sprint() -> None:
+    scratch = [bytes(2000) for _ in range(50)]
+    del scratch
+
+
 async def main() -> None:
+    asyncio.current_task().set_name("main")  # the only default names: sprint's tasks
     for kind, target in (("leaky", leaky_handler), ("clean", clean_handler)):
         for i in range(2):
             threading.Thread(target=target, name="%s-handler-%d" % (kind, i), daemon=True).start()
@@ -70,6 +80,9 @@ async def main() -> None:
     announced = False
     while True:
         loop.create_task(churn(), name="churner")
+        if LEAK.is_set():
+            loop.create_task(sprint(), name="sprinter")
+            loop.create_task(sprint())
         if hoarders and not announced and all(t.done() for t in hoarders):
             print("HOARDED", flush=True)
             announced = True
