@@ -1,13 +1,14 @@
 """One asyncio task that allocates 300 MiB in one go, among tasks that allocate little,
 for heapspy's per-task limits (task-alloc>200MiB).
 
-Usage: bulk_task.py
+Usage: bulk_task.py [--eager]
 Prints "READY <pid>". Once heapspy's agent has sent its first samples, it starts the
 task "bulk-import" and, beside it, "poller-0".."poller-3", which allocate a few KiB at a
 time. bulk-import waits until the agent has collected twice more (so that heapspy knows
 the task by name: its samples carry its label), then allocates 300 MiB at once, keeps it
 and prints "ALLOCATED"; after four more collections it prints "SEEN" (heapspy has had
-as many chances to fire the rule again).
+as many chances to fire the rule again). With --eager (3.12+), the tasks are created by
+asyncio's eager task factory: each first step runs inside create_task.
 """
 
 import asyncio
@@ -49,6 +50,8 @@ async def main():
     await until(2)
     keep = []
     loop = asyncio.get_running_loop()
+    if "--eager" in sys.argv:
+        loop.set_task_factory(asyncio.eager_task_factory)
     tasks = [loop.create_task(bulk_import(keep), name="bulk-import")]
     tasks += [loop.create_task(poll([]), name="poller-%d" % i) for i in range(4)]
     await asyncio.gather(*tasks)
