@@ -581,8 +581,8 @@ class Aggregator:
         the samples' allocated and live totals; samples without that label are left out.
 
         ``by_label("task")["fetch-user"].alloc_bytes`` is what tasks named ``fetch-user``
-        allocated since attach (tasks sharing a name add up; a task's samples taken
-        before the agent first saw it alive carry no ``task``: heapspy_agent.labels).
+        allocated since attach (tasks sharing a name add up; a Python Task's samples
+        taken before the agent first saw it alive carry no ``task``: heapspy_agent.labels).
         """
         acc: dict[str, list[float]] = {}
         period = self.sampling.period

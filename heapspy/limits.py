@@ -4,10 +4,11 @@ each task and thread, from the session's samples and the shim's per-thread count
 the offender.
 
 Task figures are sampled estimates (each sample carries its task's label and is upscaled
-as the stacks' are), given with their 95% sampling error; exact in exact mode. Tasks are
-told apart by name (``Task.get_name()``): tasks sharing a name count together, and tasks
-left with asyncio's default name (``Task-<n>``) carry no task label (heapspy_agent.labels)
-and are not limited. Thread figures are exact: every allocation, per native thread.
+as the stacks' are), given with their 95% sampling error. Exact mode's samples carry no
+task label (heapspy_agent.labels), so the task limits never fire there. Tasks are told
+apart by name (``Task.get_name()``, read at each sample): tasks sharing a name count
+together; a task left with asyncio's default name is one of its own (``Task-<n>``).
+Thread figures are exact: every allocation, per native thread.
 """
 
 from __future__ import annotations

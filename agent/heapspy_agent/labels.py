@@ -35,7 +35,7 @@ allocation is a trace there, recorded by tracemalloc's own hook, which has no pl
 label: adding one means a lookup per allocation (what the issue rules out), and matching
 traces to threads or tasks afterwards has nothing to match on (a traceback holds no frame
 or thread identity, and one line runs in many tasks). The exact bytes per thread come
-from the totals shim that runs beside tracemalloc (README: "Labels in exact mode").
+from the totals shim that runs beside tracemalloc (README: "Whose memory it is").
 
 The wire form of a label set (``schema``'s LABELS record)::
 

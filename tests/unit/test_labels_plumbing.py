@@ -112,3 +112,36 @@ def test_status_lines_show_the_top_threads_and_tasks() -> None:
     ]
     assert labels_lines({"task": [["\x1b[2J", 1, 5]]}) == ["live by task: \\x1b[2J 5 B"]
     assert labels_lines(None) == []
+
+
+def test_the_agent_renders_only_the_name_objects_a_task_can_hold() -> None:
+    """The shim hands over the object in a C Task's name slot: a str, or 3.13+'s int for
+    a default name nobody asked for; anything else is not rendered (no target code runs)."""
+    from heapspy_agent.labels import MAX_NAME, task_name
+
+    class Loud(str):
+        def __str__(self) -> str:
+            raise AssertionError("target code ran")
+
+    assert task_name("fetch-user") == "fetch-user"
+    assert task_name(17) == "Task-17"
+    assert task_name("x" * 1000) == "x" * MAX_NAME
+    assert task_name(Loud("evil")) == "" and task_name(b"bytes") == "" and task_name(True) == ""
+
+
+def test_the_task_probe_finds_its_offsets_on_this_interpreter() -> None:
+    """The offsets the shim follows from Handle._run to a C Task's name, measured on
+    objects of the agent's own; the real samples run in tests/test_labels.py."""
+    import asyncio
+    import sys
+
+    from heapspy_agent.labels import task_probe
+
+    assert "asyncio.events" in sys.modules and asyncio.Task is not None
+    probe = task_probe()
+    assert probe is not None
+    (f_frame, local0, callback, name), handle, task = probe
+    assert handle is asyncio.events.Handle and task is sys.modules["_asyncio"].Task
+    assert f_frame == (24 if sys.version_info >= (3, 11) else -1)
+    assert local0 > 0 and callback >= 16 and name >= 16
+    assert {local0 % 8, callback % 8, name % 8} == {0}
