@@ -6,7 +6,9 @@
  * hundred ns. Like heapspy_shim.c it never includes Python.h: the C-API functions it calls
  * are found with dlsym() in the running process, and the only layouts it reads are an
  * object's first two words (reference count, type), a variable-size object's ob_size and
- * the PyTypeObject fields up to tp_is_gc, identical in 3.8-3.14 (checked below).
+ * the PyTypeObject fields up to tp_is_gc, identical in 3.8-3.14 (checked below); on 3.14
+ * only, the gc's links before each object and its lists' heads, checked before use (see
+ * cw_gc_begin).
  *
  * What it does, per object reached from a root: test-and-set its bit in the visited set
  * (a two-level bitmap: one bit per 16 bytes of address space, a 512-byte leaf per 64 KiB
@@ -46,7 +48,7 @@
 #include "hs_common.h"
 
 #define CW_EXPORT __attribute__((visibility("default")))
-#define CW_ABI 1
+#define CW_ABI 2
 
 /* ---- what we need from CPython, declared by hand ---------------------------------- */
 
@@ -111,6 +113,10 @@ static struct {
     int (*is_true)(cw_object *);
     /* 3.12+: every object the gc tracks, without building a list */
     void (*gc_visit_objects)(int (*)(cw_object *, void *), void *);
+    cw_object *(*list_new)(intptr_t);
+    void *(*interp_get)(void);  /* PyInterpreterState_Get */
+    void *(*interp_main)(void); /* PyInterpreterState_Main */
+    const uint8_t *runtime;     /* _PyRuntime: _Py_DebugOffsets first (3.14) */
     cw_object *(*get_iter)(cw_object *);
     cw_object *(*iter_next)(cw_object *);
     cw_type *list_type, *tuple_type, *dict_type, *set_type, *frozenset_type;
@@ -147,6 +153,10 @@ static int resolve(void) {
     ok &= RESOLVE(add_pending, "Py_AddPendingCall") != NULL;
     ok &= RESOLVE(is_true, "PyObject_IsTrue") != NULL;
     RESOLVE(gc_visit_objects, "PyUnstable_GC_VisitObjects");
+    RESOLVE(list_new, "PyList_New");
+    RESOLVE(interp_get, "PyInterpreterState_Get");
+    RESOLVE(interp_main, "PyInterpreterState_Main");
+    RESOLVE(runtime, "_PyRuntime");
     ok &= RESOLVE(list_type, "PyList_Type") != NULL;
     ok &= RESOLVE(tuple_type, "PyTuple_Type") != NULL;
     ok &= RESOLVE(dict_type, "PyDict_Type") != NULL;
@@ -252,6 +262,15 @@ typedef struct {
     int nomem;
     size_t max_bytes;
     cw_object *gc_out; /* cw_gc_unmarked's list */
+    /* the sliced pass over the gc's lists (cw_gc_begin/cw_gc_step, 3.14) */
+    uintptr_t gc_heads[4];
+    const int *gc_collecting;
+    cw_object *gc_cursor; /* the next object to look at (held), or NULL: a list's start */
+    int gc_list;          /* the list under way, 0-3; 4: done */
+    uint64_t gc_collections;
+    int gc_restarts;
+    uint64_t *gc_seen; /* addresses appended to gc_out: appended once across restarts */
+    size_t gc_seen_cap, gc_nseen;
     /* a tp_traverse under way */
     int32_t cur_path;
     uint8_t cur_mode;
@@ -265,7 +284,7 @@ static size_t memory(const cw_census *c) {
            c->types_cap * sizeof(cw_tinfo) +
            c->nodes_cap * (4 + 4 + 1 + 8 + 8) + c->index_cap * 4 +
            c->stack_cap * sizeof(cw_entry) + c->later_cap * sizeof(cw_later) +
-           c->orphans_cap * sizeof(void *);
+           c->orphans_cap * sizeof(void *) + c->gc_seen_cap * 8;
 }
 
 
@@ -900,6 +919,8 @@ CW_EXPORT void *cw_new(cw_object *classify, cw_object *agent_class, int max_dept
     return c;
 }
 
+static void gc_end(cw_census *c);
+
 /* Let go of every reference the walk holds (the results stay readable). */
 CW_EXPORT void cw_stop(void *handle) {
     cw_census *c = handle;
@@ -912,6 +933,7 @@ CW_EXPORT void cw_stop(void *handle) {
     for (size_t i = c->later_pos; i < c->nlater; i++)
         release(c, c->later[i].obj);
     c->nlater = c->later_pos = 0;
+    gc_end(c);
     send_orphans(c);
 }
 
@@ -946,6 +968,7 @@ CW_EXPORT void cw_free(void *handle) {
     free(c->stack);
     free(c->later);
     free(c->orphans);
+    free(c->gc_seen);
     free(c);
 }
 
@@ -1057,7 +1080,8 @@ static int gc_visit(cw_object *o, void *arg) {
     return 1;
 }
 
-/* 3.12+: append the objects the gc tracks and the walk has not marked to `out`: 1, or -1
+/* 3.12-3.13 (and 3.14 where cw_gc_begin refuses): append the objects the gc tracks and
+ * the walk has not marked to `out`: 1, or -1
  * where the interpreter has no PyUnstable_GC_VisitObjects (the agent lists them with
  * gc.get_objects instead) or memory ran out. One pass, in one pause: the gc's lists have
  * no cursor a later call could resume from (skipping what an earlier call saw costs as
@@ -1071,6 +1095,209 @@ CW_EXPORT int cw_gc_unmarked(void *handle, cw_object *out) {
     py.gc_visit_objects(gc_visit, c);
     c->gc_out = NULL;
     return c->nomem ? -1 : 1;
+}
+
+/* ---- the gc's lists, a slice at a time (3.14) ------------------------------------
+ *
+ * 3.14 keeps every dict tracked, so the pass above costs one pause of ~20 ns per tracked
+ * object (50 ms at 2.5 M dicts). Here the same pass walks the gc's four lists itself and
+ * stops at a deadline, holding a reference to the object where it stopped (a cursor that
+ * cannot be freed meanwhile), then resumes from it. What it relies on, checked before use
+ * and only on 3.14, where each check below was made against the interpreter's sources:
+ * - an object's gc links are the two words before it (next, prev; flags in the low two
+ *   bits), as in every default build since 3.8;
+ * - the lists' heads are 24 bytes apart (young, old[0], old[1], permanent: PyGC_Head,
+ *   threshold, count), inside the interpreter's gc state, which _Py_DebugOffsets (the
+ *   table CPython publishes for out-of-process tools) locates, with its `collecting` flag.
+ *   A freshly made list's `next` is the young head; each head's threshold must be what
+ *   gc.get_threshold() says and its links must agree both ways. Any mismatch: no slicing.
+ * Between slices the target runs. Objects freed, tracked or untracked elsewhere in the
+ * lists do not matter (the cursor is held; a tuple, which a collection may untrack, is
+ * never made the cursor); a collection moves objects between lists, so the pass starts
+ * again after one (the agent keeps automatic collections off while the pass runs; the
+ * objects appended before are not appended twice), at most CW_GC_RESTARTS times. A node
+ * that is any of the heads ends the list under way: a cursor that gc.freeze() moved
+ * cannot lead the walk into a head taken for an object. */
+
+#define CW_GC_RESTARTS 3
+
+static inline uintptr_t gc_next(uintptr_t node) {
+    return ((const uintptr_t *)node)[0] & ~(uintptr_t)3;
+}
+
+static inline uintptr_t gc_prev(uintptr_t node) {
+    return ((const uintptr_t *)node)[1] & ~(uintptr_t)3;
+}
+
+static int seen_add(cw_census *c, uint64_t addr) {
+    if ((c->gc_nseen + 1) * 2 > c->gc_seen_cap) {
+        size_t ncap = c->gc_seen_cap ? c->gc_seen_cap * 2 : 1024;
+        uint64_t *b = calloc(ncap, 8);
+        if (b == NULL)
+            return -1;
+        for (size_t i = 0; i < c->gc_seen_cap; i++) {
+            if (c->gc_seen[i] == 0)
+                continue;
+            size_t j = hs_mix64(c->gc_seen[i]) & (ncap - 1);
+            while (b[j] != 0)
+                j = (j + 1) & (ncap - 1);
+            b[j] = c->gc_seen[i];
+        }
+        free(c->gc_seen);
+        c->gc_seen = b;
+        c->gc_seen_cap = ncap;
+    }
+    size_t j = hs_mix64(addr) & (c->gc_seen_cap - 1);
+    while (c->gc_seen[j] != 0) {
+        if (c->gc_seen[j] == addr)
+            return 0;
+        j = (j + 1) & (c->gc_seen_cap - 1);
+    }
+    c->gc_seen[j] = addr;
+    c->gc_nseen++;
+    return 1;
+}
+
+static void gc_cursor_set(cw_census *c, cw_object *o) {
+    cw_object *old = c->gc_cursor;
+    if (o != NULL)
+        py.incref(o);
+    c->gc_cursor = o;
+    if (old != NULL)
+        release(c, old);
+}
+
+/* The gc state's heads, found and checked as said above: 1, or 0 (not this build). */
+static int gc_find_heads(cw_census *c, const int thresholds[3]) {
+    const uint8_t *rt = py.runtime;
+    if (rt == NULL || py.list_new == NULL || py.interp_get == NULL || py.interp_main == NULL)
+        return 0;
+    uint64_t version, free_threaded, off_gc, gc_size, off_collecting;
+    memcpy(&version, rt + 8, 8);
+    memcpy(&free_threaded, rt + 16, 8);
+    /* 3.14's table, frozen at 3.14.0b1: interpreter_state.gc at 88, gc.size at 648,
+     * gc.collecting at 656 (the positions heapspy/inject/pep768.py reads from, too) */
+    if (memcmp(rt, "xdebugpy", 8) != 0 || (version >> 16) != 0x030E || version < 0x030E00B1 ||
+        free_threaded != 0)
+        return 0;
+    memcpy(&off_gc, rt + 88, 8);
+    memcpy(&gc_size, rt + 648, 8);
+    memcpy(&off_collecting, rt + 656, 8);
+    uintptr_t interp = (uintptr_t)py.interp_main();
+    if (interp == 0 || py.interp_get() != (void *)interp || gc_size < 4 * 24 ||
+        gc_size > 65536 || off_collecting + sizeof(int) > gc_size)
+        return 0;
+    uintptr_t gcstate = interp + off_gc, end = gcstate + gc_size;
+    cw_object *fresh = py.list_new(0); /* tracked last: its next is the young head */
+    if (fresh == NULL) {
+        py.err_clear();
+        return 0;
+    }
+    uintptr_t young = ((const uintptr_t *)fresh)[-2] & ~(uintptr_t)3;
+    py.decref(fresh);
+    if (young < gcstate || young + 4 * 24 > end || (young & 7) != 0)
+        return 0;
+    for (int k = 0; k < 4; k++) {
+        uintptr_t h = young + 24 * (uintptr_t)k;
+        if (k < 3) {
+            int threshold;
+            memcpy(&threshold, (const void *)(h + 16), sizeof threshold);
+            if (threshold != thresholds[k])
+                return 0;
+        }
+        uintptr_t n = gc_next(h), p = gc_prev(h);
+        if ((n == h) != (p == h) || n == 0 || p == 0)
+            return 0;
+        if (n != h && (gc_prev(n) != h || gc_next(p) != h))
+            return 0;
+        c->gc_heads[k] = h;
+    }
+    c->gc_collecting = (const int *)(gcstate + off_collecting);
+    return 1;
+}
+
+/* Prepare the sliced pass: append (by cw_gc_step) the tracked objects not marked to
+ * `out`. 1: ready; 0: not here (another interpreter, or its layout did not check out:
+ * cw_gc_unmarked or gc.get_objects serve instead). `thresholds`: gc.get_threshold(). */
+CW_EXPORT int cw_gc_begin(void *handle, cw_object *out, int t0, int t1, int t2,
+                          uint64_t collections) {
+    cw_census *c = handle;
+    const int thresholds[3] = {t0, t1, t2};
+    if (c->gc_out != NULL || !gc_find_heads(c, thresholds) || *c->gc_collecting)
+        return 0;
+    py.incref(out);
+    c->gc_out = out;
+    c->gc_list = 0;
+    c->gc_restarts = 0;
+    c->gc_collections = collections;
+    return 1;
+}
+
+static void gc_end(cw_census *c) {
+    gc_cursor_set(c, NULL);
+    c->gc_list = 4;
+    if (c->gc_out != NULL) {
+        release(c, c->gc_out);
+        c->gc_out = NULL;
+    }
+}
+
+/* One slice of the pass, until the deadline: 1 when it is complete, 0 when there is
+ * more (or a collection is under way: later), -1 when it gave up (memory; the lists
+ * changed under it CW_GC_RESTARTS times): what was appended stands. `collections`: the
+ * collections the gc has made so far (gc.get_stats()), to see one between two slices. */
+CW_EXPORT int cw_gc_step(void *handle, uint64_t budget_ns, uint64_t collections) {
+    cw_census *c = handle;
+    if (c->gc_out == NULL)
+        return c->gc_list >= 4 ? 1 : -1;
+    if (*c->gc_collecting)
+        return 0; /* a finalizer let this thread in mid-collection: the lists are not whole */
+    uint64_t deadline = now_ns() + budget_ns;
+    uintptr_t node;
+    int restart = collections != c->gc_collections;
+    c->gc_collections = collections;
+    if (!restart && c->gc_cursor != NULL) {
+        node = (uintptr_t)c->gc_cursor - 16;
+        restart = ((const uintptr_t *)node)[0] == 0; /* untracked meanwhile */
+    } else {
+        node = gc_next(c->gc_heads[c->gc_list]);
+    }
+    if (restart) {
+        if (++c->gc_restarts > CW_GC_RESTARTS) {
+            gc_end(c);
+            return -1;
+        }
+        gc_cursor_set(c, NULL);
+        c->gc_list = 0;
+        node = gc_next(c->gc_heads[0]);
+    }
+    const uintptr_t *heads = c->gc_heads;
+    uint64_t n = 0;
+    for (;;) {
+        if (node == heads[0] || node == heads[1] || node == heads[2] || node == heads[3]) {
+            if (++c->gc_list == 4) {
+                gc_end(c);
+                return 1;
+            }
+            node = gc_next(heads[c->gc_list]);
+            continue;
+        }
+        cw_object *o = (cw_object *)(node + 16);
+        if ((++n & 1023) == 0 && o->type != py.tuple_type && now_ns() >= deadline) {
+            gc_cursor_set(c, o);
+            return 0;
+        }
+        uint64_t addr = (uint64_t)(uintptr_t)o;
+        if (!marked(c, addr) && o != c->gc_out) {
+            int fresh = seen_add(c, addr);
+            if (fresh < 0 || (fresh && py.list_append(c->gc_out, o) < 0)) {
+                py.err_clear();
+                gc_end(c);
+                return -1;
+            }
+        }
+        node = gc_next(node);
+    }
 }
 
 /* objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects the

@@ -312,3 +312,11 @@ def test_native_and_python_walks_agree(interp: Interpreter) -> None:
         assert abs(got[0] - objects) <= 0.1 * objects, (key, got, objects)
     assert twin["orphans"] >= 1 and twin["orphan_freed"], twin
     assert twin["unloaded"], twin  # not while a walk was alive, then yes
+    assert twin["gc_enabled_after"]
+    gc_pass = twin["gc_pass"]
+    if interp.version < (3, 14):
+        assert gc_pass is None  # one pass (3.12+: PyUnstable_GC_VisitObjects)
+    else:  # the gc's lists a slice at a time: nothing that lived throughout missed
+        assert gc_pass["done"] == 1 and gc_pass["steps"] >= 10, gc_pass
+        assert gc_pass["missing"] == 0 and gc_pass["duplicates"] == 0, gc_pass
+        assert gc_pass["gave_up"] == -1 and gc_pass["again_duplicates"] == 0, gc_pass

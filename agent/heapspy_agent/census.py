@@ -168,6 +168,11 @@ def _chunks(obj, tp):  # type: (Any, type) -> Any
             yield obj[start : start + CHUNK]
 
 
+def _collections():  # type: () -> int
+    """Collections the gc has made so far, all generations."""
+    return sum(int(stats.get("collections", 0)) for stats in gc.get_stats())
+
+
 def _next_chunk(chunks):  # type: (Any) -> List[Any]
     for chunk in chunks:
         return chunk  # type: ignore[no-any-return]
@@ -208,6 +213,8 @@ class Census:
         self.done = False
         self.phase = "modules"
         self.notes = []  # type: List[str]
+        self._gc_owed = False  # automatic collections turned off by the census
+        self._gc_hold = False  # ... and kept off between slices (a pass over the gc's lists)
         self._sizers = {}  # type: Dict[type, Any]
         self._names = {}  # type: Dict[type, str]
         self._types = {}  # type: Dict[type, Tuple[str, Any, int, bool, bool]]
@@ -481,13 +488,14 @@ class Census:
         # No collection inside a slice: the walk's own few allocations would otherwise
         # start one (a full one takes ~80 ms at 10 M objects) and the slice would last as
         # long. The target's threads that run meanwhile have theirs after the slice.
-        collecting = gc.isenabled()
-        if collecting:
+        if gc.isenabled():
             gc.disable()
+            self._gc_owed = True
         try:
             self._walk(t0 + budget)
         finally:
-            if collecting:
+            if self._gc_owed and not self._gc_hold:
+                self._gc_owed = False
                 gc.enable()
             self.wall_longest = max(self.wall_longest, time.perf_counter() - t0)
             spent = time.thread_time() - c0  # the OS and other threads may delay a slice
@@ -510,6 +518,10 @@ class Census:
         self.stop()
 
     def _release(self):  # type: () -> None
+        self._gc_hold = False
+        if self._gc_owed:
+            self._gc_owed = False
+            gc.enable()
         self._stack = []
         self._roots = iter(())
         self._exclude = []
@@ -804,8 +816,26 @@ class NativeCensus(Census):
         self._walk_all()
 
     def _tracked_unvisited(self, rest):  # type: (List[Any]) -> Any
-        """3.12+: one pass of PyUnstable_GC_VisitObjects, which lists nothing (its
-        pause: ~20 ns a tracked object); before 3.12, as the Python walk does."""
+        """3.14: the gc's lists walked in C a slice at a time (``gc_step``), automatic
+        collections kept off meanwhile (one moves objects from list to list: the pass would
+        start again). Elsewhere, or where 3.14's gc state does not check out: 3.12+, one
+        pass of PyUnstable_GC_VisitObjects, which lists nothing (one pause of ~20 ns a
+        tracked object); before 3.12, as the Python walk does."""
+        walk = self._cw
+        if walk.gc_begin(rest, gc.get_threshold(), _collections()):
+            self._gc_hold = True
+            while True:
+                done = walk.gc_step(self._left_ns(), _collections())
+                if done:
+                    break
+                yield None
+            self._gc_hold = False
+            if done < 0:
+                self.notes.append(
+                    "the gc's lists changed under the census (collections, or no memory): "
+                    "objects held outside Python roots may be missing"
+                )
+            return
         if self._cw.gc_unmarked(rest):
             yield None
             return

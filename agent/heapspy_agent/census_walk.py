@@ -13,7 +13,7 @@ import _ctypes
 import ctypes
 from typing import Any, Callable, List, Optional, Tuple
 
-ABI = 1
+ABI = 2
 """Must match CW_ABI in census_walk.c."""
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -74,6 +74,21 @@ class Walker:
         """3.12+: append the objects the gc tracks that are not marked to ``out``, in one
         pass; False where this interpreter cannot (then nothing was appended)."""
         return int(self._lib.cw_gc_unmarked(self._handle(), out)) == 1
+
+    def gc_begin(self, out: List[Any], thresholds: Tuple[int, ...], collections: int) -> bool:
+        """3.14: prepare the pass over the gc's lists a slice at a time (``gc_step``),
+        appending the tracked objects not marked to ``out``; False where this interpreter
+        cannot (``thresholds``: ``gc.get_threshold()``, checked against its gc state)."""
+        if len(thresholds) < 3:
+            return False
+        t0, t1, t2 = thresholds[:3]
+        begun = self._lib.cw_gc_begin(self._handle(), out, t0, t1, t2, collections)
+        return int(begun) == 1
+
+    def gc_step(self, budget_ns: int, collections: int) -> int:
+        """One slice of that pass: 1 complete, 0 more to do, -1 given up (``collections``:
+        the gc's collections so far; one between two slices starts the pass again)."""
+        return int(self._lib.cw_gc_step(self._handle(), max(0, budget_ns), collections))
 
     def stats(self) -> Tuple[int, int, int, int, int, int, int]:
         """objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects
@@ -136,6 +151,9 @@ class Library:
             ("cw_run", ctypes.c_int, [vp, u64]),
             ("cw_unmarked", ctypes.c_int64, [vp, obj, ctypes.c_int64, obj, u64]),
             ("cw_gc_unmarked", ctypes.c_int, [vp, obj]),
+            ("cw_gc_begin", ctypes.c_int, [vp, obj, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                           u64]),
+            ("cw_gc_step", ctypes.c_int, [vp, u64, u64]),
             ("cw_stats", None, [vp, _U64P]),
             ("cw_nodes", u64, [vp, ctypes.POINTER(_I32P), ctypes.POINTER(_I32P),
                                ctypes.POINTER(_U64P), ctypes.POINTER(_U64P)]),

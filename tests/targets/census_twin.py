@@ -51,7 +51,54 @@ def totals(walk):
 
 library = census_walk.load(SHIM)
 native, native_walker = totals(census.new_census([], threading.get_ident(), library))
+gc_enabled_after = gc.isenabled()  # the census keeps collections off only while it runs
 python, python_walker = totals(census.new_census([], threading.get_ident(), None))
+
+
+def gc_pass():
+    """3.14: the pass over the gc's lists a slice at a time, while the target runs between
+    slices; None where the interpreter has no such pass."""
+    walk = library.new(lambda tp: (1, None, 0, False), lambda cls: False, 3, 10, 1 << 26, 0, 1)
+    keep = [{"k": i} for i in range(20000)]  # tracked (3.14 tracks every dict) throughout
+    rest = []
+    if not walk.gc_begin(rest, gc.get_threshold(), census._collections()):
+        walk.free()
+        return None
+    enabled = gc.isenabled()
+    gc.disable()  # as the census keeps automatic collections off during the pass
+    steps = 0
+    while True:
+        done = walk.gc_step(0, census._collections())  # budget 0: ~1024 objects a step
+        if done:
+            break
+        steps += 1
+        churn = [{"c": i} for i in range(100)]  # made and freed between two slices
+        del churn
+    found = {id(o) for o in rest}
+    missing = sum(1 for o in keep if id(o) not in found)
+    duplicates = len(rest) - len(found)
+    # a collection between two slices starts the pass again, at most 3 times
+    again = []
+    walk.gc_begin(again, gc.get_threshold(), census._collections())
+    codes = []
+    while not codes or codes[-1] == 0:
+        codes.append(walk.gc_step(0, census._collections()))
+        gc.collect(0)
+    if enabled:
+        gc.enable()
+    walk.free()
+    return {
+        "done": done,
+        "steps": steps,
+        "missing": missing,
+        "duplicates": duplicates,
+        "gave_up": codes[-1],
+        "again_duplicates": len(again) - len({id(o) for o in again}),
+        "objects": len(rest),
+    }
+
+
+gc_result = gc_pass()
 
 
 # A container the walk holds on its stack, dropped by the target between two slices:
@@ -81,7 +128,11 @@ kept = not library.unload()
 alive.free()
 unloaded = kept and library.unload()
 
+
+
 result = {
+    "gc_pass": gc_result,
+    "gc_enabled_after": gc_enabled_after,
     "native": native,
     "python": python,
     "walkers": [native_walker, python_walker],
