@@ -26,7 +26,6 @@ from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator
 from heapspy.census import (
-    CensusCollector,
     CensusOptions,
     CensusResult,
     ProgressSink,
@@ -34,6 +33,7 @@ from heapspy.census import (
     record_census,
 )
 from heapspy.census import serve_client as census_for_client
+from heapspy.census_run import SessionCensus
 from heapspy.channel import (
     AgentChannel,
     FramedSocket,
@@ -124,12 +124,7 @@ class Session:
         self.greeting: Greeting | None = None  # the handshake's, until the session moves
         self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
-        self._census: CensusCollector | None = None  # the census under way, if any
-        self._census_sink: ProgressSink | None = None
-        self._census_background = False  # written by the session when done (attach)
-        self._census_end: Callable[[], None] | None = None  # attach's progress line goes
-        self._census_skipped = ""  # why no census of the heap at attach was taken
-        self.census_summary: dict[str, Any] | None = None  # the heap at attach, once known
+        self.censuses = SessionCensus(target.pid)  # at attach, and those asked for
 
     def target_facts(self) -> dict[str, Any]:
         """What a census's sidecar says of the target (as a heap dump's sidecar does)."""
@@ -428,16 +423,7 @@ class Session:
                 finally:
                     self._firing = False
         elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
-            collector = self._census
-            if collector is not None:  # else a census nobody waits for: dropped
-                if kind == protocol.CENSUS_PROGRESS:
-                    progress = collector.progress(body)
-                    if self._census_sink is not None:
-                        self._census_sink(progress)
-                elif (done := collector.add(body)) is not None and self._census_background:
-                    self._census, self._census_background = None, False
-                    self._end_census_line()
-                    self.census_summary = record_census(self, done)
+            self.censuses.on_frame(kind, body, lambda done: record_census(self, done))
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
@@ -566,59 +552,22 @@ class Session:
         on_progress: ProgressSink | None = None,
         should_stop: Callable[[], str] | None = None,
     ) -> CensusResult:
-        """Run a heap census in the target (``heapspy.census``), serving the agent
+        """Run a heap census in the target (``heapspy.census_run``), serving the agent
         meanwhile. ``should_stop`` returns why to stop ("" to go on): the agent then
         sends what it has counted, a partial census."""
-        if self._census is not None:
-            raise AgentFailed(f"A census of process {self.target.pid} is already under way.")
-        collector = CensusCollector(self.target.pid)
-        self._census, self._census_sink = collector, on_progress
-        try:
-            reply = self._agent_call("census", slice=options.slice, pause=options.pause)
-            if not reply.get("ok"):
-                raise AgentFailed(
-                    f"The agent in process {self.target.pid} did not start a census: "
-                    f"{reply.get('error')}."
-                )
-            self._await_census(collector, should_stop)
-        finally:
-            self._census = self._census_sink = None
-        assert collector.result is not None
-        return collector.result
+        assert self.channel is not None
+        return self.censuses.run(
+            self.channel, options, on_progress, should_stop, lambda: self.end_reason
+        )
 
     def census_at_attach(
         self, on_progress: ProgressSink | None, should_stop: Callable[[], str] | None
     ) -> dict[str, Any] | None:
-        """Wait for the census at attach while it runs (a `heapspy census` asked for
-        one meanwhile: it gets this one); its summary, None when none runs."""
-        collector = self._census
-        if not self._census_background or collector is None:
-            return None
-        self._census_sink = on_progress
-        try:
-            self._await_census(collector, should_stop)
-        finally:
-            self._census_sink = None
-        return self.census_summary
-
-    def _await_census(
-        self, collector: CensusCollector, should_stop: Callable[[], str] | None
-    ) -> None:
+        """Wait for the census at attach while it runs; its summary, None when none runs."""
         assert self.channel is not None
-        channel = self.channel
-        while collector.result is None:
-            why = should_stop() if should_stop is not None and not collector.stopped_why else ""
-            if why:
-                collector.stopped_why = why
-                channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-            answered = channel.wait(0.1)
-            now = time.monotonic()
-            if not answered or channel.silent(now):
-                raise AgentFailed(
-                    f"The census of process {self.target.pid} did not finish: "
-                    f"{self.end_reason or 'the agent stopped answering'}."
-                )
-            channel.beat(now)
+        return self.censuses.at_attach(
+            self.channel, on_progress, should_stop, lambda: self.end_reason
+        )
 
     def start_census(
         self,
@@ -627,43 +576,18 @@ class Session:
         on_end: Callable[[], None] | None = None,
     ) -> bool:
         """Start a census that runs while the session does (``attach``): the session
-        writes it once the agent has sent it (``census_summary``); a detach first asks
-        the agent for what it has (a partial census). ``on_progress`` hears how far it
-        has got, ``on_end`` that it ended (before the session says so)."""
-        if self._census is not None:
-            return False
-        self._census, self._census_background = CensusCollector(self.target.pid), True
-        self._census_sink, self._census_end = on_progress, on_end
-        reply = self._agent_call("census", slice=options.slice, pause=options.pause)
-        if not reply.get("ok"):
-            self._census, self._census_background = None, False
-            self._census_sink = self._census_end = None
-            self._census_skipped = f"the census could not start: {reply.get('error')}"
-            log.warning("no census of the heap at attach: %s", reply.get("error"))
-            return False
-        return True
+        writes it once the agent has sent it (``census_summary``)."""
+        return self.censuses.start(self._agent_call, options, on_progress, on_end)
 
     def skip_census(self, why: str) -> None:
         """No census at attach (``--no-census``): dumps and status say the live heap
         counts only what was allocated since."""
-        self._census_skipped = why
+        self.censuses.skipped = why
 
-    def _end_census_line(self) -> None:
-        end, self._census_end = self._census_end, None
-        self._census_sink = None
-        if end is not None:
-            end()
-
-    def census_progress(self) -> dict[str, Any] | None:
-        """The heap at attach as status shows it: the census, or how far it has got."""
-        if self.census_summary is not None:
-            return self.census_summary
-        if self._census_background and self._census is not None:
-            last = asdict(self._census.last) if self._census.last else {}
-            return {"running": True, **last}
-        if self._census_skipped:
-            return {"skipped": self._census_skipped}
-        return None
+    @property
+    def census_summary(self) -> dict[str, Any] | None:
+        """The census of the heap at attach, once written."""
+        return self.censuses.summary
 
     def _dump(
         self,
@@ -706,7 +630,7 @@ class Session:
             dropped_stacks=agg.dropped_stacks,
             dropped_agent_sites=agg.agent_dropped,
             protocol_violation=self.violation or None,
-            census=self.census_progress(),
+            census=self.censuses.progress(),
             memory=memory.to_json() if memory is not None else None,
             stacks=stacks.to_json() if stacks is not None else None,
             labels=agg.labels_summary(),
@@ -721,7 +645,7 @@ class Session:
         offender: dict[str, Any] | None = None,
     ) -> str:
         notes = [f"heapspy dump of pid {self.target.pid}: {why or rule}"]
-        found = self.census_progress()
+        found = self.censuses.progress()
         if found is not None:  # "live heap 0 B" must not hide a full heap
             notes.append(census_note(found, self.aggregator.heap_estimate()))
         if rule == self.config.final_rule and "OOM killer" in self.end_reason:
@@ -788,7 +712,7 @@ class Session:
         info["overflow_samples"] = int(totals.get("overflow_samples", 0) or 0)
         info["evicted_stacks"] = int(totals.get("evicted_stacks", 0) or 0)
         info["last_dump"] = self.dumps[-1] if self.dumps else None
-        info["census"] = self.census_progress()
+        info["census"] = self.censuses.progress()
         native = self.aggregator.totals.get("native")
         info["native"] = native if isinstance(native, dict) else None
         info["labels"] = self.aggregator.labels_summary(3)
@@ -808,12 +732,7 @@ class Session:
                 self.memory()  # the allocators' account, for the final dump
                 self.classify_types()  # sites that change before the end lose their split
             if channel is not None:
-                collector = self._census
-                if self._census_background and collector is not None:
-                    # its partial result comes before the end
-                    collector.stopped_why = self.end_reason or "detached"
-                    channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-                    self._end_census_line()
+                self.censuses.stop(channel, self.end_reason or "detached")
                 channel.send(protocol.COMMAND, {"id": 0, "cmd": "detach"})
                 deadline = time.monotonic() + 3.0
                 while time.monotonic() < deadline:
