@@ -143,17 +143,28 @@ def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int], Any, Any]]":
     c_asyncio = sys.modules.get("_asyncio")
     handle_cls = getattr(events, "Handle", None)
     task_cls = getattr(c_asyncio, "Task", None)
-    if handle_cls is None or task_cls is None:
+    # only the genuine classes, through C descriptors: no code of the target's runs here
+    # (a class replaced in sys.modules, a metaclass, a property named _callback)
+    if type(handle_cls) is not type or type(task_cls) is not type:
+        return None
+    slot = handle_cls.__dict__.get("_callback")  # type: Any
+    set_name = task_cls.__dict__.get("set_name")  # type: Any
+    new = getattr(task_cls, "__new__", None)  # type: Any
+    if (
+        type(slot).__name__ != "member_descriptor"
+        or type(set_name).__name__ != "method_descriptor"
+        or type(new).__name__ != "builtin_function_or_method"
+    ):
         return None
     try:
         first, second = object(), object()
         f_frame, local0 = _self_offset(first, second)
-        handle = handle_cls.__new__(handle_cls)
-        handle._callback = first
+        handle = object.__new__(handle_cls)  # type: Any
+        slot.__set__(handle, first)
         callback = _slot_offset(handle, first)
-        task = task_cls.__new__(task_cls)
+        task = new(task_cls)
         name = "heapspy-probe-%d" % id(task)
-        task.set_name(name)
+        set_name(task, name)
         name_off = _slot_offset(task, name)
     except Exception:  # noqa: BLE001 - an asyncio we do not know: no sample-time names
         return None

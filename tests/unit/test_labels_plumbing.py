@@ -145,3 +145,33 @@ def test_the_task_probe_finds_its_offsets_on_this_interpreter() -> None:
     assert f_frame == (24 if sys.version_info >= (3, 11) else -1)
     assert local0 > 0 and callback >= 16 and name >= 16
     assert {local0 % 8, callback % 8, name % 8} == {0}
+
+
+def test_the_task_probe_runs_no_code_of_a_replaced_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target that replaced asyncio.events.Handle (a property for _callback, a
+    metaclass) gets no sample-time names, and none of its code runs."""
+    import sys
+    import types
+
+    from heapspy_agent.labels import task_probe
+
+    ran: list[str] = []
+
+    class Meta(type):
+        pass
+
+    class Handle:
+        @property
+        def _callback(self) -> None:
+            ran.append("get")
+
+        @_callback.setter
+        def _callback(self, value: object) -> None:
+            ran.append("set")
+
+    for cls in (Handle, Meta("Handle", (), {"__slots__": ("_callback",)})):
+        fake = types.ModuleType("asyncio.events")
+        fake.Handle = cls  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "asyncio.events", fake)
+        assert task_probe() is None
+    assert ran == []
