@@ -181,6 +181,7 @@ typedef struct {
     uint32_t label;   /* label set (heapspy_labels.h): part of the stack's key */
     uint32_t touched; /* drain epoch of its last change (see hs_evict) */
     uint32_t next_free;
+    uint32_t native;  /* native frames id (native_hooks.h): part of the stack's key */
     uint64_t alloc_count, alloc_bytes, live_count, live_bytes; /* raw sampled values */
     double est[4]; /* estimated alloc count, alloc bytes, live count, live bytes */
     double var[4]; /* variances of est: a sample of weight w adds w(w-1), w(w-1)size^2 */
@@ -586,8 +587,9 @@ static inline void mark_dirty(uint32_t id) {
 }
 
 static uint64_t stack_hash(void *const *codes, const int32_t *lines, int n, unsigned flags,
-                           uint32_t label) {
-    uint64_t h = hs_mix64(((uint64_t)label << 32) | ((uint64_t)n << 8) | flags);
+                           uint32_t label, uint32_t native) {
+    uint64_t h = hs_mix64((((uint64_t)label << 32) | ((uint64_t)n << 8) | flags) ^
+                          ((uint64_t)native * 0x9E3779B97F4A7C15ULL));
     for (int i = 0; i < n; i++)
         h = hs_mix64(h ^ (uint64_t)(uintptr_t)codes[i]) + (uint64_t)(uint32_t)lines[i];
     return h | 1; /* never 0 */
@@ -614,12 +616,13 @@ static int index_rebuild(uint32_t cap) {
 /* The id of the stack (codes, lines) leaf first, interned with a reference to each code
  * object; 0 (the overflow stack) when the tables are full. */
 static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned flags,
-                       uint32_t label) {
-    uint64_t h = stack_hash(codes, lines, n, flags, label);
+                       uint32_t label, uint32_t native) {
+    uint64_t h = stack_hash(codes, lines, n, flags, label, native);
     uint32_t mask = g_index_cap - 1, i = (uint32_t)h & mask;
     for (uint32_t v; (v = g_index[i]) != 0; i = (i + 1) & mask) {
         hs_stack *s = &g_stacks[v - 1];
         if (s->hash == h && s->nframes == n && s->flags == flags && s->label == label &&
+            s->native == native &&
             (n == 0 || (memcmp(s->codes, codes, (size_t)n * sizeof *codes) == 0 &&
                         memcmp(stack_lines(s), lines, (size_t)n * sizeof *lines) == 0)))
             return v - 1;
@@ -665,6 +668,7 @@ static uint32_t intern(void *const *codes, const int32_t *lines, int n, unsigned
     s->nframes = (uint16_t)n;
     s->flags = (uint8_t)flags;
     s->label = label;
+    s->native = native;
     s->in_use = 1;
     if (n > 0) {
         memcpy(block, codes, (size_t)n * sizeof *codes);
@@ -762,7 +766,8 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned do
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
-    uint32_t id = intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n));
+    uint32_t id =
+        intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n), 0);
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
@@ -1080,7 +1085,7 @@ static int is_ours(const py_allocator *a, hs_dom *d) {
 
 uint64_t hs__rate(void) { return __atomic_load_n(&g_rate, __ATOMIC_RELAXED); }
 
-int hs__capture_stack(uint32_t *id) {
+int hs__capture_stack(uint32_t *id, uint32_t native) {
     if (g_mode != MODE_ACTIVE || g_stacks == NULL)
         return 0;
     unsigned flags = 0;
@@ -1089,7 +1094,7 @@ int hs__capture_stack(uint32_t *id) {
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
-    *id = intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n));
+    *id = intern(g_cap_codes, g_cap_lines, n, flags, hs_labels_of_sample(g_cap_codes, n), native);
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
@@ -1097,7 +1102,9 @@ int hs__capture_stack(uint32_t *id) {
     return 1;
 }
 
-uint32_t hs__native_stack(void) { return intern(NULL, NULL, 0, HS_STACK_NATIVE, 0); }
+uint32_t hs__native_stack(uint32_t native) {
+    return intern(NULL, NULL, 0, HS_STACK_NATIVE, 0, native);
+}
 
 void hs__stack_event(uint32_t id, uint64_t size, double w, int kind) {
     if (id >= g_nstacks)
@@ -1535,7 +1542,7 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
         if (!s->reported) {
             g_out_new[4 * knew] = id;
             g_out_new[4 * knew + 1] = s->nframes;
-            g_out_new[4 * knew + 2] = s->flags;
+            g_out_new[4 * knew + 2] = s->flags | ((uint64_t)s->native << 32);
             g_out_new[4 * knew + 3] = s->label;
             knew++;
             const int32_t *lines = stack_lines(s);

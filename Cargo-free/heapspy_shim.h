@@ -59,7 +59,9 @@
  * point into buffers owned by the shim, valid until the next hs_read(drain=1) or hs_stop().
  *
  *   new_stacks:  n_new records of 4 uint64: (stack id, number of frames, flags, label set
- *                id). Stack 0 is the overflow stack. An id stays valid until hs_evict()
+ *                id). Flags: HS_STACK_* in the low 32 bits, the id of the stack's native
+ *                frames (native_hooks.h, hs_native_frames; 0: none) in the high 32 bits.
+ *                Stack 0 is the overflow stack. An id stays valid until hs_evict()
  *                hands it back; a later drain may then hand out another stack under the
  *                same id. Their frames are consecutive in new_codes/new_lines. A stack is
  *                interned with the label set of its samples: the same frames under two

@@ -104,6 +104,8 @@ static int g_raw_installed;       /* our RAW hooks went in and were not taken ou
 static int g_pym_installed;       /* MEM/OBJ chain through pym_* */
 static int g_got_active;          /* GOT entries redirected */
 static int g_pinned;
+static int g_frames;              /* record native frames with each sample */
+static uint32_t *g_nostack_nf;    /* native frames id -> its no-stack stack id + 1 */
 static pid_t g_pid;               /* the process native mode was started in */
 static uint32_t g_nostack;        /* stack id of samples without a Python stack */
 static uint64_t g_seed;
@@ -114,20 +116,6 @@ static py_allocator g_pym_orig[2]; /* what MEM/OBJ's hooks chained to before the
 static uintptr_t g_pym_owner;     /* thread inside a pymalloc call that may reach RAW */
 
 nat_real_fns nat_real;
-
-static inline uintptr_t self_tp(void) {
-#if defined(__x86_64__)
-    uintptr_t tp;
-    __asm__("mov %%fs:0, %0" : "=r"(tp));
-    return tp;
-#elif defined(__aarch64__)
-    uintptr_t tp;
-    __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tp));
-    return tp;
-#else
-    return (uintptr_t)pthread_self();
-#endif
-}
 
 /* Per-thread slots. */
 enum { C_ALLOC, C_BYTES, C_FREE, C_REALLOC, C_N };
@@ -160,6 +148,7 @@ typedef struct nat_map {
     unsigned shift;
     uintptr_t *keys;
     uint32_t *ids;
+    uint32_t *nfs; /* native frames of a sample on the no-stack stack (else 0) */
     uint64_t *sizes;
     double *ws;
     struct nat_map *retired; /* the maps this one replaced */
@@ -175,6 +164,7 @@ typedef struct {
     uint32_t kind; /* HS_EV_* (native_hooks.h) */
     uint64_t size;
     double w;
+    uint32_t nf; /* id is the no-stack stack: these native frames under it (0: none) */
 } nat_event;
 #define NAT_EVENTS_MAX (1u << 20)
 static nat_event *g_events;
@@ -262,7 +252,7 @@ static nat_thread *thread_claim(uintptr_t tp, uint32_t home) {
 }
 
 static inline nat_thread *thread_slot(void) {
-    uintptr_t tp = self_tp();
+    uintptr_t tp = nat_self_tp();
     uint32_t home = (uint32_t)((tp * 0x9E3779B97F4A7C15ULL) >> (64 - NAT_TBITS));
     nat_thread *t = &g_threads[home];
     if (LIKELY(t->owner == tp))
@@ -282,11 +272,13 @@ static nat_map *map_new(uint64_t cap) {
     m->shift = 64u - (unsigned)__builtin_ctzll(cap);
     m->keys = calloc(cap, sizeof *m->keys);
     m->ids = malloc(cap * sizeof *m->ids);
+    m->nfs = malloc(cap * sizeof *m->nfs);
     m->sizes = malloc(cap * sizeof *m->sizes);
     m->ws = malloc(cap * sizeof *m->ws);
-    if (!m->keys || !m->ids || !m->sizes || !m->ws) {
+    if (!m->keys || !m->ids || !m->nfs || !m->sizes || !m->ws) {
         free(m->keys);
         free(m->ids);
+        free(m->nfs);
         free(m->sizes);
         free(m->ws);
         free(m);
@@ -300,6 +292,7 @@ static void map_free_all(nat_map *m) {
         nat_map *next = m->retired;
         free(m->keys);
         free(m->ids);
+        free(m->nfs);
         free(m->sizes);
         free(m->ws);
         free(m);
@@ -307,20 +300,22 @@ static void map_free_all(nat_map *m) {
     }
 }
 
-static void map_put(nat_map *m, uintptr_t key, uint32_t id, uint64_t size, double w) {
+static void map_put(nat_map *m, uintptr_t key, uint32_t id, uint32_t nf, uint64_t size,
+                    double w) {
     uint64_t mask = m->cap - 1, i = map_slot(m, key);
     while (m->keys[i] != 0 && m->keys[i] != key)
         i = (i + 1) & mask;
     if (m->keys[i] == 0)
         m->count++;
     m->ids[i] = id;
+    m->nfs[i] = nf;
     m->sizes[i] = size;
     m->ws[i] = w;
     __atomic_store_n(&m->keys[i], key, __ATOMIC_RELEASE);
 }
 
 /* Under the lock. */
-static int map_insert(uintptr_t key, uint32_t id, uint64_t size, double w) {
+static int map_insert(uintptr_t key, uint32_t id, uint32_t nf, uint64_t size, double w) {
     nat_map *m = g_map;
     if ((m->count + 1) * 4 > m->cap) {
         if (m->cap >= NAT_MAP_MAX)
@@ -330,18 +325,18 @@ static int map_insert(uintptr_t key, uint32_t id, uint64_t size, double w) {
             return 0;
         for (uint64_t i = 0; i < m->cap; i++)
             if (m->keys[i])
-                map_put(n, m->keys[i], m->ids[i], m->sizes[i], m->ws[i]);
+                map_put(n, m->keys[i], m->ids[i], m->nfs[i], m->sizes[i], m->ws[i]);
         n->retired = m;
         __atomic_store_n(&g_map, n, __ATOMIC_RELEASE);
         m = n;
     }
-    map_put(m, key, id, size, w);
+    map_put(m, key, id, nf, size, w);
     return 1;
 }
 
 /* Under the lock; backward-shift deletion (no tombstones, so an empty home slot stays
  * proof of absence for the lock-free probe). */
-static int map_remove(uintptr_t key, uint32_t *id, uint64_t *size, double *w) {
+static int map_remove(uintptr_t key, uint32_t *id, uint32_t *nf, uint64_t *size, double *w) {
     nat_map *m = g_map;
     uint64_t mask = m->cap - 1, i = map_slot(m, key);
     for (;;) {
@@ -353,6 +348,7 @@ static int map_remove(uintptr_t key, uint32_t *id, uint64_t *size, double *w) {
         i = (i + 1) & mask;
     }
     *id = m->ids[i];
+    *nf = m->nfs[i];
     *size = m->sizes[i];
     *w = m->ws[i];
     uint64_t j = i;
@@ -365,6 +361,7 @@ static int map_remove(uintptr_t key, uint32_t *id, uint64_t *size, double *w) {
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
             m->ids[i] = m->ids[j];
+            m->nfs[i] = m->nfs[j];
             m->sizes[i] = m->sizes[j];
             m->ws[i] = m->ws[j];
             __atomic_store_n(&m->keys[i], k, __ATOMIC_RELEASE);
@@ -377,7 +374,7 @@ static int map_remove(uintptr_t key, uint32_t *id, uint64_t *size, double *w) {
 }
 
 /* Under the lock. */
-static int push_event(uint32_t id, int kind, uint64_t size, double w) {
+static int push_event(uint32_t id, uint32_t nf, int kind, uint64_t size, double w) {
     if (g_nevents == g_cap_events) {
         uint32_t ncap = g_cap_events ? g_cap_events * 2 : 256;
         if (ncap > NAT_EVENTS_MAX)
@@ -388,7 +385,7 @@ static int push_event(uint32_t id, int kind, uint64_t size, double w) {
         g_events = n;
         g_cap_events = ncap;
     }
-    g_events[g_nevents++] = (nat_event){id, (uint32_t)kind, size, w};
+    g_events[g_nevents++] = (nat_event){id, (uint32_t)kind, size, w, nf};
     return 1;
 }
 
@@ -402,7 +399,11 @@ static int same_process(void) {
     return 0;
 }
 
-static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t size) {
+/* frame: the frame of the hook the library called (native_frames.c). */
+int nat_same_process(void) { return same_process(); }
+
+static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t size,
+                                                  void *frame) {
     uint64_t rate = hs__rate();
     /* 0 only after hs__native_rate_changed (a drawn countdown stays >= 1): redraw only */
     int redraw = t != &g_shared && t->until == 0;
@@ -413,9 +414,14 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
     if (redraw || rate == 0 || t_guard || !g_on || !same_process())
         return;
     t_guard = 1;
-    uint32_t id = g_nostack;
+    uint32_t id = g_nostack, nf = 0;
+    if (g_frames) {
+        uintptr_t pcs[HS_NATIVE_MAX_FRAMES];
+        nf = nf_intern(pcs, nf_walk(frame, pcs, HS_NATIVE_MAX_FRAMES));
+    }
     int gil = holds_gil();
-    int with_stack = gil && hs__capture_stack(&id);
+    int with_stack = gil && hs__capture_stack(&id, nf);
+    uint32_t nf_left = with_stack ? 0 : nf; /* the no-stack stack's frames: merged later */
     /* Without the GIL, a thread with a Python state released it around this C call: its
      * Python stack cannot change before it takes the GIL back, where the hook of
      * PyEval_RestoreThread gives the sample that stack. */
@@ -424,7 +430,8 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
     double w = weight(size);
     lock();
     if (g_on) {
-        if (map_insert((uintptr_t)p, id, size, w) && push_event(id, HS_EV_ALLOC, size, w)) {
+        if (map_insert((uintptr_t)p, id, nf_left, size, w) &&
+            push_event(id, nf_left, HS_EV_ALLOC, size, w)) {
             g_sampled_count++;
             g_sampled_bytes += size;
             g_live_samples++;
@@ -434,10 +441,10 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
             if (defer)
                 t->pending[t->npending++] = (uintptr_t)p;
         } else {
-            uint32_t i2;
+            uint32_t i2, f2;
             uint64_t s2;
             double w2;
-            map_remove((uintptr_t)p, &i2, &s2, &w2); /* no half-recorded sample */
+            map_remove((uintptr_t)p, &i2, &f2, &s2, &w2); /* no half-recorded sample */
             g_dropped++;
         }
     }
@@ -445,13 +452,13 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
     t_guard = 0;
 }
 
-static inline void account(int dom, void *p, size_t size) {
+static inline void account(int dom, void *p, size_t size, void *frame) {
     nat_thread *t = thread_slot();
     if (UNLIKELY(t == &g_shared)) {
         __atomic_add_fetch(&t->c[dom][C_ALLOC], 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&t->c[dom][C_BYTES], size, __ATOMIC_RELAXED);
         if (p != NULL && __atomic_sub_fetch(&t->until, (int64_t)size, __ATOMIC_RELAXED) <= 0)
-            take_sample(t, p, size);
+            take_sample(t, p, size, frame);
         return;
     }
     t->c[dom][C_ALLOC]++;
@@ -459,7 +466,7 @@ static inline void account(int dom, void *p, size_t size) {
     if (LIKELY(size < (uint64_t)t->until))
         t->until -= (int64_t)size;
     else if (p != NULL && size != 0)
-        take_sample(t, p, size);
+        take_sample(t, p, size, frame);
 }
 
 static inline void count(int dom, int what) {
@@ -478,7 +485,7 @@ static inline int maybe_sampled(void *ptr) {
 
 typedef struct {
     int found;
-    uint32_t id;
+    uint32_t id, nf;
     uint64_t size;
     double w;
 } nat_entry;
@@ -486,12 +493,12 @@ typedef struct {
 /* Take ptr out of the map before the block is released: once released, its address may
  * come back from another thread's allocation and be sampled again. */
 static __attribute__((noinline)) nat_entry forget(void *ptr) {
-    nat_entry e = {0, 0, 0, 0.0};
+    nat_entry e = {0, 0, 0, 0, 0.0};
     if (t_guard || !same_process())
         return e;
     t_guard = 1;
     lock();
-    if (g_on && map_remove((uintptr_t)ptr, &e.id, &e.size, &e.w))
+    if (g_on && map_remove((uintptr_t)ptr, &e.id, &e.nf, &e.size, &e.w))
         e.found = 1;
     unlock();
     t_guard = 0;
@@ -505,7 +512,7 @@ static __attribute__((noinline)) void forgotten(nat_entry e) {
     t_guard = 1;
     lock();
     if (g_on) {
-        if (!push_event(e.id, HS_EV_FREE, e.size, e.w))
+        if (!push_event(e.id, e.nf, HS_EV_FREE, e.size, e.w))
             g_dropped++;
         g_live_samples--;
         g_live_bytes -= e.size;
@@ -520,7 +527,7 @@ static __attribute__((noinline)) void remember(void *ptr, nat_entry e) {
         return;
     t_guard = 1;
     lock();
-    if (g_on && !map_insert((uintptr_t)ptr, e.id, e.size, e.w))
+    if (g_on && !map_insert((uintptr_t)ptr, e.id, e.nf, e.size, e.w))
         g_dropped++;
     unlock();
     t_guard = 0;
@@ -532,17 +539,22 @@ static inline void on_free(int dom, void *ptr) {
         forgotten(forget(ptr));
 }
 
+/* What a hook that may sample passes down: its own frame, where the return address into
+ * the library that called it and that library's frame pointer are (native_frames.c).
+ * Asking for it gives the hook a frame pointer: three instructions on its path. */
+#define HOOK_FRAME __builtin_frame_address(0)
+
 /* ---- RAW domain ----------------------------------------------------------------- */
 
 static inline int raw_counts(void) {
-    return g_on && __atomic_load_n(&g_pym_owner, __ATOMIC_RELAXED) != self_tp();
+    return g_on && __atomic_load_n(&g_pym_owner, __ATOMIC_RELAXED) != nat_self_tp();
 }
 
 static void *raw_malloc(void *ctx, size_t size) {
     (void)ctx;
     void *p = g_raw_prev.malloc(g_raw_prev.ctx, size);
     if (raw_counts() && p != NULL)
-        account(HS_NDOM_RAW, p, size);
+        account(HS_NDOM_RAW, p, size, HOOK_FRAME);
     return p;
 }
 
@@ -551,7 +563,7 @@ static void *raw_calloc(void *ctx, size_t nelem, size_t elsize) {
     size_t size;
     void *p = g_raw_prev.calloc(g_raw_prev.ctx, nelem, elsize);
     if (raw_counts() && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
-        account(HS_NDOM_RAW, p, size);
+        account(HS_NDOM_RAW, p, size, HOOK_FRAME);
     return p;
 }
 
@@ -559,7 +571,7 @@ static void *raw_realloc(void *ctx, void *ptr, size_t size) {
     (void)ctx;
     if (!raw_counts())
         return g_raw_prev.realloc(g_raw_prev.ctx, ptr, size);
-    nat_entry e = {0, 0, 0, 0.0};
+    nat_entry e = {0, 0, 0, 0, 0.0};
     if (ptr != NULL && maybe_sampled(ptr))
         e = forget(ptr);
     void *p = g_raw_prev.realloc(g_raw_prev.ctx, ptr, size);
@@ -572,7 +584,7 @@ static void *raw_realloc(void *ctx, void *ptr, size_t size) {
         count(HS_NDOM_RAW, C_REALLOC);
         forgotten(e);
     }
-    account(HS_NDOM_RAW, p, size);
+    account(HS_NDOM_RAW, p, size, HOOK_FRAME);
     return p;
 }
 
@@ -590,7 +602,7 @@ static void raw_free(void *ctx, void *ptr) {
 
 static inline uintptr_t pym_enter(void) {
     uintptr_t old = g_pym_owner;
-    __atomic_store_n(&g_pym_owner, self_tp(), __ATOMIC_RELAXED);
+    __atomic_store_n(&g_pym_owner, nat_self_tp(), __ATOMIC_RELAXED);
     return old;
 }
 
@@ -637,7 +649,7 @@ static void pym_free(void *ctx, void *ptr) {
 static void *ng_malloc(size_t size) {
     void *p = nat_real.malloc(size);
     if (g_on && p != NULL)
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
@@ -645,13 +657,13 @@ static void *ng_calloc(size_t nelem, size_t elsize) {
     size_t size;
     void *p = nat_real.calloc(nelem, elsize);
     if (g_on && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
 static void *realloc_common(void *ptr, size_t size, void *(*call)(void *, size_t, size_t),
-                            size_t n1, size_t n2) {
-    nat_entry e = {0, 0, 0, 0.0};
+                            size_t n1, size_t n2, void *frame) {
+    nat_entry e = {0, 0, 0, 0, 0.0};
     if (ptr != NULL && maybe_sampled(ptr))
         e = forget(ptr);
     void *p = call(ptr, n1, n2);
@@ -665,7 +677,7 @@ static void *realloc_common(void *ptr, size_t size, void *(*call)(void *, size_t
         forgotten(e);
     }
     if (p != NULL)
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, frame);
     return p;
 }
 
@@ -681,14 +693,14 @@ static void *call_reallocarray(void *ptr, size_t n, size_t m) {
 static void *ng_realloc(void *ptr, size_t size) {
     if (!g_on)
         return nat_real.realloc(ptr, size);
-    return realloc_common(ptr, size, call_realloc, size, 0);
+    return realloc_common(ptr, size, call_realloc, size, 0, HOOK_FRAME);
 }
 
 static void *ng_reallocarray(void *ptr, size_t n, size_t m) {
     size_t size;
     if (!g_on || __builtin_mul_overflow(n, m, &size))
         return nat_real.reallocarray(ptr, n, m);
-    return realloc_common(ptr, size, call_reallocarray, n, m);
+    return realloc_common(ptr, size, call_reallocarray, n, m, HOOK_FRAME);
 }
 
 static void ng_free(void *ptr) {
@@ -700,28 +712,28 @@ static void ng_free(void *ptr) {
 static int ng_posix_memalign(void **out, size_t align, size_t size) {
     int rc = nat_real.posix_memalign(out, align, size);
     if (g_on && rc == 0)
-        account(HS_NDOM_MALLOC, *out, size);
+        account(HS_NDOM_MALLOC, *out, size, HOOK_FRAME);
     return rc;
 }
 
 static void *ng_aligned_alloc(size_t align, size_t size) {
     void *p = nat_real.aligned_alloc(align, size);
     if (g_on && p != NULL)
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
 static void *ng_memalign(size_t align, size_t size) {
     void *p = nat_real.memalign(align, size);
     if (g_on && p != NULL)
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
 static void *ng_valloc(size_t size) {
     void *p = nat_real.valloc(size);
     if (g_on && p != NULL)
-        account(HS_NDOM_MALLOC, p, size);
+        account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
@@ -730,7 +742,7 @@ static void *ng_valloc(size_t size) {
 static void *ng_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
     void *p = nat_real.mmap(addr, len, prot, flags, fd, off);
     if (g_on && p != MAP_FAILED && (flags & MAP_ANONYMOUS))
-        account(HS_NDOM_MMAP, p, len);
+        account(HS_NDOM_MMAP, p, len, HOOK_FRAME);
     return p;
 }
 
@@ -761,14 +773,31 @@ static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
         return;
     }
     t_guard = 1;
-    uint32_t id;
-    if (!hs__capture_stack(&id)) {
-        t->npending = 0;
-        t_guard = 0;
-        return;
-    }
+    /* One capture per native frames id among the pending samples (usually one). */
+    uint32_t nfs[NAT_PENDING], ids[NAT_PENDING], ncap = 0;
     lock();
     nat_map *m = g_map;
+    for (uint32_t k = 0; k < t->npending; k++) {
+        uintptr_t key = t->pending[k];
+        uint64_t mask = m->cap - 1, i = map_slot(m, key);
+        while (m->keys[i] != 0 && m->keys[i] != key)
+            i = (i + 1) & mask;
+        uint32_t nf = m->keys[i] == key ? m->nfs[i] : 0, c = 0;
+        while (c < ncap && nfs[c] != nf)
+            c++;
+        if (c == ncap)
+            nfs[ncap++] = nf;
+    }
+    unlock();
+    for (uint32_t c = 0; c < ncap; c++) {
+        if (!hs__capture_stack(&ids[c], nfs[c])) {
+            t->npending = 0;
+            t_guard = 0;
+            return;
+        }
+    }
+    lock();
+    m = g_map;
     for (uint32_t k = 0; g_on && k < t->npending; k++) {
         uintptr_t key = t->pending[k];
         uint64_t mask = m->cap - 1, i = map_slot(m, key);
@@ -776,12 +805,18 @@ static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
             i = (i + 1) & mask;
         if (m->keys[i] != key || m->ids[i] != g_nostack)
             continue; /* freed and not sampled again, or not ours to move: leave it */
+        uint32_t nf = m->nfs[i], c = 0;
+        while (c < ncap && nfs[c] != nf)
+            c++;
+        if (c == ncap)
+            continue; /* freed and sampled again meanwhile, with other frames */
         uint64_t size = m->sizes[i];
         double w = m->ws[i];
-        if (push_event(g_nostack, HS_EV_UNALLOC, size, w) &&
-            push_event(g_nostack, HS_EV_FREE, size, w) &&
-            push_event(id, HS_EV_ALLOC, size, w)) {
-            m->ids[i] = id;
+        if (push_event(g_nostack, nf, HS_EV_UNALLOC, size, w) &&
+            push_event(g_nostack, nf, HS_EV_FREE, size, w) &&
+            push_event(ids[c], 0, HS_EV_ALLOC, size, w)) {
+            m->ids[i] = ids[c];
+            m->nfs[i] = 0;
             g_nogil_samples--;
         }
     }
@@ -839,6 +874,9 @@ static void reset_session(void) {
     g_nogil_samples = g_dropped = 0;
     nat_restore_hooked = 0;
     g_notes[0] = '\0';
+    g_frames = 0;
+    free(g_nostack_nf);
+    g_nostack_nf = NULL;
 }
 
 HS_EXPORT int hs_native_abi(void) { return HS_NATIVE_ABI; }
@@ -867,7 +905,14 @@ HS_EXPORT int hs_native_start(unsigned flags) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     g_seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
     g_pid = getpid();
-    g_nostack = hs__native_stack();
+    g_nostack = hs__native_stack(0);
+    if (flags & HS_NATIVE_FRAMES) {
+        nf_start(g_pid);
+        g_nostack_nf = calloc(NF_MAX_SETS + 1, sizeof *g_nostack_nf);
+        if (g_nostack_nf == NULL)
+            return HS_ERR_NOMEM;
+        g_frames = 1;
+    }
     if (flags & HS_NATIVE_RAW) {
         /* Our hooks take the previous context as theirs: CPython copies the allocator
          * struct field by field while other threads may call it without the GIL, and a
@@ -973,7 +1018,15 @@ void hs__native_merge(void) {
     lock();
     for (uint32_t i = 0; i < g_nevents; i++) {
         nat_event *e = &g_events[i];
-        hs__stack_event(e->id, e->size, e->w, (int)e->kind);
+        uint32_t id = e->id;
+        if (e->nf != 0 && id == g_nostack && g_nostack_nf != NULL && e->nf <= NF_MAX_SETS) {
+            /* the no-stack stack with these frames: interned once, never evicted, so the
+             * alloc and the free of one block meet on the same stack */
+            if (g_nostack_nf[e->nf] == 0)
+                g_nostack_nf[e->nf] = hs__native_stack(e->nf) + 1;
+            id = g_nostack_nf[e->nf] - 1;
+        }
+        hs__stack_event(id, e->size, e->w, (int)e->kind);
     }
     g_nevents = 0;
     unlock();
@@ -1009,7 +1062,8 @@ HS_EXPORT int hs_native_read(hs_native_report *out) {
     unlock();
     nat_got_counts(&out->libraries, &out->entries);
     out->threads = __atomic_load_n(&g_nthreads, __ATOMIC_RELAXED);
-    out->shim_memory = mem + nat_got_memory();
+    out->shim_memory = mem + nat_got_memory() + (g_frames ? nf_memory() : 0) +
+                       (g_nostack_nf != NULL ? (NF_MAX_SETS + 1) * sizeof *g_nostack_nf : 0);
     return HS_OK;
 }
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HS_NATIVE_ABI 1
+#define HS_NATIVE_ABI 2
 
 /* Native domains, indexes of the arrays of hs_native_report. */
 #define HS_NDOM_RAW 0    /* direct PyMem_RawMalloc & co (not what pymalloc forwards) */
@@ -22,6 +22,10 @@
 /* hs_native_start flags. */
 #define HS_NATIVE_RAW 1u /* hook the RAW domain */
 #define HS_NATIVE_GOT 2u /* redirect the allocator entries of loaded libraries */
+#define HS_NATIVE_FRAMES 4u /* record each native sample's native call stack too */
+
+/* Return addresses kept per native sample (native_frames.c), leaf first. */
+#define HS_NATIVE_MAX_FRAMES 32
 
 /* Return codes beyond heapspy_shim.h's. */
 #define HS_ERR_NATIVE_ARCH 20 /* GOT rewriting is implemented for x86_64 only */
@@ -64,6 +68,11 @@ int hs_native_read(hs_native_report *out);
  * "N<TAB><TAB>note" for process-wide notes, NUL-terminated in buf; returns the length
  * needed (excluding the NUL). */
 size_t hs_native_libraries(char *buf, size_t len);
+/* The return addresses of native frames set `id` (the high half of a stack's flags in
+ * hs_report.new_stacks), leaf first: the one that called the allocator, then its callers
+ * as far as frame pointers lead. Copies at most max into out; returns how many the set
+ * has (0: no such set). */
+int hs_native_frames(uint32_t id, uint64_t *out, int max);
 /* 1 once native hooks were ever installed: the library must never be unloaded (a thread
  * may be inside a hook, or another tool may chain to one). */
 int hs_native_pinned(void);
@@ -73,9 +82,10 @@ int hs_native_pinned(void);
 uint64_t hs__rate(void);
 /* Capture and intern the calling thread's Python stack (GIL held): 1 and *id, or 0 when
  * no capture may run now (stopped, or a capture is already under way). */
-int hs__capture_stack(uint32_t *id);
-/* Intern the stack of native samples without a Python stack. */
-uint32_t hs__native_stack(void);
+int hs__capture_stack(uint32_t *id, uint32_t native);
+/* Intern the stack of native samples without a Python stack (with these native frames:
+ * 0 none). Such stacks are never evicted. */
+uint32_t hs__native_stack(uint32_t native);
 /* Apply a sampled event to a stack (GIL held). */
 #define HS_EV_FREE 0    /* a live sampled block freed */
 #define HS_EV_ALLOC 1   /* a sample taken: an allocation and a live block */

@@ -8,6 +8,24 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <pthread.h>
+
+/* The calling thread's thread pointer: its identity, read without a TLS lookup. On
+ * x86_64 glibc it is also the address of the thread's descriptor, which sits right above
+ * its stack for every thread but the main one (native_frames.c relies on that). */
+static inline uintptr_t nat_self_tp(void) {
+#if defined(__x86_64__)
+    uintptr_t tp;
+    __asm__("mov %%fs:0, %0" : "=r"(tp));
+    return tp;
+#elif defined(__aarch64__)
+    uintptr_t tp;
+    __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tp));
+    return tp;
+#else
+    return (uintptr_t)pthread_self();
+#endif
+}
 
 /* The C library's own functions: what the GOT hooks call, and what a GOT entry must hold
  * (or the library's lazy-binding stub) for us to redirect it. Resolved once, never
@@ -50,7 +68,21 @@ void nat_got_counts(uint64_t *libraries, uint64_t *entries);
 uint64_t nat_got_memory(void);
 void *nat_got_hook_for(void *real); /* our hook for a real allocator function, else NULL */
 
+/* native_frames.c: native call stacks of samples (HS_NATIVE_FRAMES) */
+#define NF_MAX_SETS 65535u /* distinct native stacks kept per session; ids 1..NF_MAX_SETS */
+void nf_start(pid_t pid);  /* a new session (no hook is sampling): forget every set */
+/* The return addresses above `frame`, the frame of one of our hooks (it has a frame
+ * pointer): the hook's own return address, then its callers' as long as their frame
+ * pointers stay on this thread's stack, in pages seen readable. Async-signal-safe, never
+ * faults, allocates nothing, keeps errno. Returns how many (>= 1). */
+int nf_walk(void *frame, uintptr_t *pcs, int max);
+/* The id of this sequence (leaf first), interned: 0 when the table is full. Any thread,
+ * no GIL; allocates from libc directly (never through a hook). */
+uint32_t nf_intern(const uintptr_t *pcs, int n);
+uint64_t nf_memory(void);
+
 /* native_hooks.c */
+int nat_same_process(void); /* 0 in a forked child: native mode is off there */
 void nat_note(const char *text); /* a process-wide note for hs_native_libraries */
 void nat_restore_hook(void *tstate); /* our PyEval_RestoreThread */
 extern int nat_restore_hooked;       /* some library's PyEval_RestoreThread entry is ours */

@@ -227,7 +227,7 @@ class Aggregator:
             kept = len(self.sites) + len(self.retired)
             if kept >= MAX_SITES or self._frame_refs + len(raw) > MAX_FRAME_REFS:
                 # a stack retired with these frames may still come back: it is not new
-                if not self._revive(sid, raw, exact, stack.get("labels", 0)):
+                if not self._revive(sid, raw, exact, stack.get("labels", 0), stack.get("native")):
                     self.dropped_stacks += 1
                 continue
             frames = []
@@ -237,6 +237,9 @@ class Aggregator:
                     break
                 frames.append(frame)
             else:
+                if not self._add_native(frames, stack.get("native")):
+                    self.dropped_stacks += 1
+                    continue
                 frozen = tuple(frames)
                 label_set = int(stack.get("labels", 0))
                 prior = self.retired.pop(_retired_key(frozen, label_set), None)
@@ -249,7 +252,25 @@ class Aggregator:
                 continue
             self.dropped_stacks += 1
 
-    def _revive(self, sid: int, raw: list[Any], exact: bool, stack_labels: Any) -> bool:
+    def _add_native(self, frames: list[Frame], pcs: list[int] | None) -> bool:
+        """Append the stack's native frames (--native-frames: return addresses, leaf
+        first) below its Python leaf, named from the target's files; False past the
+        limits on distinct frames."""
+        if not pcs:
+            return True
+        for name, path in reversed(self.symbolizer.native(pcs)):
+            key = (name, path, 0)
+            frame = self._frames.get(key)
+            if frame is None:  # named as the symbolizer said: no Python renaming
+                if len(self._frames) >= MAX_DISTINCT_FRAMES:
+                    return False
+                frame = self._frames[key] = Frame(name, path, 0)
+            frames.append(frame)
+        return True
+
+    def _revive(
+        self, sid: int, raw: list[Any], exact: bool, stack_labels: Any, native: Any
+    ) -> bool:
         """Past the limits: keep the stack only when it comes back from retirement."""
         frames = []
         for func, fn, ln in raw:
@@ -257,6 +278,8 @@ class Aggregator:
             if frame is None:
                 return False
             frames.append(frame)
+        if not self._add_native(frames, native):
+            return False
         label_set = int(stack_labels)
         prior = self.retired.pop(_retired_key(tuple(frames), label_set), None)
         if prior is None:

@@ -39,6 +39,9 @@ class AttachConfig:
     # sample native allocations too: the RAW domain and the malloc & co of the target's
     # extension modules and libraries (agent/heapspy_agent/shim.py, Cargo-free/native_*.c)
     native: bool = False
+    # with native: each native sample's native call stack too (return addresses walked
+    # by frame pointers in the target, named by heapspy: heapspy/target/native_symbols.py)
+    native_frames: bool = False
     # a dump just before the worker's memory cgroup reaches its limit (heapspy/oomwatch.py)
     last_chance: bool = True
     # the daemon's watch that chose this target: labels its metrics, changes nothing in
@@ -101,6 +104,17 @@ def check_keep(value: int | None, what: str) -> int | None:
     if value is not None and value < 1:
         raise UsageError(f"{what} must be at least 1, got {value}.")
     return value
+
+
+def check_native_frames(native: bool, native_frames: bool, what: str, native_what: str) -> bool:
+    """Native frames are the call stacks of native samples: without native sampling
+    there are none to record."""
+    if native_frames and not native:
+        raise UsageError(
+            f"{what} records the C call stacks of native allocations, which only "
+            f"{native_what} samples: add {native_what}."
+        )
+    return native_frames
 
 
 METHODS = ("auto", "pep768", "ptrace")

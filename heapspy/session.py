@@ -213,6 +213,7 @@ class Session:
             "collect_budget": self.config.collect_budget,
             "require_sampling": self.config.require_sampling,
             "native": self.config.native,
+            "native_frames": self.config.native_frames,
         }
 
     def _open(self, t0: float, progress: Progress | None) -> None:

@@ -21,6 +21,7 @@ import re
 import weakref
 from functools import lru_cache
 
+from heapspy.target.native_symbols import NativeName, NativeSymbols
 from heapspy.target.rootfs import Credentials, read_file_in_root
 
 MAX_SOURCE = 4 << 20  # bytes: the largest source file read
@@ -99,6 +100,7 @@ class Symbolizer:
         self.credentials = credentials
         self.readable = True
         self.tokens_left = SESSION_TOKENS
+        self._native: NativeSymbols | None = None  # of_process: the target's native frames
         self._root_fd: int | None = None
         self._index = lru_cache(maxsize=4096)(self._load)
 
@@ -111,7 +113,16 @@ class Symbolizer:
             credentials = None
         symbolizer = cls(f"/proc/{pid}/root", credentials)
         symbolizer.readable = credentials is not None
+        symbolizer._native = NativeSymbols(pid)
         return symbolizer
+
+    def native(self, pcs: list[int]) -> list[NativeName]:
+        """Names of native frames (return addresses in the target, leaf first) as
+        heapspy shows them (heapspy.target.native_symbols); bare addresses when this
+        symbolizer is not a process's."""
+        if self._native is None:
+            return [(f"0x{pc:x}", "") for pc in pcs[:1]]
+        return self._native.name(pcs)
 
     def close(self) -> None:
         if self._root_fd is not None:

@@ -197,6 +197,7 @@ class Agent:
                     frames,
                     self.directory,
                     native=bool(self.config.get("native", False)),
+                    native_frames=bool(self.config.get("native_frames", False)),
                 )
                 self.notes.extend(sampled.notes)
                 return sampled

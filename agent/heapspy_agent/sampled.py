@@ -54,7 +54,13 @@ EVICT_AFTER = 2
 
 class ShimCollector:
     def __init__(
-        self, shim: Shim, rate: int, frames: int, exclude_dir: str, native: bool = False
+        self,
+        shim: Shim,
+        rate: int,
+        frames: int,
+        exclude_dir: str,
+        native: bool = False,
+        native_frames: bool = False,
     ) -> None:
         self.shim = shim
         self.frames = frames
@@ -76,7 +82,7 @@ class ShimCollector:
         self._native_sent: Optional[Dict[str, Any]] = None
         if native:  # at rate 0 too: exact totals of the native domains, no samples
             try:
-                shim.native_start()
+                shim.native_start(frames=native_frames)
                 self.native = True
             except ShimError as exc:
                 self.notes.append("native allocations are not sampled: %s" % exc)
@@ -111,7 +117,10 @@ class ShimCollector:
             elif not frames:
                 name = NO_PYTHON_STACK if st.flags & STACK_NATIVE else "<no Python frame>"
                 frames = [[name, "", 0]]
-            stacks.append({"id": st.stack_id, "frames": frames, "labels": st.label})
+            stack = {"id": st.stack_id, "frames": frames, "labels": st.label}
+            if st.native:  # return addresses, leaf first: heapspy names them
+                stack["native"] = list(self.shim.native_frames(st.native))
+            stacks.append(stack)
         labels = {
             str(ls.label_id): self.namer.name(ls.thread_id, ls.task, ls.coro, ls.name)
             for ls in drain.new_labels

@@ -32,6 +32,7 @@ MAX_NOTES = 32
 MAX_LIBRARIES = 200  # libraries listed in the native status, redirected and skipped each
 MAX_STACKS_PER_FRAME = 20000
 MAX_FRAMES_PER_STACK = 512  # the most --frames allows
+MAX_NATIVE_FRAMES = 32  # return addresses per stack (--native-frames; the shim's depth)
 MAX_SITES_PER_FRAME = 100000  # entries of inuse / alloc / est in one SAMPLES frame
 MAX_SIZE_CLASSES = 64
 MAX_GC_GENERATIONS = 8
@@ -351,6 +352,9 @@ def _define() -> dict[int, Record]:
             "id": Int(*ID),
             "frames": ListOf(FRAME, MAX_FRAMES_PER_STACK),
             "labels": Int(0, MAX_LABEL_SETS - 1),  # its label set (LABELS below); 0: none
+            # --native-frames: return addresses in the target, leaf first, under the
+            # leaf of "frames" (heapspy names them from the target's mapped files)
+            "native": ListOf(Int(*U64), MAX_NATIVE_FRAMES),
         },
         required=("id", "frames"),
     )
@@ -581,6 +585,7 @@ def _define() -> dict[int, Record]:
                         "collect_budget": Num(0.0, 1.0),
                         "require_sampling": Bool(),
                         "native": Bool(),  # sample native allocations too
+                        "native_frames": Bool(),  # and their native call stacks
                     },
                 )
             },
@@ -670,6 +675,9 @@ def _clip_stack(stack: dict[str, Any]) -> tuple[dict[str, Any], int]:
     clipped = {"id": stack["id"], "frames": frames}
     if "labels" in stack:
         clipped["labels"] = stack["labels"]
+    if "native" in stack:
+        clipped["native"] = stack["native"][:MAX_NATIVE_FRAMES]
+        size += 21 * len(clipped["native"])
     return clipped, size * 2  # x2: escapes, non-ASCII
 
 

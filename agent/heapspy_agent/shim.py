@@ -34,7 +34,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 ABI = 8
 """Must match HS_ABI in heapspy_shim.h."""
-NATIVE_ABI = 1
+NATIVE_ABI = 2
 """Must match HS_NATIVE_ABI in native_hooks.h."""
 
 LIBRARY_GLOB = "_heapspy_shim*.so"
@@ -69,6 +69,8 @@ STACK_NATIVE = 8  # native samples without a Python stack (native_hooks.h)
 
 NATIVE_RAW = 1  # hs_native_start flags: hook the RAW domain
 NATIVE_GOT = 2  # redirect the allocator entries of loaded libraries
+NATIVE_FRAMES = 4  # record each native sample's native call stack too
+MAX_NATIVE_FRAMES = 32  # HS_NATIVE_MAX_FRAMES: return addresses per native sample
 
 STATE_IDLE = 0
 STATE_RUNNING = 1
@@ -97,6 +99,7 @@ class Stack(NamedTuple):
     frames: Tuple[Frame, ...]  # root -> leaf; empty: no Python frame (or overflow)
     flags: int  # STACK_* bits
     label: int = 0  # the label set of its samples (LabelSet.label_id); 0: none
+    native: int = 0  # its native frames (Shim.native_frames), below the leaf; 0: none
 
     @property
     def truncated(self) -> bool:
@@ -466,6 +469,11 @@ class Shim:
                 ("hs_native_read", ctypes.c_int, [ctypes.POINTER(_NativeReport)]),
                 ("hs_native_libraries", ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
                 ("hs_native_pinned", ctypes.c_int, []),
+                (
+                    "hs_native_frames",
+                    ctypes.c_int,
+                    [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint64), ctypes.c_int],
+                ),
             ):
                 fn = getattr(lib, name)
                 fn.restype = res
@@ -643,16 +651,28 @@ class Shim:
             msg = self._c().hs_strerror(rc)
             return msg.decode() if msg else f"error {rc}"
 
-    def native_start(self, raw: bool = True, got: bool = True) -> None:
+    def native_start(self, raw: bool = True, got: bool = True, frames: bool = False) -> None:
         """Sample native allocations too (after ``start()``): the RAW domain and/or the
-        allocator entries of the loaded libraries. ``stop()`` takes them out again.
+        allocator entries of the loaded libraries; with ``frames``, each sample's native
+        call stack as well (``Stack.native``). ``stop()`` takes them out again.
         From then on the library stays loaded for the life of the process (see
         ``pinned``). What was redirected and skipped: ``native_libraries()``."""
         if not self.native:
             raise ShimError("this shim build has no native hooks", ERR_LOAD)
         flags = (NATIVE_RAW if raw else 0) | (NATIVE_GOT if got else 0)
+        flags |= NATIVE_FRAMES if frames else 0
         with self._lock:
             self._check(self._c().hs_native_start(flags))
+
+    def native_frames(self, native_id: int) -> Tuple[int, ...]:
+        """The return addresses of a stack's native frames (``Stack.native``), leaf
+        first: the caller of the allocator, then its callers where frame pointers lead."""
+        if not self.native or not native_id:
+            return ()
+        out = (ctypes.c_uint64 * MAX_NATIVE_FRAMES)()
+        with self._lock:
+            n = int(self._c().hs_native_frames(native_id, out, MAX_NATIVE_FRAMES))
+        return tuple(out[: max(0, min(n, MAX_NATIVE_FRAMES))])
 
     def native_rescan(self) -> None:
         """Redirect the libraries loaded since the last scan (a late import, dlopen)."""
@@ -780,7 +800,9 @@ class Shim:
                 frames = tuple(
                     self._frame(codes[j], lines[j]) for j in range(pos + depth - 1, pos - 1, -1)
                 )
-                stacks.append(Stack(hdr[i], frames, hdr[i + 2], hdr[i + 3]))
+                # flags: STACK_* in the low half, the native frames' id in the high one
+                flags = hdr[i + 2]
+                stacks.append(Stack(hdr[i], frames, flags & 0xFFFFFFFF, hdr[i + 3], flags >> 32))
                 pos += depth
             nl = rep.n_new_labels
             sets = _array(ctypes.c_uint64, 4 * nl, rep.new_labels)

@@ -135,6 +135,15 @@ def attach(
         "realloc, mmap... of the target's extension modules and libraries, attributed to "
         "the Python line that called them (`heapspy status PID` lists the libraries).",
     ),
+    native_frames: bool = typer.Option(
+        False,
+        "--native-frames",
+        help="With --native: also record the C call stack of each native sample, shown "
+        "under the Python line that called into the extension (`leaky_alloc (libleak.so)` "
+        "under `handle`). Walked by frame pointers: a library built without them "
+        "(-fomit-frame-pointer, the default of -O2) shows only the function that called "
+        "malloc.",
+    ),
     census: bool = typer.Option(
         True,
         "--census/--no-census",
@@ -177,6 +186,7 @@ def attach(
         allow_gc=not no_gc,
         census=census,
         native=native,
+        native_frames=options.native_frames(native, native_frames),
     )
     endpoint = None
     if listen is not None:

@@ -6,7 +6,13 @@ held to the same rules without importing the command line.
 
 from __future__ import annotations
 
-from heapspy.config import check_duration, check_frames, check_keep, check_rate
+from heapspy.config import (
+    check_duration,
+    check_frames,
+    check_keep,
+    check_native_frames,
+    check_rate,
+)
 
 
 def rate(text: str) -> int:
@@ -23,3 +29,7 @@ def frames(value: int) -> int:
 
 def keep(value: int | None) -> int | None:
     return check_keep(value, "--keep")
+
+
+def native_frames(native: bool, value: bool) -> bool:
+    return check_native_frames(native, value, "--native-frames", "--native")

@@ -42,6 +42,7 @@ from heapspy.config import (
     check_keep,
     check_max_bytes,
     check_method,
+    check_native_frames,
     check_rate,
 )
 from heapspy.daemon.hints import key_remedy
@@ -143,6 +144,7 @@ ATTACH_KEYS = (
     "last_chance",
     "census",
     "native",
+    "native_frames",
 )
 WATCH_KEYS = ("name", *SELECTOR_KEYS, *ATTACH_KEYS)
 
@@ -361,6 +363,15 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         last_chance=table.boolean("last_chance", True),
         census=table.boolean("census", True),  # of the heap at attach, as `heapspy attach`
         native=table.boolean("native", False),
+        native_frames=table.convert(
+            "native_frames",
+            lambda: check_native_frames(
+                table.boolean("native", False),
+                table.boolean("native_frames", False),
+                "native_frames = true",
+                "native = true",
+            ),
+        ),
         watch=name,
     )
     return Watch(name, selectors, attach)

@@ -17,6 +17,7 @@ raises, is :class:`UnrecognisedPython` (exit 6) with a one-line reason.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -310,3 +311,59 @@ class ElfImage:
                 hint="The file was replaced after the process started; restart it or clear "
                 f"{cache_dir()}.",
             )
+
+
+@dataclass(frozen=True)
+class FunctionTable:
+    """The functions an ELF file defines (``.symtab``, else ``.dynsym``), sorted by
+    address: what native frames are named from (heapspy.target.native_symbols)."""
+
+    elf_type: str
+    first_load_vaddr: int
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def bias(self, base: int) -> int:
+        """What to subtract from an address in the process to get one in the file, for
+        an image whose offset-0 mapping starts at ``base``."""
+        return 0 if self.elf_type == ET_EXEC else base - (self.first_load_vaddr & ~(PAGE - 1))
+
+    def function_at(self, vaddr: int) -> str | None:
+        i = bisect.bisect_right(self.starts, vaddr) - 1
+        if i >= 0 and vaddr < self.ends[i]:
+            return self.names[i]
+        return None
+
+
+MAX_SYMBOL_NAME = 256  # characters of a function name kept (C++ names run long)
+
+
+def read_functions(f: IO[bytes]) -> FunctionTable:
+    """The function symbols of the (hostile, bounded) file ``f``; raises what pyelftools
+    raises on a crafted file, and _TooLarge past the limits above."""
+    elf = _open_elf(f)
+    loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
+    found: dict[int, tuple[int, str]] = {}
+    for name in (".symtab", ".dynsym"):  # the full table first: it names static functions
+        table = elf.get_section_by_name(name)
+        if not table or not hasattr(table, "num_symbols"):
+            continue
+        if table.num_symbols() > MAX_SYMBOLS:
+            raise _TooLarge(f"{table.num_symbols()} symbols in {name}")
+        for sym in table.iter_symbols():
+            if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
+                continue
+            start, size = int(sym["st_value"]), int(sym["st_size"])
+            if start == 0 or size <= 0 or sym["st_shndx"] == "SHN_UNDEF" or start in found:
+                continue
+            found[start] = (start + size, str(sym.name)[:MAX_SYMBOL_NAME])
+    ordered = sorted(found.items())
+    return FunctionTable(
+        str(elf.header["e_type"]),
+        first,
+        tuple(start for start, _ in ordered),
+        tuple(end for _, (end, _) in ordered),
+        tuple(name for _, (_, name) in ordered),
+    )
