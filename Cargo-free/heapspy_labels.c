@@ -77,9 +77,11 @@ static struct {
     int64_t callback;  /* Handle._callback */
     void *task_type;   /* _asyncio.Task */
     int64_t name;      /* TaskObj.task_name */
+    void *str_type, *int_type;
+    int64_t ascii_data; /* a compact ASCII str's characters, -1: unknown */
 } g_probe;
 static void *g_wrapper_type; /* _asyncio's TaskStepMethWrapper, once recognised */
-static uint32_t g_named;     /* label sets holding a name */
+static uint32_t g_named, g_named_default; /* label sets holding a name, a default one */
 
 /* Drain buffers. */
 static uint64_t *g_out_sets, *g_out_codes, *g_out_threads;
@@ -181,9 +183,34 @@ static void *task_name_of(void *frame) {
     return FIELD(task, g_probe.name);
 }
 
-static uint32_t find_or_add(uint32_t tid, void *coro, uint32_t task, void *name) {
-    uint64_t h = hs_mix64(hs_mix64((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task ^
-                          ((uint64_t)(uintptr_t)name << 7)) | 1;
+/* asyncio's default name: 3.13+'s int, or a compact ASCII str "Task-<digits>". */
+static int is_default_name(void *name) {
+    void *type = OB_TYPE(name);
+    if (type == g_probe.int_type)
+        return 1;
+    if (type != g_probe.str_type || g_probe.ascii_data < 0)
+        return 0;
+    /* PyASCIIObject: length at 16, state at 32 (kind 1, compact, ascii: 0x64 in 0x7c) */
+    if ((*(uint32_t *)((char *)name + 32) & 0x7c) != 0x64)
+        return 0;
+    int64_t len = *(int64_t *)((char *)name + 16);
+    const char *c = (const char *)name + g_probe.ascii_data;
+    if (len < 6 || len > 25 || memcmp(c, "Task-", 5) != 0)
+        return 0;
+    for (int64_t k = 5; k < len; k++)
+        if (c[k] < '0' || c[k] > '9')
+            return 0;
+    return 1;
+}
+
+static uint64_t set_hash(uint32_t tid, void *coro, uint32_t task, void *name) {
+    return hs_mix64(hs_mix64((uintptr_t)coro ^ ((uint64_t)tid << 32)) ^ task ^
+                    ((uint64_t)(uintptr_t)name << 7)) | 1;
+}
+
+/* The label set's id, or UINT32_MAX when it is new and `add` is 0 or the table is full. */
+static uint32_t find_or_add(uint32_t tid, void *coro, uint32_t task, void *name, int add) {
+    uint64_t h = set_hash(tid, coro, task, name);
     uint32_t i = (uint32_t)h & (SINDEX_CAP - 1);
     for (uint32_t v; (v = g_sindex[i]) != 0; i = (i + 1) & (SINDEX_CAP - 1)) {
         hs_labelset *s = &g_sets[v - 1];
@@ -191,7 +218,7 @@ static uint32_t find_or_add(uint32_t tid, void *coro, uint32_t task, void *name)
             s->name == name)
             return v - 1;
     }
-    if (g_nsets >= HS_MAX_LABELS)
+    if (!add || g_nsets >= HS_MAX_LABELS)
         return UINT32_MAX;
     uint32_t id = g_nsets++;
     hs_labelset *s = &g_sets[id];
@@ -214,22 +241,33 @@ uint32_t hs_labels_of_sample(void *const *codes, int n) {
     if (!g_on)
         return 0;
     void *coro = NULL, *name = NULL;
-    uint32_t task = 0;
+    uint32_t task = 0, tid = current_tid(), id = UINT32_MAX;
     /* leaf first: the innermost task's coroutine is the frame right above an anchor */
     for (int i = 0; g_nanchors && i + 1 < n; i++) {
-        if (is_anchor(codes[i + 1])) {
-            coro = codes[i];
-            /* the name as it is now: a task that ends before the next interval keeps it */
-            name = g_named < HS_MAX_NAMED ? task_name_of(hs_cap_frames[i + 1]) : NULL;
-            if (name == NULL)
-                task = task_slot(hs_cap_frames[i], coro);
-            break;
+        if (!is_anchor(codes[i + 1]))
+            continue;
+        coro = codes[i];
+        /* the name as it is now: a task that ends before the next interval keeps it */
+        name = task_name_of(hs_cap_frames[i + 1]);
+        if (name != NULL && (id = find_or_add(tid, coro, 0, name, 0)) == UINT32_MAX) {
+            /* a new named set: default names (one per task) get at most half the room,
+             * so that they cannot crowd out the names a service gives its tasks */
+            int dflt = is_default_name(name);
+            if (g_named < HS_MAX_NAMED &&
+                (!dflt || g_named_default < HS_MAX_NAMED / 2)) {
+                id = find_or_add(tid, coro, 0, name, 1);
+                if (id != UINT32_MAX && dflt)
+                    g_named_default++;
+            }
         }
+        if (name == NULL || id == UINT32_MAX)
+            task = task_slot(hs_cap_frames[i], coro);
+        break;
     }
-    uint32_t tid = current_tid();
-    uint32_t id = find_or_add(tid, coro, task, name);
-    if (id == UINT32_MAX && (name != NULL || task != 0)) /* full: keep thread and coro */
-        id = find_or_add(tid, coro, 0, NULL);
+    if (id == UINT32_MAX)
+        id = find_or_add(tid, coro, task, NULL, 1);
+    if (id == UINT32_MAX && task != 0) /* full: keep thread and coro */
+        id = find_or_add(tid, coro, 0, NULL, 1);
     return id == UINT32_MAX ? 0 : id;
 }
 
@@ -264,7 +302,7 @@ static void release(void) {
     g_nanchors = 0;
     memset(&g_probe, 0, sizeof g_probe);
     g_wrapper_type = NULL;
-    g_named = 0;
+    g_named = g_named_default = 0;
     g_acct_cur = NULL;
     hs_thr_cur = NULL;
     g_thr_base = 0;
@@ -357,13 +395,15 @@ HS_EXPORT int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *c
 }
 
 HS_EXPORT int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_type,
-                                int64_t callback, void *task_type, int64_t name) {
+                                int64_t callback, void *task_type, int64_t name,
+                                void *str_type, void *int_type, int64_t ascii_data) {
     if (!g_on)
         return HS_ERR_NOT_RUNNING;
 #define BAD_OFF(o) ((o) < 0 || (o) > 4096 || ((o) & 7) != 0)
     if ((f_frame != -1 && BAD_OFF(f_frame)) || BAD_OFF(local0) || BAD_OFF(callback) ||
         BAD_OFF(name) || callback < 16 || name < 16 ||
-        (handle_type == NULL) != (task_type == NULL))
+        (handle_type == NULL) != (task_type == NULL) ||
+        (ascii_data != -1 && (BAD_OFF(ascii_data) || ascii_data < 40)))
         return HS_ERR_ARG;
 #undef BAD_OFF
     g_probe.handle_type = NULL; /* off while it changes */
@@ -372,6 +412,9 @@ HS_EXPORT int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_ty
     g_probe.callback = callback;
     g_probe.task_type = task_type;
     g_probe.name = name;
+    g_probe.str_type = str_type;
+    g_probe.int_type = int_type;
+    g_probe.ascii_data = ascii_data;
     g_probe.handle_type = handle_type;
     return HS_OK;
 }

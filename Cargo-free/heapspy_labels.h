@@ -33,7 +33,8 @@
 #define HS_MAX_LABELS (1u << 14)  /* label sets per session; then samples get set 0 */
 #define HS_MAX_THREADS 4096       /* thread accounts per session; then account 0 */
 #define HS_MAX_ANCHORS 8
-#define HS_MAX_NAMED 8192         /* label sets holding a task's name; then the slot's */
+#define HS_MAX_NAMED 8192         /* label sets holding a task's name (half at most with
+                                   * a default one); then the interval table's */
 
 /* The thread that allocated last (its thread pointer); NULL after start. */
 extern __attribute__((visibility("hidden"))) void *hs_thr_cur;

@@ -162,9 +162,12 @@ int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *codes, cons
 /* How to read the running C Task's name at sample time (heapspy_labels.h): the offset of
  * a frame object's interpreter frame (-1: locals inline, before 3.11), of the first local
  * from there, asyncio.events.Handle and the offset of its _callback, _asyncio.Task and
- * the offset of its name. The caller keeps both types alive. NULL types: off. */
+ * the offset of its name; str, int and the offset of a compact ASCII str's characters
+ * (-1: unknown), to tell asyncio's default names. The caller keeps the types alive.
+ * NULL types: off. */
 int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_type, int64_t callback,
-                      void *task_type, int64_t name);
+                      void *task_type, int64_t name, void *str_type, void *int_type,
+                      int64_t ascii_data);
 
 /* One live sampled block: what the pointer map knows of it. */
 typedef struct {

@@ -392,3 +392,18 @@ def test_object_blocks_and_their_types(interp: Interpreter, shim_so: Path) -> No
         assert r["domains"] == r["expect_domains"]
         for name in ("__main__.Plain", "__main__.Slotted", "__main__.MyDict", "bytes"):
             assert r["by_type"].get(name, 0) >= 120, (malloc, name, r["by_type"])
+
+
+@pytest.mark.parametrize(
+    "interp", [p for p in INTERPRETERS if p.values[0].label in ("3.12-pyenv", "3.13-pyenv")]
+)
+def test_default_task_names_cannot_crowd_out_given_ones(
+    interp: Interpreter, shim_so: Path
+) -> None:
+    """4,200 one-step tasks with asyncio's default name (a str up to 3.12, an int from
+    3.13), then one named task: the default names stop at half the named label sets,
+    the given name is still read at its sample (shim_targets/task_names.py)."""
+    out = run(interp, shim_so, "task_names.py")
+    assert out["probe"] is True
+    assert out["default"] == out["half"], out
+    assert out["named"] == ["after-flood"], out

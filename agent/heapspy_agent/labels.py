@@ -18,12 +18,15 @@ thread, under the GIL, by ordinary Python code:
   time, through offsets measured here once asyncio is imported (``task_probe``), so a
   task that starts and ends between two intervals keeps its name. Default names are
   labelled too (``Task-<n>``; 3.13+ keeps an int until someone asks, rendered the same).
-  Each named task is its own label set, up to the shim's HS_MAX_NAMED (8192) label sets
-  holding a name; later ones carry ``coro`` and ``thread`` only. Other tasks (a Python
-  Task, a Task subclass, or before the probe is in place) are named from a table of the
-  tasks alive at each interval: their samples taken before the first interval that sees
-  them alive carry ``coro`` but no ``task``. A 3.12+ eager task's first step runs inside
-  ``create_task`` (no anchor right above it): its samples go to the task that created it.
+  Each name object is its own label set (a name given as a literal is one object), up
+  to the shim's HS_MAX_NAMED (8192) label sets holding a name, at most half of them
+  default names (one per task), so that those cannot crowd out the names a service
+  gives; beyond, the interval table's name or none (``coro`` and ``thread`` stay).
+  Other tasks (a Python Task, a Task subclass, or before the probe is in place) are
+  named from a table of the tasks alive at each interval: their samples taken before the
+  first interval that sees them alive carry ``coro`` but no ``task``. A 3.12+ eager
+  task's first step runs inside ``create_task`` (no anchor right above it): its samples
+  go to the task that created it.
 
 A label set, once named, keeps its names: samples of a task that has finished keep its
 name (that is how a leaking task is found after it ends).
@@ -133,7 +136,7 @@ def _slot_offset(obj: "Any", value: "Any") -> int:
     return _find(id(obj), type(obj).__basicsize__ // 8, id(value))
 
 
-def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int], Any, Any]]":
+def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int, int], Any, Any]]":
     """What the shim needs to read the running C Task's name at sample time: the offsets
     of a frame's locals (its first is Handle._run's self), of Handle._callback and of the
     Task's name, each measured on objects made here (a frame of ours, an uninitialised
@@ -170,7 +173,18 @@ def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int], Any, Any]]":
         return None
     if min(local0, callback, name_off) < 0:
         return None
-    return (f_frame, local0, callback, name_off), handle_cls, task_cls
+    return (f_frame, local0, callback, name_off, _ascii_data()), handle_cls, task_cls
+
+
+def _ascii_data() -> int:
+    """Where a compact ASCII str's characters start (the shim tells asyncio's default
+    names, ``Task-<n>``, from the others by them), checked on one; -1 if not as expected."""
+    probe = "Task-%d" % (len(sys.modules) + 1000)
+    offset = sys.getsizeof("") - 1
+    state = (ctypes.c_uint32 * 1).from_address(id(probe) + 32)[0]
+    if state & 0x7C != 0x64 or ctypes.string_at(id(probe) + offset, len(probe)) != probe.encode():
+        return -1
+    return offset
 
 
 def task_name(name: "Any") -> str:

@@ -495,6 +495,9 @@ class Shim:
             ctypes.c_int64,  # Handle._callback
             ctypes.py_object,  # _asyncio.Task
             ctypes.c_int64,  # its name
+            ctypes.py_object,  # str
+            ctypes.py_object,  # int
+            ctypes.c_int64,  # a compact ASCII str's characters, -1: unknown
         ]
         park = getattr(lib, "hs_park", None)  # absent from an older build
         if park is not None:
@@ -627,13 +630,20 @@ class Shim:
         with self._lock:
             self._check(self._c().hs_set_tasks(n, frames, codes, slots))
 
-    def set_task_probe(self, offsets: Tuple[int, int, int, int], handle: Any, task: Any) -> None:
+    def set_task_probe(
+        self, offsets: Tuple[int, int, int, int, int], handle: Any, task: Any
+    ) -> None:
         """Have the shim read the running C Task's name at every sample (see
         ``labels.task_probe``: offsets of a frame's interpreter frame, its first local,
-        Handle._callback, the Task's name); the caller keeps both classes alive."""
-        f_frame, local0, callback, name = offsets
+        Handle._callback, the Task's name, a compact ASCII str's characters or -1); the
+        caller keeps both classes alive."""
+        f_frame, local0, callback, name, ascii_data = offsets
         with self._lock:
-            self._check(self._c().hs_set_task_probe(f_frame, local0, handle, callback, task, name))
+            self._check(
+                self._c().hs_set_task_probe(
+                    f_frame, local0, handle, callback, task, name, str, int, ascii_data
+                )
+            )
 
     def hook_numpy(self) -> str:
         """Route NumPy's array data (default allocator handler) through the shim.

@@ -140,7 +140,8 @@ def test_the_task_probe_finds_its_offsets_on_this_interpreter() -> None:
     assert "asyncio.events" in sys.modules and asyncio.Task is not None
     probe = task_probe()
     assert probe is not None
-    (f_frame, local0, callback, name), handle, task = probe
+    (f_frame, local0, callback, name, ascii_data), handle, task = probe
+    assert ascii_data == sys.getsizeof("") - 1
     assert handle is asyncio.events.Handle and task is sys.modules["_asyncio"].Task
     assert f_frame == (24 if sys.version_info >= (3, 11) else -1)
     assert local0 > 0 and callback >= 16 and name >= 16
