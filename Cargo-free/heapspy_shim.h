@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 9
+#define HS_ABI 10
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
