@@ -48,7 +48,7 @@
 #include "hs_common.h"
 
 #define CW_EXPORT __attribute__((visibility("default")))
-#define CW_ABI 2
+#define CW_ABI 3 /* 2: cw_gc_begin/cw_gc_step; 3: cw_targets, cw_target_paths (retainers) */
 
 /* ---- what we need from CPython, declared by hand ---------------------------------- */
 
@@ -276,6 +276,10 @@ typedef struct {
     uint8_t cur_mode;
     int64_t cur_skip, cur_seen;
     size_t cur_taken;
+    /* retainers: objects whose path is wanted (cw_targets); open addressing, 0 empty */
+    uint64_t *target_addr;
+    int32_t *target_path; /* the path it was counted under; -2: not reached */
+    size_t targets_cap, ntargets;
 } cw_census;
 
 static size_t memory(const cw_census *c) {
@@ -284,7 +288,7 @@ static size_t memory(const cw_census *c) {
            c->types_cap * sizeof(cw_tinfo) +
            c->nodes_cap * (4 + 4 + 1 + 8 + 8) + c->index_cap * 4 +
            c->stack_cap * sizeof(cw_entry) + c->later_cap * sizeof(cw_later) +
-           c->orphans_cap * sizeof(void *) + c->gc_seen_cap * 8;
+           c->orphans_cap * sizeof(void *) + c->gc_seen_cap * 8 + c->targets_cap * (8 + 4);
 }
 
 
@@ -713,8 +717,24 @@ static inline int has_referents(const cw_tinfo *t, cw_object *o) {
     return !(t->flags & TI_IS_GC) || o->type->tp_is_gc(o);
 }
 
+static size_t target_slot(const cw_census *c, uint64_t addr) {
+    size_t mask = c->targets_cap - 1, i = (size_t)hs_mix64(addr) & mask;
+    while (c->target_addr[i] != 0 && c->target_addr[i] != addr)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* A target reached: the path of the containers that hold it (its root first). */
+static inline void target_hit(cw_census *c, uint64_t addr, int32_t path) {
+    size_t i = target_slot(c, addr);
+    if (c->target_addr[i] == addr && c->target_path[i] == -2)
+        c->target_path[i] = path;
+}
+
 /* Count `o` (marked already, type known) under `path` and push it if it has referents. */
 static void take(cw_census *c, cw_object *o, const cw_tinfo *t, int32_t path) {
+    if (c->ntargets)
+        target_hit(c, (uint64_t)(uintptr_t)o, path);
     int64_t size = size_of(t, o);
     int32_t leaf = leaf_node(c, path, t->name);
     if (leaf >= 0) {
@@ -969,6 +989,8 @@ CW_EXPORT void cw_free(void *handle) {
     free(c->later);
     free(c->orphans);
     free(c->gc_seen);
+    free(c->target_addr);
+    free(c->target_path);
     free(c);
 }
 
@@ -1322,4 +1344,52 @@ CW_EXPORT uint64_t cw_nodes(void *handle, int32_t **parent, int32_t **name, uint
     *count = c->node_count;
     *bytes = c->node_bytes;
     return c->nodes;
+}
+
+/* Retainers: the objects (addresses) whose path the walk should note when it counts them,
+ * before the walk starts. 0, or -1 when out of memory (then there are none). */
+CW_EXPORT int cw_targets(void *handle, const uint64_t *addrs, uint64_t n) {
+    cw_census *c = handle;
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    free(c->target_addr);
+    free(c->target_path);
+    c->ntargets = 0;
+    c->target_addr = calloc(cap, sizeof *c->target_addr);
+    c->target_path = malloc(cap * sizeof *c->target_path);
+    if (c->target_addr == NULL || c->target_path == NULL) {
+        free(c->target_addr);
+        free(c->target_path);
+        c->target_addr = NULL;
+        c->target_path = NULL;
+        c->targets_cap = 0;
+        return -1;
+    }
+    c->targets_cap = cap;
+    for (uint64_t k = 0; k < n; k++) {
+        if (addrs[k] == 0)
+            continue;
+        size_t i = target_slot(c, addrs[k]);
+        if (c->target_addr[i] == 0) {
+            c->target_addr[i] = addrs[k];
+            c->target_path[i] = -2;
+            c->ntargets++;
+        }
+    }
+    return 0;
+}
+
+/* For each of addrs, the path node it was counted under: -2 not reached, -3 not a
+ * target. */
+CW_EXPORT void cw_target_paths(void *handle, const uint64_t *addrs, int32_t *out, uint64_t n) {
+    cw_census *c = handle;
+    for (uint64_t k = 0; k < n; k++) {
+        out[k] = -3;
+        if (c->ntargets && addrs[k] != 0) {
+            size_t i = target_slot(c, addrs[k]);
+            if (c->target_addr[i] == addrs[k])
+                out[k] = c->target_path[i];
+        }
+    }
 }

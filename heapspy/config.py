@@ -35,6 +35,9 @@ class AttachConfig:
     # `heapspy attach` and the daemon's watches take one unless told not to; a Session
     # made in code does only when asked
     census: bool = False
+    # which roots hold the top sites' live samples, found for the final dump, on-demand
+    # and leak-rule dumps (heapspy.retainers): a census-like walk each time
+    retainers: bool = False
     require_sampling: bool = False
     # sample native allocations too: the RAW domain and the malloc & co of the target's
     # extension modules and libraries (agent/heapspy_agent/shim.py, Cargo-free/native_*.c)

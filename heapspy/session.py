@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heapspy_agent import protocol, schema
+from heapspy_agent.schema import SAMPLED
 
 from heapspy.aggregate import Aggregator
 from heapspy.census import (
@@ -61,6 +62,8 @@ from heapspy.memory_account import MemoryAccount
 from heapspy.model import LABEL_KEYS, TYPE
 from heapspy.oomwatch import CgroupWatch
 from heapspy.registry import SessionLock
+from heapspy.retainer_run import SessionRetainers, wanted
+from heapspy.retainers import Retainers
 from heapspy.rss import Breakdown, measure
 from heapspy.rule_inputs import observation
 from heapspy.rules import Observation, Rule
@@ -125,6 +128,7 @@ class Session:
         self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
         self.censuses = SessionCensus(target.pid)  # at attach, and those asked for
+        self.retainers = SessionRetainers()  # the last found: retainers.last
 
     def target_facts(self) -> dict[str, Any]:
         """What a census's sidecar says of the target (as a heap dump's sidecar does)."""
@@ -425,6 +429,8 @@ class Session:
                     self._firing = False
         elif kind in (protocol.CENSUS, protocol.CENSUS_PROGRESS):
             self.censuses.on_frame(kind, body, lambda done: record_census(self, done))
+        elif kind == protocol.RETAINERS:
+            self.retainers.on_frame(body)
         elif kind == protocol.BYE:
             self.end_reason = self.end_reason or str(body.get("reason", "agent said goodbye"))
         elif kind == protocol.ERROR:
@@ -612,6 +618,7 @@ class Session:
         memory: Breakdown | None = None,
         stacks: StackDump | None = None,
         offender: dict[str, Any] | None = None,
+        retainers: Retainers | None = None,
     ) -> Sidecar:
         agg = self.aggregator
         return Sidecar(
@@ -636,6 +643,7 @@ class Session:
             stacks=stacks.to_json() if stacks is not None else None,
             labels=agg.labels_summary(),
             offender=offender,
+            retainers=retainers.to_json() if retainers is not None else None,
         )
 
     def write_dump(
@@ -657,11 +665,16 @@ class Session:
         if stacks is not None:
             notes.extend(stacks.headlines(limit=2))
             busy = stacks.source != AGENT  # the agent did not answer: do not wait again
+        held = None
         if not busy:
             self.classify_types()  # inuse_* by type (the label `type`)
+            if wanted(rule):
+                held = self.find_retainers(leak=rule.startswith("leak"))
+        if rule == self.config.final_rule:
+            held = self.retainers.last  # found at the detach, if they were
         profile = self.aggregator.profile(tuple(notes))
         memory = measure(self.target.pid, None) if busy else self.memory()
-        side = self.sidecar(rule, memory, stacks, offender)
+        side = self.sidecar(rule, memory, stacks, offender, held)
         return self.policy.write(profile, self.target.pid, rule, side)
 
     def classify_types(self) -> float | None:
@@ -671,6 +684,23 @@ class Session:
         if self.channel is None or self.violation:
             return None  # an agent that broke the protocol is asked nothing more
         return self.types.classify(self._agent_call, self.aggregator)
+
+    def find_retainers(self, leak: bool = False) -> Retainers | None:
+        """Which roots hold the live samples of the top sites (``heapspy.retainer_run``):
+        a census-like walk in the target, in GIL slices; ``leak``: a leak rule fired, its
+        site is marked as such. None when not asked for (``config.retainers``), not
+        sampled, a census is under way, or it failed."""
+        channel = self.channel
+        self.retainers.last = None  # none found: none shown, rather than older ones
+        if (
+            not self.config.retainers
+            or channel is None
+            or self.violation
+            or self.aggregator.sampling.mode != SAMPLED
+            or self.censuses.collector is not None
+        ):
+            return None
+        return self.retainers.find(channel, self.aggregator, leak)
 
     def types_for_view(self) -> None:
         """Types for `top --by type`: classified at most every TYPES_EVERY seconds (it
@@ -732,6 +762,7 @@ class Session:
             ):
                 self.memory()  # the allocators' account, for the final dump
                 self.classify_types()  # sites that change before the end lose their split
+                self.find_retainers()  # for the final dump and attach's last table
             if channel is not None:
                 self.censuses.stop(channel, self.end_reason or "detached")
                 channel.send(protocol.COMMAND, {"id": 0, "cmd": "detach"})

@@ -58,6 +58,8 @@ class Sidecar:
     labels: dict[str, Any] | None = None  # who allocated: Aggregator.labels_summary
     # a limit rule's dump: the task or thread beyond the limit (heapspy.limits)
     offender: dict[str, Any] | None = None
+    # which roots hold the top sites' live samples (heapspy.retainers.Retainers.to_json)
+    retainers: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         totals = self.totals
@@ -121,6 +123,7 @@ class Sidecar:
             # estimates), most live first; thread_alloc: [native id, exact bytes, name]
             "labels": self.labels,
             "offender": self.offender,
+            "retainers": self.retainers,
         }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 # Every agent module, and every module the agent uses, is imported here, at start, under
 # the bootstrap's import lock: the files are deleted right after, and once it runs the
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
-from heapspy_agent import census_walk, memstats, protocol, runtime, schema, stacks
+from heapspy_agent import census_walk, memstats, protocol, retainers, runtime, schema, stacks
 from heapspy_agent.census import Census, new_census
 from heapspy_agent.exact import TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
@@ -115,7 +115,8 @@ class Agent:
         self.census_lib: Optional[census_walk.Library] = None  # the census's native walk
         self._gc_base = gc.get_stats()
         self.gc_timer = runtime.GcTimer()
-        self.census: Optional[Census] = None
+        # a census, or a retainer search walking as one (they never run at once)
+        self.census: Optional[Any] = None
         self.census_slice = CENSUS_SLICE
         self.census_pause = CENSUS_PAUSE
         self.census_next = 0.0  # when the next slice of the census is due
@@ -312,6 +313,20 @@ class Agent:
                 reply = {"id": body.get("id"), "ok": False, "error": "a census is running"}
             else:
                 self._census_start(body)
+        elif cmd == "retainers":  # a dump: which roots hold the live samples of stacks
+            shim = getattr(self.collector, "shim", None)
+            if self.census is not None:
+                reply = {"id": body.get("id"), "ok": False, "error": "a census is running"}
+            elif not isinstance(shim, Shim):
+                reply = {"id": body.get("id"), "ok": False, "error": "only sampled mode"}
+            else:
+                self._send_samples()  # first: heapspy then knows every stack named
+                try:
+                    self._census_start(body, [int(s) for s in body.get("stacks", [])])
+                except Exception as exc:  # noqa: BLE001 - the session goes on without them
+                    self._drop_census()
+                    error = schema.clip_text("retainers: %s: %s" % (type(exc).__name__, exc))
+                    reply = {"id": body.get("id"), "ok": False, "error": error}
         elif cmd == "census_stop":
             if self.census is not None:
                 self.census.stop()
@@ -355,7 +370,8 @@ class Agent:
         if census is not None:
             census.close()
 
-    def _census_start(self, body: Dict[str, Any]) -> None:
+    def _census_start(self, body: Dict[str, Any], targets: Optional[List[int]] = None) -> None:
+        """Start a census; with ``targets`` (stack ids), a retainer search instead."""
         self.census_slice = float(body.get("slice", CENSUS_SLICE))
         self.census_pause = float(body.get("pause", CENSUS_PAUSE))
         own: List[Any] = [
@@ -364,7 +380,12 @@ class Agent:
             if name == "heapspy_agent" or name.startswith("heapspy_agent.")
         ]
         own.append(self)
-        self.census = new_census(own, threading.get_ident(), self.census_lib)
+        walk = new_census(own, threading.get_ident(), self.census_lib)
+        if targets is None:
+            self.census = walk
+        else:
+            assert self.shim is not None
+            self.census = retainers.RetainerWalk(self.shim, targets, walk)
         self.census_next = self.census_told = time.monotonic()
 
     def _census_step(self) -> None:
@@ -375,13 +396,20 @@ class Agent:
         self.census_next = now + self.census_pause
         if done:
             self._census_finish()
-        elif now - self.census_told >= CENSUS_PROGRESS_EVERY:
+        elif now - self.census_told >= CENSUS_PROGRESS_EVERY and isinstance(census, Census):
             self.census_told = now
             self._send(protocol.CENSUS_PROGRESS, census.progress())
 
     def _census_finish(self) -> None:
         census, self.census = self.census, None
         if census is None:
+            return
+        if isinstance(census, retainers.RetainerWalk):
+            try:
+                found = census.result()
+            finally:
+                census.close()
+            self._send(protocol.RETAINERS, found)
             return
         try:
             parts = census.result_frames(schema.MAX_CENSUS_SITES_PER_FRAME)

@@ -215,6 +215,9 @@ class Census:
         self.notes = []  # type: List[str]
         self._gc_owed = False  # automatic collections turned off by the census
         self._gc_hold = False  # ... and kept off between slices (a pass over the gc's lists)
+        # retainers (heapspy_agent.retainers): objects whose path is noted when counted
+        self._targets = None  # type: Optional[Set[int]]
+        self._hits = {}  # type: Dict[int, Tuple[str, ...]]
         self._sizers = {}  # type: Dict[type, Any]
         self._names = {}  # type: Dict[type, str]
         self._types = {}  # type: Dict[type, Tuple[str, Any, int, bool, bool]]
@@ -233,6 +236,7 @@ class Census:
             self.visited.__dict__,
             getattr(self.visited, "chunks", None),
             self.sites,
+            self._hits,
             self._stack,
             self._boundary,
             self._sizers,
@@ -244,6 +248,17 @@ class Census:
 
     def _new_visited(self):  # type: () -> Any
         return Bitmap()
+
+    def set_targets(self, addresses):  # type: (List[int]) -> bool
+        """Note the path (root, containers) of the objects at these addresses when the
+        walk counts them; before the walk starts. False when it cannot."""
+        self._targets = set(addresses)
+        self.visited.add(id(self._targets))
+        return True
+
+    def target_paths(self, addresses):  # type: (List[int]) -> List[Optional[Tuple[str, ...]]]
+        """The path each of ``addresses`` was counted under; None: not reached."""
+        return [self._hits.get(a) for a in addresses]
 
     # --- sizes and names: C code only --------------------------------------------------
     def _sizer(self, tp):  # type: (type) -> Any
@@ -533,6 +548,7 @@ class Census:
         boundary = self._boundary
         types = self._types
         sites = self.sites
+        targets = self._targets
         get_referents = gc.get_referents
         clock = time.perf_counter
         n = 0
@@ -600,6 +616,8 @@ class Census:
                 continue
             chunk[offset] |= bit
             tp = type(obj)
+            if targets and path is not None and address in targets:
+                self._hits[address] = path
             if path is None:  # excluded: marked as seen, not counted
                 if _is_module(tp) or (_type_flags(tp) & _TYPE_SUBCLASS and not _agent_class(obj)):
                     continue
@@ -770,6 +788,19 @@ class NativeCensus(Census):
 
     def _new_visited(self):  # type: () -> Any
         return _Marks(self._cw)
+
+    def set_targets(self, addresses):  # type: (List[int]) -> bool
+        return self._cw.targets(addresses)  # type: ignore[no-any-return]
+
+    def target_paths(self, addresses):  # type: (List[int]) -> List[Optional[Tuple[str, ...]]]
+        nodes = self._cw.target_paths(addresses)
+        if not any(node >= 0 for node in nodes):
+            return [None] * len(addresses)
+        names = self._name_list
+        paths = []  # type: List[Tuple[str, ...]]
+        for parent, name, _objects, _nbytes in self._cw.nodes():
+            paths.append((paths[parent] if parent >= 0 else ()) + (names[name],))
+        return [paths[node] if 0 <= node < len(paths) else None for node in nodes]
 
     def _name_id(self, name):  # type: (str) -> int
         found = self._name_ids.get(name)

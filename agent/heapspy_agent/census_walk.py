@@ -13,7 +13,7 @@ import _ctypes
 import ctypes
 from typing import Any, Callable, List, Optional, Tuple
 
-ABI = 2
+ABI = 3
 """Must match CW_ABI in census_walk.c."""
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -90,6 +90,19 @@ class Walker:
         the gc's collections so far; one between two slices starts the pass again)."""
         return int(self._lib.cw_gc_step(self._handle(), max(0, budget_ns), collections))
 
+    def targets(self, addresses: List[int]) -> bool:
+        """Note the path of each object at these addresses when the walk counts it
+        (retainers); before the walk starts. False when out of memory."""
+        n = len(addresses)
+        return int(self._lib.cw_targets(self._handle(), (ctypes.c_uint64 * n)(*addresses), n)) == 0
+
+    def target_paths(self, addresses: List[int]) -> List[int]:
+        """The path node each of ``addresses`` was counted under; -2: not reached."""
+        n = len(addresses)
+        out = (ctypes.c_int32 * n)()
+        self._lib.cw_target_paths(self._handle(), (ctypes.c_uint64 * n)(*addresses), out, n)
+        return list(out)
+
     def stats(self) -> Tuple[int, int, int, int, int, int, int]:
         """objects, bytes, paths, bookkeeping bytes, paths folded, deepest stack, objects
         left to the main thread to free"""
@@ -155,6 +168,8 @@ class Library:
                                            u64]),
             ("cw_gc_step", ctypes.c_int, [vp, u64, u64]),
             ("cw_stats", None, [vp, _U64P]),
+            ("cw_targets", ctypes.c_int, [vp, _U64P, u64]),
+            ("cw_target_paths", None, [vp, _U64P, _I32P, u64]),
             ("cw_nodes", u64, [vp, ctypes.POINTER(_I32P), ctypes.POINTER(_I32P),
                                ctypes.POINTER(_U64P), ctypes.POINTER(_U64P)]),
         ):  # fmt: skip

@@ -35,6 +35,7 @@ REPLY = 6  # answer to a COMMAND
 STACKS = 7  # new stacks that did not fit in the SAMPLES frame that follows
 CENSUS_PROGRESS = 8  # how far a heap census has got
 CENSUS = 9  # a heap census's results (several frames; the last one says done)
+RETAINERS = 10  # which roots hold the live samples of the stacks a COMMAND named
 # heapspy -> agent
 WELCOME = 16
 COMMAND = 17

@@ -53,6 +53,8 @@ MAX_TYPE_NAME = 200  # a type's name (module.Name) in a `types` reply
 MAX_TYPES_PER_SITE = 32  # types of one stack's live samples; the rest sent as OTHER_TYPES
 MAX_TYPED_SITES = 20000  # stacks in one `types` reply (the most live bytes first)
 OTHER_TYPES = "(other types)"
+MAX_RETAINER_STACKS = 256  # stacks one `retainers` command names (heapspy_agent.retainers)
+MAX_RETAINER_PATHS = 8  # paths sent per stack, the largest; the rest folded into one
 DEFAULT_STACK_DEPTH = 64
 # Stacks are split off into STACKS frames when their estimated size passes this share of
 # the frame limit (the rest of a SAMPLES frame, its numbers, needs the other half).
@@ -466,6 +468,33 @@ def _define() -> dict[int, Record]:
         # CENSUS frames of at most MAX_CENSUS_SITES_PER_FRAME paths each (root first,
         # the type last; (objects, bytes)); the last frame says done, with the totals.
         protocol.CENSUS_PROGRESS: Record("CENSUS_PROGRESS", CENSUS_STATE),
+        # The answer to COMMAND retainers, once its walk is over: per stack id, its live
+        # samples by the path that holds them (root first, then containers; or one of
+        # the retainers module's NOT_OBJECT / NOT_REACHED): (path, samples, est. bytes)
+        protocol.RETAINERS: Record(
+            "RETAINERS",
+            {
+                "stacks": SiteMap(
+                    ListOf(
+                        Tuple_(
+                            ListOf(Str(MAX_CENSUS_NAME), MAX_CENSUS_DEPTH), Int(0, 2**40), EST
+                        ),
+                        MAX_RETAINER_PATHS,
+                    ),
+                    MAX_RETAINER_STACKS,
+                ),
+                "targets": Int(0, 2**40),  # objects looked for
+                "left_out": Int(0, 2**40),  # live samples not looked for (beyond the cap)
+                "partial": Bool(),
+                "elapsed": Num(0.0, 1e9),
+                "cpu": Num(0.0, 1e9),
+                "longest_slice": Num(0.0, 1e9),
+                "longest_slice_wall": Num(0.0, 1e9),
+                "objects": COUNT,
+                "walker": Str(16),
+            },
+            required=("stacks",),
+        ),
         protocol.CENSUS: Record(
             "CENSUS",
             dict(
@@ -606,8 +635,11 @@ def _define() -> dict[int, Record]:
                         "census",
                         "census_stop",
                         "stacks",
+                        "retainers",
                     ),
                 ),
+                # retainers: the stack ids whose live samples' roots are wanted
+                "stacks": ListOf(Int(*ID), MAX_RETAINER_STACKS),
                 "glibc": Bool(),
                 "rate": COUNT,
                 # census: seconds of work per slice, seconds of rest between slices
@@ -637,6 +669,7 @@ FROM_AGENT = frozenset(
         protocol.STACKS,
         protocol.CENSUS_PROGRESS,
         protocol.CENSUS,
+        protocol.RETAINERS,
         protocol.BYE,
         protocol.ERROR,
         protocol.REPLY,

@@ -904,6 +904,31 @@ class Shim:
             finally:
                 lib.hs_types_clear()
 
+    def block_objects(
+        self, blocks: List[Tuple[int, int, int]], types: List[type], min_sizes: List[int]
+    ) -> List[int]:
+        """For each (address, size, domain), the address of the object that block holds
+        (where it starts: after its gc header and pre-header), or 0 when it holds none
+        of ``types``: classify_live's check, for the retainers' chosen blocks."""
+        n = len(types)
+        addrs = (ctypes.c_uint64 * n)(*[id(t) for t in types])
+        flags = (ctypes.c_uint64 * n)(*[_type_flags(t) for t in types])
+        sizes = (ctypes.c_uint64 * n)(*min_sizes)
+        found = ctypes.c_uint64(0)
+        out: List[int] = []
+        with self._lock:
+            lib = self._c()
+            self._init_layout()
+            self._check(lib.hs_types_set(addrs, flags, sizes, n))
+            try:
+                for a, z, d in blocks:
+                    found.value = 0
+                    index = int(lib.hs_block_type(a, z, d, ctypes.byref(found)))
+                    out.append(found.value if index >= 0 else 0)
+            finally:
+                lib.hs_types_clear()
+        return out
+
     def object_block(self, obj: object) -> int:
         """Where the allocation block of a live object starts."""
         with self._lock:

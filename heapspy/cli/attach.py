@@ -14,6 +14,7 @@ from heapspy.cli.spinner import CensusLine, Spinner
 from heapspy.config import DEFAULT_RATE_TEXT, AttachConfig, check_max_bytes, check_method
 from heapspy.foreground import run_foreground
 from heapspy.reporters.top import TopTable
+from heapspy.retainers import table_lines
 from heapspy.rss import format_breakdown
 from heapspy.rules import parse_rule
 from heapspy.serve.access import parse_listen, read_token
@@ -150,6 +151,12 @@ def attach(
         help="Take a census of the heap at attach (what it held before, by type and root; "
         "see `heapspy census`), written as its own dump.",
     ),
+    retainers: Optional[bool] = typer.Option(
+        None,
+        "--retainers/--no-retainers",
+        help="Say which roots hold the top sites' live objects in the final, on-demand and "
+        "leak-rule dumps (a walk of the heap like the census's). Default: as --census.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors and dump paths."),
 ) -> None:
     """Attach to a running Python process and profile its heap.
@@ -185,6 +192,7 @@ def attach(
         max_bytes=check_max_bytes(max_bytes, "--max-bytes"),
         allow_gc=not no_gc,
         census=census,
+        retainers=census if retainers is None else retainers,
         native=native,
         native_frames=options.native_frames(native, native_frames),
     )
@@ -225,6 +233,9 @@ def run_attach(pid: int, config: AttachConfig, quiet: bool = False) -> Session:
     if not quiet:
         table = TopTable(session.aggregator.top_sites(10), session.aggregator.sampling.estimates)
         print(table.output())
+        if session.retainers.last is not None and session.retainers.last.sites:
+            print("What holds them (heapspy report shows it again):")
+            print("\n".join(table_lines(session.retainers.last)))  # names escaped
         if session.memory_account.last is not None:  # what the rest of RSS is, as it was at the end
             series = [p for p in session.aggregator.series if p.rss is not None]
             rss_growth = series[-1].rss - series[0].rss if len(series) >= 2 else None  # type: ignore[operator]

@@ -52,6 +52,7 @@ AGENT_FILES = (
     "stacks.py",
     "census_walk.py",
     "object_types.py",
+    "retainers.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"

@@ -19,6 +19,8 @@ const select = document.getElementById("sample");
 const search = document.getElementById("search");
 const matched = document.getElementById("matched");
 const state = { sample: doc.default, zoom: 0, search: "" };
+// function index -> tooltip lines saying who holds its live samples (retainers)
+const held = new Map((doc.retainers || []).map(([f, ...lines]) => [f, lines]));
 
 // The document is in preorder: node i's subtree is i .. end[i] - 1, its first child
 // (if any) is i + 1, and the next sibling of a child c is end[c].
@@ -200,6 +202,7 @@ function showTip(event) {
       `${nameOf(i)}\n${where}\n` +
       `${state.sample}: ${format(values[i])} (${percent(values[i], total)} of all)\n` +
       `self: ${format(values[i] - callees)}`;
+    if (i !== 0 && held.has(nodes.function[i])) text += "\n" + held.get(nodes.function[i]).join("\n");
   }
   tip.textContent = text;
   tip.hidden = false;

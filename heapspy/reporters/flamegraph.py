@@ -26,8 +26,10 @@ frame stays in place when the sample type changes. The JSON document::
         "function": [-1, 0, 5, ...],              # index into functions; -1 for the root
         "lines": [[], 5, [12, 14], ...],          # line seen, or lines seen ascending
         "values": [[...], [...], [...], [...]]    # one column per sample type, each
-      }                                           # node's total (itself and callees)
-    }
+      },                                          # node's total (itself and callees)
+      "retainers": [[5, "line 32: 5.5 MiB live, held by", "  app.SHIPPER > list 100 %"]]
+    }                                             # function index, then tooltip lines:
+                                                  # who holds its live samples (sidecar)
 
 Output is deterministic (same dump, sidecar and options → same bytes): nothing depends on
 the time of writing or on the directory the dump is in. The file is written to a
@@ -57,6 +59,7 @@ from heapspy.reporters.base import Rendering, describe_sampling, format_time
 from heapspy.reporters.dump import Dump
 from heapspy.reporters.sites import check_by, check_sample_index, label_leafed, label_rooted
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS
+from heapspy.retainers import SHOWN, Retainers
 from heapspy.scaling import format_error
 from heapspy.sidecar import Header
 from heapspy.units import format_bytes
@@ -353,7 +356,29 @@ def build_document(
             "lines": tree.lines,
             "values": tree.values,
         },
+        "retainers": retainer_tips(loaded, tree),
     }
+
+
+def retainer_tips(loaded: Dump, tree: Tree) -> list[list[Any]]:
+    """The sidecar's retainers (``heapspy.retainers``) as tooltip lines, per function of
+    the graph: [function index, line...]. Empty without them."""
+    found = Retainers.from_json(loaded.sidecar.get("retainers")) if loaded.sidecar else None
+    if found is None:
+        return []
+    index = {
+        (name, tree.files[file][0]): position
+        for position, (name, file) in enumerate(tree.functions)
+    }
+    tips: dict[int, list[str]] = {}
+    for site in found.sites:
+        position = index.get((site.site.function, site.site.filename))
+        if position is None:
+            continue
+        lines = tips.setdefault(position, [])
+        lines.append(f"line {site.site.line}: {format_bytes(site.live_bytes)} live, held by")
+        lines.extend(f"  {h.describe()} {h.share * 100:.0f} %" for h in site.holders[:SHOWN])
+    return [[position, *lines] for position, lines in sorted(tips.items())]
 
 
 def script_json(document: dict[str, Any]) -> str:

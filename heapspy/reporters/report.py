@@ -46,6 +46,13 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
                                              # "threads": {"count", "left_out", "groups":
                                              # [{"count", "names", "frames", "awaits"}]},
                                              # "tasks": the same or null, "note"}
+      "retainers": null,                     # which roots hold the top sites' live
+                                             # samples (heapspy.retainers): {"sites":
+                                             # [{"function", "filename", "line",
+                                             # "live_bytes", "leak", "holders": [{"path":
+                                             # [root, container...], "samples", "bytes",
+                                             # "share"}]}], "elapsed", "cpu",
+                                             # "longest_slice", "objects", "partial"}
       "census": null,                        # a heap census's walk (heapspy census):
                                              # objects, bytes, elapsed, cpu,
                                              # longest_slice, partial, stopped
@@ -93,6 +100,8 @@ from heapspy.reporters.sites import (
     site_variances,
 )
 from heapspy.reporters.totals import SIDECAR_FOUND, SIDECAR_NO_TOTALS, Totals
+from heapspy.retainers import Retainers
+from heapspy.retainers import table_lines as retainer_lines
 from heapspy.rss import Breakdown, format_breakdown, growth_of, memory_of, verdict
 from heapspy.runtime_stats import RuntimeStats
 from heapspy.sampling import Sampling
@@ -170,6 +179,7 @@ class Report(Rendering):
     census: dict[str, Any] | None = None  # a heap census (heapspy.census): how the walk went
     stacks: StackDump | None = None  # a thread or task rule's dump: threads, tasks by stack
     by: str = ""  # rows are the values of this label (model.LABEL_KEYS), not functions
+    retainers: Retainers | None = None  # which roots hold the top sites (heapspy.retainers)
 
     def text(self) -> str:
         return render_text(self)
@@ -253,6 +263,7 @@ def report_of(dump: Dump, config: ReportConfig) -> Report:
         census=census_of(dump.sidecar),
         stacks=dump.stacks,
         by=config.by,
+        retainers=Retainers.from_json(dump.sidecar.get("retainers")) if dump.sidecar else None,
     )
 
 
@@ -379,6 +390,10 @@ def render_text(report: Report) -> str:
     lines.extend(table_lines(report.top, report.unit, errors=report.sampled))
     if report.sampled:
         lines.append("±95%: sampling error (half-width of the value's 95% confidence interval)")
+    if report.retainers is not None and report.retainers.sites:
+        lines.append("")
+        lines.append("What holds the top sites' live samples (the first root to reach them):")
+        lines.extend(retainer_lines(report.retainers))
     if report.memory is not None:
         lines.append("")
         lines.append("Memory at dump time (where the RSS is; `heapspy trim PID` gives back what")
@@ -431,6 +446,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "runtime": None if report.runtime is None else report.runtime.to_json(),
         "census": report.census,  # a heap census: objects, bytes, elapsed, partial, ...
         "stacks": None if report.stacks is None else report.stacks.to_json(),
+        # per top site: its live samples by retention path (heapspy.retainers), or null
+        "retainers": None if report.retainers is None else report.retainers.to_json(),
         "memory": None
         if report.memory is None
         else {
