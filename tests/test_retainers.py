@@ -1,0 +1,170 @@
+"""Retainers of leak sites (issue 17 point 3): which roots hold the live samples of the
+sites a dump ranks highest.
+
+One real target per interpreter (tests/targets/retained_leaks.py) leaks through three
+kinds of root -- a module global's attribute list, a class attribute, a thread's frame
+local -- each from its own function; `heapspy attach` must name each site's root first
+with >= 90 % of its live samples in its final table, and `heapspy report` (text and
+JSON) the same from the dump's sidecar. The flame graph's tooltip data is checked once.
+The two census walks (native, Python) looking for chosen objects are checked side by
+side in one interpreter, and what heapspy reads back from an agent or a sidecar is
+checked for hostile content without a target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from heapspy_agent import protocol, schema
+from interpreters import Interpreter, interpreter_params
+from support import Target, run_heapspy
+
+from heapspy.reporters.flamegraph import FlamegraphConfig, write_flamegraph
+from heapspy.reporters.report import ReportConfig, build_report
+from heapspy.retainers import Retainers, table_lines
+
+Spawn = Callable[..., Target]
+HERE = Path(__file__).resolve().parent
+# what each leaking function's live samples must be held by, as the census names roots
+ROOTS = {
+    "buffer_line": "__main__.SHIPPER",
+    "register": "__main__.Registry.entries",
+    "keep_local": "thread local-worker: local_worker",
+}
+
+
+def _chosen(*versions: tuple[int, int]) -> list[Any]:
+    """The first interpreter of each of these versions."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for param in interpreter_params():
+        version = param.values[0].version[:2]
+        if version in versions and version not in seen:
+            seen.add(version)
+            out.append(param)
+    return out
+
+
+def _held(sites: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each leaking function's retainers entry, by the short name in ROOTS."""
+    out = {}
+    for site in sites:
+        short = site["function"].rsplit(".", 1)[-1]
+        if short in ROOTS:
+            out[short] = site
+    return out
+
+
+@pytest.mark.parametrize("interp", _chosen((3, 8), (3, 11), (3, 14)))
+def test_retainers_name_the_root_of_each_leak(
+    interp: Interpreter, spawn: Spawn, tmp_path: Path
+) -> None:
+    target = spawn(interp, "retained_leaks.py")
+    attach = run_heapspy(
+        "attach", str(target.pid), "--duration", "3", "--rate", "8KiB", "--no-census",
+        "--retainers", "--dump-dir", str(tmp_path), timeout=180,
+    )  # fmt: skip
+    assert attach.returncode == 0, attach.stderr
+    (final,) = tmp_path.glob("heap-*-final.pb.gz")
+    side = json.loads(final.with_name(final.name.replace(".pb.gz", ".json")).read_text())
+    found = side["retainers"]
+    assert found is not None and not found["partial"], found
+    assert found["walker"] == "native" and found["longest_slice"] < 1.0, found
+    held = _held(found["sites"])
+    assert set(held) == set(ROOTS), found["sites"]
+    for short, root in ROOTS.items():
+        first = held[short]["holders"][0]
+        assert first["path"][0] == root and first["path"][-1] == "list", held[short]
+        assert first["share"] >= 0.9, held[short]
+        assert first["samples"] >= 5, held[short]  # enough samples to mean something
+        # attach's final table says it (each site's first holder, on its headline)
+        assert f"held by {' > '.join(first['path'])} " in attach.stdout, attach.stdout
+    # `heapspy report`: the JSON from the sidecar, and the text (the CLI on one
+    # interpreter: it only renders what build_report returns)
+    if interp.version[:2] == (3, 11):
+        report = run_heapspy("report", str(final), "--format", "json")
+        assert report.returncode == 0, report.stderr
+        as_json = report.stdout
+    else:
+        as_json = build_report(ReportConfig(dump=final)).output("json")
+    from_report = _held(json.loads(as_json)["retainers"]["sites"])
+    assert {k: v["holders"][0]["path"] for k, v in from_report.items()} == {
+        k: v["holders"][0]["path"] for k, v in held.items()
+    }
+    text = build_report(ReportConfig(dump=final)).output("text")
+    assert "What holds the top sites' live samples" in text, text
+    for root in ROOTS.values():
+        assert f"held by {root} > " in text, text
+
+    if interp.version[:2] != (3, 11):
+        return  # the flame graph reads the same sidecar: once
+    html = tmp_path / "graph.html"
+    write_flamegraph(FlamegraphConfig(dump=final, output=html))
+    page = html.read_text()
+    data = page.split('<script type="application/json" id="data">', 1)[1].split("</script>")[0]
+    document = json.loads(data)
+    functions = document["functions"]
+    tips = {functions[row[0]][0].rsplit(".", 1)[-1]: row[1:] for row in document["retainers"]}
+    for short, root in ROOTS.items():
+        assert any(line.strip().startswith(root) for line in tips[short]), tips
+    assert "held.get(nodes.function[i])" in page  # the tooltip shows them
+
+
+@pytest.mark.parametrize("interp", _chosen((3, 8), (3, 12), (3, 14)))
+def test_native_and_python_walks_find_the_same_holders(interp: Interpreter) -> None:
+    """Both walks give a chosen object the path of the root that holds it (an instance's
+    attribute, a class attribute, a thread's frame local), and garbage as garbage."""
+    agent = HERE.parent / "agent"
+    shim = next((agent / "heapspy_agent").glob("_heapspy_shim*.so"))
+    out = subprocess.run(
+        [*interp.argv, str(HERE / "targets" / "retainer_twin.py"), str(agent), str(shim)],
+        capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("TWIN ")]
+    twin = json.loads(line[len("TWIN ") :])
+    assert twin["walkers"] == ["native", "python"]
+    for walker in ("native", "python"):
+        paths = twin[walker]
+        assert paths["attribute"][:2] == ["__main__.HOLDER", "__main__.Holder"], twin
+        assert paths["class"] == ["__main__.Registry.entries", "list"], twin
+        assert paths["frame"] == ["thread keeper: worker", "list"], twin
+        assert paths["garbage"] == ["unreachable (cyclic garbage)", "list"], twin
+    assert twin["native"] == twin["python"]
+
+
+def test_hostile_retainers_are_refused_or_escaped() -> None:
+    """An agent's RETAINERS frame is checked (sizes, types); a sidecar's retainers are
+    read back leniently; names print with control characters escaped."""
+    good = {"stacks": {"7": [[["m.ROOT", "list"], 3, 4096.0]]}, "elapsed": 0.5}
+    assert schema.check(protocol.RETAINERS, good)["stacks"] == good["stacks"]
+    too_many_paths = {"stacks": {"7": [[["r"], 1, 1.0]] * (schema.MAX_RETAINER_PATHS + 1)}}
+    too_deep = {"stacks": {"7": [[["r"] * (schema.MAX_CENSUS_DEPTH + 1), 1, 1.0]]}}
+    bad_key = {"stacks": {"x": [[["r"], 1, 1.0]]}}
+    negative = {"stacks": {"7": [[["r"], 1, -5.0]]}}
+    for body in (too_many_paths, too_deep, bad_key, negative, {"elapsed": 1.0}):
+        with pytest.raises(protocol.ProtocolError):
+            schema.check(protocol.RETAINERS, body)
+    sidecar = {
+        "sites": [
+            {"function": "f\x1b]0;owned\x07", "filename": "/a/b.py", "line": 3,
+             "live_bytes": 2048, "holders": [
+                 {"path": ["m.\x1b[2JX", "list"], "samples": 2, "bytes": 2048, "share": 1.0},
+                 "junk", {"path": "not a list"}]},
+            "junk",
+            {"function": 5, "holders": [{"path": [1, None], "share": "x"}]},
+        ],
+        "elapsed": "slow",
+    }  # fmt: skip
+    read = Retainers.from_json(sidecar)
+    assert read is not None and len(read.sites) == 2 and read.elapsed == 0.0
+    assert len(read.sites[0].holders) == 1 and read.sites[1].holders[0].path == ("", "")
+    text = "\n".join(table_lines(read))
+    assert "\x1b" not in text and "\x07" not in text, text
+    assert "held by m.\\x1b[2JX > list 100 %" in text, text
+    assert Retainers.from_json("nothing") is None and Retainers.from_json({"sites": 1}) is None
