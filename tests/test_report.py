@@ -233,8 +233,10 @@ def test_json_structure(tmp_path: Path) -> None:
         "schema", "dump", "sidecar", "sidecar_status", "sample_index", "unit", "period",
         "sampling", "time_nanos", "duration_nanos", "comments", "totals", "size_classes",
         "total", "functions", "top", "runtime", "memory", "census", "by", "stacks",
+        "retainers",
     }  # fmt: skip
     assert document["by"] is None  # by function (--by KEY: a label)
+    assert document["retainers"] is None  # no retainers in this sidecar
     assert document["census"] is None  # a heap dump, not a census
     # no mode in this sidecar: the period (1) says
     assert document["sampling"] == {"mode": "exact", "rate": 1, "frames": 64}
