@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-CACHE = {"k%d" % i: {"id": i, "name": "n%d" % i} for i in range(int(sys.argv[1]) // 4)}
+CACHE = {f"k{i}": {"id": i, "name": f"n{i}"} for i in range(int(sys.argv[1]) // 4)}
 
 
 class Sink:
@@ -40,7 +40,7 @@ def probe():
 
 
 def report(_signum, _frame):
-    print("LATENCY %.3f %d" % (longest[0] * 1000, longest[1]), flush=True)
+    print(f"LATENCY {longest[0] * 1000:.3f} {longest[1]}", flush=True)
 
 
 def reset(_signum, _frame):
@@ -52,7 +52,7 @@ def main():
     signal.signal(signal.SIGUSR1, report)
     signal.signal(signal.SIGUSR2, reset)
     threading.Thread(target=probe, name="probe", daemon=True).start()
-    print("READY %d" % os.getpid(), flush=True)
+    print(f"READY {os.getpid()}", flush=True)
     for i in range(20000):
         SINK.keep(i)
         time.sleep(0.001)
