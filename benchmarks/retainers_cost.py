@@ -5,7 +5,8 @@ the target itself saw, on a heap of N small objects.
     .venv/bin/python benchmarks/retainers_cost.py [--objects 1000000] [--python 3.12]
 
 ``benchmarks/targets/retainer_heap.py`` builds N objects, then leaks ~1 KiB objects from
-``Sink.keep`` while heapspy is attached (a session in this process, 64 KiB sampling). After
+``Sink.keep`` while heapspy is attached (a session in this process, 64 KiB sampling, or
+``--rate``). After
 3 s of sampling the target's latency probe is reset and ``Session.find_retainers`` runs:
 the same walk as a census (same roots, 10 ms slices, 30 ms rests) that also notes who
 holds each sampled live object of the top sites. Prints the figures as JSON, and checks
@@ -31,6 +32,7 @@ from harness import log, pick_interpreters  # noqa: E402
 
 from heapspy.config import AttachConfig  # noqa: E402
 from heapspy.session import Session  # noqa: E402
+from heapspy.units import parse_size  # noqa: E402
 
 TARGET = ROOT / "benchmarks" / "targets" / "retainer_heap.py"
 
@@ -45,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=1_000_000)
     parser.add_argument("--python", default="3.12")
+    parser.add_argument("--rate", default="64KiB", help="sampling rate (more: more to find)")
     args = parser.parse_args()
     interp = pick_interpreters([args.python])[0]
     env = dict(os.environ)
@@ -55,7 +58,7 @@ def main() -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("READY")
-        config = AttachConfig(rate=64 * 1024, final_dump=False, retainers=True)
+        config = AttachConfig(rate=parse_size(args.rate), final_dump=False, retainers=True)
         session = Session.attach(proc.pid, config)
         try:
             session.run(3.0)
@@ -82,9 +85,11 @@ def main() -> None:
         "agent_elapsed_s": round(found.elapsed, 2),
         "agent_cpu_s": round(found.cpu, 2),
         "longest_slice_ms": round(found.longest_slice * 1000, 1),
+        "setup_ms": round(found.setup * 1000, 1),
         "longest_pause_ms": pause,
         "idle_longest_pause_ms": idle_pause,
         "sites": len(found.sites),
+        "sink_samples": sum(h.samples for h in sink.holders),
         "sink_holder": list(sink.holders[0].path),
         "sink_share": round(sink.holders[0].share, 3),
         "load": os.getloadavg()[0],
@@ -92,7 +97,8 @@ def main() -> None:
     log(
         f"{interp.label} ({found.walker} walk): {found.objects:,} objects, {len(found.sites)} "
         f"sites: {wall:.1f} s wall ({found.cpu:.2f} s CPU in the agent), longest slice "
-        f"{found.longest_slice * 1000:.1f} ms CPU, longest pause seen by the target "
+        f"{found.longest_slice * 1000:.1f} ms CPU (setup {found.setup * 1000:.1f} ms), "
+        f"longest pause seen by the target "
         f"{pause:.1f} ms (idle: {idle_pause:.1f} ms); Sink.keep held by "
         f"{' > '.join(sink.holders[0].path)} {sink.holders[0].share:.0%}"
     )

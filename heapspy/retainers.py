@@ -102,6 +102,7 @@ class Retainers:
     objects: int = 0  # objects walked
     partial: bool = False
     walker: str = ""
+    setup: float = 0.0  # seconds the agent took to find the sampled objects (GIL held)
 
     def for_site(self, function: str, filename: str, line: int) -> SiteRetainers | None:
         for found in self.sites:
@@ -137,6 +138,7 @@ class Retainers:
             "objects": self.objects,
             "partial": self.partial,
             "walker": self.walker,
+            "setup": self.setup,
         }
 
     @classmethod
@@ -158,6 +160,7 @@ class Retainers:
             objects=int(_num(document.get("objects"))),
             partial=document.get("partial") is True,
             walker=_str(document.get("walker"))[:16],
+            setup=_num(document.get("setup")),
         )
 
 
@@ -248,6 +251,7 @@ def collect(
         objects=int(body.get("objects", 0)),
         partial=bool(body.get("partial", False)),
         walker=str(body.get("walker", "")),
+        setup=float(body.get("setup", 0.0)),
     )
 
 

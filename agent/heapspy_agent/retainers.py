@@ -20,6 +20,7 @@ Only integers (addresses) are held between the start and the end: holding the ob
 would mark them as the agent's own and keep the freed ones alive.
 """
 
+import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from heapspy_agent import census as census_mod
@@ -28,7 +29,9 @@ from heapspy_agent.schema import MAX_RETAINER_PATHS, MAX_RETAINER_STACKS
 from heapspy_agent.shim import DOM_OBJ, Shim
 
 MAX_STACKS = MAX_RETAINER_STACKS
-MAX_TARGETS = 200000  # sampled objects looked for in one walk
+# sampled objects looked for in one walk, the largest blocks first: finding the object in
+# each block is a ctypes call (~1-2 us) made with the GIL held before the walk starts
+MAX_TARGETS = 10000
 MAX_PATHS = MAX_RETAINER_PATHS
 NOT_OBJECT = "(not a Python object)"
 NOT_REACHED = "not reached (freed meanwhile / held only by C)"
@@ -50,6 +53,7 @@ class RetainerWalk:
     census's place); ``result()`` is the RETAINERS frame's body."""
 
     def __init__(self, shim: Shim, stacks: List[int], census: census_mod.Census) -> None:
+        began = time.perf_counter()
         self.shim = shim
         self.census = census
         self.stacks = sorted(set(stacks))[:MAX_STACKS]
@@ -68,6 +72,7 @@ class RetainerWalk:
         del objects, found
         self.ok = census.set_targets(list(self.object_of.values()))
         self.done = False
+        self.setup = time.perf_counter() - began  # one GIL hold, before the walk's slices
 
     # the census's interface, as the agent drives it
     def step(self, budget: float) -> bool:
@@ -127,4 +132,5 @@ class RetainerWalk:
             "longest_slice_wall": state["longest_slice_wall"],
             "objects": state["objects"],
             "walker": state["walker"],
+            "setup": self.setup,
         }

@@ -492,6 +492,7 @@ def _define() -> dict[int, Record]:
                 "longest_slice_wall": Num(0.0, 1e9),
                 "objects": COUNT,
                 "walker": Str(16),
+                "setup": Num(0.0, 1e9),  # seconds finding the objects, before the walk
             },
             required=("stacks",),
         ),
