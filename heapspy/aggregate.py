@@ -22,13 +22,14 @@ from typing import Any
 from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, OVERFLOW_FUNCTION, Sampling
 
 from heapspy.frame_names import from_source
+from heapspy.heap_sites import Site, retired_key
+from heapspy.live_types import split_by_type
 from heapspy.model import (
     CORO,
     NO_LABEL,
     TASK,
     THREAD,
     THREAD_ID,
-    TYPE,
     AllocTotals,
     Frame,
     HeapProfile,
@@ -39,7 +40,6 @@ from heapspy.model import (
     label_value,
 )
 from heapspy.runtime_stats import RuntimeStats
-from heapspy.scaling import estimate_variance, scale
 from heapspy.symbolize import Symbolizer
 
 # What one session keeps of what its agent sends, whatever the agent sends: stacks past
@@ -53,91 +53,6 @@ MAX_SITES = 50_000
 MAX_DISTINCT_FRAMES = 64_000
 MAX_FRAME_REFS = 2_000_000  # frames summed over all stacks kept
 MAX_TEXT = 4 * 1024 * 1024  # characters of distinct function and file names
-
-
-@dataclass
-class _Site:
-    stack: Stack
-    exact: bool
-    inuse_objects: int = 0
-    inuse_bytes: int = 0
-    alloc_objects: int = 0
-    alloc_bytes: int = 0
-    estimate: tuple[float, float, float, float] | None = None  # see SiteCounts.estimate
-    label_set: int = 0  # its label set's id (Aggregator.label_sets)
-    # its live samples by type, as the agent last classified them (Aggregator.apply_types);
-    # None once the site changed since (its dump samples then carry no type)
-    types: tuple[TypeShare, ...] | None = None
-    variance: tuple[float, float, float, float] | None = None  # see SiteCounts.variance
-    # what this stack's frames allocated under ids since evicted: (objects, bytes, the
-    # estimates of both, their variances), added to what the agent says of this id
-    carried: tuple[int, int, float, float, float, float] = (0, 0, 0.0, 0.0, 0.0, 0.0)
-
-    def live(self, rate: int) -> tuple[float, float]:
-        """Estimated live (objects, bytes) at this site."""
-        if self.exact:
-            return float(self.inuse_objects), float(self.inuse_bytes)
-        if self.estimate is not None:
-            return self.estimate[2], self.estimate[3]
-        return scale(self.inuse_objects, self.inuse_bytes, rate)
-
-    def allocated(self, rate: int) -> tuple[float, float]:
-        """Estimated (objects, bytes) allocated here since attach."""
-        if self.exact:
-            return float(self.alloc_objects), float(self.alloc_bytes)
-        if self.estimate is not None:
-            return self.estimate[0], self.estimate[1]
-        return scale(self.alloc_objects, self.alloc_bytes, rate)
-
-    def live_variance(self, rate: int) -> float:
-        """Variance of the live bytes estimate (``scaling.estimate_variance``)."""
-        if self.exact:
-            return 0.0
-        recorded = None if self.variance is None else (self.variance[2], self.variance[3])
-        return estimate_variance(*self.live(rate), rate, recorded)[1]
-
-    def alloc_variance(self, rate: int) -> float:
-        """Variance of the allocated bytes estimate."""
-        if self.exact:
-            return 0.0
-        recorded = None if self.variance is None else (self.variance[0], self.variance[1])
-        return estimate_variance(*self.allocated(rate), rate, recorded)[1]
-
-    def retire(self) -> None:
-        """Evicted by the agent: nothing of it is live; what it allocated stays."""
-        self.inuse_objects = self.inuse_bytes = 0
-        if self.estimate is not None:
-            self.estimate = (self.estimate[0], self.estimate[1], 0.0, 0.0)
-        if self.variance is not None:
-            self.variance = (self.variance[0], self.variance[1], 0.0, 0.0)
-
-    def absorb(self, other: _Site) -> None:
-        """Take up what another retired site with the same frames allocated."""
-        self.alloc_objects += other.alloc_objects
-        self.alloc_bytes += other.alloc_bytes
-        if other.estimate is not None:
-            mine = self.estimate or (0.0, 0.0, 0.0, 0.0)
-            self.estimate = (mine[0] + other.estimate[0], mine[1] + other.estimate[1], 0.0, 0.0)
-        if other.variance is not None:
-            mine = self.variance or (0.0, 0.0, 0.0, 0.0)
-            self.variance = (mine[0] + other.variance[0], mine[1] + other.variance[1], 0.0, 0.0)
-
-    def carry(self) -> tuple[int, int, float, float, float, float]:
-        """What a stack with these frames that comes back starts from."""
-        est = self.estimate or (0.0, 0.0, 0.0, 0.0)
-        var = self.variance or (0.0, 0.0, 0.0, 0.0)
-        return (self.alloc_objects, self.alloc_bytes, est[0], est[1], var[0], var[1])
-
-
-def _retired_key(stack: Stack, label_set: int) -> tuple[int, ...]:
-    """An evicted site's key: its label set, and its frames by identity (the aggregator
-    keeps one Frame object per distinct frame, so equal stacks have equal keys)."""
-    return (label_set, *map(id, stack))
-
-
-TypeShare = tuple[str, int, int, float, float]
-"""One type's part of a site's live samples: (type name, sampled objects, their bytes,
-estimated objects, estimated bytes); the agent's ``types`` reply (heapspy_agent.schema)."""
 
 
 @dataclass(frozen=True)
@@ -154,31 +69,6 @@ class Point:
     threads: int | None = None
     asyncio_tasks: int | None = None  # unfinished, over every running loop
     rate: int | None = None  # the sampling rate in force (it changes with `heapspy rate`)
-
-
-@dataclass(frozen=True)
-class LabelTotals:
-    """What the samples carrying one value of a label add up to (``Aggregator.by_label``):
-    estimates in sampled mode (upscaled per sample, as the stacks'; their variances summed
-    over the stacks, ``_Site.live_variance``), exact in exact mode (where ``alloc_*`` only
-    counts growth seen live between intervals)."""
-
-    alloc_objects: float = 0.0
-    alloc_bytes: float = 0.0  # allocated since attach (freed blocks included)
-    live_objects: float = 0.0
-    live_bytes: float = 0.0  # live now
-    alloc_bytes_var: float = 0.0  # sampling variance of alloc_bytes (0 when exact)
-    live_bytes_var: float = 0.0
-
-
-@dataclass(frozen=True)
-class ThreadAlloc:
-    """Exact bytes one thread allocated since attach (every allocation, from the shim's
-    per-thread counters; sampled and totals modes, and exact mode's totals shim)."""
-
-    thread_id: int  # native id; 0: the threads beyond the shim's table (4096)
-    allocated_bytes: int
-    name: str  # its Python name when the agent saw it alive, else "tid N"
 
 
 @dataclass(frozen=True)
@@ -199,7 +89,7 @@ class Aggregator:
     symbolizer: Symbolizer = field(default_factory=Symbolizer)
     started: float = field(default_factory=time.time)
     history: int = 3600
-    sites: dict[int, _Site] = field(default_factory=dict)
+    sites: dict[int, Site] = field(default_factory=dict)
     totals: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     series: deque[Point] = field(default_factory=deque)
@@ -209,7 +99,7 @@ class Aggregator:
     dropped_stacks: int = 0  # stacks not kept: beyond the limits above
     agent_dropped: int = 0  # site entries the agent left out to keep its frames small
     # sites whose stacks the agent evicted, by label set and their (shared) frames
-    retired: dict[tuple[int, ...], _Site] = field(default_factory=dict)
+    retired: dict[tuple[int, ...], Site] = field(default_factory=dict)
     _frames: dict[tuple[str, str, int], Frame] = field(default_factory=dict)
     _text: dict[str, str] = field(default_factory=dict)
     _text_size: int = 0
@@ -242,8 +132,8 @@ class Aggregator:
                     continue
                 frozen = tuple(frames)
                 label_set = int(stack.get("labels", 0))
-                prior = self.retired.pop(_retired_key(frozen, label_set), None)
-                site = self.sites[sid] = _Site(frozen, exact, label_set=label_set)
+                prior = self.retired.pop(retired_key(frozen, label_set), None)
+                site = self.sites[sid] = Site(frozen, exact, label_set=label_set)
                 if prior is not None:
                     site.carried = prior.carry()
                     self._absorb_into(site)
@@ -281,16 +171,16 @@ class Aggregator:
         if not self._add_native(frames, native):
             return False
         label_set = int(stack_labels)
-        prior = self.retired.pop(_retired_key(tuple(frames), label_set), None)
+        prior = self.retired.pop(retired_key(tuple(frames), label_set), None)
         if prior is None:
             return False
-        site = self.sites[sid] = _Site(prior.stack, exact, label_set=label_set)
+        site = self.sites[sid] = Site(prior.stack, exact, label_set=label_set)
         site.carried = prior.carry()
         self._absorb_into(site)
         return True
 
     @staticmethod
-    def _absorb_into(site: _Site) -> None:
+    def _absorb_into(site: Site) -> None:
         """A revived site's figures are its carried ones until the agent sends its own."""
         c = site.carried
         site.alloc_objects, site.alloc_bytes = c[0], c[1]
@@ -305,7 +195,7 @@ class Aggregator:
                 continue
             self.streaks.pop(int(sid), None)
             site.retire()
-            key = _retired_key(site.stack, site.label_set)
+            key = retired_key(site.stack, site.label_set)
             previous = self.retired.get(key)
             if previous is None:
                 self.retired[key] = site
@@ -355,7 +245,7 @@ class Aggregator:
                     labels[CORO] = frame.function
             self.label_sets[lid] = tuple(sorted(labels.items()))
 
-    def labels_of(self, site: _Site) -> Labels:
+    def labels_of(self, site: Site) -> Labels:
         return self.label_sets.get(site.label_set, ())
 
     def apply(self, body: dict[str, Any]) -> None:
@@ -429,11 +319,11 @@ class Aggregator:
         sid = max(self.streaks, key=lambda s: (self.streaks[s], self.sites[s].inuse_bytes))
         return self.shown_stack(self.sites[sid]), self.streaks[sid]
 
-    def all_sites(self) -> list[_Site]:
+    def all_sites(self) -> list[Site]:
         """The sites of the stacks the agent holds, then those it evicted."""
         return [*self.sites.values(), *self.retired.values()]
 
-    def shown_stack(self, site: _Site) -> Stack:
+    def shown_stack(self, site: Site) -> Stack:
         """The stack as reports show it: the shim's overflow stack says how many samples
         it holds, taken while its stack table was full (their stacks are not known)."""
         stack = site.stack
@@ -461,92 +351,6 @@ class Aggregator:
             self.series.popleft()
         return point
 
-    def apply_types(self, types: dict[str, list[Any]], complete: bool) -> None:
-        """Fold in a checked ``types`` reply: each listed site's live samples by type, at
-        the moment the agent classified them. The site's live values become their sums
-        (the same samples, read a moment later than the last interval's), so a dump
-        splits each stack's ``inuse_*`` by type without changing its totals. ``complete``:
-        every site with live samples is listed, so the others hold none now. A site that
-        changes afterwards drops its split (``apply``) until the next classification."""
-        listed: set[int] = set()
-        for key, rows in types.items():
-            site = self.sites.get(int(key))
-            if site is None or site.exact:
-                continue
-            listed.add(int(key))
-            site.inuse_objects = int(sum(r[1] for r in rows))
-            site.inuse_bytes = int(sum(r[2] for r in rows))
-            a_n, a_b = site.estimate[:2] if site.estimate else (0.0, 0.0)
-            live_n, live_b = sum(float(r[3]) for r in rows), sum(float(r[4]) for r in rows)
-            site.estimate = (a_n, a_b, live_n, live_b)
-            site.types = tuple(
-                (str(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows if r[0]
-            )
-        if not complete:
-            return
-        for sid, site in self.sites.items():
-            if sid not in listed and not site.exact and site.inuse_objects:
-                site.inuse_objects = site.inuse_bytes = 0
-                if site.estimate is not None:
-                    site.estimate = (*site.estimate[:2], 0.0, 0.0)
-                site.types = ()
-
-    def parts(self, site: _Site) -> list[tuple[Labels, _Site]]:
-        """A site as the dump shows it: one part with its labels, allocations and the
-        live samples that hold no object (buffers, item arrays) or were not classified,
-        then one part per type of its live samples with the label ``type`` added (live
-        values only: a freed block has no type). The parts' values sum to the site's."""
-        labels = self.labels_of(site)
-        if not site.types:
-            return [(labels, site)]
-        typed_n = sum(t[1] for t in site.types)
-        typed_b = sum(t[2] for t in site.types)
-        rest_n = max(0, site.inuse_objects - typed_n)
-        est = site.estimate or (0.0, 0.0, 0.0, 0.0)
-        rest_en = max(0.0, est[2] - sum(t[3] for t in site.types)) if rest_n else 0.0
-        rest_eb = max(0.0, est[3] - sum(t[4] for t in site.types)) if rest_n else 0.0
-        # The live variances are the site's, shared out as its estimated live objects and
-        # bytes are (the types reply has none of its own; for blocks small beside the rate
-        # a part's bytes variance is about rate x its bytes, whatever its type).
-        var = site.variance
-
-        def share(objects: float, nbytes: float) -> tuple[float, float] | None:
-            if var is None:
-                return None
-            return (
-                var[2] * objects / est[2] if est[2] else 0.0,
-                var[3] * nbytes / est[3] if est[3] else 0.0,
-            )
-
-        rest_var = share(rest_en, rest_eb)
-        rest = _Site(
-            site.stack,
-            site.exact,
-            rest_n,
-            max(0, site.inuse_bytes - typed_b),
-            site.alloc_objects,
-            site.alloc_bytes,
-            (est[0], est[1], rest_en, rest_eb),
-            site.label_set,
-            variance=None if var is None or rest_var is None else (var[0], var[1], *rest_var),
-        )
-        out = [(labels, rest)]
-        for name, n, b, en, eb in site.types:
-            part_var = share(en, eb)
-            typed = _Site(
-                site.stack,
-                site.exact,
-                n,
-                b,
-                0,
-                0,
-                (0.0, 0.0, en, eb),
-                site.label_set,
-                variance=None if part_var is None else (0.0, 0.0, *part_var),
-            )
-            out.append((tuple(sorted((*labels, (TYPE, name)))), typed))
-        return out
-
     def heap_estimate(self) -> int:
         """Live Python heap in bytes (exact in exact mode, upscaled in sampled mode)."""
         return int(sum(site.live(self.sampling.period)[1] for site in self.sites.values()))
@@ -558,7 +362,7 @@ class Aggregator:
             if not (whole.inuse_objects or whole.alloc_objects):
                 continue
             stack = self.shown_stack(whole)
-            for labels, site in self.parts(whole):
+            for labels, site in split_by_type(whole, self.labels_of(whole)):
                 if not (site.inuse_objects or site.alloc_objects):
                     continue
                 counts = SiteCounts(
@@ -599,58 +403,15 @@ class Aggregator:
             tuple((int(k), int(v)) for k, v in t.get("size_classes", [])),
         )
 
-    def by_label(self, key: str) -> dict[str, LabelTotals]:
-        """Per value of label ``key`` (``model.LABEL_KEYS``: thread, thread_id, task, coro, type),
-        the samples' allocated and live totals; samples without that label are left out.
+    def all_parts(self) -> Iterator[tuple[Labels, Site]]:
+        """Every site as the dump shows it: split by type (``live_types.split_by_type``),
+        evicted ones too (what they allocated counts)."""
+        for site in self.all_sites():
+            yield from split_by_type(site, self.labels_of(site))
 
-        ``by_label("task")["fetch-user"].alloc_bytes`` is what tasks named ``fetch-user``
-        allocated since attach (tasks sharing a name add up; a Python Task's samples
-        taken before the agent first saw it alive carry no ``task``: heapspy_agent.labels).
-        """
-        acc: dict[str, list[float]] = {}
-        period = self.sampling.period
-        for labels, site in self._all_parts():
-            value = label_value(labels, key)
-            if value is None or not (site.inuse_objects or site.alloc_objects):
-                continue
-            a_objs, a_size = site.allocated(period)
-            objs, size = site.live(period)
-            row = acc.setdefault(value, [0.0] * 6)
-            row[0] += a_objs
-            row[1] += a_size
-            row[2] += objs
-            row[3] += size
-            row[4] += site.alloc_variance(period)
-            row[5] += site.live_variance(period)
-        return {value: LabelTotals(*row) for value, row in acc.items()}
-
-    def _all_parts(self) -> Iterator[tuple[Labels, _Site]]:
-        for site in self.all_sites():  # evicted ones too: what they allocated counts
-            yield from self.parts(site)
-
-    def _whole_sites(self) -> Iterator[tuple[Labels, _Site]]:
+    def _whole_sites(self) -> Iterator[tuple[Labels, Site]]:
         for site in self.all_sites():
             yield (), site
-
-    def thread_alloc(self) -> list[ThreadAlloc]:
-        """Exact bytes allocated per thread since attach, most first (the agent's latest
-        ``totals.thread_alloc``: its 256 most allocating threads)."""
-        rows = self.totals.get("thread_alloc") or []
-        return [ThreadAlloc(int(tid), int(size), str(name)) for tid, size, name in rows]
-
-    def labels_summary(self, n: int = 10) -> dict[str, Any]:
-        """The sidecar's and status's ``labels``: per label key, its ``n`` values with the
-        most live bytes, ``[value, alloc_bytes, live_bytes]`` (rounded estimates), and
-        ``thread_alloc``: ``[native id, exact allocated bytes, name]``, most first."""
-        out: dict[str, Any] = {}
-        for key in (THREAD, TASK, CORO):
-            totals = self.by_label(key)
-            ranked = sorted(totals.items(), key=lambda kv: (-kv[1].live_bytes, kv[0]))
-            out[key] = [[v, round(t.alloc_bytes), round(t.live_bytes)] for v, t in ranked[:n]]
-        out["thread_alloc"] = [
-            [t.thread_id, t.allocated_bytes, t.name] for t in self.thread_alloc()[:n]
-        ]
-        return out
 
     def top_sites(self, n: int, order: str = "inuse_space", by: str = "") -> list[TopRow]:
         """The ``n`` leaf functions with the most live (``inuse_space``) or allocated
@@ -659,10 +420,10 @@ class Aggregator:
         (``NO_LABEL`` for samples without it).
 
         In sampled mode each row also carries the variances of its two byte estimates,
-        each site's summed over its samples at their own rates (``_Site.live_variance``).
+        each site's summed over its samples at their own rates (``Site.live_variance``).
         """
         by_func: dict[str, list[float]] = {}
-        for labels, site in self._all_parts() if by else self._whole_sites():
+        for labels, site in self.all_parts() if by else self._whole_sites():
             if not site.stack or not (site.inuse_objects or site.alloc_objects):
                 continue
             if by:

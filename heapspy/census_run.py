@@ -53,8 +53,7 @@ class SessionCensus:
             reply = channel.call("census", slice=options.slice, pause=options.pause)
             if not reply.get("ok"):
                 raise AgentFailed(
-                    f"The agent in process {self.pid} did not start a census: "
-                    f"{reply.get('error')}."
+                    f"The agent in process {self.pid} did not start a census: {reply.get('error')}."
                 )
             self._wait(channel, collector, should_stop, ended)
         finally:

@@ -1,7 +1,6 @@
 """What the limit rules (task-alloc, task-live, thread-alloc: ``heapspy.rules``) see of
 each task and thread, from the session's samples and the shim's per-thread counters
-(``Aggregator.by_label``, ``Aggregator.thread_alloc``), and what a limit's dump says of
-the offender.
+(``heapspy.label_totals``), and what a limit's dump says of the offender.
 
 Task figures are sampled estimates (each sample carries its task's label and is upscaled
 as the stacks' are), given with their 95% sampling error. Exact mode's samples carry no
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heapspy.aggregate import Aggregator
+from heapspy.label_totals import by_label, thread_alloc
 from heapspy.model import TASK
 from heapspy.rules import Offender, Rule
 from heapspy.scaling import relative_error
@@ -34,7 +34,7 @@ def task_figures(agg: Aggregator) -> tuple[tuple[Offender, ...], tuple[Offender,
     sampled = agg.sampling.estimates
     allocated: list[Offender] = []
     live: list[Offender] = []
-    for name, t in agg.by_label(TASK).items():
+    for name, t in by_label(agg, TASK).items():
         for out, nbytes, variance in (
             (allocated, t.alloc_bytes, t.alloc_bytes_var),
             (live, t.live_bytes, t.live_bytes_var),
@@ -48,7 +48,7 @@ def thread_figures(agg: Aggregator) -> tuple[Offender, ...]:
     """Per thread: exact bytes allocated since attach (the rule takes the growth)."""
     return tuple(
         Offender(f"{t.name} (tid {t.thread_id})", float(t.allocated_bytes))
-        for t in agg.thread_alloc()
+        for t in thread_alloc(agg)
         if t.thread_id  # 0: the threads beyond the shim's table, together
     )
 

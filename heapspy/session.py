@@ -55,6 +55,7 @@ from heapspy.errors import (
 )
 from heapspy.inject.bootstrap import Placement, place_agent
 from heapspy.inject.dispatch import Injection, start_injection
+from heapspy.label_totals import labels_summary
 from heapspy.leak_stacks import capture_stacks
 from heapspy.limits import limit_dumps
 from heapspy.live_types import TypeClassifier
@@ -641,7 +642,7 @@ class Session:
             census=self.censuses.progress(),
             memory=memory.to_json() if memory is not None else None,
             stacks=stacks.to_json() if stacks is not None else None,
-            labels=agg.labels_summary(),
+            labels=labels_summary(agg),
             offender=offender,
             retainers=retainers.to_json() if retainers is not None else None,
         )
@@ -683,7 +684,8 @@ class Session:
         Returns what it cost the target in seconds, None when it could not be done."""
         if self.channel is None or self.violation:
             return None  # an agent that broke the protocol is asked nothing more
-        return self.types.classify(self._agent_call, self.aggregator)
+        agg = self.aggregator
+        return self.types.classify(self._agent_call, agg.sampling, agg.sites)
 
     def find_retainers(self, leak: bool = False) -> Retainers | None:
         """Which roots hold the live samples of the top sites (``heapspy.retainer_run``):
@@ -746,7 +748,7 @@ class Session:
         info["census"] = self.censuses.progress()
         native = self.aggregator.totals.get("native")
         info["native"] = native if isinstance(native, dict) else None
-        info["labels"] = self.aggregator.labels_summary(3)
+        info["labels"] = labels_summary(self.aggregator, 3)
         return info
 
     # --- closing ---------------------------------------------------------------

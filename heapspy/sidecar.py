@@ -55,7 +55,7 @@ class Sidecar:
     memory: dict[str, Any] | None = None  # where the RSS was (heapspy/rss.py)
     # a thread or task rule's dump: threads and tasks grouped by stack (stack_groups.py)
     stacks: dict[str, Any] | None = None
-    labels: dict[str, Any] | None = None  # who allocated: Aggregator.labels_summary
+    labels: dict[str, Any] | None = None  # who allocated: label_totals.labels_summary
     # a limit rule's dump: the task or thread beyond the limit (heapspy.limits)
     offender: dict[str, Any] | None = None
     # which roots hold the top sites' live samples (heapspy.retainers.Retainers.to_json)

@@ -24,6 +24,7 @@ from support import Target, run_heapspy
 
 from heapspy.config import AttachConfig
 from heapspy.dumps import sidecar_path
+from heapspy.label_totals import by_label, thread_alloc
 from heapspy.model import NO_LABEL
 from heapspy.reporters.report import ReportConfig, build_report
 from heapspy.session import Session
@@ -42,9 +43,9 @@ def _dump_after_hoarding(target: Target, tmp_path: Path) -> tuple[Path, Session]
         os.kill(target.pid, signal.SIGUSR1)
         agg = session.aggregator
         deadline = time.monotonic() + 60
-        while "hoarder" not in agg.by_label("task") and time.monotonic() < deadline:
+        while "hoarder" not in by_label(agg, "task") and time.monotonic() < deadline:
             session.run(0.2)  # a task is named from the first interval that sees it alive
-        assert "hoarder" in agg.by_label("task"), agg.label_sets
+        assert "hoarder" in by_label(agg, "task"), agg.label_sets
         session.run(0.6)
         os.kill(target.pid, signal.SIGUSR2)
         stdout = target.proc.stdout
@@ -91,14 +92,14 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     exact = {name: size for _, size, name in sidecar["labels"]["thread_alloc"]}
     assert exact["leaky-handler-0"] > 1_000_000 and exact["MainThread"] > 0, exact
     assert {row[0] for row in sidecar["labels"]["task"]} >= {"hoarder"}, sidecar["labels"]
-    assert session.aggregator.by_label("task")["hoarder"].live_bytes == pytest.approx(
+    assert by_label(session.aggregator, "task")["hoarder"].live_bytes == pytest.approx(
         hoarded, rel=0.01
     )
 
     # tasks that live one step: every sample of their coroutine names its task, read at
     # sample time (sprinters by name, the others by asyncio's default name)
-    by_task = session.aggregator.by_label("task")
-    sprinted = session.aggregator.by_label("coro")["sprint"].alloc_bytes
+    by_task = by_label(session.aggregator, "task")
+    sprinted = by_label(session.aggregator, "coro")["sprint"].alloc_bytes
     default = sum(t.alloc_bytes for name, t in by_task.items() if name.startswith("Task-"))
     assert by_task["sprinter"].alloc_bytes + default == pytest.approx(sprinted, rel=1e-9)
     assert by_task["sprinter"].alloc_bytes > sprinted / 5 and default > sprinted / 5, by_task
@@ -132,12 +133,12 @@ def test_exact_mode_labels_coroutines_and_counts_bytes_per_thread(
         os.kill(target.pid, signal.SIGUSR1)
         agg = session.aggregator
         deadline = time.monotonic() + 60
-        while "hoard" not in agg.by_label("coro") and time.monotonic() < deadline:
+        while "hoard" not in by_label(agg, "coro") and time.monotonic() < deadline:
             session.run(0.2)
-        coros = agg.by_label("coro")
+        coros = by_label(agg, "coro")
         assert coros["hoard"].live_bytes > 20_000, coros
-        assert not agg.by_label("task") and not agg.by_label("thread")
-        threads = {t.name: t.allocated_bytes for t in agg.thread_alloc()}
+        assert not by_label(agg, "task") and not by_label(agg, "thread")
+        threads = {t.name: t.allocated_bytes for t in thread_alloc(agg)}
         assert threads.get("leaky-handler-0", 0) > 0 and threads.get("MainThread", 0) > 0
     finally:
         session.detach()

@@ -198,7 +198,7 @@ def _named_sizes(rows: Any, name_at: int, size_at: int) -> str:
 
 
 def labels_lines(labels: Any) -> list[str]:
-    """The status lines of ``Aggregator.labels_summary``: the threads that allocated the
+    """The status lines of ``label_totals.labels_summary``: the threads that allocated the
     most (exact), the tasks and coroutines holding the most live memory (estimates)."""
     if not isinstance(labels, dict):
         return []

@@ -14,6 +14,7 @@ from heapspy_agent import protocol, schema
 
 from heapspy import aggregate
 from heapspy.aggregate import Aggregator, ProcessFacts
+from heapspy.live_types import apply_types
 from heapspy.model import Frame
 from heapspy.sampling import Sampling
 from heapspy.scaling import sampling_variance, scale
@@ -191,7 +192,7 @@ def test_types_split_inuse_without_changing_a_stacks_totals() -> None:
     reply = types_reply({"complete": True, "types": {"1": [
         ["dict", 6, 1000, 60.0, 10000.0], ["bytes", 4, 9000, 5.0, 11000.0],
         ["", 2, 2000, 3.0, 3000.0]]}})  # fmt: skip
-    agg.apply_types(reply["types"], reply["complete"])
+    apply_types(agg.sites, reply["types"], reply["complete"])
     site = agg.sites[1]
     assert (site.inuse_objects, site.inuse_bytes) == (12, 12000)  # the classified samples
     assert site.estimate == (30.0, 30000.0, 68.0, 24000.0)

@@ -16,6 +16,7 @@ from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator
 from heapspy.errors import UsageError
+from heapspy.label_totals import by_label, labels_summary
 from heapspy.model import NO_LABEL, label_value
 from heapspy.pprof import decode_profile, encode_profile
 from heapspy.reporters.report import ReportConfig, build_report
@@ -57,10 +58,10 @@ def test_label_sets_split_sites_and_the_dump_merges_alike_names(tmp_path: Path) 
     agg = labelled()
     assert label_value(agg.labels_of(agg.sites[2]), "coro") == "fetch"
     assert label_value(agg.labels_of(agg.sites[1]), "thread_id") == "4242"
-    live = {value: totals.live_bytes for value, totals in agg.by_label("thread").items()}
+    live = {value: totals.live_bytes for value, totals in by_label(agg, "thread").items()}
     assert live == {"worker-1": 1500, "MainThread": 300}
     assert [r.function for r in agg.top_sites(5, by="task")] == [NO_LABEL, "fetch"]
-    summary = agg.labels_summary()
+    summary = labels_summary(agg)
     assert summary["thread"][0] == ["worker-1", 1500, 1500]
     assert summary["task"] == [["fetch", 300, 300]]
 
@@ -103,7 +104,7 @@ def test_unknown_keys_and_hostile_label_sets_are_refused() -> None:
 
 
 def test_status_lines_show_the_top_threads_and_tasks() -> None:
-    summary = labelled().labels_summary(3)
+    summary = labels_summary(labelled(), 3)
     summary["thread_alloc"] = [[4242, 3 << 20, "worker-1"], [7, 1024, "MainThread"], "junk"]
     assert labels_lines(summary) == [
         "allocated by thread: worker-1 3.0 MiB, MainThread 1.0 KiB",
