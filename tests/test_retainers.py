@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,9 +25,12 @@ from heapspy_agent import protocol, schema
 from interpreters import Interpreter, interpreter_params
 from support import Target, run_heapspy
 
+from heapspy.config import AttachConfig
 from heapspy.reporters.flamegraph import FlamegraphConfig, write_flamegraph
 from heapspy.reporters.report import ReportConfig, build_report
 from heapspy.retainers import Retainers, table_lines
+from heapspy.rules import parse_rule
+from heapspy.session import Session
 
 Spawn = Callable[..., Target]
 HERE = Path(__file__).resolve().parent
@@ -168,3 +172,29 @@ def test_hostile_retainers_are_refused_or_escaped() -> None:
     assert "\x1b" not in text and "\x07" not in text, text
     assert "held by m.\\x1b[2JX > list 100 %" in text, text
     assert Retainers.from_json("nothing") is None and Retainers.from_json({"sites": 1}) is None
+
+
+def test_a_leak_rule_dump_names_what_holds_its_site(spawn: Spawn, tmp_path: Path) -> None:
+    """The dump a leak rule writes carries the retainers, its site marked as the leak's
+    (the grown site: one of the three, each held by its root first)."""
+    target = spawn(None, "retained_leaks.py")
+    config = AttachConfig(
+        rate=8192, interval=0.3, dump_dir=tmp_path, final_dump=False, retainers=True,
+        dump_on=(parse_rule("leak:3,cooldown=1h"),),
+    )  # fmt: skip
+    session = Session.attach(target.pid, config)
+    try:
+        deadline = time.monotonic() + 120
+        while not session.dumps and time.monotonic() < deadline:
+            session.run(0.3)
+    finally:
+        session.detach()
+    (dump,) = [Path(d) for d in session.dumps]
+    assert "-leak" in dump.name, dump
+    side = json.loads(dump.with_name(dump.name.replace(".pb.gz", ".json")).read_text())
+    sites = side["retainers"]["sites"]
+    (leaked,) = [s for s in sites if s["leak"]]
+    short = leaked["function"].rsplit(".", 1)[-1]
+    assert leaked["holders"][0]["path"][0] == ROOTS[short], leaked
+    report = build_report(ReportConfig(dump=dump)).output("text")
+    assert "(leak rule's site)" in report, report
