@@ -27,7 +27,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from heapspy import profile_pb2 as pb
-from heapspy.dumps import MAX_PROFILE, TooLarge, gunzip_capped, read_dump_file
+from heapspy.dump_files import MAX_PROFILE, TooLarge, gunzip_capped, read_dump_file
 from heapspy.errors import DumpError
 from heapspy.frame_names import renamer
 from heapspy.model import Frame, HeapProfile, Labels, SiteCounts, Stack

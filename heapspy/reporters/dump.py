@@ -1,6 +1,6 @@
 """One dump as the renderers read it: its profile and its sidecar, each read once.
 
-Both come through ``dumps.read_dump_file``, the bounded loader (regular files only,
+Both come through ``dump_files.read_dump_file``, the bounded loader (regular files only,
 size and decompression capped): a dump may have been written by, or copied from, a
 machine heapspy does not trust. A sidecar that is missing is normal (a dump copied
 alone); one that is there but unreadable or malformed is an error, raised when something
@@ -15,7 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from heapspy.dumps import PATTERN, read_dump_file, sidecar_path
+from heapspy.dump_files import read_dump_file
+from heapspy.dumps import PATTERN, sidecar_path
 from heapspy.errors import DumpError
 from heapspy.pprof import DecodedProfile, read_profile
 from heapspy.reporters.sites import resolve_sample_index

@@ -16,6 +16,7 @@ from typing import Any
 from heapspy.aggregate import Aggregator
 from heapspy.oomwatch import CgroupWatch
 from heapspy.pprof import encode_profile
+from heapspy.scaling import Z_95
 
 
 def live_heap_error(agg: Aggregator) -> float:
@@ -24,7 +25,7 @@ def live_heap_error(agg: Aggregator) -> float:
         return 0.0
     rate = agg.sampling.period
     variance = sum(site.live_variance(rate) for site in agg.sites.values())
-    return 1.96 * math.sqrt(variance)
+    return Z_95 * math.sqrt(variance)
 
 
 def metrics_of(

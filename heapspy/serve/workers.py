@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from heapspy import control
-from heapspy.dumps import read_dump_file
+from heapspy.dump_files import read_dump_file
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.registry import read_holder, runtime_dir
 from heapspy.target.privilege import uids

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from heapspy.dumps import TooLarge, gunzip_capped, read_dump_file
+from heapspy.dump_files import TooLarge, gunzip_capped, read_dump_file
 from heapspy.errors import DumpError
 
 
