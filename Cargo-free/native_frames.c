@@ -209,6 +209,8 @@ out:
     return id;
 }
 
+int nf_probe_refused(void) { return g_probe_refused; }
+
 uint64_t nf_memory(void) {
     return (uint64_t)(g_cap_sets * sizeof *g_sets + g_cap_pcs * sizeof *g_pcs +
                       (size_t)g_index_cap * sizeof *g_index);

@@ -106,6 +106,7 @@ static int g_got_active;          /* GOT entries redirected */
 static int g_pinned;
 static int g_frames;              /* record native frames with each sample */
 static uint32_t *g_nostack_nf;    /* native frames id -> its no-stack stack id + 1 */
+static int g_refused_noted;       /* the note that process_vm_readv is refused was made */
 static pid_t g_pid;               /* the process native mode was started in */
 static uint32_t g_nostack;        /* stack id of samples without a Python stack */
 static uint64_t g_seed;
@@ -875,6 +876,7 @@ static void reset_session(void) {
     nat_restore_hooked = 0;
     g_notes[0] = '\0';
     g_frames = 0;
+    g_refused_noted = 0;
     free(g_nostack_nf);
     g_nostack_nf = NULL;
 }
@@ -912,6 +914,8 @@ HS_EXPORT int hs_native_start(unsigned flags) {
         if (g_nostack_nf == NULL)
             return HS_ERR_NOMEM;
         g_frames = 1;
+        nat_note("native frames: walked by frame pointers; a library built without them "
+                 "(-O2 omits them) shows only the function that called the allocator");
     }
     if (flags & HS_NATIVE_RAW) {
         /* Our hooks take the previous context as theirs: CPython copies the allocator
@@ -1068,6 +1072,11 @@ HS_EXPORT int hs_native_read(hs_native_report *out) {
 }
 
 HS_EXPORT size_t hs_native_libraries(char *buf, size_t len) {
+    if (g_frames && nf_probe_refused() && !g_refused_noted) {
+        g_refused_noted = 1;
+        nat_note("native frames: process_vm_readv is refused here (a seccomp filter?): "
+                 "only the function that called the allocator is recorded");
+    }
     size_t notes = strlen(g_notes);
     if (buf != NULL && len > 0) {
         snprintf(buf, len, "%s", g_notes);

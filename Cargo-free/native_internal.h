@@ -80,6 +80,7 @@ int nf_walk(void *frame, uintptr_t *pcs, int max);
  * no GIL; allocates from libc directly (never through a hook). */
 uint32_t nf_intern(const uintptr_t *pcs, int n);
 uint64_t nf_memory(void);
+int nf_probe_refused(void); /* process_vm_readv was refused: first frames only */
 
 /* native_hooks.c */
 int nat_same_process(void); /* 0 in a forked child: native mode is off there */

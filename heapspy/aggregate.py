@@ -154,7 +154,7 @@ class Aggregator:
             if frame is None:  # named as the symbolizer said: no Python renaming
                 if len(self._frames) >= MAX_DISTINCT_FRAMES:
                     return False
-                frame = self._frames[key] = Frame(name, path, 0)
+                frame = self._frames[key] = Frame(name, path, 0, native=True)
             frames.append(frame)
         return True
 

@@ -16,6 +16,10 @@ class Frame:
     function: str
     filename: str
     line: int
+    # a native frame (--native-frames): a function of the library at ``filename`` (its
+    # path in the target), named from its symbols; line 0. The pprof writer gives it that
+    # library as its mapping, and the reader takes it back from there.
+    native: bool = False
 
 
 Stack = tuple[Frame, ...]

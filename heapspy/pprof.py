@@ -55,7 +55,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_HEADER = _GZIP_MAGIC + b"\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"
 _MAPPING_ID = 1
 
-_FrameKey = tuple[str, str, int]
+_FrameKey = tuple[str, str, int, bool]
 _Values = tuple[int, int, int, int]
 
 
@@ -87,7 +87,7 @@ def _exact_values(counts: SiteCounts) -> _Values:
 
 
 def _frame_key(frame: Frame) -> _FrameKey:
-    return frame.function, frame.filename, frame.line
+    return frame.function, frame.filename, frame.line, frame.native
 
 
 class _ProfileBuilder:
@@ -144,7 +144,15 @@ class _ProfileBuilder:
         function_ids: dict[tuple[str, str], int] = {}
         location_ids: dict[Frame, int] = {}
         message = self._message
-        for frame in sorted(set(by_identity.values()), key=_frame_key):
+        distinct = sorted(set(by_identity.values()), key=_frame_key)
+        # native frames: their library is their mapping (ids after the symbolized one)
+        libraries = sorted({frame.filename for frame in distinct if frame.native})
+        mapping_ids = {path: _MAPPING_ID + 1 + i for i, path in enumerate(libraries)}
+        for path, mapping_id in mapping_ids.items():
+            message.mapping.add(
+                id=mapping_id, filename=self.string(path), has_functions=True, has_filenames=True
+            )
+        for frame in distinct:
             function_key = (frame.function, frame.filename)
             function_id = function_ids.get(function_key)
             if function_id is None:
@@ -159,7 +167,8 @@ class _ProfileBuilder:
                 )
             location_id = len(location_ids) + 1
             location_ids[frame] = location_id
-            location = message.location.add(id=location_id, mapping_id=_MAPPING_ID)
+            mapping_id = mapping_ids[frame.filename] if frame.native else _MAPPING_ID
+            location = message.location.add(id=location_id, mapping_id=mapping_id)
             location.line.add(function_id=function_id, line=frame.line)
         self._location_ids = {
             identity: location_ids[frame] for identity, frame in by_identity.items()
@@ -569,14 +578,18 @@ def _decode(data: bytes) -> DecodedProfile:
         function.id: (string(function.name), string(function.filename))
         for function in message.function
     }
+    # a location in a mapping of a named file is a native library's (heapspy's native
+    # frames; any other tool's profile of a native program)
+    libraries = {mapping.id for mapping in message.mapping if mapping.filename}
     # Each location becomes its frames leaf first: with inlining, line[0] is the
     # innermost call. A location without lines (unsymbolized) is named by its address.
     locations: dict[int, tuple[Frame, ...]] = {}
     for location in message.location:
         frames = []
+        native = location.mapping_id in libraries
         for line in location.line:
             name, filename = functions.get(line.function_id, ("", ""))
-            frames.append(Frame(name, filename, line.line))
+            frames.append(Frame(name, filename, line.line, native=native))
         if not frames:
             frames.append(Frame(f"0x{location.address:x}", "", 0))
         locations[location.id] = tuple(frames)

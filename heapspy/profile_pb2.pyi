@@ -60,16 +60,18 @@ class Location(_message.Message):
     def __init__(self, id: _Optional[int] = ..., mapping_id: _Optional[int] = ..., address: _Optional[int] = ..., line: _Optional[_Iterable[_Union[Line, _Mapping]]] = ...) -> None: ...
 
 class Mapping(_message.Message):
-    __slots__ = ["has_filenames", "has_functions", "has_line_numbers", "id"]
+    __slots__ = ["filename", "has_filenames", "has_functions", "has_line_numbers", "id"]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
     HAS_FILENAMES_FIELD_NUMBER: _ClassVar[int]
     HAS_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     HAS_LINE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    filename: int
     has_filenames: bool
     has_functions: bool
     has_line_numbers: bool
     id: int
-    def __init__(self, id: _Optional[int] = ..., has_functions: bool = ..., has_filenames: bool = ..., has_line_numbers: bool = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., filename: _Optional[int] = ..., has_functions: bool = ..., has_filenames: bool = ..., has_line_numbers: bool = ...) -> None: ...
 
 class Profile(_message.Message):
     __slots__ = ["comment", "default_sample_type", "duration_nanos", "function", "location", "mapping", "period", "period_type", "sample", "sample_type", "string_table", "time_nanos"]

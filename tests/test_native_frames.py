@@ -10,6 +10,7 @@ without (called with the GIL released: at least the function that called malloc)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -25,6 +26,7 @@ from interpreters import Interpreter, interpreter_params
 from heapspy.config import AttachConfig
 from heapspy.daemon.config import load_config
 from heapspy.errors import UsageError
+from heapspy.pprof import read_profile
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "tests" / "native_lib" / "nframes.c"
@@ -95,6 +97,7 @@ def test_native_frames_under_the_python_line(
     interp: Interpreter, nframes_libs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from gotool import pprof, require_go, top
+    from support import run_heapspy
 
     require_go()
     fp, nofp = nframes_libs
@@ -115,6 +118,13 @@ def test_native_frames_under_the_python_line(
             ready, _, _ = select.select([target.stdout], [], [], 0.5)
         assert ready, heapspy.communicate()[1]
         assert target.stdout.readline().startswith("DONE")
+        if interp.label == "3.11-pyenv":  # the shim's note: the same on every interpreter
+            # status says what a library without frame pointers shows
+            out = run_heapspy("status", str(target.pid), "--format", "json")
+            assert out.returncode == 0, out.stderr
+            status = json.loads(out.stdout)[0]
+            notes = status.get("status", status)["native"]["notes"]
+            assert any("native frames: walked by frame pointers" in n for n in notes), notes
         heapspy.send_signal(2)
         _, err = heapspy.communicate(timeout=60)
         assert heapspy.returncode == 0, err
@@ -147,6 +157,11 @@ def test_native_frames_under_the_python_line(
         _python_frame(trace, "leak_with_frame_pointers", _marker("fp"))
     for trace in without:  # at least the function that called malloc
         _python_frame(trace, "leak_without_frame_pointers", _marker("nofp"))
+    # the library is the native frames' mapping in the dump, and heapspy reads it back
+    leaves = {s.stack[-1] for s in read_profile(final[0]).samples if s.stack}
+    native = {f.function: f for f in leaves if f.native}
+    assert native["nf_leaky_alloc (libnf_fp.so)"].filename == str(fp), leaves
+    assert native["nf_leaky_alloc (libnf_nofp.so)"].filename == str(nofp), leaves
 
 
 def test_native_frames_need_native(tmp_path: Path) -> None:
