@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/native_cost.py [--interpreters 3.11,3.14] [--rounds 20]
         [--block 0.05] [--rate 512KiB] [--json results.json]
     .venv/bin/python benchmarks/native_cost.py --instructions [--calls 30]
+    ... [--native-frames]: native sampling with each sample's native call stack too
 
 Paired inside one process per interpreter, as ``shim_overhead.py`` does (this machine's
 speed swings by +-20 % over seconds): for each workload a block of N calls runs with the
@@ -118,7 +119,7 @@ def child(args: argparse.Namespace) -> int:
                 for b in order:
                     shim.start(args.rate)
                     if b and col == NATIVE:
-                        shim.native_start()
+                        shim.native_start(frames=args.native_frames)
                     _block(body, max(1, calls[name] // 4))  # warm, untimed
                     elapsed = _block(body, calls[name])
                     native = shim.native_totals()
@@ -143,7 +144,7 @@ def count_child(args: argparse.Namespace) -> int:
     body = workloads()[args.workload]
     shim.start(args.rate)
     if args.native_on:
-        shim.native_start()
+        shim.native_start(frames=args.native_frames)
     for _ in range(args.calls):
         body()
     shim.stop()
@@ -160,7 +161,8 @@ def instructions(interp: Any, args: argparse.Namespace, workload: str, calls: in
             ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
              f"--cachegrind-out-file={tmp}/cg.%p.out", *interp.argv, __file__, "--count-child",
              "--workload", workload, "--calls", str(calls), "--rate", str(args.rate),
-             "--shim", args.shim, *(["--native-on"] if native else [])],
+             "--shim", args.shim, *(["--native-on"] if native else []),
+             *(["--native-frames"] if args.native_frames else [])],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
     found = _IREFS.findall(out.stderr)  # the interpreter's, after any wrapper's
@@ -175,8 +177,9 @@ def count_main(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, float]] = {}
     for interp in pick_interpreters(args.interpreters.split(",")):
         lines = [
-            f"== {interp.label}: instructions native sampling adds, in % of the workload's "
-            f"own ({args.calls} calls, rate {args.rate}; cachegrind) ==",
+            f"== {interp.label}: instructions native sampling"
+            f"{' with native frames' if args.native_frames else ''} adds, in % of the "
+            f"workload's own ({args.calls} calls, rate {args.rate}; cachegrind) ==",
             f"{'workload':14s}{'workload Ir':>16s}{'native +Ir':>14s}{'cost':>9s}",
         ]
         results[interp.label] = {}
@@ -232,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="", help=argparse.SUPPRESS)
     parser.add_argument("--native-on", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--native-frames",
+        action="store_true",
+        help="native sampling records each sample's native call stack too",
+    )
     args = parser.parse_args(argv)
     from heapspy.units import parse_size  # noqa: PLC0415
 
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         out = subprocess.run(
             [*interp.argv, __file__, "--child", "--rounds", str(args.rounds),
-             "--block", str(args.block), "--rate", str(args.rate), "--shim", args.shim],
+             "--block", str(args.block), "--rate", str(args.rate), "--shim", args.shim,
+             *(["--native-frames"] if args.native_frames else [])],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = json.loads(out.stdout)
