@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/stack_eviction.py [--interpreters 3.11,3.14]
         [--rate 4KiB] [--interval 0.05] [--intervals 3600] [--json FILE]
+        [--unattached --requests N]
 
 ``benchmarks/targets/codegen_server.py`` serves requests without pause, each running a
 freshly compiled template function (``render_N`` in ``template_N.py``) whose data is freed
@@ -13,7 +14,10 @@ Every tenth of the run it prints, over time: requests served, the samples the sh
 the stacks in its table and how many it has evicted, samples that found the table full,
 the shim's own libc memory, the generated code objects still alive in the target (only
 the profiler can hold them: the target drops each after its request), and the target's
-RSS. The goal (issue 12): flat: what the agent holds follows what is live, not every
+RSS, with pymalloc's arenas and the bytes in its allocated blocks (its own account: the
+agent's ``memstats`` while attached). ``--unattached`` runs the same target without
+heapspy until it has served ``--requests`` (the control: what the interpreter keeps by
+itself). The goal (issue 12): flat: what the agent holds follows what is live, not every
 stack ever seen. Without eviction the table holds every request's stack until it is full
 (65536 stacks), each pinning its code object, and every later sample lands in the
 overflow stack. Prints figures; this is not a timed test.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +46,50 @@ TARGET = Path(__file__).resolve().parent / "targets" / "codegen_server.py"
 MIB = 1 << 20
 
 
-def report(target: Target, session: Session) -> dict[str, Any]:
+def report(target: Target, session: Session | None) -> dict[str, Any]:
     target.send("report\n")
     text = target.line("REPORT ", 60, session)
     if text is None:
         raise target.failure("the target did not report")
     return dict(json.loads(text[7:]))
+
+
+def pymalloc(session: Session | None, seen: dict[str, Any]) -> tuple[int, int]:
+    """(arenas, bytes in allocated blocks): the target's own account when no hook hides
+    it, else the agent's (the shim steps its hooks aside for the call); -1 if neither."""
+    if seen.get("arenas") is not None:
+        return int(seen["arenas"]), int(seen["allocated"])
+    if session is not None and session.channel is not None:
+        account = session.channel.call("memstats", glibc=False).get("pymalloc") or {}
+        return int(account.get("arenas", -1)), int(account.get("allocated_bytes", -1))
+    return -1, -1
+
+
+def run_unattached(interp: Interpreter, interval: float, requests: int) -> list[dict[str, Any]]:
+    target = Target([*interp.argv, str(TARGET)])
+    rows: list[dict[str, Any]] = []
+    try:
+        if target.line("READY", 30) is None:
+            raise target.failure("the target did not start")
+        mark = 0
+        while True:
+            time.sleep(interval * 10)
+            seen = report(target, None)
+            if seen["requests"] >= mark or seen["requests"] >= requests:
+                arenas, allocated = pymalloc(None, seen)
+                row = {"requests": seen["requests"], "alive_code": seen["alive_code"],
+                       "rss": seen["rss"], "arenas": arenas, "allocated": allocated}  # fmt: skip
+                rows.append(row)
+                log(
+                    f"  {row['requests']:8d} requests  code alive {row['alive_code']:6d}  "
+                    f"RSS {row['rss'] / MIB:6.1f} MiB  pymalloc {arenas} arenas, "
+                    f"{allocated / MIB:.1f} MiB allocated"
+                )
+                mark += max(1, requests // 10)
+            if seen["requests"] >= requests:
+                return rows
+    finally:
+        target.close()
 
 
 def run_one(
@@ -86,13 +129,22 @@ def run_one(
                         "rss": seen["rss"],
                         "heapspy_sites": len(agg.sites) + len(agg.retired),
                     }
+                    row["arenas"], row["allocated"] = pymalloc(session, seen)
                     rows.append(row)
                     text = (
                         "  {intervals:5d} intervals {requests:8d} requests {samples:9d} samples "
                         "{stacks:6d} stacks {evicted:8d} evicted {overflow:7d} overflow "
-                        "shim {shim:6.2f} MiB  code alive {alive_code:6d}  RSS {rss_mib:6.1f} MiB"
+                        "shim {shim:6.2f} MiB  code alive {alive_code:6d}  RSS {rss_mib:6.1f} MiB  "
+                        "pymalloc {arenas} arenas, {alloc_mib:.1f} MiB allocated"
                     )
-                    log(text.format(shim=row["shim_memory"] / MIB, rss_mib=row["rss"] / MIB, **row))
+                    log(
+                        text.format(
+                            shim=row["shim_memory"] / MIB,
+                            rss_mib=row["rss"] / MIB,
+                            alloc_mib=row["allocated"] / MIB,
+                            **row,
+                        )
+                    )
                     mark += step
         finally:
             session.detach()
@@ -108,10 +160,16 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--intervals", type=int, default=3600)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--unattached", action="store_true", help="the control: no heapspy")
+    parser.add_argument("--requests", type=int, default=100_000, help="with --unattached")
     args = parser.parse_args()
     rate = parse_size(args.rate)
     results: dict[str, Any] = {}
     for interp in pick_interpreters(args.interpreters.split(",")):
+        if args.unattached:
+            log(f"{interp}: unattached, {args.requests} requests")
+            results[str(interp)] = run_unattached(interp, args.interval, args.requests)
+            continue
         log(f"{interp}: rate {args.rate}, {args.intervals} intervals of {args.interval} s")
         results[str(interp)] = run_one(interp, rate, args.interval, args.intervals)
     if args.json:

@@ -3,13 +3,16 @@ validation libraries do: each request compiles a new function in a new file name
 it (its request data is freed when it returns), and drops it. A small cache stays live.
 
 Reads commands on stdin: "report" prints one line ``REPORT {json}``: requests served,
-generated code objects still alive (something else holds them: the profiler), RSS, and
-pymalloc's block count. Prints "READY <pid>" first. Python 3.8+.
+generated code objects still alive (something else holds them: the profiler), RSS,
+pymalloc's block count, and its arenas and allocated bytes (from
+``sys._debugmallocstats``, which says nothing while another allocator hook is installed:
+then null). Prints "READY <pid>" first. Python 3.8+.
 """
 
 import json
 import os
 import sys
+import tempfile
 import threading
 import weakref
 
@@ -23,14 +26,41 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def pymalloc() -> "tuple[int | None, int | None]":
+    """pymalloc's arenas and bytes in allocated blocks, by its own account (read from the
+    C stderr sys._debugmallocstats writes to); (None, None) when it gives none."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode("ascii", "replace")
+    arenas = allocated = None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "# arenas allocated current":
+            arenas = int(value.replace(",", ""))
+        elif key.strip() == "# bytes in allocated blocks":
+            allocated = int(value.replace(",", ""))
+    return arenas, allocated
+
+
 def commands() -> None:
     for line in sys.stdin:
         if line.strip() == "report":
+            arenas, allocated = pymalloc()
             report = {
                 "requests": served[0],
                 "alive_code": len(alive_code),
                 "rss": rss(),
                 "blocks": sys.getallocatedblocks(),
+                "arenas": arenas,
+                "allocated": allocated,
             }
             sys.stdout.write("REPORT " + json.dumps(report) + "\n")
             sys.stdout.flush()
