@@ -57,7 +57,7 @@ class SessionRetainers:
             now = time.monotonic()
             if now >= deadline and not stopped:  # what it found so far, marked partial
                 channel.send(protocol.COMMAND, {"id": 0, "cmd": "census_stop"})
-                stopped, deadline = True, now + 10.0
+                stopped, deadline = True, now + 5.0
             elif now >= deadline or not channel.wait(0.1) or channel.silent(now):
                 log.info("no retainers for this dump: the agent did not answer")
                 return None

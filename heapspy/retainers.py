@@ -30,7 +30,7 @@ from heapspy.units import format_bytes
 
 # the walk is a census's: ~1 s a million objects in C (benchmarks/retainers_cost.py);
 # past this, the agent is told to stop and sends what it found (partial)
-RETAINERS_TIMEOUT = 120.0
+RETAINERS_TIMEOUT = 30.0
 TOP_SITES = 10  # sites looked into at a dump, the most live bytes first
 MAX_STACKS_PER_SITE = 64  # stacks of one site named to the agent, the largest
 SHOWN = 3  # holders shown per site in text; JSON has every one the agent sent
