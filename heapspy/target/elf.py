@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -337,28 +338,42 @@ class FunctionTable:
 
 
 MAX_SYMBOL_NAME = 256  # characters of a function name kept (C++ names run long)
+MAX_STRINGS = 64 << 20  # bytes of one symbol string table
+_SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, shndx, value, size
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
 
 
 def read_functions(f: IO[bytes]) -> FunctionTable:
     """The function symbols of the (hostile, bounded) file ``f``; raises what pyelftools
-    raises on a crafted file, and _TooLarge past the limits above."""
+    raises on a crafted file, and _TooLarge past the limits above. Each table and its
+    strings are read in one piece and decoded here: pyelftools' per-symbol reads cost a
+    buffer refill each (libpython's 16,000 symbols: over READ_BUDGET)."""
     elf = _open_elf(f)
+    if elf.elfclass != 64 or not elf.little_endian:
+        raise _TooLarge("not a 64-bit little-endian image")  # x86_64 only, as the shim
     loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
     first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
     found: dict[int, tuple[int, str]] = {}
     for name in (".symtab", ".dynsym"):  # the full table first: it names static functions
         table = elf.get_section_by_name(name)
-        if not table or not hasattr(table, "num_symbols"):
+        if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
             continue
-        if table.num_symbols() > MAX_SYMBOLS:
-            raise _TooLarge(f"{table.num_symbols()} symbols in {name}")
-        for sym in table.iter_symbols():
-            if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
+        count = int(table["sh_size"]) // _SYM64.size
+        if count > MAX_SYMBOLS:
+            raise _TooLarge(f"{count} symbols in {name}")
+        strtab = elf.get_section(int(table["sh_link"]))
+        if int(strtab["sh_size"]) > MAX_STRINGS:
+            raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
+        data, strings = table.data(), strtab.data()
+        for off in range(0, min(count * _SYM64.size, len(data) - _SYM64.size + 1), _SYM64.size):
+            st_name, info, _, shndx, start, size = _SYM64.unpack_from(data, off)
+            if info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC) or shndx == 0 or start == 0:
                 continue
-            start, size = int(sym["st_value"]), int(sym["st_size"])
-            if start == 0 or size <= 0 or sym["st_shndx"] == "SHN_UNDEF" or start in found:
+            if size <= 0 or start in found or st_name >= len(strings):
                 continue
-            found[start] = (start + size, str(sym.name)[:MAX_SYMBOL_NAME])
+            end = strings.find(b"\0", st_name, st_name + MAX_SYMBOL_NAME)
+            text = strings[st_name : end if end >= 0 else st_name + MAX_SYMBOL_NAME]
+            found[start] = (start + size, text.decode("utf-8", "replace"))
     ordered = sorted(found.items())
     return FunctionTable(
         str(elf.header["e_type"]),
