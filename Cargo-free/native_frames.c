@@ -48,7 +48,8 @@
 #define HS_EXPORT __attribute__((visibility("default")))
 
 #define NF_PAGE 4096u
-#define NF_PROBE_PAGES 64u             /* pages one probe checks (256 KiB) */
+#define NF_PROBE_PAGES 64u             /* pages one probe checks at most (256 KiB) */
+#define NF_PROBE_AHEAD 4u              /* pages a probe checks at least (16 KiB) */
 #define NF_MAX_STACK ((uintptr_t)64 << 20) /* farther than this from our frame: not a stack */
 #define NF_MAX_PCS (NF_MAX_SETS * 8u)  /* return addresses kept in all (4 MiB) */
 
@@ -138,7 +139,10 @@ int nf_walk(void *frame, uintptr_t *pcs, int max) {
         if (fp + 16 > seen) {
             if (g_probe_refused || fp + 16 - seen > NF_PROBE_PAGES * NF_PAGE)
                 break;
-            seen = readable_until(seen, fp + 16);
+            /* ahead of need: a stack is one mapping, so one call usually covers the
+             * rest of the walk (a page at a time cost a call per page crossed) */
+            uintptr_t want = seen + NF_PROBE_AHEAD * NF_PAGE;
+            seen = readable_until(seen, fp + 16 > want ? fp + 16 : want < hi ? want : hi);
             if (fp + 16 > seen)
                 break;
         }
