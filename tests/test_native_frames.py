@@ -97,7 +97,7 @@ def test_native_frames_under_the_python_line(
     interp: Interpreter, nframes_libs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from gotool import pprof, require_go, top
-    from support import run_heapspy
+    from support import run_heapspy, wait_for
 
     require_go()
     fp, nofp = nframes_libs
@@ -119,11 +119,20 @@ def test_native_frames_under_the_python_line(
         assert ready, heapspy.communicate()[1]
         assert target.stdout.readline().startswith("DONE")
         if interp.label == "3.11-pyenv":  # the shim's note: the same on every interpreter
-            # status says what a library without frame pointers shows
-            out = run_heapspy("status", str(target.pid), "--format", "json")
-            assert out.returncode == 0, out.stderr
-            status = json.loads(out.stdout)[0]
-            notes = status.get("status", status)["native"]["notes"]
+            # status says what a library without frame pointers shows (once the agent's
+            # first interval has sent the native status)
+            notes: list[str] = []
+
+            def native_notes() -> bool:
+                out = run_heapspy("status", str(target.pid), "--format", "json")
+                if out.returncode != 0:
+                    return False
+                status = json.loads(out.stdout)[0]
+                native = status.get("status", status).get("native")
+                notes[:] = native["notes"] if native else []
+                return bool(native)
+
+            assert wait_for(native_notes, timeout=30), notes
             assert any("native frames: walked by frame pointers" in n for n in notes), notes
         heapspy.send_signal(2)
         _, err = heapspy.communicate(timeout=60)
