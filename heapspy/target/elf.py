@@ -324,6 +324,7 @@ class FunctionTable:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     names: tuple[str, ...]
+    examined: int = 0  # symbol entries read to build it (functions or not)
 
     def bias(self, base: int) -> int:
         """What to subtract from an address in the process to get one in the file, for
@@ -354,6 +355,7 @@ def read_functions(f: IO[bytes]) -> FunctionTable:
     loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
     first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
     found: dict[int, tuple[int, str]] = {}
+    examined = 0
     for name in (".symtab", ".dynsym"):  # the full table first: it names static functions
         table = elf.get_section_by_name(name)
         if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
@@ -365,6 +367,7 @@ def read_functions(f: IO[bytes]) -> FunctionTable:
         if int(strtab["sh_size"]) > MAX_STRINGS:
             raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
         data, strings = table.data(), strtab.data()
+        examined += count
         for off in range(0, min(count * _SYM64.size, len(data) - _SYM64.size + 1), _SYM64.size):
             st_name, info, _, shndx, start, size = _SYM64.unpack_from(data, off)
             if info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC) or shndx == 0 or start == 0:
@@ -381,4 +384,5 @@ def read_functions(f: IO[bytes]) -> FunctionTable:
         tuple(start for start, _ in ordered),
         tuple(end for _, (end, _) in ordered),
         tuple(name for _, (_, name) in ordered),
+        examined,
     )

@@ -123,7 +123,7 @@ class NativeSymbols:
                     table = _cache.get(key)
                 if not cached and self.symbols_left > 0:
                     table = read_functions(f)
-                    self.symbols_left -= len(table.starts)
+                    self.symbols_left -= table.examined
                     with _cache_lock:
                         _cache[key] = table
                         while len(_cache) > CACHED_FILES:
