@@ -23,7 +23,10 @@
  *    stray %rbp, or a stack with a hole, ends the walk instead of crashing the target.
  *    Where process_vm_readv is refused (a seccomp filter), only the first frame is kept.
  * The pages checked are the thread's own stack, which cannot go away while the thread
- * runs on it. A garbage %rbp that happens to point into that stack yields a few wrong
+ * runs on it. The one case left: a thread running on a stack of its own making that lies
+ * within 64 MiB below its descriptor, whose walk may cross other mappings; one of those
+ * unmapped by another thread between the probe and the read (microseconds) would fault.
+ * A garbage %rbp that happens to point into that stack yields a few wrong
  * frames at the root end, which heapspy shows as they symbolize (or as addresses).
  *
  * Interning: a hash table of sequences under a spin lock of its own (held for a lookup or
