@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -152,15 +154,53 @@ def one_session(python: list[str], stacks: int, requests: int, work: Path) -> No
         target.wait()
 
 
-def daemon_scrape(python: list[str], workers: int, requests: int, work: Path) -> None:
+def _get(url: str) -> tuple[int, bytes]:
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    took = time.perf_counter() - t0
+    if status != 200 or took > 0.5:  # what makes a round slow, to look into
+        log(f"  {url}: {status} in {took * 1000:.0f} ms {body[:200]!r}")
+    return status, body
+
+
+def _scrape(url: str, pids: list[int]) -> tuple[float, int, int]:
+    """One full scrape as the fleet's scrapers make it, one request after another:
+    ``/metrics`` (Prometheus), then every worker's ``/debug/pprof/heap?pid=N`` (Alloy,
+    Parca). Returns the wall time, the requests that failed, and the workers that
+    ``/metrics`` showed up."""
+    t0 = time.perf_counter()
+    status, body = _get(f"{url}/metrics")
+    failed = int(status != 200)
+    up = body.decode().count("\nheapspy_up{")
+    for pid in pids:
+        status, _ = _get(f"{url}/debug/pprof/heap?pid={pid}")
+        failed += int(status != 200)
+    return time.perf_counter() - t0, failed, up
+
+
+def daemon_scrape(
+    python: list[str],
+    workers: int,
+    rounds: int,
+    every: float,
+    census: bool,
+    work: Path,
+    keep_log: Path | None = None,
+) -> None:
+    """A daemon watching ``workers`` real workers (the watch's defaults: census at attach
+    unless ``census`` is False), scraped in full every ``every`` seconds."""
     tag = f"endpointbench{uuid.uuid4().hex[:8]}"
     procs = [subprocess.Popen([*python, "-c", WORKER, tag]) for _ in range(workers)]
+    pids = [p.pid for p in procs]
     config = work / "heapspy.toml"
     config.write_text(
         '[daemon]\nscan_interval = "0.5s"\nsettle = "0s"\nlisten = "127.0.0.1:0"\n'
-        "max_attaching = 4\n"
         f'[[watch]]\nname = "bench"\ncmdline = "{tag}"\ndump_dir = "{work / "dumps"}"\n'
-        "final_dump = false\n"
+        f"final_dump = false\ncensus = {'true' if census else 'false'}\n"
     )
     log_path = work / "daemon.log"
     with open(log_path, "w") as out:
@@ -174,31 +214,52 @@ def daemon_scrape(python: list[str], workers: int, requests: int, work: Path) ->
         start = time.monotonic()
         while True:
             text = log_path.read_text()
-            if sum(f"attached to {p.pid} " in text for p in procs) == workers:
+            if sum(f"attached to {p} " in text for p in pids) == workers:
                 break
             if time.monotonic() - start > 600 or daemon.poll() is not None:
                 raise RuntimeError("the daemon did not attach to every worker:\n" + text[-3000:])
             time.sleep(0.5)
-        log(f"daemon attached to {workers} workers in {time.monotonic() - start:.1f} s")
+        log(
+            f"daemon attached to {workers} workers in {time.monotonic() - start:.1f} s "
+            f"(census at attach: {'on' if census else 'off'}), {_load()}"
+        )
         match = re.search(r"serving (http://\S+)/debug", log_path.read_text())
         assert match
         url = match[1]
-        _timed_get(f"{url}/metrics")
-        scrapes = [_timed_get(f"{url}/metrics") for _ in range(requests)]
-        _report(f"/metrics, {workers} workers", [t for t, _ in scrapes], scrapes[-1][1])
-        rounds = []
-        for _ in range(max(3, requests // 10)):
-            t0 = time.perf_counter()
-            for p in procs:
-                _timed_get(f"{url}/debug/pprof/heap?pid={p.pid}")
-            rounds.append(time.perf_counter() - t0)
-        _report(f"every worker's heap profile, {workers} in a row", rounds, 0)
+        times = []
+        for i in range(rounds):
+            if i:
+                time.sleep(max(0.0, every - times[-1]))
+            load = _load()
+            took, failed, up = _scrape(url, pids)
+            times.append(took)
+            log(
+                f"round {i + 1}: /metrics + {workers} heap profiles in {took * 1000:.0f} ms, "
+                f"{failed} failed, {up} workers up on /metrics; {load}"
+            )
+        log(
+            f"full scrape of {workers} workers: median {statistics.median(times) * 1000:.0f} ms, "
+            f"worst {max(times) * 1000:.0f} ms over {rounds} rounds every {every:g} s"
+        )
+        lost = [
+            line
+            for line in log_path.read_text().splitlines()
+            if any(w in line for w in ("stopped answering", "not profiled", "detaching", "exited"))
+        ]
+        log(f"sessions ended during the run: {len(lost)}" + "".join(f"\n  {x}" for x in lost))
     finally:
         daemon.terminate()
         daemon.wait(timeout=120)
+        if keep_log is not None:
+            keep_log.write_bytes(log_path.read_bytes())
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f})"
 
 
 def main() -> None:
@@ -206,6 +267,10 @@ def main() -> None:
     parser.add_argument("--stacks", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=8, help="full scrapes of the daemon")
+    parser.add_argument("--every", type=float, default=15.0, help="seconds between scrapes")
+    parser.add_argument("--no-census", action="store_true", help="no census at attach")
+    parser.add_argument("--keep-log", type=Path, help="copy the daemon's log here")
     parser.add_argument("--python", default="3.11")
     args = parser.parse_args()
     interp = pick_interpreters([args.python])[0]
@@ -213,7 +278,15 @@ def main() -> None:
         if args.stacks:  # --stacks 0: only the daemon's part
             one_session(list(interp.argv), args.stacks, args.requests, Path(tmp))
         if args.workers:
-            daemon_scrape(list(interp.argv), args.workers, args.requests, Path(tmp))
+            daemon_scrape(
+                list(interp.argv),
+                args.workers,
+                args.rounds,
+                args.every,
+                not args.no_census,
+                Path(tmp),
+                args.keep_log,
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ live view, at most every TYPES_EVERY seconds; the answer holds until a site chan
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -30,18 +32,26 @@ class TypeClassifier:
     def __init__(self) -> None:
         self.at = 0.0  # unix time of the last classification, 0: none yet
 
-    def classify(self, call: AgentCall, sampling: Sampling, sites: dict[int, Site]) -> float | None:
+    def classify(
+        self,
+        call: AgentCall,
+        sampling: Sampling,
+        sites: dict[int, Site],
+        lock: threading.Lock | None = None,
+    ) -> float | None:
         """Have the agent name the type of every live sample and fold the answer into
         the aggregator's ``sites``, for the next dump or view. Returns what it cost the
         target in seconds, None when it could not be done (not sampled mode, or the agent
-        said why)."""
+        said why). ``lock``: held while ``sites`` change (the session's data lock: other
+        threads may read them meanwhile)."""
         if sampling.mode != SAMPLED:
             return None
         reply = call("types", timeout=TYPES_TIMEOUT)
         if not reply.get("ok"):
             log.info("no types for this dump: %s", reply.get("error"))
             return None
-        apply_types(sites, reply.get("types", {}), bool(reply.get("complete")))
+        with lock or contextlib.nullcontext():
+            apply_types(sites, reply.get("types", {}), bool(reply.get("complete")))
         self.at = time.time()
         return float(reply.get("seconds", 0.0))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -122,6 +123,10 @@ class Session:
         self.served_profile = ServedProfile()
         self.memory_account = MemoryAccount(target.pid)  # where its RSS is (rss.py)
         self.types = TypeClassifier()  # the live samples' types (sampled mode)
+        # Held while a frame changes the aggregator, and while another thread of this
+        # process reads it: the daemon's HTTP threads serve its sessions' figures and
+        # profiles from here (scrape_metrics, scrape_profile), not through their threads.
+        self.data_lock = threading.Lock()
         # (unix time, rate): the rate at attach, then each `heapspy rate`
         self.rate_changes: list[tuple[float, int]] = []
         self.hello: dict[str, Any] = {}
@@ -401,12 +406,15 @@ class Session:
     def _on_agent_frame(self, kind: int, body: dict[str, Any]) -> None:
         """One checked frame of the running session."""
         if kind == protocol.STACKS:
-            self.aggregator.add_stacks(body["stacks"])
+            with self.data_lock:
+                self.aggregator.add_stacks(body["stacks"])
         elif kind == protocol.SAMPLES:
             agg = self.aggregator
-            agg.apply(body)
+            facts = self.outside.facts()  # /proc reads: not under the lock
+            with self.data_lock:
+                agg.apply(body)
+                point = agg.record(facts)
             self._note_stretch(agg.facts)
-            point = agg.record(self.outside.facts())
             if self.on_samples is not None:
                 self.on_samples(self)
             # not while a rule that fired is being served: its calls to the agent handle
@@ -520,10 +528,7 @@ class Session:
         if cmd == "trim":
             return self.trim()
         if cmd == "metrics":
-            metrics = metrics_of(
-                self.aggregator, self.target.pid, self.config.watch, self.dump_rules, self.memcg
-            )
-            return {"ok": True, "metrics": metrics}
+            return {"ok": True, "metrics": self.scrape_metrics()}
         if cmd == "profile":
             if body.get("gc"):
                 if not self.config.allow_gc:
@@ -531,8 +536,20 @@ class Session:
                 reply = self._agent_call("gc", timeout=30.0)
                 if not reply.get("ok"):
                     return reply
-            return self.served_profile.reply(self.aggregator)
+            with self.data_lock:
+                return self.served_profile.reply(self.aggregator)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def scrape_metrics(self) -> dict[str, Any]:
+        """What ``/metrics`` shows of this session; callable from any thread."""
+        rules, agg = list(self.dump_rules), self.aggregator
+        with self.data_lock:
+            return metrics_of(agg, self.target.pid, self.config.watch, rules, self.memcg)
+
+    def scrape_profile(self) -> bytes:
+        """The current heap profile (gzipped pprof); callable from any thread."""
+        with self.data_lock:
+            return self.served_profile.encoded(self.aggregator)
 
     def set_rate(self, rate: int) -> dict[str, Any]:
         """Change the sampling rate of the live session (the shim's modes: sampled and
@@ -685,7 +702,7 @@ class Session:
         if self.channel is None or self.violation:
             return None  # an agent that broke the protocol is asked nothing more
         agg = self.aggregator
-        return self.types.classify(self._agent_call, agg.sampling, agg.sites)
+        return self.types.classify(self._agent_call, agg.sampling, agg.sites, self.data_lock)
 
     def find_retainers(self, leak: bool = False) -> Retainers | None:
         """Which roots hold the live samples of the top sites (``heapspy.retainer_run``):

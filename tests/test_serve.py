@@ -486,6 +486,14 @@ def test_daemon_serves_its_workers(tmp_path: Path) -> None:
         _check_metrics(text)
         assert "heapspy_daemon_sessions 2" in text
         assert "heapspy_daemon_attach_failures_total 0" in text
+        # its sessions are served from the daemon's own data, not through their control
+        # sockets (each a round trip to the session's thread): without the socket, the
+        # worker is still served
+        (Path(os.environ["HEAPSPY_RUNTIME_DIR"]) / "sessions" / f"{workers[0].pid}.sock").unlink()
+        status, body, _ = _get(f"{url}/debug/pprof/heap?pid={workers[0].pid}")
+        assert status == 200 and _profile(body).string_table
+        text = _get(f"{url}/metrics")[1].decode()
+        assert f'heapspy_rss_bytes{{pid="{workers[0].pid}",watch="api"}}' in text
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)

@@ -39,9 +39,11 @@ from heapspy.daemon.config import DaemonConfig, Watch, load_config
 from heapspy.daemon.discover import Found, Key, alive, scan
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
+from heapspy.daemon.serving import DaemonWorkers, Local
 from heapspy.errors import HeapspyError, NoSession
 from heapspy.serve.exposition import Exposition
 from heapspy.serve.http import ServeOptions, serve
+from heapspy.serve.workers import Worker
 from heapspy.target.process import start_time, tracer_of
 
 log = logging.getLogger("heapspy.daemon")
@@ -556,6 +558,19 @@ class Supervisor:
         if status != self._status and self.notifier.status(status):
             self._status = status
 
+    def served(self) -> list[Local]:
+        """The sessions running in this process now, for the HTTP endpoint's threads
+        (a copy of the table: the loop changes it meanwhile)."""
+        out = []
+        for entry in list(self.entries.values()):
+            child = entry.child
+            thread = child.session if child is not None else None
+            if thread is not None and thread.alive():
+                found = entry.found
+                worker = Worker(found.pid, found.uid, found.cmdline)
+                out.append(Local(worker, thread.session))
+        return out
+
     def expose(self, expo: Exposition) -> None:
         """The daemon's own series on /metrics (the workers' come from their sessions)."""
         running = sum(1 for e in self.entries.values() if e.child is not None)
@@ -590,10 +605,17 @@ def run_daemon(config: DaemonConfig, notifier: Notifier | None = None) -> int:
     supervisor = Supervisor(config, notifier)
     endpoint = None
     if config.listen is not None:
+        served = DaemonWorkers(supervisor.served)
         endpoint = serve(
             config.listen,
             ServeOptions(
-                token=config.listen_token, allow_gc=config.allow_gc, extra_metrics=supervisor.expose
+                token=config.listen_token,
+                allow_gc=config.allow_gc,
+                extra_metrics=supervisor.expose,
+                list_workers=served.list_workers,
+                find_worker=served.find_worker,
+                metrics=served.metrics,
+                profile=served.profile,
             ),
         )
         log.info("serving %s/debug/pprof/ and /metrics", endpoint.url)

@@ -1,9 +1,11 @@
 """The HTTP endpoint: Go's ``/debug/pprof/`` paths and Prometheus' ``/metrics``.
 
 It runs in a thread of the process that serves it (``heapspy attach --listen``, or the
-daemon) and talks to sessions only through their control sockets, so it needs nothing
-of theirs in memory and a slow scrape never holds a session up. Requests are small and
-few (a scrape every 15 s), so a thread per request is fine; each is bounded in time.
+daemon). ``heapspy attach`` talks to its session through the control socket; the daemon,
+whose sessions are threads of its own process, reads their figures and current profile
+directly (``heapspy.daemon.serving``): a scrape of 50 workers then waits for none of the
+50 session threads. Requests are small and few (a scrape every 15 s), so a thread per
+request is fine; each is bounded in time.
 """
 
 from __future__ import annotations
@@ -47,16 +49,16 @@ class ServeOptions:
     extra_metrics: Callable[[Exposition], None] | None = None
     list_workers: Callable[[], list[workers_mod.Worker]] = field(default=workers_mod.list_workers)
     # one worker by pid (None: no session on it), for requests that name one
-    find_worker: Callable[[int], workers_mod.Worker | None] = field(
-        default=workers_mod.find_worker
-    )
+    find_worker: Callable[[int], workers_mod.Worker | None] = field(default=workers_mod.find_worker)
+    # one worker's figures and current profile (``gc``: collect first); raise WorkerGone
+    metrics: Callable[[int], dict[str, Any]] = field(default=workers_mod.metrics)
+    profile: Callable[[int, bool], bytes] = field(default=workers_mod.profile)
 
-
-def _metrics_or_none(pid: int) -> dict[str, Any] | None:
-    try:
-        return workers_mod.metrics(pid)
-    except workers_mod.WorkerGone:  # ended between listing and asking
-        return None
+    def metrics_or_none(self, pid: int) -> dict[str, Any] | None:
+        try:
+            return self.metrics(pid)
+        except workers_mod.WorkerGone:  # ended between listing and asking
+            return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -126,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.options.extra_metrics is not None and caller.may_read(None):
             self.server.options.extra_metrics(expo)
         for worker in self._visible(caller):
-            figures = _metrics_or_none(worker.pid)
+            figures = self.server.options.metrics_or_none(worker.pid)
             if figures is not None:
                 add_worker(expo, figures)
         self._send(HTTPStatus.OK, expo.text().encode(), CONTENT_TYPE)
@@ -134,11 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _index(self, caller: Caller) -> None:
         rows = []
         for w in self._visible(caller):
-            watch = ""
-            try:
-                watch = str(workers_mod.metrics(w.pid).get("watch") or "")
-            except workers_mod.WorkerGone:
-                pass
+            figures = self.server.options.metrics_or_none(w.pid) or {}
+            watch = str(figures.get("watch") or "")
             links = " ".join(
                 f'<a href="/debug/pprof/{p}?pid={w.pid}">{p}</a>'
                 for p in ("heap", "allocs", "census")
@@ -222,10 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
         try:
-            data = workers_mod.profile(worker.pid, gc=gc)
+            data = self.server.options.profile(worker.pid, gc)
             if seconds:
                 time.sleep(seconds)
-                later = workers_mod.profile(worker.pid)
+                later = self.server.options.profile(worker.pid, False)
                 data = delta(data, later, kind)
             elif kind != "inuse_space":
                 data = with_default_type(data, kind)

@@ -75,19 +75,24 @@ def metrics_of(
 
 
 class ServedProfile:
-    """The current heap profile, gzipped pprof, base64 for the JSON control channel.
+    """The current heap profile, gzipped pprof.
 
     Encoding 10,000 stacks takes a few hundred ms of heapspy's CPU, and the profile only
     changes when the agent reports (once an interval): scrapes within one interval
     (several scrapers, a retry) share one encoding, kept here by the session."""
 
     def __init__(self) -> None:
-        self.cached: tuple[tuple[Any, ...], str] | None = None
+        self.cached: tuple[tuple[Any, ...], bytes] | None = None
 
-    def reply(self, agg: Aggregator) -> dict[str, Any]:
+    def encoded(self, agg: Aggregator) -> bytes:
+        """The profile of ``agg`` now, encoded once per state of its data."""
         key = (agg.intervals, agg.sampling, len(agg.sites))
         cached = self.cached
         if cached is None or cached[0] != key:
             data = encode_profile(agg.profile(("heapspy live profile",)))
-            cached = self.cached = (key, base64.b64encode(data).decode("ascii"))
-        return {"ok": True, "profile": cached[1]}
+            cached = self.cached = (key, data)
+        return cached[1]
+
+    def reply(self, agg: Aggregator) -> dict[str, Any]:
+        """The control socket's reply (base64: it travels in JSON)."""
+        return {"ok": True, "profile": base64.b64encode(self.encoded(agg)).decode("ascii")}

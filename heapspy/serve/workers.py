@@ -53,11 +53,11 @@ def find_worker(pid: int) -> Worker | None:
     return Worker(pid, _uid_of(pid), _command_of(pid))
 
 
-def list_workers() -> list[Worker]:
-    """Targets with a session holder alive now."""
+def list_workers(skip: frozenset[int] = frozenset()) -> list[Worker]:
+    """Targets with a session holder alive now (but those in ``skip``)."""
     found = []
     for lock in sorted(runtime_dir().glob("*.lock")):
-        if not lock.stem.isdigit():
+        if not lock.stem.isdigit() or int(lock.stem) in skip:
             continue
         worker = find_worker(int(lock.stem))
         if worker is not None:
