@@ -228,6 +228,10 @@ class Agent:
         self.base_interval = self.interval = float(self.config.get("interval", 1.0))
         self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
         self.gc_timer.install()
+        # A send waits for heapspy to drain the socket as long as silence is tolerated:
+        # the connect's 5 s ended sessions of a daemon GIL-starved at load 40 mid-census
+        # ("agent error: TimeoutError: timed out"). It blocks only this thread.
+        sock.settimeout(PEER_TIMEOUT)
         now = time.monotonic()
         last_rx = now
         next_beat = now + HEARTBEAT
