@@ -231,10 +231,13 @@ def daemon_scrape(
             if i:
                 time.sleep(max(0.0, every - times[-1]))
             load = _load()
+            cpu = _cpu(daemon.pid)
             took, failed, up = _scrape(url, pids)
+            cpu = _cpu(daemon.pid) - cpu
             times.append(took)
             log(
-                f"round {i + 1}: /metrics + {workers} heap profiles in {took * 1000:.0f} ms, "
+                f"round {i + 1}: /metrics + {workers} heap profiles in {took * 1000:.0f} ms "
+                f"(the daemon's CPU meanwhile {cpu * 1000:.0f} ms), "
                 f"{failed} failed, {up} workers up on /metrics; {load}"
             )
         log(
@@ -255,6 +258,14 @@ def daemon_scrape(
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds the process has used (every thread): what a round costs the daemon,
+    whatever else the machine runs."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _load() -> str:
