@@ -85,7 +85,10 @@ def attach_argv(pid: int, config: AttachConfig, python: str | None = None) -> li
         "--nudge" if config.nudge else "--no-nudge",
         "--census" if config.census else "--no-census",
         "--native" if config.native else "--no-native",
+        "--retainers" if config.retainers else "--no-retainers",
     ]  # fmt: skip
+    if config.native_frames:
+        argv.append("--native-frames")
     for rule in config.dump_on:
         argv += ["--dump-on", rule.text]
     if config.keep is not None:
