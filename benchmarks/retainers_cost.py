@@ -100,7 +100,7 @@ def main() -> None:
         f"{found.longest_slice * 1000:.1f} ms CPU (setup {found.setup * 1000:.1f} ms), "
         f"longest pause seen by the target "
         f"{pause:.1f} ms (idle: {idle_pause:.1f} ms); Sink.keep held by "
-        f"{' > '.join(sink.holders[0].path)} {sink.holders[0].share:.0%}"
+        f"{sink.holders[0].describe()} {sink.holders[0].share:.0%}"
     )
     print(json.dumps(figures))
 

@@ -6,12 +6,13 @@ them, the ``TOP_SITES`` with the most live bytes, plus the leak rule's) and name
 stacks to the agent, which walks the heap from the census's roots in the census's order
 (heapspy_agent.retainers) and answers, per stack, the live sampled bytes under each
 retention path: the root (``module.NAME``, ``module.Class.attr``, ``thread <name>:
-function``, ``unreachable (cyclic garbage)``) and the containers on the way, by type.
+function``, ``unreachable (cyclic garbage)``) and the containers on the way, by type,
+with the attribute or key by which each is held where the agent could name it safely.
 ``collect`` sums that per site into ``Retainers``, which a dump's sidecar keeps under
 ``retainers`` and report, flamegraph and attach's final table show:
 
     Shipper.buffer_line (leaky_worker.py:32) 5.5 MiB, held by
-        __main__.SHIPPER > leaky_worker.Shipper > list   100 %
+        __main__.SHIPPER .pending (list) 100 %
 
 Like the census, an object shared by two roots is the first root's (a cheap
 approximation of a dominator tree). The agent's answer and a sidecar read back are
@@ -39,6 +40,7 @@ MAX_SITES_READ = 64  # a sidecar's entries read back
 MAX_HOLDERS_READ = 16
 MAX_PATH_READ = 8
 MAX_NAME_READ = 1024
+MAX_STEP_READ = 64
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,22 @@ class SiteKey:
         return printable(f"{self.function}{where}")
 
 
+def describe_path(path: tuple[str, ...], steps: tuple[str, ...] = ()) -> str:
+    """A retention path as text, escaped: ``__main__.SHIPPER .pending (list)`` where the
+    step into the list is named (the root object's own type is then implied by its name),
+    ``thread w: run > list`` where it is not. ``steps``: per path element, its name or ""."""
+    parts = list(path[:1])
+    for i in range(1, len(path)):
+        name = steps[i] if i < len(steps) else ""
+        if not name:
+            parts.append(f"{PATH_SEPARATOR}{path[i]}")
+            continue
+        if i == 2 and not steps[1]:
+            parts.pop()  # the root object's type: its name says what it is
+        parts.append(f" {name} ({path[i]})")
+    return printable("".join(parts))
+
+
 @dataclass(frozen=True)
 class Holder:
     """One retention path of a site's live samples: the root first, then containers."""
@@ -63,9 +81,10 @@ class Holder:
     samples: int
     bytes: float  # estimated live bytes (upscaled as the dump's inuse_space)
     share: float  # of the site's live sampled bytes, 0..1
+    steps: tuple[str, ...] = ()  # per path element, the attribute or key holding it, or ""
 
     def describe(self) -> str:
-        return printable(PATH_SEPARATOR.join(self.path))
+        return describe_path(self.path, self.steps)
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,7 @@ class Retainers:
                     "holders": [
                         {
                             "path": list(h.path),
+                            "steps": list(h.steps),
                             "samples": h.samples,
                             "bytes": h.bytes,
                             "share": h.share,
@@ -182,9 +202,11 @@ def _read_site(entry: Any) -> SiteRetainers | None:
         if not isinstance(h, dict) or not isinstance(h.get("path"), list):
             continue
         path = tuple(_str(p) for p in h["path"][:MAX_PATH_READ])
-        holders.append(
-            Holder(path, int(_num(h.get("samples"))), _num(h.get("bytes")), _num(h.get("share")))
-        )
+        steps = h.get("steps")
+        named = tuple(_str(p)[:MAX_STEP_READ] for p in steps[:MAX_PATH_READ]) if isinstance(
+            steps, list) else ()  # fmt: skip
+        holders.append(Holder(path, int(_num(h.get("samples"))), _num(h.get("bytes")),
+                              _num(h.get("share")), named))  # fmt: skip
     key = SiteKey(_str(entry.get("function")), _str(entry.get("filename")),
                   int(_num(entry.get("line"))))  # fmt: skip
     return SiteRetainers(key, _num(entry.get("live_bytes")), tuple(holders),
@@ -231,14 +253,17 @@ def collect(
     sites = []
     for key, sids in chosen.items():
         paths: dict[tuple[str, ...], list[float]] = {}
+        named: dict[tuple[str, ...], tuple[str, ...]] = {}
         for sid in sids:
-            for path, samples, nbytes in per_stack.get(str(sid), ()):
+            for path, samples, nbytes, steps in per_stack.get(str(sid), ()):
                 acc = paths.setdefault(tuple(path), [0, 0.0])
                 acc[0] += samples
                 acc[1] += nbytes
+                if any(steps) and tuple(path) not in named:  # the agent names top paths
+                    named[tuple(path)] = tuple(steps)
         total = sum(v[1] for v in paths.values())
         holders = tuple(
-            Holder(path, int(v[0]), v[1], v[1] / total if total else 0.0)
+            Holder(path, int(v[0]), v[1], v[1] / total if total else 0.0, named.get(path, ()))
             for path, v in sorted(paths.items(), key=lambda kv: (-kv[1][1], kv[0]))
         )
         sites.append(SiteRetainers(key, total, holders, key == leak))

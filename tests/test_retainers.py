@@ -2,10 +2,13 @@
 sites a dump ranks highest.
 
 One real target per interpreter (tests/targets/retained_leaks.py) leaks through three
-kinds of root -- a module global's attribute list, a class attribute, a thread's frame
-local -- each from its own function; `heapspy attach` must name each site's root first
-with >= 90 % of its live samples in its final table, and `heapspy report` (text and
-JSON) the same from the dump's sidecar. The flame graph's tooltip data is checked once.
+kinds of root -- a module global's attribute list, a class attribute's dict key, a
+thread's frame local's slot -- each from its own function; `heapspy attach` must name
+each site's root first, with the attribute or key of each step (where a decoy of the
+same type sits beside it), with >= 90 % of its live samples in its final table, and
+`heapspy report` (text and JSON) the same from the dump's sidecar. Naming the steps must
+run none of the target's hostile methods (property, __getattr__, __eq__, __hash__). The
+flame graph's tooltip data is checked once.
 The two census walks (native, Python) looking for chosen objects are checked side by
 side in one interpreter, and what heapspy reads back from an agent or a sidecar is
 checked for hostile content without a target.
@@ -39,6 +42,12 @@ ROOTS = {
     "buffer_line": "__main__.SHIPPER",
     "register": "__main__.Registry.entries",
     "keep_local": "thread local-worker: local_worker",
+}
+# ... and the whole path, its steps named
+HELD_BY = {
+    "buffer_line": "__main__.SHIPPER .pending (list)",
+    "register": "__main__.Registry.entries ['recent'] (list)",
+    "keep_local": "thread local-worker: local_worker .kept (list)",
 }
 
 
@@ -86,8 +95,11 @@ def test_retainers_name_the_root_of_each_leak(
         assert first["path"][0] == root and first["path"][-1] == "list", held[short]
         assert first["share"] >= 0.9, held[short]
         assert first["samples"] >= 5, held[short]  # enough samples to mean something
+        assert first["steps"][-1] == HELD_BY[short].split(" ")[-2], held[short]
         # attach's final table says it (each site's first holder, on its headline)
-        assert f"held by {' > '.join(first['path'])} " in attach.stdout, attach.stdout
+        assert f"held by {HELD_BY[short]} " in attach.stdout, attach.stdout
+    called = tmp_path / "CALLED"  # the target's hostile methods, had anything run them
+    assert not called.exists(), called.read_text()
     # `heapspy report`: the JSON from the sidecar, and the text (the CLI on one
     # interpreter: it only renders what build_report returns)
     if interp.version[:2] == (3, 11):
@@ -102,8 +114,8 @@ def test_retainers_name_the_root_of_each_leak(
     }
     text = build_report(ReportConfig(dump=final)).output("text")
     assert "What holds the top sites' live samples" in text, text
-    for root in ROOTS.values():
-        assert f"held by {root} > " in text, text
+    for path in HELD_BY.values():
+        assert f"held by {path} " in text, text
 
     if interp.version[:2] != (3, 11):
         return  # the flame graph reads the same sidecar: once
@@ -114,8 +126,8 @@ def test_retainers_name_the_root_of_each_leak(
     document = json.loads(data)
     functions = document["functions"]
     tips = {functions[row[0]][0].rsplit(".", 1)[-1]: row[1:] for row in document["retainers"]}
-    for short, root in ROOTS.items():
-        assert any(line.strip().startswith(root) for line in tips[short]), tips
+    for short, path in HELD_BY.items():
+        assert any(line.strip().startswith(path) for line in tips[short]), tips
     assert "held.get(nodes.function[i])" in page  # the tooltip shows them
 
 
@@ -145,20 +157,25 @@ def test_native_and_python_walks_find_the_same_holders(interp: Interpreter) -> N
 def test_hostile_retainers_are_refused_or_escaped() -> None:
     """An agent's RETAINERS frame is checked (sizes, types); a sidecar's retainers are
     read back leniently; names print with control characters escaped."""
-    good = {"stacks": {"7": [[["m.ROOT", "list"], 3, 4096.0]]}, "elapsed": 0.5}
+    good = {"stacks": {"7": [[["m.ROOT", "C", "list"], 3, 4096.0, ["", "", ".x"]]]}}
     assert schema.check(protocol.RETAINERS, good)["stacks"] == good["stacks"]
-    too_many_paths = {"stacks": {"7": [[["r"], 1, 1.0]] * (schema.MAX_RETAINER_PATHS + 1)}}
-    too_deep = {"stacks": {"7": [[["r"] * (schema.MAX_CENSUS_DEPTH + 1), 1, 1.0]]}}
-    bad_key = {"stacks": {"x": [[["r"], 1, 1.0]]}}
-    negative = {"stacks": {"7": [[["r"], 1, -5.0]]}}
-    for body in (too_many_paths, too_deep, bad_key, negative, {"elapsed": 1.0}):
+    too_many_paths = {"stacks": {"7": [[["r"], 1, 1.0, [""]]] * (schema.MAX_RETAINER_PATHS + 1)}}
+    too_deep = {"stacks": {"7": [[["r"] * (schema.MAX_CENSUS_DEPTH + 1), 1, 1.0, [""]]]}}
+    bad_key = {"stacks": {"x": [[["r"], 1, 1.0, [""]]]}}
+    negative = {"stacks": {"7": [[["r"], 1, -5.0, [""]]]}}
+    long_step = {"stacks": {"7": [[["r", "C"], 1, 1.0, ["", "." + "a" * schema.MAX_STEP_NAME]]]}}
+    no_steps = {"stacks": {"7": [[["r"], 1, 1.0]]}}
+    many_steps = {"stacks": {"7": [[["r"], 1, 1.0, [""] * (schema.MAX_CENSUS_DEPTH + 1)]]}}
+    for body in (too_many_paths, too_deep, bad_key, negative, long_step, no_steps, many_steps,
+                 {"elapsed": 1.0}):  # fmt: skip
         with pytest.raises(protocol.ProtocolError):
             schema.check(protocol.RETAINERS, body)
     sidecar = {
         "sites": [
             {"function": "f\x1b]0;owned\x07", "filename": "/a/b.py", "line": 3,
              "live_bytes": 2048, "holders": [
-                 {"path": ["m.\x1b[2JX", "list"], "samples": 2, "bytes": 2048, "share": 1.0},
+                 {"path": ["m.\x1b[2JX", "C", "list"], "steps": ["", "", ".\x1b[2J" + "y" * 99],
+                  "samples": 2, "bytes": 2048, "share": 1.0},
                  "junk", {"path": "not a list"}]},
             "junk",
             {"function": 5, "holders": [{"path": [1, None], "share": "x"}]},
@@ -168,9 +185,10 @@ def test_hostile_retainers_are_refused_or_escaped() -> None:
     read = Retainers.from_json(sidecar)
     assert read is not None and len(read.sites) == 2 and read.elapsed == 0.0
     assert len(read.sites[0].holders) == 1 and read.sites[1].holders[0].path == ("", "")
+    assert len(read.sites[0].holders[0].steps[2]) == 64  # a step's name is bounded
     text = "\n".join(table_lines(read))
     assert "\x1b" not in text and "\x07" not in text, text
-    assert "held by m.\\x1b[2JX > list 100 %" in text, text
+    assert f"held by m.\\x1b[2JX .\\x1b[2J{'y' * 59} (list) 100 %" in text, text
     assert Retainers.from_json("nothing") is None and Retainers.from_json({"sites": 1}) is None
 
 

@@ -14,6 +14,10 @@ block was freed (or reused by another stack) while the walk ran, is ``NOT_REACHE
 Objects found only from the gc's leftovers carry the census's own root labels
 (``unreachable (cyclic garbage)``, ``held outside Python roots``).
 
+Once the walk is over, the top path of each stack (at most MAX_NAMED distinct paths, the
+most bytes first) gets the names of its steps, one path a slice (heapspy_agent.
+retainer_names: ``.pending``, ``['key']``); each row sent carries them beside its path.
+
 Bounded: at most MAX_TARGETS objects (the largest blocks first), a walk as long as a
 census, and at most MAX_PATHS paths per stack sent (the rest folded into ``[other]``).
 Only integers (addresses) are held between the start and the end: holding the objects
@@ -24,7 +28,7 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from heapspy_agent import census as census_mod
-from heapspy_agent import object_types
+from heapspy_agent import object_types, retainer_names
 from heapspy_agent.schema import MAX_RETAINER_PATHS, MAX_RETAINER_STACKS
 from heapspy_agent.shim import DOM_OBJ, Shim
 
@@ -33,6 +37,7 @@ MAX_STACKS = MAX_RETAINER_STACKS
 # each block is a ctypes call (~1-2 us) made with the GIL held before the walk starts
 MAX_TARGETS = 10000
 MAX_PATHS = MAX_RETAINER_PATHS
+MAX_NAMED = 16  # distinct top paths whose steps are named (retainer_names)
 NOT_OBJECT = "(not a Python object)"
 NOT_REACHED = "not reached (freed meanwhile / held only by C)"
 
@@ -72,30 +77,78 @@ class RetainerWalk:
         del objects, found
         self.ok = census.set_targets(list(self.object_of.values()))
         self.done = False
+        self.path_of = None  # type: Optional[Dict[int, Optional[_Key]]]
+        self.to_name = []  # type: List[Tuple[_Key, Set[int]]]
+        self.names = {}  # type: Dict[_Key, List[str]]
         self.setup = time.perf_counter() - began  # one GIL hold, before the walk's slices
 
     # the census's interface, as the agent drives it
     def step(self, budget: float) -> bool:
-        self.done = self.census.step(budget)
-        return self.done
+        """The census's walk, then the naming of the top paths, one or more a slice."""
+        if not self.census.done:
+            if not self.census.step(budget) or self.census.partial:
+                self.done = self.census.done
+                return self.done
+            self._paths()
+            self._choose_names()
+            return not self.to_name and self._finish()
+        deadline = time.perf_counter() + budget
+        while self.to_name and time.perf_counter() < deadline:
+            path, ids = self.to_name.pop(0)
+            self.names[path] = retainer_names.name_path(self.census, path, ids)
+        return not self.to_name and self._finish()
+
+    def _finish(self) -> bool:
+        self.done = True
+        return True
+
+    def _paths(self) -> Dict[int, Optional[_Key]]:
+        """Block address -> the path its object was counted under (once the walk ends)."""
+        if self.path_of is None:
+            blocks = list(self.object_of.items())
+            found = self.census.target_paths([obj for _, obj in blocks]) if self.ok else []
+            self.path_of = {blocks[i][0]: found[i] for i in range(len(found))}
+        return self.path_of
+
+    def _choose_names(self) -> None:
+        """The top path of each stack, by bytes, with the objects counted under it."""
+        path_of = self._paths()
+        by_stack = {}  # type: Dict[int, Dict[_Key, float]]
+        ids = {}  # type: Dict[_Key, Set[int]]
+        for address, (sid, size, _domain, weight) in self.blocks.items():
+            path = path_of.get(address)
+            if path is None:
+                continue
+            acc = by_stack.setdefault(sid, {})
+            acc[path] = acc.get(path, 0.0) + weight * size
+            ids.setdefault(path, set()).add(self.object_of[address])
+        top = {}  # type: Dict[_Key, float]
+        for paths in by_stack.values():
+            path, nbytes = max(paths.items(), key=lambda kv: kv[1])
+            top[path] = top.get(path, 0.0) + nbytes
+        ranked = sorted(top, key=lambda p: -top[p])[:MAX_NAMED]
+        self.to_name = [(p, ids[p]) for p in ranked if len(p) >= 3]
 
     def progress(self) -> Dict[str, Any]:
         return self.census.progress()
 
     def stop(self) -> None:
         self.census.stop()
+        self.to_name = []
+        self.done = True
 
     def close(self) -> None:
         self.census.close()
 
+    def _names(self, path: _Key) -> List[str]:
+        return self.names.get(path) or [""] * len(path)
+
     def result(self) -> Dict[str, Any]:
         """Per stack id, its live sampled bytes by path: ``[[root, container...], samples,
-        estimated bytes]``, most bytes first; plus how long the walk took."""
+        estimated bytes, [step names]]`` (one name per path element, "" where unnamed),
+        most bytes first; plus how long the walk took."""
         census = self.census
-        blocks = list(self.object_of.items())
-        paths = census.target_paths([obj for _, obj in blocks]) if self.ok else []
-        path_of = {blocks[i][0]: paths[i] for i in range(len(paths))}
-        del blocks, paths
+        path_of = self._paths()
         now = _live_by_stack(self.shim, set(self.stacks))  # freed meanwhile: not placed
         sums = {}  # type: Dict[int, Dict[_Key, List[float]]]
         for address, (sid, size, _domain, weight) in self.blocks.items():
@@ -112,13 +165,12 @@ class RetainerWalk:
         out = {}  # type: Dict[str, List[List[Any]]]
         for sid, by_path in sums.items():
             ranked = sorted(by_path.items(), key=lambda kv: -kv[1][1])
-            rows = [[list(p), int(v[0]), float(v[1])] for p, v in ranked[: MAX_PATHS - 1]]
-            rest = ranked[MAX_PATHS - 1 :]
-            if len(rest) == 1:
-                rows.append([list(rest[0][0]), int(rest[0][1][0]), float(rest[0][1][1])])
-            elif rest:
+            kept = ranked[: MAX_PATHS - 1] if len(ranked) > MAX_PATHS else ranked
+            rows = [[list(p), int(v[0]), float(v[1]), self._names(p)] for p, v in kept]
+            rest = ranked[len(kept) :]
+            if rest:
                 n = sum(int(v[0]) for _, v in rest)
-                rows.append([[census_mod.OTHER], n, sum(float(v[1]) for _, v in rest)])
+                rows.append([[census_mod.OTHER], n, sum(float(v[1]) for _, v in rest), [""]])
             out[str(sid)] = rows
         state = census.progress()
         return {

@@ -44,6 +44,7 @@ MAX_THREAD_ALLOC = 256  # threads in totals.thread_alloc (the most allocating)
 MAX_CENSUS_SITES_PER_FRAME = 1000  # the agent sends a census in frames of this many paths
 MAX_CENSUS_DEPTH = 8  # frames of one retention path: root, containers, type
 MAX_CENSUS_NAME = 1024
+MAX_STEP_NAME = 64  # one step's name on a retention path: ".attr", "['key']" (40 chars)
 # COMMAND stacks: threads and tasks grouped by identical stack (heapspy_agent.stacks)
 MAX_STACK_GROUPS = 1000  # groups of each kind in one reply
 MAX_GROUP_NAMES = 8  # the first names of a group's threads or tasks
@@ -470,14 +471,18 @@ def _define() -> dict[int, Record]:
         protocol.CENSUS_PROGRESS: Record("CENSUS_PROGRESS", CENSUS_STATE),
         # The answer to COMMAND retainers, once its walk is over: per stack id, its live
         # samples by the path that holds them (root first, then containers; or one of
-        # the retainers module's NOT_OBJECT / NOT_REACHED): (path, samples, est. bytes)
+        # the retainers module's NOT_OBJECT / NOT_REACHED): (path, samples, est. bytes,
+        # step names: per path element, the attribute or key that holds it, or "")
         protocol.RETAINERS: Record(
             "RETAINERS",
             {
                 "stacks": SiteMap(
                     ListOf(
                         Tuple_(
-                            ListOf(Str(MAX_CENSUS_NAME), MAX_CENSUS_DEPTH), Int(0, 2**40), EST
+                            ListOf(Str(MAX_CENSUS_NAME), MAX_CENSUS_DEPTH),
+                            Int(0, 2**40),
+                            EST,
+                            ListOf(Str(MAX_STEP_NAME), MAX_CENSUS_DEPTH),
                         ),
                         MAX_RETAINER_PATHS,
                     ),

@@ -53,6 +53,7 @@ AGENT_FILES = (
     "census_walk.py",
     "object_types.py",
     "retainers.py",
+    "retainer_names.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"

@@ -50,8 +50,10 @@ ever added, and ``schema`` changes if one is removed or changes meaning::
                                              # samples (heapspy.retainers): {"sites":
                                              # [{"function", "filename", "line",
                                              # "live_bytes", "leak", "holders": [{"path":
-                                             # [root, container...], "samples", "bytes",
-                                             # "share"}]}], "elapsed", "cpu",
+                                             # [root, container...], "steps": [name or
+                                             # "" per path element: ".attr", "['key']"],
+                                             # "samples", "bytes", "share"}]}],
+                                             # "elapsed", "cpu",
                                              # "longest_slice", "objects", "partial"}
       "census": null,                        # a heap census's walk (heapspy census):
                                              # objects, bytes, elapsed, cpu,

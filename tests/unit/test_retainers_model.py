@@ -8,7 +8,7 @@ from typing import Any
 from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator
-from heapspy.retainers import SiteKey, choose, collect, leak_site, table_lines
+from heapspy.retainers import Retainers, SiteKey, choose, collect, leak_site, table_lines
 from heapspy.sampling import Sampling
 
 MAIN = ["main", "/app/app.py", 40]
@@ -41,10 +41,15 @@ def test_top_sites_and_the_leak_site_are_chosen_and_summed() -> None:
         protocol.RETAINERS,
         {
             "stacks": {
-                "13": [[["app.CACHE", "dict"], 9, 9000.0], [["(not a Python object)"], 1, 1000.0]],
-                "14": [[["app.CACHE", "dict"], 10, 10000.0]],
-                "1": [[["thread w: run", "list"], 4, 4000.0]],
-                "99": [[["never", "asked"], 1, 1e12]],  # a stack nobody asked about
+                "13": [
+                    [["app.CACHE", "dict"], 9, 9000.0, ["", ""]],
+                    [["(not a Python object)"], 1, 1000.0, [""]],
+                ],
+                # the agent names a stack's top path only: the first named row is taken
+                "14": [[["app.CACHE", "dict", "list"], 10, 10000.0, ["", "", "['users']"]]],
+                "1": [[["thread w: run", "app.State", "dict", "list"], 4, 4000.0,
+                       ["", "", ".seen", "[42]"]]],
+                "99": [[["never", "asked"], 1, 1e12, ["", ""]]],  # a stack nobody asked about
             },
             "elapsed": 1.5,
         },
@@ -52,13 +57,17 @@ def test_top_sites_and_the_leak_site_are_chosen_and_summed() -> None:
     found = collect(body, chosen, leak_site(agg))
     top = found.sites[0]
     assert top.site.function == "site13" and top.live_bytes == 20000.0
-    assert top.holders[0].path == ("app.CACHE", "dict") and top.holders[0].share == 0.95
-    assert top.holders[0].samples == 19
+    assert top.holders[0].path == ("app.CACHE", "dict", "list") and top.holders[0].samples == 10
+    assert top.holders[1].path == ("app.CACHE", "dict") and top.holders[1].share == 0.45
     leak = next(s for s in found.sites if s.leak)
     assert leak.site.function == "site1" and leak.holders[0].share == 1.0
     lines = table_lines(found)
-    assert lines[0] == "site13 (sites.py:13) 19.5 KiB, held by app.CACHE > dict 95 %"
-    held = "site1 (sites.py:1) 3.9 KiB, held by thread w: run > list 100 %  (leak rule's site)"
+    # a named step drops the root object's type (its name says it); unnamed ones stay
+    assert lines[0] == "site13 (sites.py:13) 19.5 KiB, held by app.CACHE ['users'] (list) 50 %"
+    assert lines[1] == "    and by app.CACHE > dict 45 %"
+    held = ("site1 (sites.py:1) 3.9 KiB, held by thread w: run .seen (dict) [42] (list) "
+            "100 %  (leak rule's site)")  # fmt: skip
     assert held in lines
+    assert Retainers.from_json(found.to_json()) == found  # the sidecar keeps the names
     assert all(s.holders == () for s in found.sites if s.site.function not in ("site13", "site1"))
     assert found.elapsed == 1.5
