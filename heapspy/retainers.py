@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from heapspy_agent.schema import OWN_DICT
+
 from heapspy.aggregate import Aggregator
 from heapspy.printable import printable
 from heapspy.units import format_bytes
@@ -60,16 +62,19 @@ class SiteKey:
 def describe_path(path: tuple[str, ...], steps: tuple[str, ...] = ()) -> str:
     """A retention path as text, escaped: ``__main__.SHIPPER .pending (list)`` where the
     step into the list is named (the root object's own type is then implied by its name),
-    ``thread w: run > list`` where it is not. ``steps``: per path element, its name or ""."""
+    ``thread w: run > list`` where it is not. ``steps``: per path element, its name, ""
+    (unnamed) or OWN_DICT (an instance's attribute dict, left out: its keys are named as
+    the instance's attributes)."""
+    named = [(steps[i] if i < len(steps) else "", path[i]) for i in range(1, len(path))]
+    named = [(name, kind) for name, kind in named if name != OWN_DICT]
     parts = list(path[:1])
-    for i in range(1, len(path)):
-        name = steps[i] if i < len(steps) else ""
+    for i, (name, kind) in enumerate(named):
         if not name:
-            parts.append(f"{PATH_SEPARATOR}{path[i]}")
+            parts.append(f"{PATH_SEPARATOR}{kind}")
             continue
-        if i == 2 and not steps[1]:
+        if i == 1 and not named[0][0]:
             parts.pop()  # the root object's type: its name says what it is
-        parts.append(f" {name} ({path[i]})")
+        parts.append(f" {name} ({kind})")
     return printable("".join(parts))
 
 

@@ -25,6 +25,7 @@ import sys
 import threading
 
 from heapspy_agent import census as census_mod
+from heapspy_agent.schema import OWN_DICT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
                 except Exception:  # noqa: BLE001
                     continue
                 if type(attrs) is dict:
+                    out.append((OWN_DICT, attrs))  # where the walk went through it
                     out.extend(("." + _short(k), v) for k, v in _items(attrs, budget)
                                if type(k) is str)  # fmt: skip
             elif kind is _Member:
@@ -118,12 +120,15 @@ def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
     return out
 
 
-def _children(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
-    """(name, object) for what ``obj`` holds: named where cheap and safe, "" otherwise."""
+def _children(obj, budget, attrs=False):  # type: (Any, _Budget, bool) -> List[Tuple[str, Any]]
+    """(name, object) for what ``obj`` holds: named where cheap and safe, "" otherwise;
+    ``attrs``: ``obj`` is an instance's attribute dict (its keys named as attributes)."""
     tp = type(obj)
     if budget.left <= 0:
         return []
     if tp is dict:
+        if attrs:
+            return [("." + _short(k) if type(k) is str else "", v) for k, v in _items(obj, budget)]
         return [(_key_name(k), v) for k, v in _items(obj, budget)]
     if tp is list or tp is tuple:
         part = obj[: budget.left]
@@ -144,8 +149,8 @@ def _held(obj, ids, budget):  # type: (Any, Set[int], _Budget) -> int
     return len({id(child) for _, child in _children(obj, budget) if id(child) in ids})
 
 
-def _follow(census, obj, types, ids, budget):
-    # type: (Any, Any, Tuple[str, ...], Set[int], _Budget) -> Tuple[int, List[str]]
+def _follow(census, obj, types, ids, budget, attrs=False):
+    # type: (Any, Any, Tuple[str, ...], Set[int], _Budget, bool) -> Tuple[int, List[str]]
     """The best way down ``types`` from ``obj``: (sampled objects held at its end, the
     name of each step)."""
     if not types:
@@ -153,11 +158,11 @@ def _follow(census, obj, types, ids, budget):
     want = types[0]
     best = None  # type: Optional[Tuple[int, List[str]]]
     tried = 0
-    for name, child in _children(obj, budget):
+    for name, child in _children(obj, budget, attrs):
         if census.type_name(type(child)) != want:
             continue
         tried += 1
-        held, rest = _follow(census, child, types[1:], ids, budget)
+        held, rest = _follow(census, child, types[1:], ids, budget, name == OWN_DICT)
         if best is None or held > best[0]:
             best = (held, [name] + rest)
         if budget.left <= 0:
@@ -172,11 +177,12 @@ def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
     if label.startswith("thread "):
         frames = sys._current_frames()
         names = {t.ident: t.name for t in threading.enumerate()}
-        for ident, frame in list(frames.items()):
+        for ident, top in list(frames.items()):
             if ident == census.skip_thread:
                 continue
             thread = census_mod._clip(names.get(ident, "%d" % ident))
             depth = 0
+            frame = top  # type: Any
             while frame is not None and depth < 1000:
                 depth += 1
                 if "thread %s: %s" % (thread, census_mod._clip(frame.f_code.co_name)) == label:

@@ -45,6 +45,9 @@ MAX_CENSUS_SITES_PER_FRAME = 1000  # the agent sends a census in frames of this 
 MAX_CENSUS_DEPTH = 8  # frames of one retention path: root, containers, type
 MAX_CENSUS_NAME = 1024
 MAX_STEP_NAME = 64  # one step's name on a retention path: ".attr", "['key']" (40 chars)
+# the step into an instance's own attribute dict (where the walk went through one, as
+# before 3.11): shown as nothing, the next step being named as the attribute
+OWN_DICT = "."
 # COMMAND stacks: threads and tasks grouped by identical stack (heapspy_agent.stacks)
 MAX_STACK_GROUPS = 1000  # groups of each kind in one reply
 MAX_GROUP_NAMES = 8  # the first names of a group's threads or tasks

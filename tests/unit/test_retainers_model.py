@@ -8,7 +8,15 @@ from typing import Any
 from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator
-from heapspy.retainers import Retainers, SiteKey, choose, collect, leak_site, table_lines
+from heapspy.retainers import (
+    Retainers,
+    SiteKey,
+    choose,
+    collect,
+    describe_path,
+    leak_site,
+    table_lines,
+)
 from heapspy.sampling import Sampling
 
 MAIN = ["main", "/app/app.py", 40]
@@ -47,8 +55,14 @@ def test_top_sites_and_the_leak_site_are_chosen_and_summed() -> None:
                 ],
                 # the agent names a stack's top path only: the first named row is taken
                 "14": [[["app.CACHE", "dict", "list"], 10, 10000.0, ["", "", "['users']"]]],
-                "1": [[["thread w: run", "app.State", "dict", "list"], 4, 4000.0,
-                       ["", "", ".seen", "[42]"]]],
+                "1": [
+                    [
+                        ["thread w: run", "app.State", "dict", "list"],
+                        4,
+                        4000.0,
+                        ["", "", ".seen", "[42]"],
+                    ]
+                ],
                 "99": [[["never", "asked"], 1, 1e12, ["", ""]]],  # a stack nobody asked about
             },
             "elapsed": 1.5,
@@ -71,3 +85,14 @@ def test_top_sites_and_the_leak_site_are_chosen_and_summed() -> None:
     assert Retainers.from_json(found.to_json()) == found  # the sidecar keeps the names
     assert all(s.holders == () for s in found.sites if s.site.function not in ("site13", "site1"))
     assert found.elapsed == 1.5
+
+
+def test_a_path_through_an_instance_dict_reads_as_its_attribute() -> None:
+    """Before 3.11 the walk goes through an instance's attribute dict: the agent marks
+    that step (OWN_DICT) and it is left out, so every interpreter reads the same."""
+    through = ("m.S", "m.Shipper", "dict", "list")
+    assert describe_path(through, ("", "", schema.OWN_DICT, ".pending")) == "m.S .pending (list)"
+    assert describe_path(("m.S", "m.Shipper", "list"), ("", "", ".pending")) == (
+        "m.S .pending (list)"
+    )
+    assert describe_path(through) == "m.S > m.Shipper > dict > list"  # nothing named
