@@ -16,7 +16,8 @@ member descriptors), never by attribute lookup, so no property, ``__getattr__`` 
 ``__getattribute__`` is called; dicts are exact ``dict``s read with ``dict.items`` and
 copied a bounded slice at a time (one C call: no other thread runs inside), and keys are
 compared only when they are exact ``str``, so no ``__eq__`` or ``__hash__`` runs. Only
-exact ``str`` and ``int`` keys are named. Bounded: MAX_CHECKS elements looked at per path.
+exact ``str`` and ``int`` keys are named. Bounded: MAX_CHECKS elements looked at per path,
+and MAX_DICTS instance dicts read (from 3.11, reading one makes it: see there).
 """
 
 import gc
@@ -29,10 +30,14 @@ from heapspy_agent.schema import OWN_DICT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterator, List, Optional, Set, Tuple  # noqa: F401
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple  # noqa: F401
 
-MAX_CHECKS = 100000  # elements looked at while naming one path
+MAX_CHECKS = 50000  # elements looked at while naming one path (~10-25 ms)
 MAX_KEY = 40  # characters of an attribute name or a key kept
+# instances' __dict__ read per path: from 3.11 an instance keeps its attributes without a
+# dict until one is asked for, and reading __dict__ makes it one (~100 bytes to 1 KiB
+# each, kept by the instance): the target pays for at most this many per path
+MAX_DICTS = 64
 
 _GetSet = type(type.__dict__["__dict__"])  # the builtin getset_descriptor type
 _Member = type(type.__dict__["__weakrefoffset__"])  # the builtin member_descriptor type
@@ -40,21 +45,26 @@ _getset_get = _GetSet.__get__
 _member_get = _Member.__get__
 _dict_items = dict.items
 _I64 = 1 << 63
+_OWN = object()  # the key of an instance's own attribute dict among its attributes
 
 
 class _Budget:
-    __slots__ = ("left",)
+    __slots__ = ("left", "dicts")
 
     def __init__(self, left):  # type: (int) -> None
         self.left = left
+        self.dicts = MAX_DICTS
 
 
-def _items(mapping, budget):  # type: (Dict[Any, Any], _Budget) -> List[Tuple[Any, Any]]
-    """An exact dict's (key, value) pairs, at most the budget's: copied in one C call."""
+def _items(mapping, budget, charge=True):
+    # type: (Dict[Any, Any], _Budget, bool) -> List[Tuple[Any, Any]]
+    """An exact dict's (key, value) pairs, at most the budget's: copied in one C call;
+    ``charge``: counted against the budget now (else as they are looked at)."""
     if budget.left <= 0:
         return []
     pairs = list(itertools.islice(_dict_items(mapping), budget.left))
-    budget.left -= len(pairs)
+    if charge:
+        budget.left -= len(pairs)
     return pairs
 
 
@@ -73,9 +83,10 @@ def _key_name(key):  # type: (Any) -> str
     return ""
 
 
-def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
-    """(".name", value) of an instance: its ``__dict__`` through the builtin getset its
-    class holds, its slots through their member descriptors. Nothing else is read."""
+def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[Any, Any]]
+    """(".name", value) of an instance, and (_OWN, its attribute dict): its ``__dict__``
+    through the builtin getset its class holds, its slots through their member
+    descriptors. Nothing else is read."""
     tp = type(obj)
     try:
         mro = census_mod._type_mro(tp)
@@ -83,7 +94,7 @@ def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
         return []
     if type(mro) is not tuple:
         return []
-    out = []  # type: List[Tuple[str, Any]]
+    out = []  # type: List[Tuple[Any, Any]]
     seen_dict = False
     for base in mro:
         if not census_mod._is_class(base):
@@ -100,14 +111,15 @@ def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
             kind = type(value)
             if key == "__dict__" and not seen_dict:
                 seen_dict = True  # the first one is what lookup uses
-                if kind is not _GetSet:
+                if kind is not _GetSet or budget.dicts <= 0:
                     continue
+                budget.dicts -= 1
                 try:
                     attrs = _getset_get(value, obj, tp)
                 except Exception:  # noqa: BLE001
                     continue
                 if type(attrs) is dict:
-                    out.append((OWN_DICT, attrs))  # where the walk went through it
+                    out.append((_OWN, attrs))  # where the walk went through it
                     out.extend(("." + _short(k), v) for k, v in _items(attrs, budget)
                                if type(k) is str)  # fmt: skip
             elif kind is _Member:
@@ -120,56 +132,91 @@ def _attributes(obj, budget):  # type: (Any, _Budget) -> List[Tuple[str, Any]]
     return out
 
 
-def _children(obj, budget, attrs=False):  # type: (Any, _Budget, bool) -> List[Tuple[str, Any]]
-    """(name, object) for what ``obj`` holds: named where cheap and safe, "" otherwise;
-    ``attrs``: ``obj`` is an instance's attribute dict (its keys named as attributes)."""
+def _attr_name(key):  # type: (Any) -> str
+    return "." + _short(key) if type(key) is str else ""
+
+
+def _no_name(key):  # type: (Any) -> str
+    if key is _OWN:
+        return OWN_DICT
+    return key if type(key) is str else ""
+
+
+def _children(obj, budget, attrs=False):
+    # type: (Any, _Budget, bool) -> Tuple[Callable[[Any], str], List[Any], List[Any]]
+    """What ``obj`` holds: (namer, keys, objects); ``namer(keys[i])`` names ``objects[i]``
+    (called only for the one chosen: naming is dearer than looking). ``attrs``: ``obj``
+    is an instance's attribute dict, its keys named as attributes."""
     tp = type(obj)
     if budget.left <= 0:
-        return []
-    if tp is dict:
-        if attrs:
-            return [("." + _short(k) if type(k) is str else "", v) for k, v in _items(obj, budget)]
-        return [(_key_name(k), v) for k, v in _items(obj, budget)]
+        return _no_name, [], []
+    if tp is dict:  # copied, bounded; each item is counted as it is looked at
+        pairs = _items(obj, budget, charge=False)
+        return (_attr_name if attrs else _key_name), [k for k, _ in pairs], [v for _, v in pairs]
     if tp is list or tp is tuple:
-        part = obj[: budget.left]
-        budget.left -= len(part)
-        return [("", item) for item in part]
+        part = list(obj[: budget.left])
+        return _no_name, [None] * len(part), part
     if census_mod._is_class(obj) or census_mod._is_module(tp):
-        return []  # boundaries of the walk: never entered
+        return _no_name, [], []  # boundaries of the walk: never entered
     named = _attributes(obj, budget)
     if named:
-        return named
-    part = gc.get_referents(obj)[: max(0, budget.left)]
-    budget.left -= len(part)
-    return [("", item) for item in part]
+        return _no_name, [k for k, _ in named], [v for _, v in named]
+    part = gc.get_referents(obj)[: budget.left]
+    return _no_name, [None] * len(part), part
 
 
 def _held(obj, ids, budget):  # type: (Any, Set[int], _Budget) -> int
     """How many of ``ids`` ``obj`` holds directly."""
-    return len({id(child) for _, child in _children(obj, budget) if id(child) in ids})
+    objects = _children(obj, budget)[2][: max(0, budget.left)]
+    budget.left -= len(objects)
+    return len({id(child) for child in objects if id(child) in ids})
 
 
 def _follow(census, obj, types, ids, budget, attrs=False):
     # type: (Any, Any, Tuple[str, ...], Set[int], _Budget, bool) -> Tuple[int, List[str]]
     """The best way down ``types`` from ``obj``: (sampled objects held at its end, the
-    name of each step)."""
+    name of each step). A step stays unnamed where several objects of its type held none
+    of the sampled objects, or where the budget ran out before it could tell."""
     if not types:
         return _held(obj, ids, budget), []
     want = types[0]
-    best = None  # type: Optional[Tuple[int, List[str]]]
+    namer, keys, objects = _children(obj, budget, attrs)
+    cut = budget.left <= 0  # what obj holds may not all have been seen
+    matches = {}  # type: Dict[int, bool]
+    best = None  # type: Optional[Tuple[int, int, List[str]]]
     tried = 0
-    for name, child in _children(obj, budget, attrs):
-        if census.type_name(type(child)) != want:
+    for i in range(len(objects)):
+        budget.left -= 1
+        if budget.left < 0:
+            cut = True
+            break
+        tp = type(objects[i])
+        match = matches.get(id(tp))  # by id: a metaclass's __hash__ is never called here
+        if match is None:
+            match = matches[id(tp)] = census.type_name(tp) == want
+        if not match:
             continue
         tried += 1
-        held, rest = _follow(census, child, types[1:], ids, budget, name == OWN_DICT)
+        inner = keys[i] is _OWN  # identity: a key of the target's may not be compared
+        held, rest = _follow(census, objects[i], types[1:], ids, budget, inner)
         if best is None or held > best[0]:
-            best = (held, [name] + rest)
+            best = (held, i, rest)
         if budget.left <= 0:
+            cut = True
             break
-    if best is None or (tried > 1 and best[0] == 0):
+    if best is None or (best[0] == 0 and (tried > 1 or cut)):
         return 0, [""] * len(types)  # nothing there, or no telling which
-    return best
+    return best[0], [namer(keys[best[1]])] + best[2]
+
+
+def _module_of(cls):  # type: (Any) -> Optional[str]
+    """A class's ``__module__`` when it is an exact str (comparing anything else could
+    run its ``__eq__``)."""
+    try:
+        module = census_mod._type_module(cls)
+    except Exception:  # noqa: BLE001
+        return None
+    return module if type(module) is str else None
 
 
 def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
@@ -208,7 +255,7 @@ def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
             if key == rest:
                 yield value
             elif (rest.startswith(key + ".") and census_mod._is_class(value)
-                  and census_mod._own_class(value, name)):  # fmt: skip
+                  and _module_of(value) == name):  # fmt: skip
                 attr = rest[len(key) + 1 :]
                 for inner, found in list(census_mod._type_dict(value).items()):
                     if type(inner) is str and inner == attr:
