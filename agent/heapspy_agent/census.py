@@ -133,10 +133,13 @@ def _is_module(tp):  # type: (type) -> bool
 
 
 def _own_class(cls, module):  # type: (Any, str) -> bool
+    # a class's __module__ can be any object its author put there: compared only when it
+    # is an exact str, so that no __eq__ of the target's runs
     try:
-        return bool(_type_module(cls) == module)
+        found = _type_module(cls)
     except Exception:  # noqa: BLE001
         return False
+    return type(found) is str and found == module
 
 
 def _agent_class(cls):  # type: (Any) -> bool

@@ -119,3 +119,24 @@ class TrapDict(dict):
 
 
 TRAPS = [Trap() for _ in range(10)] + [TrapDict(k=1) for _ in range(10)]
+
+
+class _ModuleName:
+    """Put where a class's __module__ string belongs: comparing it runs our code."""
+
+    def __eq__(self, other):
+        CALLS.append("__module__ __eq__")
+        return False
+
+    def __ne__(self, other):
+        CALLS.append("__module__ __ne__")
+        return True
+
+    __hash__ = object.__hash__
+
+
+class Misnamed:
+    pass
+
+
+Misnamed.__module__ = _ModuleName()
