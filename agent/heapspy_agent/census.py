@@ -119,16 +119,44 @@ def _is_class(obj):  # type: (Any) -> bool
 
 
 _module_types = {}  # type: Dict[type, bool]
+_metaclasses = {id(type): (type, True)}  # type: Dict[int, Tuple[type, bool]]
+
+
+def _plain_hash(tp):  # type: (type) -> bool
+    """Whether ``tp`` can be a dict key without running the target's code.
+
+    Hashing a class, and comparing it on a collision, calls its metaclass's ``__hash__``
+    and ``__eq__``: type's own C code unless a metaclass defines them. Classes whose
+    metaclass does are looked up every time instead of cached by type."""
+    meta = type(tp)
+    if meta is type:
+        return True
+    known = _metaclasses.get(id(meta))  # kept alive in the value: the id stays its own
+    if known is None:
+        plain = True
+        try:
+            for base in _type_mro(meta):
+                if base is not type and base is not object:
+                    names = _type_dict(base)
+                    if "__hash__" in names or "__eq__" in names:
+                        plain = False
+                        break
+        except Exception:  # noqa: BLE001
+            plain = False
+        known = _metaclasses[id(meta)] = (meta, plain)
+    return known[1]
 
 
 def _is_module(tp):  # type: (type) -> bool
-    known = _module_types.get(tp)
+    plain = _plain_hash(tp)
+    known = _module_types.get(tp) if plain else None
     if known is None:
-        try:
-            known = _ModuleType in _type_mro(tp)
+        try:  # by identity: `in` would compare with ==
+            known = any(base is _ModuleType for base in _type_mro(tp))
         except Exception:  # noqa: BLE001
             known = False
-        _module_types[tp] = known
+        if plain:
+            _module_types[tp] = known
     return known
 
 
@@ -267,7 +295,8 @@ class Census:
     def _sizer(self, tp):  # type: (type) -> Any
         """The C ``__sizeof__`` that ``sys.getsizeof`` would reach for instances of
         ``tp`` (skipping one written in Python), and what getsizeof adds to it."""
-        found = self._sizers.get(tp)
+        plain = _plain_hash(tp)
+        found = self._sizers.get(tp) if plain else None
         if found is not None:
             return found
         method = _object_sizeof
@@ -284,7 +313,8 @@ class Census:
         if flags & _PREHEADER and sys.version_info >= (3, 11):
             extra += self._preheader
         found = (method, extra)
-        self._sizers[tp] = found
+        if plain:
+            self._sizers[tp] = found
         return found
 
     def _type_info(self, tp):  # type: (type) -> Tuple[str, Any, int, bool, bool]
@@ -293,7 +323,8 @@ class Census:
         method, extra = self._sizer(tp)
         is_dict = bool(_type_flags(tp) & _DICT_SUBCLASS)
         info = (self.type_name(tp), method, extra, _is_module(tp), is_dict)
-        self._types[tp] = info
+        if _plain_hash(tp):
+            self._types[tp] = info
         return info
 
     def size(self, obj):  # type: (Any) -> int
@@ -308,7 +339,8 @@ class Census:
         return int(size) + int(extra) if type(size) is int else int(extra)
 
     def type_name(self, tp):  # type: (type) -> str
-        name = self._names.get(tp)
+        plain = _plain_hash(tp)
+        name = self._names.get(tp) if plain else None
         if name is None:
             try:
                 module = _type_module(tp)
@@ -319,7 +351,9 @@ class Census:
                     name = module + "." + short
             except Exception:  # noqa: BLE001
                 name = "?"
-            name = self._names[tp] = _clip(name)
+            name = _clip(name)
+            if plain:
+                self._names[tp] = name
         return name
 
     # --- roots -------------------------------------------------------------------------
@@ -627,7 +661,7 @@ class Census:
                 stack.append([get_referents(obj), 0, None])
                 del obj
                 continue
-            info = types.get(tp)
+            info = types.get(tp) if type(tp) is type or _plain_hash(tp) else None
             if info is None:
                 info = self._type_info(tp)
             name, method, extra, is_module, is_dict = info
@@ -824,7 +858,7 @@ class NativeCensus(Census):
 
     def _classify(self, tp):  # type: (type) -> Tuple[int, Any, int, bool]
         try:
-            info = self._types.get(tp)
+            info = self._types.get(tp) if _plain_hash(tp) else None
             if info is None:
                 info = self._type_info(tp)
             name, method, extra, is_module, _ = info

@@ -140,3 +140,29 @@ class Misnamed:
 
 
 Misnamed.__module__ = _ModuleName()
+
+
+class _HashingMeta(type):
+    """A metaclass whose classes hash and compare through our code (a walk that keys a
+    dict by such a class runs it)."""
+
+    def __hash__(cls):
+        if ARMED:
+            CALLS.append("metaclass __hash__")
+        return type.__hash__(cls)
+
+    def __eq__(cls, other):
+        if ARMED:
+            CALLS.append("metaclass __eq__")
+        return cls is other
+
+
+class Hashed(metaclass=_HashingMeta):
+    __slots__ = ("payload",)
+
+    def __init__(self, n):
+        self.payload = "x" * n
+
+
+HASHED = [Hashed(100) for _ in range(50)]
+ARMED = True  # from here on, only a walk hashes these classes
