@@ -175,7 +175,7 @@ def test_attach_command_reads_back_the_same_config(
         'dump_dir = "/srv/d"\nkeep = 7\nmax_bytes = 1000\nrequire_sampling = true\n'
         "final_dump = false\ncensus = false\n"
     )
-    native = WATCH + 'rate = "64KiB"\nnative = true\nnative_frames = true\n'
+    native = WATCH + 'rate = "64KiB"\nnative = true\nnative_frames = true\nretainers = true\n'
     for body in (text, WATCH + "rate = 1\n", native):
         watch = _load(tmp_path, body).watches[0]
         argv = attach_argv(4242, watch.attach)

@@ -143,6 +143,7 @@ ATTACH_KEYS = (
     "final_dump",
     "last_chance",
     "census",
+    "retainers",
     "native",
     "native_frames",
 )
@@ -362,6 +363,9 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         final_dump=table.boolean("final_dump", True),
         last_chance=table.boolean("last_chance", True),
         census=table.boolean("census", True),  # of the heap at attach, as `heapspy attach`
+        # off by default: each walk would also run at every session's end when the daemon
+        # stops, and its drain must stay short
+        retainers=table.boolean("retainers", False),
         native=table.boolean("native", False),
         native_frames=table.convert(
             "native_frames",
