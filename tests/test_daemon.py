@@ -430,11 +430,11 @@ def _scanned_after(d: Daemon, tag: str, seconds: float, watch: str = "w") -> Non
     however long a loaded machine makes it take.
     """
     time.sleep(seconds)  # the least time that must pass; the wait for the event follows
-    witness = subprocess.Popen(["sh", "-c", f"sleep 600; : {tag}"])
+    witness = subprocess.Popen(["sh", "-c", f"sleep 600; : {tag}"], start_new_session=True)
     try:
         d.wait_log(rf"\[{watch} {witness.pid}\] not profiled \(exit 4\)")
     finally:
-        witness.kill()
+        os.killpg(witness.pid, signal.SIGKILL)  # its sleep too, not only the shell
         witness.wait()
 
 
