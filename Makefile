@@ -20,7 +20,7 @@ provision: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m heapspy demo
 
-# Everything but the soak versions of the stress tests: about 27 minutes on 2 cores.
+# Everything but the soak versions of the stress tests: about 26 minutes on 2 cores.
 test: provision lint
 	$(PY) -m pytest -m 'not soak' $(PYTEST_ARGS)
 
