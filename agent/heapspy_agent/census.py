@@ -170,6 +170,11 @@ def _own_class(cls, module):  # type: (Any, str) -> bool
     return type(found) is str and found == module
 
 
+def _thread_label(thread, frame):  # type: (str, Any) -> str
+    """The root of a thread's frame locals (``thread <name>: <function>``)."""
+    return "thread %s: %s" % (thread, _clip(frame.f_code.co_name))
+
+
 def _agent_class(cls):  # type: (Any) -> bool
     try:
         module = _type_module(cls)
@@ -406,7 +411,7 @@ class Census:
                 frame = frame.f_back
             thread = _clip(names.get(ident, "%d" % ident))
             for frame in reversed(chain):
-                label = "thread %s: %s" % (thread, _clip(frame.f_code.co_name))
+                label = _thread_label(thread, frame)
                 for value in self._frame_locals(frame):
                     yield label, value, False
             del chain, frame

@@ -209,16 +209,6 @@ def _follow(census, obj, types, ids, budget, attrs=False):
     return best[0], [namer(keys[best[1]])] + best[2]
 
 
-def _module_of(cls):  # type: (Any) -> Optional[str]
-    """A class's ``__module__`` when it is an exact str (comparing anything else could
-    run its ``__eq__``)."""
-    try:
-        module = census_mod._type_module(cls)
-    except Exception:  # noqa: BLE001
-        return None
-    return module if type(module) is str else None
-
-
 def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
     """The objects the census walked under the root ``label``, found the same way."""
     if label.startswith("thread "):
@@ -232,7 +222,7 @@ def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
             frame = top  # type: Any
             while frame is not None and depth < 1000:
                 depth += 1
-                if "thread %s: %s" % (thread, census_mod._clip(frame.f_code.co_name)) == label:
+                if census_mod._thread_label(thread, frame) == label:
                     for value in census._frame_locals(frame):
                         yield value
                 frame = frame.f_back
@@ -255,7 +245,7 @@ def _roots(census, label, budget):  # type: (Any, str, _Budget) -> Iterator[Any]
             if key == rest:
                 yield value
             elif (rest.startswith(key + ".") and census_mod._is_class(value)
-                  and _module_of(value) == name):  # fmt: skip
+                  and census_mod._own_class(value, name)):  # fmt: skip
                 attr = rest[len(key) + 1 :]
                 for inner, found in list(census_mod._type_dict(value).items()):
                     if type(inner) is str and inner == attr:
