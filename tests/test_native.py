@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from interpreters import Interpreter, interpreter_params
+from native_attach import final_dump, native_session, native_status
 from test_shim import run, shim_so  # noqa: F401 - the session's shim build (a fixture)
 
 from heapspy.scaling import relative_error, sampling_variance
@@ -185,59 +184,27 @@ def test_native_leaks_are_the_top_sites(
     the GIL) are the top four inuse_space sites, each estimate near the truth, and
     `heapspy status` lists the libraries redirected."""
     from gotool import require_go, top
-    from support import run_heapspy, wait_for
+    from support import wait_for
 
     require_go()
     ext = _build_extension(interp, leak_lib[0], tmp_path)
-    target = subprocess.Popen(
-        [*interp.argv, str(TARGET), str(leak_lib[0]), str(ext)], stdout=subprocess.PIPE,
-        text=True,
-    )
-    heapspy = None
-    try:
-        assert target.stdout is not None and target.stdout.readline().startswith("READY")
-        heapspy = subprocess.Popen(
-            [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--native",
-             "--no-census", "--dump-dir", str(tmp_path), "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        # DONE comes once the agent samples; a heapspy that fails first ends the wait
-        ready: list[Any] = []
-        while not ready and heapspy.poll() is None:
-            ready, _, _ = select.select([target.stdout], [], [], 0.5)
-        assert ready, heapspy.communicate()[1]
-        done = target.stdout.readline()
-        assert done.startswith("DONE"), done
+    argv = [*interp.argv, str(TARGET), str(leak_lib[0]), str(ext)]
+    with native_session(argv, (), tmp_path) as (target, done):
         truths = {k: int(v) for k, v in (item.split("=") for item in done.split()[1:])}
-        status: dict[str, Any] = {}
+        native: dict[str, Any] = {}
 
-        def native_status() -> bool:
-            out = run_heapspy("status", str(target.pid), "--format", "json")
-            if out.returncode != 0:
-                return False
-            status.update(json.loads(out.stdout)[0])
-            return bool(status.get("status", status).get("native"))
+        def redirected_listed() -> bool:
+            native.update(native_status(target.pid) or {})
+            return bool(native)
 
-        assert wait_for(native_status, timeout=30), status
-        redirected = " ".join(status.get("status", status)["native"]["redirected"])
+        assert wait_for(redirected_listed, timeout=30), native
+        redirected = " ".join(native["redirected"])
         for lib in ("libleak.so", "libz", "libsqlite3"):
             assert lib in redirected, redirected
-        heapspy.send_signal(2)
-        _, err = heapspy.communicate(timeout=60)
-        assert heapspy.returncode == 0, err
-    finally:
-        target.kill()
-        target.wait()
-        assert target.stdout is not None
-        target.stdout.close()
-        if heapspy is not None and heapspy.poll() is None:
-            heapspy.kill()
-            heapspy.wait()
-    final = sorted(tmp_path.glob("*-final.pb.gz"))
-    assert len(final) == 1, list(tmp_path.iterdir())
-    rows = top(final[0], "-sample_index=inuse_space", "-lines", cwd=tmp_path)
+    final = final_dump(tmp_path)
+    rows = top(final, "-sample_index=inuse_space", "-lines", cwd=tmp_path)
     objects = {
-        r.name: r.flat for r in top(final[0], "-sample_index=inuse_objects", "-lines", cwd=tmp_path)
+        r.name: r.flat for r in top(final, "-sample_index=inuse_objects", "-lines", cwd=tmp_path)
     }
 
     def mode_of(name: str) -> str:

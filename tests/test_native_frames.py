@@ -10,18 +10,16 @@ without (called with the GIL released: at least the function that called malloc)
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import select
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from interpreters import Interpreter, interpreter_params
+from native_attach import final_dump, native_session, native_status
 
 from heapspy.config import AttachConfig
 from heapspy.daemon.config import load_config
@@ -97,65 +95,32 @@ def test_native_frames_under_the_python_line(
     interp: Interpreter, nframes_libs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from gotool import pprof, require_go, top
-    from support import run_heapspy, wait_for
+    from support import wait_for
 
     require_go()
     fp, nofp = nframes_libs
-    target = subprocess.Popen(
-        [*interp.argv, str(TARGET), str(fp), str(nofp)], stdout=subprocess.PIPE, text=True
-    )
-    heapspy = None
-    try:
-        assert target.stdout is not None and target.stdout.readline().startswith("READY")
-        heapspy = subprocess.Popen(
-            [sys.executable, "-m", "heapspy", "attach", str(target.pid), "--native",
-             "--native-frames", "--no-census", "--rate", "64KiB", "--dump-dir",
-             str(tmp_path), "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        ready: list[Any] = []
-        while not ready and heapspy.poll() is None:  # DONE, or heapspy failing first
-            ready, _, _ = select.select([target.stdout], [], [], 0.5)
-        assert ready, heapspy.communicate()[1]
-        assert target.stdout.readline().startswith("DONE")
+    argv = [*interp.argv, str(TARGET), str(fp), str(nofp)]
+    with native_session(argv, ("--native-frames", "--rate", "64KiB"), tmp_path) as (target, _):
         if interp.label == "3.11-pyenv":  # the shim's note: the same on every interpreter
             # status says what a library without frame pointers shows (once the agent's
             # first interval has sent the native status)
             notes: list[str] = []
 
             def native_notes() -> bool:
-                out = run_heapspy("status", str(target.pid), "--format", "json")
-                if out.returncode != 0:
-                    return False
-                status = json.loads(out.stdout)[0]
-                native = status.get("status", status).get("native")
+                native = native_status(target.pid)
                 notes[:] = native["notes"] if native else []
-                return bool(native)
+                return native is not None
 
             assert wait_for(native_notes, timeout=30), notes
             assert any("native frames: walked by frame pointers" in n for n in notes), notes
-        heapspy.send_signal(2)
-        _, err = heapspy.communicate(timeout=60)
-        assert heapspy.returncode == 0, err
-    finally:
-        target.kill()
-        target.wait()
-        assert target.stdout is not None
-        target.stdout.close()
-        if heapspy is not None and heapspy.poll() is None:
-            heapspy.kill()
-            heapspy.wait()
-    final = sorted(tmp_path.glob("*-final.pb.gz"))
-    assert len(final) == 1, list(tmp_path.iterdir())
+    final = final_dump(tmp_path)
     # the two leaking C functions are the two top sites (8 MiB each; nothing else leaks)
-    rows = top(final[0], "-sample_index=inuse_space", cwd=tmp_path)
+    rows = top(final, "-sample_index=inuse_space", cwd=tmp_path)
     assert {r.name for r in rows[:2]} == {
         "nf_leaky_alloc (libnf_fp.so)",
         "nf_leaky_alloc (libnf_nofp.so)",
     }, rows[:4]
-    text = pprof(
-        "-traces", "-lines", "-unit=B", "-sample_index=inuse_space", final[0], cwd=tmp_path
-    )
+    text = pprof("-traces", "-lines", "-unit=B", "-sample_index=inuse_space", final, cwd=tmp_path)
     traces = _traces(text)
     with_fp = [t for t in traces if t[0].startswith("nf_leaky_alloc (libnf_fp.so) ")]
     without = [t for t in traces if t[0].startswith("nf_leaky_alloc (libnf_nofp.so) ")]
@@ -167,7 +132,7 @@ def test_native_frames_under_the_python_line(
     for trace in without:  # at least the function that called malloc
         _python_frame(trace, "leak_without_frame_pointers", _marker("nofp"))
     # the library is the native frames' mapping in the dump, and heapspy reads it back
-    leaves = {s.stack[-1] for s in read_profile(final[0]).samples if s.stack}
+    leaves = {s.stack[-1] for s in read_profile(final).samples if s.stack}
     native = {f.function: f for f in leaves if f.native}
     assert native["nf_leaky_alloc (libnf_fp.so)"].filename == str(fp), leaves
     assert native["nf_leaky_alloc (libnf_nofp.so)"].filename == str(nofp), leaves
