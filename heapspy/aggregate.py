@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, OVERFLOW_FUNCTION, Sampling
+from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, OVERFLOW_FUNCTION, SAMPLED, Sampling
 
 from heapspy.frame_names import from_source
 from heapspy.heap_sites import Site, retired_key
+from heapspy.label_shares import Shares, label_shares, split_by_shares
 from heapspy.live_types import split_by_type
 from heapspy.model import (
     CORO,
@@ -53,6 +54,12 @@ MAX_SITES = 50_000
 MAX_DISTINCT_FRAMES = 64_000
 MAX_FRAME_REFS = 2_000_000  # frames summed over all stacks kept
 MAX_TEXT = 4 * 1024 * 1024  # characters of distinct function and file names
+
+EXACT_SPLIT_NOTE = (
+    "exact mode: the thread, thread_id and task labels split each stack's exact bytes in "
+    "proportion of the label samples (one per {rate} bytes) of the same frames; stacks no "
+    "sample saw carry none"
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,41 @@ class Aggregator:
     _frame_refs: int = 0
     # label set id -> labels, as the agent named them (each id once; see add_labels)
     label_sets: dict[int, Labels] = field(default_factory=dict)
+    # exact mode: the label samples the shim takes beside tracemalloc, folded in as a
+    # sampled session's (heapspy_agent.exact); they split the exact stacks by thread and
+    # task (label_shares). None until the agent sends some.
+    labelled: Aggregator | None = None
+
+    def labelled_part(self) -> Aggregator | None:
+        """The aggregator of exact mode's label samples (created at their first frame);
+        None outside exact mode, where such frames are ignored."""
+        if self.sampling.mode != EXACT:
+            return None
+        if self.labelled is None:
+            self.labelled = Aggregator(
+                Sampling(SAMPLED, 1 << 19, self.sampling.frames),
+                symbolizer=self.symbolizer,
+                history=1,
+                qualify=self.qualify,
+            )
+        return self.labelled
+
+    def apply_labelled(self, body: dict[str, Any]) -> None:
+        """Fold in a checked SAMPLES body marked ``labelled`` (exact mode's label samples,
+        sent before the exact frame of the same collection)."""
+        part = self.labelled_part()
+        if part is None:
+            return
+        rate = int(body.get("totals", {}).get("rate", 0) or 0)
+        if rate > 1 and rate != part.sampling.rate:
+            part.sampling = Sampling(SAMPLED, rate, part.sampling.frames)
+        part.apply(body)
+
+    def add_labelled_stacks(self, stacks: list[dict[str, Any]]) -> None:
+        """New stacks of exact mode's label samples (a STACKS frame marked ``labelled``)."""
+        part = self.labelled_part()
+        if part is not None:
+            part.add_stacks(stacks)
 
     def add_stacks(self, stacks: list[dict[str, Any]]) -> None:
         """Keep new stacks (from a checked SAMPLES or STACKS frame), within the limits."""
@@ -358,11 +400,12 @@ class Aggregator:
     def profile(self, comments: tuple[str, ...] = ()) -> HeapProfile:
         sampled: list[tuple[Stack, SiteCounts]] = []
         exact: list[tuple[Stack, SiteCounts]] = []
+        shares = self._shares()
         for whole in self.all_sites():
             if not (whole.inuse_objects or whole.alloc_objects):
                 continue
             stack = self.shown_stack(whole)
-            for labels, site in split_by_type(whole, self.labels_of(whole)):
+            for labels, site in self._parts(whole, shares):
                 if not (site.inuse_objects or site.alloc_objects):
                     continue
                 counts = SiteCounts(
@@ -381,6 +424,8 @@ class Aggregator:
                 "exact mode (tracemalloc): alloc_* counts only growth seen live at "
                 "each interval, not every allocation"
             )
+            if shares:
+                notes.append(self.exact_split_note())
         now = time.time()
         return HeapProfile(
             rate=self.sampling.period,
@@ -404,10 +449,29 @@ class Aggregator:
         )
 
     def all_parts(self) -> Iterator[tuple[Labels, Site]]:
-        """Every site as the dump shows it: split by type (``live_types.split_by_type``),
-        evicted ones too (what they allocated counts)."""
+        """Every site as the dump shows it: split by type (``live_types.split_by_type``)
+        or, exact, by its samples' threads and tasks (``label_shares``), evicted ones too
+        (what they allocated counts)."""
+        shares = self._shares()
         for site in self.all_sites():
-            yield from split_by_type(site, self.labels_of(site))
+            yield from self._parts(site, shares)
+
+    def exact_split_note(self) -> str:
+        """Exact mode with label samples: how its thread and task labels are made."""
+        if self.labelled is None or self.sampling.mode != EXACT:
+            return ""
+        return EXACT_SPLIT_NOTE.format(rate=self.labelled.sampling.rate)
+
+    def _shares(self) -> Shares:
+        """Exact mode: the threads and tasks of the label samples, per stack."""
+        if self.labelled is None or self.sampling.mode != EXACT:
+            return {}
+        return label_shares(self.labelled.all_parts(), self.labelled.sampling.period)
+
+    def _parts(self, site: Site, shares: Shares) -> list[tuple[Labels, Site]]:
+        if site.exact and shares:
+            return split_by_shares(site, self.labels_of(site), shares)
+        return split_by_type(site, self.labels_of(site))
 
     def _whole_sites(self) -> Iterator[tuple[Labels, Site]]:
         for site in self.all_sites():

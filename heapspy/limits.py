@@ -3,8 +3,10 @@ each task and thread, from the session's samples and the shim's per-thread count
 (``heapspy.label_totals``), and what a limit's dump says of the offender.
 
 Task figures are sampled estimates (each sample carries its task's label and is upscaled
-as the stacks' are), given with their 95% sampling error. Exact mode's samples carry no
-task label (heapspy_agent.labels), so the task limits never fire there. Tasks are told
+as the stacks' are), given with their 95% sampling error; in exact mode too, from the
+label samples the shim takes beside tracemalloc (``Aggregator.labelled``): tracemalloc
+keeps live blocks only, so what a task allocated and freed is seen in its samples alone.
+Tasks are told
 apart by name (``Task.get_name()``, read at each sample): tasks sharing a name count
 together; a task left with asyncio's default name is one of its own (``Task-<n>``).
 Thread figures are exact: every allocation, per native thread.
@@ -31,6 +33,8 @@ MAX_LIMIT_DUMPS = 3
 
 def task_figures(agg: Aggregator) -> tuple[tuple[Offender, ...], tuple[Offender, ...]]:
     """Per task name: (bytes allocated since it started, bytes of it live now)."""
+    if agg.labelled is not None and not agg.sampling.estimates:
+        agg = agg.labelled  # exact mode: its label samples
     sampled = agg.sampling.estimates
     allocated: list[Offender] = []
     live: list[Offender] = []

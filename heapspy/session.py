@@ -407,7 +407,13 @@ class Session:
         """One checked frame of the running session."""
         if kind == protocol.STACKS:
             with self.data_lock:
-                self.aggregator.add_stacks(body["stacks"])
+                if body.get("labelled"):
+                    self.aggregator.add_labelled_stacks(body["stacks"])
+                else:
+                    self.aggregator.add_stacks(body["stacks"])
+        elif kind == protocol.SAMPLES and body.get("labelled"):
+            with self.data_lock:  # exact mode's label samples: the exact frame follows
+                self.aggregator.apply_labelled(body)
         elif kind == protocol.SAMPLES:
             agg = self.aggregator
             facts = self.outside.facts()  # /proc reads: not under the lock

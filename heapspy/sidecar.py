@@ -120,7 +120,8 @@ class Sidecar:
             "memory": self.memory,
             "stacks": self.stacks,
             # per thread, task and coroutine: [value, alloc_bytes, live_bytes] (sampled
-            # estimates), most live first; thread_alloc: [native id, exact bytes, name]
+            # estimates), most live first; thread_alloc: [native id, exact bytes, name];
+            # split (exact mode): how exact bytes were split by thread and task
             "labels": self.labels,
             "offender": self.offender,
             "retainers": self.retainers,

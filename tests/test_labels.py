@@ -5,6 +5,9 @@ One target per interpreter (tests/targets/labelled_service.py) is checked for al
 a thread type that leaks, a task type that keeps its results and has finished by the
 time of the dump, their look-alikes that free everything, and tasks that live one step
 (shorter than an interval, named or not) but keep the name they had at sample time.
+In exact mode (tracemalloc) the same target's exact bytes are split by the thread and
+task labels of the samples the shim takes beside it (heapspy.label_shares), and a
+task-alloc limit fires on tests/targets/bulk_task.py.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import os
 import select
 import signal
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from gotool import pprof, top
@@ -24,9 +28,12 @@ from support import Target, run_heapspy
 
 from heapspy.config import AttachConfig
 from heapspy.dumps import sidecar_path
+from heapspy.label_shares import frames_key
 from heapspy.label_totals import by_label, thread_alloc
-from heapspy.model import NO_LABEL
+from heapspy.model import NO_LABEL, label_value
+from heapspy.pprof import read_profile
 from heapspy.reporters.report import ReportConfig, build_report
+from heapspy.rules import parse_rule
 from heapspy.session import Session
 
 Spawn = Callable[..., Target]
@@ -116,29 +123,124 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     assert "values of the label 'task'" in out.stdout and "hoarder" in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize(
-    "interp", [p for p in interpreter_params() if p.values[0].label == "3.12-pyenv"]
-)
-def test_exact_mode_labels_coroutines_and_counts_bytes_per_thread(
+def _varied() -> list[Any]:
+    """3.8 (Python-step handles, no co_qualname), 3.12 and 3.14: how tasks are read."""
+    wanted = {(3, 8), (3, 12), (3, 14)}
+    return [
+        p
+        for p in interpreter_params()
+        if p.values[0].version in wanted and p.values[0].label != "3.11-debian-static"
+    ]
+
+
+def _next_line(target: Target, session: Session, deadline: float) -> str:
+    """The target's next line, the session running meanwhile (the target may wait for
+    its collections)."""
+    stdout = target.proc.stdout
+    assert stdout is not None
+    while time.monotonic() < deadline:
+        if select.select([stdout], [], [], 0)[0]:
+            return stdout.readline().strip()
+        session.run(0.1)
+    raise AssertionError("the target said nothing")
+
+
+@pytest.mark.parametrize("interp", _varied())
+def test_exact_mode_splits_exact_bytes_by_thread_and_task(
     interp: Interpreter, spawn: Spawn, tmp_path: Path
 ) -> None:
-    """tracemalloc's tracebacks have no thread and no task: exact mode's samples carry
-    ``coro`` only, found after asyncio's step in each traceback; the totals shim beside
-    tracemalloc still counts every thread's bytes."""
+    """Exact mode (tracemalloc): each stack's exact bytes are split by the thread and
+    task labels of the shim's samples of the same frames; the parts add up to
+    tracemalloc's figure per stack, in the session and in the dump, and the dump's
+    ``--by thread``/``--by task`` name the leaking thread type and the hoarding tasks.
+    The totals shim beside tracemalloc still counts every thread's bytes."""
     target = spawn(interp, "labelled_service.py")
     session = Session.attach(
-        target.pid, AttachConfig(rate=1, interval=0.2, dump_dir=tmp_path, final_dump=False)
+        target.pid,
+        AttachConfig(rate=1, interval=0.2, dump_dir=tmp_path, final_dump=False, collect_budget=1),
     )
+    agg = session.aggregator
+
+    def seen() -> bool:
+        tasks, threads = by_label(agg, "task"), by_label(agg, "thread")
+        leaky = sum(t.live_bytes for name, t in threads.items() if name.startswith("leaky"))
+        return "hoarder" in tasks and tasks["hoarder"].live_bytes > 50_000 and leaky > 500_000
+
     try:
         os.kill(target.pid, signal.SIGUSR1)
-        agg = session.aggregator
         deadline = time.monotonic() + 60
-        while "hoard" not in by_label(agg, "coro") and time.monotonic() < deadline:
+        while not seen() and time.monotonic() < deadline:
             session.run(0.2)
-        coros = by_label(agg, "coro")
-        assert coros["hoard"].live_bytes > 20_000, coros
-        assert not by_label(agg, "task") and not by_label(agg, "thread")
+        assert seen(), (by_label(agg, "task"), by_label(agg, "thread"))
+        whole: Counter[tuple[tuple[str, int], ...]] = Counter()
+        for site in agg.all_sites():
+            whole[frames_key(site.stack)] += site.inuse_bytes
+        parts: Counter[tuple[tuple[str, int], ...]] = Counter()
+        split = 0
+        for labels, site in agg.all_parts():
+            parts[frames_key(site.stack)] += site.inuse_bytes
+            split += label_value(labels, "thread") is not None
         threads = {t.name: t.allocated_bytes for t in thread_alloc(agg)}
-        assert threads.get("leaky-handler-0", 0) > 0 and threads.get("MainThread", 0) > 0
+        dump = Path(session.write_dump("exact-labels"))  # its frames: those above
     finally:
         session.detach()
+    assert parts == whole and split, split  # split, and every stack's parts add up
+    assert by_label(agg, "coro")["hoard"].live_bytes > 50_000  # from the tracebacks
+    assert threads.get("leaky-handler-0", 0) > 0 and threads.get("MainThread", 0) > 0
+
+    decoded = read_profile(dump)  # the dump: the same exact bytes per stack
+    inuse = decoded.sample_type_names.index("inuse_space")
+    in_dump: Counter[tuple[tuple[str, int], ...]] = Counter()
+    for sample in decoded.samples:
+        in_dump[frames_key(sample.stack)] += sample.values[inuse]
+    assert +in_dump == +whole
+    assert any("label samples" in c for c in decoded.comments), decoded.comments
+    sidecar = json.loads(sidecar_path(dump).read_text())["labels"]
+    assert "in proportion of the label samples" in sidecar["split"], sidecar
+    by_thread = _by(dump, "thread")
+    assert by_thread[0][0].startswith("leaky-handler-"), by_thread
+    tasks = [row for row in _by(dump, "task") if row[0] != NO_LABEL]
+    assert tasks[0][0] == "hoarder", tasks
+
+    if interp.version != (3, 12):
+        return  # the readers, once
+    tags = pprof("-tags", dump, cwd=tmp_path)
+    assert "thread: " in tags and "leaky-handler-0" in tags, tags
+    assert "task: " in tags and "hoarder" in tags, tags
+    out = run_heapspy("report", str(dump), "--by", "thread")
+    assert out.returncode == 0, out.stderr
+    assert "values of the label 'thread'" in out.stdout and "leaky-handler-" in out.stdout
+
+
+@pytest.mark.parametrize("interp", [p for p in _varied() if p.values[0].version == (3, 12)])
+def test_task_alloc_fires_in_exact_mode(interp: Interpreter, spawn: Spawn, tmp_path: Path) -> None:
+    """task-alloc in exact mode: tracemalloc keeps live blocks only, the task figures
+    come from the label samples beside it (sampled estimates, as in sampled mode)."""
+    target = spawn(interp, "bulk_task.py")
+    rule = parse_rule("task-alloc>200MiB,cooldown=1h")
+    session = Session.attach(
+        target.pid,
+        AttachConfig(
+            rate=1,
+            interval=0.2,
+            dump_dir=tmp_path,
+            final_dump=False,
+            collect_budget=1,
+            dump_on=(rule,),
+        ),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        assert _next_line(target, session, deadline) == "ALLOCATED"
+        assert _next_line(target, session, deadline) == "SEEN"  # four collections later
+        while not list(tmp_path.glob("*task-alloc*.pb.gz")) and time.monotonic() < deadline:
+            session.run(0.1)
+        dumps = list(tmp_path.glob("*task-alloc*.pb.gz"))
+    finally:
+        target.proc.kill()  # no detach of a 300 MiB heap to wait for
+        session.detach()
+    (dump,) = dumps
+    assert dump.name.endswith("-task-alloc_200MiB-bulk-import.pb.gz")
+    offender = json.loads(sidecar_path(dump).read_text())["offender"]
+    assert offender["name"] == "bulk-import" and offender["sampled"]
+    assert 300 * 2**20 <= offender["bytes"] < 302 * 2**20  # and what else it allocated

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 # agent imports nothing (the target may be importing: see heapspy/inject/boot_script.py).
 from heapspy_agent import census_walk, memstats, protocol, retainers, runtime, schema, stacks
 from heapspy_agent.census import Census, new_census
-from heapspy_agent.exact import TracemallocCollector
+from heapspy_agent.exact import LABEL_RATE, TracemallocCollector
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
 
@@ -216,8 +216,10 @@ class Agent:
         if self.config.get("native"):
             self.notes.append("native allocations are sampled in sampled mode only, not here")
         if self.shim is not None and not problem:
-            try:  # exact totals: the shim at rate 0, chained on top of tracemalloc
-                collector.totals_source = ShimCollector(self.shim, 0, frames, self.directory)
+            try:  # exact totals and label samples: the shim chained on top of tracemalloc
+                collector.totals_source = ShimCollector(
+                    self.shim, LABEL_RATE, frames, self.directory
+                )
             except ShimError as exc:
                 self.notes.append("no exact totals: %s" % exc)
         return collector
@@ -472,6 +474,12 @@ class Agent:
         }  # type: Dict[str, Any]
         facts.update(runtime.gc_facts(self._gc_base))
         body["facts"] = facts
+        labelled = body.pop("labelled", None)
+        if labelled is not None:  # exact mode's label samples: first, for this frame's rules
+            labelled["seq"] = self.seq
+            for kind, part in schema.fit_samples(labelled):
+                part["labelled"] = True
+                self._send(kind, part)
         for kind, part in schema.fit_samples(body):
             self._send(kind, part)
 

@@ -5,6 +5,14 @@ reports live bytes per stack with empty function names; heapspy names the frames
 the source on its own side, never in the target. Of the labels (``heapspy_agent.labels``)
 only ``coro`` can be found in a traceback: each stack carries a label set holding just
 that, ``{"coro": ["", file, line]}``.
+
+``thread`` and ``task`` cannot: a traceback holds file and line only, and labelling
+every allocation would be a lookup on each. So the shim, hooked on top of tracemalloc for
+the exact totals, also samples (every ``LABEL_RATE`` bytes, as sampled mode does) and
+its samples carry those labels. Each collection hands them over as a second body,
+``labelled`` (a sampled collection: ``heapspy_agent.sampled``), and heapspy splits each
+exact stack's bytes in proportion of the labels on the samples of the same frames
+(``heapspy.label_shares``).
 """
 
 import tracemalloc
@@ -14,6 +22,11 @@ from heapspy_agent.labels import anchor_lines
 from heapspy_agent.schema import EXACT, Sampling
 
 FrameKey = Tuple[str, int]
+
+# Bytes between the label samples taken beside tracemalloc: a stack holding 5 MiB has ~80
+# of them to split it by (its share per thread within ~10 %), and one sample per 64 KiB
+# is nothing beside tracemalloc's traceback per allocation (benchmarks/exact_label_cost.py).
+LABEL_RATE = 64 * 1024
 
 
 class TracemallocCollector:
@@ -27,7 +40,8 @@ class TracemallocCollector:
         # Our own allocations are left out per distinct traceback, after grouping:
         # Snapshot.filter_traces would test every trace (22 s of 28 at 300k blocks).
         self._exclude = (exclude_dir.rstrip("/") + "/", tracemalloc.__file__)
-        # The shim at rate 0, hooked on top of tracemalloc, counts every allocation.
+        # The shim hooked on top of tracemalloc: it counts every allocation, and its
+        # samples (at LABEL_RATE) carry the thread and task labels tracebacks lack.
         self.totals_source = totals_source
         self._stack_ids: Dict[Tuple[FrameKey, ...], int] = {}
         self._last: Dict[int, Tuple[int, int]] = {}
@@ -78,12 +92,17 @@ class TracemallocCollector:
         self._last = current
         traced, peak = tracemalloc.get_traced_memory()
         totals: Dict[str, Any] = {}
+        labelled: Dict[str, Any] = {}
         if self.totals_source is not None:
-            totals = self.totals_source.collect()["totals"]
+            labelled = self.totals_source.collect()
+            totals = labelled.pop("totals")
         totals.update(traced_bytes=traced, peak_traced_bytes=peak)
         body = {"stacks": new_stacks, "inuse": changed, "totals": totals}
         if labels:
             body["labels"] = labels
+        if labelled.get("stacks") or labelled.get("inuse") or labelled.get("evicted"):
+            labelled["totals"] = {"rate": totals.get("rate", 0)}
+            body["labelled"] = labelled  # sent in frames of its own, before this one
         return body
 
     def stop(self, wait: float = 5.0) -> None:

@@ -561,11 +561,16 @@ def _define() -> dict[int, Record]:
                 "totals": TOTALS,
                 "facts": FACTS,
                 "dropped": Int(0, 2**63),  # stacks or sites the agent left out to fit
+                # exact mode: this frame holds the label samples the shim takes beside
+                # tracemalloc (heapspy_agent.exact), sent before the exact frame itself
+                "labelled": Bool(),
             },
             required=("seq",),
         ),
         # New stacks that did not fit in the SAMPLES frame that follows them.
-        protocol.STACKS: Record("STACKS", {"stacks": STACKS_FIELD}, required=("stacks",)),
+        protocol.STACKS: Record(
+            "STACKS", {"stacks": STACKS_FIELD, "labelled": Bool()}, required=("stacks",)
+        ),
         protocol.BYE: Record("BYE", {"reason": Str(MAX_TEXT)}),
         protocol.ERROR: Record(
             "ERROR",

@@ -16,7 +16,9 @@ from heapspy_agent import protocol, schema
 
 from heapspy.aggregate import Aggregator
 from heapspy.errors import UsageError
+from heapspy.label_shares import apportion
 from heapspy.label_totals import by_label, labels_summary
+from heapspy.limits import task_figures
 from heapspy.model import NO_LABEL, label_value
 from heapspy.pprof import decode_profile, encode_profile
 from heapspy.reporters.report import ReportConfig, build_report
@@ -177,3 +179,58 @@ def test_the_task_probe_runs_no_code_of_a_replaced_handle(monkeypatch: pytest.Mo
         monkeypatch.setitem(sys.modules, "asyncio.events", fake)
         assert task_probe() is None
     assert ran == []
+
+
+def test_exact_stacks_split_by_the_label_samples_of_the_same_frames() -> None:
+    """Exact mode: a labelled SAMPLES body (the shim's samples beside tracemalloc) splits
+    each exact stack matched by file and line, in whole units that add up; a stack no
+    sample saw keeps its exact labels only; the task limits read the samples."""
+    agg = Aggregator(Sampling("exact", 1))
+    labelled = samples(
+        labelled=True,
+        labels={"1": WORKER, "2": FETCH},
+        stacks=[
+            {"id": 1, "frames": [MAIN, LEAK], "labels": 1},
+            {"id": 2, "frames": [MAIN, LEAK], "labels": 2},
+        ],
+        inuse={"1": [3, 3000], "2": [1, 1000]},
+        alloc={"1": [3, 3000], "2": [1, 1000]},
+        est={"1": [3, 3000, 3, 3000], "2": [1, 1000, 1, 1000]},
+        totals={"rate": 65536},
+    )
+    agg.apply_labelled(labelled)
+    exact_main, exact_leak = ["", MAIN[1], MAIN[2]], ["", LEAK[1], LEAK[2]]
+    agg.apply(
+        samples(
+            labels={"1": {"coro": ["", "/app/a.py", 3]}},
+            stacks=[
+                {"id": 1, "frames": [exact_main, exact_leak], "labels": 1},
+                {"id": 2, "frames": [exact_main], "labels": 0},
+            ],
+            inuse={"1": [7, 7001], "2": [1, 10]},
+        )
+    )
+    assert agg.labelled is not None and agg.labelled.sampling.rate == 65536
+    parts = [(dict(labels), site) for labels, site in agg.all_parts()]
+    split = [(labels, site) for labels, site in parts if site.stack[-1].line == LEAK[2]]
+    assert [(p.inuse_objects, p.inuse_bytes) for _, p in split] == [(2, 1750), (5, 5251)]
+    assert [labels.get("thread") for labels, _ in split] == ["MainThread", "worker-1"]
+    assert split[0][0]["task"] == "fetch" and "task" not in split[1][0]
+    assert all(labels["coro"] == split[0][0]["coro"] for labels, _ in split)  # tracemalloc's
+    (alone,) = [labels for labels, site in parts if site.stack[-1].line == MAIN[2]]
+    assert "thread" not in alone
+    assert by_label(agg, "thread")["worker-1"].live_bytes == 5251
+    tasks, _ = task_figures(agg)
+    assert [(o.name, o.value) for o in tasks] == [("fetch", 1000.0)]  # the samples'
+    assert agg.profile().comments[-1].startswith("exact mode: the thread")
+
+    sampled = Aggregator(Sampling("sampled", 2))  # outside exact mode: ignored
+    sampled.apply_labelled(labelled)
+    assert sampled.labelled is None
+
+
+def test_apportion_keeps_the_total() -> None:
+    assert apportion(10, [1.0, 1.0, 1.0]) == [3, 4, 3]
+    assert apportion(7, [0.3, 0.0, 5.2, 1e-9]) == [0, 0, 7, 0]
+    assert apportion(3, [1e300, 1e300]) == [2, 1]
+    assert apportion(0, [1.0, 2.0]) == [0, 0]
