@@ -54,6 +54,7 @@ MAX_SITES = 50_000
 MAX_DISTINCT_FRAMES = 64_000
 MAX_FRAME_REFS = 2_000_000  # frames summed over all stacks kept
 MAX_TEXT = 4 * 1024 * 1024  # characters of distinct function and file names
+LABELLED_SHARE = 0.25  # of the limits, for exact mode's label samples (Aggregator.labelled)
 
 EXACT_SPLIT_NOTE = (
     "exact mode: the thread, thread_id and task labels split each stack's exact bytes in "
@@ -117,6 +118,10 @@ class Aggregator:
     # sampled session's (heapspy_agent.exact); they split the exact stacks by thread and
     # task (label_shares). None until the agent sends some.
     labelled: Aggregator | None = None
+    # the share of the limits above this aggregator may fill: exact mode's label samples
+    # (far fewer stacks than tracemalloc's) get LABELLED_SHARE, so that a hostile agent
+    # filling both holds at most 1.25 times what one session could
+    limit_share: float = 1.0
 
     def labelled_part(self) -> Aggregator | None:
         """The aggregator of exact mode's label samples (created at their first frame);
@@ -129,6 +134,7 @@ class Aggregator:
                 symbolizer=self.symbolizer,
                 history=1,
                 qualify=self.qualify,
+                limit_share=LABELLED_SHARE,
             )
         return self.labelled
 
@@ -157,7 +163,8 @@ class Aggregator:
             if sid in self.sites:
                 continue  # ids are sent once (until evicted); a repeat must not grow anything
             kept = len(self.sites) + len(self.retired)
-            if kept >= MAX_SITES or self._frame_refs + len(raw) > MAX_FRAME_REFS:
+            share = self.limit_share
+            if kept >= MAX_SITES * share or self._frame_refs + len(raw) > MAX_FRAME_REFS * share:
                 # a stack retired with these frames may still come back: it is not new
                 if not self._revive(sid, raw, exact, stack.get("labels", 0), stack.get("native")):
                     self.dropped_stacks += 1
@@ -194,7 +201,7 @@ class Aggregator:
             key = (name, path, 0)
             frame = self._frames.get(key)
             if frame is None:  # named as the symbolizer said: no Python renaming
-                if len(self._frames) >= MAX_DISTINCT_FRAMES:
+                if len(self._frames) >= MAX_DISTINCT_FRAMES * self.limit_share:
                     return False
                 frame = self._frames[key] = Frame(name, path, 0, native=True)
             frames.append(frame)
@@ -251,10 +258,10 @@ class Aggregator:
         frame = self._frames.get(key)
         if frame is not None:
             return frame
-        if len(self._frames) >= MAX_DISTINCT_FRAMES:
+        if len(self._frames) >= MAX_DISTINCT_FRAMES * self.limit_share:
             return None
         new_text = sum(len(t) for t in {func, filename} if t not in self._text)
-        if self._text_size + new_text > MAX_TEXT:
+        if self._text_size + new_text > MAX_TEXT * self.limit_share:
             return None
         for t in (func, filename):
             if t not in self._text:

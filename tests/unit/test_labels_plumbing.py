@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from heapspy_agent import protocol, schema
 
+from heapspy import aggregate
 from heapspy.aggregate import Aggregator
 from heapspy.errors import UsageError
 from heapspy.label_shares import apportion
@@ -234,3 +235,16 @@ def test_apportion_keeps_the_total() -> None:
     assert apportion(7, [0.3, 0.0, 5.2, 1e-9]) == [0, 0, 7, 0]
     assert apportion(3, [1e300, 1e300]) == [2, 1]
     assert apportion(0, [1.0, 2.0]) == [0, 0]
+
+
+def test_label_samples_keep_a_quarter_of_the_session_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hostile agent filling both the exact stacks and the label samples makes a session
+    hold at most 1.25 times the limits, not twice."""
+    monkeypatch.setattr(aggregate, "MAX_SITES", 8)
+    agg = Aggregator(Sampling("exact", 1))
+    stacks = [{"id": i, "frames": [["f", "/m.py", i]]} for i in range(1, 11)]
+    agg.add_labelled_stacks(stacks)
+    agg.add_stacks(stacks)
+    assert agg.labelled is not None and len(agg.labelled.sites) == 2 and len(agg.sites) == 8
