@@ -23,10 +23,14 @@ from heapspy_agent.schema import EXACT, Sampling
 
 FrameKey = Tuple[str, int]
 
-# Bytes between the label samples taken beside tracemalloc: a stack holding 5 MiB has ~80
-# of them to split it by (its share per thread within ~10 %), and one sample per 64 KiB
-# is nothing beside tracemalloc's traceback per allocation (benchmarks/exact_label_cost.py).
-LABEL_RATE = 64 * 1024
+# Bytes between the label samples taken beside tracemalloc: sampled mode's default. A
+# stack holding 50 MiB has ~100 of them to split it by (each thread's share within ~10 %,
+# a 5 MiB one ~30 %). 64 KiB would split small stacks finer, but each collection then
+# drains 8 times the samples: on tests/targets/labelled_service.py (4 threads, tasks
+# made per loop turn) the agent's collection took 0.12 s of CPU instead of 0.05-0.09 s,
+# where 512 KiB stays within that (benchmarks/exact_label_cost.py: neither adds anything
+# measurable to the allocations).
+LABEL_RATE = 512 * 1024
 
 
 class TracemallocCollector:
