@@ -7,13 +7,21 @@
  * and shared libraries, redirected in their GOT by native_got.c.
  *
  * RAW without counting twice: pymalloc forwards big MEM/OBJ requests to RAW, and those
- * were already seen by the MEM/OBJ hooks at their requested size. While native mode runs,
- * the MEM/OBJ hooks chain to small wrappers (pym_*) instead of pymalloc itself; around a
- * call that may reach RAW, a wrapper writes its thread's identity into g_pym_owner, and
- * the RAW hooks ignore calls made by the thread named there. Only the GIL holder calls
- * MEM/OBJ, so one word suffices, and its readers without the GIL compare it with their own
- * identity, which it can hold only while they write it themselves. When native mode is
- * off the MEM/OBJ hooks chain to pymalloc directly, exactly as before.
+ * were already seen by the MEM/OBJ hooks at their requested size. pymalloc calls
+ * PyMem_RawMalloc, PyMem_RawCalloc and PyMem_RawFree from a few fixed places, so a RAW
+ * hook's return address tells a forwarded call from a direct one: hs_native_start learns
+ * these places by calling the allocators below the MEM/OBJ hooks (calibrate), and the RAW
+ * hooks skip calls returning there. Nothing is added to the MEM/OBJ path but a wrapper of
+ * realloc (pymalloc's realloc may tail-call PyMem_RawRealloc, which then returns to
+ * whoever called realloc), which writes its thread's identity into g_pym_owner around the
+ * call; the RAW hooks ignore calls made by the thread named there. Only the GIL holder
+ * calls MEM/OBJ, so one word suffices, and its readers without the GIL compare it with
+ * their own identity, which it can hold only while they write it themselves. Where the
+ * places cannot be learnt (3.8's free tail-calls PyMem_RawFree; allocators that are not
+ * the interpreter's) or stop being right (a RAW hook installed over ours: every call then
+ * returns into it), every MEM/OBJ call that may forward is marked that way instead, at a
+ * cost on each free (hs_native_raw_mode says which). When native mode is off the MEM/OBJ
+ * hooks chain to pymalloc directly, exactly as before.
  *
  * Without the GIL: RAW and libc's allocator are called from any thread, holding the GIL
  * or not, and from threads native code created. Nothing here takes the GIL. Each thread
@@ -129,6 +137,7 @@ typedef struct {
     uint32_t pad;      /* state: given its stack when it takes the GIL back */
     uint64_t c[HS_NNDOMAINS][C_N];
     uintptr_t pending[NAT_PENDING];
+    uint64_t spare[8]; /* 256 bytes: a slot's address is the hash shifted, one instruction */
 } nat_thread;
 
 #define NAT_TBITS 10
@@ -139,6 +148,9 @@ static nat_thread g_shared; /* threads without a slot: updated atomically */
 static uint64_t g_nthreads;
 
 static __thread int t_guard; /* this thread is in a slow path of ours: pass through */
+/* Threads whose pending samples wait for PyEval_RestoreThread (NAT_PENDING): while 0, the
+ * hook of PyEval_RestoreThread has nothing to look up. */
+static uint32_t g_npending_threads;
 
 /* Sampled blocks: pointer -> (stack, size, weight). Linear probing, at most a quarter
  * full. Readers without the lock probe only the home slot of a pointer they are about
@@ -403,8 +415,10 @@ static int same_process(void) {
 /* frame: the frame of the hook the library called (native_frames.c). */
 int nat_same_process(void) { return same_process(); }
 
+static int raw_on_top(void);
+
 static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t size,
-                                                  void *frame) {
+                                                  void *frame, int dom) {
     uint64_t rate = hs__rate();
     /* 0 only after hs__native_rate_changed (a drawn countdown stays >= 1): redraw only */
     int redraw = t != &g_shared && t->until == 0;
@@ -420,7 +434,10 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
         uintptr_t pcs[HS_NATIVE_MAX_FRAMES];
         nf = nf_intern(pcs, nf_walk(frame, pcs, HS_NATIVE_MAX_FRAMES));
     }
-    int gil = holds_gil();
+    /* A RAW hook installed over ours (tracemalloc) may call us holding its own lock,
+     * which capturing the stack (it may allocate a frame object) would take again: such
+     * samples go without a Python stack. */
+    int gil = holds_gil() && (dom != HS_NDOM_RAW || raw_on_top());
     int with_stack = gil && hs__capture_stack(&id, nf);
     uint32_t nf_left = with_stack ? 0 : nf; /* the no-stack stack's frames: merged later */
     /* Without the GIL, a thread with a Python state released it around this C call: its
@@ -439,8 +456,11 @@ static __attribute__((noinline)) void take_sample(nat_thread *t, void *p, size_t
             g_live_bytes += size;
             if (!with_stack)
                 g_nogil_samples++;
-            if (defer)
+            if (defer) {
+                if (t->npending == 0)
+                    __atomic_add_fetch(&g_npending_threads, 1, __ATOMIC_RELAXED);
                 t->pending[t->npending++] = (uintptr_t)p;
+            }
         } else {
             uint32_t i2, f2;
             uint64_t s2;
@@ -459,7 +479,7 @@ static inline void account(int dom, void *p, size_t size, void *frame) {
         __atomic_add_fetch(&t->c[dom][C_ALLOC], 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&t->c[dom][C_BYTES], size, __ATOMIC_RELAXED);
         if (p != NULL && __atomic_sub_fetch(&t->until, (int64_t)size, __ATOMIC_RELAXED) <= 0)
-            take_sample(t, p, size, frame);
+            take_sample(t, p, size, frame, dom);
         return;
     }
     t->c[dom][C_ALLOC]++;
@@ -467,7 +487,7 @@ static inline void account(int dom, void *p, size_t size, void *frame) {
     if (LIKELY(size < (uint64_t)t->until))
         t->until -= (int64_t)size;
     else if (p != NULL && size != 0)
-        take_sample(t, p, size, frame);
+        take_sample(t, p, size, frame, dom);
 }
 
 static inline void count(int dom, int what) {
@@ -547,30 +567,79 @@ static inline void on_free(int dom, void *ptr) {
 
 /* ---- RAW domain ----------------------------------------------------------------- */
 
-static inline int raw_counts(void) {
-    return g_on && __atomic_load_n(&g_pym_owner, __ATOMIC_RELAXED) != nat_self_tp();
+/* What pymalloc forwards to RAW, told apart from direct RAW calls (see the top of this
+ * file). RAW hooks are called through a function pointer by PyMem_RawMalloc & co, which
+ * pymalloc calls from a few fixed places; the hook's return address is one of them.
+ * hs_native_start learns these places (calibrate) and the hooks compare. */
+enum { RK_MALLOC, RK_CALLOC, RK_FREE, RK_N };
+#define NAT_SITES 4
+static void *g_sites[RK_N][NAT_SITES]; /* only ever added to: code does not move */
+static int g_nsites[RK_N];
+static int g_raw_mode;                 /* HS_RAW_* below: how forwarded calls are told apart */
+#define HS_RAW_SITES 1                 /* by return address; reallocs marked per call */
+#define HS_RAW_MARKED 2                /* every call that may forward marked (pym_*) */
+
+/* Calibration: the RAW hooks of the calibrating thread record their return addresses
+ * (phase 0: pymalloc's calls, phase 1: direct calls of PyMem_Raw*). */
+static uintptr_t g_cal_tp;
+static int g_cal_phase, g_cal_over;
+static void *g_cal[2][RK_N][NAT_SITES];
+static int g_ncal[2][RK_N];
+
+static __attribute__((noinline)) void cal_record(int kind, void *ret) {
+    void **set = g_cal[g_cal_phase][kind];
+    int *n = &g_ncal[g_cal_phase][kind];
+    for (int i = 0; i < *n; i++)
+        if (set[i] == ret)
+            return;
+    if (*n == NAT_SITES)
+        g_cal_over = 1;
+    else
+        set[(*n)++] = ret;
 }
 
-static void *raw_malloc(void *ctx, size_t size) {
+/* Count this RAW call? Not when off, not when the wrappers say this thread is inside a
+ * pymalloc call, not when it returns into pymalloc. */
+static inline int raw_counts(int kind, void *ret) {
+    if (UNLIKELY(!g_on)) {
+        if (UNLIKELY(g_cal_tp != 0) && g_cal_tp == nat_self_tp() && kind < RK_N)
+            cal_record(kind, ret);
+        return 0;
+    }
+    if (__atomic_load_n(&g_pym_owner, __ATOMIC_RELAXED) == nat_self_tp())
+        return 0;
+    if (kind < RK_N) {
+        int n = __atomic_load_n(&g_nsites[kind], __ATOMIC_ACQUIRE);
+        for (int i = 0; i < n; i++)
+            if (g_sites[kind][i] == ret)
+                return 0;
+    }
+    return 1;
+}
+
+#define RK_REALLOC RK_N /* always marked by pym_realloc_* */
+#define CALLER __builtin_return_address(0)
+
+static __attribute__((noinline)) void *raw_malloc(void *ctx, size_t size) {
     (void)ctx;
     void *p = g_raw_prev.malloc(g_raw_prev.ctx, size);
-    if (raw_counts() && p != NULL)
+    if (raw_counts(RK_MALLOC, CALLER) && p != NULL)
         account(HS_NDOM_RAW, p, size, HOOK_FRAME);
     return p;
 }
 
-static void *raw_calloc(void *ctx, size_t nelem, size_t elsize) {
+static __attribute__((noinline)) void *raw_calloc(void *ctx, size_t nelem, size_t elsize) {
     (void)ctx;
     size_t size;
     void *p = g_raw_prev.calloc(g_raw_prev.ctx, nelem, elsize);
-    if (raw_counts() && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
+    if (raw_counts(RK_CALLOC, CALLER) && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
         account(HS_NDOM_RAW, p, size, HOOK_FRAME);
     return p;
 }
 
-static void *raw_realloc(void *ctx, void *ptr, size_t size) {
+static __attribute__((noinline)) void *raw_realloc(void *ctx, void *ptr, size_t size) {
     (void)ctx;
-    if (!raw_counts())
+    if (!raw_counts(RK_REALLOC, CALLER))
         return g_raw_prev.realloc(g_raw_prev.ctx, ptr, size);
     nat_entry e = {0, 0, 0, 0, 0.0};
     if (ptr != NULL && maybe_sampled(ptr))
@@ -589,16 +658,23 @@ static void *raw_realloc(void *ctx, void *ptr, size_t size) {
     return p;
 }
 
-static void raw_free(void *ctx, void *ptr) {
+static __attribute__((noinline)) void raw_free(void *ctx, void *ptr) {
     (void)ctx;
-    if (ptr != NULL && raw_counts())
+    if (ptr != NULL && raw_counts(RK_FREE, CALLER))
         on_free(HS_NDOM_RAW, ptr);
     g_raw_prev.free(g_raw_prev.ctx, ptr);
 }
 
-/* Between the MEM/OBJ hooks and pymalloc while native mode runs: mark the calls that may
- * reach RAW (pymalloc forwards requests above 512 bytes, less the debug hooks' 32 bytes
- * of padding, and size 0; any realloc or free may). ctx: the saved original allocator. */
+static int is_ours_raw(const py_allocator *a) {
+    return a->malloc == raw_malloc && a->calloc == raw_calloc && a->realloc == raw_realloc &&
+           a->free == raw_free;
+}
+
+/* Between the MEM/OBJ hooks and pymalloc: mark the calls that may reach RAW, so that the
+ * RAW hooks let them pass. HS_RAW_SITES: reallocs only (pymalloc's realloc may end in a
+ * tail call of PyMem_RawRealloc, whose return address is then its caller's, anyone's);
+ * HS_RAW_MARKED: also malloc and calloc above pymalloc's 512 bytes (less the debug hooks'
+ * padding; size 0 too) and every free. ctx: the saved original allocator. */
 #define PYM_SMALL 448
 
 static inline uintptr_t pym_enter(void) {
@@ -630,12 +706,26 @@ static void *pym_calloc(void *ctx, size_t nelem, size_t elsize) {
     return p;
 }
 
-static void *pym_realloc(void *ctx, void *ptr, size_t size) {
-    py_allocator *a = ctx;
+static inline void *pym_realloc_with(const py_allocator *a, void *ptr, size_t size) {
     uintptr_t old = pym_enter();
     void *p = a->realloc(a->ctx, ptr, size);
     pym_leave(old);
     return p;
+}
+
+static void *pym_realloc(void *ctx, void *ptr, size_t size) {
+    return pym_realloc_with(ctx, ptr, size);
+}
+
+/* HS_RAW_SITES: only realloc is wrapped, the other three keep the original's context. */
+static void *pym_realloc_mem(void *ctx, void *ptr, size_t size) {
+    (void)ctx;
+    return pym_realloc_with(&g_pym_orig[0], ptr, size);
+}
+
+static void *pym_realloc_obj(void *ctx, void *ptr, size_t size) {
+    (void)ctx;
+    return pym_realloc_with(&g_pym_orig[1], ptr, size);
 }
 
 static void pym_free(void *ctx, void *ptr) {
@@ -645,21 +735,196 @@ static void pym_free(void *ctx, void *ptr) {
     pym_leave(old);
 }
 
+static int is_ours_pym(const py_allocator *a) {
+    return a->malloc == pym_malloc || a->realloc == pym_realloc_mem ||
+           a->realloc == pym_realloc_obj;
+}
+
+/* GIL held: no MEM/OBJ call runs meanwhile. */
+static void pym_install(int mode) {
+    for (int i = 0; i < 2; i++) {
+        py_allocator *prev = hs__dom_prev(i);
+        if (prev == NULL)
+            continue;
+        if (!is_ours_pym(prev))
+            g_pym_orig[i] = *prev;
+        py_allocator *o = &g_pym_orig[i];
+        py_allocator wrap = {&g_pym_orig[i], pym_malloc, pym_calloc, pym_realloc, pym_free};
+        if (mode == HS_RAW_SITES)
+            wrap = (py_allocator){o->ctx, o->malloc, o->calloc,
+                                  i == 0 ? pym_realloc_mem : pym_realloc_obj, o->free};
+        *prev = wrap;
+    }
+    g_raw_mode = mode;
+}
+
+static int same_object(const void *a, const void *b) {
+    Dl_info ia, ib;
+    return dladdr(a, &ia) != 0 && dladdr(b, &ib) != 0 && ia.dli_fbase == ib.dli_fbase;
+}
+
+/* Learn where pymalloc calls RAW from: call the allocators below the MEM/OBJ hooks the
+ * ways that reach RAW (big, zero-sized, calloc; each freed), then PyMem_Raw* directly,
+ * recording the RAW hooks' return addresses. Usable only if the allocators are the
+ * interpreter's own (pymalloc, its debug hooks, tracemalloc: nothing else forwards from
+ * elsewhere), no site is in this library (pymalloc tail-called RAW: the real return
+ * address is then its caller's) and no direct call returns to a pymalloc site (a
+ * PyMem_Raw* that is not a tail call). Our RAW hooks are installed, native mode not on
+ * yet, GIL held. 1: the sites were added. */
+static int calibrate(void) {
+    void *(*rmalloc)(size_t) = NULL, *(*rcalloc)(size_t, size_t) = NULL;
+    void (*rfree)(void *) = NULL;
+    *(void **)&rmalloc = dlsym(RTLD_DEFAULT, "PyMem_RawMalloc");
+    *(void **)&rcalloc = dlsym(RTLD_DEFAULT, "PyMem_RawCalloc");
+    *(void **)&rfree = dlsym(RTLD_DEFAULT, "PyMem_RawFree");
+    if (rmalloc == NULL || rcalloc == NULL || rfree == NULL)
+        return 0;
+    memset(g_ncal, 0, sizeof g_ncal);
+    g_cal_over = 0;
+    for (int i = 0; i < 2; i++) {
+        py_allocator *prev = hs__dom_prev(i);
+        if (prev == NULL)
+            continue;
+        py_allocator a = *prev;
+        if (!same_object((void *)a.malloc, (void *)py.mem_get) ||
+            !same_object((void *)a.calloc, (void *)py.mem_get) ||
+            !same_object((void *)a.free, (void *)py.mem_get))
+            return 0;
+        g_cal_phase = 0;
+        __atomic_store_n(&g_cal_tp, nat_self_tp(), __ATOMIC_RELAXED);
+        static const size_t sizes[] = {0, 513, 4096}; /* above pymalloc's 512 bytes */
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            void *p = a.malloc(a.ctx, sizes[k]);
+            a.free(a.ctx, p);
+            p = a.calloc(a.ctx, 1, sizes[k]);
+            a.free(a.ctx, p);
+        }
+        __atomic_store_n(&g_cal_tp, 0, __ATOMIC_RELAXED);
+    }
+    g_cal_phase = 1;
+    __atomic_store_n(&g_cal_tp, nat_self_tp(), __ATOMIC_RELAXED);
+    void *p = rmalloc(4096);
+    rfree(p);
+    p = rcalloc(1, 4096);
+    rfree(p);
+    __atomic_store_n(&g_cal_tp, 0, __ATOMIC_RELAXED);
+    if (g_cal_over)
+        return 0;
+    for (int k = 0; k < RK_N; k++) {
+        for (int i = 0; i < g_ncal[0][k]; i++) {
+            void *site = g_cal[0][k][i];
+            if (same_object(site, (void *)calibrate))
+                return 0;
+            for (int d = 0; d < RK_N; d++)
+                for (int j = 0; j < g_ncal[1][d]; j++)
+                    if (g_cal[1][d][j] == site)
+                        return 0;
+        }
+    }
+    for (int k = 0; k < RK_N; k++) { /* room for every new site, or none is added */
+        int extra = 0;
+        for (int i = 0; i < g_ncal[0][k]; i++) {
+            int known = 0;
+            for (int j = 0; j < g_nsites[k]; j++)
+                known |= g_sites[k][j] == g_cal[0][k][i];
+            extra += !known;
+        }
+        if (g_nsites[k] + extra > NAT_SITES)
+            return 0;
+    }
+    for (int k = 0; k < RK_N; k++) {
+        for (int i = 0; i < g_ncal[0][k]; i++) {
+            int n = g_nsites[k], known = 0;
+            for (int j = 0; j < n; j++)
+                known |= g_sites[k][j] == g_cal[0][k][i];
+            if (!known) {
+                g_sites[k][n] = g_cal[0][k][i];
+                __atomic_store_n(&g_nsites[k], n + 1, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    return 1;
+}
+
+/* Our RAW hooks are the ones PyMem_RawMalloc & co call (GIL held: a sample's slow path). */
+static int raw_on_top(void) {
+    py_allocator cur;
+    py.mem_get(0, &cur);
+    return is_ours_raw(&cur);
+}
+
+/* Someone hooked RAW over us since the start (tracemalloc.start()): pymalloc's calls now
+ * return into their hook, where direct calls return too. Mark every call from now on.
+ * GIL held (each read). */
+static void raw_check_top(void) {
+    if (!g_raw_installed || g_raw_mode != HS_RAW_SITES || !g_on)
+        return;
+    if (raw_on_top())
+        return;
+    pym_install(HS_RAW_MARKED);
+    nat_note("RAW: another hook was installed over heapspy's (tracemalloc?): what pymalloc "
+             "forwards is told apart per call from now on, at a higher cost");
+}
+
 /* ---- the GOT hooks -------------------------------------------------------------- */
 
-static void *ng_malloc(size_t size) {
+/* malloc, calloc and free have a fast path for the common case (native mode on, the
+ * thread has its slot, not the sampled allocation, not a block the map may hold): count,
+ * then tail-call the C library, with no stack frame of our own. As in heapspy_shim.c's
+ * hooks, the request is counted before it is made, so the rare one that fails (out of
+ * memory) is counted too. Everything else tail-calls the slow path, which then stands in
+ * the hook's place: its frame is the one native_frames.c walks from. */
+static inline nat_thread *own_slot(void) {
+    uintptr_t tp = nat_self_tp();
+    nat_thread *t = &g_threads[(tp * 0x9E3779B97F4A7C15ULL) >> (64 - NAT_TBITS)];
+    return LIKELY(t->owner == tp) ? t : NULL;
+}
+
+/* The empty asm keeps GCC from pairing the two counters into one vector add (five
+ * instructions instead of two). */
+static inline void count_fast(nat_thread *t, size_t size) {
+    t->until -= (int64_t)size;
+    t->c[HS_NDOM_MALLOC][C_ALLOC]++;
+    __asm__("" : "+r"(size));
+    t->c[HS_NDOM_MALLOC][C_BYTES] += size;
+}
+
+static __attribute__((noinline)) void *ng_malloc_slow(size_t size) {
     void *p = nat_real.malloc(size);
     if (g_on && p != NULL)
         account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
 }
 
-static void *ng_calloc(size_t nelem, size_t elsize) {
+static void *ng_malloc(size_t size) {
+    if (LIKELY(g_on)) {
+        nat_thread *t = own_slot();
+        if (LIKELY(t != NULL) && LIKELY(size < (uint64_t)t->until)) {
+            count_fast(t, size);
+            return nat_real.malloc(size);
+        }
+    }
+    return ng_malloc_slow(size);
+}
+
+static __attribute__((noinline)) void *ng_calloc_slow(size_t nelem, size_t elsize) {
     size_t size;
     void *p = nat_real.calloc(nelem, elsize);
     if (g_on && p != NULL && !__builtin_mul_overflow(nelem, elsize, &size))
         account(HS_NDOM_MALLOC, p, size, HOOK_FRAME);
     return p;
+}
+
+static void *ng_calloc(size_t nelem, size_t elsize) {
+    size_t size;
+    if (LIKELY(g_on) && !__builtin_mul_overflow(nelem, elsize, &size)) {
+        nat_thread *t = own_slot();
+        if (LIKELY(t != NULL) && LIKELY(size < (uint64_t)t->until)) {
+            count_fast(t, size);
+            return nat_real.calloc(nelem, elsize);
+        }
+    }
+    return ng_calloc_slow(nelem, elsize);
 }
 
 static void *realloc_common(void *ptr, size_t size, void *(*call)(void *, size_t, size_t),
@@ -704,9 +969,21 @@ static void *ng_reallocarray(void *ptr, size_t n, size_t m) {
     return realloc_common(ptr, size, call_reallocarray, n, m, HOOK_FRAME);
 }
 
-static void ng_free(void *ptr) {
+static __attribute__((noinline)) void ng_free_slow(void *ptr) {
     if (g_on && ptr != NULL)
         on_free(HS_NDOM_MALLOC, ptr);
+    nat_real.free(ptr);
+}
+
+static void ng_free(void *ptr) {
+    if (LIKELY(g_on) && LIKELY(ptr != NULL)) {
+        nat_thread *t = own_slot();
+        if (LIKELY(t != NULL) && LIKELY(!maybe_sampled(ptr))) {
+            t->c[HS_NDOM_MALLOC][C_FREE]++;
+            return nat_real.free(ptr);
+        }
+        return ng_free_slow(ptr);
+    }
     nat_real.free(ptr);
 }
 
@@ -768,9 +1045,17 @@ static void *ng_dlsym(void *handle, const char *name) {
 /* The thread holds the GIL again, and its Python stack is still the one it left with:
  * give the samples it took meanwhile that stack (moved off the no-stack stack). A block
  * freed meanwhile is moved too, as an allocation and its free. */
+/* Only the owning thread changes its npending, so the count of threads with pending
+ * samples goes up and down exactly once per batch. */
+static void pending_done(nat_thread *t) {
+    if (t->npending != 0)
+        __atomic_sub_fetch(&g_npending_threads, 1, __ATOMIC_RELAXED);
+    t->npending = 0;
+}
+
 static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
     if (t_guard || !same_process()) {
-        t->npending = 0;
+        pending_done(t);
         return;
     }
     t_guard = 1;
@@ -792,7 +1077,7 @@ static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
     unlock();
     for (uint32_t c = 0; c < ncap; c++) {
         if (!hs__capture_stack(&ids[c], nfs[c])) {
-            t->npending = 0;
+            pending_done(t);
             t_guard = 0;
             return;
         }
@@ -821,20 +1106,25 @@ static __attribute__((noinline)) void attribute_pending(nat_thread *t) {
             g_nogil_samples--;
         }
     }
-    t->npending = 0;
+    pending_done(t);
     unlock();
     t_guard = 0;
 }
 
 static void (*g_real_restore)(void *);
 
+static __attribute__((noinline)) void restore_slow(void) {
+    nat_thread *t = thread_slot();
+    if (t->npending != 0)
+        attribute_pending(t);
+}
+
+/* Called each time a thread takes the GIL back (sqlite3 does around every step): one load
+ * decides while no thread has samples pending. */
 void nat_restore_hook(void *tstate) {
     g_real_restore(tstate);
-    if (g_on) {
-        nat_thread *t = thread_slot();
-        if (UNLIKELY(t->npending != 0))
-            attribute_pending(t);
-    }
+    if (UNLIKELY(__atomic_load_n(&g_npending_threads, __ATOMIC_RELAXED) != 0) && g_on)
+        restore_slow();
 }
 
 const nat_fn nat_fns[] = {
@@ -866,6 +1156,7 @@ static void reset_session(void) {
     memset(g_threads, 0, sizeof g_threads);
     memset(&g_shared, 0, sizeof g_shared);
     g_nthreads = 0;
+    g_npending_threads = 0;
     map_free_all(g_map); /* stopped long ago: no thread probes it any more */
     g_map = NULL;
     free(g_events);
@@ -887,10 +1178,7 @@ HS_EXPORT int hs_native_report_size(void) { return (int)sizeof(hs_native_report)
 
 HS_EXPORT int hs_native_pinned(void) { return g_pinned; }
 
-static int is_ours_raw(const py_allocator *a) {
-    return a->malloc == raw_malloc && a->calloc == raw_calloc && a->realloc == raw_realloc &&
-           a->free == raw_free;
-}
+HS_EXPORT int hs_native_raw_mode(void) { return g_raw_mode; }
 
 HS_EXPORT int hs_native_start(unsigned flags) {
     if (hs_state() != HS_STATE_RUNNING)
@@ -924,18 +1212,16 @@ HS_EXPORT int hs_native_start(unsigned flags) {
          * still works (ours ignore the context). */
         py.mem_get(0, &g_raw_prev);
         py_allocator ours = {g_raw_prev.ctx, raw_malloc, raw_calloc, raw_realloc, raw_free};
-        for (int i = 0; i < 2; i++) {
-            py_allocator *prev = hs__dom_prev(i);
-            if (prev == NULL)
-                continue;
-            g_pym_orig[i] = *prev;
-            py_allocator wrap = {&g_pym_orig[i], pym_malloc, pym_calloc, pym_realloc, pym_free};
-            *prev = wrap; /* GIL held: no MEM/OBJ call runs meanwhile */
-        }
-        g_pym_installed = 1;
         g_pinned = 1;
         py.mem_set(0, &ours);
         g_raw_installed = 1;
+        /* native mode is not on yet: the hooks pass everything through */
+        int sites = calibrate();
+        pym_install(sites ? HS_RAW_SITES : HS_RAW_MARKED);
+        g_pym_installed = 1;
+        if (!sites)
+            nat_note("RAW: pymalloc's calls to RAW could not be told apart by where they "
+                     "return to: marked per call instead, at a higher cost");
     }
     if (flags & HS_NATIVE_GOT) {
 #if defined(__x86_64__)
@@ -986,10 +1272,11 @@ HS_EXPORT int hs_native_stop(void) {
     if (g_pym_installed) {
         for (int i = 0; i < 2; i++) {
             py_allocator *prev = hs__dom_prev(i);
-            if (prev != NULL && prev->malloc == pym_malloc)
+            if (prev != NULL && is_ours_pym(prev))
                 *prev = g_pym_orig[i];
         }
         g_pym_installed = 0;
+        g_raw_mode = 0;
     }
     lock_here();
     g_nevents = 0;
@@ -1017,7 +1304,10 @@ void hs__native_on_stop(void) {
 
 /* Fold the events into the stack table (GIL held, from hs_read). */
 void hs__native_merge(void) {
-    if (g_events == NULL || !same_process())
+    if (!same_process())
+        return;
+    raw_check_top();
+    if (g_events == NULL)
         return;
     lock();
     for (uint32_t i = 0; i < g_nevents; i++) {

@@ -76,6 +76,12 @@ int hs_native_frames(uint32_t id, uint64_t *out, int max);
 /* 1 once native hooks were ever installed: the library must never be unloaded (a thread
  * may be inside a hook, or another tool may chain to one). */
 int hs_native_pinned(void);
+/* How what pymalloc forwards to RAW is kept out of RAW's counts: 0 RAW not hooked, 1 by
+ * the RAW hooks' return addresses (pymalloc's call sites, learnt at the start; reallocs
+ * marked), 2 by marking every MEM/OBJ call that may forward (the costlier fallback: 3.8,
+ * whose _PyObject_Free tail-calls PyMem_RawFree; a RAW hook installed over ours).
+ * Diagnostic, for tests and benchmarks: the agent does not bind it (no ABI change). */
+int hs_native_raw_mode(void);
 
 /* ---- internal: between heapspy_shim.c and native_hooks.c (hidden) ---------------- */
 /* heapspy_shim.c provides: */

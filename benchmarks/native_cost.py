@@ -16,7 +16,7 @@ workload (geometric mean over rounds), the geometric mean over workloads and its
 interval from the per-round geometric means. 1.000 = no cost; the goal is >= 0.97.
 
 ``--instructions`` counts instead of timing (valgrind's cachegrind, deterministic up to
-addresses and hash seeds; this machine's load cannot move it): per workload four runs of
+addresses; the hash seed is fixed; this machine's load cannot move it): per workload four runs of
 a fresh interpreter, with and without the workload's calls, with the Python domains
 sampled and with native sampling too; printed: the instructions native sampling adds to
 the calls, in percent of the calls' own (start-up, set-up and native mode's start and
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -164,6 +165,7 @@ def instructions(interp: Any, args: argparse.Namespace, workload: str, calls: in
              "--shim", args.shim, *(["--native-on"] if native else []),
              *(["--native-frames"] if args.native_frames else [])],
             capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dicts and sets every run
         )  # fmt: skip
     found = _IREFS.findall(out.stderr)  # the interpreter's, after any wrapper's
     assert found, out.stderr[-2000:]
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
              "--block", str(args.block), "--rate", str(args.rate), "--shim", args.shim,
              *(["--native-frames"] if args.native_frames else [])],
             capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dicts and sets every run
         )  # fmt: skip
         result = json.loads(out.stdout)
         results[interp.label] = result

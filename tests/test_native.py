@@ -76,7 +76,7 @@ def _run_native(
                malloc=malloc, timeout=300)  # fmt: skip
 
 
-def _check(r: dict[str, Any], cycles: int) -> None:
+def _check(r: dict[str, Any], cycles: int, interp: Interpreter) -> None:
     # every allocator entry of the library was redirected, and restored byte for byte
     assert all(r["during_changed"]) and r["entry_hooked"], r["during_changed"]
     assert r["redirected"] == [True, True]  # loaded before the start, and late
@@ -86,6 +86,13 @@ def _check(r: dict[str, Any], cycles: int) -> None:
     assert r["fork_child"] == 0
     # RAW: what pymalloc forwards is not counted again; direct calls exactly
     assert r["raw_forwarded"] == [0, 0, 0, 0]
+    # under tracemalloc, RAW is its own tables' (tens of bytes a trace), not the 3 GB of
+    # what pymalloc forwards
+    size = r["raw_forwarded_under_tracemalloc"][1]
+    assert size < 100 << 20, r["raw_forwarded_under_tracemalloc"]
+    # told apart by return address, then by marking; 3.8's _PyObject_Free tail-calls
+    # PyMem_RawFree (its return address is then its caller's): marked from the start
+    assert r["raw_mode"] == ([2, 2] if interp.version == (3, 8) else [1, 2]), r["raw_mode"]
     assert r["raw_direct"] == [3000, 1000 * (70_001 + 90_001 + 7 * 1001), 3000, 1000]
     # the library's calls, exactly: (allocations, bytes, frees, reallocs)
     assert r["late_leak"] == [500, 500 * 100_000, 0, 0]
@@ -118,7 +125,7 @@ def test_native_domains_exact_and_restored(
     shim_so: Path,  # noqa: F811 - the fixture imported from test_shim
     leak_lib: tuple[Path, Path, list[int]],
 ) -> None:
-    _check(_run_native(interp, shim_so, leak_lib, cycles=10), 10)
+    _check(_run_native(interp, shim_so, leak_lib, cycles=10), 10, interp)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +138,7 @@ def test_native_under_debug_allocators(
 ) -> None:
     """PYTHONMALLOC=debug: CPython's debug hooks under ours (RAW included); the oldest and
     the newest interpreter here, every one in the soak version."""
-    _check(_run_native(interp, shim_so, leak_lib, cycles=3, malloc="debug"), 3)
+    _check(_run_native(interp, shim_so, leak_lib, cycles=3, malloc="debug"), 3, interp)
 
 
 @pytest.mark.soak
@@ -142,7 +149,7 @@ def test_native_cycles_soak(
     malloc: str | None,
 ) -> None:  # fmt: skip
     """100 attach/detach cycles while four threads without the GIL allocate."""
-    _check(_run_native(interp, shim_so, leak_lib, cycles=100, malloc=malloc), 100)
+    _check(_run_native(interp, shim_so, leak_lib, cycles=100, malloc=malloc), 100, interp)
 
 
 E2E = [p for p in INTERPRETERS if p.values[0].label == "3.11-pyenv"]

@@ -23,7 +23,11 @@ for name, res, args in (
     ("PyMem_RawRealloc", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]),
     ("PyMem_RawFree", None, [ctypes.c_void_p]),
     ("PyMem_Malloc", ctypes.c_void_p, [ctypes.c_size_t]),
+    ("PyMem_Calloc", ctypes.c_void_p, [ctypes.c_size_t, ctypes.c_size_t]),
+    ("PyMem_Realloc", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]),
     ("PyMem_Free", None, [ctypes.c_void_p]),
+    ("PyObject_Malloc", ctypes.c_void_p, [ctypes.c_size_t]),
+    ("PyObject_Free", None, [ctypes.c_void_p]),
 ):
     getattr(api, name).restype = res
     getattr(api, name).argtypes = args
@@ -78,11 +82,36 @@ def main():
     out["redirected"] = [os.path.realpath(LIB) in redirected, os.path.realpath(LATE) in redirected]
     out["skipped"] = dict(libs.skipped)
 
+    # how forwarded calls are told apart: 1 by where they return to (learnt at the start)
+    out["raw_mode"] = [shim._c().hs_native_raw_mode()]
+
+    def forwarded():
+        for _ in range(1000):  # every way pymalloc forwards to RAW
+            api.PyMem_Free(api.PyMem_Malloc(3_000_001))
+            api.PyObject_Free(api.PyObject_Malloc(700))
+            api.PyMem_Free(api.PyMem_Calloc(3, 1000))
+            api.PyMem_Free(api.PyMem_Malloc(0))
+            p = api.PyMem_Realloc(api.PyMem_Malloc(16), 5000)  # a pool block grows past it
+            p = api.PyMem_Realloc(p, 90_000)
+            api.PyMem_Free(api.PyMem_Realloc(p, 8))
+
     t0 = shim.native_totals()
-    for _ in range(1000):
-        api.PyMem_Free(api.PyMem_Malloc(3_000_001))  # pymalloc forwards these to RAW
+    forwarded()
     t1 = shim.native_totals()
     out["raw_forwarded"] = delta(t0.raw, t1.raw)
+    # a RAW hook installed over ours (tracemalloc) makes every return address its own:
+    # from the next read on, forwarded calls are marked instead
+    import tracemalloc
+
+    tracemalloc.start()
+    shim.drain()
+    t0 = shim.native_totals()
+    forwarded()
+    t1 = shim.native_totals()
+    tracemalloc.stop()  # frees its tables through RAW: not in the next count
+    out["raw_forwarded_under_tracemalloc"] = delta(t0.raw, t1.raw)
+    out["raw_mode"].append(shim._c().hs_native_raw_mode())
+    t1 = shim.native_totals()
     for _ in range(1000):
         p = api.PyMem_RawMalloc(70_001)
         p = api.PyMem_RawRealloc(p, 90_001)
