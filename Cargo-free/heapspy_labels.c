@@ -139,12 +139,28 @@ static uint32_t task_slot(void *frame, void *code) {
     return 0;
 }
 
-/* Objects are read as CPython lays them out: ob_type at 8, a type's tp_name at 24 and
- * tp_basicsize at 32 (3.8-3.14, default builds); the low two bits of a 3.14 stack
- * reference are tags. */
+/* Objects are read as CPython lays them out: ob_type at 8, a type's tp_name at 24,
+ * tp_basicsize at 32 and tp_base at 256 (3.8-3.14, default builds; task_probe checks
+ * tp_base's on the C Task class); the low two bits of a 3.14 stack reference are tags. */
 #define OB_TYPE(o) (*(void **)((char *)(o) + 8))
 #define FIELD(o, off) (*(void **)((char *)(o) + (off)))
 #define UNTAG(p) ((void *)((uintptr_t)(p) & ~(uintptr_t)3))
+#define TP_BASE 256
+#define MAX_BASES 64
+
+/* Whether `type` is the C Task class or derives from it: its tp_base chain (the classes
+ * whose C layout it extends, not its MRO) reaches it, so an instance has the C Task's
+ * fields where the Task's are. A Python subclass of asyncio.Task is one (a custom task
+ * factory's); asyncio's Python Task (_PyTask) is not. No Python code runs: types are
+ * only read. */
+static int is_task_type(void *type) {
+    for (int depth = 0; type != NULL && depth < MAX_BASES; depth++) {
+        if (type == g_probe.task_type)
+            return 1;
+        type = FIELD(type, TP_BASE);
+    }
+    return 0;
+}
 
 static int is_step_wrapper(void *type) {
     if (type == g_wrapper_type)
@@ -164,7 +180,8 @@ static int is_step_wrapper(void *type) {
  * frame's self -> Handle._callback, a TaskStepMethWrapper -> its task (at 16) -> the
  * task's name (a str, or 3.13+'s int for a default name not asked for yet). Each object
  * is typechecked before its fields are read; NULL when anything does not fit (a Python
- * Task, a plain callback, a Task subclass: the interval's table names those). */
+ * Task, a plain callback: the interval's table names those). A subclass of the C Task
+ * is read as the Task: its stored name, whatever its get_name() would say. */
 static void *task_name_of(void *frame) {
     if (g_probe.handle_type == NULL || frame == NULL)
         return NULL;
@@ -178,7 +195,7 @@ static void *task_name_of(void *frame) {
     if (cb == NULL || !is_step_wrapper(OB_TYPE(cb)))
         return NULL;
     void *task = FIELD(cb, 16);
-    if (task == NULL || OB_TYPE(task) != g_probe.task_type)
+    if (task == NULL || !is_task_type(OB_TYPE(task)))
         return NULL;
     return FIELD(task, g_probe.name);
 }

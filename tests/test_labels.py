@@ -4,7 +4,8 @@ by ``--by``, read by ``go tool pprof -tags``, and the exact bytes each thread al
 One target per interpreter (tests/targets/labelled_service.py) is checked for all of it:
 a thread type that leaks, a task type that keeps its results and has finished by the
 time of the dump, their look-alikes that free everything, and tasks that live one step
-(shorter than an interval, named or not) but keep the name they had at sample time.
+(shorter than an interval, named or not, asyncio.Task or a subclass of it) but keep the
+name they had at sample time.
 In exact mode (tracemalloc) the same target's exact bytes are split by the thread and
 task labels of the samples the shim takes beside it (heapspy.label_shares), and a
 task-alloc limit fires on tests/targets/bulk_task.py.
@@ -110,6 +111,11 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     default = sum(t.alloc_bytes for name, t in by_task.items() if name.startswith("Task-"))
     assert by_task["sprinter"].alloc_bytes + default == pytest.approx(sprinted, rel=1e-9)
     assert by_task["sprinter"].alloc_bytes > sprinted / 5 and default > sprinted / 5, by_task
+    # the same from a Python subclass of asyncio.Task (a task factory's): its stored name
+    # is read at sample time as a Task's, not what its get_name() override says
+    sub_sprinted = by_label(session.aggregator, "coro")["sub_sprint"].alloc_bytes
+    assert sub_sprinted > 0 and "overridden" not in by_task, by_task
+    assert by_task["subsprinter"].alloc_bytes == pytest.approx(sub_sprinted, rel=1e-9)
 
     if interp.label != "3.11-pyenv":
         return  # what differs between interpreters ends here: the readers, once

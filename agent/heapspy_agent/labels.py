@@ -22,9 +22,11 @@ thread, under the GIL, by ordinary Python code:
   to the shim's HS_MAX_NAMED (8192) label sets holding a name, at most half of them
   default names (one per task), so that those cannot crowd out the names a service
   gives; beyond, the interval table's name or none (``coro`` and ``thread`` stay).
-  Other tasks (a Python Task, a Task subclass, or before the probe is in place) are
-  named from a table of the tasks alive at each interval: their samples taken before the
-  first interval that sees them alive carry ``coro`` but no ``task``. A 3.12+ eager
+  A Python subclass of ``asyncio.Task`` (a custom task factory's) is read the same way,
+  through the C Task's fields: its stored name, whatever its ``get_name()`` says. Other
+  tasks (a Python Task, or before the probe is in place) are named from a table of the
+  tasks alive at each interval: their samples taken before the first interval that sees
+  them alive carry ``coro`` but no ``task``. A 3.12+ eager
   task's first step runs inside ``create_task`` (no anchor right above it): its samples
   go to the task that created it.
 
@@ -140,8 +142,9 @@ def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int, int], Any, Any]]":
     """What the shim needs to read the running C Task's name at sample time: the offsets
     of a frame's locals (its first is Handle._run's self), of Handle._callback and of the
     Task's name, each measured on objects made here (a frame of ours, an uninitialised
-    Handle and Task, whose finalizers do nothing), with Handle and the C Task class; None
-    when asyncio is not imported, has no C Task, or any offset is not found."""
+    Handle and Task, whose finalizers do nothing), with Handle and the C Task class (a
+    Python subclass of it is read as a Task); None when asyncio is not imported, has no
+    C Task, or any offset is not found."""
     events = sys.modules.get("asyncio.events")
     c_asyncio = sys.modules.get("_asyncio")
     handle_cls = getattr(events, "Handle", None)
@@ -158,6 +161,10 @@ def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int, int], Any, Any]]":
         or type(set_name).__name__ != "method_descriptor"
         or type(new).__name__ != "builtin_function_or_method"
     ):
+        return None
+    # the shim walks a task's type's tp_base chain (word 32 of a type) to accept a
+    # Python subclass of the C Task: checked here on the C Task (its base is Future)
+    if _words(id(task_cls), 33)[32] != id(task_cls.__base__):
         return None
     try:
         first, second = object(), object()

@@ -9,8 +9,11 @@ and so do "leaky-handler-0" and "-1" until SIGUSR1; from then on these keep ~8 M
 ended, "HOARDED" is printed. From SIGUSR1 on, every loop turn also starts a task named
 "sprinter" and one left with asyncio's default name (``Task-<n>``), both coroutine
 ``sprint``: each allocates and drops ~100 KB in its one step and ends, never alive
-across an await (shorter than any interval). Everything goes on until the process is
-killed.
+across an await (shorter than any interval). So does, each turn, a task named
+"subsprinter" (coroutine ``sub_sprint``), made by a task factory (set for that one
+create_task: 3.13.0 names a factory's task "None" when given no name) as a Python
+subclass of asyncio.Task whose ``get_name()`` says "overridden". Everything goes on
+until the process is killed.
 """
 
 import asyncio
@@ -18,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 KEPT = []
 HOARD = []
@@ -61,6 +65,21 @@ async def sprint() -> None:
     del scratch
 
 
+async def sub_sprint() -> None:
+    scratch = [bytes(2000) for _ in range(50)]
+    del scratch
+
+
+class SubTask(asyncio.Task):  # type: ignore[type-arg]
+    def get_name(self) -> str:
+        return "overridden"
+
+
+def task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+    """A SubTask; keyword arguments: what create_task passes on (context, 3.11+)."""
+    return SubTask(coro, loop=loop, **kwargs)
+
+
 async def main() -> None:
     asyncio.current_task().set_name("main")  # the only default names: sprint's tasks
     for kind, target in (("leaky", leaky_handler), ("clean", clean_handler)):
@@ -83,6 +102,9 @@ async def main() -> None:
         if LEAK.is_set():
             loop.create_task(sprint(), name="sprinter")
             loop.create_task(sprint())
+            loop.set_task_factory(task_factory)
+            loop.create_task(sub_sprint(), name="subsprinter")
+            loop.set_task_factory(None)
         if hoarders and not announced and all(t.done() for t in hoarders):
             print("HOARDED", flush=True)
             announced = True
