@@ -167,7 +167,13 @@ class Sampling:
 
 class Field:
     """One typed, bounded value; ``check`` returns it, or a copy where keys had to be
-    dropped (``copies``): a frame of plain values is checked in place, not duplicated."""
+    dropped (``copies``): a frame of plain values is checked in place, not duplicated.
+
+    ``where`` names the value in the error. Containers check their items with their own
+    ``where`` and, only when one fails, check them again with each item's path
+    (``totals.size_classes[3][1]``) to raise the error naming it: the checks are pure,
+    and a daemon checks every frame of every session, where formatting each item's path
+    cost as much as the checks themselves."""
 
     copies = False
 
@@ -253,11 +259,16 @@ class ListOf(Field):
         if len(value) > self.max_len:
             raise ProtocolError("%s: %d items (at most %d)" % (where, len(value), self.max_len))
         item = self.item.check
-        if not self.copies:
+        try:  # the items' paths are spelt out only to name one that failed (see Field)
+            if not self.copies:
+                for v in value:
+                    item(v, where)
+                return value
+            return [item(v, where) for v in value]
+        except ProtocolError:
             for i, v in enumerate(value):
                 item(v, "%s[%d]" % (where, i))
-            return value
-        return [item(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+            raise
 
 
 class Tuple_(Field):
@@ -270,13 +281,16 @@ class Tuple_(Field):
     def check(self, value: Any, where: str) -> Any:
         if type(value) is not list or len(value) != len(self.items):
             raise _fail(where, "a list of %d items" % len(self.items), value)
-        if not self.copies:
+        try:
+            if not self.copies:
+                for f, v in zip(self.items, value):
+                    f.check(v, where)
+                return value
+            return [f.check(v, where) for f, v in zip(self.items, value)]
+        except ProtocolError:
             for i, (f, v) in enumerate(zip(self.items, value)):
                 f.check(v, "%s[%d]" % (where, i))
-            return value
-        return [
-            f.check(v, "%s[%d]" % (where, i)) for i, (f, v) in enumerate(zip(self.items, value))
-        ]
+            raise
 
 
 class LabelMap(Field):
@@ -316,7 +330,11 @@ class SiteMap(Field):
         for key, v in value.items():
             if not (0 < len(key) <= 20 and key.isdigit() and key.isascii()):
                 raise ProtocolError("%s: key %r is not a stack id" % (where, key[:40]))
-            check(v, "%s[%s]" % (where, key))  # plain values: checked in place
+            try:
+                check(v, where)  # plain values: checked in place
+            except ProtocolError:
+                check(v, "%s[%s]" % (where, key))
+                raise
         return value
 
 
@@ -336,11 +354,17 @@ class Record(Field):
         for key in self.required:
             if key not in value:
                 raise ProtocolError("%s: %s is missing" % (where, key))
-        return {
-            key: spec.check(value[key], "%s.%s" % (where, key))
-            for key, spec in self.fields.items()
-            if key in value
-        }
+        try:
+            return {
+                key: spec.check(value[key], where)
+                for key, spec in self.fields.items()
+                if key in value
+            }
+        except ProtocolError:
+            for key, spec in self.fields.items():
+                if key in value:
+                    spec.check(value[key], "%s.%s" % (where, key))
+            raise
 
 
 # --- the messages, by frame kind ------------------------------------------------------

@@ -210,6 +210,26 @@ def test_wrong_types_ranges_and_kinds_are_refused(kind: int, body: Any, match: s
         schema.check(kind, body)
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"seq": 1, "totals": {"size_classes": [[0, 1], [3, -1]]}}, "totals.size_classes[1][1]"),
+        ({"seq": 1, "inuse": {"7": [1, "2"]}}, "SAMPLES.inuse[7][1]"),
+        (
+            {"seq": 1, "stacks": [{"id": 1, "frames": [["f", "m.py", 1], ["g", 2, 3]]}]},
+            "SAMPLES.stacks[0].frames[1][1]",
+        ),
+        ({"seq": 1, "facts": {"gc_counts": [1, 2, 1.5]}}, "facts.gc_counts[2]"),
+    ],
+)
+def test_a_refusal_names_the_item_that_broke_it(body: Any, where: str) -> None:
+    """The containers check their items without spelling out each one's path (a daemon
+    checks every frame of every session), and still name the one that failed."""
+    with pytest.raises(ProtocolError) as caught:
+        schema.check(protocol.SAMPLES, body)
+    assert where in str(caught.value), str(caught.value)
+
+
 def test_bounded_counts_are_refused_past_their_limit() -> None:
     long_stack = {"id": 1, "frames": [["f", "m.py", 1]] * (schema.MAX_FRAMES_PER_STACK + 1)}
     with pytest.raises(ProtocolError, match="at most 512"):
