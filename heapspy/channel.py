@@ -13,9 +13,9 @@ import hmac
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from heapspy_agent import protocol, schema
 
@@ -69,11 +69,18 @@ def _checked(msg: protocol.Message | None) -> protocol.Message | None:
     return None if msg is None else (msg[0], schema.check(msg[0], msg[1]))
 
 
-def readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+class Pollable(Protocol):
+    def fileno(self) -> int: ...
+
+
+P = TypeVar("P", bound=Pollable)
+
+
+def readable(socks: Sequence[P], timeout: float) -> list[P]:
     """Those of ``socks`` readable within ``timeout`` seconds. poll(), not select(): a
     daemon holding many sessions in one process has descriptors beyond 1024."""
     poller = select.poll()
-    by_fd = {}
+    by_fd: dict[int, P] = {}
     for sock in socks:
         by_fd[sock.fileno()] = sock
         poller.register(sock, select.POLLIN)

@@ -31,16 +31,31 @@ def _fmt(n: int) -> str:
 
 # The daemon's sessions often watch workers of one cgroup (a unit's gunicorn workers),
 # each polling it every second: one reading serves every session polling within this
-# long (less than FAST_POLL, so a cgroup near its limit is still read that often).
+# long (less than FAST_POLL, so a cgroup near its limit is still read that often);
+# SHARED_FAR while the reading was far from the limit (the figures are then at most
+# SLOW_POLL + SHARED_FAR old, and the kernel's counters the same for every session).
 SHARED_FOR = 0.2
+SHARED_FAR = 0.5
+# A poll far from the limit may come this much early: a session's loop wakes for its
+# agent's frame (every interval) and polls then, instead of waking again for the poll.
+EARLY = 0.4
 _recent: dict[MemoryCgroup, tuple[float, MemoryState | None]] = {}
 _recent_lock = threading.Lock()
+
+
+def _near(state: MemoryState | None) -> bool:
+    used = state.used_fraction if state is not None else None
+    return used is not None and used >= NEAR
+
+
+def _shared_for(state: MemoryState | None) -> float:
+    return SHARED_FOR if state is None or _near(state) else SHARED_FAR
 
 
 def _read_shared(cg: MemoryCgroup, now: float) -> MemoryState | None:
     with _recent_lock:
         hit = _recent.get(cg)
-    if hit is not None and 0 <= now - hit[0] < SHARED_FOR:
+    if hit is not None and 0 <= now - hit[0] < _shared_for(hit[1]):
         return hit[1]
     fresh = read_state(cg)
     with _recent_lock:
@@ -79,17 +94,24 @@ class CgroupWatch:
         )
 
     def _near(self) -> bool:
-        used = self.state.used_fraction
-        return used is not None and used >= NEAR
+        return _near(self.state)
 
     @property
     def next_poll(self) -> float:
         """When (``time.monotonic``) the cgroup is read next."""
         return self._next_poll
 
+    @property
+    def due(self) -> float:
+        """When a session's loop must wake for the poll if nothing woke it before: far
+        from the limit, EARLY after ``next_poll`` (a poll then comes at the agent's next
+        frame, see ``poll``); near it, at ``next_poll``."""
+        return self._next_poll + (0.0 if self._near() else EARLY)
+
     def poll(self, now: float) -> str | None:
-        """Read the cgroup when due; the reason for a last-chance dump, or None."""
-        if now < self._next_poll:
+        """Read the cgroup when due (far from the limit, up to EARLY before); the reason
+        for a last-chance dump, or None."""
+        if now < self._next_poll - (0.0 if self._near() else EARLY):
             return None
         fresh = _read_shared(self.cgroup, now)
         if fresh is None:

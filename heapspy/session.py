@@ -40,6 +40,7 @@ from heapspy.channel import (
     AgentChannel,
     FramedSocket,
     Greeting,
+    Pollable,
     handshake,
     readable,
     violation_error,
@@ -76,6 +77,7 @@ from heapspy.symbolize import Symbolizer
 from heapspy.target.outside import Outside, exits_soon
 from heapspy.target.process import PythonTarget, has_exited, inspect_target
 from heapspy.top import ORDERS, top_view
+from heapspy.waker import Waker
 
 log = logging.getLogger("heapspy")
 
@@ -134,6 +136,7 @@ class Session:
         self.outside = Outside(target.pid)
         self.memcg = CgroupWatch.for_pid(target.pid, config.last_chance)
         self.censuses = SessionCensus(target.pid)  # at attach, and those asked for
+        self._waker: Waker | None = None  # while run() runs: wakes it for a request
         self.retainers = SessionRetainers()  # the last found: retainers.last
 
     def target_facts(self) -> dict[str, Any]:
@@ -340,6 +343,7 @@ class Session:
                 self.placement.cleanup()
         if self.channel is not None:
             self.channel.close()
+        self.outside.close()
         self.lock.release()
 
     # --- running ---------------------------------------------------------------
@@ -347,12 +351,27 @@ class Session:
         if not self._stop:
             self.end_reason = reason
         self._stop = True
+        self._wake()
 
     def request_dump(self, reason: str = "on-demand") -> None:
         self.policy.requests.append(reason)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake ``run`` now for a request made from another thread or a signal handler
+        (``run`` looks at ``_stop`` after making its waker: one made earlier is seen)."""
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def run(self, duration: float | None = None) -> str:
-        """Stream until detached, the duration passes, or the agent goes away."""
+        """Stream until detached, the duration passes, or the agent goes away.
+
+        The loop sleeps until the agent sends something, a control client comes, a
+        request wakes it (``_wake``) or the next thing is due: a heartbeat, the cgroup's
+        poll (which rides on the agent's frames when it can: ``CgroupWatch.poll``), the
+        end of the duration. An idle session of the daemon wakes about once an interval,
+        for its frame."""
         assert self.channel is not None and self.control is not None
         channel, control = self.channel, self.control
         start = time.monotonic()
@@ -360,21 +379,40 @@ class Session:
         agent.setblocking(False)
         if not channel.take_pending():
             return self.end_reason
+        waker = self._waker = Waker()
+        try:
+            return self._run(channel, control, agent, waker, start, duration)
+        finally:
+            self._waker = None
+            waker.close()
+
+    def _run(
+        self,
+        channel: AgentChannel,
+        control: ControlServer,
+        agent: socket.socket,
+        waker: Waker,
+        start: float,
+        duration: float | None,
+    ) -> str:
         while not self._stop:
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 return "duration elapsed"
-            # awake for the agent, a control client, or the next thing due: a heartbeat,
-            # the cgroup's poll, the end of the duration (or a stop request, seen then)
-            due = min(channel.next_beat, self.memcg.next_poll if self.memcg else now + 0.5)
+            due = channel.next_beat
+            if self.memcg is not None:
+                due = min(due, self.memcg.due)
             if duration is not None:
                 due = min(due, start + duration)
-            for sock in readable([agent, *control.sockets()], min(0.5, due - now)):
+            waits: list[Pollable] = [agent, waker, *control.sockets()]
+            for sock in readable(waits, due - now):
                 if sock is agent:
                     if not channel.read():
                         return self.end_reason
-                elif control.owns(sock):  # a client served earlier in this round may be gone
-                    control.ready(sock)
+                elif sock is waker:
+                    waker.drain()  # what it was woken for is looked at below
+                elif isinstance(sock, socket.socket) and control.owns(sock):
+                    control.ready(sock)  # (a client served earlier in this round may be gone)
             now = time.monotonic()
             if channel.silent(now):
                 self.end_reason = "agent stopped answering"
@@ -800,6 +838,7 @@ class Session:
             if self.config.final_dump and self.info is not None:
                 self._dump(self.config.final_rule)
         finally:
+            self.outside.close()
             if self.control is not None:
                 self.control.close()
                 self.control = None

@@ -21,7 +21,7 @@ from support import Target, wait_for
 
 from heapspy.cgroup import locate, parse_membership, read_state
 from heapspy.errors import UsageError
-from heapspy.oomwatch import CgroupWatch
+from heapspy.oomwatch import EARLY, CgroupWatch
 from heapspy.rules import Observation, RuleEngine, parse_rule
 
 V2 = Path(__file__).resolve().parent / "data" / "cgroup_v2"
@@ -93,6 +93,37 @@ def test_last_chance_fires_near_the_limit_and_when_the_kernel_reclaims(tmp_path:
     assert why is not None and "(98%)" in why
     (service / "memory.events").write_text("low 0\nhigh 0\nmax 15\noom 3\noom_kill 2\n")
     assert watch2.oom_kills() == 1
+
+
+def test_far_from_the_limit_a_poll_rides_on_the_next_wake_near_it_keeps_time(
+    tmp_path: Path,
+) -> None:
+    """A session's loop wakes for its agent's frames: far from the limit the cgroup's poll
+    may come up to EARLY before it is due (then), and the loop wakes for it by itself only
+    EARLY after; near the limit it keeps FAST_POLL's time exactly."""
+    mnt, mountinfo = _v2_copy(tmp_path)
+    current = mnt / "system.slice" / "api.service" / "memory.current"
+    cg = locate(1, mountinfo, (V2 / "proc_pid_cgroup").read_text())
+    assert cg is not None
+    current.write_text(str(100 * MiB))  # far: 20 % of 512 MiB (less the inactive cache)
+    state = read_state(cg)
+    assert state is not None
+    watch = CgroupWatch(cg, state, _seen=dict(state.events))
+    assert watch.poll(100.0) is None
+    assert (watch.next_poll, watch.due) == (101.0, 101.0 + EARLY)
+    current.write_text(str(101 * MiB))
+    watch.poll(100.5)  # not due yet, even early: not read
+    assert watch.state.usage == 100 * MiB
+    watch.poll(101.0 - EARLY)  # at a frame that came a little early: read then
+    assert watch.state.usage == 101 * MiB
+    current.write_text(str(480 * MiB))  # near: 87 %
+    watch.poll(102.0)
+    assert watch.state.usage == 480 * MiB and watch.due == watch.next_poll == 102.25
+    current.write_text(str(481 * MiB))
+    watch.poll(102.25 - 0.01)
+    assert watch.state.usage == 480 * MiB  # near: never early
+    watch.poll(102.25)
+    assert watch.state.usage == 481 * MiB
 
 
 def test_cgroup_and_psi_rules() -> None:

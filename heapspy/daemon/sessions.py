@@ -102,6 +102,7 @@ class SessionThread:
         except Exception:  # noqa: BLE001 - best effort, the crash is what matters
             pass
         finally:
+            session.outside.close()
             session.lock.release()
 
     def stop(self, reason: str) -> None:
