@@ -39,6 +39,7 @@ from heapspy.cli import attach as attach_cli
 from heapspy.config import AttachConfig
 from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DaemonConfig, default_dump_root, load_config
+from heapspy.daemon.discover import Found, Scanner
 from heapspy.daemon.match import is_heapspy, unit_from_cgroup
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
@@ -215,6 +216,48 @@ def test_heapspy_processes_are_recognised() -> None:
     assert is_heapspy(["python3", "-X", "dev", "-m", "heapspy", "attach", "1"])
     assert not is_heapspy(["python3", "app.py", "--profile-with", "heapspy"])
     assert not is_heapspy(["python3", "/srv/heapspy-demo/app.py"])
+
+
+def test_scans_look_again_at_what_may_have_changed(tmp_path: Path) -> None:
+    """The daemon's scans skip a process no watch wanted, except every ``recheck`` scans:
+    one that starts to match later (here: an exec, same pid and start time) is found
+    within that many; one found is found at each scan while it is the same process, and
+    no longer once it has gone."""
+    tag = f"hs-{uuid.uuid4().hex[:8]}-"
+    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}{tag}"\n')
+    go = tmp_path / "go"
+    sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
+    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
+    # started by a shell that exits at once: not a descendant of this process (the scan
+    # never returns the scanner's own descendants)
+    out = subprocess.run(["sh", "-c", f"sh -c '{code}' {tag} >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(out.stdout)
+    try:
+        scanner = Scanner(young=0.0, recheck=3)
+        assert pid not in _pids(scanner.scan(cfg.watches))  # sh: one tag, not two
+        go.touch()
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert wait_for(lambda: (tag + tag).encode() in cmdline.read_bytes(), 10)
+        rounds = [pid in _pids(scanner.scan(cfg.watches)) for _ in range(3)]
+        assert rounds[-1] and rounds == sorted(rounds), rounds  # found, then kept
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: _gone(pid), 10)
+    assert pid not in _pids(scanner.scan(cfg.watches))
+
+
+def _pids(found: dict[tuple[int, float], Found]) -> set[int]:
+    return {f.pid for f in found.values()}
+
+
+def _gone(pid: int) -> bool:
+    """Exited: reaped, or a zombie."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.mark.parametrize(

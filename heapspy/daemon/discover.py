@@ -6,6 +6,15 @@ unique, so a remembered verdict ("not Python", "retry at ...") never sticks to a
 
 Never returned: pid 1, this process and its descendants (its own session
 processes among them), and any process that runs heapspy.
+
+The daemon scans every few seconds (``Scanner``) and looks again only at what may have
+changed: a pid it has not seen, or one seen less than ``YOUNG`` seconds ago (a forked
+worker renames itself after the fork: setproctitle); a process it found is checked to
+be the same one (its start time) and not a zombie; any other is looked at again every
+``RECHECK`` scans (one that starts to match later, by renaming itself or changing its
+user, is found within that many). A full look costs psutil's reads of several /proc
+files per process, which on a host of a thousand processes was most of an idle
+daemon's CPU.
 """
 
 from __future__ import annotations
@@ -66,27 +75,104 @@ def alive(key: Key) -> bool:
         return False
 
 
+def _look(
+    proc: psutil.Process, watches: Sequence[Watch], me: int, parents: dict[int, int]
+) -> Found | None:
+    """The watch that wants ``proc``, as found now; None when none does. Raises
+    psutil.Error when it is gone, a zombie, or not ours to read."""
+    facts = ProcessFacts(proc)
+    argv = facts.argv
+    if not argv or is_heapspy(argv):  # kernel threads have no command line
+        return None
+    watch = next((w for w in watches if matches(w.selectors, facts)), None)
+    if watch is None or _descends_from(proc, me, parents):
+        return None
+    if proc.status() == psutil.STATUS_ZOMBIE:
+        return None
+    return Found(proc.pid, proc.create_time(), watch.name, facts.cmdline, facts.uid)
+
+
 def scan(watches: Sequence[Watch]) -> dict[Key, Found]:
-    """Every running process that some watch wants, whatever its age."""
-    me = os.getpid()
-    found: dict[Key, Found] = {}
-    parents: dict[int, int] = {}
-    for proc in psutil.process_iter():
-        if proc.pid in (0, 1, me):
-            continue
-        facts = ProcessFacts(proc)
-        try:
-            argv = facts.argv
-            if not argv or is_heapspy(argv):  # kernel threads have no command line
+    """Every running process that some watch wants, whatever its age (a full look at
+    each: ``heapspy daemon --check``)."""
+    return Scanner().scan(watches)
+
+
+# A process first seen less than this long ago is looked at in full at every scan.
+YOUNG = 30.0
+# Any other that no watch wanted is looked at again every this many scans.
+RECHECK = 5
+
+
+def _start_and_state(pid: int) -> tuple[bytes, bytes] | None:
+    """The start time (clock ticks since boot, as text) and state letter of ``pid``,
+    from one read of /proc/PID/stat; None when it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces and ")"
+    return (fields[19], fields[0]) if len(fields) > 19 else None
+
+
+@dataclass
+class _Seen:
+    since: float  # monotonic: when first seen
+    start: bytes | None  # its start time (/proc/PID/stat), for a process found
+    found: Found | None
+
+
+class Scanner:
+    """Scans again and again, remembering what each process was (module docstring)."""
+
+    def __init__(self, young: float = YOUNG, recheck: int = RECHECK) -> None:
+        self.young, self.recheck = young, recheck
+        self._seen: dict[int, _Seen] = {}
+        self._round = 0
+
+    def forget(self) -> None:
+        """Look at every process in full at the next scan (the watches changed)."""
+        self._seen = {}
+
+    def scan(self, watches: Sequence[Watch]) -> dict[Key, Found]:
+        me = os.getpid()
+        now = time.monotonic()
+        self._round += 1
+        found: dict[Key, Found] = {}
+        parents: dict[int, int] = {}
+        seen: dict[int, _Seen] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in (0, 1, me):
                 continue
-            watch = next((w for w in watches if matches(w.selectors, facts)), None)
-            if watch is None or _descends_from(proc, me, parents):
+            pid = int(name)
+            last = self._seen.get(pid)
+            if last is not None and now - last.since >= self.young:
+                if last.found is None and (pid + self._round) % self.recheck:
+                    seen[pid] = last  # wanted by none; looked at again in its round
+                    continue
+                if last.found is not None:
+                    now_is = _start_and_state(pid)
+                    if now_is is None:
+                        continue  # gone
+                    if now_is[0] == last.start and now_is[1] != b"Z":
+                        seen[pid] = last
+                        found[last.found.key] = last.found
+                        continue
+            try:
+                start = _start_and_state(pid)
+                got = _look(psutil.Process(pid), watches, me, parents)
+            except psutil.Error:  # gone, a zombie, or not ours to read
                 continue
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            found[(proc.pid, proc.create_time())] = Found(
-                proc.pid, proc.create_time(), watch.name, facts.cmdline, facts.uid
-            )
-        except psutil.Error:  # gone, a zombie, or not ours to read
-            continue
-    return found
+            ticks = start[0] if start is not None else None
+            same = last is not None and ticks is not None and last.start == ticks
+            seen[pid] = _Seen(last.since if last is not None and same else now, ticks, got)
+            if got is not None:
+                found[got.key] = got
+        self._seen = seen
+        return found

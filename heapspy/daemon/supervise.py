@@ -36,7 +36,7 @@ import psutil
 from heapspy import control
 from heapspy.daemon.child import AttachChild
 from heapspy.daemon.config import DaemonConfig, Watch, load_config
-from heapspy.daemon.discover import Found, Key, alive, scan
+from heapspy.daemon.discover import Found, Key, Scanner, alive
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
 from heapspy.daemon.serving import DaemonWorkers, Local
@@ -134,6 +134,7 @@ class Supervisor:
         self._status = ""
         self.attach_failures = 0  # for /metrics: attaches that failed, since start
         self._wake_fd = -1  # written to wake the loop (a session's thread ended)
+        self._scanner = Scanner()  # what each process was at the last scans
 
     # --- signals: handlers only enqueue ----------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -253,7 +254,7 @@ class Supervisor:
     # --- finding targets and starting children ----------------------------------
     def _scan(self) -> None:
         try:
-            found = scan(self.config.watches)
+            found = self._scanner.scan(self.config.watches)
         except (OSError, psutil.Error) as exc:
             log.error("cannot scan processes: %s", exc)
             return
@@ -512,6 +513,7 @@ class Supervisor:
             self.notifier.ready(self._status_line())
             return
         self.config = new
+        self._scanner.forget()  # what each watch wants changed
         added = [w.name for w in new.watches if old.watch(w.name) is None]
         removed = [w.name for w in old.watches if new.watch(w.name) is None]
         changed = [w.name for w in new.watches if old.watch(w.name) not in (None, w)]
