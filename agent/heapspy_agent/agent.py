@@ -108,6 +108,8 @@ class Agent:
         self._exit_hook = False
         self.thread: Optional[threading.Thread] = None
         self.seq = 0
+        # the totals and facts as last sent: a SAMPLES frame carries those that changed
+        self._sent = {}  # type: Dict[str, Dict[str, Any]]
         self.base_interval = self.interval = 1.0  # seconds; set from the config in _serve
         self.budget = COLLECT_BUDGET
         self.shim: Optional[Shim] = None
@@ -481,7 +483,21 @@ class Agent:
                 part["labelled"] = True
                 self._send(kind, part)
         for kind, part in schema.fit_samples(body):
-            self._send(kind, part)
+            self._send(kind, self._news(part) if kind == protocol.SAMPLES else part)
+
+    def _news(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """The SAMPLES frame without what heapspy already has: totals and facts that
+        have not changed since the last frame (heapspy folds them in key by key), and
+        empty parts. A daemon handles every frame of each of its sessions every
+        interval; an idle worker's frame is then a few bytes, not a kilobyte to parse
+        and check. Sent under the lock, in order: what heapspy has is what was sent."""
+        for part in ("totals", "facts"):
+            now = body.get(part)
+            if isinstance(now, dict):
+                last = self._sent.get(part, {})
+                body[part] = {k: v for k, v in now.items() if k not in last or last[k] != v}
+                self._sent[part] = dict(last, **now)
+        return {k: v for k, v in body.items() if v or k == "seq"}
 
     def _send(self, kind: int, body: Dict[str, Any]) -> None:
         assert self.sock is not None
