@@ -60,7 +60,8 @@ def main() -> None:
             daemon = after.get(f.daemon.pid, 0.0) - before.get(f.daemon.pid, 0.0)
             print(
                 f"{n} workers: {100 * used / wall:.2f} % of one core over {wall:.0f} s "
-                f"(the daemon process {100 * daemon / wall:.2f} %, {len(procs)} processes); "
+                f"(the daemon process {100 * daemon / wall:.2f} %, {len(procs)} processes; "
+                f"all attached {f.attach_seconds:.1f} s after the daemon started); "
                 f"{load_before} before, {load()} after",
                 flush=True,
             )
