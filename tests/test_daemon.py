@@ -812,6 +812,16 @@ def _open_fds(pid: int) -> dict[int, str]:
     return out
 
 
+def _lasting_fds(pid: int) -> dict[int, str]:
+    """The descriptors open in three reads 0.1 s apart: a scan's reads of /proc come and
+    go (one caught by a single read would look like a descriptor closed since)."""
+    reads = []
+    for _ in range(3):
+        reads.append(_open_fds(pid))
+        time.sleep(0.1)
+    return {fd: path for fd, path in reads[0].items() if all(r.get(fd) == path for r in reads)}
+
+
 RECYCLER = """
 import subprocess, sys, time
 argv, tag, life, total = sys.argv[1:-3], sys.argv[-3], float(sys.argv[-2]), float(sys.argv[-1])
@@ -861,7 +871,7 @@ def test_daemon_follows_recycled_workers_without_leaking(
     d = daemon(FAST + _watch(tag, dumps) + "final_dump = false\n")
     d.wait_log(r"watching for")
     daemon_proc = psutil.Process(d.proc.pid)
-    fds_before = _open_fds(daemon_proc.pid)
+    fds_before = _lasting_fds(daemon_proc.pid)
     recycler = subprocess.Popen(
         [*interp.argv, "-c", RECYCLER, *interp.argv, tag, "1.6", "25"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -881,8 +891,8 @@ def test_daemon_follows_recycled_workers_without_leaking(
     assert attached >= workers * 0.8, d.log()[-3000:]
     assert _wait(lambda: not daemon_proc.children(), 20), daemon_proc.children()
     # A scan reads /proc files, so one may be open at any instant: a leak is one that stays.
-    _wait(lambda: _open_fds(daemon_proc.pid) == fds_before, 5)
-    assert _open_fds(daemon_proc.pid) == fds_before
+    _wait(lambda: _lasting_fds(daemon_proc.pid) == fds_before, 5)
+    assert _lasting_fds(daemon_proc.pid) == fds_before
     assert [f for f in registry.runtime_dir().glob("*") if f.suffix in (".lock", ".sock")] == []
     log = d.log()
     assert "Traceback" not in log and "attach failed" not in log, log[-3000:]
