@@ -26,6 +26,8 @@ import pytest
 from interpreters import Interpreter, interpreter_params
 from support import TARGETS, Target, run_heapspy
 
+from heapspy.model import label_value
+from heapspy.pprof import read_profile
 from heapspy.stack_groups import PY_SPY, StackDump, StackGroup
 
 SOURCE = (TARGETS / "leaky_pool.py").read_text().splitlines()
@@ -220,9 +222,9 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
     tmp_path: Path,
 ) -> None:
     """The three limits on one target, on the interpreters whose asyncio differs (3.8's
-    Python-step handles, 3.12's eager-capable tasks, 3.14's per-thread task lists, here
-    made by the eager task factory)."""
-    target = spawn(interp, "bulk_task.py", *(["--eager"] if interp.version >= (3, 14) else []))
+    Python-step handles, 3.12's eager-capable tasks, 3.14's per-thread task lists; on
+    3.12 and 3.14 made by the eager task factory)."""
+    target = spawn(interp, "bulk_task.py", *(["--eager"] if interp.version >= (3, 12) else []))
     session = attach(
         target.proc.pid,
         tmp_path,
@@ -255,3 +257,10 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
     (live,) = [line for line in lines if "rule task-live>200MiB fired" in line]
     assert "task 'bulk-import' holds 300.0 MiB (±<1%, sampled) of live allocations" in live
     assert len(list(tmp_path.glob("*.pb.gz"))) == 1  # action=log writes none
+    # prelude's one step: on 3.12 and 3.14 an eager one, run inside main's create_task;
+    # its 8 MiB carry its own coroutine, not main's, and no other task's name (none)
+    eager = [s for s in read_profile(dump).samples if s.stack[-1].function == "prelude"]
+    assert eager, "no sample of the EAGER line"
+    for sample in eager:
+        assert label_value(sample.labels, "coro") == "prelude", sample.labels
+        assert label_value(sample.labels, "task") in (None, "prelude"), sample.labels

@@ -27,8 +27,8 @@ thread, under the GIL, by ordinary Python code:
   tasks (a Python Task, or before the probe is in place) are named from a table of the
   tasks alive at each interval: their samples taken before the first interval that sees
   them alive carry ``coro`` but no ``task``. A 3.12+ eager
-  task's first step runs inside ``create_task`` (no anchor right above it): its samples
-  go to the task that created it.
+  task's first step runs inside ``create_task``, right below the eager task factory's
+  frame (an anchor): its samples carry its ``coro`` and no ``task``.
 
 A label set, once named, keeps its names: samples of a task that has finished keep its
 name (that is how a leaking task is found after it ends).
@@ -70,8 +70,8 @@ _CORO_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
 
 def anchor_codes() -> "List[Any]":
     """The code objects right below a task's coroutine frame: asyncio's Handle._run (the
-    C Task steps the coroutine from there) and the Python Task's step methods; empty
-    until the target has imported asyncio itself."""
+    C Task steps the coroutine from there), the Python Task's step methods and (3.12+)
+    the eager task factory; empty until the target has imported asyncio itself."""
     events = sys.modules.get("asyncio.events")
     tasks = sys.modules.get("asyncio.tasks")
     if events is None or tasks is None:
@@ -83,7 +83,22 @@ def anchor_codes() -> "List[Any]":
         getattr(py_task, "_Task__step_run_and_handle_result", None),  # 3.12+
     ]
     codes = [getattr(f, "__code__", None) for f in functions]
-    return [c for c in codes if c is not None]
+    return [c for c in codes if c is not None] + _eager_factory_code(tasks)
+
+
+def _eager_factory_code(tasks: "Any") -> "List[Any]":
+    """3.12+: the code of the task factories create_eager_task_factory makes (asyncio's
+    eager_task_factory is one), found among its constants. A C Task made by one takes its
+    first step inside the factory's call, right below that step's coroutine: as an
+    anchor, it gives that step its own ``coro`` (and no ``task``: asyncio names the task
+    only after the factory returns before 3.14, and nothing reachable from the frame
+    holds it) instead of the labels of the task that called create_task."""
+    make = tasks.__dict__.get("create_eager_task_factory")
+    if type(make).__name__ != "function":
+        return []
+    return [
+        c for c in make.__code__.co_consts if type(c).__name__ == "code" and c.co_name == "factory"
+    ]
 
 
 def code_lines(code: "Any") -> "List[int]":

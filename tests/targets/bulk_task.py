@@ -7,7 +7,8 @@ task "bulk-import" and, beside it, "poller-0".."poller-3", which allocate a few 
 time. bulk-import waits until the agent has collected twice more (so that heapspy knows
 the task by name: its samples carry its label), then allocates 300 MiB at once, keeps it
 and prints "ALLOCATED"; after four more collections it prints "SEEN" (heapspy has had
-as many chances to fire the rule again). With --eager (3.12+), the tasks are created by
+as many chances to fire the rule again). Beside them, "prelude" allocates 8 MiB (line
+marked EAGER) in its one step, kept. With --eager (3.12+), the tasks are created by
 asyncio's eager task factory: each first step runs inside create_task.
 """
 
@@ -38,6 +39,10 @@ async def bulk_import(keep):
     await asyncio.sleep(3600)
 
 
+async def prelude(keep):
+    keep.append(bytearray(8 * MiB))  # EAGER
+
+
 async def poll(keep):
     while True:
         keep.append(b"x" * 4000)
@@ -52,7 +57,8 @@ async def main():
     loop = asyncio.get_running_loop()
     if "--eager" in sys.argv:
         loop.set_task_factory(asyncio.eager_task_factory)
-    tasks = [loop.create_task(bulk_import(keep), name="bulk-import")]
+    tasks = [loop.create_task(prelude(keep), name="prelude")]
+    tasks.append(loop.create_task(bulk_import(keep), name="bulk-import"))
     tasks += [loop.create_task(poll([]), name="poller-%d" % i) for i in range(4)]
     await asyncio.gather(*tasks)
 
