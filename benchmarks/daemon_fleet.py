@@ -54,6 +54,7 @@ def fleet(
     census: bool = False,
     scan_interval: str = "0.5s",
     timeout: float = 600.0,
+    max_attaching: int | None = None,
 ) -> Iterator[Fleet]:
     """Start ``n`` workers and a daemon (``tree``'s) watching them; yield once every one
     is attached. ``census``: the census at attach (the default in a real config) — off
@@ -64,7 +65,8 @@ def fleet(
         config = Path(tmp) / "heapspy.toml"
         config.write_text(
             f'[daemon]\nscan_interval = "{scan_interval}"\nsettle = "0.5s"\n'
-            f'[[watch]]\nname = "w"\ncmdline = "{tag}"\ndump_dir = "{tmp}/dumps"\n'
+            + (f"max_attaching = {max_attaching}\n" if max_attaching is not None else "")
+            + f'[[watch]]\nname = "w"\ncmdline = "{tag}"\ndump_dir = "{tmp}/dumps"\n'
             f'final_dump = false\ncensus = {"true" if census else "false"}\n'
             'attach_timeout = "60s"\n'
         )
