@@ -271,16 +271,38 @@ class ListOf(Field):
             raise
 
 
+def _number_bounds(field: Field) -> tuple[tuple[type, ...], float, float] | None:
+    """The types and range a plain number field accepts (``Tuple_``'s quick check)."""
+    if type(field) is Int:
+        return (int,), field.lo, field.hi
+    if type(field) is Num:
+        return (int, float), field.lo, field.hi
+    return None
+
+
 class Tuple_(Field):
-    """A list of exactly these fields (a pair, a frame)."""
+    """A list of exactly these fields (a pair, a frame). A tuple of plain numbers (the
+    counts of a site, a size class, a domain: a SAMPLES frame holds dozens) is checked
+    in one loop here, without a call per number; anything it does not pass is checked
+    again field by field, which names what is wrong."""
 
     def __init__(self, *items: Field) -> None:
         self.items = items
         self.copies = any(f.copies for f in items)
+        bounds = [_number_bounds(f) for f in items]
+        numbers = [b for b in bounds if b is not None]
+        self._numbers = numbers if len(numbers) == len(items) else None
 
     def check(self, value: Any, where: str) -> Any:
         if type(value) is not list or len(value) != len(self.items):
             raise _fail(where, "a list of %d items" % len(self.items), value)
+        numbers = self._numbers
+        if numbers is not None:
+            for (types, lo, hi), v in zip(numbers, value):
+                if type(v) not in types or not lo <= v <= hi:
+                    break
+            else:
+                return value
         try:
             if not self.copies:
                 for f, v in zip(self.items, value):

@@ -193,6 +193,20 @@ def test_what_the_agent_sends_passes_the_schema() -> None:
         (protocol.SAMPLES, {"seq": 1, "inuse": {"x1": [1, 2]}}, "not a stack id"),
         (protocol.SAMPLES, {"seq": 1, "inuse": {"1": [1]}}, "list of 2 items"),
         (protocol.SAMPLES, {"seq": 1, "est": {"1": [1, 2, 3, 1e300]}}, "out of range"),
+        # a tuple of plain numbers is checked in one loop: the same refusals as one by one
+        (
+            protocol.SAMPLES,
+            {"seq": 1, "inuse": {"1": [True, 2]}},
+            r"inuse\[1\]\[0\]: expected an integer",
+        ),
+        (
+            protocol.SAMPLES,
+            {"seq": 1, "alloc": {"1": [1, 2.0]}},
+            r"alloc\[1\]\[1\]: expected an integer",
+        ),
+        (protocol.SAMPLES, {"seq": 1, "inuse": {"1": [-1, 2]}}, "out of range"),
+        (protocol.SAMPLES, {"seq": 1, "var": {"1": [0, 0, 0, float("nan")]}}, "out of range"),
+        (protocol.SAMPLES, {"seq": 1, "est": {"1": [0, "1", 0, 0]}}, "expected a number"),
         (protocol.SAMPLES, {"seq": 1, "stacks": [{"id": 1}]}, "frames is missing"),
         (protocol.SAMPLES, {"seq": 1, "facts": {"interval": -1}}, "out of range"),
         (protocol.SAMPLES, {"seq": 1, "totals": {"numpy": 3}}, "expected a string"),
