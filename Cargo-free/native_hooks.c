@@ -846,7 +846,10 @@ static int calibrate(void) {
     return 1;
 }
 
-/* Our RAW hooks are the ones PyMem_RawMalloc & co call (GIL held: a sample's slow path). */
+/* Our RAW hooks are the ones PyMem_RawMalloc & co call (GIL held: a sample's slow path).
+ * PyMem_GetAllocator takes CPython's allocators lock from 3.12 on (a PyMutex from 3.13,
+ * which would let the GIL go while it waits): every other taker holds the GIL too, so
+ * it is never contended here. */
 static int raw_on_top(void) {
     py_allocator cur;
     py.mem_get(0, &cur);
