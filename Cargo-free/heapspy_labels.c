@@ -81,6 +81,14 @@ static struct {
     int64_t ascii_data; /* a compact ASCII str's characters, -1: unknown */
 } g_probe;
 static void *g_wrapper_type; /* _asyncio's TaskStepMethWrapper, once recognised */
+/* The task's wakeup callback (hs_set_wakeup_probe): Handle._callback of the steps after
+ * a real await. NULL type: off. */
+static struct {
+    void *type;      /* its exact type */
+    int64_t task;    /* the task in it */
+    int64_t ml_off;  /* a builtin function's m_ml, or -1: the type says enough */
+    void *ml;        /* task_wakeup's PyMethodDef */
+} g_wakeup;
 static uint32_t g_named, g_named_default; /* label sets holding a name, a default one */
 
 /* Drain buffers. */
@@ -177,8 +185,10 @@ static int is_step_wrapper(void *type) {
 }
 
 /* The name object of the C Task that Handle._run (the anchor frame `frame`) is stepping:
- * frame's self -> Handle._callback, a TaskStepMethWrapper -> its task (at 16) -> the
- * task's name (a str, or 3.13+'s int for a default name not asked for yet). Each object
+ * frame's self -> Handle._callback, a TaskStepMethWrapper (a first step, or one after a
+ * bare yield) -> its task (at 16), or the task's wakeup callback (a step after a real
+ * await: 3.8/3.9's TaskWakeupMethWrapper, 3.10+'s builtin task_wakeup method bound to the
+ * task, told from other builtins by its PyMethodDef) -> its task -> the task's name (a str, or 3.13+'s int for a default name not asked for yet). Each object
  * is typechecked before its fields are read; NULL when anything does not fit (a Python
  * Task, a plain callback: the interval's table names those). A subclass of the C Task
  * is read as the Task: its stored name, whatever its get_name() would say. */
@@ -191,10 +201,16 @@ static void *task_name_of(void *frame) {
     void *self = UNTAG(FIELD(locals, g_probe.local0));
     if (self == NULL || OB_TYPE(self) != g_probe.handle_type)
         return NULL;
-    void *cb = FIELD(self, g_probe.callback);
-    if (cb == NULL || !is_step_wrapper(OB_TYPE(cb)))
+    void *cb = FIELD(self, g_probe.callback), *task;
+    if (cb == NULL)
         return NULL;
-    void *task = FIELD(cb, 16);
+    if (is_step_wrapper(OB_TYPE(cb)))
+        task = FIELD(cb, 16);
+    else if (g_wakeup.type != NULL && OB_TYPE(cb) == g_wakeup.type &&
+             (g_wakeup.ml_off < 0 || FIELD(cb, g_wakeup.ml_off) == g_wakeup.ml))
+        task = FIELD(cb, g_wakeup.task);
+    else
+        return NULL;
     if (task == NULL || !is_task_type(OB_TYPE(task)))
         return NULL;
     return FIELD(task, g_probe.name);
@@ -319,6 +335,7 @@ static void release(void) {
     g_nanchors = 0;
     memset(&g_probe, 0, sizeof g_probe);
     g_wrapper_type = NULL;
+    memset(&g_wakeup, 0, sizeof g_wakeup);
     g_named = g_named_default = 0;
     g_acct_cur = NULL;
     hs_thr_cur = NULL;
@@ -433,6 +450,20 @@ HS_EXPORT int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_ty
     g_probe.int_type = int_type;
     g_probe.ascii_data = ascii_data;
     g_probe.handle_type = handle_type;
+    return HS_OK;
+}
+
+HS_EXPORT int hs_set_wakeup_probe(void *type, int64_t task, int64_t ml_off, void *ml) {
+    if (!g_on)
+        return HS_ERR_NOT_RUNNING;
+    if (task < 16 || task > 4096 || (task & 7) != 0 ||
+        (ml_off != -1 && (ml_off < 16 || ml_off > 4096 || (ml_off & 7) != 0 || ml == NULL)))
+        return HS_ERR_ARG;
+    g_wakeup.type = NULL; /* off while it changes */
+    g_wakeup.task = task;
+    g_wakeup.ml_off = ml_off;
+    g_wakeup.ml = ml;
+    g_wakeup.type = type;
     return HS_OK;
 }
 

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 10
+#define HS_ABI 11
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -168,6 +168,12 @@ int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *codes, cons
 int hs_set_task_probe(int64_t f_frame, int64_t local0, void *handle_type, int64_t callback,
                       void *task_type, int64_t name, void *str_type, void *int_type,
                       int64_t ascii_data);
+/* How to find the task in a task's wakeup callback (Handle._callback of its steps after a
+ * real await): the callback's exact type, the offset of the task in it and, for a type
+ * that is not the task's own (3.10+'s builtin function), the offset of the word that must
+ * equal `ml` (its method definition), else -1. The caller keeps the type alive. NULL
+ * type: off. Needs hs_set_task_probe's. */
+int hs_set_wakeup_probe(void *type, int64_t task, int64_t ml_off, void *ml);
 
 /* One live sampled block: what the pointer map knows of it. */
 typedef struct {

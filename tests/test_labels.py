@@ -4,8 +4,8 @@ by ``--by``, read by ``go tool pprof -tags``, and the exact bytes each thread al
 One target per interpreter (tests/targets/labelled_service.py) is checked for all of it:
 a thread type that leaks, a task type that keeps its results and has finished by the
 time of the dump, their look-alikes that free everything, and tasks that live one step
-(shorter than an interval, named or not, asyncio.Task or a subclass of it) but keep the
-name they had at sample time.
+(shorter than an interval, named or not, asyncio.Task or a subclass of it) or a step
+after a real await but keep the name they had at sample time.
 In exact mode (tracemalloc) the same target's exact bytes are split by the thread and
 task labels of the samples the shim takes beside it (heapspy.label_shares), and a
 task-alloc limit fires on tests/targets/bulk_task.py.
@@ -116,6 +116,10 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     sub_sprinted = by_label(session.aggregator, "coro")["sub_sprint"].alloc_bytes
     assert sub_sprinted > 0 and "overridden" not in by_task, by_task
     assert by_task["subsprinter"].alloc_bytes == pytest.approx(sub_sprinted, rel=1e-9)
+    # a task whose allocating step follows a real await (run by its wakeup callback, not
+    # its step wrapper) and that ends within a loop turn or two: named at sample time too
+    waited = by_label(session.aggregator, "coro")["wait_then_alloc"].alloc_bytes
+    assert waited > 0 and by_task["waiter"].alloc_bytes == pytest.approx(waited, rel=1e-9)
 
     if interp.label != "3.11-pyenv":
         return  # what differs between interpreters ends here: the readers, once

@@ -15,8 +15,10 @@ thread, under the GIL, by ordinary Python code:
   or generator: a plain callback run by the loop gets no ``coro``.
 - ``task``: the task's name as it was when the sample was taken. For asyncio's C Task
   (``asyncio.Task`` itself, the common case) the shim reads the name object at sample
-  time, through offsets measured here once asyncio is imported (``task_probe``), so a
-  task that starts and ends between two intervals keeps its name. Default names are
+  time, through offsets measured here once asyncio is imported (``task_probe``, and
+  ``wakeup_probe`` for the steps after a real ``await``, run by the task's wakeup
+  callback rather than its step wrapper), so a task that starts and ends between two
+  intervals keeps its name. Default names are
   labelled too (``Task-<n>``; 3.13+ keeps an int until someone asks, rendered the same).
   Each name object is its own label set (a name given as a literal is one object), up
   to the shim's HS_MAX_NAMED (8192) label sets holding a name, at most half of them
@@ -198,6 +200,83 @@ def task_probe() -> "Optional[Tuple[Tuple[int, int, int, int, int], Any, Any]]":
     return (f_frame, local0, callback, name_off, _ascii_data()), handle_cls, task_cls
 
 
+class _OwnLoop:
+    """What a C Task and Future call on their loop, for wakeup_probe's task of our own:
+    it runs nothing, it keeps what the task asks to be called soon."""
+
+    def __init__(self) -> None:
+        self.soon = []  # type: List[Tuple[Any, Tuple[Any, ...]]]
+
+    def get_debug(self) -> bool:
+        return False
+
+    def call_soon(self, callback: "Any", *args: "Any", context: "Any" = None) -> None:
+        self.soon.append((callback, args))
+
+    def call_exception_handler(self, context: "Any") -> None:
+        pass
+
+
+async def _await(future: "Any") -> None:
+    await future
+
+
+def wakeup_probe(task_cls: "Any") -> "Optional[Tuple[Any, int, int, int]]":
+    """How the shim finds the C Task a later step belongs to: after a real ``await``,
+    Handle._callback is the task's wakeup callback, not its step wrapper. Measured on a
+    C Task of our own (on a loop of our own that runs nothing, stepped here by hand until
+    it awaits a future of ours, then woken until it ends): the callback's exact type, the
+    offset of its task and, when that type is the builtin function's (3.10+: a
+    ``task_wakeup`` method bound to the task), the offset and value of its method
+    definition, -1 and 0 otherwise (3.8/3.9's TaskWakeupMethWrapper). None when anything
+    is not as expected; on 3.14, also when this thread runs a loop (the C Task steps
+    only on the thread's running loop: ours is set for the step, then unset)."""
+    c_asyncio = sys.modules.get("_asyncio")
+    future_cls = getattr(c_asyncio, "Future", None)
+    get_loop = getattr(c_asyncio, "_get_running_loop", None)  # type: Any
+    set_loop = getattr(c_asyncio, "_set_running_loop", None)  # type: Any
+    if type(future_cls) is not type or task_cls.__base__ is not future_cls:
+        return None
+    if type(get_loop).__name__ != "builtin_function_or_method" or type(set_loop) is not type(
+        get_loop
+    ):
+        return None
+    if get_loop() is not None:
+        return None
+    loop = _OwnLoop()
+    try:
+        future = future_cls(loop=loop)
+        task = task_cls(_await(future), loop=loop)
+        set_loop(loop)
+        try:
+            step, args = loop.soon.pop()
+            step(*args)  # the task's first step: it awaits our future
+            future.set_result(None)
+            wakeup, args = loop.soon.pop()
+            if args != (future,) or loop.soon:
+                return None
+            wakeup(*args)  # its last step: it ends
+        finally:
+            set_loop(None)
+        if not task.done() or loop.soon:
+            return None
+    except Exception:  # noqa: BLE001 - an asyncio we do not know: first steps only
+        return None
+    size = type(wakeup).__basicsize__ // 8
+    task_off = _find(id(wakeup), size, id(task))
+    if task_off < 0:
+        return None
+    if type(wakeup) is not type(get_loop):
+        return type(wakeup), task_off, -1, 0
+    # a builtin function: m_ml, its PyMethodDef (whose first word is the method's name),
+    # is the word before m_self
+    ml_off = task_off - 8
+    ml = _words(id(wakeup) + ml_off, 1)[0]
+    if ml_off < 16 or not ml or ctypes.c_char_p.from_address(ml).value != b"task_wakeup":
+        return None
+    return type(wakeup), task_off, ml_off, ml
+
+
 def _ascii_data() -> int:
     """Where a compact ASCII str's characters start (the shim tells asyncio's default
     names, ``Task-<n>``, from the others by them), checked on one; -1 if not as expected."""
@@ -278,6 +357,7 @@ class LabelNamer:
         self.shim = shim
         self._anchors = []  # type: List[Any]
         self._probe = None  # type: Optional[Tuple[Any, Any, Any]]
+        self._wakeup = None  # type: Optional[Tuple[Any, int, int, int]]
         self._thread_names = {}  # type: Dict[int, str]
         self._slots = {}  # type: Dict[str, int]
         self._names = [""]  # type: List[str]
@@ -298,6 +378,9 @@ class LabelNamer:
                 self._probe = task_probe()
                 if self._probe is not None:  # classes kept alive: the shim compares them
                     self.shim.set_task_probe(*self._probe)
+                    self._wakeup = wakeup_probe(self._probe[2])
+                    if self._wakeup is not None:  # its type kept alive likewise
+                        self.shim.set_wakeup_probe(self._wakeup)
         if self._anchors:
             self.shim.set_tasks(self._live_tasks())
 

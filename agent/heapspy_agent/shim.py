@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 10
+ABI = 11
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 2
 """Must match HS_NATIVE_ABI in native_hooks.h."""
@@ -499,6 +499,13 @@ class Shim:
             ctypes.py_object,  # int
             ctypes.c_int64,  # a compact ASCII str's characters, -1: unknown
         ]
+        lib.hs_set_wakeup_probe.restype = ctypes.c_int
+        lib.hs_set_wakeup_probe.argtypes = [
+            ctypes.py_object,  # the wakeup callback's exact type
+            ctypes.c_int64,  # its task
+            ctypes.c_int64,  # its method definition, -1: none to check
+            ctypes.c_void_p,  # task_wakeup's method definition
+        ]
         park = getattr(lib, "hs_park", None)  # absent from an older build
         if park is not None:
             park.restype = ctypes.c_int
@@ -644,6 +651,14 @@ class Shim:
                     f_frame, local0, handle, callback, task, name, str, int, ascii_data
                 )
             )
+
+    def set_wakeup_probe(self, probe: Tuple[Any, int, int, int]) -> None:
+        """Have the shim also find the task in its wakeup callback (``labels.wakeup_probe``:
+        the callback's type, the offset of its task, of its method definition or -1, that
+        definition); the caller keeps the type alive."""
+        wakeup, task, ml_off, ml = probe
+        with self._lock:
+            self._check(self._c().hs_set_wakeup_probe(wakeup, task, ml_off, ml or None))
 
     def hook_numpy(self) -> str:
         """Route NumPy's array data (default allocator handler) through the shim.

@@ -12,8 +12,10 @@ ended, "HOARDED" is printed. From SIGUSR1 on, every loop turn also starts a task
 across an await (shorter than any interval). So does, each turn, a task named
 "subsprinter" (coroutine ``sub_sprint``), made by a task factory (set for that one
 create_task: 3.13.0 names a factory's task "None" when given no name) as a Python
-subclass of asyncio.Task whose ``get_name()`` says "overridden". Everything goes on
-until the process is killed.
+subclass of asyncio.Task whose ``get_name()`` says "overridden", and a task named
+"waiter" (coroutine ``wait_then_alloc``) that awaits a future set by the next loop turn
+(a real await: its second step is run by its wakeup callback), then allocates ~100 KB
+and ends. Everything goes on until the process is killed.
 """
 
 import asyncio
@@ -70,6 +72,15 @@ async def sub_sprint() -> None:
     del scratch
 
 
+async def wait_then_alloc() -> None:
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    loop.call_soon(woken.set_result, None)
+    await woken
+    scratch = [bytes(2000) for _ in range(50)]
+    del scratch
+
+
 class SubTask(asyncio.Task):  # type: ignore[type-arg]
     def get_name(self) -> str:
         return "overridden"
@@ -102,6 +113,7 @@ async def main() -> None:
         if LEAK.is_set():
             loop.create_task(sprint(), name="sprinter")
             loop.create_task(sprint())
+            loop.create_task(wait_then_alloc(), name="waiter")
             loop.set_task_factory(task_factory)
             loop.create_task(sub_sprint(), name="subsprinter")
             loop.set_task_factory(None)

@@ -152,6 +152,33 @@ def test_the_task_probe_finds_its_offsets_on_this_interpreter() -> None:
     assert {local0 % 8, callback % 8, name % 8} == {0}
 
 
+def test_the_wakeup_probe_measures_a_task_of_its_own() -> None:
+    """The wakeup callback of a C Task's steps after a real await (3.8/3.9: its own
+    type; 3.10+: a builtin method told by its definition), measured on a task the agent
+    steps by hand on a loop of its own; refused on a thread that runs a loop."""
+    import asyncio
+    import ctypes
+    import sys
+
+    from heapspy_agent.labels import wakeup_probe
+
+    task_cls = sys.modules["_asyncio"].Task
+    probe = wakeup_probe(task_cls)
+    assert probe is not None
+    wakeup, task, ml_off, ml = probe
+    if sys.version_info < (3, 10):
+        assert wakeup.__name__ == "TaskWakeupMethWrapper" and (task, ml_off, ml) == (16, -1, 0)
+    else:
+        assert wakeup is type(len) and (task, ml_off) == (24, 16)
+        assert ctypes.c_char_p.from_address(ml).value == b"task_wakeup"
+
+    async def inside() -> object:
+        return wakeup_probe(task_cls)
+
+    assert asyncio.run(inside()) is None
+    assert wakeup_probe(task_cls) == probe  # the loop is left unset
+
+
 def test_the_task_probe_runs_no_code_of_a_replaced_handle(monkeypatch: pytest.MonkeyPatch) -> None:
     """A target that replaced asyncio.events.Handle (a property for _callback, a
     metaclass) gets no sample-time names, and none of its code runs."""
