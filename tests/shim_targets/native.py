@@ -85,8 +85,8 @@ def main():
     # how forwarded calls are told apart: 1 by where they return to (learnt at the start)
     out["raw_mode"] = [shim._c().hs_native_raw_mode()]
 
-    def forwarded():
-        for _ in range(1000):  # every way pymalloc forwards to RAW
+    def forwarded(n):
+        for _ in range(n):  # every way pymalloc forwards to RAW
             api.PyMem_Free(api.PyMem_Malloc(3_000_001))
             api.PyObject_Free(api.PyObject_Malloc(700))
             api.PyMem_Free(api.PyMem_Calloc(3, 1000))
@@ -96,7 +96,7 @@ def main():
             api.PyMem_Free(api.PyMem_Realloc(p, 8))
 
     t0 = shim.native_totals()
-    forwarded()
+    forwarded(200)
     t1 = shim.native_totals()
     out["raw_forwarded"] = delta(t0.raw, t1.raw)
     # a RAW hook installed over ours (tracemalloc) makes every return address its own:
@@ -106,7 +106,7 @@ def main():
     tracemalloc.start()
     shim.drain()
     t0 = shim.native_totals()
-    forwarded()
+    forwarded(20)
     t1 = shim.native_totals()
     tracemalloc.stop()  # frees its tables through RAW: not in the next count
     out["raw_forwarded_under_tracemalloc"] = delta(t0.raw, t1.raw)
