@@ -9,10 +9,11 @@ processes among them), and any process that runs heapspy.
 
 The daemon scans every few seconds (``Scanner``) and looks again only at what may have
 changed: a pid it has not seen, or one seen less than ``YOUNG`` seconds ago (a forked
-worker renames itself after the fork: setproctitle); a process it found is checked to
-be the same one (its start time) and not a zombie; any other is looked at again every
-``RECHECK`` scans (one that starts to match later, by renaming itself or changing its
-user, is found within that many). A full look costs psutil's reads of several /proc
+worker renames itself after the fork: setproctitle); every other one is looked at in
+full every ``RECHECK`` scans (one that starts to match later, by renaming itself or
+changing its user, is found within that many; one that stops matching is let go), and
+between those a process it found is only checked to be the same one (its start time)
+and not a zombie. A full look costs psutil's reads of several /proc
 files per process, which on a host of a thousand processes was most of an idle
 daemon's CPU.
 """
@@ -152,18 +153,22 @@ class Scanner:
                 continue
             pid = int(name)
             last = self._seen.get(pid)
-            if last is not None and now - last.since >= self.young:
-                if last.found is None and (pid + self._round) % self.recheck:
-                    seen[pid] = last  # wanted by none; looked at again in its round
+            # each known process is looked at in full in its round, one in `recheck`
+            if (
+                last is not None
+                and now - last.since >= self.young
+                and (pid + self._round) % self.recheck
+            ):
+                if last.found is None:
+                    seen[pid] = last  # wanted by none
                     continue
-                if last.found is not None:
-                    now_is = _start_and_state(pid)
-                    if now_is is None:
-                        continue  # gone
-                    if now_is[0] == last.start and now_is[1] != b"Z":
-                        seen[pid] = last
-                        found[last.found.key] = last.found
-                        continue
+                now_is = _start_and_state(pid)
+                if now_is is None:
+                    continue  # gone
+                if now_is[0] == last.start and now_is[1] != b"Z":
+                    seen[pid] = last
+                    found[last.found.key] = last.found
+                    continue
             try:
                 start = _start_and_state(pid)
                 got = _look(psutil.Process(pid), watches, me, parents)
