@@ -562,7 +562,9 @@ static inline void on_free(int dom, void *ptr) {
 
 /* What a hook that may sample passes down: its own frame, where the return address into
  * the library that called it and that library's frame pointer are (native_frames.c).
- * Asking for it gives the hook a frame pointer: three instructions on its path. */
+ * Asking for it gives the function a frame pointer: the GOT hooks of malloc, calloc and
+ * free ask only in their slow paths, which their frameless common case tail-calls (so
+ * the slow path's frame holds the library's return address, as the hook's would). */
 #define HOOK_FRAME __builtin_frame_address(0)
 
 /* ---- RAW domain ----------------------------------------------------------------- */
