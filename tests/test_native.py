@@ -171,6 +171,8 @@ def _build_extension(interp: Interpreter, lib: Path, out: Path) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out
+
+
 TARGET = REPO / "tests" / "targets" / "native_leak.py"
 
 
