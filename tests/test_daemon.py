@@ -864,8 +864,10 @@ def test_daemon_follows_recycled_workers_without_leaking(
 
     Its USS rises by ~13 MiB with the first sessions (the modules and caches only sessions
     use), then stays: 43.7 MiB after 5 workers, 45.2 MiB after 76 (measured 2026-12-03).
-    So the baseline is taken after the first 5 attaches; 4 MiB over the ~25 workers after
-    them catches a leak of ~160 KiB per worker."""
+    So the baseline is taken after the first 10 attaches (since the daemon's CPU work of
+    2026-12-03 the warm-up can end between the 5th and the 10th, cause not pinned down:
+    32.6 MiB after 5, 42.7 after 10, 42.8 after 31; the version before: 42.1 after 5);
+    4 MiB over the ~20 workers after them catches a leak of ~200 KiB per worker."""
     interp = _ptrace_interp()
     tag, dumps = _tag(), tmp_path / "dumps"
     d = daemon(FAST + _watch(tag, dumps) + "final_dump = false\n")
@@ -877,7 +879,7 @@ def test_daemon_follows_recycled_workers_without_leaking(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert _wait(lambda: d.count(r"\] attached to \d+ ") >= 5, 60), d.log()[-3000:]
+        assert _wait(lambda: d.count(r"\] attached to \d+ ") >= 10, 60), d.log()[-3000:]
         uss_warm = _uss_alone(daemon_proc)
         out, err = recycler.communicate(timeout=120)
     finally:
