@@ -184,6 +184,10 @@ class AgentChannel:
         self.next_beat = 0.0  # kept across the session's run() calls, however short
         self._cmd_id = 0
         self._replies: dict[int, dict[str, Any]] = {}  # agent replies by command id
+        # When set (a stop with a deadline: ``Session.request_stop``), no wait on the agent
+        # goes past it: an agent that floods, or one that never answers, cannot hold the
+        # detach past its deadline by keeping each call busy until its own timeout.
+        self.cutoff: float | None = None
 
     def send(self, kind: int, body: dict[str, Any]) -> None:
         """Send a frame; an agent that cannot take it is seen gone by the next read."""
@@ -265,7 +269,7 @@ class AgentChannel:
         self._cmd_id += 1
         ident = self._cmd_id
         self.send(protocol.COMMAND, {"id": ident, "cmd": cmd, **args})
-        deadline = time.monotonic() + timeout
+        deadline = self.until(time.monotonic() + timeout)
         while time.monotonic() < deadline:
             reply = self._replies.pop(ident, None)
             if reply is not None:
@@ -273,6 +277,10 @@ class AgentChannel:
             if not self.wait(0.1):
                 return {"ok": False, "error": "the agent went away"}
         return {"ok": False, "error": "the agent did not answer"}
+
+    def until(self, deadline: float) -> float:
+        """``deadline``, or the cutoff if that comes first."""
+        return deadline if self.cutoff is None else min(deadline, self.cutoff)
 
     def close(self) -> None:
         self.sock.close()

@@ -171,6 +171,8 @@ def run_attached(
                 "reason": reason or session.end_reason,
                 "by_user": session.detached_by_user,
                 "violation": session.violation or None,
+                # the agent sent more than a session keeps: the daemon waits longest
+                "dropped_stacks": session.aggregator.dropped_stacks,
             },
         )
     if session.violation:

@@ -347,9 +347,19 @@ class Session:
         self.lock.release()
 
     # --- running ---------------------------------------------------------------
-    def request_stop(self, reason: str = "detached") -> None:
+    def request_stop(self, reason: str = "detached", by: float | None = None) -> None:
+        """``by``: when (``time.monotonic``) the detach must be done (the daemon's
+        stop_timeout). The agent is asked nothing after the first third of what is left,
+        answered or not, whatever it sends meanwhile (a flood kept each call reading until
+        its own timeout, 43 s in all): the rest is for a frame being handled and the
+        final dump (~1.5 s for 50k sites on a loaded 2-core host), which need no agent."""
         if not self._stop:
             self.end_reason = reason
+        channel = self.channel
+        if by is not None and channel is not None:
+            now = time.monotonic()
+            cutoff = now + max(0.0, by - now) / 3
+            channel.cutoff = cutoff if channel.cutoff is None else min(cutoff, channel.cutoff)
         self._stop = True
         self._wake()
 
@@ -829,7 +839,7 @@ class Session:
             if channel is not None:
                 self.censuses.stop(channel, self.end_reason or "detached")
                 channel.send(protocol.COMMAND, {"id": 0, "cmd": "detach"})
-                deadline = time.monotonic() + 3.0
+                deadline = channel.until(time.monotonic() + 3.0)
                 while time.monotonic() < deadline:
                     if not channel.wait(0.1):
                         break

@@ -271,7 +271,9 @@ class AttachChild:
         self.attached_at: float | None = None  # when the session was handed over
         self.end_reason: str | None = None  # from its "ended" event (for the log)
         self.by_user = False  # its "ended" event: `heapspy detach` ended the session
+        self.dropped_stacks = 0  # its "ended" event: stacks the session could not keep
         self.stop_reason: str | None = None  # why the daemon asked it to stop
+        self.stop_by: float | None = None  # when it must be done, if the daemon said
         self.early: list[str] = []  # what it said before attaching (the error, if any)
         self.session: SessionThread | None = None  # once handed over
         self._released: list[str] = []  # lines to log, released by the hand-over
@@ -327,6 +329,8 @@ class AttachChild:
         elif kind == "ended":
             self.end_reason = str(event.get("reason") or "")
             self.by_user = event.get("by_user") is True
+            dropped = event.get("dropped_stacks")
+            self.dropped_stacks = dropped if isinstance(dropped, int) else 0
 
     def _take_over(self, data: bytes, fds: list[int]) -> None:
         """The helper sent its session: run it here from now on."""
@@ -343,7 +347,7 @@ class AttachChild:
         thread = SessionThread(session, self.config, self.prefix, self._thread_event, self._wake)
         self.session = thread
         if self.stop_reason is not None:  # asked to stop while it was on its way
-            thread.stop(self.stop_reason)
+            thread.stop(self.stop_reason, self.stop_by)
         thread.start()
 
     def _thread_event(self, kind: str, event: dict[str, object]) -> None:
@@ -430,12 +434,15 @@ class AttachChild:
             self._events = None
         return lines
 
-    def stop(self, reason: str) -> None:
-        """Ask it to detach: it writes its final dump and ends."""
+    def stop(self, reason: str, by: float | None = None) -> None:
+        """Ask it to detach: it writes its final dump and ends (by ``by``, a
+        ``time.monotonic`` deadline, if given: see ``Session.request_stop``)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        if by is not None:
+            self.stop_by = by if self.stop_by is None else min(by, self.stop_by)
         if self.session is not None:
-            self.session.stop(reason)
+            self.session.stop(reason, self.stop_by)
         else:
             self._signal(signal.SIGTERM)
 

@@ -105,9 +105,9 @@ class SessionThread:
             session.outside.close()
             session.lock.release()
 
-    def stop(self, reason: str) -> None:
-        """Ask it to detach (its final dump included)."""
-        self.session.request_stop(reason)
+    def stop(self, reason: str, by: float | None = None) -> None:
+        """Ask it to detach (its final dump included), by ``by`` if given."""
+        self.session.request_stop(reason, by)
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)

@@ -412,16 +412,23 @@ class Supervisor:
             entry.busy = True
         else:
             ran = time.monotonic() - child.attached_at if child.attached_at else 0.0
-            if ran >= self.config.retry_max:
+            # an agent that sent more stacks than a session keeps (a flood costs the daemon
+            # seconds of CPU each time) is not attached again before retry_max, whatever
+            # its session lasted: a target cannot make the daemon re-attach every backoff
+            flooded = code == 0 and child.dropped_stacks > 0
+            if flooded:
+                entry.failures = 32
+            elif ran >= self.config.retry_max:
                 entry.failures = 0  # a long session: start the backoff afresh
             entry.busy = False
             delay = self._schedule(entry)
             if code == 0:
                 why = child.end_reason or "no reason given"
                 log.warning(
-                    "%s session ended while the process runs (%s); attaching again in %s",
+                    "%s session ended while the process runs (%s)%s; attaching again in %s",
                     entry.prefix,
                     why,
+                    f" after {child.dropped_stacks} stacks were dropped" if flooded else "",
                     delay,
                 )
             else:
@@ -449,7 +456,7 @@ class Supervisor:
         self.notifier.stopping(f"stopping: detaching from {_processes(len(running))}")
         for entry in running:
             assert entry.child is not None
-            entry.child.stop("the daemon is stopping")
+            entry.child.stop("the daemon is stopping", by=self._deadline)
 
     def _kill_stragglers(self) -> None:
         running = self._running()
@@ -492,10 +499,10 @@ class Supervisor:
     def _abort(self) -> None:
         """The loop failed: still give every session the chance to detach cleanly."""
         running = self._running()
+        deadline = time.monotonic() + self.config.stop_timeout
         for entry in running:
             assert entry.child is not None
-            entry.child.stop("the daemon failed")
-        deadline = time.monotonic() + self.config.stop_timeout
+            entry.child.stop("the daemon failed", by=deadline)
         for entry in running:
             assert entry.child is not None
             if entry.child.wait(max(0.1, deadline - time.monotonic())) is None:
