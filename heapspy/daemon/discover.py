@@ -29,6 +29,7 @@ import psutil
 
 from heapspy.daemon.config import Watch
 from heapspy.daemon.match import ProcessFacts, is_heapspy, matches
+from heapspy.target.process import read_proc_once
 
 Key = tuple[int, float]  # (pid, create_time)
 
@@ -108,16 +109,9 @@ RECHECK = 5
 def _start_and_state(pid: int) -> tuple[bytes, bytes] | None:
     """The start time (clock ticks since boot, as text) and state letter of ``pid``,
     from one read of /proc/PID/stat; None when it is gone."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    stat = read_proc_once(pid, "stat", 4096)
+    if stat is None:
         return None
-    try:
-        stat = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces and ")"
     return (fields[19], fields[0]) if len(fields) > 19 else None
 

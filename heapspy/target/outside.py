@@ -21,7 +21,7 @@ import psutil
 
 from heapspy.aggregate import ProcessFacts
 from heapspy.oomwatch import CgroupWatch
-from heapspy.target.process import has_exited
+from heapspy.target.process import has_exited, read_proc_once
 
 
 def cmdline(pid: int) -> list[str] | None:
@@ -60,16 +60,9 @@ def _open_proc(pid: int, name: str, flags: int = 0) -> int:
 def _uss(pid: int) -> int | None:
     """Private bytes (``Private_Clean`` + ``Private_Dirty`` + ``Private_Hugetlb``), as
     psutil's ``memory_full_info().uss``."""
-    try:
-        fd = _open_proc(pid, "smaps_rollup")
-    except OSError:
+    text = read_proc_once(pid, "smaps_rollup", 16384)
+    if text is None:
         return None
-    try:
-        text = os.read(fd, 16384)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     kib = 0
     for line in text.splitlines():
         if line.startswith(b"Private_"):

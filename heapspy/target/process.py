@@ -68,6 +68,23 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
+def read_proc_once(pid: int, name: str, limit: int) -> bytes | None:
+    """``/proc/PID/NAME`` in one read of at most ``limit`` bytes (the kernel renders
+    stat, statm and smaps_rollup whole on the first read); None when the process has
+    gone or the file cannot be read. The daemon reads these for every worker it watches,
+    so no file object and no second read."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def start_time(pid: int) -> int:
     """When ``pid`` started, in clock ticks after boot: fixed for the life of a process,
     so a pid that now names another process shows a different value."""

@@ -319,6 +319,16 @@ def _daemon_log(log: Path, pattern: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"no {pattern!r} in the daemon's log:\n{log.read_text()}")
 
 
+def _start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """heapspy's daemon on ``config``, its output in ``log`` (read by _daemon_log)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def test_the_daemon_is_not_fooled_by_what_the_target_says(fake: object, tmp_path: Path) -> None:
     """The end reason "detached by `heapspy detach`" once made the daemon's stderr regex
     conclude a user had detached, and leave the process unprofiled; now only the child's
@@ -333,12 +343,7 @@ def test_the_daemon_is_not_fooled_by_what_the_target_says(fake: object, tmp_path
         f'dump_dir = "{tmp_path / "dumps"}"\n'
     )
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = _start_daemon(config, log)
     try:
         ended = rf"\[w {target.pid}\] session ended while the process runs .*attaching again"
         _daemon_log(log, ended)
@@ -407,12 +412,7 @@ def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
     log = tmp_path / "daemon.log"
     try:
         assert real.stdout is not None and real.stdout.readline().startswith("READY")
-        with open(log, "w") as out:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        daemon = _start_daemon(config, log)
         try:
             pid = {s: t.pid for s, t in fakes.items()}  # type: ignore[attr-defined]
             _daemon_log(log, rf"\[w {pid['bad-json']}\] not profiled \(exit 18\)")
@@ -487,12 +487,7 @@ def test_a_stopping_daemon_cuts_a_flooding_session_off(fake: object, tmp_path: P
         f'dump_dir = "{dumps}"\n'
     )
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "heapspy", "daemon", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = _start_daemon(config, log)
     try:
         _daemon_log(log, rf"\[w {target.pid}\] attached to ")
         deadline = time.monotonic() + 60
