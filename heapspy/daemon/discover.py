@@ -29,7 +29,7 @@ import psutil
 
 from heapspy.daemon.config import Watch
 from heapspy.daemon.match import ProcessFacts, is_heapspy, matches
-from heapspy.target.process import read_proc_once
+from heapspy.target.process import read_proc_once, stat_fields
 
 Key = tuple[int, float]  # (pid, create_time)
 
@@ -112,7 +112,7 @@ def _start_and_state(pid: int) -> tuple[bytes, bytes] | None:
     stat = read_proc_once(pid, "stat", 4096)
     if stat is None:
         return None
-    fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces and ")"
+    fields = stat_fields(stat)
     return (fields[19], fields[0]) if len(fields) > 19 else None
 
 

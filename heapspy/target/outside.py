@@ -21,7 +21,7 @@ import psutil
 
 from heapspy.aggregate import ProcessFacts
 from heapspy.oomwatch import CgroupWatch
-from heapspy.target.process import has_exited, read_proc_once
+from heapspy.target.process import has_exited, read_proc_once, stat_fields
 
 
 def cmdline(pid: int) -> list[str] | None:
@@ -102,7 +102,7 @@ class Outside:
     def _cpu_percent(self, stat: bytes) -> float:
         """Percent of one core since the last interval, as psutil's ``cpu_percent``:
         0.0 the first time."""
-        fields = stat[stat.rindex(b")") + 2 :].split()  # comm may hold spaces and ")"
+        fields = stat_fields(stat)
         used = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
         now = time.monotonic()
         last, self._cpu_at = self._cpu_at, (now, used)

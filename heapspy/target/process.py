@@ -85,6 +85,13 @@ def read_proc_once(pid: int, name: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
+def stat_fields(stat: bytes) -> list[bytes]:
+    """The fields of a ``/proc/PID/stat`` after the command name, the state first (so
+    field N of proc(5) is item N - 3): the name may hold spaces and ")", so they are
+    counted from the last ")"."""
+    return stat.rpartition(b")")[2].split()
+
+
 def start_time(pid: int) -> int:
     """When ``pid`` started, in clock ticks after boot: fixed for the life of a process,
     so a pid that now names another process shows a different value."""
@@ -93,8 +100,7 @@ def start_time(pid: int) -> int:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"No process with pid {pid}.") from None
-    # the name (field 2) may hold spaces and parentheses: count from the last ")"
-    return int(data.rsplit(b")", 1)[1].split()[19])
+    return int(stat_fields(data)[19])
 
 
 def _gone_message(pid: int) -> str:
