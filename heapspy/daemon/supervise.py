@@ -54,6 +54,9 @@ log = logging.getLogger("heapspy.daemon")
 # target (a crafted ELF, a hostile filesystem), which must not keep one of the
 # max_attaching slots from every other target.
 ATTACH_GRACE = 10.0
+# Failures counted towards the backoff at most: retry_backoff doubled this many times is
+# past any retry_max, so an entry at it waits retry_max (a flooder is put there at once).
+MAX_FAILURES = 32
 
 
 class State(enum.Enum):
@@ -363,7 +366,7 @@ class Supervisor:
 
     def _schedule(self, entry: Entry) -> str:
         """Wait before the next attempt: retry_backoff, doubling up to retry_max."""
-        entry.failures = min(entry.failures + 1, 32)
+        entry.failures = min(entry.failures + 1, MAX_FAILURES)
         delay = min(self.config.retry_backoff * 2 ** (entry.failures - 1), self.config.retry_max)
         entry.retry_at = time.monotonic() + delay
         entry.state = State.WAITING
@@ -417,7 +420,7 @@ class Supervisor:
             # its session lasted: a target cannot make the daemon re-attach every backoff
             flooded = code == 0 and child.dropped_stacks > 0
             if flooded:
-                entry.failures = 32
+                entry.failures = MAX_FAILURES  # the next wait is retry_max
             elif ran >= self.config.retry_max:
                 entry.failures = 0  # a long session: start the backoff afresh
             entry.busy = False
