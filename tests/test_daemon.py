@@ -228,11 +228,7 @@ def test_scans_look_again_at_what_may_have_changed(tmp_path: Path) -> None:
     go = tmp_path / "go"
     sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
     code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
-    # started by a shell that exits at once: not a descendant of this process (the scan
-    # never returns the scanner's own descendants)
-    out = subprocess.run(["sh", "-c", f"sh -c '{code}' {tag} >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    pid = int(out.stdout)
+    pid = _not_our_child(code, tag)
     try:
         scanner = Scanner(young=0.0, recheck=3)
         assert pid not in _pids(scanner.scan(cfg.watches))  # sh: one tag, not two
@@ -246,6 +242,37 @@ def test_scans_look_again_at_what_may_have_changed(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: _gone(pid), 10)
     assert pid not in _pids(scanner.scan(cfg.watches))
+
+
+def _not_our_child(code: str, arg0: str) -> int:
+    """The pid of ``sh -c code arg0`` started by a shell that exits at once: not a
+    descendant of this process (the scan never returns the scanner's own descendants)."""
+    out = subprocess.run(["sh", "-c", f"sh -c '{code}' {arg0} >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout)
+
+
+def test_scans_leave_processes_held_by_a_session_alone(tmp_path: Path) -> None:
+    """A process a running session holds is returned as last found without being looked
+    at, even in its recheck round (here every scan is one): an exec to a command line no
+    watch wants drops it from the scan only once the session has let it go."""
+    tag = f"hs-{uuid.uuid4().hex[:8]}-"
+    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}"\n')
+    go = tmp_path / "go"
+    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec sleep 600'
+    pid = _not_our_child(code, tag)
+    try:
+        scanner = Scanner(young=0.0, recheck=1)
+        [key] = [k for k in scanner.scan(cfg.watches) if k[0] == pid]
+        go.touch()
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert wait_for(lambda: tag.encode() not in cmdline.read_bytes(), 10)
+        assert key in scanner.scan(cfg.watches, held={key})
+        assert key in scanner.scan(cfg.watches, held={key})
+        assert key not in scanner.scan(cfg.watches)  # let go: looked at, and not wanted
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _pids(found: dict[tuple[int, float], Found]) -> set[int]:

@@ -257,7 +257,7 @@ class Supervisor:
     # --- finding targets and starting children ----------------------------------
     def _scan(self) -> None:
         try:
-            found = self._scanner.scan(self.config.watches)
+            found = self._scanner.scan(self.config.watches, {e.key for e in self._running()})
         except (OSError, psutil.Error) as exc:
             log.error("cannot scan processes: %s", exc)
             return
