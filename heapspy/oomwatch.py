@@ -8,12 +8,22 @@ dump when the working set comes within ``margin`` of the limit or when the kerne
 started reclaiming at the limit (v2 ``memory.events`` ``max``/``oom`` moved; v1
 ``memory.failcnt``). After the worker dies, ``oom_kills`` says whether the kernel's
 OOM killer struck its cgroup meanwhile, so the final dump can say so.
+
+The slow reading is done for every running session of the process at once, by one
+thread (``_Monitor``): it reads each cgroup once a second and wakes the sessions of one
+that comes near its limit or where the kernel starts reclaiming. Far from the limit a
+session's loop then never wakes for its cgroup by itself; it reads it only when it wakes
+anyway (an agent's frame). A daemon with 64 idle-ish workers in one unit otherwise woke
+64 loops a second to read one cgroup.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from heapspy.cgroup import MemoryCgroup, MemoryState, locate, read_state
 
@@ -78,6 +88,8 @@ class CgroupWatch:
     _seen: dict[str, int] | None = None
     _next_poll: float = 0.0
     _fired_at: float | None = None
+    _wake: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    _alerted: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def for_pid(cls, pid: int, last_chance: bool = True) -> CgroupWatch | None:
@@ -106,12 +118,34 @@ class CgroupWatch:
         """When a session's loop must wake for the poll if nothing woke it before: far
         from the limit, EARLY after ``next_poll`` (a poll then comes at the agent's next
         frame, see ``poll``); near it, at ``next_poll``."""
-        return self._next_poll + (0.0 if self._near() else EARLY)
+        if self._near():
+            return self._next_poll
+        # far, and followed: the monitor wakes the loop when the cgroup comes near
+        return math.inf if self._wake is not None else self._next_poll + EARLY
+
+    def follow(self, wake: Callable[[], None]) -> None:
+        """Have the process's monitor read the cgroup while far from its limit, and call
+        ``wake`` (from its thread) when a poll is needed now; ``unfollow`` undoes it."""
+        self._wake = wake
+        _monitor.add(self)
+
+    def unfollow(self) -> None:
+        _monitor.remove(self)
+        self._wake = None
+
+    def alert(self) -> None:
+        """The monitor saw the cgroup near its limit or reclaiming: poll at the next
+        wake, which this brings now."""
+        self._alerted = True
+        wake = self._wake
+        if wake is not None:
+            wake()
 
     def poll(self, now: float) -> str | None:
-        """Read the cgroup when due (far from the limit, up to EARLY before); the reason
-        for a last-chance dump, or None."""
-        if now < self._next_poll - (0.0 if self._near() else EARLY):
+        """Read the cgroup when due (far from the limit, up to EARLY before) or alerted;
+        the reason for a last-chance dump, or None."""
+        alerted, self._alerted = self._alerted, False
+        if not alerted and now < self._next_poll - (0.0 if self._near() else EARLY):
             return None
         fresh = _read_shared(self.cgroup, now)
         if fresh is None:
@@ -152,3 +186,57 @@ class CgroupWatch:
         out = self.state.as_json()
         out.update(version=self.cgroup.version, name=self.cgroup.name)
         return out
+
+
+class _Monitor:
+    """The one thread that reads, once per SLOW_POLL, each cgroup that a running session
+    of this process follows (module docstring). Runs while any session follows one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[int, CgroupWatch] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: CgroupWatch) -> None:
+        with self._lock:
+            self._watches[id(watch)] = watch
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="heapspy:cgroups", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, watch: CgroupWatch) -> None:
+        with self._lock:
+            self._watches.pop(id(watch), None)
+
+    def _run(self) -> None:
+        seen: dict[MemoryCgroup, dict[str, int]] = {}
+        while True:
+            with self._lock:
+                if not self._watches:
+                    self._thread = None  # a later add() starts another
+                    return
+                watches = list(self._watches.values())
+            groups: dict[MemoryCgroup, list[CgroupWatch]] = {}
+            for watch in watches:
+                groups.setdefault(watch.cgroup, []).append(watch)
+            now = time.monotonic()
+            for cg, group in groups.items():
+                state = _read_shared(cg, now)
+                if state is None:
+                    continue
+                last = seen.get(cg)
+                # a cgroup read for the first time alerts too: its sessions began earlier
+                moved = last is None or any(
+                    state.events.get(k, 0) > last.get(k, 0) for k in _PRESSURE_EVENTS
+                )
+                seen[cg] = dict(state.events)
+                if moved or _near(state):
+                    for watch in group:
+                        watch.alert()
+            seen = {cg: events for cg, events in seen.items() if cg in groups}
+            time.sleep(SLOW_POLL)
+
+
+_monitor = _Monitor()

@@ -390,9 +390,13 @@ class Session:
         if not channel.take_pending():
             return self.end_reason
         waker = self._waker = Waker()
+        if self.memcg is not None:
+            self.memcg.follow(self._wake)
         try:
             return self._run(channel, control, agent, waker, start, duration)
         finally:
+            if self.memcg is not None:
+                self.memcg.unfollow()
             self._waker = None
             waker.close()
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +127,38 @@ def test_far_from_the_limit_a_poll_rides_on_the_next_wake_near_it_keeps_time(
     assert watch.state.usage == 480 * MiB  # near: never early
     watch.poll(102.25)
     assert watch.state.usage == 481 * MiB
+
+
+def test_the_monitor_wakes_a_following_session_only_when_its_cgroup_needs_it(
+    tmp_path: Path,
+) -> None:
+    """Far from the limit a session that follows its cgroup has no poll of its own to
+    wake for (due: never); the process's monitor reads the cgroup and wakes it once it
+    comes near the limit, or when the kernel reclaims, and the next poll then reads it
+    whenever it comes."""
+    mnt, mountinfo = _v2_copy(tmp_path)
+    service = mnt / "system.slice" / "api.service"
+    (service / "memory.current").write_text(str(100 * MiB))  # far: 20 % of 512 MiB
+    cg = locate(1, mountinfo, (V2 / "proc_pid_cgroup").read_text())
+    assert cg is not None
+    state = read_state(cg)
+    assert state is not None
+    watch = CgroupWatch(cg, state, _seen=dict(state.events))
+    woken = threading.Event()
+    watch.follow(woken.set)
+    try:
+        assert watch.poll(time.monotonic()) is None
+        assert watch.due == math.inf and watch.next_poll < math.inf
+        assert woken.wait(30)  # the monitor's first reading of a cgroup wakes it once
+        woken.clear()
+        (service / "memory.current").write_text(str(502 * MiB + 32 * MiB))  # 98 %
+        assert woken.wait(30)
+        why = watch.poll(time.monotonic())  # not due by time: alerted
+        assert why is not None and "(98%)" in why, why
+        assert watch.due < math.inf  # near: it keeps FAST_POLL's time itself
+    finally:
+        watch.unfollow()
+    assert watch.due < math.inf
 
 
 def test_cgroup_and_psi_rules() -> None:
