@@ -212,5 +212,7 @@ def test_costly_collection_stretches_the_interval(
         session.run(duration=3.5)
     finally:
         session.detach()
-    assert session.aggregator.facts["interval"] == 1.0
+    # ~10 ms of CPU per collection here: 1 s, or a little more on a loaded machine whose
+    # caches make a collection cost over 20 ms (seen once); the tiny budget gave ~20 s
+    assert 1.0 <= session.aggregator.facts["interval"] <= 1.5, session.aggregator.facts
     assert session.aggregator.intervals >= 3
