@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from heapspy_agent.exact import LABEL_RATE
 from heapspy_agent.schema import EXACT, MAX_LABEL_SETS, OVERFLOW_FUNCTION, SAMPLED, Sampling
 
 from heapspy.frame_names import from_source
@@ -130,7 +131,7 @@ class Aggregator:
             return None
         if self.labelled is None:
             self.labelled = Aggregator(
-                Sampling(SAMPLED, 1 << 19, self.sampling.frames),
+                Sampling(SAMPLED, LABEL_RATE, self.sampling.frames),
                 symbolizer=self.symbolizer,
                 history=1,
                 qualify=self.qualify,
