@@ -534,7 +534,8 @@ class Supervisor:
             if entry.child is not None:
                 why = "its watch was removed" if watch is None else "its watch changed"
                 log.info("%s detaching: %s", entry.prefix, why)
-                entry.child.stop(why)
+                # as at a stop: an agent that floods cannot hold its detach up for long
+                entry.child.stop(why, by=time.monotonic() + new.stop_timeout)
             elif entry.state is State.WAITING:
                 del self.entries[entry.key]  # looked at afresh by the next scan
         log.info(

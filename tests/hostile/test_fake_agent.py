@@ -500,3 +500,38 @@ def test_a_stopping_daemon_cuts_a_flooding_session_off(fake: object, tmp_path: P
     assert "did not detach within" not in text, text[-3000:]
     assert "stopped: every session detached" in text, text[-3000:]
     assert sorted(dumps.glob(f"heap-{target.pid}-*-final.pb.gz")), text[-3000:]
+
+
+@pytest.mark.soak
+def test_a_reload_cuts_a_flooding_session_off(fake: object, tmp_path: Path) -> None:
+    """A reload that changes a watch detaches its sessions with stop_timeout's deadline,
+    as a stop does: against an agent that floods and answers nothing, the detach once
+    had none, and took ~43 s (see the test above)."""
+    tag = f"tag{os.getpid()}x{time.monotonic_ns()}"
+    target = fake("endless-flood", tag)  # type: ignore[operator]
+    dumps = tmp_path / "dumps"
+    config = tmp_path / "heapspy.toml"
+    text = (
+        '[daemon]\nscan_interval = "0.2s"\nsettle = "0.2s"\nstop_timeout = "3s"\n'
+        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\nmethod = "ptrace"\ncensus = false\n'
+        f'dump_dir = "{dumps}"\n'
+    )
+    config.write_text(text)
+    log = tmp_path / "daemon.log"
+    daemon = _start_daemon(config, log)
+    try:
+        _daemon_log(log, rf"\[w {target.pid}\] attached to ")
+        deadline = time.monotonic() + 60
+        while _intervals(target.pid) < 2 and time.monotonic() < deadline:  # flooding now
+            time.sleep(0.2)
+        config.write_text(text + 'rate = "1MiB"\n')
+        daemon.send_signal(signal.SIGHUP)
+        _daemon_log(log, rf"\[w {target.pid}\] detaching: its watch changed")
+        # 3 s allowed: ten times that, where the undeadlined detach took ~43 s
+        deadline = time.monotonic() + 30
+        while not sorted(dumps.glob(f"heap-{target.pid}-*-final.pb.gz")):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=90) == 0
