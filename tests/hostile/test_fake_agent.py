@@ -471,35 +471,47 @@ def test_hostile_agents_cannot_hurt_the_daemons_other_sessions(
         assert sorted(dumps.glob(f"heap-{pid['stall']}-*-final.pb.gz"))
 
 
+def _flood_config(fake: object, tmp_path: Path, stop_timeout: str) -> tuple[int, str]:
+    """An endless flooder and the text of a daemon config watching it (in
+    ``tmp_path/heapspy.toml``, dumps in ``tmp_path/dumps``)."""
+    tag = f"tag{os.getpid()}x{time.monotonic_ns()}"
+    target = fake("endless-flood", tag)  # type: ignore[operator]
+    text = (
+        f'[daemon]\nscan_interval = "0.2s"\nsettle = "0.2s"\nstop_timeout = "{stop_timeout}"\n'
+        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\nmethod = "ptrace"\ncensus = false\n'
+        f'dump_dir = "{tmp_path / "dumps"}"\n'
+    )
+    (tmp_path / "heapspy.toml").write_text(text)
+    return target.pid, text
+
+
+def _flooded(log: Path, pid: int) -> None:
+    """Once the daemon has attached to the flooder and the flood is on."""
+    _daemon_log(log, rf"\[w {pid}\] attached to ")
+    deadline = time.monotonic() + 60
+    while _intervals(pid) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 @pytest.mark.soak
 def test_a_stopping_daemon_cuts_a_flooding_session_off(fake: object, tmp_path: Path) -> None:
     """An agent that floods until heapspy hangs up, and answers nothing, once kept each
     call of the detach (memory, types, retainers, then the detach's own wait) reading
     until its timeout: 5 + 30 + 5 + 3 s, past stop_timeout, and the daemon exited without
     the session's final dump. Now the agent is asked nothing after a third of stop_timeout."""
-    tag = f"tag{os.getpid()}x{time.monotonic_ns()}"
-    target = fake("endless-flood", tag)  # type: ignore[operator]
-    dumps = tmp_path / "dumps"
-    config = tmp_path / "heapspy.toml"
-    config.write_text(  # the default stop_timeout: the detach once took ~43 s here
-        '[daemon]\nscan_interval = "0.2s"\nsettle = "0.2s"\nstop_timeout = "20s"\n'
-        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\nmethod = "ptrace"\ncensus = false\n'
-        f'dump_dir = "{dumps}"\n'
-    )
+    # the default stop_timeout: the detach once took ~43 s here
+    pid, _ = _flood_config(fake, tmp_path, "20s")
     log = tmp_path / "daemon.log"
-    daemon = _start_daemon(config, log)
+    daemon = _start_daemon(tmp_path / "heapspy.toml", log)
     try:
-        _daemon_log(log, rf"\[w {target.pid}\] attached to ")
-        deadline = time.monotonic() + 60
-        while _intervals(target.pid) < 2 and time.monotonic() < deadline:  # flooding now
-            time.sleep(0.2)
+        _flooded(log, pid)
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=90) == 0
     text = log.read_text(errors="replace")
     assert "did not detach within" not in text, text[-3000:]
     assert "stopped: every session detached" in text, text[-3000:]
-    assert sorted(dumps.glob(f"heap-{target.pid}-*-final.pb.gz")), text[-3000:]
+    assert sorted((tmp_path / "dumps").glob(f"heap-{pid}-*-final.pb.gz")), text[-3000:]
 
 
 @pytest.mark.soak
@@ -507,29 +519,17 @@ def test_a_reload_cuts_a_flooding_session_off(fake: object, tmp_path: Path) -> N
     """A reload that changes a watch detaches its sessions with stop_timeout's deadline,
     as a stop does: against an agent that floods and answers nothing, the detach once
     had none, and took ~43 s (see the test above)."""
-    tag = f"tag{os.getpid()}x{time.monotonic_ns()}"
-    target = fake("endless-flood", tag)  # type: ignore[operator]
-    dumps = tmp_path / "dumps"
-    config = tmp_path / "heapspy.toml"
-    text = (
-        '[daemon]\nscan_interval = "0.2s"\nsettle = "0.2s"\nstop_timeout = "3s"\n'
-        f'[[watch]]\nname = "w"\ncmdline = "{tag}"\nmethod = "ptrace"\ncensus = false\n'
-        f'dump_dir = "{dumps}"\n'
-    )
-    config.write_text(text)
+    pid, text = _flood_config(fake, tmp_path, "3s")
     log = tmp_path / "daemon.log"
-    daemon = _start_daemon(config, log)
+    daemon = _start_daemon(tmp_path / "heapspy.toml", log)
     try:
-        _daemon_log(log, rf"\[w {target.pid}\] attached to ")
-        deadline = time.monotonic() + 60
-        while _intervals(target.pid) < 2 and time.monotonic() < deadline:  # flooding now
-            time.sleep(0.2)
-        config.write_text(text + 'rate = "1MiB"\n')
+        _flooded(log, pid)
+        (tmp_path / "heapspy.toml").write_text(text + 'rate = "1MiB"\n')
         daemon.send_signal(signal.SIGHUP)
-        _daemon_log(log, rf"\[w {target.pid}\] detaching: its watch changed")
+        _daemon_log(log, rf"\[w {pid}\] detaching: its watch changed")
         # 3 s allowed: ten times that, where the undeadlined detach took ~43 s
         deadline = time.monotonic() + 30
-        while not sorted(dumps.glob(f"heap-{target.pid}-*-final.pb.gz")):
+        while not sorted((tmp_path / "dumps").glob(f"heap-{pid}-*-final.pb.gz")):
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
     finally:
