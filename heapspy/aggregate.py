@@ -102,7 +102,9 @@ class Aggregator:
     totals: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     series: deque[Point] = field(default_factory=deque)
-    intervals: int = 0
+    intervals: int = 0  # the agent's collections (a frame may stand for several)
+    last_seq: int = 0  # the ``seq`` of the last SAMPLES frame
+    reports: int = 0  # SAMPLES frames folded in
     streaks: dict[int, int] = field(default_factory=dict)  # site -> intervals grown in a row
     qualify: bool = False  # target < 3.11: frame names are co_name only
     dropped_stacks: int = 0  # stacks not kept: beyond the limits above
@@ -334,11 +336,20 @@ class Aggregator:
             if site is not None:
                 c = site.carried
                 site.variance = (c[4] + float(a_n), c[5] + float(a_b), float(l_n), float(l_b))
+        # A frame whose seq is more than one past the last stands for the collections
+        # held back meanwhile (agent/heapspy_agent/quiet.py): they had nothing live
+        # changed, so nothing grew in them and the streaks started again.
+        seq = int(body.get("seq", 0))
+        spanned = seq - self.last_seq if self.last_seq and seq > self.last_seq else 1
+        self.last_seq = seq
+        if spanned > 1:
+            streaks = dict.fromkeys(streaks, 1)
         self.streaks = streaks
         self.evict(body.get("evicted", []))
         self.totals.update(body.get("totals", {}))
         self.facts.update(body.get("facts", {}))
-        self.intervals += 1
+        self.intervals += spanned
+        self.reports += 1
 
     def _name(self, func: str, filename: str, line: int) -> str:
         """The frame's qualified name, the same in both modes.

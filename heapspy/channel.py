@@ -30,10 +30,10 @@ from heapspy.errors import (
 
 # The agent gives up on a silent heapspy after its PEER_TIMEOUT (60 s): a daemon whose
 # threads wait long for the GIL (50 censuses at attach at load 50) needs the margin, and
-# 12 beats within it are plenty. Every beat is a send and a wake-up of the agent's thread
-# in the target, and in a daemon 50 sessions' beats compete for one GIL (every 0.5 s,
-# when PEER_TIMEOUT was 5 s, they were 100 sends a second).
-HEARTBEAT = 5.0
+# 4 beats within it are enough. Every beat is a send, a wake-up of the session's thread
+# and of the agent's thread in the target, and in a daemon 64 sessions' beats compete for
+# one GIL (every 0.5 s, when PEER_TIMEOUT was 5 s, they were 100 sends a second).
+HEARTBEAT = 15.0
 # An agent that died closes its socket (seen at once). Silence alone only means busy: a
 # tracemalloc snapshot of a large heap holds the agent for seconds, and a target starved
 # of CPU delays it further. So wait long before giving up on a silent agent.

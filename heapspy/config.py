@@ -23,6 +23,10 @@ class AttachConfig:
     rate: int = DEFAULT_RATE  # mean bytes between samples; 1 = exact (tracemalloc); 0 = totals
     frames: int = 64
     interval: float = 1.0
+    # a scheduled collection with nothing live changed waits up to this long to be sent,
+    # merged into the next (agent/heapspy_agent/quiet.py); 0: every interval, as asked
+    # for by a person watching; the daemon's watches default to DAEMON_IDLE_REPORT
+    idle_report: float = 0.0
     duration: float | None = None  # None: until detached
     attach_timeout: float = 10.0
     thread: int | None = None  # 3.14: run the bootstrap in this native thread instead of main
@@ -83,6 +87,24 @@ def check_duration(text: str | None, what: str = "duration") -> float | None:
     value = parse_duration(text, what)
     if value <= 0:
         raise UsageError(f"The {what} must be positive, got {text!r}.")
+    return value
+
+
+# What a daemon's watch waits at most, when nothing live changes, before its agent sends
+# what it collected: 64 idle workers then wake the daemon ~6 times a second, not 64.
+DAEMON_IDLE_REPORT = 10.0
+# idle_report's ceiling: heapspy gives up on an agent silent for 120 s (channel.py) and
+# the agent beats only when nothing went out for max(1 s, idle_report)
+MAX_IDLE_REPORT = 60.0
+
+
+def check_idle_report(value: float, interval: float, what: str = "idle report") -> float:
+    """0 (off: every interval is sent) or between the interval and MAX_IDLE_REPORT."""
+    if value != 0 and not interval <= value <= MAX_IDLE_REPORT:
+        raise UsageError(
+            f"The {what} must be 0 (off) or between the interval ({interval:g} s) and "
+            f"{MAX_IDLE_REPORT:g} s, got {value:g} s."
+        )
     return value
 
 

@@ -82,6 +82,8 @@ from heapspy.waker import Waker
 log = logging.getLogger("heapspy")
 
 Progress = Callable[[str, float], None]
+# How long a dump waits for the agent's collection (exact mode on a big heap: seconds)
+COLLECT_TIMEOUT = 30.0
 
 
 @dataclass
@@ -223,6 +225,7 @@ class Session:
         return {
             "sampling": self.config.sampling.to_json(),
             "interval": self.config.interval,
+            "idle_report": self.config.idle_report,
             "collect_budget": self.config.collect_budget,
             "require_sampling": self.config.require_sampling,
             "native": self.config.native,
@@ -743,6 +746,7 @@ class Session:
             busy = stacks.source != AGENT  # the agent did not answer: do not wait again
         held = None
         if not busy:
+            self.collect_now()
             self.classify_types()  # inuse_* by type (the label `type`)
             if wanted(rule):
                 held = self.find_retainers(leak=rule.startswith("leak"))
@@ -752,6 +756,23 @@ class Session:
         memory = measure(self.target.pid, None) if busy else self.memory()
         side = self.sidecar(rule, memory, stacks, offender, held)
         return self.policy.write(profile, self.target.pid, rule, side)
+
+    def collect_now(self) -> None:
+        """Have the agent collect and send what it holds now, before a dump: a frame held
+        back in a quiet interval (``idle_report``) is in it. Sampled mode's ``types`` call
+        (classify_types) has the agent do that first anyway; without idle_report the last
+        frame is at most an interval old, as it always was (an exact collection of a big
+        heap costs the target seconds)."""
+        if (
+            self.channel is None
+            or self.violation
+            or not self.config.idle_report
+            or self.aggregator.sampling.mode == SAMPLED
+        ):
+            return
+        reply = self._agent_call("sample", timeout=COLLECT_TIMEOUT)
+        if not reply.get("ok"):
+            log.info("the dump holds the figures of the last interval sent: %s", reply.get("error"))
 
     def classify_types(self) -> float | None:
         """Have the agent name the type of every live sample (sampled mode; heapspy_agent.
@@ -803,6 +824,8 @@ class Session:
         info = asdict(self.info) if self.info else {}
         info["heap_estimate"] = self.aggregator.heap_estimate()
         info["intervals"] = self.aggregator.intervals
+        info["reports"] = self.aggregator.reports  # fewer in quiet times: idle_report
+        info["idle_report"] = self.config.idle_report
         info["holder_pid"] = os.getpid()
         sampling = self.aggregator.sampling  # as now, after any `heapspy rate`
         info["mode"] = sampling.mode

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 import pytest
@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 
 from heapspy import control, registry
 from heapspy.cli import attach as attach_cli
-from heapspy.config import AttachConfig
+from heapspy.config import DAEMON_IDLE_REPORT, AttachConfig
 from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DaemonConfig, default_dump_root, load_config
 from heapspy.daemon.discover import Found, Scanner
@@ -44,6 +44,7 @@ from heapspy.daemon.match import is_heapspy, unit_from_cgroup
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
 from heapspy.errors import HeapspyError, NoSession
+from heapspy.pprof import read_profile
 from heapspy.session import Session
 from heapspy.units import size_text
 
@@ -78,6 +79,13 @@ WATCH = '[[watch]]\nname = "api"\ncmdline = "gunicorn"\n'
         (WATCH + 'frames = "64"\n', 'watch "api", key "frames"', "expected an integer"),
         (WATCH + 'interval = "soon"\n', 'watch "api", key "interval"', "Invalid interval"),
         (WATCH + "interval = 0\n", 'watch "api", key "interval"', "must be positive"),
+        (
+            WATCH + 'interval = "5s"\nidle_report = "2s"\n',
+            'watch "api", key "idle_report"',
+            "between the interval (5 s) and 60 s, got 2 s",
+        ),
+        (WATCH + 'idle_report = "2m"\n', 'watch "api", key "idle_report"', "and 60 s, got 120 s"),
+        (WATCH + 'idle_report = "-1s"\n', 'watch "api", key "idle_report"', "Invalid"),
         (WATCH + 'dump_on = ["rss>lots"]\n', 'watch "api", key "dump_on"', "Invalid dump rule"),
         (WATCH + "dump_on = [1]\n", 'watch "api", key "dump_on"', "array of strings"),
         (WATCH + "keep = 0\n", 'watch "api", key "keep"', "at least 1"),
@@ -148,8 +156,11 @@ def test_defaults_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     api, b = cfg.watches
     assert api.selectors.unit == "gunicorn.service"  # a bare name is a service, as systemctl
     assert api.selectors.user == 33
-    # a watch takes a census at attach by default, as `heapspy attach` does
-    assert api.attach == AttachConfig(dump_dir=default_dump_root() / "api", census=True)
+    # a watch takes a census at attach by default, as `heapspy attach` does; unlike it, a
+    # quiet worker's collections are sent only every 10 s
+    assert api.attach == AttachConfig(
+        dump_dir=default_dump_root() / "api", census=True, idle_report=DAEMON_IDLE_REPORT
+    )
     assert b.attach.dump_dir == tmp_path / "rel" / "dumps"  # relative to the config file
     assert (cfg.scan_interval, cfg.settle, cfg.stop_timeout) == (2.0, 2.0, 20.0)
     expected = Path("/var/lib/heapspy/dumps") if os.geteuid() == 0 else tmp_path / "heapspy-dumps"
@@ -171,13 +182,14 @@ def test_attach_command_reads_back_the_same_config(
     """What a child is told on its command line is exactly the watch's AttachConfig."""
     text = WATCH + (
         'rate = "1536KiB"\nframes = 17\ninterval = "250ms"\nattach_timeout = "90s"\n'
+        'idle_report = "2500ms"\n'
         'method = "ptrace"\nnudge = false\ndump_on = ["rss>1.5GiB", "every 15m", "leak:3", '
         '"thread-growth>50/10m,action=log", "tasks>1000,cooldown=1m"]\n'
         'dump_dir = "/srv/d"\nkeep = 7\nmax_bytes = 1000\nrequire_sampling = true\n'
         "final_dump = false\ncensus = false\n"
     )
     native = WATCH + 'rate = "64KiB"\nnative = true\nnative_frames = true\nretainers = true\n'
-    for body in (text, WATCH + "rate = 1\n", native):
+    for body in (text, WATCH + "rate = 1\n", native, WATCH + 'interval = "30s"\n'):
         watch = _load(tmp_path, body).watches[0]
         argv = attach_argv(4242, watch.attach)
         assert argv[:5] == [sys.executable, "-m", "heapspy", "attach", "4242"]
@@ -724,6 +736,45 @@ def test_killed_daemon_takes_its_sessions_down(
     assert _finals(dumps, target.pid) == []
     for left in (Path(os.environ["HEAPSPY_RUNTIME_DIR"]) / "sessions").glob(f"{target.pid}.*"):
         left.unlink()  # a SIGKILLed holder leaves its lock file (the next attach takes it)
+
+
+def _status(pid: int) -> dict[str, Any]:
+    return dict(control.request(pid, "status", timeout=5)["status"])
+
+
+def test_quiet_workers_report_every_10s_and_dumps_are_current(
+    spawn: Spawn, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A watch's default idle_report: an idle-ish worker's collections reach the daemon
+    merged, a few at a time; `heapspy dump` in a quiet period still holds every
+    allocation (the agent collects and sends first). At 4 KiB each 64 KiB block is
+    sampled (a miss: e^-16), so the dump's count is exactly the worker's own."""
+    tag, dumps = _tag(), tmp_path / "dumps"
+    worker = spawn(_ptrace_interp(), "quiet_worker.py", tag)
+    extra = 'rate = "4KiB"\ninterval = "0.5s"\ncensus = false\nlast_chance = false\n'
+    d = daemon(FAST + _watch(tag, dumps, extra=extra))
+    d.attached(worker.pid)
+    os.kill(worker.pid, signal.SIGUSR1)  # grow and churn
+    assert _wait(lambda: worker.state()["grow"] > 0)
+    os.kill(worker.pid, signal.SIGUSR1)  # churn only: allocations freed at once
+    assert _wait(lambda: worker.state()["phase"] == 2)
+    first = _status(worker.pid)
+    assert first["idle_report"] == DAEMON_IDLE_REPORT
+
+    def merged() -> bool:
+        now = _status(worker.pid)
+        return now["intervals"] - first["intervals"] >= now["reports"] - first["reports"] + 3
+
+    assert _wait(merged), _status(worker.pid)
+    os.kill(worker.pid, signal.SIGUSR1)  # stop: the counts are final once settled
+    assert _wait(lambda: worker.state()["settled"])
+    truth = worker.state()
+    out = run_heapspy("dump", str(worker.pid))
+    assert out.returncode == 0, out.stderr
+    profile = read_profile(Path(out.stdout.strip()))
+    index = profile.sample_type_names.index("alloc_objects")
+    churned = [s.values[index] for s in profile.samples if s.stack[-1].function == "churn"]
+    assert churned == [truth["churn"]], truth
 
 
 def test_hand_detach_and_foreign_sessions_are_respected(

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 from heapspy_agent import census_walk, memstats, protocol, retainers, runtime, schema, stacks
 from heapspy_agent.census import Census, new_census
 from heapspy_agent.exact import LABEL_RATE, TracemallocCollector
+from heapspy_agent.quiet import QuietIntervals
 from heapspy_agent.sampled import ShimCollector, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
 
@@ -36,8 +37,9 @@ PEER_TIMEOUT = 60.0
 # blocks costs seconds of CPU (and the GIL), so exact mode on a big heap collects less
 # often rather than slow the target down. Sampled mode costs ~1-2 ms per interval.
 COLLECT_BUDGET = 0.02
-# Only when nothing else went out for that long: at the default interval the samples say
-# "alive" every second, and a daemon serving many targets wakes once per frame per target.
+# Only when nothing else went out for that long (or for idle_report, when longer): at the
+# default interval the samples say "alive" every second, or at least every idle_report,
+# and a daemon serving many targets wakes once per frame per target.
 HEARTBEAT = 1.0
 PAGE = 4096
 # The target's exit waits for one last collection only if collections are this cheap
@@ -111,6 +113,8 @@ class Agent:
         # the totals and facts as last sent: a SAMPLES frame carries those that changed
         self._sent = {}  # type: Dict[str, Dict[str, Any]]
         self.base_interval = self.interval = 1.0  # seconds; set from the config in _serve
+        # scheduled collections with nothing live changed wait (quiet.py); set in _serve
+        self.quiet = QuietIntervals(0.0, 1.0)
         self.budget = COLLECT_BUDGET
         self.shim: Optional[Shim] = None
         self.shim_problem = ""
@@ -231,6 +235,9 @@ class Agent:
         assert sock is not None
         self.base_interval = self.interval = float(self.config.get("interval", 1.0))
         self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
+        idle_report = float(self.config.get("idle_report", 0.0))
+        self.quiet = QuietIntervals(idle_report, self.base_interval)
+        beat_every = max(HEARTBEAT, idle_report)
         self.gc_timer.install()
         # A send waits for heapspy to drain the socket as long as silence is tolerated:
         # the connect's 5 s ended sessions of a daemon GIL-starved at load 40 mid-census
@@ -238,7 +245,7 @@ class Agent:
         sock.settimeout(PEER_TIMEOUT)
         now = time.monotonic()
         last_rx = now
-        next_beat = now + HEARTBEAT
+        next_beat = now + beat_every
         next_sample = now + self.interval
         for kind, body in self._pending:
             self._handle(kind, body)
@@ -269,9 +276,9 @@ class Agent:
                     self._send_samples(scheduled=True)
                 next_sample = now + self.interval
             if now >= next_beat:
-                if now - self._last_tx >= HEARTBEAT * 0.9:
+                if now - self._last_tx >= beat_every * 0.9:
                     self._send(protocol.HEARTBEAT, {})
-                next_beat = now + HEARTBEAT
+                next_beat = now + beat_every
             if self.census is not None and now >= self.census_next:
                 self._census_step()
 
@@ -343,7 +350,9 @@ class Agent:
             if not hasattr(self.collector, "set_rate"):
                 reply = {"id": body.get("id"), "ok": False, "error": "exact mode has no rate"}
             else:
-                self.collector.set_rate(int(body["rate"]))
+                with self._lock:  # what was held was sampled at the old rate: first
+                    self._send_held()
+                    self.collector.set_rate(int(body["rate"]))
                 reply["sampling"] = self.collector.sampling().to_json()
         else:
             reply = {"id": body.get("id"), "ok": False, "error": "unknown command %r" % cmd}
@@ -441,6 +450,8 @@ class Agent:
             self.sock.settimeout(1.0)
             if self.collector is not None and self._last_collect_cpu <= EXIT_COLLECT_MAX:
                 self._send_samples()
+            else:
+                self._send_held()
             self.reason = "target exited, its last state collected at exit"
             self._send(protocol.BYE, {"reason": self.reason})
         except Exception:  # noqa: BLE001 - nothing may escape into the target's exit
@@ -450,7 +461,9 @@ class Agent:
 
     def _send_samples(self, scheduled: bool = False) -> None:
         """Collect and send what changed. A scheduled collection also sets when the next
-        one is due: not before its CPU time is within the budget again."""
+        one is due: not before its CPU time is within the budget again; and its frame
+        may be held back while nothing live changes (quiet.py), where any other is sent
+        at once, with what was held."""
         with self._lock:
             self._collect_and_send(scheduled)
 
@@ -476,9 +489,24 @@ class Agent:
         }  # type: Dict[str, Any]
         facts.update(runtime.gc_facts(self._gc_base))
         body["facts"] = facts
+        bodies = self.quiet.take(body)
+        body = bodies.pop()
+        for earlier in bodies:
+            self._send_collection(earlier)
+        if not (scheduled and self.quiet.hold(body, self._sent)):
+            self._send_collection(body)
+
+    def _send_held(self) -> None:
+        """Send what was held back (quiet.py), without collecting."""
+        held = self.quiet.flush()
+        if held is not None:
+            self._send_collection(held)
+
+    def _send_collection(self, body: Dict[str, Any]) -> None:
+        self.quiet.sending(body)
         labelled = body.pop("labelled", None)
         if labelled is not None:  # exact mode's label samples: first, for this frame's rules
-            labelled["seq"] = self.seq
+            labelled["seq"] = body["seq"]
             for kind, part in schema.fit_samples(labelled):
                 part["labelled"] = True
                 self._send(kind, part)

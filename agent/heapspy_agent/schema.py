@@ -671,6 +671,9 @@ def _define() -> dict[int, Record]:
                     {
                         "sampling": SAMPLING,
                         "interval": Num(0.0, 1e9),
+                        # a scheduled collection with nothing live changed waits up
+                        # to this long to be sent (heapspy_agent.quiet); 0: never waits
+                        "idle_report": Num(0.0, 1e9),
                         "collect_budget": Num(0.0, 1.0),
                         "require_sampling": Bool(),
                         "native": Bool(),  # sample native allocations too

@@ -48,6 +48,15 @@ def attach(
     interval: str = typer.Option(
         "1s", "--interval", metavar="DURATION", help="How often the agent sends what changed."
     ),
+    idle_report: str = typer.Option(
+        "0",
+        "--idle-report",
+        metavar="DURATION",
+        help="While nothing live changes, send the interval's figures only this often "
+        "(e.g. 10s, up to 1m; the daemon's default is 10s): allocation counters and "
+        "RSS-based rules are then up to that old, live changes still go out every "
+        "interval. 0: every interval.",
+    ),
     attach_timeout: str = typer.Option(
         "10s",
         "--attach-timeout",
@@ -174,10 +183,12 @@ def attach(
 
       heapspy attach 4242 --listen 127.0.0.1:9465   # then: go tool pprof http://127.0.0.1:9465/debug/pprof/heap
     """
+    every = options.duration(interval, "interval") or 1.0
     config = AttachConfig(
         rate=options.rate(rate),
         frames=options.frames(frames),
-        interval=options.duration(interval, "interval") or 1.0,
+        interval=every,
+        idle_report=options.idle_report(idle_report, every),
         duration=options.duration(duration),
         attach_timeout=options.duration(attach_timeout, "attach timeout") or 10.0,
         thread=thread,

@@ -9,10 +9,12 @@ from __future__ import annotations
 from heapspy.config import (
     check_duration,
     check_frames,
+    check_idle_report,
     check_keep,
     check_native_frames,
     check_rate,
 )
+from heapspy.units import parse_duration
 
 
 def rate(text: str) -> int:
@@ -21,6 +23,11 @@ def rate(text: str) -> int:
 
 def duration(text: str | None, what: str = "duration") -> float | None:
     return check_duration(text, what)
+
+
+def idle_report(text: str, interval: float) -> float:
+    """``--idle-report``: "0" (off) or a duration from the interval up to a minute."""
+    return check_idle_report(parse_duration(text, "--idle-report"), interval, "--idle-report")
 
 
 def frames(value: int) -> int:

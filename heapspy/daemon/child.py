@@ -84,6 +84,7 @@ def attach_argv(pid: int, config: AttachConfig, python: str | None = None) -> li
         "--rate", size_text(config.rate),
         "--frames", str(config.frames),
         "--interval", duration_text(config.interval),
+        "--idle-report", duration_text(config.idle_report),
         "--attach-timeout", duration_text(config.attach_timeout),
         "--method", config.method,
         "--dump-dir", str(config.dump_dir),

@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from heapspy.config import (
+    DAEMON_IDLE_REPORT,
     AttachConfig,
     check_frames,
+    check_idle_report,
     check_keep,
     check_max_bytes,
     check_method,
@@ -132,6 +134,7 @@ ATTACH_KEYS = (
     "rate",
     "frames",
     "interval",
+    "idle_report",
     "attach_timeout",
     "method",
     "nudge",
@@ -339,6 +342,11 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
     frames = table.integer("frames")
     keep = table.integer("keep")
     method = table.string("method", "auto, pep768 or ptrace")
+    interval = table.duration("interval", AttachConfig.interval)
+    # by default a quiet worker's collections are sent every DAEMON_IDLE_REPORT (an
+    # interval at least as long sends every one anyway)
+    idle_default = DAEMON_IDLE_REPORT if interval < DAEMON_IDLE_REPORT else 0.0
+    idle_report = table.duration("idle_report", idle_default, zero=True)
     attach = AttachConfig(
         rate=AttachConfig.rate
         if rate_text is None
@@ -346,7 +354,10 @@ def _watch(file: Path, index: int, data: Any, seen: set[str]) -> Watch:
         frames=AttachConfig.frames
         if frames is None
         else table.convert("frames", lambda: check_frames(frames, "frames")),
-        interval=table.duration("interval", AttachConfig.interval),
+        interval=interval,
+        idle_report=table.convert(
+            "idle_report", lambda: check_idle_report(idle_report, interval, "idle_report")
+        ),
         attach_timeout=table.duration("attach_timeout", AttachConfig.attach_timeout),
         method="auto"
         if method is None

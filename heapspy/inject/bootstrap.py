@@ -54,6 +54,7 @@ AGENT_FILES = (
     "object_types.py",
     "retainers.py",
     "retainer_names.py",
+    "quiet.py",
 )
 SHIM_GLOB = "_heapspy_shim*.so"
 PACKAGE = "heapspy_agent"
