@@ -164,7 +164,9 @@ typedef struct {
     py_allocator prev; /* what was installed before us: we chain to it */
     int domain;        /* PYMEM_DOMAIN_MEM or PYMEM_DOMAIN_OBJ */
     int installed;     /* our hooks went in and have not been taken out by us */
-    uint64_t alloc_bytes, free_count, realloc_count; /* allocations: sum of size_classes */
+    /* Allocations: the sum of size_classes. frees: free() calls; a realloc's free is in
+     * realloc_count (hs_read adds the two), so that realloc's fast path counts one. */
+    uint64_t alloc_bytes, frees, realloc_count;
     uint64_t size_classes[HS_NCLASSES];
 } hs_dom;
 
@@ -204,10 +206,14 @@ static int g_mode;
 static __thread int t_guard; /* this thread is capturing: pass straight through */
 
 static uint64_t g_rate;
-/* Bytes left before the next sample, and the hooks' one-load gate: it is 0 whenever
- * g_mode is not exactly MODE_ACTIVE (stopped, or a capture under way), which sends every
- * allocation to the slow path, where the mode is looked at. */
-static int64_t g_until;
+/* The largest allocation that does not reach the next sample (the sampled one is the
+ * first with size > g_left; each one that is not takes its size off), and the hooks'
+ * one-load gate: it is 0 whenever g_mode is not exactly MODE_ACTIVE (stopped, or a
+ * capture under way), which sends every allocation of 1 byte or more to the slow path,
+ * where the mode is looked at. The fast paths take 1 <= size <= g_left, tested as
+ * size - 1 < g_left (unsigned: one compare), so that their size class needs no test
+ * for sizes 0 and 1 (size_class_fast). */
+static int64_t g_left;
 static uint64_t g_rng;
 static int g_max_frames;
 static void *g_main_interp;
@@ -296,6 +302,15 @@ static inline unsigned size_class(size_t size) {
     return size <= 1 ? 0u : 64u - (unsigned)__builtin_clzll((unsigned long long)(size - 1));
 }
 
+/* The same for 1 <= size <= 2**63 without a branch: 2**(k-1) < size <= 2**k exactly when
+ * 2**k <= 2 size - 1 < 2**(k+1) (size 1: class 0). */
+static inline unsigned size_class_fast(size_t size) {
+    return 63u - (unsigned)__builtin_clzll((unsigned long long)(2 * size - 1));
+}
+
+/* May an allocation of size bytes take a fast path (1 <= size <= g_left)? */
+static inline int fast_size(size_t size) { return LIKELY(size - 1 < (uint64_t)g_left); }
+
 static uint64_t rng_next(void) { /* xorshift64* */
     g_rng ^= g_rng >> 12;
     g_rng ^= g_rng << 25;
@@ -303,18 +318,19 @@ static uint64_t rng_next(void) { /* xorshift64* */
     return g_rng * 0x2545F4914F6CDD1DULL;
 }
 
-/* Bytes until the next sample: exponential with mean g_rate (Go's nextSample). The +1
- * makes P(an allocation of n bytes is sampled) exactly 1 - exp(-n / rate). */
-static int64_t draw_gap(void) {
+/* A fresh g_left: the floor of a gap exponential with mean g_rate (Go's nextSample), so
+ * that an allocation of n bytes, sampled when n > g_left, i.e. when n exceeds the gap, is
+ * sampled with probability exactly 1 - exp(-n / rate). */
+static int64_t draw_left(void) {
     if (g_rate == 0)
         return INT64_MAX;
     if (g_rate == 1)
-        return 1;
+        return 0;
     double u = (double)((rng_next() >> 11) + 1) * 0x1p-53; /* (0, 1] */
     double gap = -log(u) * (double)g_rate;
     if (gap >= 0x1p62)
-        return (int64_t)1 << 62;
-    return (int64_t)gap + 1;
+        return ((int64_t)1 << 62) - 1;
+    return (int64_t)gap;
 }
 
 /* 1 / P(an allocation of size bytes is sampled): Go's scale 1 / (1 - exp(-avg / rate))
@@ -750,19 +766,19 @@ static int capture(unsigned *flags) {
 
 /* ---- the hooks ------------------------------------------------------------------ */
 
-/* Called only in MODE_ACTIVE. While the capture runs, g_until is 0 (the gate: the capture's
+/* Called only in MODE_ACTIVE. While the capture runs, g_left is 0 (the gate: the capture's
  * own allocations, and any other thread's, take the slow path, where the mode decides);
  * the next gap is drawn first and put in place when the capture is over. */
 static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned dom) {
-    int64_t next = draw_gap();
+    int64_t next = draw_left();
     if (g_rate == 0) {
-        g_until = next;
+        g_left = next;
         return;
     }
     g_sampled_count++;
     g_sampled_bytes += size;
     unsigned flags = 0;
-    g_until = 0;
+    g_left = 0;
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
@@ -771,7 +787,7 @@ static __attribute__((noinline)) void sample(void *ptr, size_t size, unsigned do
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
-        g_until = next;
+        g_left = next;
     double w = weight(size), v = w * (w - 1.0), sz = (double)size;
     hs_stack *s = &g_stacks[id];
     s->alloc_count++;
@@ -802,20 +818,26 @@ static inline void count_alloc_same_thread(hs_dom *d, size_t size) {
     d->size_classes[size_class(size)]++;
 }
 
+/* count_alloc_same_thread for the fast paths' sizes (1 <= size <= g_left). */
+static inline void count_alloc_fast(hs_dom *d, size_t size) {
+    d->alloc_bytes += size;
+    d->size_classes[size_class_fast(size)]++;
+}
+
 static inline void count_alloc(hs_dom *d, size_t size) {
     if (UNLIKELY(!hs_same_thread()))
         hs_thr_switch(g_dom[0].alloc_bytes + g_dom[1].alloc_bytes + g_dom[2].alloc_bytes);
     count_alloc_same_thread(d, size);
 }
 
-/* Go's test, after the allocation: sample when it reaches the countdown. g_until >= 1 when
+/* Go's test, after the allocation: sample when it reaches the countdown. g_left >= 0 when
  * active, so a zero-byte allocation is never sampled. Another thread's allocation made
  * while a capture runs is counted, not sampled. */
 static inline void count_down(hs_dom *d, void *ptr, size_t size) {
     if (g_mode != MODE_ACTIVE)
         return;
-    if (LIKELY(size < (uint64_t)g_until))
-        g_until -= (int64_t)size;
+    if (LIKELY(size <= (uint64_t)g_left))
+        g_left -= (int64_t)size;
     else
         sample(ptr, size, (unsigned)(d - g_dom));
 }
@@ -881,9 +903,9 @@ static __attribute__((noinline)) void *malloc_slow(hs_dom *d, size_t size) {
 static void *hs_malloc(void *ctx, size_t size) {
     hs_dom *d = ctx;
     FORWARD_ONLY(d->prev.malloc(d->prev.ctx, size));
-    if (LIKELY(size < (uint64_t)g_until) && LIKELY(hs_same_thread())) { /* MODE_ACTIVE */
-        g_until -= (int64_t)size;
-        count_alloc_same_thread(d, size);
+    if (fast_size(size) && LIKELY(hs_same_thread())) { /* MODE_ACTIVE */
+        g_left -= (int64_t)size;
+        count_alloc_fast(d, size);
         return d->prev.malloc(d->prev.ctx, size);
     }
     return malloc_slow(d, size);
@@ -905,27 +927,31 @@ static void *hs_calloc(void *ctx, size_t nelem, size_t elsize) {
     FORWARD_ONLY(d->prev.calloc(d->prev.ctx, nelem, elsize));
     size_t size;
     /* nelem * elsize overflowing goes to the slow path, which does not count it. */
-    if (!__builtin_mul_overflow(nelem, elsize, &size) && LIKELY(size < (uint64_t)g_until) &&
+    if (!__builtin_mul_overflow(nelem, elsize, &size) && fast_size(size) &&
         LIKELY(hs_same_thread())) {
-        g_until -= (int64_t)size;
-        count_alloc_same_thread(d, size);
+        g_left -= (int64_t)size;
+        count_alloc_fast(d, size);
         return d->prev.calloc(d->prev.ctx, nelem, elsize);
     }
     return calloc_slow(d, nelem, elsize);
 }
 
+/* What hs_free and hs_realloc test first: a clear bit of g_fbits proves that a session
+ * runs and that ptr is not a sampled block (nor NULL). */
+static inline int surely_unsampled(void *ptr) {
+    uint64_t f = ((uint64_t)(uintptr_t)ptr * 0x9E3779B97F4A7C15ULL) >> g_fshift;
+    return LIKELY(!((g_fbits[f >> 6] >> (f & 63)) & 1));
+}
+
 /* realloc is a free of the old block and a fresh sampling decision on the new size.
  * Sampled and unsampled blocks come from the same previous allocator, so all four
  * transitions (un)sampled -> (un)sampled are a plain realloc plus map bookkeeping. */
-static void *hs_realloc(void *ctx, void *ptr, size_t size) {
-    hs_dom *d = ctx;
-    FORWARD_ONLY(d->prev.realloc(d->prev.ctx, ptr, size));
+static __attribute__((noinline)) void *realloc_slow(hs_dom *d, void *ptr, size_t size) {
     void *p = d->prev.realloc(d->prev.ctx, ptr, size);
     if (UNLIKELY(p == NULL) || UNLIKELY(g_mode == 0))
         return p; /* failed: the old block and its entry stay as they were */
     if (ptr != NULL) {
-        d->free_count++;
-        d->realloc_count++;
+        d->realloc_count++; /* and a free: see hs_dom */
         if (might_be_sampled(ptr))
             forget(ptr);
     }
@@ -936,11 +962,26 @@ static void *hs_realloc(void *ctx, void *ptr, size_t size) {
     return p;
 }
 
+/* The common realloc (of an unsampled block, not sampled, size not 0, active, same
+ * thread) is counted before it is made, like malloc's, to keep it a tail call: if it
+ * fails (out of memory) it is counted all the same. */
+static void *hs_realloc(void *ctx, void *ptr, size_t size) {
+    hs_dom *d = ctx;
+    FORWARD_ONLY(d->prev.realloc(d->prev.ctx, ptr, size));
+    if (fast_size(size) && LIKELY(hs_same_thread()) && surely_unsampled(ptr)) {
+        g_left -= (int64_t)size;
+        count_alloc_fast(d, size);
+        d->realloc_count++; /* and a free: see hs_dom */
+        return d->prev.realloc(d->prev.ctx, ptr, size);
+    }
+    return realloc_slow(d, ptr, size);
+}
+
 /* Everything but the common free: stopped (the closed filter), free(NULL) (filter bit 0),
  * a sampled block, or an unsampled one whose filter bit another block set. */
 static __attribute__((noinline)) void free_slow(hs_dom *d, void *ptr) {
     if (g_mode != 0 && ptr != NULL) {
-        d->free_count++; /* frees inside a capture too: they may be of sampled blocks */
+        d->frees++; /* frees inside a capture too: they may be of sampled blocks */
         forget(ptr);
     }
     d->prev.free(d->prev.ctx, ptr);
@@ -954,12 +995,11 @@ static void hs_free(void *ctx, void *ptr) {
     d->prev.free(d->prev.ctx, ptr);
     return;
 #endif
-    uint64_t f = ((uint64_t)(uintptr_t)ptr * 0x9E3779B97F4A7C15ULL) >> g_fshift;
-    if (UNLIKELY((g_fbits[f >> 6] >> (f & 63)) & 1)) {
+    if (!surely_unsampled(ptr)) {
         free_slow(d, ptr);
         return;
     }
-    d->free_count++;
+    d->frees++;
     d->prev.free(d->prev.ctx, ptr);
 }
 
@@ -1029,8 +1069,7 @@ static void *hs_np_realloc(void *ctx, void *ptr, size_t size) {
     if (p != NULL && np_counting()) {
         hs_dom *d = &g_dom[HS_DOM_NUMPY];
         if (ptr != NULL) {
-            d->free_count++;
-            d->realloc_count++;
+            d->realloc_count++; /* and a free: see hs_dom */
             if (might_be_sampled(ptr))
                 forget(ptr);
         }
@@ -1043,7 +1082,7 @@ static void *hs_np_realloc(void *ctx, void *ptr, size_t size) {
 static void hs_np_free(void *ctx, void *ptr, size_t size) {
     NP_ENTER();
     if (ptr != NULL && g_mode != 0 && api.gil_check() == 1) {
-        g_dom[HS_DOM_NUMPY].free_count++;
+        g_dom[HS_DOM_NUMPY].frees++;
         if (might_be_sampled(ptr))
             forget(ptr);
     }
@@ -1089,8 +1128,8 @@ int hs__capture_stack(uint32_t *id, uint32_t native) {
     if (g_mode != MODE_ACTIVE || g_stacks == NULL)
         return 0;
     unsigned flags = 0;
-    int64_t until = g_until;
-    g_until = 0;
+    int64_t left = g_left;
+    g_left = 0;
     g_mode |= MODE_CAPTURING;
     t_guard = 1;
     int n = capture(&flags);
@@ -1098,7 +1137,7 @@ int hs__capture_stack(uint32_t *id, uint32_t native) {
     t_guard = 0;
     g_mode &= ~MODE_CAPTURING;
     if (g_mode == MODE_ACTIVE)
-        g_until = until;
+        g_left = left;
     return 1;
 }
 
@@ -1323,7 +1362,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
         return rc;
     for (int i = 0; i < HS_NDOMAINS; i++) {
         hs_dom *d = &g_dom[i];
-        d->alloc_bytes = d->free_count = d->realloc_count = 0;
+        d->alloc_bytes = d->frees = d->realloc_count = 0;
         memset(d->size_classes, 0, sizeof d->size_classes);
     }
     g_sampled_count = g_sampled_bytes = g_dropped = g_overflow = 0;
@@ -1346,7 +1385,7 @@ HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint6
         d->installed = 1;
     }
     g_mode = MODE_ACTIVE;
-    g_until = draw_gap(); /* opens the fast paths: closed until now */
+    g_left = draw_left(); /* opens the fast paths: closed until now */
     g_fshift = g_mshift - FILTER_LOG2;
     g_fbits = g_mfilter;
     g_state = HS_STATE_RUNNING;
@@ -1437,7 +1476,7 @@ HS_EXPORT int hs_set_rate(uint64_t rate) {
         return HS_ERR_NOT_RUNNING;
     g_rate = rate;
     if (g_mode == MODE_ACTIVE) /* else a capture is under way: it sets the gate after */
-        g_until = draw_gap();
+        g_left = draw_left();
     hs__native_rate_changed();
     return HS_OK;
 }
@@ -1452,7 +1491,7 @@ HS_EXPORT int hs_stop(void) {
         return HS_ERR_NOT_RUNNING;
     hs__native_on_stop(); /* first: the MEM/OBJ hooks chain through it */
     g_mode = 0;
-    g_until = 0; /* closes the fast paths */
+    g_left = 0; /* closes the fast paths */
     g_fbits = g_closed;
     g_fshift = 63;
     int left = np_unhook();
@@ -1495,7 +1534,7 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
             count += d->size_classes[k];
         out->alloc_count[i] = count;
         out->alloc_bytes[i] = d->alloc_bytes;
-        out->free_count[i] = d->free_count;
+        out->free_count[i] = d->frees + d->realloc_count;
         out->realloc_count[i] = d->realloc_count;
         memcpy(out->size_classes[i], d->size_classes, sizeof d->size_classes);
     }

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 11
+#define HS_ABI 12
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -54,9 +54,11 @@
 /*
  * Filled by hs_read(). All counters are since the last hs_start(). Domain totals are at
  * requested sizes; a realloc counts as a free (ptr != NULL) plus an allocation of the new
- * size, a failed realloc counts nothing, a failed malloc/calloc is counted (it is counted
- * before it is made, to keep the common path a tail call). The address fields
- * point into buffers owned by the shim, valid until the next hs_read(drain=1) or hs_stop().
+ * size. A failed malloc or calloc is counted, and so is a failed realloc of an unsampled
+ * block on the fast path (all are counted before they are made, to keep the common path
+ * a tail call); a failed realloc of a sampled block counts nothing and keeps its entry.
+ * The address fields point into buffers owned by the shim, valid until the next
+ * hs_read(drain=1) or hs_stop().
  *
  *   new_stacks:  n_new records of 4 uint64: (stack id, number of frames, flags, label set
  *                id). Flags: HS_STACK_* in the low 32 bits, the id of the stack's native

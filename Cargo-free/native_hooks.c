@@ -218,7 +218,8 @@ static uint64_t rng_step(uint64_t *s) {
     return *s * 0x2545F4914F6CDD1DULL;
 }
 
-/* As heapspy_shim.c's draw_gap, with this thread's random state. */
+/* Bytes until the next sample, with this thread's random state: heapspy_shim.c's
+ * draw_left plus one (the +1 makes P(n bytes sampled) exactly 1 - exp(-n / rate)). */
 static int64_t draw_gap(uint64_t *s) {
     uint64_t rate = hs__rate();
     if (rate == 0)
