@@ -145,6 +145,7 @@ def test_shipped_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (api.attach.keep, api.attach.max_bytes) == (50, 2 << 30)
     assert celery.selectors.exclude == "celery .* beat" and celery.attach.frames == 32
     assert celery.attach.rate == 1 << 20 and celery.attach.interval == 2.0
+    assert celery.attach.idle_report == 10.0
 
 
 def test_defaults_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
