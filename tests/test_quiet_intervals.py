@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from heapspy_agent import protocol
 from support import Target
 
 from heapspy.config import AttachConfig
@@ -43,7 +44,7 @@ def test_quiet_collections_are_merged_live_changes_sent_at_once(
     spawn: Callable[..., Target], tmp_path: Path
 ) -> None:
     target = spawn(None, "quiet_worker.py")
-    interval, idle_report = 0.2, 1.0
+    interval, idle_report = 0.25, 2.0
     config = AttachConfig(
         rate=4 * KiB, dump_dir=tmp_path, interval=interval, idle_report=idle_report, census=False
     )
@@ -51,6 +52,16 @@ def test_quiet_collections_are_merged_live_changes_sent_at_once(
     agg = session.aggregator
     seqs: list[int] = []  # the seq of each SAMPLES frame, as the session folded them in
     session.on_samples = lambda s: seqs.append(s.aggregator.last_seq)
+    beats: list[int] = []  # the agent's heartbeats: after how many frames each came
+    assert session.channel is not None
+    handler = session.channel.on_frame
+
+    def counting(kind: int, body: dict[str, Any]) -> None:
+        if kind == protocol.HEARTBEAT:
+            beats.append(len(seqs))
+        handler(kind, body)
+
+    session.channel.on_frame = counting
 
     def gaps() -> list[int]:
         return [b - a for a, b in zip(seqs, seqs[1:])]
@@ -80,6 +91,9 @@ def test_quiet_collections_are_merged_live_changes_sent_at_once(
         _run_until(session, lambda: sum(g >= 3 for g in gaps()[start:]) >= 3, "merged frames")
         assert max(gaps()[start:]) <= round(idle_report / interval) + 1, gaps()
         assert agg.intervals >= agg.reports + 6, (agg.intervals, agg.reports)
+        # and no heartbeat between them: the agent beats only after idle_report of
+        # silence (it beat after every second of it: once or more between each two)
+        assert len([b for b in beats if b > start]) <= 1, (beats, start, seqs)
         # stopped: a dump now has every allocation, held back or not yet collected (the
         # last churns came after the last live change: some are held back)
         os.kill(target.pid, signal.SIGUSR1)
