@@ -33,6 +33,8 @@ def _daemon_watch(tmp_path: Path, line: str) -> Path:
         ("--rate", HUGE, "rate", f'"{HUGE}KiB"', "too large"),
         ("--max-bytes", "0", "max_bytes", '"0"', "must be positive"),
         ("--max-bytes", "0", "max_bytes", "0", "must be positive"),
+        ("--idle-report", "2m", "idle_report", '"2m"', "and 60 s, got 120 s"),
+        ("--idle-report", "500ms", "idle_report", "0.5", "and 60 s, got 0.5 s"),
     ],
 )
 def test_the_cli_and_the_daemon_config_refuse_the_same_values(
