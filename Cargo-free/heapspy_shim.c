@@ -80,6 +80,7 @@ static struct {
     void *(*frame_get_code)(void *);     /* 3.9+ */
     int (*frame_get_line)(void *);
     int (*frame_get_lasti)(void *);      /* 3.11+ */
+    int (*code_addr2line)(void *, int);  /* 3.11+: with frame_get_lasti, lines at drain */
     void *(*interp_main)(void);
     void *(*interp_head)(void);
     void *(*interp_next)(void *);
@@ -150,7 +151,9 @@ static int resolve_api(void) {
         /* 3.11 can run a collection inside the allocation of a frame object. */
         ok &= RESOLVE(gc_disable, "PyGC_Disable") != NULL;
         ok &= RESOLVE(gc_enable, "PyGC_Enable") != NULL;
-        RESOLVE(frame_get_lasti, "PyFrame_GetLasti"); /* optional: the line cache */
+        /* optional: stacks by instruction, lines found at drain (g_lines_at_drain) */
+        RESOLVE(frame_get_lasti, "PyFrame_GetLasti");
+        RESOLVE(code_addr2line, "PyCode_Addr2Line");
     }
     if (!ok)
         return HS_ERR_SYMBOLS;
@@ -237,11 +240,16 @@ static int g_evicting;      /* hs_evict is releasing code objects */
 static uint32_t *g_out_evicted;
 static size_t g_out_evicted_cap;
 
-/* Line numbers cost most of a capture (CPython scans the code's line table each time).
- * From 3.11 a frame's instruction offset is public, so lines are cached by (code, offset)
- * for the code objects the stack table holds a reference to (g_cset, with the number of
- * frames holding each): their addresses cannot be reused while held; hs_evict clears
- * the cache when it lets one go, stop clears everything. */
+/* Line numbers cost most of a capture (CPython scans the code's line table each time:
+ * measured on 3.14, three quarters of a sample's instructions, ~10,000 of them, when the
+ * leaf's line was not cached). From 3.11 a frame's instruction offset is public, so the
+ * capture records offsets instead (g_lines_at_drain): stacks are interned by (code,
+ * offset) per frame, and hs_read turns offsets into lines once per stack, when a drain
+ * first hands it out, off the allocating thread's path. Lines are cached by (code,
+ * offset) for the code objects the stack table holds a reference to (g_cset, with the
+ * number of frames holding each): their addresses cannot be reused while held; hs_evict
+ * clears the cache when it lets one go, stop clears everything. */
+static int g_lines_at_drain;
 #define HS_LINE_CACHE 1024
 typedef struct {
     void *code;
@@ -574,15 +582,14 @@ static int cset_release(void *code) {
     return 1;
 }
 
-static int frame_line(void *frame, void *code) {
-    if (g_lcache == NULL || api.frame_get_lasti == NULL)
-        return api.frame_get_line(frame);
-    int lasti = api.frame_get_lasti(frame);
+/* The line of instruction offset lasti (PyFrame_GetLasti's) in code, a code object of an
+ * interned stack (g_lines_at_drain): PyFrame_GetLineNumber's answer for the frame. */
+static int code_line(void *code, int32_t lasti) {
     uint64_t h = ptr_hash((uintptr_t)code) ^ ((uint64_t)(uint32_t)lasti * 0x9E3779B1u);
     hs_line *e = &g_lcache[(h >> 54) & (HS_LINE_CACHE - 1)];
     if (e->code == code && e->lasti == lasti)
         return e->line;
-    int line = api.frame_get_line(frame);
+    int line = api.code_addr2line(code, lasti);
     if (cset_has(code)) {
         e->code = code;
         e->lasti = lasti;
@@ -744,7 +751,7 @@ static int capture(unsigned *flags) {
         void *code = api.frame_get_code(f);
         g_cap_codes[n] = code;
         hs_cap_frames[n] = f;
-        g_cap_lines[n] = frame_line(f, code);
+        g_cap_lines[n] = g_lines_at_drain ? api.frame_get_lasti(f) : api.frame_get_line(f);
         n++;
         api.decref(code);
         void *back = api.frame_get_back(f);
@@ -1278,8 +1285,11 @@ static int alloc_tables(int max_frames, uint32_t max_stacks) {
     g_max_stacks = max_stacks;
     uint64_t fr = (uint64_t)max_stacks * HS_FRAMES_PER_STACK;
     g_max_frames_total = fr > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)fr;
-    if (api.frame_get_lasti != NULL)
-        g_lcache = calloc(HS_LINE_CACHE, sizeof *g_lcache); /* optional */
+    g_lines_at_drain = 0;
+    if (api.frame_get_lasti != NULL && api.code_addr2line != NULL) {
+        g_lcache = calloc(HS_LINE_CACHE, sizeof *g_lcache);
+        g_lines_at_drain = g_lcache != NULL; /* else lines at capture */
+    }
     g_cap_codes = malloc((size_t)max_frames * sizeof *g_cap_codes);
     g_cap_lines = malloc((size_t)max_frames * sizeof *g_cap_lines);
     uint32_t cap = 0;
@@ -1584,10 +1594,10 @@ HS_EXPORT int hs_read(hs_report *out, int drain) {
             g_out_new[4 * knew + 2] = s->flags | ((uint64_t)s->native << 32);
             g_out_new[4 * knew + 3] = s->label;
             knew++;
-            const int32_t *lines = stack_lines(s);
+            const int32_t *lines = stack_lines(s); /* or offsets: g_lines_at_drain */
             for (uint32_t j = 0; j < s->nframes; j++, f++) {
                 g_out_codes[f] = (uint64_t)(uintptr_t)s->codes[j];
-                g_out_lines[f] = lines[j];
+                g_out_lines[f] = g_lines_at_drain ? code_line(s->codes[j], lines[j]) : lines[j];
             }
             s->reported = 1;
         }

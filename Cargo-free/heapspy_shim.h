@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 12
+#define HS_ABI 13
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -67,7 +67,10 @@
  *                hands it back; a later drain may then hand out another stack under the
  *                same id. Their frames are consecutive in new_codes/new_lines. A stack is
  *                interned with the label set of its samples: the same frames under two
- *                label sets are two stacks (heapspy_labels.h).
+ *                label sets are two stacks (heapspy_labels.h). From 3.11 the frames are
+ *                told apart by instruction, not line, so two stacks may show the same
+ *                lines (two allocations on one line); their lines are found when a drain
+ *                first hands them out.
  *   new_codes:   n_new_frames code objects (PyObject *), leaf frame first (leaf -> root).
  *                The shim holds a reference to each until the stack is evicted or
  *                hs_stop(): take your own before the next hs_evict().

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-ABI = 12
+ABI = 13
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 2
 """Must match HS_NATIVE_ABI in native_hooks.h."""
