@@ -152,20 +152,22 @@ def test_every_free_of_a_sampled_block_is_seen(interp: Interpreter, shim_so: Pat
 @pytest.mark.parametrize("interp", INTERPRETERS)
 def test_exact_totals_whatever_the_rate(interp: Interpreter, shim_so: Path) -> None:
     r = run(interp, shim_so, "totals.py")
-    n_mem, size_mem, n_obj, size_obj = r["known"]
+    n_mem, size_mem, n_obj, size_obj, n_re = r["known"]
     off, on = r["runs"]
     for run_ in (off, on):
         mem, obj = run_["mem_classes"], run_["obj_classes"]
         assert (mem[22], obj[22], mem[23], obj[23]) == (n_mem, 0, 0, n_obj)
         assert (mem[26], mem[27]) == (1, 1)
+        assert (mem[24], obj[24]) == (n_re, 0)  # reallocs: fast path at rate 0, sampled at 64 KiB
         assert sum(mem) == run_["mem_alloc_count"] and sum(obj) == run_["obj_alloc_count"]
-        assert run_["mem_alloc_bytes"] >= n_mem * size_mem + 128 * MiB + 1
+        assert run_["mem_alloc_bytes"] >= n_mem * size_mem + 128 * MiB + 1 + n_re * 9_000_000
         assert run_["obj_alloc_bytes"] >= n_obj * size_obj
-        assert run_["mem_free_count"] >= n_mem + 2 and run_["obj_free_count"] >= n_obj
+        assert run_["mem_realloc_count"] >= n_re
+        assert run_["mem_free_count"] >= n_mem + 2 + n_re + 1 and run_["obj_free_count"] >= n_obj
     assert off["sampled_count"] == 0
     # Every 3 MB and 5 MB block is sampled at 64 KiB (p = 1 - exp(-45) and better).
     assert on["sampled_count"] >= n_mem + n_obj + 2
-    for k in (22, 23, 26, 27):
+    for k in (22, 23, 24, 26, 27):
         assert off["mem_classes"][k] == on["mem_classes"][k]
         assert off["obj_classes"][k] == on["obj_classes"][k]
 

@@ -6,10 +6,11 @@ not depend on sampling.
 
 import itertools
 
-from _common import MiB, emit, load, mem_free, mem_malloc, obj_free, obj_malloc
+from _common import MiB, emit, load, mem_free, mem_malloc, mem_realloc, obj_free, obj_malloc
 
 N_MEM, SIZE_MEM = 1000, 3_000_001  # class 22: 2 MiB < size <= 4 MiB
 N_OBJ, SIZE_OBJ = 500, 5_000_000  # class 23: 4 MiB < size <= 8 MiB
+N_RE, SIZES_RE = 200, (9_000_000, 10_000_000)  # reallocs into class 24: 8-16 MiB
 
 
 def workload():
@@ -20,6 +21,11 @@ def workload():
     # class boundaries: 2**26 is class 26, one byte more is class 27
     mem_free(mem_malloc(64 * MiB))
     mem_free(mem_malloc(64 * MiB + 1))
+    # a realloc is a free and an allocation of the new size (at rate 0 on the fast path)
+    p = mem_malloc(16)
+    for i in range(N_RE):
+        p = mem_realloc(p, SIZES_RE[i & 1])
+    mem_free(p)
 
 
 def run(shim, rate):
@@ -36,6 +42,7 @@ def run(shim, rate):
         "mem_alloc_bytes": t.mem.alloc_bytes,
         "obj_alloc_bytes": t.obj.alloc_bytes,
         "mem_free_count": t.mem.free_count,
+        "mem_realloc_count": t.mem.realloc_count,
         "obj_free_count": t.obj.free_count,
         "sampled_count": t.sampled_count,
         "sampled_bytes": t.sampled_bytes,
@@ -46,7 +53,7 @@ def main():
     shim = load()
     runs = [run(shim, 0), run(shim, 64 * 1024)]
     shim.unload()
-    emit({"runs": runs, "known": [N_MEM, SIZE_MEM, N_OBJ, SIZE_OBJ]})
+    emit({"runs": runs, "known": [N_MEM, SIZE_MEM, N_OBJ, SIZE_OBJ, N_RE]})
 
 
 main()
