@@ -13,6 +13,7 @@ Parametrized over the interpreters where reading tasks differs: 3.8 (no co_qualn
 from __future__ import annotations
 
 import json
+import re
 import select
 import signal
 import subprocess
@@ -244,7 +245,10 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
     session.stop()
     fired = [line for line in lines if "rule task-alloc>200MiB fired" in line]
     assert len(fired) == 1, lines
-    assert "task 'bulk-import' allocated 300.0 MiB (±<1%, sampled) since it started" in fired[0]
+    # 300 MiB in big blocks, each sampled; a small allocation of the task's own, sampled
+    # (about one run in six), adds a sample's worth (512 KiB): 300.5
+    said = re.search(r"'bulk-import' allocated (\d+\.\d) MiB \(±<1%, sampled\) since", fired[0])
+    assert said is not None and 300.0 <= float(said.group(1)) <= 301.5, fired[0]
     (dump,) = tmp_path.glob("*task-alloc*.pb.gz")
     assert dump.name.endswith("-task-alloc_200MiB-bulk-import.pb.gz")
     offender = json.loads(dump.with_suffix("").with_suffix(".json").read_text())["offender"]
@@ -255,7 +259,8 @@ def test_task_alloc_fires_once_naming_the_task_that_allocated_300_mib(
     assert "thread MainThread (tid " in thread and "(action=log)" in thread
     # it keeps them: live, as the samples still in use estimate it
     (live,) = [line for line in lines if "rule task-live>200MiB fired" in line]
-    assert "task 'bulk-import' holds 300.0 MiB (±<1%, sampled) of live allocations" in live
+    said = re.search(r"task 'bulk-import' holds (\d+\.\d) MiB \(±<1%, sampled\) of live", live)
+    assert said is not None and 300.0 <= float(said.group(1)) <= 301.5, live
     assert len(list(tmp_path.glob("*.pb.gz"))) == 1  # action=log writes none
     # prelude's one step: on 3.12 and 3.14 an eager one, run inside main's create_task;
     # its 8 MiB carry its own coroutine, not main's, and no other task's name (none)
