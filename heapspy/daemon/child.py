@@ -286,6 +286,12 @@ class AttachChild:
         return self._pid
 
     @property
+    def helper_exists(self) -> bool:
+        """Whether its attach helper process is still there (running, or exited and not
+        yet reaped by ``poll``)."""
+        return self._helper_code is None
+
+    @property
     def in_daemon(self) -> bool:
         """Whether the session runs in the daemon (handed over), not in its helper."""
         return self.session is not None

@@ -294,8 +294,13 @@ class Supervisor:
         self._young = young
 
     def _free_slots(self) -> int:
+        """Attach helpers that may start now: a helper holds its slot until it is reaped,
+        not only until it hands its session over (it still exists meanwhile: a storm
+        once showed max_attaching + 1 helpers)."""
         return self.config.max_attaching - sum(
-            1 for e in self._running() if e.child and e.child.attached_at is None
+            1
+            for e in self._running()
+            if e.child and (e.child.attached_at is None or e.child.helper_exists)
         )
 
     def _start_backlog(self) -> None:
