@@ -237,7 +237,9 @@ class Agent:
         self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
         idle_report = float(self.config.get("idle_report", 0.0))
         self.quiet = QuietIntervals(idle_report, self.base_interval)
-        beat_every = max(HEARTBEAT, idle_report)
+        # with idle_report, a frame goes out every idle_report (within half an interval
+        # of it); the heartbeat waits two intervals longer, so that it never comes first
+        beat_every = max(HEARTBEAT, idle_report + 2 * self.base_interval if idle_report else 0)
         self.gc_timer.install()
         # A send waits for heapspy to drain the socket as long as silence is tolerated:
         # the connect's 5 s ended sessions of a daemon GIL-starved at load 40 mid-census
