@@ -94,7 +94,7 @@ def check_duration(text: str | None, what: str = "duration") -> float | None:
 # what it collected: 64 idle workers then wake the daemon ~6 times a second, not 64.
 DAEMON_IDLE_REPORT = 10.0
 # idle_report's ceiling: heapspy gives up on an agent silent for 120 s (channel.py) and
-# the agent beats only when nothing went out for max(1 s, idle_report)
+# the agent beats only when nothing went out for idle_report and two intervals more
 MAX_IDLE_REPORT = 60.0
 
 

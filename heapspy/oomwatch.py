@@ -53,6 +53,11 @@ _recent: dict[MemoryCgroup, tuple[float, MemoryState | None]] = {}
 _recent_lock = threading.Lock()
 
 
+def _moved(events: dict[str, int], seen: dict[str, int]) -> list[str]:
+    """The pressure events counted since ``seen`` (the kernel reclaims at the limit)."""
+    return [k for k in _PRESSURE_EVENTS if events.get(k, 0) > seen.get(k, 0)]
+
+
 def _near(state: MemoryState | None) -> bool:
     used = state.used_fraction if state is not None else None
     return used is not None and used >= NEAR
@@ -154,7 +159,7 @@ class CgroupWatch:
         self.state = fresh
         self._next_poll = now + (FAST_POLL if self._near() else SLOW_POLL)
         seen = self._seen or {}
-        moved = [k for k in _PRESSURE_EVENTS if fresh.events.get(k, 0) > seen.get(k, 0)]
+        moved = _moved(fresh.events, seen)
         self._seen = dict(fresh.events)
         if not self.last_chance or fresh.limit is None:
             return None
@@ -228,9 +233,7 @@ class _Monitor:
                     continue
                 last = seen.get(cg)
                 # a cgroup read for the first time alerts too: its sessions began earlier
-                moved = last is None or any(
-                    state.events.get(k, 0) > last.get(k, 0) for k in _PRESSURE_EVENTS
-                )
+                moved = last is None or bool(_moved(state.events, last))
                 seen[cg] = dict(state.events)
                 if moved or _near(state):
                     for watch in group:

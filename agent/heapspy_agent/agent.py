@@ -37,7 +37,7 @@ PEER_TIMEOUT = 60.0
 # blocks costs seconds of CPU (and the GIL), so exact mode on a big heap collects less
 # often rather than slow the target down. Sampled mode costs ~1-2 ms per interval.
 COLLECT_BUDGET = 0.02
-# Only when nothing else went out for that long (or for idle_report, when longer): at the
+# Only when nothing else went out for that long (or idle_report + 2 intervals): at the
 # default interval the samples say "alive" every second, or at least every idle_report,
 # and a daemon serving many targets wakes once per frame per target.
 HEARTBEAT = 1.0
