@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "heapspy_labels.h"
+#include "frame_walk.h"
 #include "hs_common.h"
 
 #define HS_EXPORT __attribute__((visibility("default")))
@@ -195,8 +196,8 @@ static int is_step_wrapper(void *type) {
 static void *task_name_of(void *frame) {
     if (g_probe.handle_type == NULL || frame == NULL)
         return NULL;
-    char *locals = frame;
-    if (g_probe.f_frame >= 0 && (locals = FIELD(frame, g_probe.f_frame)) == NULL)
+    char *locals = frame; /* an interpreter frame already while frame_walk.c's walk is on */
+    if (g_probe.f_frame >= 0 && !hs_walk_on && (locals = FIELD(frame, g_probe.f_frame)) == NULL)
         return NULL;
     void *self = UNTAG(FIELD(locals, g_probe.local0));
     if (self == NULL || OB_TYPE(self) != g_probe.handle_type)
@@ -414,10 +415,13 @@ HS_EXPORT int hs_set_tasks(uint64_t n, const uint64_t *frames, const uint64_t *c
         for (uint64_t k = 0; k < n; k++) {
             if (frames[k] == 0 || slots[k] == 0)
                 continue;
-            uint64_t i = hs_mix64(frames[k]) & (cap - 1);
-            while (t[i].frame != 0 && t[i].frame != frames[k])
+            /* keyed as captures record frames: the frame objects the caller holds, or
+             * their interpreter frames while the walk reads those (frame_walk.h) */
+            uint64_t key = (uintptr_t)hs_walk_frame_key((void *)(uintptr_t)frames[k]);
+            uint64_t i = hs_mix64(key) & (cap - 1);
+            while (t[i].frame != 0 && t[i].frame != key)
                 i = (i + 1) & (cap - 1);
-            t[i].frame = frames[k];
+            t[i].frame = key;
             t[i].code = codes[k];
             t[i].slot = slots[k];
         }

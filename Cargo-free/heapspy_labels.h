@@ -42,8 +42,8 @@ extern __attribute__((visibility("hidden"))) void *hs_thr_cur;
 /* Is the running thread the one that allocated last? One register read, one compare. */
 static inline int hs_same_thread(void) { return __builtin_thread_pointer() == hs_thr_cur; }
 
-/* Frame pointers of the capture under way, parallel to its codes (borrowed addresses,
- * compared, never dereferenced). */
+/* Frame pointers of the capture under way, parallel to its codes (borrowed addresses):
+ * frame objects, or interpreter frames from 3.11 while frame_walk.c reads those. */
 extern __attribute__((visibility("hidden"))) void **hs_cap_frames;
 
 /* A thread change: credit `total` (all domains' allocated bytes so far) minus the

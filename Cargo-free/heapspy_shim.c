@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "frame_walk.h"
 #include "heapspy_labels.h"
 #include "hs_common.h"
 #include "heapspy_shim.h"
@@ -713,9 +714,76 @@ overflow:
 
 /* Fill g_cap_codes/g_cap_lines leaf first; return the number of frames. Code pointers
  * are borrowed: the executing frames hold them until the hook returns. */
+/* The frames of thread state ts through the public API (3.9+), leaf first, as capture
+ * records them: borrowed code objects, lines or (WALK_LASTI) instruction offsets, and
+ * frame keys: the frame objects, or (WALK_KEYS_IN_PLACE) their interpreter frames. */
+#define WALK_LASTI 1u
+#define WALK_KEYS_IN_PLACE 2u
+static int api_walk(void *ts, void **codes, int32_t *lines, void **frames, int max,
+                    int *truncated, unsigned how) {
+    /* The frame API may allocate (3.11+ creates frame objects) and can clear or set an
+     * error: keep the caller's pending exception, and keep 3.11 from collecting garbage
+     * (running finalizers) inside somebody's malloc. */
+    void *et = NULL, *ev = NULL, *etb = NULL;
+    int had_error = api.err_occurred() != NULL;
+    if (had_error)
+        api.err_fetch(&et, &ev, &etb);
+    int gc_was_enabled = api.gc_disable ? api.gc_disable() : 0;
+    int n = 0;
+    void *f = api.tstate_get_frame(ts);
+    while (f != NULL && n < max) {
+        void *code = api.frame_get_code(f);
+        codes[n] = code;
+        frames[n] = (how & WALK_KEYS_IN_PLACE) ? *(void **)((char *)f + 24) : f; /* f_frame */
+        lines[n] = (how & WALK_LASTI) ? api.frame_get_lasti(f) : api.frame_get_line(f);
+        n++;
+        api.decref(code);
+        void *back = api.frame_get_back(f);
+        api.decref(f);
+        f = back;
+    }
+    *truncated = f != NULL;
+    if (f != NULL)
+        api.decref(f);
+    if (gc_was_enabled)
+        api.gc_enable();
+    if (had_error)
+        api.err_restore(et, ev, etb);
+    else if (api.err_occurred() != NULL)
+        api.err_restore(NULL, NULL, NULL); /* e.g. MemoryError while making a frame */
+    return n;
+}
+
+/* Tests only (hs_walk_check): every capture that reads frames in place also walks them
+ * through the API and counts the captures whose frames differ. */
+static int g_walk_check;
+static uint64_t g_walk_checked, g_walk_differ;
+static void **g_chk_codes, **g_chk_frames;
+static int32_t *g_chk_lines;
+
+static void walk_check(void *ts, int n, int truncated) {
+    int max = g_max_frames, t;
+    if (g_chk_lines == NULL) { /* once, for any session's max_frames */
+        g_chk_codes = malloc(HS_MAX_FRAMES * sizeof *g_chk_codes);
+        g_chk_frames = malloc(HS_MAX_FRAMES * sizeof *g_chk_frames);
+        g_chk_lines = g_chk_codes && g_chk_frames ? malloc(HS_MAX_FRAMES * sizeof *g_chk_lines)
+                                                  : NULL;
+        if (g_chk_lines == NULL)
+            return;
+    }
+    int m = api_walk(ts, g_chk_codes, g_chk_lines, g_chk_frames, max, &t,
+                     WALK_LASTI | WALK_KEYS_IN_PLACE);
+    int same = m == n && t == truncated;
+    for (int k = 0; same && k < n; k++)
+        same = g_chk_codes[k] == g_cap_codes[k] && g_chk_lines[k] == g_cap_lines[k] &&
+               g_chk_frames[k] == hs_cap_frames[k];
+    g_walk_checked++;
+    g_walk_differ += !same;
+}
+
 static int capture(unsigned *flags) {
     void *ts = api.tstate_unchecked();
-    int n = 0, max = g_max_frames;
+    int n = 0, max = g_max_frames, truncated;
     if (ts == NULL)
         return 0;
     if (api.minor == 8) {
@@ -738,36 +806,18 @@ static int capture(unsigned *flags) {
         *flags |= HS_STACK_FOREIGN;
         return 0;
     }
-    /* The frame API may allocate (3.11+ creates frame objects) and can clear or set an
-     * error: keep the caller's pending exception, and keep 3.11 from collecting garbage
-     * (running finalizers) inside somebody's malloc. */
-    void *et = NULL, *ev = NULL, *etb = NULL;
-    int had_error = api.err_occurred() != NULL;
-    if (had_error)
-        api.err_fetch(&et, &ev, &etb);
-    int gc_was_enabled = api.gc_disable ? api.gc_disable() : 0;
-    void *f = api.tstate_get_frame(ts);
-    while (f != NULL && n < max) {
-        void *code = api.frame_get_code(f);
-        g_cap_codes[n] = code;
-        hs_cap_frames[n] = f;
-        g_cap_lines[n] = g_lines_at_drain ? api.frame_get_lasti(f) : api.frame_get_line(f);
-        n++;
-        api.decref(code);
-        void *back = api.frame_get_back(f);
-        api.decref(f);
-        f = back;
+    n = -1;
+    if (hs_walk_on) { /* 3.11+, checked by hs_walk_verify: frames read in place */
+        n = hs_walk(ts, g_cap_codes, g_cap_lines, hs_cap_frames, max, &truncated);
+        if (UNLIKELY(g_walk_check) && n >= 0)
+            walk_check(ts, n, truncated);
     }
-    if (f != NULL) {
+    if (n < 0) /* the public API: before 3.11, or something unexpected in place */
+        n = api_walk(ts, g_cap_codes, g_cap_lines, hs_cap_frames, max, &truncated,
+                     (g_lines_at_drain ? WALK_LASTI : 0) |
+                         (hs_walk_on ? WALK_KEYS_IN_PLACE : 0));
+    if (truncated)
         *flags |= HS_STACK_TRUNCATED;
-        api.decref(f);
-    }
-    if (gc_was_enabled)
-        api.gc_enable();
-    if (had_error)
-        api.err_restore(et, ev, etb);
-    else if (api.err_occurred() != NULL)
-        api.err_restore(NULL, NULL, NULL); /* e.g. MemoryError while making a frame */
     return n;
 }
 
@@ -1345,6 +1395,56 @@ HS_EXPORT const char *hs_strerror(int code) {
 /* Install the hooks on MEM and OBJ in one call (the GIL is held throughout, so no thread
  * allocates between the two domains). rate: mean bytes between samples (0: no sampling,
  * totals only; 1: every allocation). seed 0 picks one. */
+/* The check that turns frame_walk.c's walk on: both walks of the caller's stack (the
+ * agent calls from a generator, through a C function calling back into Python, so that
+ * a generator's frame and an entry frame are on it) must agree on every frame, with the
+ * frame objects' f_frame on the structs read, and probe_code's _co_firsttraceable must
+ * read as first (the agent's count of its instructions before RESUME). Only while no
+ * session runs, so that a session keeps one kind of frame key throughout. */
+#define VERIFY_FRAMES 256
+HS_EXPORT int hs_walk_verify(void *probe_code, int first) {
+    if (g_state == HS_STATE_RUNNING)
+        return HS_ERR_RUNNING;
+    int rc = resolve_api();
+    if (rc != HS_OK)
+        return rc;
+    hs_walk_enable(0);
+    if (api.free_threaded || api.minor < 11 || api.frame_get_lasti == NULL ||
+        probe_code == NULL || first < 1 || !api.gil_check() ||
+        !hs_walk_layout(api.minor, sym("PyCode_Type")))
+        return HS_OK;
+    void *ts = api.tstate_unchecked();
+    if (ts == NULL || hs_walk_first_traceable(probe_code) != first)
+        return HS_OK;
+    void *codes[VERIFY_FRAMES], *frames[VERIFY_FRAMES];
+    int32_t lasti[VERIFY_FRAMES];
+    int truncated;
+    int n = hs_walk(ts, codes, lasti, frames, VERIFY_FRAMES, &truncated);
+    if (n < 3 || truncated)
+        return HS_OK;
+    void *acodes[VERIFY_FRAMES], *aframes[VERIFY_FRAMES];
+    int32_t alasti[VERIFY_FRAMES];
+    int m = api_walk(ts, acodes, alasti, aframes, VERIFY_FRAMES, &truncated,
+                     WALK_LASTI | WALK_KEYS_IN_PLACE);
+    int same = m == n && !truncated;
+    for (int k = 0; same && k < n; k++)
+        same = acodes[k] == codes[k] && alasti[k] == lasti[k] && aframes[k] == frames[k];
+    if (same)
+        hs_walk_enable(1);
+    return HS_OK;
+}
+
+/* Whether captures read frames in place (hs_walk_verify passed): 1 or 0. */
+HS_EXPORT int hs_walk_state(void) { return hs_walk_on; }
+
+/* Tests only: compare every in-place capture with the API's walk from now on (on != 0),
+ * and say how many were compared and how many differed so far. */
+HS_EXPORT void hs_walk_check(int on, uint64_t *checked, uint64_t *differ) {
+    g_walk_check = on;
+    *checked = g_walk_checked;
+    *differ = g_walk_differ;
+}
+
 HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint64_t seed,
                        unsigned flags) {
     if (g_state == HS_STATE_RUNNING)

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define HS_ABI 13
+#define HS_ABI 14
 
 /* Size classes: class k counts allocations with 2**(k-1) < size <= 2**k; class 0 holds
  * sizes 0 and 1, class 64 sizes above 2**63. */
@@ -142,6 +142,16 @@ int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint64_t seed, 
 int hs_set_rate(uint64_t rate);
 int hs_stop(void);
 int hs_state(void);
+/* 3.11+: read the caller's frames in place at each sample (frame_walk.h) once this check
+ * passes: called from Python, with probe_code a code object whose first `first` (>= 1)
+ * code units come before its RESUME. Always HS_OK unless a session runs (HS_ERR_RUNNING)
+ * or the C-API is missing; hs_walk_state() then says whether the walk is on (1) or the
+ * public frame API stays in use (0). */
+int hs_walk_verify(void *probe_code, int first);
+int hs_walk_state(void);
+/* Tests only: from now on (on != 0) each in-place capture is also walked through the API;
+ * *checked and *differ say how many captures were compared and how many differed. */
+void hs_walk_check(int on, uint64_t *checked, uint64_t *differ);
 int hs_read(hs_report *out, int drain);
 /* Evict stacks with nothing live, already drained and unchanged for more than min_idle
  * drains; *n_out ids (uint32) at address *ids_out, valid until the next call or hs_stop. */

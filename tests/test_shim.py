@@ -409,3 +409,33 @@ def test_default_task_names_cannot_crowd_out_given_ones(
     assert out["probe"] is True
     assert out["default"] == out["half"], out
     assert out["named"] == ["after-flood"], out
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_frames_read_in_place_match_the_frame_api(interp: Interpreter, shim_so: Path) -> None:
+    """From 3.11 samples read frames in place (frame_walk.c): every capture of a workload
+    sampled in full (generators, asyncio tasks, C code calling back into Python, cells
+    made before RESUME, truncated recursion) is also walked through the frame API and
+    must match it frame by frame; the task labels come out as with the API alone
+    (shim_targets/frame_walk.py). Before 3.11 the walk stays off."""
+    out = run(interp, shim_so, "frame_walk.py")
+    in_place, api = out["in_place"], out["api"]
+    assert api["walked"] is False
+    if interp.version < (3, 11):
+        assert in_place["walked"] is False and in_place["checked"] == 0, in_place["checked"]
+        return
+    assert in_place["walked"] is True
+    assert in_place["checked"] >= 1000, in_place["checked"]
+    assert in_place["differ"] == 0, (in_place["differ"], in_place["checked"])
+
+    def tally(stacks: list[str]) -> tuple[int, int, int, int]:
+        return (
+            sum("'walker'" in s for s in stacks),  # the C Task's name, read at the sample
+            sum(s.endswith(", True)") for s in stacks),  # the Python Task's slot
+            sum(", True, '" in s for s in stacks),  # truncated
+            sum("with_cells" in s for s in stacks),
+        )
+
+    walker, _, truncated, cells = tally(in_place["stacks"])
+    assert walker > 0 and truncated > 0 and cells > 0, tally(in_place["stacks"])
+    assert tally(in_place["stacks"]) == tally(api["stacks"])

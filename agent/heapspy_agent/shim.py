@@ -30,9 +30,9 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-ABI = 13
+ABI = 14
 """Must match HS_ABI in heapspy_shim.h."""
 NATIVE_ABI = 2
 """Must match HS_NATIVE_ABI in native_hooks.h."""
@@ -386,6 +386,45 @@ def _is_free_threaded() -> bool:
     return "t" in getattr(sys, "abiflags", "")
 
 
+def _walk_probe() -> "Tuple[Any, int]":
+    """A code object with instructions before its RESUME, and how many code units they
+    are: the shim reads that count where 3.11+ keeps it (_co_firsttraceable) to check the
+    offset. RESUME's opcode is the first byte of a function with no cells."""
+
+    def plain() -> None:
+        pass
+
+    def probe() -> "Callable[[], int]":
+        cell = 0  # a cell: MAKE_CELL comes before RESUME
+
+        def inner() -> int:
+            return cell
+
+        return inner
+
+    resume = plain.__code__.co_code[0]
+    code = probe.__code__.co_code
+    first = next((i // 2 for i in range(0, len(code), 2) if code[i] == resume), 0)
+    return probe.__code__, first
+
+
+def _verify_walk(lib: "ctypes.PyDLL") -> int:
+    """Have the shim compare its in-place walk of this stack with the frame API's (see
+    hs_walk_verify), called from a generator's frame through map(), a C function calling
+    back into Python: the frames a walk must skip or keep are on the stack it checks."""
+    if sys.version_info < (3, 11):
+        return 0
+    code, first = _walk_probe()
+
+    def leaf(_: int) -> int:
+        return int(lib.hs_walk_verify(code, first))
+
+    def steps() -> "Iterator[int]":
+        yield sum(map(leaf, (0,)))
+
+    return next(steps())
+
+
 class Shim:
     """One loaded copy of the shim library in this process.
 
@@ -417,6 +456,16 @@ class Shim:
         lib.hs_stop.argtypes = []
         lib.hs_state.restype = ctypes.c_int
         lib.hs_state.argtypes = []
+        lib.hs_walk_verify.restype = ctypes.c_int
+        lib.hs_walk_verify.argtypes = [ctypes.py_object, ctypes.c_int]
+        lib.hs_walk_state.restype = ctypes.c_int
+        lib.hs_walk_state.argtypes = []
+        lib.hs_walk_check.restype = None
+        lib.hs_walk_check.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_uint64),
+            ctypes.POINTER(ctypes.c_uint64),
+        ]
         lib.hs_read.restype = ctypes.c_int
         lib.hs_read.argtypes = [ctypes.POINTER(_Report), ctypes.c_int]
         lib.hs_evict.restype = ctypes.c_int
@@ -567,11 +616,13 @@ class Shim:
         max_stacks: int = DEFAULT_MAX_STACKS,
         seed: int = 0,
         free_threaded: Optional[bool] = None,
+        walk_in_place: bool = True,
     ) -> None:
         """Install the hooks on MEM and OBJ in one C call and start counting.
 
         ``rate``: mean bytes between samples (0: exact totals only, 1: every allocation).
-        ``seed``: 0 picks one. ``free_threaded``: None detects it.
+        ``seed``: 0 picks one. ``free_threaded``: None detects it. ``walk_in_place``:
+        False keeps samples on the frame API (tests compare the two walks).
         """
         if rate < 0 or max_frames < 1 or max_stacks < 2 or seed < 0:
             raise ShimError("invalid argument", ERR_ARG)
@@ -580,7 +631,26 @@ class Shim:
         flags = _FLAG_FREE_THREADED if free_threaded else 0
         with self._lock:
             self._names.clear()
-            self._check(self._c().hs_start(rate, max_frames, max_stacks, seed, flags))
+            lib = self._c()
+            if walk_in_place and not free_threaded and not hasattr(sys, "gettotalrefcount"):
+                self._check(_verify_walk(lib))  # not in a debug build: other layouts
+            else:
+                self._check(lib.hs_walk_verify(None, 0))  # off
+            self._check(lib.hs_start(rate, max_frames, max_stacks, seed, flags))
+
+    def walk_check(self, on: bool) -> Tuple[int, int]:
+        """Tests only: from now on, have every in-place capture also walk the frames
+        through the API (``on``); the captures compared so far and those that differed."""
+        checked, differ = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        with self._lock:
+            self._c().hs_walk_check(int(on), ctypes.byref(checked), ctypes.byref(differ))
+        return checked.value, differ.value
+
+    @property
+    def walks_in_place(self) -> bool:
+        """Whether samples read the frames in place (3.11+, ``_verify_walk`` passed)
+        rather than through the frame API, which makes frame objects."""
+        return bool(self._c().hs_walk_state())
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's lock: call first thing in a forked child, before any other
