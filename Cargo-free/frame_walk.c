@@ -60,7 +60,13 @@ int hs_walk_layout(int minor, void *code_type) {
     return 1;
 }
 
-void hs_walk_enable(int on) { hs_walk_on = on && g_code_type != NULL; }
+/* Built with -DHS_NO_WALK (benchmarks only: shim_overhead.py --base), never on. */
+void hs_walk_enable(int on) {
+#ifdef HS_NO_WALK
+    on = 0;
+#endif
+    hs_walk_on = on && g_code_type != NULL;
+}
 
 int hs_walk(void *ts, void **codes, int32_t *lasti, void **frames, int max, int *truncated) {
     const walk_layout *L = &g_layout;
