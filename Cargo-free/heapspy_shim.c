@@ -1019,16 +1019,17 @@ static __attribute__((noinline)) void *realloc_slow(hs_dom *d, void *ptr, size_t
     return p;
 }
 
-/* The common realloc (of an unsampled block, not sampled, size not 0, active, same
- * thread) is counted before it is made, like malloc's, to keep it a tail call: if it
- * fails (out of memory) it is counted all the same. */
+/* The common realloc (of NULL or of an unsampled block, not sampled, size not 0, active,
+ * same thread) is counted before it is made, like malloc's, to keep it a tail call: if
+ * it fails (out of memory) it is counted all the same. realloc(NULL) is common (a list
+ * growing from empty), and NULL's filter bit is set (for free(NULL)): tested apart. */
 static void *hs_realloc(void *ctx, void *ptr, size_t size) {
     hs_dom *d = ctx;
     FORWARD_ONLY(d->prev.realloc(d->prev.ctx, ptr, size));
-    if (fast_size(size) && LIKELY(hs_same_thread()) && surely_unsampled(ptr)) {
+    if (fast_size(size) && LIKELY(hs_same_thread()) && (ptr == NULL || surely_unsampled(ptr))) {
         g_left -= (int64_t)size;
         count_alloc_fast(d, size);
-        d->realloc_count++; /* and a free: see hs_dom */
+        d->realloc_count += ptr != NULL; /* and a free: see hs_dom */
         return d->prev.realloc(d->prev.ctx, ptr, size);
     }
     return realloc_slow(d, ptr, size);
