@@ -123,8 +123,7 @@ static struct {
     cw_object *none;
 } py;
 
-static void *sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
-#define RESOLVE(field, name) (*(void **)(&py.field) = sym(name))
+#define RESOLVE(field, name) (*(void **)(&py.field) = hs_sym(name))
 
 static int resolve(void) {
     if (py.resolved)
@@ -132,8 +131,8 @@ static int resolve(void) {
     py.resolved = 1;
     /* Not usable: free-threaded builds (counts are not one word) and Py_TRACE_REFS builds
      * (two more words at the head of every object). The pure-Python walk serves them. */
-    if (sym("_Py_DecRefShared") != NULL || sym("_Py_MergeZeroLocalRefcount") != NULL ||
-        sym("_Py_PrintReferences") != NULL)
+    if (hs_sym("_Py_DecRefShared") != NULL || hs_sym("_Py_MergeZeroLocalRefcount") != NULL ||
+        hs_sym("_Py_PrintReferences") != NULL)
         return 0;
     int ok = 1;
     ok &= RESOLVE(incref, "Py_IncRef") != NULL;

@@ -344,8 +344,8 @@ static void release(void) {
 }
 
 int hs_labels_start(int max_frames) {
-    *(void **)(&p_incref) = dlsym(RTLD_DEFAULT, "Py_IncRef");
-    *(void **)(&p_decref) = dlsym(RTLD_DEFAULT, "Py_DecRef");
+    *(void **)(&p_incref) = hs_sym("Py_IncRef");
+    *(void **)(&p_decref) = hs_sym("Py_DecRef");
     if (p_incref == NULL || p_decref == NULL)
         return HS_ERR_SYMBOLS;
     g_sets = malloc(HS_MAX_LABELS * sizeof *g_sets);

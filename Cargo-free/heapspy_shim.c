@@ -97,15 +97,13 @@ static struct {
     size_t off_f_back, off_f_code, off_ts_interp;
 } api;
 
-static void *sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
-
-#define RESOLVE(field, name) (*(void **)(&api.field) = sym(name))
+#define RESOLVE(field, name) (*(void **)(&api.field) = hs_sym(name))
 
 static int resolve_api(void) {
     if (api.resolved)
         return HS_OK;
     const char *(*get_version)(void);
-    *(void **)(&get_version) = sym("Py_GetVersion");
+    *(void **)(&get_version) = hs_sym("Py_GetVersion");
     if (get_version == NULL)
         return HS_ERR_SYMBOLS;
     const char *v = get_version();
@@ -116,7 +114,7 @@ static int resolve_api(void) {
         return HS_ERR_VERSION;
     api.minor = minor;
     /* Defined only in free-threaded builds (Objects/object.c, under Py_GIL_DISABLED). */
-    api.free_threaded = sym("_Py_DecRefShared") != NULL || sym("_Py_MergeZeroLocalRefcount") != NULL;
+    api.free_threaded = hs_sym("_Py_DecRefShared") != NULL || hs_sym("_Py_MergeZeroLocalRefcount") != NULL;
 
     int ok = 1;
     ok &= RESOLVE(mem_get, "PyMem_GetAllocator") != NULL;
@@ -138,7 +136,7 @@ static int resolve_api(void) {
         /* PyFrameObject starts with PyObject_VAR_HEAD (24 bytes, 40 with Py_TRACE_REFS,
          * recognisable by _Py_PrintReferences), then f_back, then f_code. PyThreadState
          * starts with prev, next, interp. Include/frameobject.h, cpython/pystate.h. */
-        size_t head = sym("_Py_PrintReferences") != NULL ? 40 : 24;
+        size_t head = hs_sym("_Py_PrintReferences") != NULL ? 40 : 24;
         api.off_f_back = head;
         api.off_f_code = head + sizeof(void *);
         api.off_ts_interp = 2 * sizeof(void *);
@@ -1412,7 +1410,7 @@ HS_EXPORT int hs_walk_verify(void *probe_code, int first) {
     hs_walk_enable(0);
     if (api.free_threaded || api.minor < 11 || api.frame_get_lasti == NULL ||
         probe_code == NULL || first < 1 || !api.gil_check() ||
-        !hs_walk_layout(api.minor, sym("PyCode_Type")))
+        !hs_walk_layout(api.minor, hs_sym("PyCode_Type")))
         return HS_OK;
     void *ts = api.tstate_unchecked();
     if (ts == NULL || hs_walk_first_traceable(probe_code) != first)
@@ -1534,7 +1532,7 @@ HS_EXPORT int hs_numpy_inflight(void) { return __atomic_load_n(&g_np_inflight, _
  * thread allocates from the OBJ domain: our hook is swapped for the allocator it chains to
  * for the length of the call (which allocates nothing from that domain) and put back. */
 HS_EXPORT int hs_pymalloc_stats(void *out) {
-    int (*stats)(void *) = (int (*)(void *))sym("_PyObject_DebugMallocStats");
+    int (*stats)(void *) = (int (*)(void *))hs_sym("_PyObject_DebugMallocStats");
     if (stats == NULL || out == NULL)
         return 0;
     hs_dom *d = &g_dom[1];

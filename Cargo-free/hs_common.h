@@ -5,9 +5,14 @@
 #ifndef HS_COMMON_H
 #define HS_COMMON_H
 
+#include <dlfcn.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+/* A symbol of the process (the interpreter's C-API, libc's), wherever it is defined:
+ * NULL when absent. The includer defines _GNU_SOURCE first, for RTLD_DEFAULT. */
+static inline void *hs_sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
 
 /* A 64-bit finaliser (MurmurHash3's fmix64): spreads pointers and ids over hash slots. */
 static inline uint64_t hs_mix64(uint64_t x) {
