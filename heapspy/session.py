@@ -723,6 +723,11 @@ class Session:
             labels=labels_summary(agg),
             offender=offender,
             retainers=retainers.to_json() if retainers is not None else None,
+            reporting={
+                "intervals": agg.intervals,
+                "reports": agg.reports,
+                "idle_report": self.config.idle_report,
+            },
         )
 
     def write_dump(

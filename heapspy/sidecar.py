@@ -60,6 +60,8 @@ class Sidecar:
     offender: dict[str, Any] | None = None
     # which roots hold the top sites' live samples (heapspy.retainers.Retainers.to_json)
     retainers: dict[str, Any] | None = None
+    # collections and the reports that carried them (fewer with idle_report on)
+    reporting: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         totals = self.totals
@@ -125,6 +127,9 @@ class Sidecar:
             "labels": self.labels,
             "offender": self.offender,
             "retainers": self.retainers,
+            # {"intervals", "reports", "idle_report"}: with idle_report on, quiet
+            # collections were merged into fewer reports (nothing live had changed)
+            "reporting": self.reporting,
         }
 
 

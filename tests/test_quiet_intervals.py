@@ -10,6 +10,7 @@ e^-16), so the dump's count of churn()'s allocations is exactly the target's own
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -19,6 +20,7 @@ from heapspy_agent import protocol
 from support import Target
 
 from heapspy.config import AttachConfig
+from heapspy.dumps import sidecar_path
 from heapspy.pprof import read_profile
 from heapspy.session import Session
 
@@ -103,6 +105,10 @@ def test_quiet_collections_are_merged_live_changes_sent_at_once(
         assert _alloc_objects(on_demand, "churn") == truth["churn"], truth
         status = session.status()
         assert status["idle_report"] == idle_report and status["reports"] == agg.reports
+        side = json.loads(sidecar_path(on_demand).read_text())
+        reporting = side["reporting"]
+        assert reporting["idle_report"] == idle_report, reporting
+        assert reporting["intervals"] >= reporting["reports"] + 6, reporting
     finally:
         session.detach()
     # the final dump: the same, and the frames' seq never went backwards

@@ -174,6 +174,10 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
             )
     for s in sessions:  # who allocates: the top threads (exact) and tasks (sampled)
         lines.extend(f"{s.target_pid}: {line}" for line in labels_lines(s.status.get("labels")))
+    for s in sessions:  # quiet intervals merged: what a reader may find up to that old
+        line = quiet_line(s.status)
+        if line:
+            lines.append(f"{s.target_pid}: {line}")
     for s in sessions:  # samples the agent could not give a stack (its table was full)
         overflow = s.status.get("overflow_samples")
         if isinstance(overflow, int) and overflow > 0:
@@ -182,6 +186,21 @@ def render_text(sessions: Sequence[SessionStatus], now: float | None = None) -> 
         if s.memory is not None:
             lines.extend(format_breakdown(s.memory))
     return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def quiet_line(st: dict[str, Any]) -> str | None:
+    """With idle_report on, the agent merges quiet collections into one report: say how
+    many, and how old figures that come only with a report (the live heap in `top`, a
+    scrape without gc=1) may be; None when it is off or the status does not say."""
+    idle, intervals, reports = st.get("idle_report"), st.get("intervals"), st.get("reports")
+    if not isinstance(idle, (int, float)) or isinstance(idle, bool) or not idle > 0:
+        return None
+    if type(intervals) is not int or type(reports) is not int:
+        return None
+    return (
+        f"quiet intervals merged (idle_report {idle:g}s): {reports:,} reports for "
+        f"{intervals:,} intervals; figures sent only with a report may be up to {idle:g}s old"
+    )
 
 
 def _named_sizes(rows: Any, name_at: int, size_at: int) -> str:

@@ -328,6 +328,18 @@ def test_status_says_how_many_stacks_a_session_dropped() -> None:
     assert "dropped" not in quiet
 
 
+def test_status_says_when_quiet_intervals_are_merged() -> None:
+    status = {"python": "3.11.2", "mode": "sampled", "rate": 524288, "intervals": 1200,
+              "reports": 130, "idle_report": 10.0}  # fmt: skip
+    text = render_text([SessionStatus(4242, None, status)], now=0.0)
+    assert (
+        "4242: quiet intervals merged (idle_report 10s): 130 reports for 1,200 intervals; "
+        "figures sent only with a report may be up to 10s old"
+    ) in text
+    for off in ({"idle_report": 0.0}, {"idle_report": None}, {"reports": "130"}):
+        assert "quiet" not in render_text([SessionStatus(4242, None, {**status, **off})])
+
+
 def test_printable_escapes_what_a_terminal_or_a_log_would_obey() -> None:
     assert printable("a\x1b]0;t\x07b\x1b[2J\nc\u202ed\x9b") == (
         "a\\x1b]0;t\\x07b\\x1b[2J\\nc\\u202ed\\x9b"

@@ -44,6 +44,9 @@ def test_what_a_session_writes_reads_back() -> None:
     # samples the shim could not give a stack are counted, and stacks it evicted
     assert document["dropped"] == {"stacks": 0, "agent_sites": 3, "overflow_samples": 7}
     assert document["evicted_stacks"] == 5
+    assert document["reporting"] is None  # not given here; a session's has its counts
+    merged = sidecar(reporting={"intervals": 12, "reports": 3, "idle_report": 10.0})
+    assert merged.to_json()["reporting"] == {"intervals": 12, "reports": 3, "idle_report": 10.0}
     # each point says the rate it was taken at (a `heapspy rate` at t=150)
     rate = document["series_columns"].index("rate")
     assert document["rss_series"][0][rate] == 4096 and document["rss_series"][-1][rate] == 0
