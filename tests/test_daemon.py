@@ -257,6 +257,34 @@ def test_scans_look_again_at_what_may_have_changed(tmp_path: Path) -> None:
     assert pid not in _pids(scanner.scan(cfg.watches))
 
 
+def test_a_new_scanner_takes_old_processes_for_old(tmp_path: Path) -> None:
+    """Young (looked at in full at every scan) means started less than ``young`` ago,
+    not first seen that recently: a daemon starting on a host of long-running processes
+    looked at every one in full at every scan for its first 30 s. Here a process older
+    than ``young`` that no watch wants is not looked at again before its recheck round,
+    so its exec to a wanted command line goes unseen by the next scan."""
+    tag = f"hs-{uuid.uuid4().hex[:8]}-"
+    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}{tag}"\n')
+    go = tmp_path / "go"
+    sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
+    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
+    pid = _not_our_child(code, tag)
+    young = 2.0
+    try:
+        born = psutil.Process(pid).create_time()
+        assert wait_for(lambda: time.time() - born > young + 0.5, 30)
+        scanner = Scanner(young=young, recheck=pid + 1000)  # no recheck round in this test
+        assert pid not in _pids(scanner.scan(cfg.watches))  # sh: one tag, not two
+        go.touch()
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert wait_for(lambda: (tag + tag).encode() in cmdline.read_bytes(), 10)
+        assert pid not in _pids(scanner.scan(cfg.watches))  # old: not looked at again
+        assert pid in _pids(Scanner(young=young).scan(cfg.watches))  # a full look finds it
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _not_our_child(code: str, arg0: str) -> int:
     """The pid of ``sh -c code arg0`` started by a shell that exits at once: not a
     descendant of this process (the scan never returns the scanner's own descendants)."""

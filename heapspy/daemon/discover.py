@@ -8,7 +8,7 @@ Never returned: pid 1, this process and its descendants (its own session
 processes among them), and any process that runs heapspy.
 
 The daemon scans every few seconds (``Scanner``) and looks again only at what may have
-changed: a pid it has not seen, or one seen less than ``YOUNG`` seconds ago (a forked
+changed: a pid it has not seen, or a process less than ``YOUNG`` seconds old (a forked
 worker renames itself after the fork: setproctitle); every other one is looked at in
 full every ``RECHECK`` scans (one that starts to match later, by renaming itself or
 changing its user, is found within that many; one that stops matching is let go), and
@@ -101,7 +101,7 @@ def scan(watches: Sequence[Watch]) -> dict[Key, Found]:
     return Scanner().scan(watches)
 
 
-# A process first seen less than this long ago is looked at in full at every scan.
+# A process started less than this long ago is looked at in full at every scan.
 YOUNG = 30.0
 # Any other that no watch wanted is looked at again every this many scans.
 RECHECK = 5
@@ -119,9 +119,28 @@ def _start_and_state(pid: int) -> tuple[bytes, bytes] | None:
 
 @dataclass
 class _Seen:
-    since: float  # monotonic: when first seen
+    born: float  # when it started, in seconds since boot (else when first seen: see _born)
     start: bytes | None  # its start time (/proc/PID/stat), for a process found
     found: Found | None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _since_boot() -> float:
+    """Now on the clock /proc/PID/stat's start times count from (boot, suspend included)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _born(ticks: bytes | None, now: float) -> float:
+    """When a process started, from its start time in clock ticks since boot: its age,
+    not how long this daemon has known it, decides whether it is young (a daemon that
+    starts on a host of long-running processes looked at every one in full at every scan
+    for its first YOUNG seconds). ``now`` when the start time is unknown."""
+    try:
+        return int(ticks) / _TICKS if ticks is not None else now
+    except ValueError:
+        return now
 
 
 class Scanner:
@@ -142,7 +161,7 @@ class Scanner:
         daemon does not look at a held process's verdict. Once let go, it is looked at
         again. On a host of 64 watched workers this was most of a scan's CPU."""
         me = os.getpid()
-        now = time.monotonic()
+        now = _since_boot()
         self._round += 1
         found: dict[Key, Found] = {}
         parents: dict[int, int] = {}
@@ -159,7 +178,7 @@ class Scanner:
             # each known process is looked at in full in its round, one in `recheck`
             if (
                 last is not None
-                and now - last.since >= self.young
+                and now - last.born >= self.young
                 and (pid + self._round) % self.recheck
             ):
                 if last.found is None:
@@ -179,7 +198,8 @@ class Scanner:
                 continue
             ticks = start[0] if start is not None else None
             same = last is not None and ticks is not None and last.start == ticks
-            seen[pid] = _Seen(last.since if last is not None and same else now, ticks, got)
+            seen[pid] = _Seen(last.born if last is not None and same else _born(ticks, now),
+                              ticks, got)  # fmt: skip
             if got is not None:
                 found[got.key] = got
         self._seen = seen
