@@ -236,12 +236,7 @@ def test_scans_look_again_at_what_may_have_changed(tmp_path: Path) -> None:
     one that starts to match later (here: an exec, same pid and start time) is found
     within that many; one found is found at each scan while it is the same process, and
     no longer once it has gone."""
-    tag = f"hs-{uuid.uuid4().hex[:8]}-"
-    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}{tag}"\n')
-    go = tmp_path / "go"
-    sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
-    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
-    pid = _not_our_child(code, tag)
+    tag, cfg, go, pid = _renamed_on_demand(tmp_path)
     try:
         scanner = Scanner(young=0.0, recheck=3)
         assert pid not in _pids(scanner.scan(cfg.watches))  # sh: one tag, not two
@@ -263,12 +258,7 @@ def test_a_new_scanner_takes_old_processes_for_old(tmp_path: Path) -> None:
     looked at every one in full at every scan for its first 30 s. Here a process older
     than ``young`` that no watch wants is not looked at again before its recheck round,
     so its exec to a wanted command line goes unseen by the next scan."""
-    tag = f"hs-{uuid.uuid4().hex[:8]}-"
-    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}{tag}"\n')
-    go = tmp_path / "go"
-    sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
-    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
-    pid = _not_our_child(code, tag)
+    tag, cfg, go, pid = _renamed_on_demand(tmp_path)
     young = 2.0
     try:
         born = psutil.Process(pid).create_time()
@@ -283,6 +273,18 @@ def test_a_new_scanner_takes_old_processes_for_old(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _renamed_on_demand(tmp_path: Path) -> tuple[str, DaemonConfig, Path, int]:
+    """A watch for a command line with the tag twice, and a process (not our child) whose
+    command line has it once until ``go`` exists, then twice: it execs, keeping its pid
+    and start time."""
+    tag = f"hs-{uuid.uuid4().hex[:8]}-"
+    cfg = _load(tmp_path, f'[[watch]]\nname = "w"\ncmdline = "{tag}{tag}"\n')
+    go = tmp_path / "go"
+    sleep = f'{sys.executable} -c "import time; time.sleep(600)"'
+    code = f'while [ ! -e {go} ]; do sleep 0.05; done; exec {sleep} "$0$0"'
+    return tag, cfg, go, _not_our_child(code, tag)
 
 
 def _not_our_child(code: str, arg0: str) -> int:
