@@ -101,10 +101,12 @@ int hs_walk(void *ts, void **codes, int32_t *lasti, void **frames, int max, int 
     return n;
 }
 
+void *hs_walk_frame_of(void *frame_object) { return WORD(frame_object, F_FRAME); }
+
 void *hs_walk_frame_key(void *frame_object) {
     if (!hs_walk_on || frame_object == NULL)
         return frame_object;
-    return WORD(frame_object, F_FRAME);
+    return hs_walk_frame_of(frame_object);
 }
 
 int32_t hs_walk_first_traceable(void *code) {

@@ -37,8 +37,11 @@ extern __attribute__((visibility("hidden"))) int hs_walk_on;
  * a code object, a chain far too long): the caller then uses the public API. */
 int hs_walk(void *ts, void **codes, int32_t *lasti, void **frames, int max, int *truncated);
 
-/* A frame object's interpreter frame (its f_frame), the key hs_cap_frames uses while the
- * walk is on; the frame object itself otherwise. */
+/* A frame object's interpreter frame (its f_frame, 3.11+). */
+void *hs_walk_frame_of(void *frame_object);
+
+/* The key hs_cap_frames uses for a frame object: its interpreter frame while the walk is
+ * on, the frame object itself otherwise. */
 void *hs_walk_frame_key(void *frame_object);
 
 /* _co_firsttraceable of a code object, for hs_walk_verify's check of that offset. */

@@ -710,8 +710,6 @@ overflow:
 
 /* ---- stack capture -------------------------------------------------------------- */
 
-/* Fill g_cap_codes/g_cap_lines leaf first; return the number of frames. Code pointers
- * are borrowed: the executing frames hold them until the hook returns. */
 /* The frames of thread state ts through the public API (3.9+), leaf first, as capture
  * records them: borrowed code objects, lines or (WALK_LASTI) instruction offsets, and
  * frame keys: the frame objects, or (WALK_KEYS_IN_PLACE) their interpreter frames. */
@@ -732,7 +730,7 @@ static int api_walk(void *ts, void **codes, int32_t *lines, void **frames, int m
     while (f != NULL && n < max) {
         void *code = api.frame_get_code(f);
         codes[n] = code;
-        frames[n] = (how & WALK_KEYS_IN_PLACE) ? *(void **)((char *)f + 24) : f; /* f_frame */
+        frames[n] = (how & WALK_KEYS_IN_PLACE) ? hs_walk_frame_of(f) : f;
         lines[n] = (how & WALK_LASTI) ? api.frame_get_lasti(f) : api.frame_get_line(f);
         n++;
         api.decref(code);
@@ -779,6 +777,8 @@ static void walk_check(void *ts, int n, int truncated) {
     g_walk_differ += !same;
 }
 
+/* Fill g_cap_codes/g_cap_lines leaf first; return the number of frames. Code pointers
+ * are borrowed: the executing frames hold them until the hook returns. */
 static int capture(unsigned *flags) {
     void *ts = api.tstate_unchecked();
     int n = 0, max = g_max_frames, truncated;
@@ -1391,9 +1391,6 @@ HS_EXPORT const char *hs_strerror(int code) {
     }
 }
 
-/* Install the hooks on MEM and OBJ in one call (the GIL is held throughout, so no thread
- * allocates between the two domains). rate: mean bytes between samples (0: no sampling,
- * totals only; 1: every allocation). seed 0 picks one. */
 /* The check that turns frame_walk.c's walk on: both walks of the caller's stack (the
  * agent calls from a generator, through a C function calling back into Python, so that
  * a generator's frame and an entry frame are on it) must agree on every frame, with the
@@ -1444,6 +1441,9 @@ HS_EXPORT void hs_walk_check(int on, uint64_t *checked, uint64_t *differ) {
     *differ = g_walk_differ;
 }
 
+/* Install the hooks on MEM and OBJ in one call (the GIL is held throughout, so no thread
+ * allocates between the two domains). rate: mean bytes between samples (0: no sampling,
+ * totals only; 1: every allocation). seed 0 picks one. */
 HS_EXPORT int hs_start(uint64_t rate, int max_frames, uint64_t max_stacks, uint64_t seed,
                        unsigned flags) {
     if (g_state == HS_STATE_RUNNING)

@@ -723,11 +723,7 @@ class Session:
             labels=labels_summary(agg),
             offender=offender,
             retainers=retainers.to_json() if retainers is not None else None,
-            reporting={
-                "intervals": agg.intervals,
-                "reports": agg.reports,
-                "idle_report": self.config.idle_report,
-            },
+            reporting=self.reporting(),
         )
 
     def write_dump(
@@ -825,12 +821,19 @@ class Session:
         """glibc's malloc_trim(0) in the target, with RSS before and after."""
         return self.memory_account.trim(self._agent_call)
 
+    def reporting(self) -> dict[str, Any]:
+        """Collections, and the reports that carried them: fewer in quiet times, with
+        idle_report on (the status and each sidecar say so)."""
+        return {
+            "intervals": self.aggregator.intervals,
+            "reports": self.aggregator.reports,
+            "idle_report": self.config.idle_report,
+        }
+
     def status(self) -> dict[str, Any]:
         info = asdict(self.info) if self.info else {}
         info["heap_estimate"] = self.aggregator.heap_estimate()
-        info["intervals"] = self.aggregator.intervals
-        info["reports"] = self.aggregator.reports  # fewer in quiet times: idle_report
-        info["idle_report"] = self.config.idle_report
+        info.update(self.reporting())
         info["holder_pid"] = os.getpid()
         sampling = self.aggregator.sampling  # as now, after any `heapspy rate`
         info["mode"] = sampling.mode
