@@ -12,8 +12,8 @@ OOM killer struck its cgroup meanwhile, so the final dump can say so.
 The slow reading is done for every running session of the process at once, by one
 thread (``_Monitor``): it reads each cgroup once a second and wakes the sessions of one
 that comes near its limit or where the kernel starts reclaiming. Far from the limit a
-session's loop then never wakes for its cgroup by itself; it reads it only when it wakes
-anyway (an agent's frame). A daemon with 64 idle-ish workers in one unit otherwise woke
+session's loop then never wakes for its cgroup, nor reads it: the monitor's reading is
+its state. A daemon with 64 idle-ish workers in one unit otherwise woke
 64 loops a second to read one cgroup.
 """
 
@@ -150,6 +150,8 @@ class CgroupWatch:
         """Read the cgroup when due (far from the limit, up to EARLY before) or alerted;
         the reason for a last-chance dump, or None."""
         alerted, self._alerted = self._alerted, False
+        if not alerted and self._wake is not None and not self._near():
+            return None  # followed: the monitor reads it, and alerts when it must be polled
         if not alerted and now < self._next_poll - (0.0 if self._near() else EARLY):
             return None
         fresh = _read_shared(self.cgroup, now)
@@ -235,8 +237,9 @@ class _Monitor:
                 # a cgroup read for the first time alerts too: its sessions began earlier
                 moved = last is None or bool(_moved(state.events, last))
                 seen[cg] = dict(state.events)
-                if moved or _near(state):
-                    for watch in group:
+                for watch in group:
+                    watch.state = state  # current for its session's status
+                    if moved or _near(state):
                         watch.alert()
             seen = {cg: events for cg, events in seen.items() if cg in groups}
             time.sleep(SLOW_POLL)

@@ -135,7 +135,8 @@ def test_the_monitor_wakes_a_following_session_only_when_its_cgroup_needs_it(
     """Far from the limit a session that follows its cgroup has no poll of its own to
     wake for (due: never); the process's monitor reads the cgroup and wakes it once it
     comes near the limit, or when the kernel reclaims, and the next poll then reads it
-    whenever it comes."""
+    whenever it comes. Meanwhile the monitor's readings are its state, and a poll reads
+    nothing (64 sessions of one unit each read it every second)."""
     mnt, mountinfo = _v2_copy(tmp_path)
     service = mnt / "system.slice" / "api.service"
     (service / "memory.current").write_text(str(100 * MiB))  # far: 20 % of 512 MiB
@@ -151,6 +152,13 @@ def test_the_monitor_wakes_a_following_session_only_when_its_cgroup_needs_it(
         assert watch.due == math.inf and watch.next_poll < math.inf
         assert woken.wait(30)  # the monitor's first reading of a cgroup wakes it once
         woken.clear()
+        assert watch.poll(time.monotonic()) is None  # the alerted poll: far, no dump
+        polled = watch.next_poll
+        (service / "memory.current").write_text(str(150 * MiB))  # still far
+        assert wait_for(lambda: watch.state.usage == 150 * MiB, 30)  # the monitor's reading
+        assert not woken.is_set()
+        # far and followed, a poll (the loop woke for something else) reads nothing
+        assert watch.poll(time.monotonic() + 60) is None and watch.next_poll == polled
         (service / "memory.current").write_text(str(502 * MiB + 32 * MiB))  # 98 %
         assert woken.wait(30)
         why = watch.poll(time.monotonic())  # not due by time: alerted

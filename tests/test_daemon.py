@@ -37,6 +37,7 @@ from typer.testing import CliRunner
 from heapspy import control, registry
 from heapspy.cli import attach as attach_cli
 from heapspy.config import DAEMON_IDLE_REPORT, AttachConfig
+from heapspy.daemon import discover
 from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DaemonConfig, default_dump_root, load_config
 from heapspy.daemon.discover import Found, Scanner
@@ -261,8 +262,8 @@ def test_a_new_scanner_takes_old_processes_for_old(tmp_path: Path) -> None:
     tag, cfg, go, pid = _renamed_on_demand(tmp_path)
     young = 2.0
     try:
-        born = psutil.Process(pid).create_time()
-        assert wait_for(lambda: time.time() - born > young + 0.5, 30)
+        # its age on the scanner's clock: create_time's boot time is whole seconds
+        assert wait_for(lambda: _age(pid) > young + 0.5, 30)
         scanner = Scanner(young=young, recheck=pid + 1000)  # no recheck round in this test
         assert pid not in _pids(scanner.scan(cfg.watches))  # sh: one tag, not two
         go.touch()
@@ -273,6 +274,47 @@ def test_a_new_scanner_takes_old_processes_for_old(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_kernel_threads_are_never_looked_at_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel thread has no command line and is never wanted: the scan reads its
+    /proc/PID/stat (its flags say what it is) and never looks at it in full (psutil's
+    reads of several files), even when every scan is every process's recheck round."""
+    kernel = [p.pid for p in psutil.process_iter() if _is_kernel_thread(p.pid)]
+    if not kernel:
+        pytest.skip("no kernel thread is visible in this pid namespace")
+    looked: list[int] = []
+    real_look = discover._look
+
+    def look(proc: psutil.Process, *args: Any) -> Found | None:
+        looked.append(proc.pid)
+        return real_look(proc, *args)
+
+    monkeypatch.setattr(discover, "_look", look)
+    cfg = _load(tmp_path, '[[watch]]\nname = "w"\ncmdline = "hs-nothing-matches"\n')
+    scanner = Scanner(young=0.0, recheck=1)
+    for _ in range(2):
+        scanner.scan(cfg.watches)
+    assert looked, "the scan looked at no process at all"
+    assert not set(looked) & set(kernel), sorted(set(looked) & set(kernel))
+
+
+def _age(pid: int) -> float:
+    """Seconds since ``pid`` started: its start time in clock ticks after boot, against
+    the boot clock (as the scanner reads it, apart from the scanner's code)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    """PF_KTHREAD in /proc/PID/stat's flags, read here apart from the scanner's code."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return bool(int(stat.rpartition(b")")[2].split()[6]) & 0x00200000)
 
 
 def _renamed_on_demand(tmp_path: Path) -> tuple[str, DaemonConfig, Path, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import time
 from pathlib import Path
 
 import psutil
@@ -13,7 +12,7 @@ import typer
 from heapspy.daemon import hints, logs
 from heapspy.daemon.child import attach_argv, duration_text
 from heapspy.daemon.config import DEFAULT_PATH, DaemonConfig, Watch, load_config
-from heapspy.daemon.discover import Found, scan
+from heapspy.daemon.discover import Found, scan, since_boot
 from heapspy.daemon.supervise import run_daemon
 from heapspy.errors import HeapspyError
 from heapspy.printable import printable
@@ -108,10 +107,10 @@ def _watch_lines(cfg: DaemonConfig, watch: Watch, found: list[Found]) -> list[st
         lines.append("  matching now: none")
         return lines
     lines.append(f"  matching now: {len(found)}")
-    wall = time.time()
+    booted = since_boot()
     for proc in sorted(found, key=lambda p: p.pid):
         notes = []
-        if proc.age(wall) < cfg.settle:
+        if proc.age(booted) < cfg.settle:
             notes.append(f"attached once {duration_text(cfg.settle)} old")
         try:
             holder = read_holder(proc.pid)
@@ -121,7 +120,7 @@ def _watch_lines(cfg: DaemonConfig, watch: Watch, found: list[Found]) -> list[st
             notes.append(f"held by heapspy pid {holder.holder_pid}")
         note = f"  ({'; '.join(notes)})" if notes else ""
         lines.append(
-            f"    {proc.pid:>7}  {_user(proc.uid):<10} up {format_age(proc.age(wall)):<6} "
+            f"    {proc.pid:>7}  {_user(proc.uid):<10} up {format_age(proc.age(booted)):<6} "
             f"{proc.cmdline}{note}"  # whole: it is what the regexes see
         )
     return lines

@@ -14,7 +14,9 @@ full every ``RECHECK`` scans (one that starts to match later, by renaming itself
 changing its user, is found within that many; one that stops matching is let go), and
 between those a process it found is only checked to be the same one (its start time)
 and not a zombie; one a running session holds is not read at all (``Scanner.scan``'s
-``held``). A full look costs psutil's reads of several /proc
+``held``). A kernel thread (never wanted: it has no command line) is never looked at in
+full, only its /proc/PID/stat read: a host has dozens to hundreds of them, and their
+full looks were most of an idle daemon's scans. A full look costs psutil's reads of several /proc
 files per process, which on a host of a thousand processes was most of an idle
 daemon's CPU.
 """
@@ -42,13 +44,18 @@ class Found:
     watch: str  # the first watch, in file order, that wants it
     cmdline: str
     uid: int
+    born: float  # when it started, in seconds on the boot clock (since_boot)
 
     @property
     def key(self) -> Key:
         return (self.pid, self.create_time)
 
     def age(self, now: float | None = None) -> float:
-        return (time.time() if now is None else now) - self.create_time
+        """Seconds since it started; ``now``: since_boot(). Not from create_time: that
+        adds the kernel's boot time, a whole second, so an age from it can be nearly a
+        second off (more after the wall clock is stepped), more than the daemon's
+        settle."""
+        return (since_boot() if now is None else now) - self.born
 
 
 def _descends_from(proc: psutil.Process, ancestor: int, parents: dict[int, int]) -> bool:
@@ -79,7 +86,11 @@ def alive(key: Key) -> bool:
 
 
 def _look(
-    proc: psutil.Process, watches: Sequence[Watch], me: int, parents: dict[int, int]
+    proc: psutil.Process,
+    watches: Sequence[Watch],
+    me: int,
+    parents: dict[int, int],
+    born: float,
 ) -> Found | None:
     """The watch that wants ``proc``, as found now; None when none does. Raises
     psutil.Error when it is gone, a zombie, or not ours to read."""
@@ -92,7 +103,7 @@ def _look(
         return None
     if proc.status() == psutil.STATUS_ZOMBIE:
         return None
-    return Found(proc.pid, proc.create_time(), watch.name, facts.cmdline, facts.uid)
+    return Found(proc.pid, proc.create_time(), watch.name, facts.cmdline, facts.uid, born)
 
 
 def scan(watches: Sequence[Watch]) -> dict[Key, Found]:
@@ -107,14 +118,30 @@ YOUNG = 30.0
 RECHECK = 5
 
 
-def _start_and_state(pid: int) -> tuple[bytes, bytes] | None:
-    """The start time (clock ticks since boot, as text) and state letter of ``pid``,
-    from one read of /proc/PID/stat; None when it is gone."""
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread (linux/sched.h)
+
+
+@dataclass(frozen=True)
+class _Stat:
+    start: bytes  # clock ticks since boot, as text
+    state: bytes  # the state letter
+    kernel: bool  # a kernel thread
+
+
+def _start_and_state(pid: int) -> _Stat | None:
+    """What a scan needs of ``pid``'s /proc/PID/stat, from one read; None when it is
+    gone."""
     stat = read_proc_once(pid, "stat", 4096)
     if stat is None:
         return None
     fields = stat_fields(stat)
-    return (fields[19], fields[0]) if len(fields) > 19 else None
+    if len(fields) <= 19:
+        return None
+    try:
+        kernel = bool(int(fields[6]) & PF_KTHREAD)
+    except ValueError:
+        kernel = False
+    return _Stat(fields[19], fields[0], kernel)
 
 
 @dataclass
@@ -127,7 +154,7 @@ class _Seen:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _since_boot() -> float:
+def since_boot() -> float:
     """Now on the clock /proc/PID/stat's start times count from (boot, suspend included)."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
@@ -161,7 +188,7 @@ class Scanner:
         daemon does not look at a held process's verdict. Once let go, it is looked at
         again. On a host of 64 watched workers this was most of a scan's CPU."""
         me = os.getpid()
-        now = _since_boot()
+        now = since_boot()
         self._round += 1
         found: dict[Key, Found] = {}
         parents: dict[int, int] = {}
@@ -187,19 +214,22 @@ class Scanner:
                 now_is = _start_and_state(pid)
                 if now_is is None:
                     continue  # gone
-                if now_is[0] == last.start and now_is[1] != b"Z":
+                if now_is.start == last.start and now_is.state != b"Z":
                     seen[pid] = last
                     found[last.found.key] = last.found
                     continue
+            start = _start_and_state(pid)
+            if start is not None and start.kernel:  # never wanted: no full look
+                seen[pid] = _Seen(_born(start.start, now), start.start, None)
+                continue
+            ticks = start.start if start is not None else None
+            same = last is not None and ticks is not None and last.start == ticks
+            born = last.born if last is not None and same else _born(ticks, now)
             try:
-                start = _start_and_state(pid)
-                got = _look(psutil.Process(pid), watches, me, parents)
+                got = _look(psutil.Process(pid), watches, me, parents, born)
             except psutil.Error:  # gone, a zombie, or not ours to read
                 continue
-            ticks = start[0] if start is not None else None
-            same = last is not None and ticks is not None and last.start == ticks
-            seen[pid] = _Seen(last.born if last is not None and same else _born(ticks, now),
-                              ticks, got)  # fmt: skip
+            seen[pid] = _Seen(born, ticks, got)
             if got is not None:
                 found[got.key] = got
         self._seen = seen

@@ -36,7 +36,7 @@ import psutil
 from heapspy import control
 from heapspy.daemon.child import AttachChild
 from heapspy.daemon.config import DaemonConfig, Watch, load_config
-from heapspy.daemon.discover import Found, Key, Scanner, alive
+from heapspy.daemon.discover import Found, Key, Scanner, alive, since_boot
 from heapspy.daemon.outcome import Outcome, decide
 from heapspy.daemon.sdnotify import Notifier
 from heapspy.daemon.serving import DaemonWorkers, Local
@@ -261,7 +261,7 @@ class Supervisor:
         except (OSError, psutil.Error) as exc:
             log.error("cannot scan processes: %s", exc)
             return
-        wall, now = time.time(), time.monotonic()
+        booted, now = since_boot(), time.monotonic()
         young = 0
         # Attaching costs a forked helper each: a burst (the first scan on a host with
         # many workers) runs max_attaching at a time; those held back wait in the backlog,
@@ -271,7 +271,7 @@ class Supervisor:
         for key, proc in found.items():
             entry = self.entries.get(key)
             if entry is None:
-                if proc.age(wall) < self.config.settle:
+                if proc.age(booted) < self.config.settle:
                     young += 1
                     continue
                 if slots <= 0:
