@@ -197,16 +197,18 @@ class CgroupWatch:
 
 class _Monitor:
     """The one thread that reads, once per SLOW_POLL, each cgroup that a running session
-    of this process follows (module docstring). Runs while any session follows one."""
+    of this process follows (module docstring). Runs while any session follows one.
+    Watches are grouped by cgroup as they come and go, not at each reading: hashing a
+    MemoryCgroup (its paths) for each of 64 watches every second was most of its CPU."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._watches: dict[int, CgroupWatch] = {}
+        self._groups: dict[MemoryCgroup, dict[int, CgroupWatch]] = {}
         self._thread: threading.Thread | None = None
 
     def add(self, watch: CgroupWatch) -> None:
         with self._lock:
-            self._watches[id(watch)] = watch
+            self._groups.setdefault(watch.cgroup, {})[id(watch)] = watch
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="heapspy:cgroups", daemon=True
@@ -215,33 +217,35 @@ class _Monitor:
 
     def remove(self, watch: CgroupWatch) -> None:
         with self._lock:
-            self._watches.pop(id(watch), None)
+            group = self._groups.get(watch.cgroup)
+            if group is not None:
+                group.pop(id(watch), None)
+                if not group:
+                    del self._groups[watch.cgroup]
 
     def _run(self) -> None:
         seen: dict[MemoryCgroup, dict[str, int]] = {}
         while True:
             with self._lock:
-                if not self._watches:
+                if not self._groups:
                     self._thread = None  # a later add() starts another
                     return
-                watches = list(self._watches.values())
-            groups: dict[MemoryCgroup, list[CgroupWatch]] = {}
-            for watch in watches:
-                groups.setdefault(watch.cgroup, []).append(watch)
+                groups = [(cg, list(group.values())) for cg, group in self._groups.items()]
             now = time.monotonic()
-            for cg, group in groups.items():
+            for cg, watches in groups:
                 state = _read_shared(cg, now)
                 if state is None:
                     continue
                 last = seen.get(cg)
                 # a cgroup read for the first time alerts too: its sessions began earlier
-                moved = last is None or bool(_moved(state.events, last))
+                alert = last is None or bool(_moved(state.events, last)) or _near(state)
                 seen[cg] = dict(state.events)
-                for watch in group:
+                for watch in watches:
                     watch.state = state  # current for its session's status
-                    if moved or _near(state):
+                    if alert:
                         watch.alert()
-            seen = {cg: events for cg, events in seen.items() if cg in groups}
+            if len(seen) > len(groups):
+                seen = {cg: seen[cg] for cg, _ in groups if cg in seen}
             time.sleep(SLOW_POLL)
 
 
