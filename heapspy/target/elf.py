@@ -51,7 +51,9 @@ PAGE = 4096
 MAX_IMAGE = 1 << 30  # bytes of file (a libpython with full debug info is ~150 MB)
 MAX_SECTIONS = 4096
 MAX_SEGMENTS = 256
-MAX_SYMBOLS = 100_000  # per symbol table: ~6 s of pyelftools at most
+MAX_SYMBOLS = 100_000  # per symbol table
+MAX_STRINGS = 64 << 20  # bytes of one symbol string table
+_SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, shndx, value, size
 MAX_NOTES = 1 << 20  # bytes of one PT_NOTE segment
 READ_BUDGET = 256 << 20  # bytes read from the file in all, per parse
 PARSE_SECONDS = 20.0
@@ -176,34 +178,64 @@ def _parse(f: IO[bytes], symbols: Iterable[str], sections: Iterable[str]) -> Elf
 
 
 def _fill(elf: Any, facts: ElfFacts, symbols: Iterable[str], sections: Iterable[str]) -> None:
-    tables = [
-        t for t in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")) if t
-    ]
-    for table in tables:
-        if table.num_symbols() > MAX_SYMBOLS:
-            raise _TooLarge(
-                f"{table.num_symbols()} symbols in {table.name} (heapspy reads at most "
-                f"{MAX_SYMBOLS})"
-            )
-    for name in symbols:
-        if name in facts.symbols:
-            continue
-        addr = None
-        for table in tables:
-            found = table.get_symbol_by_name(name)
-            if found:
-                for sym in found:
-                    if int(sym["st_value"]) != 0 and sym["st_shndx"] != "SHN_UNDEF":
-                        addr = int(sym["st_value"])
-                        break
-            if addr is not None:
-                break
-        facts.symbols[name] = addr
+    wanted = [name for name in symbols if name not in facts.symbols]
+    if wanted:
+        facts.symbols.update(_find_symbols(elf, wanted))
     for name in sections:
         if name in facts.sections:
             continue
         sec = elf.get_section_by_name(name)
         facts.sections[name] = [int(sec["sh_addr"]), int(sec["sh_size"])] if sec else None
+
+
+def _find_symbols(elf: Any, names: list[str]) -> dict[str, int | None]:
+    """The value of each defined symbol named, .dynsym first, then .symtab; None for one
+    in neither. Each table and its strings are read in one piece, as in read_functions:
+    pyelftools' name lookup reads symbol by symbol, a buffer refill for the entry and
+    another for its name (3.8's libpython, cache cold: over READ_BUDGET, and attach
+    refused). The strings are searched for each name (the name and its NUL, wherever: a
+    linker may point a short name into the tail of a longer one), then the entries for
+    those offsets."""
+    if elf.elfclass != 64 or not elf.little_endian:
+        raise _TooLarge("not a 64-bit little-endian image")  # x86_64 only, as the shim
+    found: dict[str, int | None] = dict.fromkeys(names)
+    end = elf.stream.seek(0, io.SEEK_END)
+    tables = []
+    for table_name in (".dynsym", ".symtab"):
+        table = elf.get_section_by_name(table_name)
+        if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            continue
+        count = int(table["sh_size"]) // _SYM64.size
+        if count > MAX_SYMBOLS:
+            raise _TooLarge(f"{count} symbols in {table_name} (at most {MAX_SYMBOLS} read)")
+        strtab = elf.get_section(int(table["sh_link"]))
+        if int(strtab["sh_size"]) > MAX_STRINGS:
+            raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
+        for sec in (table, strtab):
+            if int(sec["sh_offset"]) + int(sec["sh_size"]) > end:
+                raise _TooLarge(f"{sec.name or 'a section'} runs past the end of the file")
+        tables.append((table, strtab))
+    for table, strtab in tables:
+        missing = [name for name, addr in found.items() if addr is None]
+        if not missing:
+            break
+        strings = strtab.data()
+        offsets: dict[int, str] = {}
+        for name in missing:
+            needle = name.encode() + b"\0"
+            at = strings.find(needle)
+            while at >= 0 and len(offsets) < MAX_SYMBOLS:
+                offsets[at] = name
+                at = strings.find(needle, at + 1)
+        if not offsets:
+            continue
+        data = table.data()
+        for off in range(0, len(data) - _SYM64.size + 1, _SYM64.size):
+            st_name, _, _, shndx, value, _ = _SYM64.unpack_from(data, off)
+            hit = offsets.get(st_name)
+            if hit is not None and value != 0 and shndx != 0 and found[hit] is None:
+                found[hit] = value
+    return found
 
 
 class ElfImage:
@@ -339,8 +371,6 @@ class FunctionTable:
 
 
 MAX_SYMBOL_NAME = 256  # characters of a function name kept (C++ names run long)
-MAX_STRINGS = 64 << 20  # bytes of one symbol string table
-_SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, shndx, value, size
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 
 
