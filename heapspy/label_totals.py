@@ -74,7 +74,8 @@ def thread_alloc(agg: Aggregator) -> list[ThreadAlloc]:
 def labels_summary(agg: Aggregator, n: int = 10) -> dict[str, Any]:
     """The sidecar's and status's ``labels``: per label key, its ``n`` values with the
     most live bytes, ``[value, alloc_bytes, live_bytes]`` (rounded estimates), and
-    ``thread_alloc``: ``[native id, exact allocated bytes, name]``, most first. In exact
+    ``thread_alloc``: ``[native id, exact allocated bytes, name]``, most first, and
+    ``agent_alloc``: what heapspy's agent thread allocated (not in ``thread_alloc``). In exact
     mode, ``split`` says that the thread and task figures are exact bytes split in
     proportion of samples (``heapspy.label_shares``)."""
     out: dict[str, Any] = {}
@@ -83,6 +84,9 @@ def labels_summary(agg: Aggregator, n: int = 10) -> dict[str, Any]:
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1].live_bytes, kv[0]))
         out[key] = [[v, round(t.alloc_bytes), round(t.live_bytes)] for v, t in ranked[:n]]
     out["thread_alloc"] = [[t.thread_id, t.allocated_bytes, t.name] for t in thread_alloc(agg)[:n]]
+    agent = agg.totals.get("agent_alloc")
+    if agent:  # left out of thread_alloc: heapspy's own work in the target
+        out["agent_alloc"] = agent
     note = agg.exact_split_note()
     if note:  # exact mode: how its thread and task figures were made
         out["split"] = note

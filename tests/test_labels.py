@@ -99,6 +99,8 @@ def test_labels_name_the_thread_and_the_task_that_keep_memory(
     sidecar = json.loads(sidecar_path(dump).read_text())
     exact = {name: size for _, size, name in sidecar["labels"]["thread_alloc"]}
     assert exact["leaky-handler-0"] > 1_000_000 and exact["MainThread"] > 0, exact
+    # the agent's own thread is not one of the target's: apart, as agent_alloc
+    assert "heapspy-agent" not in exact and sidecar["labels"]["agent_alloc"] > 0, exact
     assert {row[0] for row in sidecar["labels"]["task"]} >= {"hoarder"}, sidecar["labels"]
     assert by_label(session.aggregator, "task")["hoarder"].live_bytes == pytest.approx(
         hoarded, rel=0.01

@@ -440,12 +440,13 @@ class LabelNamer:
                     out["task"] = self._names[task]
         return out
 
-    def thread_alloc(self, threads: "Any") -> "List[List[Any]]":
-        """Exact bytes allocated per thread, [native id, bytes, name], most first."""
+    def thread_alloc(self, threads: "Any", skip: int) -> "List[List[Any]]":
+        """Exact bytes allocated per thread, [native id, bytes, name], most first; the
+        thread ``skip`` (the agent's) left out."""
         rows = [
             [tid, nbytes, self._thread_names.get(tid, "tid %d" % tid) if tid else "(others)"]
             for tid, nbytes in threads
-            if nbytes
+            if nbytes and (tid != skip or not tid)
         ]
         rows.sort(key=lambda r: -r[1])
         return rows

@@ -9,7 +9,9 @@ Each stack comes with the id of its label set (``heapspy_agent.labels``: thread,
 coroutine), and each label set is named once, in the collection that first reports it:
 ``{"labels": {"<id>": {"thread": ..., "thread_id": ..., "task": ..., "coro": [...]}}}``.
 ``totals.thread_alloc`` holds the exact bytes each thread allocated since attach,
-``[[native id, bytes, name], ...]``, most first.
+``[[native id, bytes, name], ...]``, most first; the agent's own thread is left out of it
+(its census and reports are not the target's work: they led the list while a census ran,
+and a thread-alloc rule could fire on them) and sent apart, as ``totals.agent_alloc``.
 
 After each collection the stacks with nothing live that have not changed for a few
 intervals are evicted from the shim (their code objects released), and their ids sent
@@ -20,6 +22,7 @@ pin every generated code object). heapspy keeps their cumulative figures.
 
 import glob
 import os
+import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from heapspy_agent import object_types
@@ -65,6 +68,8 @@ class ShimCollector:
         self.shim = shim
         self.frames = frames
         self.rate = rate
+        # made on the agent's thread; collections may run on another (at exit)
+        self._agent_thread = threading.get_native_id()
         self._exclude = exclude_dir.rstrip("/") + "/"
         self._own: Set[int] = set()
         self.owned = True
@@ -149,6 +154,7 @@ class ShimCollector:
             else:
                 evicted.append(sid)
         t = drain.totals
+        own = self._agent_thread
         doms: Tuple[DomainTotals, ...] = (t.mem, t.obj, t.numpy)
         classes = [
             [k, sum(counts)] for k, counts in enumerate(zip(*(d.size_classes for d in doms)))
@@ -180,7 +186,8 @@ class ShimCollector:
             "stacks": t.stacks - len(gone),  # in the shim's table now
             "evicted_stacks": t.evicted_stacks + len(gone),
             "shim_memory": t.shim_memory + (nt.shim_memory if nt is not None else 0),
-            "thread_alloc": self.namer.thread_alloc(t.threads)[:MAX_THREAD_ALLOC],
+            "thread_alloc": self.namer.thread_alloc(t.threads, own)[:MAX_THREAD_ALLOC],
+            "agent_alloc": sum(n for tid, n in t.threads if tid == own),
         }
         if nt is not None:
             totals["sampled_count"] += nt.sampled_count

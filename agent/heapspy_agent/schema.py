@@ -471,6 +471,7 @@ def _define() -> dict[int, Record]:
             "thread_alloc": ListOf(
                 Tuple_(Int(0, 2**32 - 1), COUNT, Str(MAX_THREAD_NAME)), MAX_THREAD_ALLOC
             ),
+            "agent_alloc": COUNT,  # exact bytes the agent's own thread allocated
         },
     )
     FACTS = Record(

@@ -225,6 +225,12 @@ def labels_lines(labels: Any) -> list[str]:
     threads = _named_sizes(labels.get("thread_alloc"), 2, 1)
     if threads:
         lines.append(f"allocated by thread: {threads}")
+    agent = labels.get("agent_alloc")
+    if type(agent) is int and agent > 0:
+        lines.append(
+            f"allocated by heapspy's agent: {format_bytes(agent)} (its census and reports,"
+            " not the target's work; not in the threads above)"
+        )
     for key in ("task", "coro"):
         live = _named_sizes(labels.get(key), 0, 2)
         if live:

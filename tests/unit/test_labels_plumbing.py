@@ -109,8 +109,11 @@ def test_unknown_keys_and_hostile_label_sets_are_refused() -> None:
 def test_status_lines_show_the_top_threads_and_tasks() -> None:
     summary = labels_summary(labelled(), 3)
     summary["thread_alloc"] = [[4242, 3 << 20, "worker-1"], [7, 1024, "MainThread"], "junk"]
+    summary["agent_alloc"] = 54 << 20
     assert labels_lines(summary) == [
         "allocated by thread: worker-1 3.0 MiB, MainThread 1.0 KiB",
+        "allocated by heapspy's agent: 54.0 MiB (its census and reports, not the target's"
+        " work; not in the threads above)",
         "live by task: fetch 300 B",
         "live by coro: fetch 300 B",
     ]
