@@ -10,6 +10,7 @@ e^-16), so the dump's count of churn()'s allocations is exactly the target's own
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -34,6 +35,10 @@ def _run_until(session: Session, cond: Callable[[], bool], what: str) -> None:
         assert waited < LIMIT, f"the session never saw {what}"
         session.run(duration=0.2)
         waited += 0.2
+
+
+def _more(agg: Any, reports: int) -> bool:
+    return bool(agg.reports > reports)
 
 
 def _alloc_objects(dump: Path, function: str) -> int:
@@ -116,3 +121,42 @@ def test_quiet_collections_are_merged_live_changes_sent_at_once(
     assert _alloc_objects(final, "churn") == truth["churn"]
     assert _alloc_objects(final, "grow") >= truth["grow"]  # list growth may add a sample
     assert all(g >= 1 for g in gaps()), seqs
+
+
+def test_a_site_that_allocates_now_and_then_stays_between_reports(
+    spawn: Callable[..., Target], tmp_path: Path
+) -> None:
+    """With quiet intervals a freed stack is evicted only after more collections than
+    idle_report spans: an eviction is sent at once, so a site allocating every few
+    intervals was evicted and sent again between two reports (an idle-ish worker's
+    frames were mostly evictions). Here pulse() allocates every 4 intervals: its stack
+    was evicted after each pulse (3 unchanged collections), and now stays."""
+    target = spawn(None, "quiet_worker.py")
+    config = AttachConfig(
+        rate=4 * KiB, dump_dir=tmp_path, interval=0.25, idle_report=2.0, census=False
+    )
+    session = Session.attach(target.pid, config)
+    agg = session.aggregator
+    pulse_ids: set[int] = set()  # every stack id pulse() had
+    evicted: set[int] = set()
+    assert session.channel is not None
+    handler = session.channel.on_frame
+
+    def noting(kind: int, body: dict[str, Any]) -> None:
+        if kind in (protocol.SAMPLES, protocol.STACKS):
+            evicted.update(body.get("evicted", ()))
+            for stack in body.get("stacks", ()):
+                if stack["frames"][-1][0] == "pulse":  # root first
+                    pulse_ids.add(stack["id"])
+        handler(kind, body)
+
+    session.channel.on_frame = noting
+    try:
+        os.kill(target.pid, signal.SIGHUP)
+        _run_until(session, lambda: target.state()["pulse"] >= 6, "six pulses")
+        reports = agg.reports
+        _run_until(session, functools.partial(_more, agg, reports + 1), "two more reports")
+    finally:
+        session.detach()
+    assert pulse_ids and not pulse_ids & evicted, (pulse_ids, evicted)
+    assert len(pulse_ids) == 1, pulse_ids

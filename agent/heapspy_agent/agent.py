@@ -25,7 +25,7 @@ from heapspy_agent import census_walk, memstats, protocol, retainers, runtime, s
 from heapspy_agent.census import Census, new_census
 from heapspy_agent.exact import LABEL_RATE, TracemallocCollector
 from heapspy_agent.quiet import QuietIntervals
-from heapspy_agent.sampled import ShimCollector, load_shim
+from heapspy_agent.sampled import ShimCollector, evict_after, load_shim
 from heapspy_agent.shim import STATE_RUNNING, Shim, ShimError
 
 # No frame at all from heapspy for this long: assume it is gone. Its end is seen at once
@@ -237,6 +237,9 @@ class Agent:
         self.budget = float(self.config.get("collect_budget", COLLECT_BUDGET))
         idle_report = float(self.config.get("idle_report", 0.0))
         self.quiet = QuietIntervals(idle_report, self.base_interval)
+        for shim_side in (self.collector, getattr(self.collector, "totals_source", None)):
+            if isinstance(shim_side, ShimCollector):
+                shim_side.evict_after = evict_after(idle_report, self.base_interval)
         # with idle_report, a frame goes out every idle_report (within half an interval
         # of it); the heartbeat waits two intervals longer, so that it never comes first
         beat_every = max(HEARTBEAT, idle_report + 2 * self.base_interval if idle_report else 0)

@@ -21,6 +21,7 @@ pin every generated code object). heapspy keeps their cumulative figures.
 """
 
 import glob
+import math
 import os
 import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -55,6 +56,19 @@ NO_PYTHON_STACK = "[native, no Python stack]"
 EVICT_AFTER = 2
 
 
+def evict_after(idle_report: float, interval: float) -> int:
+    """Drains a freed stack stays unchanged before it is evicted: EVICT_AFTER, or with
+    quiet intervals one more than ``idle_report`` spans (a site that allocated once is
+    then reported before it can go). An eviction is sent at once
+    (quiet.py: evicted ids are reused, never merged across), so a site that allocates
+    every few seconds was evicted and interned again between two reports: in an
+    idle-ish worker's minute, 8 of its 12 frames were evictions' (interval 1 s,
+    idle_report 10 s)."""
+    if idle_report <= 0 or interval <= 0:
+        return EVICT_AFTER
+    return max(EVICT_AFTER, int(math.ceil(idle_report / interval)) + 1)
+
+
 class ShimCollector:
     def __init__(
         self,
@@ -70,6 +84,7 @@ class ShimCollector:
         self.rate = rate
         # made on the agent's thread; collections may run on another (at exit)
         self._agent_thread = threading.get_native_id()
+        self.evict_after = EVICT_AFTER  # the agent sets it from idle_report
         self._exclude = exclude_dir.rstrip("/") + "/"
         self._own: Set[int] = set()
         self.owned = True
@@ -147,7 +162,7 @@ class ShimCollector:
                 for v in (c.var_alloc_count, c.var_alloc_bytes, c.var_live_count, c.var_live_bytes)
             ]
         evicted = []
-        gone = self.shim.evict(EVICT_AFTER) if self.rate else []  # rate 0: no stacks
+        gone = self.shim.evict(self.evict_after) if self.rate else []  # rate 0: no stacks
         for sid in gone:
             if sid in self._own:
                 self._own.discard(sid)

@@ -6,7 +6,8 @@
 2. churn() only: the allocation counters move, the live heap does not;
 3. idle again: once ``settled`` is true the counts are final.
 
-SIGUSR2 writes the phase, ``settled`` and how many blocks churn() and grow() made as JSON
+SIGHUP starts pulse(): one block made and freed at once every PULSE seconds, whatever
+the phase. SIGUSR2 writes the phase, ``settled`` and how many blocks churn() and grow() made as JSON
 to $HEAPSPY_PROBE. Prints "READY <pid>". Python 3.8+.
 """
 
@@ -16,8 +17,10 @@ import signal
 import time
 
 TICK = 0.05
+PULSE = 1.0
 BLOCK = 64 * 1024
-counts = {"phase": 0, "churn": 0, "grow": 0, "settled": False}
+counts = {"phase": 0, "churn": 0, "grow": 0, "pulse": 0, "settled": False}
+pulsing = []  # when the next pulse is due, once SIGHUP came
 kept = []
 
 
@@ -37,6 +40,17 @@ def next_phase(_sig, _frame):
     counts["phase"] += 1
 
 
+def start_pulses(_sig, _frame):
+    if not pulsing:
+        pulsing.append(time.monotonic())
+
+
+def pulse():
+    block = bytes(BLOCK)
+    del block
+    counts["pulse"] += 1
+
+
 def churn():
     block = bytes(BLOCK)
     del block
@@ -50,6 +64,7 @@ def grow():
 
 signal.signal(signal.SIGUSR2, probe)
 signal.signal(signal.SIGUSR1, next_phase)
+signal.signal(signal.SIGHUP, start_pulses)
 print("READY %d" % os.getpid(), flush=True)
 while True:
     phase = counts["phase"]  # read once: a signal meanwhile takes effect next tick
@@ -57,6 +72,9 @@ while True:
         grow()
     if phase in (1, 2):
         churn()
+    if pulsing and time.monotonic() >= pulsing[0]:
+        pulsing[0] += PULSE
+        pulse()
     if phase >= 3:
         counts["settled"] = True  # nothing is allocated after this
     time.sleep(TICK)
