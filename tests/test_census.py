@@ -240,7 +240,7 @@ def test_attach_ended_early_keeps_a_partial_census_and_no_census_skips_it(
     target, _truth = _start(spawn, None, cache=LONG_CENSUS)
     early = tmp_path / "early"
     out = run_heapspy(
-        "attach", str(target.pid), "--duration", "1s", "--dump-dir", str(early), timeout=120
+        "attach", str(target.pid), "--duration", "100ms", "--dump-dir", str(early), timeout=120
     )
     assert out.returncode == 0, out.stderr
     (census,) = early.glob("census-*.pb.gz")
