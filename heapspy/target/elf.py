@@ -188,6 +188,31 @@ def _fill(elf: Any, facts: ElfFacts, symbols: Iterable[str], sections: Iterable[
         facts.sections[name] = [int(sec["sh_addr"]), int(sec["sh_size"])] if sec else None
 
 
+def _symbol_tables(elf: Any, names: tuple[str, ...]) -> list[tuple[Any, Any]]:
+    """Each of the symbol tables ``names`` the image has, in that order, with its string
+    table; _TooLarge past the limits, or for a table or strings past the end of the file
+    (read_functions and _find_symbols read both in one piece)."""
+    if elf.elfclass != 64 or not elf.little_endian:
+        raise _TooLarge("not a 64-bit little-endian image")  # x86_64 only, as the shim
+    end = elf.stream.seek(0, io.SEEK_END)
+    tables = []
+    for name in names:
+        table = elf.get_section_by_name(name)
+        if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            continue
+        count = int(table["sh_size"]) // _SYM64.size
+        if count > MAX_SYMBOLS:
+            raise _TooLarge(f"{count} symbols in {name} (at most {MAX_SYMBOLS} read)")
+        strtab = elf.get_section(int(table["sh_link"]))
+        if int(strtab["sh_size"]) > MAX_STRINGS:
+            raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
+        for sec in (table, strtab):
+            if int(sec["sh_offset"]) + int(sec["sh_size"]) > end:
+                raise _TooLarge(f"{sec.name or 'a section'} runs past the end of the file")
+        tables.append((table, strtab))
+    return tables
+
+
 def _find_symbols(elf: Any, names: list[str]) -> dict[str, int | None]:
     """The value of each defined symbol named, .dynsym first, then .symtab; None for one
     in neither. Each table and its strings are read in one piece, as in read_functions:
@@ -196,25 +221,8 @@ def _find_symbols(elf: Any, names: list[str]) -> dict[str, int | None]:
     refused). The strings are searched for each name (the name and its NUL, wherever: a
     linker may point a short name into the tail of a longer one), then the entries for
     those offsets."""
-    if elf.elfclass != 64 or not elf.little_endian:
-        raise _TooLarge("not a 64-bit little-endian image")  # x86_64 only, as the shim
     found: dict[str, int | None] = dict.fromkeys(names)
-    end = elf.stream.seek(0, io.SEEK_END)
-    tables = []
-    for table_name in (".dynsym", ".symtab"):
-        table = elf.get_section_by_name(table_name)
-        if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
-            continue
-        count = int(table["sh_size"]) // _SYM64.size
-        if count > MAX_SYMBOLS:
-            raise _TooLarge(f"{count} symbols in {table_name} (at most {MAX_SYMBOLS} read)")
-        strtab = elf.get_section(int(table["sh_link"]))
-        if int(strtab["sh_size"]) > MAX_STRINGS:
-            raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
-        for sec in (table, strtab):
-            if int(sec["sh_offset"]) + int(sec["sh_size"]) > end:
-                raise _TooLarge(f"{sec.name or 'a section'} runs past the end of the file")
-        tables.append((table, strtab))
+    tables = _symbol_tables(elf, (".dynsym", ".symtab"))
     for table, strtab in tables:
         missing = [name for name, addr in found.items() if addr is None]
         if not missing:
@@ -380,22 +388,14 @@ def read_functions(f: IO[bytes]) -> FunctionTable:
     strings are read in one piece and decoded here: pyelftools' per-symbol reads cost a
     buffer refill each (libpython's 16,000 symbols: over READ_BUDGET)."""
     elf = _open_elf(f)
-    if elf.elfclass != 64 or not elf.little_endian:
-        raise _TooLarge("not a 64-bit little-endian image")  # x86_64 only, as the shim
+    # the full table first: it names static functions
+    tables = _symbol_tables(elf, (".symtab", ".dynsym"))
     loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
     first = min(int(s["p_vaddr"]) for s in loads) if loads else 0
     found: dict[int, tuple[int, str]] = {}
     examined = 0
-    for name in (".symtab", ".dynsym"):  # the full table first: it names static functions
-        table = elf.get_section_by_name(name)
-        if not table or table["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
-            continue
+    for table, strtab in tables:
         count = int(table["sh_size"]) // _SYM64.size
-        if count > MAX_SYMBOLS:
-            raise _TooLarge(f"{count} symbols in {name}")
-        strtab = elf.get_section(int(table["sh_link"]))
-        if int(strtab["sh_size"]) > MAX_STRINGS:
-            raise _TooLarge(f"a {int(strtab['sh_size'])}-byte string table")
         data, strings = table.data(), strtab.data()
         examined += count
         for off in range(0, min(count * _SYM64.size, len(data) - _SYM64.size + 1), _SYM64.size):
