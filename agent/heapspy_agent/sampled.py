@@ -62,7 +62,7 @@ def evict_after(idle_report: float, interval: float) -> int:
     then reported before it can go). An eviction is sent at once
     (quiet.py: evicted ids are reused, never merged across), so a site that allocates
     every few seconds was evicted and interned again between two reports: in an
-    idle-ish worker's minute, 8 of its 12 frames were evictions' (interval 1 s,
+    idle-ish worker's minute, 8 of its 12 frames were evictions (interval 1 s,
     idle_report 10 s)."""
     if idle_report <= 0 or interval <= 0:
         return EVICT_AFTER

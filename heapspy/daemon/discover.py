@@ -202,6 +202,7 @@ class Scanner:
                 seen[pid] = last
                 found[last.found.key] = last.found
                 continue
+            start: _Stat | None = None
             # each known process is looked at in full in its round, one in `recheck`
             if (
                 last is not None
@@ -211,14 +212,15 @@ class Scanner:
                 if last.found is None:
                     seen[pid] = last  # wanted by none
                     continue
-                now_is = _start_and_state(pid)
-                if now_is is None:
+                start = _start_and_state(pid)
+                if start is None:
                     continue  # gone
-                if now_is.start == last.start and now_is.state != b"Z":
+                if start.start == last.start and start.state != b"Z":
                     seen[pid] = last
                     found[last.found.key] = last.found
                     continue
-            start = _start_and_state(pid)
+            if start is None:  # not read above: a full look reads it now
+                start = _start_and_state(pid)
             if start is not None and start.kernel:  # never wanted: no full look
                 seen[pid] = _Seen(_born(start.start, now), start.start, None)
                 continue
